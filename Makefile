@@ -1,0 +1,47 @@
+# Electric (Python) developer tasks. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard proto/*.proto)
+PB_OUT := electric/pb
+
+.PHONY: help deps compile tests lint chaos bench start_dev_env stop_dev_env shell apply_migration
+
+help:
+	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+deps: $(PY) ## create the virtualenv and install Electric with its dev dependencies
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(MAKE) compile
+
+compile: ## generate protobuf modules from proto/ into electric/pb/
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PB_OUT) $(PROTOS)
+
+tests: compile ## run the test suite (real Postgres, embedded Vaxine, Electric as a process)
+	$(PY) -m pytest -q -m "not chaos"
+
+lint: ## ruff
+	$(VENV)/bin/ruff check electric tests bench
+
+chaos: compile ## long fault-injection run
+	$(PY) -m pytest -q -m chaos
+
+bench: compile ## benchmarks, results in bench/results/
+	$(PY) -m bench
+
+start_dev_env: ## two local Postgres clusters on 54321 and 54322 (no Docker)
+	$(PY) -m electric.devenv start
+
+stop_dev_env: ## stop the dev clusters
+	$(PY) -m electric.devenv stop
+
+shell: ## run Electric in the foreground against the dev env, embedded Vaxine
+	bin/electric --config conf/electric.ini
+
+apply_migration: ## apply MIGRATIONS_DIR/<name> to every connector: make apply_migration name=...
+	@test -n "$(name)" || { echo "usage: make apply_migration name=<vsn>"; exit 2; }
+	bin/electric migrate --config conf/electric.ini $(name)

@@ -1,0 +1,3 @@
+"""Electric: active-active replication between PostgreSQL and Satellite clients via Vaxine."""
+
+__version__ = "0.1.0"

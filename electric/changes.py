@@ -1,0 +1,116 @@
+"""The change model every part of Electric speaks.
+
+Postgres ingest produces these, the Vaxine writer stores them, the Vaxine reader rebuilds
+them from the merged log, and the Postgres publisher and Satellite sessions send them on.
+
+Column values are kept exactly as Postgres' text representation (``str``) or ``None`` for SQL
+NULL; no type conversion happens inside Electric. A column whose value Postgres did not send
+(unchanged TOAST) is simply absent from the record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+RelationName = tuple[str, str]
+"""``(schema, table)``"""
+
+Record = dict[str, str | None]
+"""Column name → text value (``None`` for NULL)."""
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    relation: RelationName
+    record: Record
+
+
+@dataclass(frozen=True)
+class UpdatedRecord:
+    relation: RelationName
+    record: Record
+    # Full old row (REPLICA IDENTITY FULL) when known, else ``None``.
+    old_record: Record | None = None
+
+
+@dataclass(frozen=True)
+class DeletedRecord:
+    relation: RelationName
+    old_record: Record
+
+
+@dataclass(frozen=True)
+class TruncatedRelation:
+    relation: RelationName
+
+
+Change = NewRecord | UpdatedRecord | DeletedRecord | TruncatedRelation
+
+
+@dataclass
+class Transaction:
+    changes: list[Change]
+    commit_timestamp: datetime
+    # Connector name or Satellite client id that wrote it; ``None`` when read from the log.
+    origin: str | None = None
+    # Postgres publication name; ``""`` for Satellite transactions.
+    publication: str | None = None
+    # Source position (Postgres end LSN, Satellite lsn bytes, or Vaxine offset): opaque here.
+    lsn: Any = None
+
+    def is_empty(self) -> bool:
+        return not self.changes
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_name: str  # e.g. "int4", "text", "uuid"; unknown types replicate as text
+    type_oid: int = 25
+    type_modifier: int = -1
+    nullable: bool = True
+    part_of_identity: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """A replicated table as the schema registry knows it."""
+
+    schema: str
+    name: str
+    oid: int
+    columns: tuple[Column, ...]
+    primary_keys: tuple[str, ...]
+    replica_identity: str = "d"  # d=default, f=full, i=index, n=nothing
+
+    @property
+    def relation(self) -> RelationName:
+        return (self.schema, self.name)
+
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+
+@dataclass
+class Relations:
+    """Small helper: tracks which relations a stream has already described."""
+
+    announced: set[RelationName] = field(default_factory=set)
+
+    def needs_announcement(self, relation: RelationName) -> bool:
+        if relation in self.announced:
+            return False
+        self.announced.add(relation)
+        return True

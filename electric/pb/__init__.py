@@ -1,0 +1,1 @@
+"""Protobuf modules generated from proto/ by `make compile` (not committed)."""
