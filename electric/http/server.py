@@ -1,0 +1,128 @@
+"""The HTTP listener on STATUS_PORT: a tiny WSGI router served by gevent.pywsgi.
+
+Routes are registered by the application (status, migrations, metrics); every answer is JSON
+(or Prometheus text for /metrics) with a clear status code, and unknown paths get 404.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from gevent.pywsgi import WSGIServer
+from loguru import logger
+
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    body: bytes
+
+    def json(self):
+        """Parsed JSON body; raises HttpError(400) when it is not valid JSON."""
+        try:
+            return json.loads(self.body.decode("utf-8") or "null")
+        except (UnicodeDecodeError, ValueError):
+            raise HttpError(400, "invalid_body", "request body is not valid JSON") from None
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json_response(status: int, payload, *, sort_keys: bool = True) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=sort_keys).encode()
+    return Response(status, body)
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    return json_response(status, {"error": code, "message": message})
+
+
+Handler = Callable[[Request], Response]
+
+REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
+           413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class Router:
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        """``pattern`` is a full-match regex over the path; named groups become params."""
+        self._routes.append((method, re.compile(pattern), handler))
+
+    def dispatch(self, request: Request) -> Response:
+        allowed = []
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(request.path)
+            if not match:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            request.params = match.groupdict()
+            try:
+                return handler(request)
+            except HttpError as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            except Exception:
+                logger.exception(f"HTTP handler for {request.method} {request.path} failed")
+                return error_response(500, "internal", "internal failure, see Electric's log")
+        if allowed:
+            return error_response(405, "method_not_allowed",
+                                  f"use {', '.join(sorted(set(allowed)))} on {request.path}")
+        return Response(404, b"Not found", "text/plain")
+
+    def wsgi(self, environ, start_response) -> Iterable[bytes]:
+        response = self._answer(environ)
+        reason = REASONS.get(response.status, "")
+        start_response(f"{response.status} {reason}", [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+        ])
+        return [response.body]
+
+    def _answer(self, environ) -> Response:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return error_response(400, "invalid_body", "bad Content-Length")
+        if length < 0 or length > MAX_BODY_BYTES:
+            return error_response(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+        body = environ["wsgi.input"].read(length) if length else b""
+        request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/", {}, body)
+        return self.dispatch(request)
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int, router: Router):
+        self.router = router
+        self._server = WSGIServer((host, port), router.wsgi, log=None, error_log=None)
+
+    def start(self) -> None:
+        self._server.start()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._server.stop(timeout=timeout)

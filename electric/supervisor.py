@@ -1,0 +1,74 @@
+"""Supervised greenlets: a crashing component is logged and restarted with back-off.
+
+Each component runs in its own greenlet; a crash of one never takes the others down. The
+restart delay doubles from ``initial`` to ``cap`` and is reset once the component has run
+for ``healthy_after`` seconds, so a flapping dependency does not become a tight crash loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gevent
+from gevent.event import Event
+from loguru import logger
+
+
+def backoff_delays(initial: float = 0.5, cap: float = 30.0):
+    """0.5, 1, 2, 4, … capped: the delays between restarts (an endless generator)."""
+    delay = initial
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
+
+
+@dataclass
+class Supervisor:
+    initial: float = 0.5
+    cap: float = 30.0
+    healthy_after: float = 30.0
+    _greenlets: dict[str, gevent.Greenlet] = field(default_factory=dict)
+    _stopping: Event = field(default_factory=Event)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def spawn(self, name: str, target: Callable[[], object]) -> gevent.Greenlet:
+        """Run ``target()`` until it returns normally or the supervisor stops."""
+        if name in self._greenlets:
+            raise ValueError(f"component {name!r} is already supervised")
+        greenlet = gevent.spawn(self._run, name, target)
+        greenlet.name = name
+        self._greenlets[name] = greenlet
+        return greenlet
+
+    def _run(self, name: str, target: Callable[[], object]) -> None:
+        delays = backoff_delays(self.initial, self.cap)
+        log = logger.bind(component=name)
+        while not self._stopping.is_set():
+            started = gevent.get_hub().loop.now()
+            try:
+                target()
+                return
+            except gevent.GreenletExit:
+                return
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return
+                if gevent.get_hub().loop.now() - started >= self.healthy_after:
+                    delays = backoff_delays(self.initial, self.cap)
+                delay = next(delays)
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                log.opt(exception=exc).warning(
+                    f"component {name} crashed ({type(exc).__name__}: {exc}); "
+                    f"restarting in {delay:.1f}s"
+                )
+                if self._stopping.wait(delay):
+                    return
+
+    def alive(self, name: str) -> bool:
+        greenlet = self._greenlets.get(name)
+        return greenlet is not None and not greenlet.dead
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stopping.set()
+        gevent.killall(list(self._greenlets.values()), timeout=timeout)
