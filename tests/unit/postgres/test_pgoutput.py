@@ -72,12 +72,18 @@ VECTORS = [
             ),
         ),
     ),
-    ("59 00008034 7075626c696300 6578616d706c655f7479706500", po.Type(32820, "public", "example_type")),
+    (
+        "59 00008034 7075626c696300 6578616d706c655f7479706500",
+        po.Type(32820, "public", "example_type"),
+    ),
     ("54 00000001 00 00006000", po.Truncate((24576,), 0)),
     ("54 00000001 01 00006000", po.Truncate((24576,), po.TRUNCATE_CASCADE)),
     ("54 00000001 02 00006000", po.Truncate((24576,), po.TRUNCATE_RESTART_IDENTITY)),
     ("54 00000002 03 00006000 00006001", po.Truncate((24576, 24577), 3)),
-    ("49 00006000 4e 0002 74 00000003 62617a 74 00000003 353630", po.Insert(24576, (b"baz", b"560"))),
+    (
+        "49 00006000 4e 0002 74 00000003 62617a 74 00000003 353630",
+        po.Insert(24576, (b"baz", b"560")),
+    ),
     ("49 00006000 4e 0002 6e 74 00000003 353630", po.Insert(24576, (None, b"560"))),
     ("49 00006000 4e 0002 75 74 00000003 353630", po.Insert(24576, (po.UNCHANGED_TOAST, b"560"))),
     (
@@ -114,7 +120,10 @@ VECTORS = [
         po.Delete(16396, old=(UUID, b"ok")),
     ),
     # Binary column format and an empty text value.
-    ("49 00006000 4e 0002 62 00000002 0102 74 00000000", po.Insert(24576, (po.Binary(b"\1\2"), b""))),
+    (
+        "49 00006000 4e 0002 62 00000002 0102 74 00000000",
+        po.Insert(24576, (po.Binary(b"\1\2"), b"")),
+    ),
     # Logical decoding message (transactional) and an unknown tag kept verbatim.
     (
         "4d 01 0000000001735a68 70726500 00000003 616263",
@@ -208,12 +217,17 @@ def test_random_bodies_after_known_tags(tag, body):
 
 
 values = st.one_of(
-    st.none(), st.just(po.UNCHANGED_TOAST), st.binary(max_size=20), st.binary(max_size=5).map(po.Binary)
+    st.none(),
+    st.just(po.UNCHANGED_TOAST),
+    st.binary(max_size=20),
+    st.binary(max_size=5).map(po.Binary),
 )
 tuples = st.lists(values, max_size=5).map(tuple)
 
 
-@given(rel=st.integers(0, 2**32 - 1), new=tuples, old=st.one_of(st.none(), tuples), key=st.booleans())
+@given(
+    rel=st.integers(0, 2**32 - 1), new=tuples, old=st.one_of(st.none(), tuples), key=st.booleans()
+)
 def test_update_messages_round_trip(rel, new, old, key):
     msg = po.Update(rel, new, key=old) if key else po.Update(rel, new, old=old)
     assert po.decode(po.encode(msg)) == msg

@@ -1,0 +1,217 @@
+"""Transaction assembly from decoded pgoutput messages (no Postgres needed)."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from electric.changes import (
+    Column,
+    DeletedRecord,
+    NewRecord,
+    Table,
+    TruncatedRelation,
+    UpdatedRecord,
+)
+from electric.postgres import pgoutput as po
+from electric.postgres.assembler import TransactionAssembler
+from electric.postgres.lsn import Lsn
+from electric.postgres.pgoutput import ProtocolError
+
+TS = datetime(2022, 6, 9, 9, 45, 11, tzinfo=UTC)
+ITEMS = po.Relation(
+    100,
+    "public",
+    "items",
+    "d",
+    (po.RelationColumn("id", 23, -1, 1), po.RelationColumn("body", 25, -1, 0)),
+)
+FULL = po.Relation(
+    101,
+    "public",
+    "full",
+    "f",
+    (po.RelationColumn("id", 23, -1, 1), po.RelationColumn("body", 25, -1, 1)),
+)
+NOPK = po.Relation(102, "public", "nopk", "d", (po.RelationColumn("x", 25, -1, 0),))
+MIGRATIONS = po.Relation(
+    103,
+    "electric",
+    "migrations",
+    "d",
+    (po.RelationColumn("id", 23, -1, 1), po.RelationColumn("version", 1043, 68, 0)),
+)
+
+
+def table(rel: po.Relation, pks: tuple[str, ...]) -> Table:
+    cols = tuple(Column(c.name, "text") for c in rel.columns)
+    return Table(rel.namespace, rel.name, 0, cols, pks)
+
+
+REGISTRY = {("public", "items"): table(ITEMS, ("id",)), ("public", "full"): table(FULL, ("id",))}
+
+
+def make(**kw) -> TransactionAssembler:
+    kw.setdefault("table_lookup", REGISTRY.get)
+    a = TransactionAssembler("pg_1", "all_tables", **kw)
+    for rel in (ITEMS, FULL, NOPK, MIGRATIONS):
+        a.feed(rel)
+    return a
+
+
+FINAL, END = Lsn(0x100), Lsn(0x130)
+
+
+def run(a: TransactionAssembler, *messages, final=FINAL, end=END):
+    assert a.feed(po.Begin(final, TS, 7)) is None
+    for m in messages:
+        assert a.feed(m) is None
+    return a.feed(po.Commit(final, end, TS))
+
+
+def test_insert_update_delete_in_order():
+    a = make()
+    c = run(
+        a,
+        po.Insert(100, (b"1", "héllo".encode())),
+        po.Update(100, (b"1", None)),
+        po.Delete(100, key=(b"1", None)),
+    )
+    assert c.needs_write and c.end_lsn == 0x130 and c.skipped is None
+    tx = c.transaction
+    assert (tx.origin, tx.publication, tx.lsn, tx.commit_timestamp) == (
+        "pg_1",
+        "all_tables",
+        0x130,
+        TS,
+    )
+    assert tx.changes == [
+        NewRecord(("public", "items"), {"id": "1", "body": "héllo"}),
+        UpdatedRecord(("public", "items"), {"id": "1", "body": None}, None),
+        DeletedRecord(("public", "items"), {"id": "1"}),
+    ]
+
+
+def test_full_identity_old_rows_and_toast_fill_in():
+    a = make()
+    c = run(
+        a,
+        po.Update(101, (b"1", po.UNCHANGED_TOAST), old=(b"1", b"big")),
+        po.Delete(101, old=(b"1", b"big")),
+    )
+    assert c.transaction.changes == [
+        UpdatedRecord(("public", "full"), {"id": "1", "body": "big"}, {"id": "1", "body": "big"}),
+        DeletedRecord(("public", "full"), {"id": "1", "body": "big"}),
+    ]
+
+
+def test_unchanged_toast_left_out_without_old_row():
+    c = run(make(), po.Update(100, (b"1", po.UNCHANGED_TOAST)))
+    assert c.transaction.changes == [UpdatedRecord(("public", "items"), {"id": "1"}, None)]
+
+
+def test_primary_key_change_becomes_delete_plus_insert():
+    c = run(make(), po.Update(100, (b"2", b"x"), key=(b"1", None)))
+    assert c.transaction.changes == [
+        DeletedRecord(("public", "items"), {"id": "1"}),
+        NewRecord(("public", "items"), {"id": "2", "body": "x"}),
+    ]
+    c = run(make(), po.Update(101, (b"2", b"x"), old=(b"1", b"x")))
+    assert c.transaction.changes == [
+        DeletedRecord(("public", "full"), {"id": "1", "body": "x"}),
+        NewRecord(("public", "full"), {"id": "2", "body": "x"}),
+    ]
+
+
+def test_origin_transactions_dropped_but_acknowledged():
+    c = run(make(), po.Origin(Lsn(5), "pg_16400"), po.Insert(100, (b"1", b"a")))
+    assert not c.needs_write and c.skipped == "origin pg_16400" and c.end_lsn == 0x130
+    assert c.transaction.changes == []
+
+
+def test_origin_filter_can_be_narrowed():
+    a = make(drop_origin=lambda name: name == "pg_1")
+    c = run(a, po.Origin(Lsn(5), "other"), po.Insert(100, (b"1", b"a")))
+    assert c.needs_write
+
+
+def test_bookkeeping_changes_left_out_user_changes_kept():
+    c = run(make(), po.Insert(103, (b"1", b"v1")), po.Insert(100, (b"1", b"a")))
+    assert c.transaction.changes == [NewRecord(("public", "items"), {"id": "1", "body": "a"})]
+    c = run(make(), po.Insert(103, (b"1", b"v1")))
+    assert not c.needs_write and c.skipped is None
+
+
+def test_unregistered_table_left_out():
+    c = run(make(), po.Insert(102, (b"x",)), po.Insert(100, (b"1", b"a")))
+    assert [type(ch) for ch in c.transaction.changes] == [NewRecord]
+
+
+def test_no_lookup_accepts_everything():
+    c = run(make(table_lookup=None), po.Insert(102, (b"x",)))
+    assert c.transaction.changes == [NewRecord(("public", "nopk"), {"x": "x"})]
+
+
+def test_empty_transaction_still_acknowledged():
+    c = run(make())
+    assert not c.needs_write and c.end_lsn == 0x130 and c.skipped is None
+
+
+def test_truncate_becomes_truncated_relation_records():
+    c = run(
+        make(),
+        po.Truncate((100, 102, 103), po.TRUNCATE_CASCADE | po.TRUNCATE_RESTART_IDENTITY),
+    )
+    assert c.transaction.changes == [TruncatedRelation(("public", "items"))]
+    assert c.truncated == (("public", "items"),)
+
+
+def test_unknown_messages_skipped():
+    c = run(
+        make(),
+        po.LogicalMessage(True, Lsn(1), "p", b"x"),
+        po.Unknown(b"S", b""),
+        po.Type(1, "s", "t"),
+    )
+    assert not c.needs_write
+
+
+def test_relation_redefinition_is_used():
+    a = make()
+    a.feed(po.Relation(100, "public", "items", "d", (po.RelationColumn("id", 23, -1, 1),)))
+    c = run(a, po.Insert(100, (b"9",)))
+    assert c.transaction.changes == [NewRecord(("public", "items"), {"id": "9"})]
+
+
+def test_feed_bytes():
+    a = make()
+    a.feed_bytes(po.encode(po.Begin(Lsn(1), TS, 1)))
+    a.feed_bytes(po.encode(po.Insert(100, (b"1", b"z"))))
+    c = a.feed_bytes(po.encode(po.Commit(Lsn(1), Lsn(2), TS)))
+    assert c.transaction.changes[0].record == {"id": "1", "body": "z"}
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [po.Insert(100, (b"1", b"a"))],
+        [po.Commit(Lsn(1), Lsn(2), TS)],
+        [po.Begin(Lsn(1), TS, 1), po.Begin(Lsn(1), TS, 1)],
+        [po.Begin(Lsn(1), TS, 1), po.Commit(Lsn(2), Lsn(3), TS)],
+        [po.Begin(Lsn(1), TS, 1), po.Insert(999, (b"1",))],
+        [po.Begin(Lsn(1), TS, 1), po.Insert(100, (b"1",))],
+        [po.Begin(Lsn(1), TS, 1), po.Insert(100, (b"1", b"\xff"))],
+        [po.Begin(Lsn(1), TS, 1), po.Insert(100, (b"1", po.Binary(b"x")))],
+    ],
+)
+def test_protocol_violations(messages):
+    a = make()
+    with pytest.raises(ProtocolError):
+        for m in messages:
+            a.feed(m)
+
+
+def test_commit_lsn_mismatch_message():
+    a = make()
+    a.feed(po.Begin(Lsn(1), TS, 1))
+    with pytest.raises(ProtocolError, match="does not match Begin final_lsn 0/1"):
+        a.feed(po.Commit(Lsn(2), Lsn(3), TS))
