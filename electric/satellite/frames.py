@@ -102,7 +102,8 @@ def decode(data: bytes) -> Message:
         msg.ParseFromString(bytes(data[1:]))
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise FrameError(
-            "undecodable", f"cannot decode {cls.DESCRIPTOR.name} body ({len(data) - 1} bytes): {exc}"
+            "undecodable",
+            f"cannot decode {cls.DESCRIPTOR.name} body ({len(data) - 1} bytes): {exc}",
         ) from None
     return msg
 

@@ -1,0 +1,234 @@
+"""Satellite client authentication (satellite.md §4).
+
+Two providers, chosen by ``SATELLITE_AUTH_MODE``:
+
+* ``insecure`` — any non-empty token is accepted and is itself the user id (dev/test);
+* ``jwt`` — HS256 tokens whose key is derived per cluster from a 32-byte secret:
+  ``HMAC-SHA256(HMAC-SHA256(secret, "EDBv01"), global_cluster_id)``. The token must carry
+  ``global_cluster_id`` equal to ours, ``type == "access"`` and a ``user_id``; registered
+  claims (``exp``, ``nbf``, ``iat``, ``aud``) are checked only when present, and ``iss`` must
+  equal the configured issuer when the token has one.
+
+Unlike the reference, the secret, issuer and cluster id all come from configuration, and the
+secret is never logged or echoed (not even in error messages).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jwt
+
+KEY_DERIVATION_SALT = b"EDBv01"
+SECRET_KEY_BYTES = 32
+DEFAULT_TTL_SECONDS = 900
+
+
+class AuthError(Exception):
+    """A token was refused. ``reason`` is safe to log; it never contains the token."""
+
+    def __init__(self, reason: str, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.expired = expired
+
+
+class AuthConfigError(ValueError):
+    """Bad auth settings: start-up must stop with this one-line message."""
+
+
+class AuthProvider(Protocol):
+    mode: str
+
+    def validate(self, token: str) -> str:
+        """Return the user id the token stands for, or raise :class:`AuthError`."""
+        ...
+
+
+@dataclass(frozen=True)
+class InsecureAuth:
+    mode: str = "insecure"
+
+    def validate(self, token: str) -> str:
+        if not token:
+            raise AuthError("empty token")
+        return token
+
+    def mint(self, user_id: str, ttl: int | None = None) -> tuple[str, int | None]:
+        """In insecure mode the token *is* the user id and never expires."""
+        return user_id, None
+
+
+def derive_signing_key(secret_key: bytes, global_cluster_id: str) -> bytes:
+    if len(secret_key) != SECRET_KEY_BYTES:
+        raise AuthConfigError(
+            f"SATELLITE_AUTH_SIGNING_KEY must be exactly {SECRET_KEY_BYTES} bytes "
+            f"(got {len(secret_key)})"
+        )
+    k1 = hmac.new(secret_key, KEY_DERIVATION_SALT, hashlib.sha256).digest()
+    return hmac.new(k1, global_cluster_id.encode(), hashlib.sha256).digest()
+
+
+def decode_secret_key(value: str | bytes | None) -> bytes:
+    """Configured secret → 32 raw bytes. Accepts standard or URL-safe base64.
+
+    The message on failure names the setting but never repeats its value.
+    """
+    if value is None or value == "" or value == b"":
+        raise AuthConfigError(
+            "SATELLITE_AUTH_SIGNING_KEY is required when SATELLITE_AUTH_MODE=jwt "
+            f"(base64 of {SECRET_KEY_BYTES} random bytes)"
+        )
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    text = value.strip()
+    raw: bytes | None = None
+    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            raw = decoder(text + "=" * (-len(text) % 4))
+            break
+        except (binascii.Error, ValueError):
+            continue
+    if raw is None:
+        raise AuthConfigError("SATELLITE_AUTH_SIGNING_KEY is not valid base64")
+    if len(raw) != SECRET_KEY_BYTES:
+        raise AuthConfigError(
+            f"SATELLITE_AUTH_SIGNING_KEY must decode to exactly {SECRET_KEY_BYTES} bytes "
+            f"(got {len(raw)})"
+        )
+    return raw
+
+
+@dataclass(frozen=True)
+class JwtAuth:
+    """The target-commit JWT scheme (satellite.md §4.2)."""
+
+    secret_key: bytes = field(repr=False)
+    global_cluster_id: str
+    issuer: str | None = None
+    mode: str = "jwt"
+    _signing_key: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.global_cluster_id:
+            raise AuthConfigError("GLOBAL_CLUSTER_ID must not be empty in jwt auth mode")
+        object.__setattr__(
+            self, "_signing_key", derive_signing_key(self.secret_key, self.global_cluster_id)
+        )
+
+    @property
+    def signing_key(self) -> bytes:
+        return self._signing_key
+
+    def validate(self, token: str, now: float | None = None) -> str:
+        if not token:
+            raise AuthError("empty token")
+        options: dict[str, Any] = {"verify_iss": False, "require": []}
+        try:
+            if now is None:
+                claims = jwt.decode(
+                    token, self._signing_key, algorithms=["HS256"], options=options, leeway=0
+                )
+            else:
+                # PyJWT reads the clock itself; for a caller-supplied time, verify the
+                # signature with PyJWT and the time claims here.
+                claims = jwt.decode(
+                    token,
+                    self._signing_key,
+                    algorithms=["HS256"],
+                    options={
+                        **options,
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
+                )
+                exp = claims.get("exp")
+                if exp is not None and (not isinstance(exp, int | float) or exp <= now):
+                    raise jwt.ExpiredSignatureError("Signature has expired")
+                nbf = claims.get("nbf")
+                if nbf is not None and (not isinstance(nbf, int | float) or nbf > now):
+                    raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired", expired=True) from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {type(exc).__name__}") from None
+        if "iss" in claims and claims["iss"] != self.issuer:
+            raise AuthError("invalid token: unexpected issuer")
+        if claims.get("global_cluster_id") != self.global_cluster_id:
+            raise AuthError("invalid access token: wrong global_cluster_id")
+        if claims.get("type") != "access":
+            raise AuthError("invalid access token: type is not 'access'")
+        user_id = claims.get("user_id")
+        if not isinstance(user_id, str) or not user_id:
+            raise AuthError("invalid access token: no user_id")
+        return user_id
+
+    def claims_for(
+        self,
+        user_id: str,
+        ttl: int | None = DEFAULT_TTL_SECONDS,
+        now: float | None = None,
+        nonce: str | None = None,
+    ) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        claims: dict[str, Any] = {
+            "alg": "HS256",  # the reference's library copies the header into the claims
+            "global_cluster_id": self.global_cluster_id,
+            "nonce": nonce if nonce is not None else secrets.token_hex(16),
+            "type": "access",
+            "user_id": user_id,
+        }
+        if ttl is not None:
+            claims["exp"] = int(now) + int(ttl)
+        if self.issuer:
+            claims["iss"] = self.issuer
+        return claims
+
+    def mint(
+        self,
+        user_id: str,
+        ttl: int | None = DEFAULT_TTL_SECONDS,
+        now: float | None = None,
+        nonce: str | None = None,
+    ) -> tuple[str, int | None]:
+        """Sign an access token for ``user_id``; returns ``(token, exp or None)``."""
+        claims = self.claims_for(user_id, ttl=ttl, now=now, nonce=nonce)
+        token = jwt.encode(claims, self._signing_key, algorithm="HS256", headers={"typ": "JWT"})
+        return token, claims.get("exp")
+
+
+def build_provider(
+    mode: str | None,
+    signing_key: str | bytes | None = None,
+    issuer: str | None = None,
+    global_cluster_id: str = "",
+) -> InsecureAuth | JwtAuth:
+    """Make the configured provider; raises :class:`AuthConfigError` on bad settings."""
+    mode = (mode or "insecure").strip().lower()
+    if mode == "insecure":
+        return InsecureAuth()
+    if mode == "jwt":
+        return JwtAuth(
+            secret_key=decode_secret_key(signing_key),
+            global_cluster_id=global_cluster_id,
+            issuer=issuer or None,
+        )
+    raise AuthConfigError(f"SATELLITE_AUTH_MODE must be 'insecure' or 'jwt' (got {mode!r})")
+
+
+def provider_from_settings(settings: Any) -> InsecureAuth | JwtAuth:
+    """Convenience for electric/app.py: read the ``satellite_auth_*`` settings."""
+    return build_provider(
+        getattr(settings, "satellite_auth_mode", "insecure"),
+        getattr(settings, "satellite_auth_signing_key", None),
+        getattr(settings, "satellite_auth_issuer", None),
+        getattr(settings, "global_cluster_id", "") or "",
+    )

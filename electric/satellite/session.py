@@ -1,0 +1,710 @@
+"""Sans-I/O Satellite session: one websocket connection's protocol state machine.
+
+Events go in as method calls (a websocket payload arrived, the Vaxine stream produced a
+transaction, a client transaction is durably written, the ping timer fired, …) and every
+method returns the list of :class:`Action` objects the I/O layer (``server.py``) must carry
+out, in order: frames to send, a close, a client id to claim, an outgoing stream to start or
+stop, a transaction to write. Nothing here touches sockets, greenlets or files, so the whole
+message-handling matrix of satellite.md §1.6 is unit-testable with plain calls.
+
+Differences from the reference, on purpose (satellite.md §8.1):
+
+* G1  FIRST_LSN is honoured; an lsn that is neither ``eof``/``0`` nor a valid ETF ``{L,R}``
+      gets INVALID_REQUEST instead of a crash.
+* G2/G4 incoming transactions are handed to the writer as soon as they are complete; there is
+      no demand bookkeeping that could stall (back-pressure is the I/O layer's bounded queue).
+* G3  ``SatInStopReplicationResp`` pauses incoming replication; a ``StartResp`` that arrives in
+      an unexpected state is ignored.
+* G5  stopping outgoing replication sends no stray error; a failed stream resets OutRep.
+* G6  relations are re-announced after every outgoing start.
+* G7  a second start request while active restarts the stream cleanly.
+* G8  a ``SatPingResp`` with a present-but-empty lsn is accepted.
+* G9  SYNC_MODE with a batch size <= 0 is INVALID_REQUEST, not a crash.
+* G10 every failure becomes ``SatErrorResp`` + close of this socket, never an exception.
+* empty frames get ``SatErrorResp{INTERNAL}`` + close; text frames get
+  ``SatErrorResp{INVALID_REQUEST}`` + close 1003.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.message import Message
+from loguru import logger
+
+from electric.changes import (
+    DeletedRecord,
+    NewRecord,
+    Record,
+    Transaction,
+    TruncatedRelation,
+    UpdatedRecord,
+)
+from electric.pb import satellite_pb2 as pb
+from electric.satellite import frames
+from electric.satellite.auth import AuthError
+from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
+
+PING_INTERVAL = 5.0
+"""Seconds between liveness ticks (reference: 5 s, hard-coded)."""
+AUTH_TIMEOUT = 10.0
+"""A socket that has not authenticated this long after opening is closed."""
+
+CLOSE_UNSUPPORTED_DATA = 1003
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# -- actions (what the I/O layer must do) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    msg: Message
+
+    @property
+    def data(self) -> bytes:
+        return frames.encode(self.msg)
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the websocket. ``code=None`` sends a close frame without a status code, which
+    is what the reference does after an error reply."""
+
+    code: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimClient:
+    """Take the node-wide lock on ``client_id`` (waiting up to 1 s for a dying previous
+    socket), read the client's persisted lsn, then call :meth:`Session.client_claimed` or
+    :meth:`Session.client_claim_failed`."""
+
+    client_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class StartOutgoing:
+    """Open a WAL stream from ``offset`` and feed it to :meth:`Session.vaxine_transaction`
+    tagged with ``subscription``."""
+
+    subscription: int
+    offset: StartOffset
+
+
+@dataclass(frozen=True)
+class StopOutgoing:
+    subscription: int
+
+
+@dataclass(frozen=True)
+class WriteTransaction:
+    """Write ``transaction`` to Vaxine (nothing to write if it has no changes), fsync
+    ``transaction.lsn`` as this client's offset, then call :meth:`Session.transaction_written`.
+    Transactions must be written in the order they are emitted."""
+
+    transaction: Transaction
+
+
+Action = Send | Close | ClaimClient | StartOutgoing | StopOutgoing | WriteTransaction
+
+
+class InStatus(enum.Enum):
+    NONE = "none"
+    REQUESTED = "requested"
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+class ProtocolViolation(Exception):
+    """Raised inside handlers; turned into ``SatErrorResp{code}`` + close."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class ClientRelation:
+    schema: str
+    table: str
+    columns: list[str]
+
+
+@dataclass
+class OutRep:
+    active: bool = False
+    subscription: int | None = None
+    offset: StartOffset | None = None
+    # Relations announced with SatRelation since the current start (cleared on every start).
+    known_relations: set[tuple[str, str]] = field(default_factory=set)
+    # Last lsn the client reported in a SatPingResp (informational).
+    client_lsn: bytes | None = None
+    sync_batch_size: int = 0
+    sent_transactions: int = 0
+
+
+@dataclass
+class InRep:
+    status: InStatus = InStatus.NONE
+    relations: dict[int, ClientRelation] = field(default_factory=dict)
+    incomplete: Transaction | None = None
+    # lsns handed to the writer and not yet acknowledged, oldest first.
+    in_flight: list[bytes] = field(default_factory=list)
+    written: int = 0
+
+
+TableLookup = Callable[[tuple[str, str]], Any]
+"""``(schema, table) -> electric.changes.Table | None`` (usually ``SchemaRegistry.table``)."""
+
+
+class Session:
+    """State machine for one Satellite socket.
+
+    ``authenticate(token) -> user_id`` raises :class:`AuthError`; ``lookup_table`` resolves
+    relations for both directions; ``now`` values are monotonic seconds supplied by the caller.
+    """
+
+    _subscription_ids = itertools.count(1)
+
+    def __init__(
+        self,
+        authenticate: Callable[[str], str],
+        lookup_table: TableLookup,
+        cluster_id: str,
+        now: float = 0.0,
+        peer: str = "",
+    ) -> None:
+        self._authenticate = authenticate
+        self._lookup_table = lookup_table
+        self.cluster_id = cluster_id
+        self.peer = peer
+        self.opened_at = now
+        self.authenticated = False
+        self.claim_pending = False
+        self.closed = False
+        self.client_id: str | None = None
+        self.user_id: str | None = None
+        self.last_msg_time: float | None = now
+        self.ping_sent = False
+        self.out = OutRep()
+        self.inc = InRep()
+        self.log = logger.bind(sq_client=peer, cluster_id=cluster_id)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """A binary websocket message arrived."""
+        if self.closed:
+            return []
+        try:
+            msg = frames.decode(data)
+        except frames.FrameError as exc:
+            self.log.warning("rejecting client frame: {}", exc)
+            return self._fail(frames.INTERNAL, str(exc))
+        try:
+            actions = self._dispatch(msg)
+        except ProtocolViolation as exc:
+            self.log.warning("rejecting {}: {}", frames.name_of(msg), exc.reason)
+            return self._fail(exc.code, exc.reason)
+        except Exception as exc:  # never let one bad message take the process down
+            self.log.exception("unexpected failure handling {}", frames.name_of(msg))
+            return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
+        if not any(isinstance(a, Close) for a in actions):
+            # Only successfully processed messages count as proof of life.
+            self.last_msg_time = now
+            self.ping_sent = False
+        return actions
+
+    def receive_text(self, text: str | bytes, now: float) -> list[Action]:
+        """A text websocket message arrived: the protocol is binary only."""
+        if self.closed:
+            return []
+        self.log.warning("rejecting text frame: the Satellite protocol uses binary frames")
+        self.closed = True
+        return [
+            Send(frames.error(frames.INVALID_REQUEST)),
+            Close(CLOSE_UNSUPPORTED_DATA, "binary frames only"),
+        ]
+
+    def tick(self, now: float) -> list[Action]:
+        """The 5 s liveness timer fired."""
+        if self.closed:
+            return []
+        if not self.authenticated:
+            if not self.claim_pending and now - self.opened_at >= AUTH_TIMEOUT:
+                self.log.info(
+                    "client did not authenticate within {:.0f}s, disconnecting", AUTH_TIMEOUT
+                )
+                self.closed = True
+                return [Close(None, "authentication timeout")]
+            return []
+        if self.ping_sent:
+            self.log.info("Client is not responding to ping, disconnecting")
+            self.closed = True
+            return [Close(None, "ping timeout")]
+        if self.last_msg_time is None or now - self.last_msg_time >= PING_INTERVAL:
+            self.ping_sent = True
+            return [Send(pb.SatPingReq())]
+        return []
+
+    def client_claimed(self, stored_lsn: bytes | None) -> list[Action]:
+        """The client id lock is ours; ``stored_lsn`` is the last lsn durably written."""
+        if self.closed or not self.claim_pending:
+            return []
+        self.claim_pending = False
+        self.authenticated = True
+        self.log.info("authenticated client {} as user {}", self.client_id, self.user_id)
+        actions: list[Action] = [Send(pb.SatAuthResp(id=self.cluster_id))]
+        actions += self._request_incoming(stored_lsn or b"")
+        return actions
+
+    def client_claim_failed(self) -> list[Action]:
+        if self.closed or not self.claim_pending:
+            return []
+        self.claim_pending = False
+        self.log.warning(
+            "attempted multiple connections from the client with same id: {!r}", self.client_id
+        )
+        return self._fail(frames.INVALID_REQUEST, "client id already connected")
+
+    def vaxine_transaction(
+        self, subscription: int, transaction: Transaction, offset: Any
+    ) -> list[Action]:
+        """The outgoing stream produced ``(transaction, offset)``."""
+        if self.closed or not self.out.active or subscription != self.out.subscription:
+            return []  # stale event from a stopped stream
+        try:
+            actions = self._serialize_outgoing(transaction, offset)
+        except Exception as exc:
+            self.log.exception("cannot serialise outgoing transaction at {}", offset)
+            return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
+        self.out.sent_transactions += 1
+        return actions
+
+    def outgoing_failed(self, subscription: int, reason: str) -> list[Action]:
+        """The outgoing stream gave up. Tell the client and let it start again (no close)."""
+        if self.closed or subscription != self.out.subscription or not self.out.active:
+            return []
+        self.log.warning("outgoing replication stopped: {}", reason)
+        self.out = OutRep(client_lsn=self.out.client_lsn)
+        return [StopOutgoing(subscription), Send(frames.error(frames.REPLICATION_FAILED))]
+
+    def transaction_written(self, lsn: bytes) -> list[Action]:
+        """A transaction from this client is in Vaxine and its lsn is fsynced: ack it."""
+        if self.closed:
+            return []
+        if self.inc.in_flight and self.inc.in_flight[0] == lsn:
+            self.inc.in_flight.pop(0)
+        elif lsn in self.inc.in_flight:
+            self.inc.in_flight.remove(lsn)
+        self.inc.written += 1
+        self.log.debug("report lsn: {} for {}", describe(lsn), self.client_id)
+        return [Send(frames.ping_resp(lsn))]
+
+    def writer_failed(self, reason: str) -> list[Action]:
+        """Writing a client transaction failed for good: pause incoming replication. Pending
+        transactions are dropped (never acked); :meth:`writer_restarted` resumes."""
+        if self.closed:
+            return []
+        self.log.warning("incoming replication paused: {}", reason)
+        actions: list[Action] = []
+        if self.inc.status in (InStatus.ACTIVE, InStatus.REQUESTED):
+            actions.append(Send(pb.SatInStopReplicationReq()))
+        self.inc.status = InStatus.PAUSED
+        self.inc.incomplete = None
+        self.inc.in_flight.clear()
+        return actions
+
+    def writer_restarted(self, stored_lsn: bytes | None) -> list[Action]:
+        if self.closed or not self.authenticated:
+            return []
+        return self._request_incoming(stored_lsn or b"")
+
+    def connection_lost(self) -> list[Action]:
+        """The socket is gone; release the outgoing stream."""
+        actions: list[Action] = []
+        if self.out.active and self.out.subscription is not None:
+            actions.append(StopOutgoing(self.out.subscription))
+        self.out = OutRep()
+        self.closed = True
+        return actions
+
+    # -- status for operators -----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "user_id": self.user_id,
+            "peer": self.peer,
+            "authenticated": self.authenticated,
+            "outgoing": "active" if self.out.active else "none",
+            "incoming": self.inc.status.value,
+            "sent_transactions": self.out.sent_transactions,
+            "written_transactions": self.inc.written,
+            "unacked_transactions": len(self.inc.in_flight),
+        }
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _fail(self, code: int, reason: str) -> list[Action]:
+        self.closed = True
+        self.claim_pending = False
+        actions: list[Action] = []
+        if self.out.active and self.out.subscription is not None:
+            actions.append(StopOutgoing(self.out.subscription))
+            self.out.active = False
+        actions += [Send(frames.error(code)), Close(None, reason)]
+        return actions
+
+    def _request_incoming(self, stored_lsn: bytes) -> list[Action]:
+        actions: list[Action] = []
+        if self.inc.status == InStatus.REQUESTED:
+            return actions
+        if self.inc.status == InStatus.ACTIVE:
+            actions.append(Send(pb.SatInStopReplicationReq()))
+        actions.append(Send(frames.server_start_req(stored_lsn)))
+        self.inc.status = InStatus.REQUESTED
+        return actions
+
+    def _dispatch(self, msg: Message) -> list[Action]:
+        if self.claim_pending:
+            # The client pipelined something behind its SatAuthReq before we answered.
+            raise ProtocolViolation(frames.AUTH_REQUIRED, "message before authentication completed")
+        if not self.authenticated:
+            if isinstance(msg, pb.SatAuthReq):
+                return self._on_auth(msg)
+            raise ProtocolViolation(
+                frames.AUTH_REQUIRED, f"{frames.name_of(msg)} before authentication"
+            )
+        handler = _HANDLERS.get(type(msg).DESCRIPTOR.full_name)
+        if handler is None:
+            raise ProtocolViolation(
+                frames.INVALID_REQUEST, f"unexpected {frames.name_of(msg)} after authentication"
+            )
+        return handler(self, msg)
+
+    def _on_auth(self, msg: pb.SatAuthReq) -> list[Action]:
+        if not msg.id or not msg.token:
+            raise ProtocolViolation(frames.INVALID_REQUEST, "SatAuthReq needs an id and a token")
+        try:
+            user_id = self._authenticate(msg.token)
+        except AuthError as exc:
+            if exc.expired:
+                self.log.warning("client {!r} presented an expired token", msg.id)
+            raise ProtocolViolation(frames.AUTH_REQUIRED, exc.reason) from None
+        self.client_id = msg.id
+        self.user_id = user_id
+        self.claim_pending = True
+        self.log = self.log.bind(client_id=msg.id, user_id=user_id)
+        return [ClaimClient(msg.id, user_id)]
+
+    # client → server, authenticated
+
+    def _on_ping_req(self, msg: pb.SatPingReq) -> list[Action]:
+        return [Send(frames.ping_resp(b""))]
+
+    def _on_ping_resp(self, msg: pb.SatPingResp) -> list[Action]:
+        if msg.HasField("lsn"):
+            self.out.client_lsn = msg.lsn
+        return []
+
+    def _on_start_req(self, msg: pb.SatInStartReplicationReq) -> list[Action]:
+        offset = start_offset(msg)
+        options = set(msg.options)
+        if frames.OPT_SYNC_MODE in options and msg.sync_batch_size <= 0:
+            raise ProtocolViolation(
+                frames.INVALID_REQUEST, "SYNC_MODE needs a positive sync_batch_size"
+            )
+        actions: list[Action] = []
+        if self.out.active and self.out.subscription is not None:
+            # A second start while streaming: restart cleanly from the new position.
+            actions.append(StopOutgoing(self.out.subscription))
+        sub = next(self._subscription_ids)
+        self.out = OutRep(
+            active=True,
+            subscription=sub,
+            offset=offset,
+            client_lsn=self.out.client_lsn,
+            sync_batch_size=msg.sync_batch_size,
+        )
+        self.log.info("outgoing replication starting from {}", offset)
+        actions += [StartOutgoing(sub, offset), Send(pb.SatInStartReplicationResp())]
+        return actions
+
+    def _on_start_resp(self, msg: pb.SatInStartReplicationResp) -> list[Action]:
+        if self.inc.status == InStatus.REQUESTED:
+            self.inc.status = InStatus.ACTIVE
+            self.log.info("incoming replication active")
+        elif self.inc.status == InStatus.PAUSED:
+            return [Send(pb.SatInStopReplicationReq())]
+        # NONE / ACTIVE: nothing was asked, nothing to do (reference crashed here).
+        return []
+
+    def _on_stop_req(self, msg: pb.SatInStopReplicationReq) -> list[Action]:
+        if not self.out.active or self.out.subscription is None:
+            raise ProtocolViolation(
+                frames.INVALID_REQUEST, "stop requested but outgoing replication is not active"
+            )
+        sub = self.out.subscription
+        self.out = OutRep(client_lsn=self.out.client_lsn)
+        self.log.info("outgoing replication stopped by the client")
+        return [StopOutgoing(sub), Send(pb.SatInStopReplicationResp())]
+
+    def _on_stop_resp(self, msg: pb.SatInStopReplicationResp) -> list[Action]:
+        # A stop answer that crosses our newer start request must not cancel that request.
+        if self.inc.status != InStatus.REQUESTED:
+            self.inc.status = InStatus.PAUSED
+            self.inc.incomplete = None
+        return []
+
+    def _on_relation(self, msg: pb.SatRelation) -> list[Action]:
+        self.inc.relations[msg.relation_id] = ClientRelation(
+            schema=msg.schema_name, table=msg.table_name, columns=[c.name for c in msg.columns]
+        )
+        return []
+
+    def _on_error(self, msg: pb.SatErrorResp) -> list[Action]:
+        self.log.info("client reported a failure (code {}), closing", msg.error_type)
+        actions: list[Action] = []
+        if self.out.active and self.out.subscription is not None:
+            actions.append(StopOutgoing(self.out.subscription))
+            self.out.active = False
+        self.closed = True
+        return [*actions, Close(None, "client sent SatErrorResp")]
+
+    def _on_oplog(self, msg: pb.SatOpLog) -> list[Action]:
+        if self.inc.status != InStatus.ACTIVE:
+            self.log.info(
+                "incoming replication is not active: {} ignore transaction", self.inc.status.value
+            )
+            return []
+        actions: list[Action] = []
+        for op in msg.ops:
+            done = self._apply_op(op)
+            if done is not None:
+                self._validate_transaction(done)
+                self.inc.in_flight.append(done.lsn)
+                actions.append(WriteTransaction(done))
+        return actions
+
+    def _apply_op(self, op: pb.SatTransOp) -> Transaction | None:
+        kind = op.WhichOneof("op")
+        tx = self.inc.incomplete
+        if kind is None:
+            raise ProtocolViolation(frames.INVALID_REQUEST, "empty SatTransOp")
+        if kind == "begin":
+            if tx is not None:
+                raise ProtocolViolation(frames.INVALID_REQUEST, "begin inside an open transaction")
+            if not op.begin.lsn:
+                raise ProtocolViolation(frames.INVALID_REQUEST, "begin with an empty lsn")
+            self.inc.incomplete = Transaction(
+                changes=[],
+                commit_timestamp=ms_to_datetime(op.begin.commit_timestamp),
+                origin=self.client_id,
+                publication="",
+                lsn=bytes(op.begin.lsn),
+            )
+            return None
+        if tx is None:
+            raise ProtocolViolation(frames.INVALID_REQUEST, f"{kind} outside a transaction")
+        if kind == "commit":
+            self.inc.incomplete = None
+            return tx
+        if kind == "insert":
+            rel = self._client_relation(op.insert.relation_id)
+            if not op.insert.row_data:
+                raise ProtocolViolation(frames.INVALID_REQUEST, "insert with empty row_data")
+            tx.changes.append(NewRecord((rel.schema, rel.table), _zip(rel, op.insert.row_data)))
+        elif kind == "update":
+            rel = self._client_relation(op.update.relation_id)
+            if not op.update.row_data:
+                raise ProtocolViolation(frames.INVALID_REQUEST, "update with empty row_data")
+            old = _zip(rel, op.update.old_row_data) or None
+            tx.changes.append(
+                UpdatedRecord((rel.schema, rel.table), _zip(rel, op.update.row_data), old)
+            )
+        elif kind == "delete":
+            rel = self._client_relation(op.delete.relation_id)
+            tx.changes.append(
+                DeletedRecord((rel.schema, rel.table), _zip(rel, op.delete.old_row_data))
+            )
+        return None
+
+    def _client_relation(self, relation_id: int) -> ClientRelation:
+        rel = self.inc.relations.get(relation_id)
+        if rel is None:
+            raise ProtocolViolation(
+                frames.INVALID_REQUEST, f"unknown relation id {relation_id} (no SatRelation sent)"
+            )
+        return rel
+
+    def _validate_transaction(self, tx: Transaction) -> None:
+        """Refuse before queueing what the writer could never store (reference: writer
+        crash, transaction silently lost)."""
+        for change in tx.changes:
+            table = self._lookup_table(change.relation)
+            if table is None:
+                raise ProtocolViolation(
+                    frames.INVALID_REQUEST,
+                    f"table {change.relation[0]}.{change.relation[1]} is not replicated",
+                )
+            if isinstance(change, DeletedRecord):
+                record = change.old_record
+            elif isinstance(change, UpdatedRecord) and change.old_record:
+                record = change.old_record
+            else:
+                record = change.record
+            missing = [pk for pk in table.primary_keys if record.get(pk) is None]
+            if missing:
+                raise ProtocolViolation(
+                    frames.INVALID_REQUEST,
+                    f"{table.schema}.{table.name} change without primary key column(s) "
+                    + ", ".join(missing),
+                )
+
+    # server → client
+
+    def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
+        actions: list[Action] = []
+        ts = datetime_to_ms(tx.commit_timestamp)
+        lsn = encode_offset(offset)
+        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
+        for change in tx.changes:
+            if isinstance(change, TruncatedRelation):
+                continue  # no representation in this protocol version
+            table = self._lookup_table(change.relation)
+            if table is None:
+                self.log.warning(
+                    "skipping change to {}.{}: not in the schema registry", *change.relation
+                )
+                continue
+            if table.relation not in self.out.known_relations:
+                self.out.known_relations.add(table.relation)
+                actions.append(Send(relation_message(table)))
+            ops.append(_change_op(table, change))
+        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
+        actions.append(Send(pb.SatOpLog(ops=ops)))
+        return actions
+
+
+_HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
+    pb.SatPingReq.DESCRIPTOR.full_name: Session._on_ping_req,
+    pb.SatPingResp.DESCRIPTOR.full_name: Session._on_ping_resp,
+    pb.SatInStartReplicationReq.DESCRIPTOR.full_name: Session._on_start_req,
+    pb.SatInStartReplicationResp.DESCRIPTOR.full_name: Session._on_start_resp,
+    pb.SatInStopReplicationReq.DESCRIPTOR.full_name: Session._on_stop_req,
+    pb.SatInStopReplicationResp.DESCRIPTOR.full_name: Session._on_stop_resp,
+    pb.SatRelation.DESCRIPTOR.full_name: Session._on_relation,
+    pb.SatOpLog.DESCRIPTOR.full_name: Session._on_oplog,
+    pb.SatErrorResp.DESCRIPTOR.full_name: Session._on_error,
+}
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+def start_offset(msg: pb.SatInStartReplicationReq) -> StartOffset:
+    """Map a client's start request to a WAL stream start (satellite.md §1.8.1, as fixed)."""
+    options = set(msg.options)
+    if frames.OPT_FIRST_LSN in options:
+        return 0
+    if frames.OPT_LAST_LSN in options:
+        return "eof"
+    lsn = bytes(msg.lsn)
+    if lsn == b"eof":
+        return "eof"
+    if lsn == b"0":
+        return 0
+    if not lsn:
+        raise ProtocolViolation(frames.INVALID_REQUEST, "empty lsn without FIRST_LSN")
+    try:
+        return decode_offset(lsn)
+    except InvalidLsn as exc:
+        raise ProtocolViolation(
+            frames.INVALID_REQUEST, f"lsn {describe(lsn)} is not a valid offset: {exc}"
+        ) from None
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    try:
+        return _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        raise ProtocolViolation(frames.INVALID_REQUEST, f"invalid commit_timestamp {ms}") from None
+
+
+def datetime_to_ms(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return max(0, (value - _EPOCH) // timedelta(milliseconds=1))
+
+
+def _zip(rel: ClientRelation, values: Any) -> Record:
+    """Column names ↔ values, truncated to the shorter list (as the reference does).
+
+    Values are stored as Postgres text, so they must be UTF-8."""
+    record: Record = {}
+    for name, value in zip(rel.columns, values, strict=False):
+        try:
+            record[name] = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolViolation(
+                frames.INVALID_REQUEST,
+                f"value of {rel.table}.{name} is not UTF-8 text (send the Postgres text form)",
+            ) from None
+    return record
+
+
+def _row(table: Any, record: Record | None) -> list[bytes]:
+    """Registry column order; NULL and absent columns both become empty bytes (no null
+    marker exists in this protocol version)."""
+    record = record or {}
+    out = []
+    for column in table.columns:
+        value = record.get(column.name)
+        if value is None:
+            out.append(b"")
+        elif isinstance(value, bytes):
+            out.append(value)
+        else:
+            out.append(str(value).encode("utf-8"))
+    return out
+
+
+def _change_op(table: Any, change: Any) -> pb.SatTransOp:
+    rel_id = table.oid
+    if isinstance(change, NewRecord):
+        return pb.SatTransOp(
+            insert=pb.SatOpInsert(relation_id=rel_id, row_data=_row(table, change.record))
+        )
+    if isinstance(change, UpdatedRecord):
+        old = _row(table, change.old_record) if change.old_record else []
+        return pb.SatTransOp(
+            update=pb.SatOpUpdate(
+                relation_id=rel_id, row_data=_row(table, change.record), old_row_data=old
+            )
+        )
+    if isinstance(change, DeletedRecord):
+        return pb.SatTransOp(
+            delete=pb.SatOpDelete(relation_id=rel_id, old_row_data=_row(table, change.old_record))
+        )
+    raise TypeError(f"unsupported change {type(change).__name__}")
+
+
+def relation_message(table: Any) -> pb.SatRelation:
+    return pb.SatRelation(
+        schema_name=table.schema,
+        table_type=pb.SatRelation.TABLE,
+        table_name=table.name,
+        relation_id=table.oid,
+        columns=[pb.SatRelationColumn(name=c.name, type=c.type_name) for c in table.columns],
+    )
