@@ -5,24 +5,28 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/*.proto)
 PB_OUT := electric/pb
 
-.PHONY: help deps compile tests lint chaos bench start_dev_env stop_dev_env shell apply_migration
+.PHONY: help deps compile tests dev lint chaos bench start_dev_env stop_dev_env shell apply_migration
 
 help:
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
+STAMP := $(VENV)/.installed
 
-deps: $(PY) ## create the virtualenv and install Electric with its dev dependencies
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(MAKE) compile
+	touch $(STAMP)
 
-compile: ## generate protobuf modules from proto/ into electric/pb/
+deps: $(STAMP) compile ## create the virtualenv and install Electric with its dev dependencies
+
+compile: $(STAMP) ## generate protobuf modules from proto/ into electric/pb/
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PB_OUT) $(PROTOS)
 
 tests: compile ## run the test suite (real Postgres, embedded Vaxine, Electric as a process)
-	$(PY) -m pytest -q -m "not chaos"
+	$(PY) -m pytest -q -m "not chaos" $(PYTEST_ARGS)
+
+dev: deps start_dev_env shell ## everything: venv, two dev Postgres clusters, Electric in the foreground
 
 lint: ## ruff
 	$(VENV)/bin/ruff check electric tests bench
@@ -33,13 +37,13 @@ chaos: compile ## long fault-injection run
 bench: compile ## benchmarks, results in bench/results/
 	$(PY) -m bench
 
-start_dev_env: ## two local Postgres clusters on 54321 and 54322 (no Docker)
+start_dev_env: $(STAMP) ## two local Postgres clusters on 54321 and 54322 (no Docker)
 	$(PY) -m electric.devenv start
 
 stop_dev_env: ## stop the dev clusters
 	$(PY) -m electric.devenv stop
 
-shell: ## run Electric in the foreground against the dev env, embedded Vaxine
+shell: compile ## run Electric in the foreground against the dev env, embedded Vaxine
 	bin/electric --config conf/electric.ini
 
 apply_migration: ## apply MIGRATIONS_DIR/<name> to every connector: make apply_migration name=...

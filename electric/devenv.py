@@ -1,0 +1,276 @@
+"""Throwaway PostgreSQL clusters for development and tests (initdb + pg_ctl, no Docker).
+
+``python -m electric.devenv start`` (``make start_dev_env``) brings up the two dev clusters
+that ``conf/electric.ini`` points at: ports 54321 and 54322, user ``electric`` / password
+``password``, database ``electric``, ``wal_level=logical``, provisioned like the reference's dev
+databases. The test suite uses the same ``PgCluster`` class on free ports in temp dirs.
+
+Postgres refuses to run as root, so when we are root the server (and initdb) run as the
+unprivileged ``postgres`` account that Debian's package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+SERVER_USER = "postgres"
+DEV_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".dev_env")
+DEV_PORTS = (54321, 54322)
+DEV_USER, DEV_PASSWORD, DEV_DATABASE = "electric", "password", "electric"
+
+DEV_SCHEMA_SQL = """
+CREATE SCHEMA IF NOT EXISTS electric;
+CREATE TABLE IF NOT EXISTS electric.migrations (
+    id SERIAL PRIMARY KEY,
+    version VARCHAR(64) NOT NULL UNIQUE,
+    hash VARCHAR(64) NOT NULL,
+    applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
+);
+INSERT INTO electric.migrations (version, hash) VALUES ('1', 'initial')
+    ON CONFLICT (version) DO NOTHING;
+CREATE TABLE IF NOT EXISTS public.entries (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    content VARCHAR(64) NOT NULL,
+    content_b VARCHAR(64)
+);
+ALTER TABLE public.entries REPLICA IDENTITY FULL;
+CREATE TABLE IF NOT EXISTS public.entries_default (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    content VARCHAR(64) NOT NULL,
+    content_b VARCHAR(64)
+);
+"""
+
+
+def find_bindir() -> str:
+    """Directory holding initdb/pg_ctl/postgres: $PG_BINDIR, Debian's newest, or PATH."""
+    explicit = os.environ.get("PG_BINDIR")
+    if explicit:
+        return explicit
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                        key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0)
+    for candidate in reversed(candidates):
+        if os.path.exists(os.path.join(candidate, "postgres")):
+            return candidate
+    found = shutil.which("postgres") or shutil.which("pg_ctl")
+    if found:
+        return os.path.dirname(os.path.realpath(found))
+    raise RuntimeError("PostgreSQL server binaries not found: install the 'postgresql' package "
+                       "or set PG_BINDIR")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _demote():
+    """preexec_fn that drops root to the postgres account (Postgres refuses to run as root)."""
+    if os.geteuid() != 0:
+        return None
+    account = pwd.getpwnam(SERVER_USER)
+
+    def demote() -> None:
+        os.setgid(account.pw_gid)
+        os.initgroups(SERVER_USER, account.pw_gid)
+        os.setuid(account.pw_uid)
+
+    return demote
+
+
+@dataclass
+class PgCluster:
+    """One PostgreSQL cluster in ``root``; start/stop/restart it, get DSNs."""
+
+    root: str
+    port: int
+    user: str = DEV_USER
+    password: str = DEV_PASSWORD
+    database: str = DEV_DATABASE
+    fsync: bool = True
+    extra_conf: dict[str, str] = field(default_factory=dict)
+    bindir: str = field(default_factory=find_bindir)
+
+    @property
+    def datadir(self) -> str:
+        return os.path.join(self.root, "data")
+
+    @property
+    def socket_dir(self) -> str:
+        return self.root
+
+    @property
+    def logfile(self) -> str:
+        return os.path.join(self.root, "postgres.log")
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([os.path.join(self.bindir, args[0]), *args[1:]],
+                              preexec_fn=_demote(), cwd=self.root, check=check,
+                              capture_output=True, text=True)
+
+    def init(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(SERVER_USER)
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+        os.chmod(self.root, 0o755)
+        pwfile = os.path.join(self.root, "pwfile")
+        with open(pwfile, "w") as f:
+            f.write(self.password + "\n")
+        if os.geteuid() == 0:
+            os.chown(pwfile, pwd.getpwnam(SERVER_USER).pw_uid, -1)
+        try:
+            self._run("initdb", "-D", self.datadir, "-U", self.user, f"--pwfile={pwfile}",
+                      "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                      "--locale=C")
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"initdb failed: {exc.stderr.strip()}") from None
+        finally:
+            os.unlink(pwfile)
+        settings = {
+            "port": str(self.port),
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            "wal_level": "logical",
+            "max_replication_slots": "20",
+            "max_wal_senders": "20",
+            "max_logical_replication_workers": "8",
+            "max_worker_processes": "16",
+            "wal_sender_timeout": "30s",
+            "wal_receiver_timeout": "30s",
+            "wal_retrieve_retry_interval": "500ms",
+            "fsync": "on" if self.fsync else "off",
+            "synchronous_commit": "on" if self.fsync else "off",
+            "full_page_writes": "on" if self.fsync else "off",
+            "shared_buffers": "32MB",
+            "log_min_messages": "warning",
+            "log_line_prefix": "'%m [%p] %a '",
+            **self.extra_conf,
+        }
+        with open(os.path.join(self.datadir, "postgresql.conf"), "a") as conf:
+            conf.write("\n# added by electric.devenv\n")
+            for key, value in settings.items():
+                conf.write(f"{key} = {value}\n")
+
+    def start(self) -> None:
+        result = self._run("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60",
+                           "start", check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed on port {self.port}: {result.stderr.strip()}"
+                               f"\n{self.tail_log()}")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", self.datadir, "-m", mode, "-w", "stop", check=False)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def is_running(self) -> bool:
+        return self._run("pg_ctl", "-D", self.datadir, "status", check=False).returncode == 0
+
+    def tail_log(self, lines: int = 30) -> str:
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def url(self, database: str | None = None) -> str:
+        return (f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}"
+                f"/{database or self.database}")
+
+    def dsn(self, database: str | None = None, **extra: str) -> str:
+        params = {"host": "127.0.0.1", "port": str(self.port), "user": self.user,
+                  "password": self.password, "dbname": database or self.database, **extra}
+        return " ".join(f"{k}={v}" for k, v in params.items())
+
+    def psql(self, sql: str, database: str | None = None) -> str:
+        """Run SQL through psql over the Unix socket; returns unaligned output."""
+        result = subprocess.run(
+            [os.path.join(self.bindir, "psql") if os.path.exists(os.path.join(self.bindir, "psql"))
+             else "psql", "-h", self.socket_dir, "-p", str(self.port), "-U", self.user,
+             "-d", database or "postgres", "-v", "ON_ERROR_STOP=1", "-qAtX", "-c", sql],
+            capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def create_database(self, name: str | None = None) -> None:
+        name = name or self.database
+        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
+        if not exists.strip():
+            self.psql(f'CREATE DATABASE "{name}"')
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def new_cluster(name: str, port: int | None = None, root: str | None = None,
+                **kwargs) -> PgCluster:
+    """Init, start and create the database of a cluster in a fresh temp dir."""
+    root = root or tempfile.mkdtemp(prefix=f"electric-pg-{name}-")
+    cluster = PgCluster(root=root, port=port or free_port(), **kwargs)
+    cluster.init()
+    cluster.start()
+    cluster.create_database()
+    return cluster
+
+
+# -- make start_dev_env / stop_dev_env ------------------------------------------------------
+
+def _dev_clusters() -> list[PgCluster]:
+    return [PgCluster(root=os.path.join(DEV_ROOT, f"pg_{i + 1}"), port=port)
+            for i, port in enumerate(DEV_PORTS)]
+
+
+def start_dev_env() -> None:
+    for cluster in _dev_clusters():
+        if not os.path.exists(cluster.datadir):
+            cluster.init()
+        if not cluster.is_running():
+            cluster.start()
+        cluster.create_database()
+        cluster.psql(DEV_SCHEMA_SQL, database=cluster.database)
+        cluster.psql(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'all_tables')"
+            " THEN CREATE PUBLICATION all_tables FOR ALL TABLES; END IF; END $$;",
+            database=cluster.database,
+        )
+        print(f"postgres listening on 127.0.0.1:{cluster.port}  ({cluster.url()})")
+
+
+def stop_dev_env() -> None:
+    for cluster in _dev_clusters():
+        if os.path.exists(cluster.datadir):
+            cluster.stop()
+            print(f"stopped postgres on port {cluster.port}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["start"]:
+        start_dev_env()
+    elif argv == ["stop"]:
+        stop_dev_env()
+    elif argv == ["destroy"]:
+        stop_dev_env()
+        shutil.rmtree(DEV_ROOT, ignore_errors=True)
+    else:
+        print("usage: python -m electric.devenv start|stop|destroy", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Run Electric as a real subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from electric.devenv import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class ElectricProcess:
+    """Electric started with ``env`` (settings as environment variables) in ``workdir``."""
+
+    workdir: str
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        defaults = {
+            "STATUS_PORT": str(free_port()),
+            "WEBSOCKET_PORT": str(free_port()),
+            "POSTGRES_REPLICATION_PORT": str(free_port()),
+            "VAXINE_API_PORT": str(free_port()),
+            "VAXINE_REPLICATION_PORT": str(free_port()),
+            "VAXINE_DATA_DIR": os.path.join(self.workdir, "vaxine"),
+            "OFFSET_STORAGE_FILE": os.path.join(self.workdir, "offsets.dat"),
+            "ELECTRIC_HOST": "127.0.0.1",
+            "LOG_LEVEL": "debug",
+        }
+        self.env = {**defaults, **self.env}
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, "electric.log")
+
+    @property
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['STATUS_PORT']}"
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> ElectricProcess:
+        os.makedirs(self.workdir, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in _SETTING_NAMES}
+        env.update(self.env)
+        env["PYTHONPATH"] = ROOT
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "electric.cli", *self.args],
+                cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"electric exited with {self.proc.returncode}\n{self.log()}")
+            try:
+                return self.get_json("/api/status")
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.1)
+        raise AssertionError(f"electric did not answer /api/status in {timeout}s\n{self.log()}")
+
+    def get_json(self, path: str) -> dict:
+        with urllib.request.urlopen(self.status_url + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{self.log()}")
+
+    def log(self, tail: int = 80) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "--- electric log (tail) ---\n" + "".join(f.readlines()[-tail:])
+        except OSError:
+            return ""
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_SETTING_NAMES = {
+    "VAXINE_HOST", "VAXINE_API_PORT", "VAXINE_REPLICATION_PORT", "VAXINE_CONNECTION_TIMEOUT",
+    "ELECTRIC_HOST", "CONNECTORS", "POSTGRES_REPLICATION_PORT", "STATUS_PORT", "WEBSOCKET_PORT",
+    "OFFSET_STORAGE_FILE", "MIGRATIONS_DIR", "MIGRATIONS_FILE_NAME_SUFFIX",
+    "POSTGRES_PUBLICATION", "POSTGRES_SLOT", "GLOBAL_CLUSTER_ID", "LOG_LEVEL", "LOG_FILE",
+    "LOG_FORMAT",
+}
