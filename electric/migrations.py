@@ -1,0 +1,132 @@
+"""Applying a named migration to one Postgres, all or nothing.
+
+A migration ``vsn`` lives in ``MIGRATIONS_DIR + vsn + MIGRATIONS_FILE_NAME_SUFFIX`` (by default
+``<dir>/<vsn>/postgres.sql``). Its hash is the upper-case MD5 hex of the file. The whole file
+runs in one transaction together with the bookkeeping row in ``electric.migrations``, whatever
+statements it holds; any failure rolls everything back and leaves the schema as it was.
+
+Errors are ``MigrationError`` with an HTTP status and a short machine code, so the API and the
+CLI can report them the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg2
+
+from electric.schema import Migration
+
+VSN_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+class MigrationError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    vsn: str
+    path: str
+    sql: str
+    hash: str
+
+
+def check_vsn(vsn: object) -> str:
+    if not isinstance(vsn, str) or not VSN_PATTERN.match(vsn):
+        raise MigrationError(400, "invalid_vsn",
+                             "vsn must be a non-empty string of letters, digits and underscores")
+    return vsn
+
+
+def read_migration(migrations_dir: str, suffix: str, vsn: str) -> MigrationFile:
+    check_vsn(vsn)
+    path = os.path.join(migrations_dir, vsn + suffix) if suffix.startswith("/") else \
+        os.path.join(migrations_dir, vsn) + suffix
+    path = os.path.normpath(path.replace("//", "/"))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise MigrationError(404, "vsn_not_found", f"no migration file at {path}") from None
+    except OSError as exc:
+        raise MigrationError(500, "unreadable", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        sql = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MigrationError(400, "invalid_file", f"{path} is not UTF-8 text") from None
+    if not sql.strip():
+        raise MigrationError(400, "invalid_file", f"{path} is empty")
+    return MigrationFile(vsn, path, sql, hashlib.md5(raw).hexdigest().upper())
+
+
+def history(dsn: str) -> list[Migration]:
+    """The migration history of one Postgres, newest first."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT version, hash, applied_at FROM electric.migrations"
+                        " ORDER BY applied_at DESC, id DESC")
+            return [Migration(v, h, _utc(t)) for v, h, t in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+def apply(dsn: str, migration: MigrationFile) -> Migration:
+    """Run the migration and record it, in one transaction. Raises MigrationError."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            # Serialise concurrent migrations of this database, even from other Electrics.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('electric.migrations'))")
+            cur.execute("SELECT hash FROM electric.migrations WHERE version = %s",
+                        (migration.vsn,))
+            row = cur.fetchone()
+            if row is not None:
+                conn.rollback()
+                if row[0] == migration.hash:
+                    raise MigrationError(409, "already_migrated",
+                                         f"version {migration.vsn} is already applied")
+                raise MigrationError(
+                    409, "already_migrated_bad_md5",
+                    f"version {migration.vsn} was applied with hash {row[0]}, "
+                    f"the file now hashes to {migration.hash}")
+            try:
+                cur.execute(migration.sql)
+            except psycopg2.Error as exc:
+                conn.rollback()
+                detail = (exc.pgerror or str(exc)).strip()
+                raise MigrationError(500, "migration_failed",
+                                     f"migration {migration.vsn} failed and was rolled back: "
+                                     f"{detail}") from None
+            cur.execute("INSERT INTO electric.migrations (version, hash) VALUES (%s, %s)"
+                        " RETURNING applied_at", (migration.vsn, migration.hash))
+            applied_at = cur.fetchone()[0]
+        conn.commit()
+        return Migration(migration.vsn, migration.hash, _utc(applied_at))
+    finally:
+        conn.close()
+
+
+def as_json(origin: str, migration: Migration | None) -> dict | str:
+    """The reference's JSON shape for one connector's latest migration."""
+    if migration is None:
+        return "unknown"
+    applied = migration.applied_at
+    text = None
+    if applied is not None:
+        text = applied.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if applied.microsecond:
+            text += f".{applied.microsecond:06d}".rstrip("0")
+        text += "Z"
+    return {"applied_at": text, "hash": migration.hash, "origin": origin, "vsn": migration.vsn}
