@@ -1,0 +1,223 @@
+"""The three Antidote CRDTs Electric relies on, as pure functions over plain Python values.
+
+Operation-based CRDTs in Antidote's style: ``downstream(op, state)`` runs once, at the
+writer, against the state that transaction sees and produces an *effect*; ``update(effect,
+state)`` applies an effect to any replica state and commutes with concurrent effects. The
+effects and states are kept in exactly the shapes Vaxine logs and streams, so they can be
+written to the wire with :mod:`electric.vaxine.etf` unchanged:
+
+* LWW register (``antidote_crdt_register_lww``): state and effect ``(ts_us, value)``; the
+  larger pair wins (equal timestamps fall back to comparing values, as Erlang term order).
+* Disable-wins flag (``antidote_crdt_flag_dw``): state ``(enable_tokens, disable_tokens)``,
+  effect ``(seen, new_enable, new_disable)``; value = no disable token and some enable token.
+  A disable concurrent with an enable survives it: hence "update wins over delete" when
+  ``deleted?`` is enabled by deletes and disabled by inserts/updates.
+* Recursive-reset map (``antidote_crdt_map_rr``): state ``{(field, type): nested_state}``,
+  effect ``([((field, type), (ok, nested_effect))], [((field, type), (ok, reset) | none)])``.
+  Removing/resetting a field resets its nested CRDT and drops it when that leaves bottom.
+
+Operations accepted by :func:`downstream`:
+``("assign", value)`` (LWW), ``("enable",)``, ``("disable",)``, ``("reset",)`` (flag, map),
+``("batch", [((field, type), op), ...], [(field, type), ...])`` (map updates + removes).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from electric.vaxine.etf import Atom, ETFError, cons_cell, split_cell
+
+MAP_RR = Atom("antidote_crdt_map_rr")
+LWW = Atom("antidote_crdt_register_lww")
+FLAG_DW = Atom("antidote_crdt_flag_dw")
+TYPES = (MAP_RR, LWW, FLAG_DW)
+
+OK = Atom("ok")
+NONE = Atom("none")
+DICT = Atom("dict")
+
+TOKEN_BYTES = 20
+
+
+class CrdtError(ValueError):
+    """An operation that this type does not support, or a malformed state/effect."""
+
+
+Clock = Callable[[], int]
+
+
+def new(crdt_type: Atom) -> Any:
+    if crdt_type == LWW:
+        return (0, b"")
+    if crdt_type == FLAG_DW:
+        return ([], [])
+    if crdt_type == MAP_RR:
+        return {}
+    raise CrdtError(f"unsupported CRDT type {crdt_type.name}")
+
+
+def is_bottom(crdt_type: Atom, state: Any) -> bool:
+    # LWW registers have no bottom in Antidote: they are never dropped by a reset.
+    if crdt_type == FLAG_DW:
+        return state == ([], [])
+    if crdt_type == MAP_RR:
+        return not state
+    return False
+
+
+def _token() -> bytes:
+    return os.urandom(TOKEN_BYTES)
+
+
+def downstream(crdt_type: Atom, op: tuple, state: Any, now_us: Clock) -> Any:
+    """Effect of ``op`` generated against ``state`` (the writer's view)."""
+    kind = op[0]
+    if crdt_type == LWW:
+        if kind != "assign":
+            raise CrdtError(f"LWW register does not support {kind}")
+        return (max(now_us(), state[0] + 1), op[1])
+    if crdt_type == FLAG_DW:
+        seen = list(state[0]) + list(state[1])
+        if kind == "enable":
+            return (seen, [_token()], [])
+        if kind == "disable":
+            return (seen, [], [_token()])
+        if kind == "reset":
+            return (seen, [], [])
+        raise CrdtError(f"flag does not support {kind}")
+    if crdt_type == MAP_RR:
+        if kind == "reset":
+            keys = sorted(state, key=lambda k: (k[0], k[1].name))
+            return downstream(MAP_RR, ("batch", [], keys), state, now_us)
+        if kind != "batch":
+            raise CrdtError(f"map does not support {kind}")
+        updates = []
+        for (field, ftype), nested_op in op[1]:
+            current = state.get((field, ftype))
+            if current is None:
+                current = new(ftype)
+            updates.append(((field, ftype), (OK, downstream(ftype, nested_op, current, now_us))))
+        removes = []
+        for field, ftype in op[2]:
+            current = state.get((field, ftype))
+            if current is None:
+                current = new(ftype)
+            if ftype == LWW:
+                removes.append(((field, ftype), NONE))  # no reset for registers
+            else:
+                removes.append(((field, ftype), (OK, downstream(ftype, ("reset",), current, now_us))))
+        return (updates, removes)
+    raise CrdtError(f"unsupported CRDT type {crdt_type}")
+
+
+def _minus(items: list, remove: list) -> list:
+    """Erlang ``--``: drop one occurrence per element of ``remove``."""
+    out = list(items)
+    for r in remove:
+        try:
+            out.remove(r)
+        except ValueError:
+            pass
+    return out
+
+
+def update(crdt_type: Atom, effect: Any, state: Any) -> Any:
+    """New state after applying ``effect``; never mutates ``state``."""
+    if crdt_type == LWW:
+        return effect if tuple(effect) > tuple(state) else state
+    if crdt_type == FLAG_DW:
+        seen, new_enable, new_disable = effect
+        return (_minus(list(state[0]) + list(new_enable), seen),
+                _minus(list(state[1]) + list(new_disable), seen))
+    if crdt_type == MAP_RR:
+        updates, removes = effect
+        result = dict(state)
+        for (field, ftype), nested in updates:
+            current = result.get((field, ftype))
+            if current is None:
+                current = new(ftype)
+            result[(field, ftype)] = update(ftype, nested[1], current)
+        result = {k: v for k, v in result.items() if not is_bottom(k[1], v)}
+        for (field, ftype), nested in removes:
+            if nested == NONE or (field, ftype) not in result:
+                continue
+            after = update(ftype, nested[1], result[(field, ftype)])
+            if is_bottom(ftype, after):
+                del result[(field, ftype)]
+            else:
+                result[(field, ftype)] = after
+        return result
+    raise CrdtError(f"unsupported CRDT type {crdt_type}")
+
+
+def value(crdt_type: Atom, state: Any) -> Any:
+    """What a read returns: bytes, bool, or a sorted list of ((field, type), value)."""
+    if crdt_type == LWW:
+        return state[1]
+    if crdt_type == FLAG_DW:
+        return not state[1] and bool(state[0])
+    if crdt_type == MAP_RR:
+        return [((f, t), value(t, s)) for (f, t), s in sorted(state.items(), key=_field_order)]
+    raise CrdtError(f"unsupported CRDT type {crdt_type}")
+
+
+def _field_order(item):
+    (field, ftype), _ = item
+    return (field, ftype.name)
+
+
+# --------------------------------------------------------------------------- terms
+#
+# map_rr states travel as Erlang ``dict`` terms. Readers (Electric uses dict:to_list) walk
+# every bucket, so placement does not matter for them; we use a fixed 16-bucket layout with
+# crc32 placement instead of erlang:phash/2.
+
+_EMPTY_SEGMENT = tuple([] for _ in range(16))
+
+
+def to_term(crdt_type: Atom, state: Any) -> Any:
+    if crdt_type == LWW:
+        return tuple(state)
+    if crdt_type == FLAG_DW:
+        return (list(state[0]), list(state[1]))
+    if crdt_type == MAP_RR:
+        buckets: list[list] = [[] for _ in range(16)]
+        for (field, ftype), nested in state.items():
+            slot = zlib.crc32(field) % 16
+            buckets[slot].append(cons_cell((field, ftype), to_term(ftype, nested)))
+        return (DICT, len(state), 16, 16, 8, 80, 48, _EMPTY_SEGMENT, (tuple(buckets),))
+    raise CrdtError(f"unsupported CRDT type {crdt_type}")
+
+
+def dict_to_list(term: Any) -> list[tuple[Any, Any]]:
+    """``dict:to_list/1`` on an Erlang dict term (any layout)."""
+    if not (isinstance(term, tuple) and len(term) == 9 and term[0] == DICT):
+        raise CrdtError("not an Erlang dict term")
+    out = []
+    for segment in term[8]:
+        for bucket in segment:
+            for cell in bucket:
+                try:
+                    out.append(split_cell(cell))
+                except ETFError as exc:
+                    raise CrdtError("malformed dict bucket") from exc
+    return out
+
+
+def from_term(crdt_type: Atom, term: Any) -> Any:
+    if crdt_type == LWW:
+        ts, val = term
+        return (ts, val)
+    if crdt_type == FLAG_DW:
+        enable, disable = term
+        return (list(enable), list(disable))
+    if crdt_type == MAP_RR:
+        state = {}
+        for key, nested in dict_to_list(term):
+            field, ftype = key
+            state[(field, ftype)] = from_term(ftype, nested)
+        return state
+    raise CrdtError(f"unsupported CRDT type {crdt_type}")
