@@ -14,7 +14,9 @@ import gevent
 from gevent.event import Event
 from loguru import logger
 
+from electric import metrics
 from electric.http.server import HttpServer, Request, Response, Router, json_response
+from electric.offsets import OffsetFileError, OffsetStore
 from electric.schema import SchemaRegistry
 from electric.supervisor import Supervisor
 
@@ -33,6 +35,7 @@ class Application:
         self.supervisor = Supervisor()
         self.router = Router()
         self.http: HttpServer | None = None
+        self.offsets: OffsetStore | None = None
         # Components report into /api/status through these.
         self.connector_states: dict[str, Callable[[], bool]] = {}
         self.vaxine_check: Callable[[], bool] = lambda: False
@@ -45,13 +48,34 @@ class Application:
 
     def _install_routes(self) -> None:
         self.router.add("GET", r"/api/status", self._status)
+        self.router.add("GET", r"/api/health", self._health)
+        self.router.add("GET", r"/metrics", self._metrics)
 
-    def _status(self, _request: Request) -> Response:
+    def _connector_flags(self) -> dict[str, bool]:
         connectors = {c.name: False for c in self.settings.connectors}
         for name, state in self.connector_states.items():
             connectors[name] = bool(state())
-        body = {"connectors": connectors, "vaxine": bool(self.vaxine_check())}
+        return connectors
+
+    def _status(self, _request: Request) -> Response:
+        body: dict[str, object] = {"connectors": self._connector_flags(),
+                                   "vaxine": bool(self.vaxine_check())}
+        # Reference keys first; operator detail lives under keys of its own.
+        for key, provider in self.details.items():
+            body[key] = provider()
         return json_response(200, body)
+
+    def _health(self, _request: Request) -> Response:
+        connectors = self._connector_flags()
+        vaxine = bool(self.vaxine_check())
+        healthy = vaxine and all(connectors.values())
+        body = {"healthy": healthy, "vaxine": vaxine,
+                "connectors_down": sorted(n for n, up in connectors.items() if not up)}
+        return json_response(200 if healthy else 503, body)
+
+    def _metrics(self, _request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(200, body, content_type)
 
     def on_close(self, name: str, closer: Callable[[], None]) -> None:
         """Register something to close at shutdown (closed in reverse order)."""
@@ -61,6 +85,15 @@ class Application:
 
     def start(self) -> None:
         s = self.settings
+        try:
+            self.offsets = OffsetStore(s.offset_storage_file)
+        except OffsetFileError as exc:
+            raise StartupError(f"OFFSET_STORAGE_FILE: {exc}") from None
+        except OSError as exc:
+            raise StartupError(
+                f"OFFSET_STORAGE_FILE: cannot open {s.offset_storage_file}: {exc.strerror}"
+            ) from None
+        self.on_close("offsets", self.offsets.close)
         self.http = HttpServer(self.listen_host, s.status_port, self.router)
         try:
             self.http.start()

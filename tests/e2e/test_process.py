@@ -85,3 +85,34 @@ def test_json_log_lines(electric_factory):
     lines = [line for line in open(electric.log_path) if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     assert any(r["message"] == "Electric started" and r["level"] == "INFO" for r in records)
+
+
+def test_corrupt_offset_file_stops_start_up_with_exit_2(electric_factory, tmp_path):
+    from electric.offsets import OffsetStore
+
+    path = tmp_path / "offsets.dat"
+    store = OffsetStore(str(path))
+    for i in range(3):
+        store.put_satellite_lsn(f"client{i}", b"lsn-%d" % i)
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[40] ^= 0xFF  # inside the first record, not the tail
+    path.write_bytes(bytes(data))
+    electric = electric_factory(env={"OFFSET_STORAGE_FILE": str(path)}, wait=False)
+    assert electric.proc.wait(timeout=20) == 2
+    last = electric.log().strip().splitlines()[-1]
+    assert "OFFSET_STORAGE_FILE" in last and str(path) in last
+
+
+def test_health_and_metrics_endpoints(electric_factory):
+    electric = electric_factory(env={"CONNECTORS": "pg_down=postgresql://u@127.0.0.1:1/db"})
+    try:
+        urllib.request.urlopen(electric.status_url + "/api/health")
+        raise AssertionError("expected 503 while a connector is down")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503
+        body = json.loads(exc.read())
+        assert body["healthy"] is False and body["connectors_down"] == ["pg_down"]
+    with urllib.request.urlopen(electric.status_url + "/metrics") as response:
+        text = response.read().decode()
+    assert "electric_transactions_in_total" in text
