@@ -1,0 +1,97 @@
+"""The migrations API: ``GET /api/migrations[/<origin>]`` and ``PUT /api/migrations/<origin>``.
+
+A PUT pauses replication for that connector (subscription disabled, source reader stopped),
+applies the file in one transaction, re-reads the schema and resumes. Whatever happens —
+success or failure — replication resumes (on the new schema after success, on the old one
+after a failure), and the status stays truthful meanwhile. Requests for one connector are
+serialised; different connectors migrate independently.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gevent.lock import BoundedSemaphore
+from loguru import logger
+
+from electric import migrations
+from electric.http.server import HttpError, Request, Response, Router, json_response
+from electric.migrations import MigrationError
+from electric.schema import SchemaRegistry
+
+
+class MigratableConnector(Protocol):
+    name: str
+
+    def is_ready(self) -> bool: ...
+
+    def dsn(self) -> str: ...
+
+    def pause(self) -> None:
+        """Stop replication to and from this Postgres (subscription off, reader stopped)."""
+
+    def resume(self) -> None:
+        """Re-read the schema and restart replication (blocking until ready or raising)."""
+
+
+class MigrationsApi:
+    def __init__(self, connectors: dict[str, MigratableConnector], registry: SchemaRegistry,
+                 migrations_dir: str, suffix: str):
+        self.connectors = connectors
+        self.registry = registry
+        self.migrations_dir = migrations_dir
+        self.suffix = suffix
+        self._locks = {name: BoundedSemaphore() for name in connectors}
+
+    def install(self, router: Router) -> None:
+        router.add("GET", r"/api/migrations", self.list_all)
+        router.add("GET", r"/api/migrations/(?P<origin>[^/]+)", self.show)
+        router.add("PUT", r"/api/migrations/(?P<origin>[^/]+)", self.put)
+
+    def _latest(self, origin: str):
+        history = self.registry.migrations(origin)
+        return migrations.as_json(origin, history[0] if history else None)
+
+    def _connector(self, origin: str) -> MigratableConnector:
+        connector = self.connectors.get(origin)
+        if connector is None:
+            raise HttpError(404, "unknown_origin", f"no connector named {origin!r}")
+        return connector
+
+    def list_all(self, _request: Request) -> Response:
+        return json_response(200, [self._latest(name) for name in sorted(self.connectors)])
+
+    def show(self, request: Request) -> Response:
+        origin = request.params["origin"]
+        self._connector(origin)
+        return json_response(200, self._latest(origin))
+
+    def put(self, request: Request) -> Response:
+        origin = request.params["origin"]
+        connector = self._connector(origin)
+        body = request.json()
+        if not isinstance(body, dict) or "vsn" not in body:
+            raise HttpError(400, "invalid_body", 'body must be a JSON object {"vsn": "<name>"}')
+        try:
+            migration = migrations.read_migration(self.migrations_dir, self.suffix,
+                                                  migrations.check_vsn(body["vsn"]))
+            with self._locks[origin]:
+                applied = self._migrate(connector, migration)
+        except MigrationError as exc:
+            raise HttpError(exc.status, exc.code, exc.message) from None
+        return json_response(200, migrations.as_json(origin, applied))
+
+    def _migrate(self, connector: MigratableConnector, migration: migrations.MigrationFile):
+        log = logger.bind(origin=connector.name)
+        if not connector.is_ready():
+            raise MigrationError(503, "not_ready",
+                                 f"connector {connector.name} is not ready; try again later")
+        log.info(f"ready to migrate to version: {migration.vsn}")
+        connector.pause()
+        try:
+            applied = migrations.apply(connector.dsn(), migration)
+            log.info(f"successful migration to version: {migration.vsn} md5: {migration.hash}")
+            return applied
+        finally:
+            # Resume whatever happened: on the new schema, or on the old one after a rollback.
+            connector.resume()

@@ -1,0 +1,61 @@
+"""``electric migrate [settings] VSN``: apply a migration to every connector via the API.
+
+It talks to the running Electric on ``STATUS_PORT`` (same settings as the service, so the
+same ``--config`` works) and prints one line per connector. Exit code 0 when every connector
+has the migration (newly applied or already there with the same hash), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from electric import config
+
+
+def put_migration(base_url: str, origin: str, vsn: str, timeout: float = 120) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{base_url}/api/migrations/{origin}", method="PUT",
+        data=json.dumps({"vsn": vsn}).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"error": "http", "message": raw.decode(errors="replace")}
+
+
+def main(argv: list[str]) -> int:
+    parser = config.build_parser(prog="electric migrate")
+    parser.add_argument("vsn", help="migration version: MIGRATIONS_DIR/<vsn>/postgres.sql")
+    parser.add_argument("--host", default="127.0.0.1", help="where Electric's STATUS_PORT is")
+    try:
+        settings = config.load(argv, parser=parser)
+    except config.ConfigError as exc:
+        print(f"electric: invalid setting {exc}", file=sys.stderr)
+        return 2
+    if not settings.connectors:
+        print("electric migrate: no CONNECTORS configured", file=sys.stderr)
+        return 2
+    base = f"http://{settings.host}:{settings.status_port}"
+    failed = 0
+    for connector in settings.connectors:
+        try:
+            status, body = put_migration(base, connector.name, settings.vsn)
+        except OSError as exc:
+            print(f"{connector.name}: cannot reach Electric at {base}: {exc}")
+            failed += 1
+            continue
+        if status == 200:
+            print(f"{connector.name}: applied {body['vsn']} (md5 {body['hash']})")
+        elif body.get("error") == "already_migrated":
+            print(f"{connector.name}: already at {settings.vsn}")
+        else:
+            print(f"{connector.name}: failed ({status} {body.get('error')}): {body.get('message')}")
+            failed += 1
+    return 1 if failed else 0
