@@ -1,0 +1,270 @@
+"""The outbound replication slot, sans I/O: log transactions → pgoutput, LSN ↔ log offset.
+
+A subscriber Postgres sees Electric as a publisher with one logical slot per subscription.
+There is no real WAL behind it, so the positions are synthetic and this module owns them:
+
+* **Numbering** (postgres.md §3.8). With ``C`` the current position and ``n`` changes, a
+  transaction is ``Begin`` at ``C+10`` with ``final_lsn = C+10+10n``, Relation messages at 0/0,
+  change ``i`` at ``C+10i``, ``Commit`` at ``C+10+10n+10`` with ``commit_lsn = final_lsn`` and
+  ``end_lsn = C+10+10n+10``; the position then becomes ``end_lsn``. ``final_lsn`` values are
+  therefore unique per slot, which ``ALTER SUBSCRIPTION … SKIP (lsn = …)`` relies on.
+* **Mapping.** The subscriber stores ``Commit.end_lsn`` as its replication-origin progress and
+  hands it back in ``START_REPLICATION``; Electric records ``end_lsn → log offset`` for *every*
+  transaction (before sending it), so a reconnecting subscriber resumes right after the last
+  transaction it applied (:func:`plan_resume`).
+* **Numbering restarts from the subscriber's position.** After a reconnect, transactions are
+  numbered upwards from the requested LSN: the subscriber's origin never moves backwards, and
+  numbering below it would make it ask for the same old position forever. Mappings above the
+  restart point are superseded (the offset store drops them when a lower LSN is put).
+* **Upserts as INSERTs** (see ``upsert.py``): every row rebuilt from the log is sent as an
+  ``I`` with every column of the table; deletions as ``D`` — with the full old row when the log
+  has every column, else by key. ``U`` is never sent: a stock subscriber drops an UPDATE of a
+  missing row silently.
+* **Relations** are described (``R``) before their first use in a streaming session, with the
+  primary-key columns flagged as key (every column for REPLICA IDENTITY FULL tables).
+
+Nothing here touches a socket or a file; the publisher feeds transactions in and writes the
+``(lsn, payload)`` pairs out as XLogData.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Protocol
+
+from loguru import logger
+
+from electric.changes import (
+    DeletedRecord,
+    NewRecord,
+    RelationName,
+    Table,
+    Transaction,
+    TruncatedRelation,
+    UpdatedRecord,
+)
+from electric.postgres import pgoutput
+from electric.postgres.lsn import Lsn
+
+LSN_STEP = 10
+KEY_FLAG = 1
+
+__all__ = [
+    "EncodedTransaction",
+    "ResumePlan",
+    "SlotEncoder",
+    "plan_resume",
+    "relation_message",
+]
+
+
+def relation_message(table: Table) -> pgoutput.Relation:
+    """The ``R`` message describing ``table`` the way a real Postgres would.
+
+    Primary-key columns are flagged as key; under REPLICA IDENTITY FULL every column is (that
+    is what Postgres itself sends, and the subscriber needs its local key columns flagged to
+    accept deletes).
+    """
+    full = table.replica_identity == "f"
+    keys = set(table.primary_keys)
+    identity = table.replica_identity if table.replica_identity in "dnfi" else "d"
+    columns = tuple(
+        pgoutput.RelationColumn(
+            name=c.name,
+            type_oid=c.type_oid,
+            type_modifier=c.type_modifier,
+            flags=KEY_FLAG if (full or c.name in keys or c.part_of_identity) else 0,
+        )
+        for c in table.columns
+    )
+    return pgoutput.Relation(table.oid, table.schema, table.name, identity, columns)
+
+
+@dataclass
+class EncodedTransaction:
+    """One log transaction as the subscriber will see it."""
+
+    messages: list[tuple[Lsn, bytes]]  # (XLogData position, pgoutput payload), in order
+    final_lsn: Lsn
+    end_lsn: Lsn
+    offset: bytes  # log offset of the transaction (what the mapping stores)
+    changes: int  # row changes sent (Begin/Relation/Commit excluded)
+    skipped: int = 0  # changes left out (unknown table, or a table without a primary key)
+
+
+@dataclass
+class SlotEncoder:
+    """Per streaming session: turns ``(Transaction, offset)`` into numbered pgoutput messages.
+
+    ``lookup(relation)`` returns the registry's :class:`Table` (or ``None``). A change for a
+    table it does not know is skipped with a warning instead of stalling the stream: such a
+    table is not in the publication, so the subscriber has no use for it.
+    """
+
+    lookup: Callable[[RelationName], Table | None]
+    start_lsn: Lsn = field(default_factory=Lsn)
+    name: str = ""
+    current_lsn: Lsn = field(init=False)
+    announced: dict[RelationName, int] = field(default_factory=dict, init=False)
+    _xids: Any = field(default_factory=lambda: count(1), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.current_lsn = Lsn(self.start_lsn)
+        self._log = logger.bind(origin=self.name) if self.name else logger
+
+    def encode(self, tx: Transaction, offset: bytes) -> EncodedTransaction | None:
+        """Number and encode one transaction; ``None`` when it has nothing for this subscriber.
+
+        Advances :attr:`current_lsn` to the transaction's ``end_lsn`` when something is sent.
+        """
+        relations: list[pgoutput.Relation] = []
+        changes: list[pgoutput.Message] = []
+        skipped = 0
+        pending_announce: dict[RelationName, int] = {}
+        for change in tx.changes:
+            table = self.lookup(change.relation)
+            if table is None or (not table.primary_keys and not isinstance(change, TruncatedRelation)):
+                skipped += 1
+                continue
+            rel = table.relation
+            if rel not in self.announced and rel not in pending_announce:
+                pending_announce[rel] = table.oid
+                relations.append(relation_message(table))
+            message = self._change_message(table, change)
+            if message is None:
+                skipped += 1
+                continue
+            changes.append(message)
+        if skipped:
+            self._log.warning(
+                "skipped {} change(s) of a log transaction: table unknown to the registry "
+                "or without a primary key",
+                skipped,
+            )
+        if not changes:
+            return None
+        self.announced.update(pending_announce)
+
+        base = self.current_lsn
+        n = len(changes)
+        final_lsn = base + LSN_STEP * (n + 1)
+        end_lsn = final_lsn + LSN_STEP
+        ts = tx.commit_timestamp
+        messages: list[tuple[Lsn, bytes]] = [
+            (base + LSN_STEP, pgoutput.encode(pgoutput.Begin(final_lsn, ts, self._next_xid())))
+        ]
+        messages.extend((Lsn(0), pgoutput.encode(r)) for r in relations)
+        for i, message in enumerate(changes, start=1):
+            messages.append((base + LSN_STEP * i, pgoutput.encode(message)))
+        messages.append(
+            (end_lsn, pgoutput.encode(pgoutput.Commit(final_lsn, end_lsn, ts, flags=0)))
+        )
+        self.current_lsn = end_lsn
+        return EncodedTransaction(messages, final_lsn, end_lsn, bytes(offset), n, skipped)
+
+    def _next_xid(self) -> int:
+        # Distinct per session so the subscriber's error context names a transaction; 0 is
+        # InvalidTransactionId in Postgres, so start at 1 and stay in 32 bits.
+        return (next(self._xids) - 1) % 0xFFFFFFFE + 1
+
+    @staticmethod
+    def _change_message(table: Table, change: Any) -> pgoutput.Message | None:
+        if isinstance(change, NewRecord | UpdatedRecord):
+            # Every column, registry order. A column the log row lacks goes out as NULL: the
+            # Relation message promised it, and leaving it out is not expressible in an I.
+            values = tuple(_text(change.record.get(c.name)) for c in table.columns)
+            return pgoutput.Insert(table.oid, values)
+        if isinstance(change, DeletedRecord):
+            old = change.old_record or {}
+            names = table.column_names()
+            if all(name in old for name in names):
+                return pgoutput.Delete(table.oid, old=tuple(_text(old[name]) for name in names))
+            if not all(old.get(k) is not None for k in table.primary_keys):
+                return None  # cannot identify the row
+            keys = set(table.primary_keys)
+            key = tuple(_text(old.get(name)) if name in keys else None for name in names)
+            return pgoutput.Delete(table.oid, key=key)
+        if isinstance(change, TruncatedRelation):
+            return pgoutput.Truncate((table.oid,), 0)
+        return None
+
+
+def _text(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+
+class MappingStore(Protocol):
+    """The part of :class:`electric.offsets.OffsetStore` the slot needs."""
+
+    def get_pg_offset_at_or_before(self, slot: str, lsn: int) -> tuple[int, bytes] | None: ...
+
+    def last_pg_mapping(self, slot: str) -> tuple[int, bytes] | None: ...
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where to start reading the log, and from which LSN to number, for a subscriber."""
+
+    after_offset: bytes | None  # resume strictly after this log offset; None = from the start
+    start_lsn: Lsn  # numbering base (= the subscriber's requested position)
+    reason: str  # "new", "exact", "older", "collected", "unknown" (for the log)
+
+    @property
+    def anchor(self) -> tuple[int, bytes] | None:
+        """The mapping to store before streaming: ``start_lsn → after_offset``.
+
+        Putting it drops every mapping above ``start_lsn`` (numbering restarts there), so a
+        later fallback lookup can never land on a mapping from the superseded numbering.
+        """
+        if self.after_offset is None or self.start_lsn == 0:
+            return None
+        return int(self.start_lsn), self.after_offset
+
+
+def _oldest_mapping(store: MappingStore, slot: str) -> tuple[int, bytes] | None:
+    """Smallest stored LSN of ``slot`` using only the at-or-before lookup (binary search)."""
+    last = store.last_pg_mapping(slot)
+    if last is None:
+        return None
+    lo, hi = 0, int(last[0])  # at_or_before(hi) exists; find the least x where it does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if store.get_pg_offset_at_or_before(slot, mid) is None:
+            lo = mid + 1
+        else:
+            hi = mid
+    return store.get_pg_offset_at_or_before(slot, lo)
+
+
+def plan_resume(store: MappingStore, slot: str, requested: int) -> ResumePlan:
+    """Decide where a subscriber asking for ``START_REPLICATION … LOGICAL requested`` resumes.
+
+    * ``0/0``: a subscription that never applied anything from us → the whole log, once.
+    * a mapping at or before ``requested`` → after its offset. An exact hit is the normal case;
+      an older one happens when the subscriber's last transactions wrote nothing locally (its
+      origin did not advance), and re-sending those no-ops is harmless.
+    * only mappings above ``requested`` → older ones were garbage-collected after the subscriber
+      confirmed them (:meth:`SlotEncoder` users collect below the *flushed* position only), so
+      everything between ``requested`` and the oldest kept mapping was processed and wrote
+      nothing: resume after the oldest kept mapping.
+    * no mapping at all although ``requested`` is not 0/0 (offset file lost or replaced) → the
+      whole log again (idempotent upserts), numbered above ``requested``.
+    """
+    requested = Lsn(requested)
+    if requested == 0:
+        return ResumePlan(None, requested, "new")
+    found = store.get_pg_offset_at_or_before(slot, requested)
+    if found is not None:
+        lsn, offset = found
+        return ResumePlan(bytes(offset), requested, "exact" if lsn == requested else "older")
+    oldest = _oldest_mapping(store, slot)
+    if oldest is not None:
+        return ResumePlan(bytes(oldest[1]), requested, "collected")
+    return ResumePlan(None, requested, "unknown")
