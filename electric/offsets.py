@@ -573,7 +573,12 @@ class OffsetStore:
             self._maybe_compact()
 
     def get_pg_offset_at_or_before(self, slot: str, lsn: int) -> tuple[int, bytes] | None:
-        """The mapping with the largest stored lsn ``<= lsn`` for ``slot``, or ``None``."""
+        """The mapping with the largest stored lsn ``<= lsn`` for ``slot``, or ``None``.
+
+        ``None`` while :meth:`last_pg_mapping` is not ``None`` means every stored mapping is
+        newer than ``lsn`` (a subscriber behind what was garbage-collected): the caller must
+        not silently treat that like a brand-new subscriber.
+        """
         with self._lock:
             s = self._slots.get(slot)
             if s is None:
@@ -594,8 +599,11 @@ class OffsetStore:
     def gc_pg_mappings(self, slot: str, confirmed_lsn: int) -> int:
         """Forget mappings of ``slot`` older than the newest one ``<= confirmed_lsn``.
 
-        The subscriber never asks to start below a position it has confirmed, so only the
-        mapping at-or-before that position (and newer ones) can ever be looked up again.
+        ``confirmed_lsn`` must be a position the subscriber can never ask to start below:
+        the LSN of its ``START_REPLICATION`` (its replication origin, which never moves
+        backwards) — *not* the ``flushed`` of a status update, which runs ahead of the origin
+        after transactions that wrote nothing locally (postgres15-subscriber.md §5). Only the
+        mapping at-or-before that position, and newer ones, can then ever be looked up again.
         Returns the number of entries dropped. The GC record is not fsynced on its own:
         losing it only brings back harmless old entries, and the next put's fsync covers it.
         """

@@ -946,3 +946,27 @@ def test_pg_recvlogical_streams_and_ends_with_copy_done(publisher, tmp_path):
     assert not any(isinstance(e, Exception | UnsupportedMessage) for e in publisher.seen), (
         publisher.seen
     )
+
+
+_valid_query_phase_message = st.one_of(
+    st.builds(
+        lambda t: query(t), st.text(alphabet=st.characters(blacklist_characters="\0"), max_size=30)
+    ),
+    st.just(msg(b"S")),
+    st.builds(lambda b: msg(b"P", b), st.binary(max_size=20)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_valid_query_phase_message, max_size=6), st.lists(st.integers(0, 400), max_size=5))
+def test_chunking_does_not_change_events(messages, cuts):
+    data = startup(**PG15_STARTUP) + b"".join(messages)
+    whole = BackendConnection().receive_data(data)
+    c = BackendConnection()
+    pieces, prev = [], 0
+    for cut in sorted(set(min(x, len(data)) for x in cuts)) + [len(data)]:
+        pieces.append(data[prev:cut])
+        prev = cut
+    split = [ev for piece in pieces for ev in c.receive_data(piece)]
+    assert split == whole
+    assert len(whole) == 1 + len(messages)
