@@ -1,0 +1,160 @@
+"""The embedded Vaxine-compatible server: the store plus its two TCP endpoints.
+
+``EmbeddedVaxine(data_dir, host, api_port, replication_port)`` recovers the store from
+``data_dir/vaxine.log`` and serves the Antidote API and the WAL stream with gevent
+StreamServers. Port 0 picks a free port (see :attr:`api_port` / :attr:`replication_port`
+after :meth:`start`).
+
+Malformed input on the API port is handled like the real Vaxine: an undecodable frame
+(unknown code, bad protobuf, empty, or longer than the frame limit) gets no reply and only
+that connection is closed; a decodable request that fails gets ``ApbErrorResp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+import gevent
+from gevent.event import Event
+from gevent.server import StreamServer
+from loguru import logger
+
+from electric.vaxine import antidote
+from electric.vaxine.embedded.api import ApiSession
+from electric.vaxine.embedded.log import TxnLog
+from electric.vaxine.embedded.replication import ReplicationConnection
+from electric.vaxine.embedded.store import Store, data_file
+from electric.vaxine.framing import MAX_FRAME, FrameDecoder, FrameTooLarge
+
+log = logger.bind(origin="vaxine_embedded")
+
+
+class EmbeddedVaxine:
+    def __init__(
+        self,
+        data_dir: str,
+        host: str = "127.0.0.1",
+        api_port: int = 8087,
+        replication_port: int = 8088,
+        max_frame: int = MAX_FRAME,
+    ):
+        self.data_dir = data_dir
+        self.host = host
+        self._api_port = api_port
+        self._replication_port = replication_port
+        self.max_frame = max_frame
+        self.store: Store | None = None
+        self._servers: list[StreamServer] = []
+        self._connections: set = set()
+
+    @property
+    def api_port(self) -> int:
+        return self._servers[0].server_port if self._servers else self._api_port
+
+    @property
+    def replication_port(self) -> int:
+        return self._servers[1].server_port if self._servers else self._replication_port
+
+    def start(self) -> EmbeddedVaxine:
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.store = Store(TxnLog(data_file(self.data_dir)))
+        self.store.recover()
+        api = StreamServer((self.host, self._api_port), self._serve_api)
+        repl = StreamServer((self.host, self._replication_port), self._serve_replication)
+        api.start()
+        try:
+            repl.start()
+        except Exception:
+            api.stop()
+            self.store.log.close()
+            raise
+        self._servers = [api, repl]
+        log.info(
+            f"embedded Vaxine serving {self.data_dir}: API on {self.host}:{self.api_port}, "
+            f"replication on {self.host}:{self.replication_port}, "
+            f"{len(self.store.txn_offsets)} transactions recovered"
+        )
+        return self
+
+    def stop(self, timeout: float = 5) -> None:
+        for server in self._servers:
+            server.close()
+        for sock in list(self._connections):
+            try:
+                sock.shutdown(2)
+            except OSError:
+                pass
+        for server in self._servers:
+            server.stop(timeout=timeout)
+        self._servers = []
+        if self.store is not None:
+            self.store.log.close()
+        log.info("embedded Vaxine stopped")
+
+    def serve_forever(self) -> None:
+        self._servers[0].serve_forever()
+
+    # ------------------------------------------------------------------ handlers
+
+    def _serve_api(self, sock, address) -> None:
+        self._connections.add(sock)
+        session = ApiSession(self.store)
+        decoder = FrameDecoder(max_frame=self.max_frame)
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                for body in decoder.feed(data):
+                    try:
+                        request = antidote.decode_body(body)
+                    except antidote.AntidoteDecodeError as exc:
+                        log.warning(f"API client {address}: {exc}; closing the connection")
+                        return
+                    sock.sendall(antidote.encode_message(session.handle(request)))
+        except FrameTooLarge as exc:
+            log.warning(f"API client {address}: {exc}; closing the connection")
+        except OSError:
+            pass
+        except Exception:
+            log.exception(f"API client {address}: unexpected failure; closing the connection")
+        finally:
+            session.close()
+            self._connections.discard(sock)
+            sock.close()
+
+    def _serve_replication(self, sock, address) -> None:
+        self._connections.add(sock)
+        try:
+            ReplicationConnection(self.store, sock, address).serve()
+        except Exception:
+            log.exception(f"replication client {address}: unexpected failure; closing")
+        finally:
+            self._connections.discard(sock)
+            sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone server (``electric vaxine ...``) so several Electric processes can share
+    one store. The caller must have monkey-patched (the CLI does it at start-up)."""
+    parser = argparse.ArgumentParser(prog="electric vaxine",
+                                     description="Run the embedded Vaxine-compatible store.")
+    parser.add_argument("--data-dir", required=True, help="directory holding vaxine.log")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    parser.add_argument("--api-port", type=int, default=8087)
+    parser.add_argument("--replication-port", type=int, default=8088)
+    args = parser.parse_args(argv)
+    server = EmbeddedVaxine(args.data_dir, args.host, args.api_port, args.replication_port)
+    try:
+        server.start()
+    except OSError as exc:
+        log.error(f"embedded Vaxine cannot start: {exc}")
+        return 1
+    done = Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, done.set)
+    done.wait()
+    server.stop()
+    return 0

@@ -1,0 +1,239 @@
+"""Transactional CRDT store of the embedded Vaxine (one DC, one partition, txn_cert=false).
+
+Interactive transactions get snapshot isolation the way Antidote's Clock-SI does for
+Electric's use: a transaction reads the state committed when it started plus its own
+writes, turns each operation into a CRDT effect against that view at update time, and at
+commit its effects are applied to the *latest* state. Because effects commute, concurrent
+transactions merge (column-level LWW, update beats a concurrent delete) instead of
+aborting. Commits are serialised in the hub (no yield between choosing the commit order
+and appending to the log), so log order = commit order = stream order.
+
+Each committed transaction becomes one log record holding what the replication stream
+needs verbatim: the txid term, the commit time, and per touched key the materialised state
+after the commit plus the effects, pre-encoded as ETF. Recovery rebuilds the latest states
+from those records.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from electric.vaxine import etf
+from electric.vaxine.embedded import crdt
+from electric.vaxine.embedded.log import TxnLog
+from electric.vaxine.etf import Atom, Pid
+
+DEFAULT_NODE = Atom("vaxine@127.0.0.1")
+TX_ID = Atom("tx_id")
+_HEADER_TAG = Atom("electric_vaxine_log")
+_LOG_FORMAT = 1
+_TXN_HEAD = struct.Struct(">QI")
+
+ObjKey = tuple[bytes, bytes]  # (key, bucket)
+
+
+class UnknownTransaction(LookupError):
+    """Descriptor of a transaction that is not (or no longer) running."""
+
+
+@dataclass
+class _Write:
+    crdt_type: Atom
+    view: Any
+    effects: list = field(default_factory=list)
+
+
+@dataclass
+class Txn:
+    descriptor: bytes
+    txid_body: bytes
+    snapshot: int
+    owner: Any = None
+    writes: dict[ObjKey, _Write] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TxnRecord:
+    """A committed transaction as read back from the log."""
+
+    commit_us: int
+    txid_body: bytes
+    ops_body: bytes
+
+
+def parse_record(payload: bytes) -> TxnRecord | None:
+    """Log payload → transaction record (``None`` for non-transaction records)."""
+    if payload[:1] != b"T":
+        return None
+    commit_us, tlen = _TXN_HEAD.unpack_from(payload, 1)
+    start = 1 + _TXN_HEAD.size
+    return TxnRecord(commit_us, payload[start : start + tlen], payload[start + tlen :])
+
+
+class Store:
+    def __init__(self, log: TxnLog, node: Atom = DEFAULT_NODE):
+        self.log = log
+        self.node = node
+        self.dc_id: tuple | None = None
+        self.creation = int(time.time()) & 0xFFFFFFFF  # changes per start, like a node's
+        self.seq = 0
+        self.txn_offsets: list[int] = []  # log position of every committed transaction
+        self._versions: dict[ObjKey, list[tuple[int, Atom, Any]]] = {}
+        self._active: dict[bytes, Txn] = {}
+        self._last_us = 0
+        self._pid_ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def recover(self) -> None:
+        """Open the log and rebuild the latest state of every key from it."""
+        for offset, payload in self.log.open():
+            if payload[:1] == b"H":
+                header = etf.decode(payload[1:])
+                self.dc_id = header[2]
+                continue
+            record = parse_record(payload)
+            if record is None:
+                continue
+            self.seq += 1
+            self.txn_offsets.append(offset)
+            self._last_us = max(self._last_us, record.commit_us)
+            for (key, bucket), ctype, state_term, _effects in etf.decode(b"\x83" + record.ops_body):
+                state = crdt.from_term(ctype, state_term)
+                self._versions[(key, bucket)] = [(self.seq, ctype, state)]
+        if self.dc_id is None:
+            mega, rest = divmod(time.time_ns() // 1000, 10**12)
+            sec, micro = divmod(rest, 10**6)
+            self.dc_id = (self.node, (mega, sec, micro))
+            header = (_HEADER_TAG, _LOG_FORMAT, self.dc_id)
+            self.log.wait_durable(self.log.append(b"H" + etf.encode(header)))
+
+    def now_us(self) -> int:
+        """Wall-clock microseconds, strictly increasing within this store."""
+        self._last_us = max(time.time_ns() // 1000, self._last_us + 1)
+        return self._last_us
+
+    def clock(self, micros: int) -> bytes:
+        """``term_to_binary(#{DcId => Micros})``: a commit / snapshot vector clock."""
+        return etf.encode({self.dc_id: micros})
+
+    # ------------------------------------------------------------------ transactions
+
+    def begin(self, owner: Any = None) -> Txn:
+        pid = Pid(self.node, next(self._pid_ids) & 0x7FFF, 0, self.creation)
+        txid = (TX_ID, self.now_us(), pid)
+        descriptor = etf.encode(txid)
+        txn = Txn(descriptor, descriptor[1:], self.seq, owner)
+        self._active[descriptor] = txn
+        return txn
+
+    def txn(self, descriptor: bytes) -> Txn:
+        try:
+            return self._active[descriptor]
+        except KeyError:
+            raise UnknownTransaction("no running transaction with this descriptor") from None
+
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def _state_at(self, obj: ObjKey, snapshot: int) -> tuple[Atom, Any] | None:
+        for seq, ctype, state in reversed(self._versions.get(obj, ())):
+            if seq <= snapshot:
+                return ctype, state
+        return None
+
+    def _view(self, txn: Txn, obj: ObjKey, crdt_type: Atom) -> Any:
+        write = txn.writes.get(obj)
+        if write is not None:
+            found = (write.crdt_type, write.view)
+        else:
+            found = self._state_at(obj, txn.snapshot)
+        if found is None:
+            return crdt.new(crdt_type)
+        if found[0] != crdt_type:
+            raise crdt.CrdtError(f"object is a {found[0].name}, not a {crdt_type.name}")
+        return found[1]
+
+    def read(self, txn: Txn, key: bytes, bucket: bytes, crdt_type: Atom) -> Any:
+        """The state this transaction sees (its snapshot plus its own writes)."""
+        return self._view(txn, (key, bucket), crdt_type)
+
+    def update(self, txn: Txn, key: bytes, bucket: bytes, crdt_type: Atom, op: tuple) -> None:
+        obj = (key, bucket)
+        view = self._view(txn, obj, crdt_type)
+        effect = crdt.downstream(crdt_type, op, view, self.now_us)
+        write = txn.writes.get(obj)
+        if write is None:
+            write = txn.writes[obj] = _Write(crdt_type, view)
+        write.view = crdt.update(crdt_type, effect, write.view)
+        write.effects.append(effect)
+
+    def abort(self, txn: Txn) -> None:
+        self._active.pop(txn.descriptor, None)
+
+    def abort_owned_by(self, owner: Any) -> None:
+        for txn in [t for t in self._active.values() if t.owner is owner]:
+            self.abort(txn)
+
+    def commit(self, txn: Txn) -> int:
+        """Apply, log and sync the transaction; returns its commit time (µs).
+
+        Blocks the calling greenlet until the record is durable. Empty transactions are
+        not logged (Vaxine does not stream them either).
+        """
+        if self._active.pop(txn.descriptor, None) is None:
+            raise UnknownTransaction("transaction is not running")
+        commit_us = self.now_us()
+        if not txn.writes:
+            return commit_us
+        # Everything from here to log.append runs without yielding: commit order is fixed.
+        entries = []
+        new_states = []
+        for obj, write in txn.writes.items():
+            latest = self._state_at(obj, self.seq)
+            if latest is not None and latest[0] != write.crdt_type:
+                raise crdt.CrdtError(f"object became a {latest[0].name} concurrently")
+            state = latest[1] if latest is not None else crdt.new(write.crdt_type)
+            for effect in write.effects:
+                state = crdt.update(write.crdt_type, effect, state)
+            new_states.append((obj, write.crdt_type, state))
+            term = crdt.to_term(write.crdt_type, state)
+            entries.append((obj, write.crdt_type, term, write.effects))
+        ops_body = etf.encode_body(entries)
+        payload = b"T" + _TXN_HEAD.pack(commit_us, len(txn.txid_body)) + txn.txid_body + ops_body
+        offset = self.log.append(payload)
+        self.seq += 1
+        self.txn_offsets.append(offset)
+        for obj, ctype, state in new_states:
+            self._versions.setdefault(obj, []).append((self.seq, ctype, state))
+            self._prune(obj)
+        self.log.wait_durable(offset)
+        return commit_us
+
+    def _prune(self, obj: ObjKey) -> None:
+        """Keep only versions some running transaction may still read."""
+        oldest = min((t.snapshot for t in self._active.values()), default=self.seq)
+        versions = self._versions[obj]
+        keep_from = 0
+        for i, (seq, _t, _s) in enumerate(versions):
+            if seq <= oldest:
+                keep_from = i
+        if keep_from:
+            del versions[:keep_from]
+
+    # ------------------------------------------------------------------ stream positions
+
+    def first_txn_after(self, commit_position: int) -> int:
+        """Log position to start reading from to see every transaction after ``R``."""
+        i = bisect.bisect_right(self.txn_offsets, commit_position)
+        return self.txn_offsets[i] if i < len(self.txn_offsets) else self.log.end
+
+
+def data_file(data_dir: str) -> str:
+    return os.path.join(data_dir, "vaxine.log")
