@@ -332,6 +332,7 @@ class BackendConnection:
         self.parameters: dict[str, str] = {}
         self.encoding = "utf-8"
         self._buf = bytearray()
+        self._pos = 0  # parse position in _buf; consumed bytes are dropped once per call
         self._ssl_asked = False
         self._gss_asked = False
         self._error: ProtocolError | None = None
@@ -359,6 +360,9 @@ class BackendConnection:
                 events.append(ev)
             if self.phase is Phase.CLOSED:
                 self._buf.clear()
+            else:
+                del self._buf[: self._pos]
+            self._pos = 0
         except ProtocolError as exc:
             self._fail(exc)
             raise
@@ -366,8 +370,9 @@ class BackendConnection:
 
     def receive_eof(self) -> bool:
         """The peer closed. Returns True when it closed in the middle of a message."""
-        partial = bool(self._buf)
+        partial = len(self._buf) > self._pos
         self._buf.clear()
+        self._pos = 0
         self.phase = Phase.CLOSED
         return partial
 
@@ -375,6 +380,7 @@ class BackendConnection:
         self._error = exc
         self.phase = Phase.CLOSED
         self._buf.clear()
+        self._pos = 0
 
     # -- output-side state changes -----------------------------------------------
 
@@ -393,16 +399,16 @@ class BackendConnection:
         return self._next_tagged()
 
     def _next_startup(self) -> Event | None:
-        buf = self._buf
-        if len(buf) < 4:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 4:
             return None
-        (length,) = struct.unpack_from(">i", buf, 0)
+        (length,) = struct.unpack_from(">i", buf, pos)
         if length < 8 or length > self.max_startup_size:
             raise ProtocolError(f"invalid startup packet length {length}")
-        if len(buf) < length:
+        if len(buf) - pos < length:
             return None
-        body = bytes(buf[4:length])
-        del buf[:length]
+        body = bytes(buf[pos + 4 : pos + length])
+        self._pos = pos + length
         (code,) = struct.unpack_from(">I", body, 0)
         if code == SSL_REQUEST_CODE:
             if length != 8 or self._ssl_asked:
@@ -432,16 +438,16 @@ class BackendConnection:
         return StartupMessage((major, minor), params)
 
     def _next_tagged(self) -> Event | None:
-        buf = self._buf
-        if len(buf) < 5:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 5:
             # Validate the tag as soon as it arrives: garbage should fail fast.
-            if buf and buf[0] not in _FRONTEND_TAGS:
-                raise ProtocolError(f"invalid frontend message type {buf[0]!r}")
+            if len(buf) > pos and buf[pos] not in _FRONTEND_TAGS:
+                raise ProtocolError(f"invalid frontend message type {buf[pos]!r}")
             return None
-        tag = buf[0]
+        tag = buf[pos]
         if tag not in _FRONTEND_TAGS:
             raise ProtocolError(f"invalid frontend message type {tag!r}")
-        (length,) = struct.unpack_from(">i", buf, 1)
+        (length,) = struct.unpack_from(">i", buf, pos + 1)
         if length < 4:
             raise ProtocolError(f"invalid message length {length}")
         if length > self.max_message_size:
@@ -449,10 +455,10 @@ class BackendConnection:
                 f"message length {length} exceeds the limit of {self.max_message_size} bytes",
                 "54000",
             )
-        if len(buf) < 1 + length:
+        if len(buf) - pos < 1 + length:
             return None
-        body = bytes(buf[5 : 1 + length])
-        del buf[: 1 + length]
+        body = bytes(buf[pos + 5 : pos + 1 + length])
+        self._pos = pos + 1 + length
         return self._message(tag, body)
 
     def _message(self, tag: int, body: bytes) -> Event:
