@@ -183,11 +183,13 @@ class Session:
         cluster_id: str,
         now: float = 0.0,
         peer: str = "",
+        ping_interval: float = PING_INTERVAL,
     ) -> None:
         self._authenticate = authenticate
         self._lookup_table = lookup_table
         self.cluster_id = cluster_id
         self.peer = peer
+        self.ping_interval = ping_interval
         self.opened_at = now
         self.authenticated = False
         self.claim_pending = False
@@ -241,10 +243,9 @@ class Session:
         if self.closed:
             return []
         if not self.authenticated:
-            if not self.claim_pending and now - self.opened_at >= AUTH_TIMEOUT:
-                self.log.info(
-                    "client did not authenticate within {:.0f}s, disconnecting", AUTH_TIMEOUT
-                )
+            limit = AUTH_TIMEOUT * self.ping_interval / PING_INTERVAL
+            if not self.claim_pending and now - self.opened_at >= limit:
+                self.log.info("client did not authenticate within {:.1f}s, disconnecting", limit)
                 self.closed = True
                 return [Close(None, "authentication timeout")]
             return []
@@ -252,7 +253,7 @@ class Session:
             self.log.info("Client is not responding to ping, disconnecting")
             self.closed = True
             return [Close(None, "ping timeout")]
-        if self.last_msg_time is None or now - self.last_msg_time >= PING_INTERVAL:
+        if self.last_msg_time is None or now - self.last_msg_time >= self.ping_interval:
             self.ping_sent = True
             return [Send(pb.SatPingReq())]
         return []

@@ -1,0 +1,584 @@
+"""Satellite websocket endpoint: the thin gevent layer around :mod:`electric.satellite.session`.
+
+One pywsgi handler greenlet per socket reads frames and feeds them to the socket's
+:class:`~electric.satellite.session.Session`; helper greenlets per socket run the 5 s liveness
+timer, the outgoing Vaxine WAL stream (one stream connection per client, opened on the
+client's start request) and the incoming writer (client transactions → one Vaxine
+transaction each → fsync of the client's lsn in the offset file → ``SatPingResp{lsn}``).
+All session calls for one socket happen under one lock, so the state machine sees one event
+at a time and frames leave in the order it produced them.
+
+Wiring (electric/app.py)::
+
+    server = SatelliteServer(
+        host, settings.websocket_port,
+        auth=provider_from_settings(settings), cluster_id=settings.global_cluster_id,
+        lookup_table=registry.table,                 # (schema, table) -> Table | None
+        write_transaction=lambda tx: write_transaction(pool, tx, primary_keys),
+        open_stream=lambda offset: wal_stream(host, port, offset),  # iterator of (tx, offset)
+        offsets=offset_store,                        # get/put_satellite_lsn
+    )
+    server.start(); ...; server.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gevent
+import gevent.lock
+import gevent.queue
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+from geventwebsocket.exceptions import FrameTooLargeException, WebSocketError
+from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.websocket import WebSocket
+from loguru import logger
+
+from electric.changes import Transaction
+from electric.satellite.lsn import StartOffset, describe
+from electric.satellite.session import (
+    PING_INTERVAL,
+    Action,
+    ClaimClient,
+    Close,
+    Send,
+    Session,
+    StartOutgoing,
+    StopOutgoing,
+    WriteTransaction,
+)
+
+WS_PATH = "/ws"
+CLAIM_GRACE = 1.0
+"""Seconds a second socket with the same client id waits for the first one to go away."""
+CLOSE_GRACE = 2.0
+"""After we send a close frame, how long the peer gets to answer before the socket is cut."""
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Largest websocket message accepted; checked on the frame header, before reading the body."""
+WRITER_QUEUE = 64
+"""Completed client transactions waiting for the Vaxine writer. When full, reading from the
+socket pauses: TCP back-pressure instead of unbounded memory (and never a stall)."""
+WRITE_RETRY_FIRST = 0.01
+WRITE_RETRY_MAX_SLEEP = 1.0
+WRITE_RETRY_TOTAL = 10.0
+
+
+class OffsetStore(Protocol):
+    def get_satellite_lsn(self, client_id: str) -> bytes | None: ...
+
+    def put_satellite_lsn(self, client_id: str, lsn: bytes) -> None: ...
+
+
+class AuthProvider(Protocol):
+    mode: str
+
+    def validate(self, token: str) -> str: ...
+
+
+WriteFn = Callable[[Transaction], Any]
+"""Commit one transaction to Vaxine as one Vaxine transaction; raise on failure."""
+StreamFactory = Callable[[StartOffset], Iterator[tuple[Transaction, Any]]]
+"""Open a WAL stream from ``"eof"``, ``0`` or ``(L, R)``; iterate ``(transaction, offset)``.
+If the iterator has a ``close()`` method it is called when the stream is stopped."""
+
+
+class _BoundedWebSocket(WebSocket):
+    """gevent-websocket's WebSocket with a size limit checked before a body is read
+    (the library would otherwise try to allocate whatever a frame header claims)."""
+
+    __slots__ = ()
+    max_message = MAX_MESSAGE_BYTES
+
+    def read_message(self):  # noqa: C901 - mirrors the library's loop, plus the size check
+        opcode = None
+        message = bytearray()
+        while True:
+            header = self._read_header()
+            if header.flags:
+                raise FrameTooLargeException("reserved bits set")
+            f_opcode = header.opcode
+            if f_opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
+                if opcode:
+                    raise FrameTooLargeException("new message inside a fragmented one")
+                opcode = f_opcode
+            elif f_opcode == self.OPCODE_CONTINUATION:
+                if not opcode:
+                    raise FrameTooLargeException("continuation without a message")
+            if f_opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
+                if len(message) + header.length > self.max_message:
+                    logger.bind(origin="satellite").warning(
+                        "closing connection: message larger than {} bytes", self.max_message
+                    )
+                    raise FrameTooLargeException(f"message larger than {self.max_message} bytes")
+            payload = self._read_payload(header)
+            if f_opcode == self.OPCODE_PING:
+                self.handle_ping(header, payload)
+                continue
+            if f_opcode == self.OPCODE_PONG:
+                self.handle_pong(header, payload)
+                continue
+            if f_opcode == self.OPCODE_CLOSE:
+                self.handle_close(header, payload)
+                return None
+            if f_opcode not in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
+                raise FrameTooLargeException(f"unexpected opcode {f_opcode}")
+            message += payload
+            if header.fin:
+                break
+        if opcode == self.OPCODE_TEXT:
+            # Do not validate or decode: the session rejects text frames whatever they hold.
+            return _TextMessage(message)
+        return bytes(message)
+
+    def _read_header(self):
+        from geventwebsocket.websocket import Header
+
+        return Header.decode_header(self.stream)
+
+    def _read_payload(self, header) -> bytes:
+        if not header.length:
+            return b""
+        payload = self.raw_read(header.length)
+        if len(payload) != header.length:
+            raise WebSocketError("Unexpected EOF reading frame payload")
+        if header.mask:
+            payload = header.unmask_payload(payload)
+        return bytes(payload)
+
+
+class _TextMessage(bytes):
+    """Marks a message that arrived in text frames."""
+
+
+@dataclass
+class _Write:
+    generation: int
+    transaction: Transaction
+
+
+class _Connection:
+    """Everything belonging to one websocket: the session, its lock and its greenlets."""
+
+    def __init__(self, server: SatelliteServer, ws: WebSocket, peer: str) -> None:
+        self.server = server
+        self.ws = ws
+        self.peer = peer
+        self.lock = gevent.lock.RLock()
+        self.session = Session(
+            authenticate=server.auth.validate,
+            lookup_table=server.lookup_table,
+            cluster_id=server.cluster_id,
+            now=time.monotonic(),
+            peer=peer,
+            ping_interval=server.ping_interval,
+        )
+        self.log = self.session.log
+        self.client_id: str | None = None
+        self.released = Event()
+        self.greenlets: list[gevent.Greenlet] = []
+        self.streams: dict[int, gevent.Greenlet] = {}
+        self.writes: gevent.queue.Queue = gevent.queue.Queue(WRITER_QUEUE)
+        self.write_generation = 0
+        self.writer: gevent.Greenlet | None = None
+        self.closing = False
+
+    # -- the handler greenlet --------------------------------------------------------------
+
+    def run(self) -> None:
+        self.log.info("client connected from {}", self.peer)
+        self.greenlets.append(gevent.spawn(self._ticker))
+        try:
+            self._read_loop()
+        finally:
+            self._teardown()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                if self.closing:
+                    with gevent.Timeout(CLOSE_GRACE, False):
+                        data = self.ws.receive()
+                        if data is not None:
+                            continue
+                    return
+                data = self.ws.receive()
+            except FrameTooLargeException as exc:
+                self.log.warning("closing connection: {}", exc)
+                return
+            except (WebSocketError, OSError):
+                return
+            if data is None:
+                return
+            now = time.monotonic()
+            if isinstance(data, _TextMessage):
+                self._handle(self.session.receive_text, data, now)
+            else:
+                self._handle(self.session.receive, data, now)
+
+    # -- running the state machine --------------------------------------------------------
+
+    def _handle(self, event: Callable[..., list[Action]], *args: Any) -> None:
+        """Feed one event to the session and carry out its actions.
+
+        Writes are queued after the lock is released so that a full writer queue (which
+        blocks) never holds up the writer's own acknowledgements."""
+        writes: list[WriteTransaction] = []
+        with self.lock:
+            actions = event(*args)
+            for action in actions:
+                if isinstance(action, WriteTransaction):
+                    writes.append(action)
+                else:
+                    self._execute(action)
+            generation = self.write_generation
+        for write in writes:
+            self.writes.put(_Write(generation, write.transaction))
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, Send):
+            self._send(action.data)
+        elif isinstance(action, Close):
+            self._close(action.code, action.reason)
+        elif isinstance(action, ClaimClient):
+            self._claim(action.client_id)
+        elif isinstance(action, StartOutgoing):
+            self._start_stream(action.subscription, action.offset)
+        elif isinstance(action, StopOutgoing):
+            self._stop_stream(action.subscription)
+
+    def _send(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.ws.send(data, binary=True)
+        except (WebSocketError, OSError):
+            self.closing = True
+
+    def _close(self, code: int | None, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.log.info("closing connection: {}", reason or "done")
+        payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode()[:120]
+        try:
+            self.ws.send_frame(payload, WebSocket.OPCODE_CLOSE)
+        except (WebSocketError, OSError):
+            pass
+        # Cut the socket if the peer never answers our close.
+        self.greenlets.append(gevent.spawn_later(CLOSE_GRACE, self._cut))
+
+    def _cut(self) -> None:
+        sock = getattr(self.ws.handler, "socket", None) if self.ws.handler else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    # -- auth: claim the client id ----------------------------------------------------------
+
+    def _claim(self, client_id: str) -> None:
+        ok = self.server._claim(client_id, self)
+        if not ok:
+            self._run_actions(self.session.client_claim_failed())
+            return
+        self.client_id = client_id
+        self.log = self.session.log
+        try:
+            stored = self.server.offsets.get_satellite_lsn(client_id)
+        except Exception as exc:
+            self.log.error("cannot read the stored lsn of {}: {}", client_id, exc)
+            stored = None
+        self.writer = gevent.spawn(self._writer)
+        self.greenlets.append(self.writer)
+        self._run_actions(self.session.client_claimed(stored))
+
+    def _run_actions(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, WriteTransaction):
+                self.writes.put_nowait(_Write(self.write_generation, action.transaction))
+            else:
+                self._execute(action)
+
+    # -- outgoing: Vaxine WAL stream → client ---------------------------------------------
+
+    def _start_stream(self, subscription: int, offset: StartOffset) -> None:
+        greenlet = gevent.spawn(self._stream, subscription, offset)
+        self.streams[subscription] = greenlet
+
+    def _stop_stream(self, subscription: int) -> None:
+        greenlet = self.streams.pop(subscription, None)
+        if greenlet is not None and greenlet is not gevent.getcurrent():
+            greenlet.kill(block=False)
+
+    def _stream(self, subscription: int, offset: StartOffset) -> None:
+        iterator = None
+        try:
+            iterator = self.server.open_stream(offset)
+            for tx, tx_offset in iterator:
+                if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
+                    if tuple(tx_offset) == offset:
+                        continue  # the resume position itself was already delivered
+                self._handle(self.session.vaxine_transaction, subscription, tx, tx_offset)
+                if subscription not in self.streams:
+                    return
+            reason = "stream ended"
+        except gevent.GreenletExit:
+            return
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
+        if self.streams.get(subscription) is gevent.getcurrent():
+            del self.streams[subscription]
+            self._handle(self.session.outgoing_failed, subscription, reason)
+
+    # -- incoming: client transactions → Vaxine → offset file → ack -----------------------
+
+    def _writer(self) -> None:
+        while True:
+            item: _Write = self.writes.get()
+            if item.generation != self.write_generation:
+                continue  # queued before a writer failure: the client will re-send it
+            tx = item.transaction
+            try:
+                self._write_with_retry(tx)
+                self.server.offsets.put_satellite_lsn(self.client_id, tx.lsn)
+            except gevent.GreenletExit:
+                raise
+            except Exception as exc:
+                self._writer_failed(tx, exc)
+                continue
+            self.log.debug("Saving lsn {} for satellite: {!r}", describe(tx.lsn), self.client_id)
+            self._handle(self.session.transaction_written, tx.lsn)
+
+    def _write_with_retry(self, tx: Transaction) -> None:
+        if not tx.changes:
+            return  # empty transactions are acked, nothing to store
+        delay, slept = self.server.write_retry_first, 0.0
+        while True:
+            try:
+                self.server.write_transaction(tx)
+                return
+            except gevent.GreenletExit:
+                raise
+            except Exception as exc:
+                if slept >= self.server.write_retry_total:
+                    raise
+                self.log.warning(
+                    "writing transaction {} to Vaxine failed ({}: {}), retrying in {:.0f} ms",
+                    describe(tx.lsn),
+                    type(exc).__name__,
+                    exc,
+                    delay * 1000,
+                )
+                gevent.sleep(delay)
+                slept += delay
+                delay = min(self.server.write_retry_max_sleep, delay * 2 * random.uniform(0.8, 1.2))
+
+    def _writer_failed(self, tx: Transaction, exc: Exception) -> None:
+        self.log.error(
+            "giving up on transaction {} from {!r}: {}: {}",
+            describe(tx.lsn),
+            self.client_id,
+            type(exc).__name__,
+            exc,
+        )
+        with self.lock:
+            self.write_generation += 1
+            self._run_actions(self.session.writer_failed(f"{type(exc).__name__}: {exc}"))
+            while not self.writes.empty():
+                self.writes.get_nowait()
+            try:
+                stored = self.server.offsets.get_satellite_lsn(self.client_id)
+            except Exception:
+                stored = None
+            self._run_actions(self.session.writer_restarted(stored))
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _ticker(self) -> None:
+        while not self.closing:
+            gevent.sleep(self.server.ping_interval)
+            self._handle(self.session.tick, time.monotonic())
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        with self.lock:
+            self.closing = True
+            for action in self.session.connection_lost():
+                if isinstance(action, StopOutgoing):
+                    self._stop_stream(action.subscription)
+        for greenlet in list(self.streams.values()):
+            greenlet.kill(block=False)
+        self.streams.clear()
+        current = gevent.getcurrent()
+        gevent.killall([g for g in self.greenlets if g is not current], block=False)
+        if self.client_id is not None:
+            self.server._release(self.client_id, self)
+        self.released.set()
+        self.log.info("client disconnected")
+
+
+class SatelliteServer:
+    """The websocket listener. Plain values and injected collaborators only, so it can be
+    run in tests against fakes or wired to the real Vaxine pool/stream and offset file."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        auth: AuthProvider,
+        cluster_id: str,
+        lookup_table: Callable[[tuple[str, str]], Any],
+        write_transaction: WriteFn,
+        open_stream: StreamFactory,
+        offsets: OffsetStore,
+        ping_interval: float = PING_INTERVAL,
+        claim_grace: float = CLAIM_GRACE,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        write_retry_first: float = WRITE_RETRY_FIRST,
+        write_retry_max_sleep: float = WRITE_RETRY_MAX_SLEEP,
+        write_retry_total: float = WRITE_RETRY_TOTAL,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.auth = auth
+        self.cluster_id = cluster_id
+        self.lookup_table = lookup_table
+        self.write_transaction = write_transaction
+        self.open_stream = open_stream
+        self.offsets = offsets
+        self.ping_interval = ping_interval
+        self.claim_grace = claim_grace
+        self.write_retry_first = write_retry_first
+        self.write_retry_max_sleep = write_retry_max_sleep
+        self.write_retry_total = write_retry_total
+        self._ws_class = type(
+            "BoundedWebSocket",
+            (_BoundedWebSocket,),
+            {"__slots__": (), "max_message": max_message_bytes},
+        )
+        self._clients: dict[str, _Connection] = {}
+        self._connections: set[_Connection] = set()
+        self._server: WSGIServer | None = None
+        self.log = logger.bind(origin="satellite")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and start accepting (raises OSError if the port is taken)."""
+        server = WSGIServer(
+            (self.host, self.port),
+            self._app,
+            handler_class=WebSocketHandler,
+            log=None,
+            error_log=_LoguruWriter(),
+        )
+        quiet = logging.getLogger("electric.satellite.geventwebsocket")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+        server.logger = quiet
+        # Only /ws may upgrade: other paths are answered 404 without a handshake.
+        server.pre_start_hook = lambda handler: handler.environ.get("PATH_INFO") != WS_PATH
+        server.start()
+        self._server = server
+        self.port = server.server_port
+        self.log.info(
+            "Satellite websocket server listening on port {} (path {})", self.port, WS_PATH
+        )
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._server is None:
+            return
+        self._server.close()  # stop accepting
+        for conn in list(self._connections):
+            with conn.lock:
+                conn._close(1001, "server shutting down")
+        deadline = time.monotonic() + timeout
+        for conn in list(self._connections):
+            conn.released.wait(max(0.0, deadline - time.monotonic()))
+        self._server.stop(timeout=0.5)
+        self._server = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "clients_connected": len(self._clients),
+            "sockets_open": len(self._connections),
+            "clients": [c.session.status() for c in list(self._connections)],
+        }
+
+    # -- the WSGI application -------------------------------------------------------------
+
+    def _app(self, environ: dict, start_response: Callable) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path != WS_PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found\n"]
+        ws = environ.get("wsgi.websocket")
+        if ws is None:
+            start_response(
+                "426 Upgrade Required",
+                [
+                    ("Connection", "upgrade"),
+                    ("Upgrade", "websocket"),
+                    ("Content-Type", "text/plain"),
+                ],
+            )
+            return [b"websocket upgrade required\n"]
+        ws.__class__ = self._ws_class
+        peer = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
+        conn = _Connection(self, ws, peer)
+        self._connections.add(conn)
+        try:
+            conn.run()
+        except Exception:
+            conn.log.exception("websocket handler failed")
+        finally:
+            self._connections.discard(conn)
+        return []
+
+    # -- client id registry (node-local) ---------------------------------------------------
+
+    def _claim(self, client_id: str, conn: _Connection) -> bool:
+        deadline = time.monotonic() + self.claim_grace
+        while True:
+            holder = self._clients.get(client_id)
+            if holder is None or holder is conn:
+                self._clients[client_id] = conn
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            holder.released.wait(remaining)
+
+    def _release(self, client_id: str, conn: _Connection) -> None:
+        if self._clients.get(client_id) is conn:
+            del self._clients[client_id]
+
+
+class _LoguruWriter:
+    """pywsgi's error log, routed to loguru."""
+
+    def write(self, text: str) -> None:
+        text = text.strip()
+        if text:
+            logger.bind(origin="satellite").warning("websocket server: {}", text)
+
+    def flush(self) -> None:
+        pass
