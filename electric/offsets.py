@@ -84,7 +84,10 @@ _log = logger.bind(origin="offsets")
 
 
 class OffsetFileError(Exception):
-    """The offset file cannot be used; start-up must stop (the CLI exits with code 2)."""
+    """The offset file cannot be used; start-up must stop (the CLI exits with code 2).
+
+    Base of every error the store raises on open; ``str()`` is one line naming the file.
+    """
 
 
 class OffsetFileCorrupt(OffsetFileError):
@@ -207,7 +210,14 @@ class OffsetStore:
         self._live_bytes = HEADER_SIZE
         # Test hook: called with a stage name during compaction ("temp_written", "renamed").
         self._compaction_hook: Callable[[str], None] | None = None
-        self._open()
+        try:
+            self._open()
+        except OSError as exc:
+            # Missing permissions, a read-only disk, a directory in the way...: one clear line
+            # for the operator instead of a traceback.
+            raise OffsetFileError(
+                f"cannot open offset file {self.path}: {exc.strerror or exc}"
+            ) from exc
 
     # ------------------------------------------------------------------ open / load
 
@@ -218,6 +228,8 @@ class OffsetStore:
             _log.warning("removing unfinished compaction file {}", tmp)
             os.unlink(tmp)
         if not os.path.exists(self.path):
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
             self._create_empty()
         fd = os.open(self.path, os.O_RDWR)
         try:

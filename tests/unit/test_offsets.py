@@ -455,6 +455,20 @@ def test_second_opener_is_refused(path):
     OffsetStore(path).close()
 
 
+def test_missing_parent_directory_is_created(tmp_path):
+    path = str(tmp_path / "a" / "b" / "offsets.dat")
+    with OffsetStore(path) as s:
+        s.put_satellite_lsn("c", b"1")
+    assert os.path.getsize(path) > HEADER_SIZE
+
+
+def test_unopenable_path_is_one_clear_error(tmp_path):
+    (tmp_path / "dir.dat").mkdir()
+    with pytest.raises(offsets.OffsetFileError, match="cannot open offset file .*dir.dat") as ei:
+        OffsetStore(str(tmp_path / "dir.dat"))
+    assert "\n" not in str(ei.value)
+
+
 def test_closed_store_refuses_writes(path):
     s = OffsetStore(path)
     s.close()
