@@ -219,9 +219,12 @@ SELECT i.indrelid, a.attname
 
 
 def read_tables(
-    conn: Any, publication: str, *, origin: str | None = None
+    conn: Any, publication: str, *, origin: str | None = None, quiet: bool = False
 ) -> tuple[list[Table], list[RelationName]]:
-    """Replicated tables of the publication, and the names of those left out for lack of a PK."""
+    """Replicated tables of the publication, and the names of those left out for lack of a PK.
+
+    ``quiet`` suppresses the per-table log lines (the caller reports what is new).
+    """
     column_lists = conn.server_version >= 150000
     rows = _all(
         conn,
@@ -243,6 +246,8 @@ def read_tables(
     for oid, schema, name, identity, attnames in rows:
         if oid not in pks:
             without_pk.append((schema, name))
+            if quiet:
+                continue
             log.warning(
                 "table {}.{} has no primary key: it is not replicated "
                 "(add a primary key, then restart or migrate)",
@@ -256,7 +261,7 @@ def read_tables(
             if published is not None and attname not in published:
                 continue
             type_name, type_oid, type_mod = replicated_type(typoid, typname, typmod)
-            if type_oid != typoid:
+            if type_oid != typoid and not quiet:
                 log.info(
                     "column {}.{}.{} of type {} replicates as text", schema, name, attname, typname
                 )
@@ -287,6 +292,24 @@ def read_migrations(conn: Any) -> list[Migration]:
     return [Migration(vsn=v, hash=h, applied_at=at) for v, h, at in rows]
 
 
+def warn_search_path(conn: Any, origin: str | None = None) -> None:
+    """Warn when unqualified tables would be created in the bookkeeping schema.
+
+    With the default ``search_path = "$user", public`` and a role named ``electric``, creating
+    schema ``electric`` silently makes it the default schema for that role's new tables, and
+    changes to those are never replicated.
+    """
+    (schemas,) = _one(conn, "SELECT pg_catalog.current_schemas(false)::text[]")
+    if schemas and schemas[0] == ELECTRIC_SCHEMA:
+        log = logger.bind(origin=origin) if origin else logger
+        log.warning(
+            "the default schema of this role is '{}' (search_path \"$user\"): unqualified "
+            "CREATE TABLE lands in Electric's bookkeeping schema and does not replicate; "
+            "qualify table names or set search_path",
+            ELECTRIC_SCHEMA,
+        )
+
+
 def python_encoding(conn: Any) -> str:
     (name,) = _one(conn, "SHOW server_encoding")
     if name == "SQL_ASCII":  # "no encoding": bytes are whatever clients wrote; UTF-8 is usual
@@ -309,6 +332,7 @@ def provision(
     if ensure_slot(conn, slot):
         created.append(f"slot {slot}")
     tables, without_pk = read_tables(conn, publication, origin=origin)
+    warn_search_path(conn, origin)
     return ProvisionResult(
         tables=tables,
         tables_without_pk=without_pk,

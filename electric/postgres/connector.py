@@ -1,0 +1,270 @@
+"""One configured source Postgres ("connector"): provision it, then stream it into a sink.
+
+Lifecycle (one greenlet per connector, independent of every other connector):
+
+1. **Provision** (``provision.py``) on an ordinary connection; register tables and migration
+   history in the :class:`~electric.schema.SchemaRegistry`. While Postgres is unreachable or
+   provisioning fails, retry with capped back-off; ``status()["ready"]`` stays false.
+2. Call the optional ``after_provision(connector)`` hook (the publisher side uses it to create
+   / enable the subscription in the order it needs; its failures are logged, not fatal).
+3. Run the :class:`~electric.postgres.source.SourceReader`; once it streams, ``ready`` is set
+   and the origin is marked ready in the registry. The reader reconnects on its own after
+   connection loss; if it ever dies of an unexpected exception the connector restarts it.
+
+Tables that appear after start (created outside Electric's migrations) are picked up the
+first time a change for them arrives: the table lookup re-reads the publication's tables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import psycopg2
+import psycopg2.extensions as ext
+from gevent import Greenlet, GreenletExit
+from loguru import logger
+
+from electric.changes import RelationName, Table
+from electric.postgres import green
+from electric.postgres import provision as pv
+from electric.postgres.source import Backoff, Sink, SourceReader, _describe
+from electric.schema import SchemaRegistry
+
+# How often a change for an unknown table may trigger a re-read of the publication.
+_REFRESH_UNKNOWN_EVERY = 10.0
+_REFRESH_NO_PK_EVERY = 60.0
+
+
+def plain_dsn(dsn: str) -> str:
+    """The DSN without ``replication=…`` (provisioning needs an ordinary session)."""
+    params = ext.parse_dsn(dsn)
+    params.pop("replication", None)
+    return ext.make_dsn(**params)
+
+
+class Connector:
+    """Per-connector lifecycle object; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        publication: str,
+        slot: str,
+        registry: SchemaRegistry,
+        sink: Sink,
+        *,
+        after_provision: Callable[[Connector], None] | None = None,
+        retry_min: float = 1.0,
+        retry_max: float = 10.0,
+        reader_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.dsn = dsn
+        self.publication = publication
+        self.slot = slot
+        self.registry = registry
+        self.sink = sink
+        self.after_provision = after_provision
+        self.retry = Backoff(retry_min, retry_max)
+        self.reader_options = dict(reader_options or {})
+        self.log = logger.bind(origin=name)
+
+        self.ready = gevent.event.Event()  # set once provisioned and streaming
+        self.provisioned = False
+        self.result: pv.ProvisionResult | None = None
+        self.tables: dict[RelationName, Table] = {}
+        self.tables_without_pk: list[RelationName] = []
+        self.last_error: str | None = None
+        self.reader: SourceReader | None = None
+
+        self._greenlet: Greenlet | None = None
+        self._stopping = False
+        self._refreshed_at: dict[RelationName, float] = {}
+
+    # -- public API ---------------------------------------------------------------------
+
+    def start(self) -> Greenlet:
+        """Spawn the connector greenlet (idempotent)."""
+        if self._greenlet is None or self._greenlet.dead:
+            self._stopping = False
+            self._greenlet = gevent.spawn(self.run)
+            self._greenlet.name = f"connector-{self.name}"
+        return self._greenlet
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the reader (flushing acknowledgements) and the lifecycle greenlet."""
+        self._stopping = True
+        if self.reader is not None:
+            self.reader.stop(timeout)
+        if self._greenlet is not None and not self._greenlet.dead:
+            self._greenlet.kill(timeout=timeout)
+        self._greenlet = None
+
+    def is_ready(self) -> bool:
+        return self.provisioned and self.reader is not None and self.reader.connected
+
+    def status(self) -> dict[str, Any]:
+        """Detail for ``/api/status``; ``ready`` is the connector's boolean."""
+        reader = self.reader.status() if self.reader is not None else {}
+        return {
+            "ready": self.is_ready(),
+            "provisioned": self.provisioned,
+            "reader_connected": bool(reader.get("connected")),
+            "last_acked_lsn": reader.get("last_acked_lsn"),
+            "publication": self.publication,
+            "slot": self.slot,
+            "tables": sorted(f"{s}.{t}" for s, t in self.tables),
+            "tables_without_pk": [f"{s}.{t}" for s, t in self.tables_without_pk],
+            "transactions_written": reader.get("transactions_written", 0),
+            "sink_retrying": reader.get("sink_retrying", False),
+            "reconnects": reader.get("reconnects", 0),
+            "last_error": reader.get("last_error") or self.last_error,
+        }
+
+    def connect(self) -> Any:
+        """An ordinary green connection to this source (autocommit), e.g. for migrations."""
+        conn = green.connect(plain_dsn(self.dsn))
+        conn.autocommit = True
+        return conn
+
+    def reprovision(self) -> pv.ProvisionResult:
+        """Re-run provisioning and refresh the registry (e.g. after a migration)."""
+        conn = self.connect()
+        try:
+            result = pv.provision(
+                conn, publication=self.publication, slot=self.slot, origin=self.name
+            )
+        finally:
+            conn.close()
+        self._apply(result)
+        return result
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._provision_until_done()
+        if self.after_provision is not None:
+            try:
+                self.after_provision(self)
+            except GreenletExit:
+                raise
+            except Exception as exc:
+                self.log.warning("after-provision step failed: {}", _describe(exc))
+        self._run_reader()
+
+    def _provision_until_done(self) -> None:
+        while not self._stopping:
+            try:
+                result = self.reprovision()
+            except GreenletExit:
+                raise
+            except Exception as exc:
+                self.last_error = _describe(exc)
+                delay = self.retry.next()
+                if isinstance(exc, pv.ProvisionError):
+                    self.log.error("cannot provision: {}; retrying in {:.1f}s", exc, delay)
+                elif isinstance(exc, psycopg2.OperationalError | OSError):
+                    self.log.warning(
+                        "Postgres unavailable ({}); retrying in {:.1f}s", self.last_error, delay
+                    )
+                else:
+                    self.log.error(
+                        "provisioning failed: {}; retrying in {:.1f}s", self.last_error, delay
+                    )
+                gevent.sleep(delay)
+                continue
+            self.retry.reset()
+            self.last_error = None
+            self.provisioned = True
+            made = f" (created {', '.join(result.created)})" if result.created else ""
+            self.log.info(
+                "provisioned{}: {} replicated tables, {} without primary key",
+                made,
+                len(result.tables),
+                len(result.tables_without_pk),
+            )
+            return
+
+    def _apply(self, result: pv.ProvisionResult) -> None:
+        self.result = result
+        registered = pv.register(self.registry, self.name, self.publication, result)
+        self.tables = {t.relation: t for t in registered}
+        self.tables_without_pk = list(result.tables_without_pk)
+
+    def _run_reader(self) -> None:
+        assert self.result is not None
+        options = {"encoding": self.result.encoding, **self.reader_options}
+        backoff = Backoff(1.0, 10.0)
+        while not self._stopping:
+            self.reader = SourceReader(
+                self.name,
+                self.dsn,
+                slot=self.slot,
+                publication=self.publication,
+                sink=self.sink,
+                table_lookup=self._lookup,
+                **options,
+            )
+            greenlet = self.reader.start()
+            watcher = gevent.spawn(self._mark_ready, self.reader)
+            try:
+                greenlet.join()
+            finally:
+                watcher.kill(block=False)
+            if self._stopping:
+                return
+            if greenlet.exception is not None:
+                delay = backoff.next()
+                self.log.opt(exception=greenlet.exc_info).error(
+                    "source reader crashed: {}; restarting in {:.1f}s",
+                    _describe(greenlet.exception),
+                    delay,
+                )
+                gevent.sleep(delay)
+
+    def _mark_ready(self, reader: SourceReader) -> None:
+        reader.wait_connected()
+        self.registry.set_ready(self.name, True)
+        if not self.ready.is_set():
+            self.log.info("connector {} ready", self.name)
+        self.ready.set()
+
+    # -- table lookup used by the reader ------------------------------------------------
+
+    def _lookup(self, relation: RelationName) -> Table | None:
+        table = self.tables.get(relation)
+        if table is not None:
+            return table
+        now = time.monotonic()
+        every = (
+            _REFRESH_NO_PK_EVERY if relation in self.tables_without_pk else _REFRESH_UNKNOWN_EVERY
+        )
+        if now - self._refreshed_at.get(relation, -1e9) < every:
+            return None
+        self._refreshed_at[relation] = now
+        try:
+            self._refresh_tables()
+        except psycopg2.Error as exc:
+            self.log.warning("could not re-read tables: {}", _describe(exc))
+            return None
+        return self.tables.get(relation)
+
+    def _refresh_tables(self) -> None:
+        conn = self.connect()
+        try:
+            tables, without_pk = pv.read_tables(conn, self.publication, quiet=True)
+        finally:
+            conn.close()
+        known = set(self.tables)
+        registered = self.registry.put_tables(self.publication, tables)
+        self.tables = {t.relation: t for t in registered}
+        for relation in self.tables.keys() - known:
+            self.log.info("now replicating {}.{}", *relation)
+        for relation in set(without_pk) - set(self.tables_without_pk):
+            self.log.warning("table {}.{} has no primary key: it is not replicated", *relation)
+        self.tables_without_pk = list(without_pk)

@@ -1,0 +1,367 @@
+"""The source reader: one logical replication stream from a source Postgres into a sink.
+
+One :class:`SourceReader` per connector runs in its own greenlet. It follows the measured
+recipe for psycopg2 under gevent (``psycopg2-gevent.md``): an async
+``LogicalReplicationConnection``, ``start_replication``/``read_message`` called with the wait
+callback lifted (they never yield), ``wait_read`` with a 1 s timeout when idle so psycopg2
+can answer keepalives and send its periodic status, and ``gevent.idle()`` every ~5 ms while
+draining a backlog so other greenlets keep running.
+
+Durability contract: each assembled transaction that has changes is handed to
+``sink(tx)``, which must return only once the transaction is durable (and raise otherwise).
+Only then is the transaction's ``end_lsn`` acknowledged to the slot. A failing sink is
+retried with capped back-off for as long as it takes; nothing is acknowledged meanwhile and a
+heartbeat keeps the walsender from timing the stream out. Empty and dropped transactions are
+acknowledged too, so the slot does not lag.
+
+Failure handling: any connection failure (server restart, ``pg_terminate_backend``, network
+loss noticed through ``tcp_user_timeout`` or a silent peer noticed by the watchdog) closes the
+stream and reconnects with capped back-off; the server resumes from the slot's confirmed
+position (``start_lsn = 0``). Transactions already handed to the sink by this reader are
+acknowledged without a second delivery, so a reconnect does not duplicate them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.socket
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions as ext
+import psycopg2.extras
+from gevent import Greenlet, GreenletExit
+from loguru import logger
+
+from electric.changes import Transaction
+from electric.postgres import green
+from electric.postgres import pgoutput as po
+from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
+from electric.postgres.lsn import Lsn
+
+Sink = Callable[[Transaction], None]
+
+# How long the loop may drain a backlog before letting other greenlets run.
+_YIELD_EVERY = 0.005
+
+
+class StreamLost(Exception):
+    """The replication stream stopped answering (watchdog) — reconnect."""
+
+
+def _publication_option(names: str) -> str:
+    """pgoutput parses ``publication_names`` as an identifier list: quote when needed."""
+    parts = []
+    for name in names.split(","):
+        name = name.strip()
+        if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+            parts.append(name)
+        else:
+            parts.append('"' + name.replace('"', '""') + '"')
+    return ",".join(parts)
+
+
+class Backoff:
+    """Capped exponential back-off: min, 2·min, 4·min, … max, max, …"""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self.current = minimum
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.current * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.minimum
+
+
+class SourceReader:
+    """Streams a slot, hands durable-required transactions to ``sink``, acknowledges them."""
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        *,
+        slot: str,
+        publication: str,
+        sink: Sink,
+        table_lookup: TableLookup | None = None,
+        encoding: str = "utf-8",
+        drop_origin: Callable[[str], bool] | None = None,
+        status_interval: float = 10.0,
+        heartbeat_interval: float = 5.0,
+        dead_after: float = 30.0,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 10.0,
+        sink_retry_min: float = 0.05,
+        sink_retry_max: float = 5.0,
+        tcp_user_timeout_ms: int = 20000,
+    ) -> None:
+        self.name = name
+        self.dsn = dsn
+        self.slot = slot
+        self.publication = publication
+        self.sink = sink
+        self.table_lookup = table_lookup
+        self.encoding = encoding
+        self.drop_origin = drop_origin
+        self.status_interval = max(1.0, status_interval)  # psycopg2 rejects < 1
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.reconnect = Backoff(reconnect_min, reconnect_max)
+        self.sink_retry_min, self.sink_retry_max = sink_retry_min, sink_retry_max
+        self.tcp_user_timeout_ms = tcp_user_timeout_ms
+        self.log = logger.bind(origin=name)
+
+        # observable state (status())
+        self.connected = False
+        self.last_acked_lsn: Lsn | None = None
+        self.last_error: str | None = None
+        self.sink_retrying = False
+        self.transactions_written = 0
+        self.transactions_acked = 0
+        self.reconnects = 0
+
+        self._delivered_lsn: Lsn | None = None
+        self._greenlet: Greenlet | None = None
+        self._stopping = False
+        self._last_read = time.monotonic()
+        self._connected_event = gevent.event.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Greenlet:
+        if self._greenlet is None or self._greenlet.dead:
+            self._stopping = False
+            self._greenlet = gevent.spawn(self.run)
+            self._greenlet.name = f"source-reader-{self.name}"
+        return self._greenlet
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop streaming; pending acknowledgements are flushed to the server first."""
+        self._stopping = True
+        if self._greenlet is not None and not self._greenlet.dead:
+            self._greenlet.kill(timeout=timeout)
+        self._greenlet = None
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected_event.wait(timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "last_acked_lsn": None if self.last_acked_lsn is None else str(self.last_acked_lsn),
+            "transactions_written": self.transactions_written,
+            "transactions_acked": self.transactions_acked,
+            "sink_retrying": self.sink_retrying,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+    def run(self) -> None:
+        """Stream until stopped, reconnecting after failures. Runs in its own greenlet."""
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                self._stream()
+            except GreenletExit:
+                raise
+            except (psycopg2.Error, po.ProtocolError, StreamLost, OSError) as exc:
+                self._set_disconnected()
+                self.last_error = _describe(exc)
+                if self._stopping:
+                    break
+                # A stream that ran a while is a fresh failure: start again from the minimum.
+                if time.monotonic() - started > self.reconnect.maximum:
+                    self.reconnect.reset()
+                delay = self.reconnect.next()
+                if isinstance(exc, po.ProtocolError):
+                    self.log.error(
+                        "replication stream rejected: {}; reconnecting in {:.1f}s",
+                        self.last_error,
+                        delay,
+                    )
+                elif isinstance(exc, psycopg2.errors.ObjectInUse):
+                    self.log.info(
+                        "slot {} still held by an old connection ({}); retrying in {:.1f}s",
+                        self.slot,
+                        self.last_error,
+                        delay,
+                    )
+                else:
+                    self.log.warning(
+                        "replication connection lost: {}; reconnecting in {:.1f}s",
+                        self.last_error,
+                        delay,
+                    )
+                self.reconnects += 1
+                gevent.sleep(delay)
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        extra = {}
+        params = ext.parse_dsn(self.dsn)
+        if "tcp_user_timeout" not in params and self.tcp_user_timeout_ms:
+            extra["tcp_user_timeout"] = str(self.tcp_user_timeout_ms)
+        if "application_name" not in params:
+            extra["application_name"] = f"electric_{self.name}"[:63]
+        return green.connect_async(
+            self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **extra
+        )
+
+    def _stream(self) -> None:
+        conn = self._connect()
+        cur = None
+        heartbeat = None
+        try:
+            cur = conn.cursor()
+            green.without_callback(
+                cur.start_replication,
+                slot_name=self.slot,
+                decode=False,
+                start_lsn=0,
+                status_interval=self.status_interval,
+                options={
+                    "proto_version": "1",
+                    "publication_names": _publication_option(self.publication),
+                },
+            )
+            green.wait_callback(conn)  # cooperative wait for CopyBoth
+            self._set_connected()
+            heartbeat = gevent.spawn(self._heartbeat, cur)
+            self._consume(conn, cur)
+        finally:
+            if heartbeat is not None:
+                heartbeat.kill(block=False)
+            if cur is not None:
+                try:
+                    cur.send_feedback(force=True)  # lazy acks would be lost otherwise
+                except psycopg2.Error:
+                    pass
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
+            self._set_disconnected()
+
+    def _consume(self, conn: Any, cur: Any) -> None:
+        assembler = TransactionAssembler(
+            self.name,
+            self.publication,
+            encoding=self.encoding,
+            table_lookup=self.table_lookup,
+            drop_origin=self.drop_origin,
+        )
+        fd = conn.fileno()
+        last_yield = time.monotonic()
+        last_io = cur.io_timestamp
+        last_activity = time.monotonic()
+        while True:
+            msg = green.without_callback(cur.read_message)
+            self._last_read = time.monotonic()
+            if msg is None:
+                # Keepalives are consumed inside read_message and only show as io_timestamp.
+                if cur.io_timestamp != last_io:
+                    last_io = cur.io_timestamp
+                    last_activity = self._last_read
+                elif self._last_read - last_activity > self.dead_after:
+                    raise StreamLost(f"nothing received for {self.dead_after:g}s")
+                try:
+                    gevent.socket.wait_read(fd, timeout=1.0)
+                except gevent.socket.timeout:
+                    pass
+                last_yield = time.monotonic()
+                continue
+            committed = assembler.feed(po.decode(msg.payload))
+            if committed is not None:
+                self._finish(cur, committed)
+            last_activity = time.monotonic()
+            if last_activity - last_yield > _YIELD_EVERY:
+                gevent.idle()  # NOT sleep(0): that starves timers and I/O (see the report)
+                last_yield = time.monotonic()
+
+    def _finish(self, cur: Any, committed: Committed) -> None:
+        end = committed.end_lsn
+        written = False
+        if committed.needs_write:
+            if self._delivered_lsn is not None and end <= self._delivered_lsn:
+                self.log.debug("transaction {} already written; acknowledging again", end)
+            else:
+                self._write(committed.transaction)
+                self._delivered_lsn = end
+                self.transactions_written += 1
+                written = True
+        elif committed.skipped:
+            self.log.debug("dropping transaction {} ({})", end, committed.skipped)
+        # A written transaction is acknowledged at once so the slot moves promptly; others go
+        # out with psycopg2's next periodic status update (within status_interval).
+        cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end, force=written)
+        self.last_acked_lsn = end
+        self.transactions_acked += 1
+        if written:
+            self.reconnect.reset()
+
+    def _write(self, tx: Transaction) -> None:
+        """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up)."""
+        backoff = Backoff(self.sink_retry_min, self.sink_retry_max)
+        attempts = 0
+        while True:
+            try:
+                self.sink(tx)
+            except GreenletExit:
+                raise
+            except Exception as exc:  # the sink's failure modes are its own business
+                attempts += 1
+                self.sink_retrying = True
+                self.last_error = f"write failed: {_describe(exc)}"
+                delay = backoff.next()
+                self.log.warning(
+                    "could not write transaction {} ({}); attempt {}, retrying in {:.2f}s",
+                    tx.lsn,
+                    _describe(exc),
+                    attempts,
+                    delay,
+                )
+                gevent.sleep(delay)
+                continue
+            if attempts:
+                self.log.info("transaction {} written after {} retries", tx.lsn, attempts)
+                self.last_error = None
+            self.sink_retrying = False
+            return
+
+    def _heartbeat(self, cur: Any) -> None:
+        """Keep the walsender satisfied while the loop is busy (e.g. a sink retrying), and
+        ask the server for a reply so a silent peer shows up in the watchdog."""
+        while True:
+            gevent.sleep(self.heartbeat_interval)
+            try:
+                cur.send_feedback(reply=True, force=True)
+            except psycopg2.Error:
+                return  # the reader notices on its next read
+
+    def _set_connected(self) -> None:
+        if not self.connected:
+            self.log.info("streaming slot {} (publication {})", self.slot, self.publication)
+        self.connected = True
+        self.last_error = None if not self.sink_retrying else self.last_error
+        self._connected_event.set()
+
+    def _set_disconnected(self) -> None:
+        self.connected = False
+        self._connected_event.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
