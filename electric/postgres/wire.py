@@ -56,6 +56,7 @@ __all__ = [
     # builders
     "encryption_denied",
     "authentication_ok",
+    "negotiate_protocol_version",
     "parameter_status",
     "backend_key_data",
     "ready_for_query",
@@ -564,6 +565,15 @@ def encryption_denied() -> bytes:
     return b"N"
 
 
+def negotiate_protocol_version(newest_minor: int = 0, unrecognized: Sequence[str] = ()) -> bytes:
+    """``v``: answer a StartupMessage asking for protocol 3.x (x > 0) or ``_pq_.*`` options.
+
+    Send it right before AuthenticationOk; the client then continues with 3.``newest_minor``.
+    """
+    body = struct.pack(">ii", newest_minor, len(unrecognized))
+    return _msg(b"v", body + b"".join(_cstr(name) for name in unrecognized))
+
+
 def authentication_ok() -> bytes:
     return _msg(b"R", struct.pack(">i", 0))
 
@@ -805,9 +815,24 @@ def server_parameters(
     }
 
 
-def startup_response(parameters: Mapping[str, str], pid: int, secret: int = 0) -> bytes:
-    """AuthenticationOk, one ParameterStatus per entry, BackendKeyData, ReadyForQuery(I)."""
-    parts = [authentication_ok()]
+def startup_response(
+    parameters: Mapping[str, str],
+    pid: int,
+    secret: int = 0,
+    startup: StartupMessage | None = None,
+) -> bytes:
+    """AuthenticationOk, one ParameterStatus per entry, BackendKeyData, ReadyForQuery(I).
+
+    Given the client's ``startup`` message, a NegotiateProtocolVersion goes first when the
+    client asked for a newer minor version or for ``_pq_.`` protocol options (Postgres does
+    the same; a newer libpq then falls back to 3.0).
+    """
+    parts = []
+    if startup is not None:
+        pq_options = [k for k in startup.parameters if k.startswith("_pq_.")]
+        if startup.protocol[1] > 0 or pq_options:
+            parts.append(negotiate_protocol_version(0, pq_options))
+    parts.append(authentication_ok())
     parts += [parameter_status(k, v) for k, v in parameters.items()]
     parts.append(backend_key_data(pid, secret))
     parts.append(ready_for_query("I"))

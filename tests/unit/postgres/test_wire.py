@@ -352,6 +352,21 @@ def test_startup_response_bytes():
     assert out.count(b"S\0\0\0") == len(params)
 
 
+def test_negotiate_protocol_version():
+    assert wire.negotiate_protocol_version() == h("76 0000000c 00000000 00000000")
+    assert (
+        wire.negotiate_protocol_version(0, ["_pq_.x"])
+        == h("76 00000013 00000000 00000001") + b"_pq_.x\0"
+    )
+    c = BackendConnection()
+    [ev] = c.receive_data(h("00000019 00030002") + b"user\0u\0_pq_.x\0y\0\0")
+    assert ev.protocol == (3, 2)
+    out = wire.startup_response({"a": "b"}, pid=1, startup=ev)
+    assert out.startswith(wire.negotiate_protocol_version(0, ["_pq_.x"]) + wire.authentication_ok())
+    plain = BackendConnection().receive_data(startup(user="u"))[0]
+    assert wire.startup_response({}, pid=1, startup=plain).startswith(wire.authentication_ok())
+
+
 def test_row_description_and_data_row_bytes():
     rd = wire.row_description([Field.of("set_config", "text")])
     assert rd == h("54 00000023 0001") + b"set_config\0" + h(
