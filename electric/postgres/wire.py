@@ -84,6 +84,9 @@ __all__ = [
     "from_pg_micros",
     # commands
     "normalize_query",
+    "split_identifier_list",
+    "unquote_literal",
+    "python_encoding",
     "parse_command",
     "Command",
     "EmptyQuery",
