@@ -10,7 +10,7 @@ from electric.migrations import MigrationError
 @pytest.fixture
 def db(pg_factory):
     pg = pg_factory("migrations")
-    name = "mig_%d" % id(object())
+    name = f"mig_{id(object())}"
     pg.create_database(name)
     pg.psql(DEV_SCHEMA_SQL, database=name)
     return pg.dsn(database=name), pg, name
