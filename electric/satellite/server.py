@@ -355,12 +355,22 @@ class _Connection:
             tx = item.transaction
             try:
                 self._write_with_retry(tx)
-                self.server.offsets.put_satellite_lsn(self.client_id, tx.lsn)
             except gevent.GreenletExit:
                 raise
             except Exception as exc:
+                if self.server.is_permanent(exc):
+                    self._handle(self.session.transaction_rejected, tx.lsn, str(exc))
+                    return
                 self._writer_failed(tx, exc)
                 continue
+            try:
+                self.server.offsets.put_satellite_lsn(self.client_id, tx.lsn)
+            except Exception as exc:
+                # The offset file refuses writes (disk full, I/O failure): acking would
+                # promise durability we do not have. Drop this client; it will re-send.
+                self.log.error("cannot persist lsn of {!r}: {}", self.client_id, exc)
+                self._handle(self.session.transaction_rejected, tx.lsn, "offset storage failed")
+                return
             self.log.debug("Saving lsn {} for satellite: {!r}", describe(tx.lsn), self.client_id)
             self._handle(self.session.transaction_written, tx.lsn)
 
@@ -375,7 +385,7 @@ class _Connection:
             except gevent.GreenletExit:
                 raise
             except Exception as exc:
-                if slept >= self.server.write_retry_total:
+                if slept >= self.server.write_retry_total or self.server.is_permanent(exc):
                     raise
                 self.log.warning(
                     "writing transaction {} to Vaxine failed ({}: {}), retrying in {:.0f} ms",
@@ -454,6 +464,7 @@ class SatelliteServer:
         write_retry_first: float = WRITE_RETRY_FIRST,
         write_retry_max_sleep: float = WRITE_RETRY_MAX_SLEEP,
         write_retry_total: float = WRITE_RETRY_TOTAL,
+        is_permanent: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -468,6 +479,8 @@ class SatelliteServer:
         self.write_retry_first = write_retry_first
         self.write_retry_max_sleep = write_retry_max_sleep
         self.write_retry_total = write_retry_total
+        # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
+        self.is_permanent = is_permanent or (lambda exc: isinstance(exc, ValueError))
         self._ws_class = type(
             "BoundedWebSocket",
             (_BoundedWebSocket,),

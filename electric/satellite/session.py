@@ -312,6 +312,14 @@ class Session:
         self.log.debug("report lsn: {} for {}", describe(lsn), self.client_id)
         return [Send(frames.ping_resp(lsn))]
 
+    def transaction_rejected(self, lsn: bytes, reason: str) -> list[Action]:
+        """The writer refused a transaction as unstorable (not a transient Vaxine failure):
+        re-sending it cannot help, so the client gets INVALID_REQUEST and the socket closes."""
+        if self.closed:
+            return []
+        self.log.warning("transaction {} refused: {}", describe(lsn), reason)
+        return self._fail(frames.INVALID_REQUEST, f"transaction {describe(lsn)} refused: {reason}")
+
     def writer_failed(self, reason: str) -> list[Action]:
         """Writing a client transaction failed for good: pause incoming replication. Pending
         transactions are dropped (never acked); :meth:`writer_restarted` resumes."""

@@ -635,3 +635,23 @@ def test_update_with_old_row_and_unknown_type_tolerance(server, client):
             {"id": "id", "content": "old", "content_b": ""},
         )
     ]
+
+
+def test_unstorable_transaction_is_refused_not_retried(tmp_path):
+    calls = []
+
+    def writer(tx):
+        calls.append(tx.lsn)
+        raise ValueError("primary key column id is NULL")
+
+    srv = ServerThread(str(tmp_path / "o.dat"), write_fn=writer).start()
+    try:
+        c = SatClient(srv.url)
+        c.auth()
+        c.send(relation(0))
+        c.send(oplog(b"bad", insert(0, b"id", b"x", b"")))
+        c.expect_error_close(frames.INVALID_REQUEST)
+        assert calls == [b"bad"]
+        assert srv.offsets.get_satellite_lsn("device-id-0000") is None
+    finally:
+        srv.stop()

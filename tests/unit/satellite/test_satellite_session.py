@@ -576,3 +576,8 @@ def test_handler_exception_becomes_internal_error():
 
     s = Session(boom, TABLES.get, CLUSTER)
     assert error_then_close(rx(s, pb.SatAuthReq(id="c", token="t")), frames.INTERNAL)
+
+
+def test_transaction_rejected_by_writer_closes_with_invalid_request():
+    s = incoming_active()
+    assert error_then_close(s.transaction_rejected(b"1", "bad row"), frames.INVALID_REQUEST)
