@@ -1,0 +1,278 @@
+"""Client side of the Antidote API (port 8087): connections, a shared pool, transactions.
+
+Every writer in Electric (each Postgres connector, each Satellite session) shares one
+:class:`VaxinePool`. A connection carries one request at a time; a connection that failed
+mid-request (socket error, timeout, garbage) is closed and never reused, and the next
+checkout opens a fresh one. Requests are never resent by the pool: a failed transaction is
+aborted (best effort) and the caller decides whether to retry the whole transaction, so a
+request is never applied twice behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import gevent
+from gevent import select, socket
+from gevent.lock import BoundedSemaphore
+from gevent.queue import Empty, LifoQueue
+from google.protobuf.message import Message
+from loguru import logger
+
+from electric.pb import antidote_pb2 as pb
+from electric.vaxine import antidote
+from electric.vaxine.antidote import VaxineError
+from electric.vaxine.framing import MAX_FRAME
+
+DEFAULT_POOL_SIZE = 10
+DEFAULT_CONNECT_TIMEOUT_MS = 5000
+DEFAULT_CHECKOUT_TIMEOUT_S = 10.0
+DEFAULT_REQUEST_TIMEOUT_S = 10.0  # antidotec's request timeout
+
+log = logger.bind(origin="vaxine_pool")
+T = TypeVar("T")
+
+
+class VaxineConnectionError(VaxineError):
+    """The connection failed (refused, closed, timed out, sent garbage). Safe to retry."""
+
+
+class PoolTimeout(VaxineError):
+    """No connection became free within the checkout timeout."""
+
+
+class AntidoteConnection:
+    """One connection to the API port. Not shared between greenlets."""
+
+    def __init__(self, host: str, port: int, connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+        self.host = host
+        self.port = port
+        self.request_timeout_s = request_timeout_s
+        self.broken = False
+        try:
+            self.sock = socket.create_connection((host, port), timeout=connect_timeout_ms / 1000)
+        except OSError as exc:
+            raise VaxineConnectionError(f"cannot connect to Vaxine at {host}:{port}: {exc}") from exc
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(request_timeout_s)
+
+    # ------------------------------------------------------------------ raw requests
+
+    def request(self, message: Message) -> Message:
+        """Send one request and return its response message (ApbErrorResp included)."""
+        if self.broken:
+            raise VaxineConnectionError("connection is broken")
+        try:
+            self.sock.sendall(antidote.encode_message(message))
+            header = self._recv_exact(4)
+            (length,) = struct.unpack(">I", header)
+            if length > MAX_FRAME:
+                raise VaxineConnectionError(f"response frame of {length} bytes over the limit")
+            return antidote.decode_body(self._recv_exact(length))
+        except (OSError, antidote.AntidoteDecodeError) as exc:
+            self._break()
+            raise VaxineConnectionError(f"Vaxine request failed: {exc!r}") from exc
+        except BaseException:
+            # Interrupted mid-request (e.g. greenlet killed): the stream is out of step.
+            self._break()
+            raise
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if k == 0:
+                raise ConnectionResetError(errno.ECONNRESET, "Vaxine closed the connection")
+            got += k
+        return bytes(buf)
+
+    def call(self, message: Message, expected: type[Message]) -> Message:
+        return antidote.check_response(self.request(message), expected)
+
+    def is_alive(self) -> bool:
+        """Cheap check for an idle connection: closed or unexpectedly readable → dead."""
+        if self.broken:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        # An idle connection has nothing to read; readable means EOF or stray bytes.
+        return not readable
+
+    def _break(self) -> None:
+        self.broken = True
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ API calls
+
+    def start_transaction(self, timestamp: bytes | None = antidote.IGNORE) -> bytes:
+        resp = self.call(antidote.start_transaction(timestamp), pb.ApbStartTransactionResp)
+        return resp.transaction_descriptor
+
+    def update_objects(self, descriptor: bytes, ops: list[pb.ApbUpdateOp]) -> None:
+        self.call(antidote.update_objects(descriptor, ops), pb.ApbOperationResp)
+
+    def read_objects(self, descriptor: bytes, objects: list[pb.ApbBoundObject]):
+        return list(self.call(antidote.read_objects(descriptor, objects),
+                              pb.ApbReadObjectsResp).objects)
+
+    def commit(self, descriptor: bytes) -> bytes:
+        """Commit; returns the commit clock (``term_to_binary(#{DcId => Micros})``)."""
+        return self.call(antidote.commit_transaction(descriptor), pb.ApbCommitResp).commit_time
+
+    def abort(self, descriptor: bytes) -> None:
+        self.call(antidote.abort_transaction(descriptor), pb.ApbOperationResp)
+
+    def static_update(self, ops: list[pb.ApbUpdateOp]) -> bytes:
+        return self.call(antidote.static_update(ops), pb.ApbCommitResp).commit_time
+
+    def static_read(self, objects: list[pb.ApbBoundObject]):
+        resp = self.call(antidote.static_read(objects), pb.ApbStaticReadObjectsResp)
+        return list(resp.objects.objects), resp.committime.commit_time
+
+
+class VaxineTransaction:
+    """An interactive transaction on a checked-out connection (see :meth:`VaxinePool.transaction`)."""
+
+    def __init__(self, conn: AntidoteConnection, descriptor: bytes):
+        self.conn = conn
+        self.descriptor = descriptor
+        self.done = False
+
+    def update(self, ops: list[pb.ApbUpdateOp]) -> None:
+        self.conn.update_objects(self.descriptor, ops)
+
+    def read(self, objects: list[pb.ApbBoundObject]) -> list[pb.ApbReadObjectResp]:
+        return self.conn.read_objects(self.descriptor, objects)
+
+    def commit(self) -> bytes:
+        self.done = True
+        return self.conn.commit(self.descriptor)
+
+    def abort(self) -> None:
+        """Best effort: a broken connection loses the transaction on the server anyway."""
+        if self.done:
+            return
+        self.done = True
+        if self.conn.broken:
+            return
+        try:
+            self.conn.abort(self.descriptor)
+        except VaxineError as exc:
+            log.warning(f"abort of a failed Vaxine transaction did not go through: {exc}")
+
+
+class VaxinePool:
+    """Fixed-size pool of API connections, opened lazily and replaced when they break."""
+
+    def __init__(self, host: str, port: int, size: int = DEFAULT_POOL_SIZE,
+                 connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
+                 checkout_timeout_s: float = DEFAULT_CHECKOUT_TIMEOUT_S,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+        if size < 1:
+            raise ValueError("pool size must be at least 1")
+        self.host = host
+        self.port = port
+        self.size = size
+        self.connect_timeout_ms = connect_timeout_ms
+        self.checkout_timeout_s = checkout_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self._slots = BoundedSemaphore(size)
+        self._idle: LifoQueue = LifoQueue()
+        self._closed = False
+        self.opened = 0  # connections opened over the pool's life (replacements included)
+
+    def _new_connection(self) -> AntidoteConnection:
+        conn = AntidoteConnection(self.host, self.port, self.connect_timeout_ms,
+                                  self.request_timeout_s)
+        self.opened += 1
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[AntidoteConnection]:
+        """Check out a connection for a sequence of requests."""
+        if self._closed:
+            raise VaxineError("Vaxine pool is closed")
+        if not self._slots.acquire(timeout=self.checkout_timeout_s):
+            raise PoolTimeout(f"no Vaxine connection free within {self.checkout_timeout_s}s "
+                              f"(pool size {self.size})")
+        conn = None
+        try:
+            while conn is None:
+                try:
+                    candidate = self._idle.get_nowait()
+                except Empty:
+                    conn = self._new_connection()
+                    break
+                if candidate.is_alive():
+                    conn = candidate
+                else:
+                    candidate.close()
+            yield conn
+        finally:
+            if conn is not None:
+                if conn.broken or self._closed:
+                    conn.close()
+                else:
+                    self._idle.put(conn)
+            self._slots.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[VaxineTransaction]:
+        """Start an interactive transaction; aborted unless committed inside the block.
+
+        Any exception inside the block aborts the transaction and propagates.
+        """
+        with self.connection() as conn:
+            txn = VaxineTransaction(conn, conn.start_transaction())
+            try:
+                yield txn
+            except BaseException:
+                txn.abort()
+                raise
+            if not txn.done:
+                txn.abort()
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except Empty:
+                return
+
+
+def retrying(fn: Callable[[], T], deadline_s: float = 10.0, first_delay_s: float = 0.01,
+             max_delay_s: float = 1.0, what: str = "Vaxine write") -> T:
+    """Run ``fn`` again after :class:`VaxineError` with capped exponential back-off.
+
+    Mirrors the reference writer's retry (10 ms doubling to ≤1 s, ~10 s in total). Only
+    use it for idempotent work: a whole Electric transaction rewritten is idempotent
+    (same rows, same values), a single request on a broken connection is not.
+    """
+    deadline = time.monotonic() + deadline_s
+    delay = first_delay_s
+    while True:
+        try:
+            return fn()
+        except VaxineError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning(f"{what} failed ({exc}); retrying in {delay * 1000:.0f} ms")
+            gevent.sleep(delay)
+            delay = min(delay * 2, max_delay_s)

@@ -1,0 +1,280 @@
+"""Electric's data model in Vaxine: change records ↔ CRDT map operations and states.
+
+Writing (satellite.md §2.2–2.3): one Vaxine transaction per Electric transaction holding
+``metadata:0`` (commit_timestamp, id, origin, publication) and one ``rows:<schema>:<table>:
+<pk…>`` RRMAP per change. Differences from the reference, on purpose:
+
+* G20: ``id``, ``schema`` and ``table`` are written for every change (insert, update and
+  delete), so a row that was never inserted through Electric still materialises with an id
+  and its transaction is not dropped by readers.
+* Deletes also write the primary-key columns into ``row`` (same key ⇒ same values, so this
+  never overrides concurrent data) so that a delete of such a row still carries its key.
+* An update writes every column of the new record (the reference's G24 behaviour) and never
+  emits map removes (G23). An update that changes the primary key becomes a delete of the
+  old key plus an upsert of the new one.
+* G21/G25: all operations go in one ``ApbUpdateObjects`` (chunked for huge transactions),
+  no read-backs, and any failure aborts the Vaxine transaction before the error propagates.
+* Truncates have no representation in the log: they are skipped with a warning. A
+  transaction with nothing else to write writes nothing (``write_transaction`` → ``None``).
+
+Reading (§2.7): metadata is taken from ``metadata:0``'s effects, rows from the materialised
+states; ``deleted?`` is read with token lists treated as sets (real Vaxine may repeat tokens).
+Readers emit ``UpdatedRecord``/``DeletedRecord`` of the full merged row, never ``NewRecord``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from loguru import logger
+
+from electric.changes import (
+    Change,
+    DeletedRecord,
+    NewRecord,
+    Record,
+    RelationName,
+    Transaction,
+    TruncatedRelation,
+    UpdatedRecord,
+)
+from electric.pb import antidote_pb2 as pb
+from electric.vaxine import antidote, etf
+from electric.vaxine.antidote import FLAG_DW, LWWREG, RRMAP
+from electric.vaxine.embedded import crdt
+from electric.vaxine.etf import NIL_ATOM, Atom
+
+BUCKET = b"vax"
+METADATA_KEY = b"metadata:0"
+ROW_PREFIX = b"rows:"
+MAX_OPS_PER_REQUEST = 5000
+
+log = logger.bind(origin="vaxine_rows")
+
+PrimaryKeys = Callable[[RelationName], list[str]]
+
+
+class RowMappingError(ValueError):
+    """A change that cannot be mapped (no primary key, key column missing or NULL)."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+def encode_value(value: str | None) -> bytes:
+    """Column value as stored in the nested ``row`` map: ``term_to_binary`` of it."""
+    return etf.encode(NIL_ATOM if value is None else value.encode("utf-8", "surrogateescape"))
+
+
+def decode_value(raw: bytes) -> str | None:
+    term = etf.decode(raw)
+    if isinstance(term, bytes):
+        return term.decode("utf-8", "surrogateescape")
+    if term == NIL_ATOM:
+        return None
+    if isinstance(term, Atom):
+        return term.name
+    if isinstance(term, int | float):
+        return str(term)
+    raise ValueError(f"unexpected column value term {term!r}")
+
+
+def format_commit_timestamp(ts: datetime) -> str:
+    """Elixir ``DateTime`` text: ``YYYY-MM-DD HH:MM:SS.ffffffZ`` in UTC."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%d %H:%M:%S.%fZ")
+
+
+def parse_commit_timestamp(text: str) -> datetime:
+    """Accepts a space or ``T`` separator, any fraction precision, ``Z`` or an offset."""
+    value = text.strip().replace(" ", "T", 1)
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    ts = datetime.fromisoformat(value)
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def row_id(relation: RelationName, record: Record, pk_columns: list[str]) -> str:
+    if not pk_columns:
+        raise RowMappingError(f"{relation[0]}.{relation[1]} has no primary key")
+    parts = [relation[0], relation[1]]
+    for col in pk_columns:
+        value = record.get(col)
+        if value is None:
+            raise RowMappingError(f"{relation[0]}.{relation[1]}: primary key column {col} "
+                                  "is missing or NULL")
+        parts.append(value)
+    return ":".join(parts)
+
+
+def _field(name: bytes, crdt_type: int, operation: pb.ApbUpdateOperation) -> list[tuple]:
+    return [(name, crdt_type, operation)]
+
+
+def _map_op(key: bytes, nested: list[tuple]) -> pb.ApbUpdateOp:
+    """One top-level op on ``key``: a map update of one field (how Vax emits them)."""
+    return antidote.update_op(antidote.bound_object(key, RRMAP, BUCKET),
+                              antidote.map_update(nested))
+
+
+def _row_field(columns: Record) -> list[tuple]:
+    # One nested ``row`` update per column, each a one-entry map update (Vax's shape, and
+    # what shows up as one effect entry per column in the stream).
+    return [
+        (b"row", RRMAP, antidote.map_update(
+            [(col.encode(), LWWREG, antidote.reg_assign(encode_value(columns[col])))]))
+        for col in sorted(columns)
+    ]
+
+
+def _row_ops(relation: RelationName, rid: str, deleted: bool, columns: Record) -> list:
+    """Ops for one row object, fields in byte order as Vax sends them."""
+    key = ROW_PREFIX + rid.encode()
+    fields = [
+        _field(b"deleted?", FLAG_DW, antidote.flag_set(deleted)),
+        _field(b"id", LWWREG, antidote.reg_assign(rid.encode())),
+    ]
+    if columns:
+        fields.append(_row_field(columns))
+    fields += [
+        _field(b"schema", LWWREG, antidote.reg_assign(relation[0].encode())),
+        _field(b"table", LWWREG, antidote.reg_assign(relation[1].encode())),
+    ]
+    return [_map_op(key, f) for f in fields]
+
+
+def change_ops(change: Change, pk_columns: list[str]) -> list[pb.ApbUpdateOp]:
+    """The top-level ``ApbUpdateOp``s for one change (empty for truncates)."""
+    if isinstance(change, NewRecord):
+        return _row_ops(change.relation, row_id(change.relation, change.record, pk_columns),
+                        False, change.record)
+    if isinstance(change, UpdatedRecord):
+        new_id = row_id(change.relation, change.record, pk_columns)
+        ops = []
+        if change.old_record:
+            old_id = row_id(change.relation, change.old_record, pk_columns)
+            if old_id != new_id:
+                ops += change_ops(DeletedRecord(change.relation, change.old_record), pk_columns)
+        return ops + _row_ops(change.relation, new_id, False, change.record)
+    if isinstance(change, DeletedRecord):
+        rid = row_id(change.relation, change.old_record, pk_columns)
+        keys = {col: change.old_record[col] for col in pk_columns}
+        return _row_ops(change.relation, rid, True, keys)
+    if isinstance(change, TruncatedRelation):
+        log.warning(f"TRUNCATE of {change.relation[0]}.{change.relation[1]} is not replicated "
+                    "through Vaxine; skipped")
+        return []
+    raise RowMappingError(f"unknown change {type(change).__name__}")
+
+
+def metadata_ops(tx: Transaction) -> list[pb.ApbUpdateOp]:
+    values = [
+        (b"commit_timestamp", format_commit_timestamp(tx.commit_timestamp)),
+        (b"id", "0"),
+        (b"origin", tx.origin or ""),
+        (b"publication", tx.publication or ""),
+    ]
+    return [_map_op(METADATA_KEY, _field(name, LWWREG, antidote.reg_assign(v.encode())))
+            for name, v in values]
+
+
+def transaction_ops(tx: Transaction, primary_keys: PrimaryKeys) -> list[pb.ApbUpdateOp]:
+    """Every op of the Vaxine transaction for ``tx`` (empty if nothing is replicable)."""
+    ops: list[pb.ApbUpdateOp] = []
+    for change in tx.changes:
+        pks = [] if isinstance(change, TruncatedRelation) else list(primary_keys(change.relation))
+        ops += change_ops(change, pks)
+    return metadata_ops(tx) + ops if ops else []
+
+
+def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys) -> bytes | None:
+    """Write ``tx`` as one Vaxine transaction; returns the commit clock bytes.
+
+    ``None`` when there was nothing to write. Raises :class:`RowMappingError` before
+    touching Vaxine for unmappable input, and :class:`~electric.vaxine.antidote.VaxineError`
+    (after aborting the Vaxine transaction) when Vaxine fails; the caller may retry.
+    """
+    ops = transaction_ops(tx, primary_keys)
+    if not ops:
+        return None
+    with pool.transaction() as txn:
+        for i in range(0, len(ops), MAX_OPS_PER_REQUEST):
+            txn.update(ops[i : i + MAX_OPS_PER_REQUEST])
+        return txn.commit()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+
+
+def wal_metadata(ops: list) -> dict[str, str] | None:
+    """``metadata:0`` fields from its *effects* (the state may hold a later writer's)."""
+    for (key, _bucket), _ctype, _state, effects in ops:
+        if key != METADATA_KEY:
+            continue
+        meta = {}
+        for effect in effects:
+            for (field, ftype), nested in effect[0]:
+                if ftype == crdt.LWW and isinstance(nested, tuple) and len(nested) == 2:
+                    meta[_text(field)] = _text(nested[1][1])
+        return meta
+    return None
+
+
+def _seen_flag_tokens(effects: list, field: bytes) -> set:
+    seen: set = set()
+    for effect in effects:
+        for (name, ftype), nested in effect[0]:
+            if name == field and ftype == crdt.FLAG_DW and isinstance(nested, tuple):
+                seen.update(nested[1][0])
+    return seen
+
+
+def row_change(key: bytes, state_term: Any, effects: list) -> Change | None:
+    """One row object's materialised state → Updated/DeletedRecord (None if unusable)."""
+    fields = {name: value for (name, _t), value in crdt.dict_to_list(state_term)}
+    if b"id" not in fields or b"schema" not in fields or b"table" not in fields:
+        log.warning(f"row {key!r} in the log has no id/schema/table; skipped")
+        return None
+    relation = (_text(fields[b"schema"][1]), _text(fields[b"table"][1]))
+    record: Record = {}
+    if b"row" in fields:
+        for (col, _t), (_ts, raw) in crdt.dict_to_list(fields[b"row"]):
+            record[_text(col)] = decode_value(raw)
+    enable, disable = fields.get(b"deleted?", ([], []))
+    # A token this transaction's own flag effect saw is gone, whatever the state says
+    # (real Vaxine can replay stale tokens); tokens are compared as sets.
+    live_disables = set(disable) - set(enable) - _seen_flag_tokens(effects, b"deleted?")
+    if not live_disables:
+        return DeletedRecord(relation, record)
+    return UpdatedRecord(relation, record, None)
+
+
+def transaction_from_wal(wal_txn: Any) -> Transaction | None:
+    """A decoded ``vx_wal_txn`` term → Transaction, or ``None`` if it is not Electric's."""
+    try:
+        _tag, _txid, _dc, offset, ops = wal_txn
+        meta = wal_metadata(ops)
+        if meta is None:
+            log.warning(f"log transaction at {offset} has no metadata:0; skipped")
+            return None
+        commit_ts = parse_commit_timestamp(meta.get("commit_timestamp", ""))
+        changes = []
+        for (key, _bucket), ctype, state, effects in ops:
+            if key.startswith(ROW_PREFIX) and ctype == crdt.MAP_RR:
+                change = row_change(key, state, effects)
+                if change is not None:
+                    changes.append(change)
+    except (ValueError, TypeError, IndexError, crdt.CrdtError, etf.ETFError) as exc:
+        log.warning(f"log transaction could not be read ({exc!r}); skipped")
+        return None
+    return Transaction(changes=changes, commit_timestamp=commit_ts)
