@@ -7,9 +7,15 @@ import shutil
 import tempfile
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from electric.devenv import PgCluster, new_cluster
 from tests.support.electric import ElectricProcess
+
+# CI runs must be reproducible: the same examples every run. Locally hypothesis explores.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
+hypothesis_settings.register_profile("dev", deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")
