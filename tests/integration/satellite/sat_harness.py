@@ -106,6 +106,11 @@ class ServerThread:
     write_fn: Any = None
     open_stream: Any = None
     lookup_table: Any = None
+    # Run inside the server thread (gevent objects such as pools must live on its hub):
+    # ``setup(self)`` before the server is built (may set write_fn / open_stream),
+    # ``teardown(self)`` after it stopped.
+    setup: Any = None
+    teardown: Any = None
 
     def start(self) -> ServerThread:
         self._ready = threading.Event()
@@ -125,7 +130,10 @@ class ServerThread:
         from electric.offsets import OffsetStore
         from electric.satellite.server import SatelliteServer
 
+        self._calls: queue.Queue = queue.Queue()
         try:
+            if self.setup is not None:
+                self.setup(self)
             self.offsets = OffsetStore(self.offsets_path)
             self.server = SatelliteServer(
                 "127.0.0.1",
@@ -146,9 +154,28 @@ class ServerThread:
             return
         self._ready.set()
         while not self._stop.is_set():
-            gevent.sleep(0.02)
+            try:
+                fn, result = self._calls.get_nowait()
+            except queue.Empty:
+                gevent.sleep(0.01)
+                continue
+            try:
+                result.put((True, fn()))
+            except BaseException as exc:
+                result.put((False, exc))
         self.server.stop(timeout=0.3)
         self.offsets.close()
+        if self.teardown is not None:
+            self.teardown(self)
+
+    def call(self, fn, timeout: float = 10.0):
+        """Run ``fn()`` on the server's hub (e.g. a Vaxine read through its pool)."""
+        result: queue.Queue = queue.Queue()
+        self._calls.put((fn, result))
+        ok, value = result.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
 
     def stop(self) -> None:
         self._stop.set()
