@@ -190,10 +190,13 @@ class SourceReader:
                         delay,
                     )
                 elif isinstance(exc, psycopg2.errors.ObjectInUse):
+                    # Usually our own previous stream whose walsender has not noticed the
+                    # loss yet (it would hold the slot up to wal_sender_timeout).
+                    taken = self._take_over_slot()
                     self.log.info(
-                        "slot {} still held by an old connection ({}); retrying in {:.1f}s",
+                        "slot {} still held by an old connection{}; retrying in {:.1f}s",
                         self.slot,
-                        self.last_error,
+                        " (terminated it)" if taken else "",
                         delay,
                     )
                 else:
@@ -207,16 +210,52 @@ class SourceReader:
 
     # -- streaming ----------------------------------------------------------------------
 
+    @property
+    def application_name(self) -> str:
+        """How our walsender shows up in pg_stat_replication / pg_stat_activity."""
+        return ext.parse_dsn(self.dsn).get("application_name") or f"electric_{self.name}"[:63]
+
     def _connect(self) -> Any:
         extra = {}
         params = ext.parse_dsn(self.dsn)
         if "tcp_user_timeout" not in params and self.tcp_user_timeout_ms:
             extra["tcp_user_timeout"] = str(self.tcp_user_timeout_ms)
         if "application_name" not in params:
-            extra["application_name"] = f"electric_{self.name}"[:63]
+            extra["application_name"] = self.application_name
         return green.connect_async(
             self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **extra
         )
+
+    def _take_over_slot(self) -> bool:
+        """Terminate the walsender holding our slot if it is a stale stream of ours.
+
+        Only a backend with our own application_name that has not sent a status update for
+        three heartbeats is terminated: a live stream (e.g. a second Electric misconfigured
+        with the same connector) or another client is left alone.
+        """
+        params = ext.parse_dsn(self.dsn)
+        params.pop("replication", None)
+        try:
+            conn = green.connect(ext.make_dsn(**params))
+        except psycopg2.Error:
+            return False
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_catalog.pg_terminate_backend(s.active_pid) "
+                    "FROM pg_catalog.pg_replication_slots s "
+                    "JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid "
+                    "WHERE s.slot_name = %s AND r.application_name = %s "
+                    "AND COALESCE(r.reply_time, r.backend_start) "
+                    "    < pg_catalog.now() - pg_catalog.make_interval(secs => %s)",
+                    (self.slot, self.application_name, 3 * self.heartbeat_interval),
+                )
+                return any(row[0] for row in cur.fetchall())
+        except psycopg2.Error:
+            return False
+        finally:
+            conn.close()
 
     def _stream(self) -> None:
         conn = self._connect()
@@ -269,11 +308,14 @@ class SourceReader:
             msg = green.without_callback(cur.read_message)
             self._last_read = time.monotonic()
             if msg is None:
-                # Keepalives are consumed inside read_message and only show as io_timestamp.
-                if cur.io_timestamp != last_io:
-                    last_io = cur.io_timestamp
+                # Keepalives are consumed inside read_message and only show in io_timestamp,
+                # which psycopg2 also bumps when it sends feedback: a change that differs
+                # from feedback_timestamp means something was received.
+                io = cur.io_timestamp
+                if io != last_io and io != cur.feedback_timestamp:
                     last_activity = self._last_read
-                elif self._last_read - last_activity > self.dead_after:
+                last_io = io
+                if self._last_read - last_activity > self.dead_after:
                     raise StreamLost(f"nothing received for {self.dead_after:g}s")
                 try:
                     gevent.socket.wait_read(fd, timeout=1.0)

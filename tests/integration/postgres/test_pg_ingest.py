@@ -272,3 +272,89 @@ def test_postgres_down_at_start(pg_factory):
     finally:
         if not cluster.is_running():
             cluster.start()
+
+
+class FreezingProxy:
+    """TCP proxy whose existing connections can be frozen (peer alive, nothing forwarded)."""
+
+    def __init__(self, target_port: int):
+        from gevent.server import StreamServer
+
+        self.target_port = target_port
+        self.pipes = []  # (client socket, upstream socket, frozen flag holder)
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.port = self.server.server_port
+
+    def _handle(self, client, _address):
+        import gevent.socket
+
+        upstream = gevent.socket.create_connection(("127.0.0.1", self.target_port))
+        state = {"frozen": False}
+        self.pipes.append((client, upstream, state))
+
+        def pump(src, dst):
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    while state["frozen"]:
+                        gevent.sleep(0.05)  # swallow nothing, forward nothing
+                    dst.sendall(data)
+            except OSError:
+                pass
+
+        a = gevent.spawn(pump, client, upstream)
+        b = gevent.spawn(pump, upstream, client)
+        gevent.joinall([a, b], count=1)
+        gevent.sleep(0.1)
+        if not state["frozen"]:
+            client.close()
+            upstream.close()
+
+    def freeze_existing(self):
+        for _client, _upstream, state in self.pipes:
+            state["frozen"] = True
+
+    def close(self):
+        self.server.stop()
+        for client, upstream, _state in self.pipes:
+            client.close()
+            upstream.close()
+
+
+def test_silent_peer_detected_and_stale_walsender_taken_over(source_db):
+    db = source_db
+    db.execute(SCHEMA)
+    proxy = FreezingProxy(db.cluster.port)
+    sink = CollectingSink()
+    dsn = db.dsn.replace(f"port={db.cluster.port}", f"port={proxy.port}")
+    c = Connector(
+        "pg_frozen",
+        dsn,
+        db.publication,
+        db.slot,
+        SchemaRegistry(),
+        sink,
+        reader_options={**READER, "heartbeat_interval": 0.5, "dead_after": 2.0},
+    )
+    try:
+        c.start()
+        assert c.ready.wait(20), c.status()
+        db.execute(f"INSERT INTO entries VALUES ('{U1}', 'before', NULL)")
+        wait_until(lambda: len(sink.transactions) == 1)
+        gevent.sleep(3.0)  # idle for longer than dead_after: heartbeats keep it alive
+        assert c.status()["reconnects"] == 0
+
+        proxy.freeze_existing()  # the old walsender stays connected but hears nothing
+        db.execute(f"INSERT INTO entries VALUES ('{U2}', 'after', NULL)")
+        started = time.monotonic()
+        wait_until(lambda: c.status()["reconnects"] >= 1, what="watchdog", timeout=10)
+        assert time.monotonic() - started < 6
+        wait_until(lambda: len(sink.transactions) == 2, what="resume", timeout=20)
+        assert sink.transactions[1].changes[0].record["content"] == "after"
+        assert c.status()["reader_connected"]
+    finally:
+        c.stop()
+        proxy.close()
