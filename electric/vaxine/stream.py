@@ -1,0 +1,237 @@
+"""Client of Vaxine's WAL replication stream (port 8088): one per consumer of the log.
+
+``WalStream(host, port, start_offset)`` runs a reader greenlet that connects, asks for the
+transactions after ``start_offset`` (``0`` = from the beginning, ``"eof"`` = only new
+ones, or the ``(L, R)`` offset of the last transaction the consumer processed), rebuilds
+each ``vx_wal_txn`` into a :class:`~electric.changes.Transaction` and puts
+``(transaction, (L, R))`` into a bounded queue. When the queue is full the reader stops
+reading the socket, so TCP back-pressure reaches the server; nothing grows without bound.
+
+If the connection drops, the reader reconnects with capped exponential back-off and resumes
+after the last transaction it queued, dropping anything at or before that offset, so the
+consumer sees no duplicate and no gap. (With ``"eof"``, commits made while no connection
+had yet delivered a first transaction cannot be recovered: there is no position to resume
+from. Consumers that need exactness start from an offset.)
+
+Offsets are Python tuples ``(L, R)``; :func:`offset_to_bytes` gives the
+``term_to_binary({L, R})`` form handed to Satellite clients.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+from gevent import socket
+from gevent.queue import Empty, Queue
+from loguru import logger
+
+from electric.changes import Transaction
+from electric.vaxine import etf, rows
+from electric.vaxine.etf import Atom, Reference
+from electric.vaxine.framing import MAX_FRAME, FrameDecoder, encode_frame
+
+Offset = tuple[int, int]
+StartOffset = int | str | Offset | None
+
+VX_CLI_REQ = Atom("vx_cli_req")
+VX_SRV_RES = Atom("vx_srv_res")
+VX_WAL_TXN = Atom("vx_wal_txn")
+START_RES = Atom("vx_srv_start_res")
+_CLIENT_NODE = Atom("nonode@nohost")
+_CLOSED = object()
+
+log = logger.bind(origin="vaxine_stream")
+
+
+class StreamProtocolError(RuntimeError):
+    """The server said something the stream protocol does not allow."""
+
+
+class StreamClosed(Exception):
+    """The stream was closed; no more transactions will come."""
+
+
+# --------------------------------------------------------------------------- sans-I/O
+
+
+def validate_offset(offset: Any) -> Offset:
+    if (isinstance(offset, tuple | list) and len(offset) == 2
+            and all(type(x) is int and x >= 0 for x in offset) and offset[0] <= offset[1]):
+        return (offset[0], offset[1])
+    raise ValueError(f"not a Vaxine offset {{L, R}} with 0 <= L <= R: {offset!r}")
+
+
+def offset_to_bytes(offset: Offset) -> bytes:
+    """``term_to_binary({L, R})``, the lsn Electric hands to Satellite clients."""
+    return etf.encode(validate_offset(offset))
+
+
+def offset_from_bytes(data: bytes) -> Offset:
+    try:
+        return validate_offset(etf.decode(data))
+    except etf.ETFError as exc:
+        raise ValueError(f"not an encoded Vaxine offset: {exc}") from exc
+
+
+def _start_term(start: StartOffset) -> Any:
+    if start is None or start == 0:
+        return 0
+    if start == "eof" or start == Atom("eof"):
+        return Atom("eof")
+    return validate_offset(start)
+
+
+_refs = itertools.count(1)
+
+
+def start_request(start: StartOffset) -> tuple[Reference, bytes]:
+    """A fresh request ref and the ETF ``{vx_cli_req, Ref, {vx_cli_start_req, Opts}}``."""
+    ref = Reference(_CLIENT_NODE, 0, (next(_refs) & 0x3FFFF, 0, 0))
+    body = etf.encode((VX_CLI_REQ, ref,
+                       (Atom("vx_cli_start_req"), [(Atom("offset"), _start_term(start))])))
+    return ref, body
+
+
+def stop_request(rep_id: Reference) -> bytes:
+    ref = Reference(_CLIENT_NODE, 0, (next(_refs) & 0x3FFFF, 0, 0))
+    return etf.encode((VX_CLI_REQ, ref, (Atom("vx_cli_stop_req"), rep_id)))
+
+
+def parse_start_response(term: Any, ref: Reference) -> Reference:
+    """The replication id from ``{vx_srv_res, Ref, {vx_srv_start_res, RepId}}``."""
+    if (isinstance(term, tuple) and len(term) == 3 and term[0] == VX_SRV_RES
+            and term[1] == ref and isinstance(term[2], tuple) and len(term[2]) == 2
+            and term[2][0] == START_RES):
+        return term[2][1]
+    raise StreamProtocolError(f"start refused or unexpected reply: {term!r}")
+
+
+# --------------------------------------------------------------------------- client
+
+
+class WalStream:
+    def __init__(self, host: str, port: int, start_offset: StartOffset = 0,
+                 connect_timeout_ms: int = 5000, buffer_size: int = 50,
+                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, name: str = "wal"):
+        self.host = host
+        self.port = port
+        self.start_offset = _start_term(start_offset)
+        self.connect_timeout_ms = connect_timeout_ms
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.log = log.bind(stream=name)
+        self.connected = False
+        self.last_offset: Offset | None = (
+            self.start_offset if isinstance(self.start_offset, tuple) else None)
+        self.reconnects = 0
+        self._queue: Queue = Queue(maxsize=buffer_size)
+        self._sock = None
+        self._closed = False
+        self._was_streaming = False
+        self._reader = gevent.spawn(self._run)
+
+    # ------------------------------------------------------------------ consumer side
+
+    def get(self, timeout: float | None = None) -> tuple[Transaction, Offset]:
+        """Next ``(transaction, offset)``; raises ``gevent.queue.Empty`` on timeout and
+        :class:`StreamClosed` once closed."""
+        if self._closed and self._queue.empty():
+            raise StreamClosed()
+        item = self._queue.get(timeout=timeout)
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)  # wake any other getter too
+            raise StreamClosed()
+        return item
+
+    def __iter__(self) -> Iterator[tuple[Transaction, Offset]]:
+        while True:
+            try:
+                yield self.get()
+            except StreamClosed:
+                return
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._reader.kill()
+        self._drop_socket()
+        while True:  # nobody will read what is buffered; make room for the wake-up
+            try:
+                self._queue.get_nowait()
+            except Empty:
+                break
+        self._queue.put_nowait(_CLOSED)
+
+    # ------------------------------------------------------------------ reader greenlet
+
+    def _resume_point(self) -> Any:
+        return self.last_offset if self.last_offset is not None else self.start_offset
+
+    def _run(self) -> None:
+        backoff = self.min_backoff_s
+        while not self._closed:
+            try:
+                self._stream_once()
+                self.log.warning("Vaxine closed the replication stream; reconnecting")
+            except (OSError, etf.ETFError, StreamProtocolError, ValueError) as exc:
+                self.log.warning(f"replication stream from {self.host}:{self.port} "
+                                 f"interrupted ({exc!r}); retrying in {backoff:.1f}s")
+            finally:
+                self.connected = False
+                self._drop_socket()
+            if self._was_streaming:
+                backoff = self.min_backoff_s
+            gevent.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+            self.reconnects += 1
+
+    def _drop_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _stream_once(self) -> None:
+        self._was_streaming = False
+        sock = socket.create_connection((self.host, self.port),
+                                        timeout=self.connect_timeout_ms / 1000)
+        self._sock = sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        resume = self._resume_point()
+        ref, request = start_request(resume)
+        sock.sendall(encode_frame(request))
+        decoder = FrameDecoder(max_frame=MAX_FRAME)
+        started = False
+        while True:
+            data = sock.recv(256 * 1024)
+            if not data:
+                return
+            for body in decoder.feed(data):
+                term = etf.decode(body)
+                if not started:
+                    sock.settimeout(None)  # an idle log is silent for as long as it likes
+                    parse_start_response(term, ref)
+                    started = self.connected = self._was_streaming = True
+                    self.log.info(f"replication stream started from {resume!r}")
+                    continue
+                self._on_frame(term)
+
+    def _on_frame(self, term: Any) -> None:
+        if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
+            raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
+        offset = validate_offset(term[3])
+        if self.last_offset is not None and offset[1] <= self.last_offset[1]:
+            return  # already delivered (resume overlap)
+        tx = rows.transaction_from_wal(term)
+        # Advance before a possibly blocking put: if the connection dies meanwhile, the
+        # transaction is already ours and the reconnect resumes after it.
+        self.last_offset = offset
+        if tx is not None:
+            self._queue.put((tx, offset))
