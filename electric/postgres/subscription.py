@@ -1,0 +1,117 @@
+"""Subscription lifecycle of one connector: make its Postgres subscribe to Electric, losslessly.
+
+The order (postgres.md §2.3 steps 12–13, postgres15-subscriber.md §3 (B) and §6.3):
+
+1. ``CREATE SUBSCRIPTION "<name>" CONNECTION '<Electric>' PUBLICATION "<pub>"
+   WITH (connect = false)`` when absent — no connection is made, the subscription starts
+   disabled, its slot name is the subscription name, and nothing is copied.
+2. Install the upsert trigger on every replicated table (``upsert.py``), before any row can
+   arrive.
+3. **Hold** the slot on the publisher: the apply worker may connect, but gets no data.
+4. ``ALTER SUBSCRIPTION … ENABLE`` — the launcher starts the apply worker, which connects to
+   Electric (admitted because the connector is ready) and starts replication.
+5. ``ALTER SUBSCRIPTION … REFRESH PUBLICATION WITH (copy_data = false)`` — the subscriber
+   asks Electric for the publication's tables and marks them ready. Postgres refuses REFRESH
+   on a disabled subscription, hence after ENABLE.
+6. **Release** the slot: data flows.
+
+Why the hold: a stock subscriber silently drops changes for tables that are not ready yet,
+and once a later transaction commits its origin moves past them — they are never asked for
+again. Streaming only after REFRESH has returned closes that window, for a new subscription
+as well as for tables added by a migration (run the same sequence again: every step is
+idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from loguru import logger
+from psycopg2 import sql
+
+from electric.changes import RelationName
+from electric.postgres import provision, upsert
+
+__all__ = ["SlotGate", "electric_conninfo", "subscribe"]
+
+
+class SlotGate(Protocol):
+    """What :func:`subscribe` needs from the publisher (``Publisher`` implements it)."""
+
+    def hold(self, slot: str) -> None: ...
+
+    def release(self, slot: str) -> None: ...
+
+
+def electric_conninfo(
+    host: str, port: int, *, dbname: str = "electric", connect_timeout: int = 10, **extra: str
+) -> str:
+    """The libpq conninfo a subscriber uses to reach Electric's publisher.
+
+    ``connect_timeout`` is in seconds (the reference reused a millisecond value here).
+    """
+    params = {
+        "host": host,
+        "port": str(port),
+        "dbname": dbname,
+        "connect_timeout": str(connect_timeout),
+        **extra,
+    }
+    return " ".join(f"{k}={_conninfo_value(v)}" for k, v in params.items())
+
+
+def _conninfo_value(value: str) -> str:
+    if value and not any(ch in value for ch in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _point_at(conn: Any, name: str, conninfo: str, log: Any) -> None:
+    """An existing subscription whose connection string is stale (Electric moved) is updated."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT s.subconninfo FROM pg_catalog.pg_subscription s "
+            "JOIN pg_catalog.pg_database d ON d.oid = s.subdbid "
+            "WHERE s.subname = %s AND d.datname = pg_catalog.current_database()",
+            (name,),
+        )
+        row = cur.fetchone()
+        if row is not None and row[0] != conninfo:
+            cur.execute(
+                sql.SQL("ALTER SUBSCRIPTION {} CONNECTION {}").format(
+                    sql.Identifier(name), sql.Literal(conninfo)
+                )
+            )
+            log.info("subscription {} now points at {}", name, conninfo)
+
+
+def subscribe(
+    conn: Any,
+    *,
+    name: str,
+    conninfo: str,
+    publication: str,
+    relations: Iterable[RelationName],
+    gate: SlotGate,
+) -> bool:
+    """Run the whole sequence on ``conn`` (an ordinary connection to the subscriber database).
+
+    Idempotent; returns True when the subscription was created by this call. Raises the
+    driver's exception when a step fails (the caller retries with back-off); the slot then
+    stays held, so nothing can be streamed into a half-set-up subscription.
+    """
+    log = logger.bind(origin=name)
+    created = provision.create_subscription(conn, name, conninfo, publication)
+    if created:
+        log.info("created subscription {} (connect = false)", name)
+    else:
+        _point_at(conn, name, conninfo, log)
+    n = upsert.install(conn, relations)
+    log.info("upsert trigger installed on {} table(s)", n)
+    gate.hold(name)
+    provision.enable_subscription(conn, name)
+    provision.refresh_subscription(conn, name)
+    gate.release(name)
+    log.info("subscription {} enabled and refreshed; streaming released", name)
+    return created

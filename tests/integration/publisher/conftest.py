@@ -1,0 +1,228 @@
+"""A real stock Postgres subscribed to an in-process Publisher fed by a fake log."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+import pytest
+from gevent import socket
+from gevent.event import Event
+
+from electric.changes import Column, Table, Transaction, utc_now
+from electric.offsets import OffsetStore
+from electric.postgres import green
+from electric.postgres.publisher import Publisher
+from electric.postgres.subscription import electric_conninfo, subscribe
+from electric.schema import SchemaRegistry
+
+PUBLICATION = "all_tables"
+
+SUBSCRIBER_SQL = """
+DROP TABLE IF EXISTS public.items, public.full_items, public.audit CASCADE;
+CREATE TABLE public.items (id uuid PRIMARY KEY, title text, qty int);
+CREATE TABLE public.full_items (id uuid PRIMARY KEY, title text, qty int);
+ALTER TABLE public.full_items REPLICA IDENTITY FULL;
+-- One audit row per row change the apply worker makes: proves "no duplicate-applied
+-- transactions" (ENABLE ALWAYS so it fires in the apply worker too).
+CREATE TABLE public.audit (n serial PRIMARY KEY, tbl text, id uuid, title text, op text);
+CREATE OR REPLACE FUNCTION public.audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    INSERT INTO public.audit (tbl, id, title, op) VALUES (TG_TABLE_NAME, OLD.id, OLD.title, TG_OP);
+  ELSE
+    INSERT INTO public.audit (tbl, id, title, op) VALUES (TG_TABLE_NAME, NEW.id, NEW.title, TG_OP);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON public.items
+  FOR EACH ROW EXECUTE FUNCTION public.audit_fn();
+ALTER TABLE public.items ENABLE ALWAYS TRIGGER audit;
+"""
+
+
+def _columns() -> tuple[Column, ...]:
+    return (
+        Column("id", "uuid", 2950, -1, False, True),
+        Column("title", "text", 25, -1, True, False),
+        Column("qty", "int4", 23, -1, True, False),
+    )
+
+
+ITEMS = Table("public", "items", 0, _columns(), ("id",), "d")
+FULL_ITEMS = Table("public", "full_items", 0, _columns(), ("id",), "f")
+
+
+class FakeLog:
+    """An append-only list of transactions served like the Vaxine stream (blocks at the end)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Transaction, bytes]] = []
+        self.opens: list[bytes | None] = []
+        self._grew = Event()
+
+    def append(self, *changes, ts=None) -> bytes:
+        offset = b"vx:%08d" % len(self.entries)
+        self.entries.append((Transaction(list(changes), ts or utc_now()), offset))
+        event, self._grew = self._grew, Event()
+        event.set()
+        return offset
+
+    def open_stream(self, after: bytes | None) -> Iterator[tuple[Transaction, bytes]]:
+        self.opens.append(after)
+        i = 0 if after is None else [o for _, o in self.entries].index(after) + 1
+        while True:
+            while i < len(self.entries):
+                yield self.entries[i]
+                i += 1
+            self._grew.wait()
+
+
+def wait_for(check: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
+        gevent.sleep(0.1)
+
+
+class Setup:
+    _names = itertools.count(1)
+
+    def __init__(self, pg, tmp_path) -> None:
+        self.pg = pg
+        self.name = f"sub_{next(self._names)}"
+        self.log = FakeLog()
+        self.registry = SchemaRegistry()
+        self.registry.put_tables(PUBLICATION, [ITEMS, FULL_ITEMS])
+        self.registry.set_ready(self.name)
+        self.offsets = OffsetStore(str(tmp_path / "offsets.dat"))
+        self.publisher = self.new_publisher()
+        self.conn = green.connect(pg.dsn())
+        self.conn.autocommit = True
+        self.sql(SUBSCRIBER_SQL)
+
+    def new_publisher(self, port: int = 0) -> Publisher:
+        publisher = Publisher(
+            registry=self.registry,
+            offsets=self.offsets,
+            open_stream=self.log.open_stream,
+            host="127.0.0.1",
+            port=port,
+            keepalive_interval=1.0,
+        )
+        publisher.start()
+        return publisher
+
+    def sql(self, query: str, params=None) -> list[tuple]:
+        with self.conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def subscribe(self) -> bool:
+        return subscribe(
+            self.conn,
+            name=self.name,
+            conninfo=electric_conninfo("127.0.0.1", self.publisher.port, dbname="test",
+                                       user="electric"),
+            publication=PUBLICATION,
+            relations=[ITEMS.relation, FULL_ITEMS.relation],
+            gate=self.publisher,
+        )
+
+    def reconnect(self) -> None:
+        self.conn.close()
+        self.conn = wait_for(self._try_connect, what="subscriber back up")
+        self.conn.autocommit = True
+
+    def _try_connect(self):
+        try:
+            return green.connect(self.pg.dsn())
+        except Exception:  # noqa: BLE001 - still starting
+            return None
+
+    def close(self) -> None:
+        try:
+            self.sql(f"ALTER SUBSCRIPTION {self.name} DISABLE")
+            self.sql(f"ALTER SUBSCRIPTION {self.name} SET (slot_name = NONE)")
+            self.sql(f"DROP SUBSCRIPTION {self.name}")
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        self.conn.close()
+        self.publisher.stop()
+        self.offsets.close()
+
+
+@pytest.fixture(scope="module")
+def subscriber_pg(pg_factory):
+    return pg_factory("publisher_sub")
+
+
+@pytest.fixture
+def setup(subscriber_pg, tmp_path):
+    s = Setup(subscriber_pg, tmp_path)
+    yield s
+    s.close()
+
+
+# -- a tiny frontend for poking the server with raw protocol -------------------------------
+
+
+class RawClient:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def startup(self, **params: str) -> None:
+        body = struct.pack(">I", 196608) + b"".join(
+            k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()
+        ) + b"\0"
+        self.send(struct.pack(">I", len(body) + 4) + body)
+
+    def query(self, text: str) -> None:
+        body = text.encode() + b"\0"
+        self.send(b"Q" + struct.pack(">I", len(body) + 4) + body)
+
+    def read_message(self) -> tuple[bytes, bytes] | None:
+        """Next backend message (tag, body), or None at EOF."""
+        while True:
+            if len(self.buf) >= 5:
+                (length,) = struct.unpack(">I", self.buf[1:5])
+                if len(self.buf) >= 1 + length:
+                    tag, body = self.buf[:1], self.buf[5 : 1 + length]
+                    self.buf = self.buf[1 + length :]
+                    return tag, body
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buf += data
+
+    def read_until(self, tag: bytes) -> list[tuple[bytes, bytes]]:
+        out = []
+        while True:
+            msg = self.read_message()
+            if msg is None:
+                return out
+            out.append(msg)
+            if msg[0] == tag:
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    fields = {}
+    for part in body.rstrip(b"\0").split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode()
+    return fields

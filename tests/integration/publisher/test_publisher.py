@@ -1,0 +1,203 @@
+"""A stock PostgreSQL 15 subscriber against Electric's publisher (in process, fake log)."""
+
+from __future__ import annotations
+
+import uuid
+
+import gevent
+
+from electric.changes import DeletedRecord, UpdatedRecord
+from electric.postgres import upsert
+
+from .conftest import FULL_ITEMS, ITEMS, RawClient, error_fields, wait_for
+
+IDS = [str(uuid.UUID(int=i + 1)) for i in range(50)]
+
+
+def up(table, i, title, qty=None):
+    return UpdatedRecord(table.relation, {"id": IDS[i], "title": title,
+                                          "qty": None if qty is None else str(qty)})
+
+
+def delete(table, i, title="x"):
+    return DeletedRecord(table.relation, {"id": IDS[i], "title": title, "qty": None})
+
+
+def rows(setup, table="items"):
+    return setup.sql(f"SELECT id::text, title, qty FROM public.{table} ORDER BY id")
+
+
+def audit(setup):
+    return setup.sql("SELECT id::text, title, op FROM public.audit ORDER BY n")
+
+
+def test_history_then_live_changes_arrive(setup):
+    # written before the subscription exists: a new subscriber gets the whole log once
+    setup.log.append(up(ITEMS, 0, "before"), up(FULL_ITEMS, 0, "before full"))
+    assert setup.subscribe() is True
+    assert upsert.installed_tables(setup.conn) >= {ITEMS.relation, FULL_ITEMS.relation}
+    wait_for(lambda: rows(setup) == [(IDS[0], "before", None)], what="history")
+    wait_for(lambda: rows(setup, "full_items") == [(IDS[0], "before full", None)])
+    assert setup.log.opens == [None]
+
+    # upsert of an existing row (an UPDATE on the source) and of a new one
+    setup.log.append(up(ITEMS, 0, "changed", 5), up(ITEMS, 1, "second"))
+    setup.log.append(up(FULL_ITEMS, 0, "changed full", 7))
+    wait_for(lambda: rows(setup) == [(IDS[0], "changed", 5), (IDS[1], "second", None)])
+    wait_for(lambda: rows(setup, "full_items") == [(IDS[0], "changed full", 7)])
+
+    # deletes by key, both identities
+    setup.log.append(delete(ITEMS, 0), delete(FULL_ITEMS, 0, "changed full"))
+    wait_for(lambda: rows(setup) == [(IDS[1], "second", None)])
+    wait_for(lambda: rows(setup, "full_items") == [])
+
+    status = setup.publisher.status()[setup.name]
+    assert status["streaming"] and not status["held"]
+    wait_for(lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0,
+             what="subscriber confirms everything")
+    assert setup.publisher.status()[setup.name]["flushed_lsn"] == status["sent_lsn"]
+    # every upsert applied exactly once (the existing-key insert became one UPDATE)
+    assert [op for _, _, op in audit(setup)] == ["INSERT", "UPDATE", "INSERT", "DELETE"]
+
+
+def test_conflicts_converge_to_the_log(setup):
+    setup.subscribe()
+    # insert conflict: the subscriber has its own row for the key; the log's merged row wins
+    setup.sql("INSERT INTO public.items VALUES (%s, 'local', 1)", (IDS[3],))
+    setup.log.append(up(ITEMS, 3, "merged", 2))
+    wait_for(lambda: rows(setup) == [(IDS[3], "merged", 2)], what="upsert over local row")
+    # update wins over delete: deleted locally, the log still has (a newer) row
+    setup.sql("DELETE FROM public.items WHERE id = %s", (IDS[3],))
+    setup.log.append(up(ITEMS, 3, "State2", 2))
+    wait_for(lambda: rows(setup) == [(IDS[3], "State2", 2)], what="resurrected row")
+    # a delete of a row the subscriber does not have is a no-op, and the stream goes on
+    setup.log.append(delete(ITEMS, 9))
+    setup.log.append(up(ITEMS, 4, "after"))
+    wait_for(lambda: len(rows(setup)) == 2)
+
+
+def test_resume_after_subscriber_restart_without_replay_or_gap(setup):
+    setup.subscribe()
+    for i in range(3):
+        setup.log.append(up(ITEMS, i, f"t{i}"))
+    wait_for(lambda: len(rows(setup)) == 3)
+    wait_for(lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0)
+    last_applied = setup.log.entries[-1][1]
+
+    setup.pg.restart()  # pg_ctl restart (blocks the hub meanwhile, like a real outage)
+    for i in range(3, 6):
+        setup.log.append(up(ITEMS, i, f"t{i}"))
+    setup.reconnect()
+    wait_for(lambda: len(rows(setup)) == 6, timeout=30, what="rows after restart")
+    assert setup.log.opens[0] is None
+    assert setup.log.opens[-1] == last_applied  # resumed right after the last applied tx
+    assert setup.publisher.status()[setup.name]["sessions"] >= 2
+    titles = [t for _, t, _ in audit(setup)]
+    assert sorted(titles) == [f"t{i}" for i in range(6)]  # no duplicates, no gaps
+
+
+def test_disable_enable_mid_stream(setup):
+    setup.subscribe()
+    setup.log.append(up(ITEMS, 0, "a"))
+    wait_for(lambda: len(rows(setup)) == 1)
+    wait_for(lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0)
+    setup.sql(f"ALTER SUBSCRIPTION {setup.name} DISABLE")
+    wait_for(lambda: not setup.publisher.is_streaming(setup.name), what="worker gone")
+    setup.log.append(up(ITEMS, 1, "b"))
+    setup.log.append(up(ITEMS, 2, "c"))
+    gevent.sleep(0.5)
+    assert len(rows(setup)) == 1
+    setup.sql(f"ALTER SUBSCRIPTION {setup.name} ENABLE")
+    wait_for(lambda: len(rows(setup)) == 3, what="rows after enable")
+    assert sorted(t for _, t, _ in audit(setup)) == ["a", "b", "c"]
+    assert setup.log.opens[-1] == setup.log.entries[0][1]
+
+
+def test_setup_window_is_closed(setup):
+    """Changes logged while the subscription is being set up are not lost (held slot)."""
+    setup.publisher.hold(setup.name)
+    greenlet = gevent.spawn(setup.subscribe)
+    for i in range(10):
+        setup.log.append(up(ITEMS, i, f"w{i}"))
+        gevent.sleep(0.02)
+    greenlet.get(timeout=30)
+    wait_for(lambda: len(rows(setup)) == 10, what="every row of the setup window")
+
+
+def test_admission_and_unsupported_commands(setup):
+    port = setup.publisher.port
+    # not a replication connection
+    c = RawClient(port)
+    c.startup(user="x", database="test", application_name=setup.name)
+    tag, body = c.read_message()
+    assert tag == b"E" and error_fields(body)["C"] == "08004"
+    assert c.read_message() is None
+    # connector not ready
+    c = RawClient(port)
+    c.startup(user="x", database="test", replication="database", application_name="nobody")
+    tag, body = c.read_message()
+    assert tag == b"E" and "not ready" in error_fields(body)["M"]
+    assert c.read_message() is None
+
+    c = RawClient(port)
+    c.startup(user="x", database="test", replication="database", application_name=setup.name)
+    msgs = c.read_until(b"Z")
+    params = dict(tuple(b.rstrip(b"\0").decode().split("\0")) for t, b in msgs if t == b"S")
+    assert params["server_version"] == "electric-0.0.1"
+    for text in ["SHOW wal_segment_size", "TIMELINE_HISTORY 1", "SELECT 1",
+                 "READ_REPLICATION_SLOT s", "COPY public.items TO STDOUT",
+                 "CREATE_REPLICATION_SLOT x LOGICAL pgoutput USE_SNAPSHOT",
+                 'START_REPLICATION SLOT "nope" LOGICAL 0/0']:
+        c.query(text)
+        msgs = c.read_until(b"Z")
+        assert [t for t, _ in msgs] == [b"E", b"Z"], text
+        assert error_fields(msgs[0][1])["S"] == "ERROR"
+    c.query("IDENTIFY_SYSTEM")
+    assert [t for t, _ in c.read_until(b"Z")] == [b"T", b"D", b"C", b"Z"]
+    # extended protocol: one error, then ReadyForQuery at Sync
+    c.send(b"P\0\0\0\x08\0\0\0\0" + b"S\0\0\0\x04")
+    assert [t for t, _ in c.read_until(b"Z")] == [b"E", b"Z"]
+    c.query("SHOW server_version")
+    assert [t for t, _ in c.read_until(b"Z")] == [b"T", b"D", b"C", b"Z"]
+    c.close()
+
+
+def test_malformed_input_costs_only_that_connection(setup):
+    setup.subscribe()
+    setup.log.append(up(ITEMS, 0, "first"))
+    wait_for(lambda: len(rows(setup)) == 1)
+    port = setup.publisher.port
+
+    garbage = RawClient(port)
+    garbage.send(b"\x00\x00\x00\x05GET / HTTP/1.1\r\n\r\n")
+    tag, body = garbage.read_message()
+    assert tag == b"E" and error_fields(body)["S"] == "FATAL"
+    assert garbage.read_message() is None
+
+    huge = RawClient(port)
+    huge.send(b"\x7f\xff\xff\xff" + b"x" * 100)
+    assert huge.read_message()[0] == b"E"
+
+    truncated = RawClient(port)
+    truncated.send(b"\x00\x00\x00\x50\x00\x03")  # then hang up mid-packet
+    truncated.close()
+
+    # a second "subscriber" that goes mad mid-stream on another slot name it is allowed to use
+    setup.registry.set_ready("other")
+    mad = RawClient(port)
+    mad.startup(user="x", database="test", replication="database", application_name="other")
+    mad.read_until(b"Z")
+    mad.query('START_REPLICATION SLOT "other" LOGICAL 0/0')
+    assert mad.read_message()[0] == b"W"
+    mad.send(b"d\x00\x00\x00\x09zzzzz")  # not a status update
+    msgs = mad.read_until(b"E")
+    assert msgs[-1][0] == b"E" and error_fields(msgs[-1][1])["S"] == "FATAL"
+
+    random_bytes = RawClient(port)
+    random_bytes.send(bytes(range(256)) * 4)
+    random_bytes.read_message()
+
+    # the real subscriber was never disturbed
+    setup.log.append(up(ITEMS, 1, "second"))
+    wait_for(lambda: len(rows(setup)) == 2, what="stream still alive")
+    assert setup.publisher.status()[setup.name]["sessions"] == 1
