@@ -358,3 +358,27 @@ def test_silent_peer_detected_and_stale_walsender_taken_over(source_db):
     finally:
         c.stop()
         proxy.close()
+
+
+def test_connection_lost_while_sink_retries_delivers_once(source_db, connector_factory):
+    db = source_db
+    db.execute(SCHEMA)
+    sink = CollectingSink()
+    c = connector_factory(sink, name="pg_lost")
+    before = db.confirmed_flush_lsn()
+    sink.fail_until = time.monotonic() + 2.5
+    db.execute(f"INSERT INTO entries VALUES ('{U1}', 'x', NULL)")
+    wait_until(lambda: c.status()["sink_retrying"], what="retrying")
+    pids = db.query(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s AND active", (db.slot,)
+    )
+    db.execute("SELECT pg_terminate_backend(%s)", (pids[0][0],))
+    assert db.confirmed_flush_lsn() == before
+    wait_until(
+        lambda: c.status()["reconnects"] >= 1 and c.status()["reader_connected"],
+        what="reconnect after the write",
+        timeout=20,
+    )
+    wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= sink.transactions[0].lsn)
+    gevent.sleep(0.5)
+    assert len(sink.transactions) == 1  # the resent copy was recognised, not written again

@@ -3,6 +3,8 @@
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from electric.changes import (
     Column,
@@ -215,3 +217,37 @@ def test_commit_lsn_mismatch_message():
     a.feed(po.Begin(Lsn(1), TS, 1))
     with pytest.raises(ProtocolError, match="does not match Begin final_lsn 0/1"):
         a.feed(po.Commit(Lsn(2), Lsn(3), TS))
+
+
+# -- fuzz: any message sequence either assembles or raises ProtocolError ---------------------
+
+
+_vals = st.one_of(st.none(), st.just(po.UNCHANGED_TOAST), st.binary(max_size=4))
+_tuples = st.lists(_vals, max_size=3).map(tuple)
+_rel_ids = st.sampled_from([100, 101, 102, 103, 104])
+_lsns = st.integers(0, 5).map(Lsn)
+_messages = st.one_of(
+    st.builds(po.Begin, _lsns, st.just(TS), st.integers(0, 5)),
+    st.builds(po.Commit, _lsns, _lsns, st.just(TS)),
+    st.builds(po.Origin, _lsns, st.sampled_from(["a", "b"])),
+    st.builds(po.Insert, _rel_ids, _tuples),
+    st.builds(po.Update, _rel_ids, _tuples, st.one_of(st.none(), _tuples)),
+    st.builds(po.Update, _rel_ids, _tuples, st.none(), st.one_of(st.none(), _tuples)),
+    st.builds(po.Delete, _rel_ids, _tuples),
+    st.builds(po.Delete, _rel_ids, st.none(), _tuples),
+    st.builds(po.Truncate, st.lists(_rel_ids, max_size=3).map(tuple), st.integers(0, 3)),
+    st.builds(po.Unknown, st.just(b"Z"), st.binary(max_size=3)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_messages, max_size=12))
+def test_any_message_sequence_only_raises_protocol_error(messages):
+    a = make()
+    for m in messages:
+        try:
+            result = a.feed(m)
+        except ProtocolError:
+            continue
+        if result is not None:
+            assert result.end_lsn == result.transaction.lsn
