@@ -57,7 +57,7 @@ from electric.postgres.lsn import Lsn
 from electric.postgres.slot import SlotEncoder, plan_resume
 from electric.schema import SchemaRegistry
 
-__all__ = ["Publisher", "OpenStream"]
+__all__ = ["Publisher", "OpenStream", "vaxine_stream_opener"]
 
 OpenStream = Callable[[bytes | None], Iterable[tuple[Transaction, bytes]]]
 """``open_stream(after_offset)``: the log from just after ``after_offset`` (``None`` = from the
@@ -732,8 +732,10 @@ class Publisher:
             return
         conn.session = None
         session.finished.set()
-        for g in session.greenlets:
-            g.kill(block=True)
+        # Under the write lock, so the sender is never cut off in the middle of a frame.
+        with conn.write_lock:
+            for g in session.greenlets:
+                g.kill(block=True)
         if session.state.session is session:
             session.state.session = None
 
@@ -747,3 +749,26 @@ def _name_array(names: Iterator[str] | list[str]) -> str:
         else:
             out.append(n)
     return "{" + ",".join(out) + "}"
+
+
+def vaxine_stream_opener(
+    host: str, port: int, *, connect_timeout_ms: int = 5000, buffer_size: int = 50
+) -> OpenStream:
+    """An ``open_stream`` reading Vaxine's WAL stream (port 8088) for the publisher.
+
+    Offsets are stored as ``term_to_binary({L, R})`` bytes; ``None`` starts from the beginning.
+    The stream is closed when the session ends (the generator is closed by the feeder).
+    """
+    from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+
+    def open_stream(after: bytes | None) -> Iterator[tuple[Transaction, bytes]]:
+        start = 0 if after is None else offset_from_bytes(after)
+        stream = WalStream(host, port, start, connect_timeout_ms=connect_timeout_ms,
+                           buffer_size=buffer_size, name="publisher")
+        try:
+            for tx, offset in stream:
+                yield tx, offset_to_bytes(offset)
+        finally:
+            stream.close()
+
+    return open_stream

@@ -108,7 +108,7 @@ class Setup:
         self.conn.autocommit = True
         self.sql(SUBSCRIBER_SQL)
 
-    def new_publisher(self, port: int = 0) -> Publisher:
+    def new_publisher(self, port: int = 0, **kwargs) -> Publisher:
         publisher = Publisher(
             registry=self.registry,
             offsets=self.offsets,
@@ -116,6 +116,7 @@ class Setup:
             host="127.0.0.1",
             port=port,
             keepalive_interval=1.0,
+            **kwargs,
         )
         publisher.start()
         return publisher
@@ -125,14 +126,14 @@ class Setup:
             cur.execute(query, params)
             return cur.fetchall() if cur.description else []
 
-    def subscribe(self) -> bool:
+    def subscribe(self, relations=None) -> bool:
         return subscribe(
             self.conn,
             name=self.name,
             conninfo=electric_conninfo("127.0.0.1", self.publisher.port, dbname="test",
                                        user="electric"),
             publication=PUBLICATION,
-            relations=[ITEMS.relation, FULL_ITEMS.relation],
+            relations=relations or [ITEMS.relation, FULL_ITEMS.relation],
             gate=self.publisher,
         )
 

@@ -201,3 +201,51 @@ def test_malformed_input_costs_only_that_connection(setup):
     setup.log.append(up(ITEMS, 1, "second"))
     wait_for(lambda: len(rows(setup)) == 2, what="stream still alive")
     assert setup.publisher.status()[setup.name]["sessions"] == 1
+
+
+def test_numeric_server_version_shapes_work_too(setup):
+    """With a numeric server_version PG15 sends proto_version '3' and the 3-column table list."""
+    setup.publisher.stop()
+    setup.publisher = setup.new_publisher(server_version="15.0")
+    setup.log.append(up(ITEMS, 0, "v15"))
+    setup.subscribe()
+    wait_for(lambda: rows(setup) == [(IDS[0], "v15", None)])
+    setup.log.append(up(ITEMS, 0, "v15 again"), delete(ITEMS, 0), up(ITEMS, 1, "b"))
+    wait_for(lambda: rows(setup) == [(IDS[1], "b", None)])
+
+
+def test_applied_changes_carry_the_subscription_origin(setup):
+    """Loop prevention: what the apply worker (and the upsert trigger) writes is marked with
+    an Origin message in the subscriber's own pgoutput, which the ingest side drops."""
+    from electric.postgres import pgoutput
+
+    setup.sql("DROP PUBLICATION IF EXISTS peek_pub")
+    setup.sql("CREATE PUBLICATION peek_pub FOR TABLE public.items")
+    setup.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+              "WHERE slot_name = 'peek'")
+    setup.sql("SELECT pg_create_logical_replication_slot('peek', 'pgoutput')")
+    try:
+        setup.sql("INSERT INTO public.items VALUES (%s, 'local', 1)", (IDS[0],))
+        setup.subscribe()
+        setup.log.append(up(ITEMS, 0, "remote"), up(ITEMS, 1, "new"))  # trigger UPDATE + INSERT
+
+        def transactions():
+            data = setup.sql(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes('peek', NULL, NULL, "
+                "'proto_version', '1', 'publication_names', 'peek_pub')")
+            txs, current = [], []
+            for (raw,) in data:
+                msg = pgoutput.decode(bytes(raw))
+                current.append(type(msg).__name__)
+                if isinstance(msg, pgoutput.Commit):
+                    txs.append(current)
+                    current = []
+            return txs if len(txs) >= 2 else None
+
+        txs = wait_for(transactions, what="decoded transactions")
+        assert txs[0] == ["Begin", "Relation", "Insert", "Commit"]  # local: no origin
+        assert txs[1][:2] == ["Begin", "Origin"]
+        assert sorted(txs[1][2:-1]) == ["Insert", "Relation", "Update"]
+    finally:
+        setup.sql("SELECT pg_drop_replication_slot('peek')")
+        setup.sql("DROP PUBLICATION peek_pub")
