@@ -147,15 +147,21 @@ class Connector:
     # -- lifecycle ----------------------------------------------------------------------
 
     def run(self) -> None:
-        self._provision_until_done()
-        if self.after_provision is not None:
-            try:
-                self.after_provision(self)
-            except GreenletExit:
-                raise
-            except Exception as exc:
-                self.log.warning("after-provision step failed: {}", _describe(exc))
-        self._run_reader()
+        """The whole lifecycle; blocks until stopped. ``start()`` runs it in a greenlet, or
+        hand it to a supervisor. Killing this greenlet also stops the reader (acks flushed)."""
+        try:
+            self._provision_until_done()
+            if self.after_provision is not None and not self._stopping:
+                try:
+                    self.after_provision(self)
+                except GreenletExit:
+                    raise
+                except Exception as exc:
+                    self.log.warning("after-provision step failed: {}", _describe(exc))
+            self._run_reader()
+        finally:
+            if self.reader is not None:
+                self.reader.stop()
 
     def _provision_until_done(self) -> None:
         while not self._stopping:

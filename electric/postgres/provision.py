@@ -249,10 +249,11 @@ def read_tables(
             if quiet:
                 continue
             log.warning(
-                "table {}.{} has no primary key: it is not replicated "
-                "(add a primary key, then restart or migrate)",
+                "table {}.{} has no primary key: it is not replicated (add a primary key, "
+                "then restart or migrate){}",
                 schema,
                 name,
+                _identity_hint(identity),
             )
             continue
         published = set(attnames) if attnames is not None else None
@@ -280,6 +281,17 @@ def read_tables(
         identity = identity.decode() if isinstance(identity, bytes) else str(identity)
         tables.append(Table(schema, name, oid, tuple(cols), tuple(pks[oid]), identity))
     return tables, without_pk
+
+
+def _identity_hint(identity: Any) -> str:
+    identity = identity.decode() if isinstance(identity, bytes) else str(identity)
+    if identity in ("d", "n"):
+        # Postgres refuses UPDATE/DELETE on a published table without replica identity.
+        return (
+            "; note that Postgres rejects UPDATE and DELETE on it while it is published "
+            "without a replica identity (REPLICA IDENTITY FULL allows them)"
+        )
+    return ""
 
 
 def read_migrations(conn: Any) -> list[Migration]:
