@@ -285,7 +285,7 @@ class _Session:
         if update.reply_requested:
             self.keepalive()
         now = time.monotonic()
-        if flushed > self.requested and now - self.last_gc >= GC_INTERVAL:
+        if flushed > self.requested and now - self.last_gc >= self.publisher.gc_interval:
             # Everything up to `flushed` has been processed by the subscriber; plan_resume
             # copes with a later request below the oldest kept mapping.
             self.last_gc = now
@@ -325,6 +325,7 @@ class Publisher:
         queue_size: int = 256,
         batch_size: int = 64,
         server_version: str = wire.DEFAULT_SERVER_VERSION,
+        gc_interval: float = GC_INTERVAL,
     ) -> None:
         self.registry = registry
         self.offsets = offsets
@@ -337,6 +338,7 @@ class Publisher:
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.server_version = server_version
+        self.gc_interval = gc_interval
         self._slots: dict[str, _SlotState] = {}
         self._conns: set[_Conn] = set()
         self._server: StreamServer | None = None
@@ -386,7 +388,8 @@ class Publisher:
     def status(self) -> dict[str, dict[str, Any]]:
         """Per slot: ``streaming``, ``held``, ``sent_lsn``, ``flushed_lsn``,
         ``pending_transactions`` (sent, not confirmed), ``lag_seconds`` (age of the oldest of
-        those), ``sent_transactions``, ``sessions`` and, while streaming, the client address."""
+        those), ``sent_transactions``, ``sessions``, ``resume`` (how the last session found its
+        start: new/exact/older/collected/unknown) and, while streaming, the client address."""
         out: dict[str, dict[str, Any]] = {}
         for name, state in self._slots.items():
             entry: dict[str, Any] = {
@@ -396,6 +399,7 @@ class Publisher:
                 "flushed_lsn": str(Lsn(state.flushed_lsn)),
                 "sent_transactions": state.sent_transactions,
                 "sessions": state.sessions,
+                "resume": state.last_reason,
                 "pending_transactions": 0,
                 "lag_seconds": 0.0,
             }
@@ -763,8 +767,14 @@ def vaxine_stream_opener(
 
     def open_stream(after: bytes | None) -> Iterator[tuple[Transaction, bytes]]:
         start = 0 if after is None else offset_from_bytes(after)
-        stream = WalStream(host, port, start, connect_timeout_ms=connect_timeout_ms,
-                           buffer_size=buffer_size, name="publisher")
+        stream = WalStream(
+            host,
+            port,
+            start,
+            connect_timeout_ms=connect_timeout_ms,
+            buffer_size=buffer_size,
+            name="publisher",
+        )
         try:
             for tx, offset in stream:
                 yield tx, offset_to_bytes(offset)

@@ -91,6 +91,7 @@ def test_resume_after_subscriber_restart_without_replay_or_gap(setup):
     wait_for(lambda: len(rows(setup)) == 6, timeout=30, what="rows after restart")
     assert setup.log.opens[0] is None
     assert setup.log.opens[-1] == last_applied  # resumed right after the last applied tx
+    assert setup.publisher.status()[setup.name]["resume"] == "exact"
     assert setup.publisher.status()[setup.name]["sessions"] >= 2
     titles = [t for _, t, _ in audit(setup)]
     assert sorted(titles) == [f"t{i}" for i in range(6)]  # no duplicates, no gaps
@@ -249,3 +250,34 @@ def test_applied_changes_carry_the_subscription_origin(setup):
     finally:
         setup.sql("SELECT pg_drop_replication_slot('peek')")
         setup.sql("DROP PUBLICATION peek_pub")
+
+
+def test_resume_after_collected_mappings_and_trailing_noops(setup):
+    """Mappings below the subscriber's flushed position are collected; a subscriber whose
+    origin stayed behind (its last transactions wrote nothing) still resumes without replay."""
+    setup.publisher.stop()
+    setup.publisher = setup.new_publisher(gc_interval=0)
+    setup.subscribe()
+    setup.log.append(up(ITEMS, 0, "written"))
+    for i in range(5):
+        setup.log.append(delete(ITEMS, 10 + i))  # rows the subscriber never had: no-ops
+    wait_for(lambda: len(rows(setup)) == 1)
+    last = setup.log.entries[-1][1]
+    wait_for(lambda: setup.offsets.get_pg_offset_at_or_before(setup.name, 2**63) is not None
+             and setup.publisher.status()[setup.name]["pending_transactions"] == 0)
+    # give the subscriber a chance to report its flushed position at the end (gc runs then)
+    wait_for(lambda: _oldest(setup)[1] == last, what="mappings collected up to the last no-op")
+
+    setup.pg.restart()
+    setup.log.append(up(ITEMS, 1, "after"))
+    setup.reconnect()
+    wait_for(lambda: len(rows(setup)) == 2, timeout=30)
+    assert setup.log.opens[-1] == last  # resumed after the oldest kept mapping: nothing replayed
+    assert setup.publisher.status()[setup.name]["resume"] == "collected"
+    assert [t for _, t, _ in audit(setup)] == ["written", "after"]
+
+
+def _oldest(setup):
+    from electric.postgres.slot import _oldest_mapping
+
+    return _oldest_mapping(setup.offsets, setup.name) or (None, None)
