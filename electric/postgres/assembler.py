@@ -83,6 +83,7 @@ class TransactionAssembler:
         *,
         encoding: str = "utf-8",
         table_lookup: TableLookup | None = None,
+        refresh_table: TableLookup | None = None,
         drop_origin: Callable[[str], bool] | None = None,
         bookkeeping_schemas: Iterable[str] = BOOKKEEPING_SCHEMAS,
     ) -> None:
@@ -90,6 +91,10 @@ class TransactionAssembler:
         self.publication = publication
         self.encoding = encoding
         self.table_lookup = table_lookup
+        # Called when a Relation message's columns differ from the known table (DDL done
+        # outside Electric's migrations): re-read the schema, return the fresh entry.
+        self.refresh_table = refresh_table
+        self._checked: set[int] = set()
         self.drop_origin = drop_origin or (lambda _name: True)
         self.bookkeeping_schemas = frozenset(bookkeeping_schemas)
         self.relations: dict[int, po.Relation] = {}
@@ -122,6 +127,7 @@ class TransactionAssembler:
             return self._commit(message)
         if isinstance(message, po.Relation):
             self.relations[message.relation_id] = message
+            self._checked.discard(message.relation_id)
             return None
         if isinstance(message, po.Origin):
             self._require_tx("Origin")
@@ -191,6 +197,11 @@ class TransactionAssembler:
                     *name,
                 )
             return False, None
+        if self.refresh_table is not None and rel.relation_id not in self._checked:
+            self._checked.add(rel.relation_id)
+            if {c.name for c in rel.columns} != set(table.column_names()):
+                self._log.info("columns of {}.{} changed; re-reading its definition", *name)
+                table = self.refresh_table(name) or table
         return True, table
 
     def _text(self, value: po.Value, column: str) -> str | None:

@@ -214,6 +214,7 @@ class Connector:
                 publication=self.publication,
                 sink=self.sink,
                 table_lookup=self._lookup,
+                refresh_table=self._refresh,
                 **options,
             )
             greenlet = self.reader.start()
@@ -243,21 +244,26 @@ class Connector:
     # -- table lookup used by the reader ------------------------------------------------
 
     def _lookup(self, relation: RelationName) -> Table | None:
+        """The table if replicated; an unknown one triggers a (rate-limited) re-read."""
         table = self.tables.get(relation)
         if table is not None:
             return table
+        no_pk = relation in self.tables_without_pk
+        return self._reread(relation, _REFRESH_NO_PK_EVERY if no_pk else _REFRESH_UNKNOWN_EVERY)
+
+    def _refresh(self, relation: RelationName) -> Table | None:
+        """Its columns changed under us (DDL outside migrations): re-read, rate-limited."""
+        return self._reread(relation, _REFRESH_UNKNOWN_EVERY)
+
+    def _reread(self, relation: RelationName, every: float) -> Table | None:
         now = time.monotonic()
-        every = (
-            _REFRESH_NO_PK_EVERY if relation in self.tables_without_pk else _REFRESH_UNKNOWN_EVERY
-        )
         if now - self._refreshed_at.get(relation, -1e9) < every:
-            return None
+            return self.tables.get(relation)
         self._refreshed_at[relation] = now
         try:
             self._refresh_tables()
         except psycopg2.Error as exc:
             self.log.warning("could not re-read tables: {}", _describe(exc))
-            return None
         return self.tables.get(relation)
 
     def _refresh_tables(self) -> None:

@@ -94,6 +94,7 @@ class SourceReader:
         publication: str,
         sink: Sink,
         table_lookup: TableLookup | None = None,
+        refresh_table: TableLookup | None = None,
         encoding: str = "utf-8",
         drop_origin: Callable[[str], bool] | None = None,
         status_interval: float = 10.0,
@@ -111,6 +112,7 @@ class SourceReader:
         self.publication = publication
         self.sink = sink
         self.table_lookup = table_lookup
+        self.refresh_table = refresh_table
         self.encoding = encoding
         self.drop_origin = drop_origin
         self.status_interval = max(1.0, status_interval)  # psycopg2 rejects < 1
@@ -298,6 +300,7 @@ class SourceReader:
             self.publication,
             encoding=self.encoding,
             table_lookup=self.table_lookup,
+            refresh_table=self.refresh_table,
             drop_origin=self.drop_origin,
         )
         fd = conn.fileno()

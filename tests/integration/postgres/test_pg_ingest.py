@@ -382,3 +382,16 @@ def test_connection_lost_while_sink_retries_delivers_once(source_db, connector_f
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= sink.transactions[0].lsn)
     gevent.sleep(0.5)
     assert len(sink.transactions) == 1  # the resent copy was recognised, not written again
+
+
+def test_ddl_outside_migrations_refreshes_the_registry(source_db, connector_factory):
+    db = source_db
+    db.execute(SCHEMA)
+    sink = CollectingSink()
+    c = connector_factory(sink, name="pg_ddl")
+    db.execute("ALTER TABLE public.entries ADD COLUMN extra int")
+    db.execute(f"INSERT INTO entries VALUES ('{U1}', 'a', NULL, 42)")
+    wait_until(lambda: len(sink.transactions) == 1)
+    assert sink.transactions[0].changes[0].record["extra"] == "42"
+    assert [col.name for col in c.tables[("public", "entries")].columns][-1] == "extra"
+    assert c.registry.table(("public", "entries")).column("extra").type_name == "int4"

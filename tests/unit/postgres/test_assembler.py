@@ -251,3 +251,27 @@ def test_any_message_sequence_only_raises_protocol_error(messages):
             continue
         if result is not None:
             assert result.end_lsn == result.transaction.lsn
+
+
+def test_changed_columns_trigger_one_refresh_per_relation_message():
+    calls = []
+    wide = po.Relation(
+        100,
+        "public",
+        "items",
+        "d",
+        ITEMS.columns + (po.RelationColumn("extra", 25, -1, 0),),
+    )
+    refreshed = table(wide, ("id",))
+
+    def refresh(name):
+        calls.append(name)
+        return refreshed
+
+    a = make(refresh_table=refresh)
+    run(a, po.Insert(100, (b"1", b"a")))
+    assert calls == []  # columns match the registry: no refresh
+    a.feed(wide)
+    c = run(a, po.Insert(100, (b"2", b"b", b"x")), po.Insert(100, (b"3", b"c", b"y")))
+    assert calls == [("public", "items")]
+    assert c.transaction.changes[0].record == {"id": "2", "body": "b", "extra": "x"}
