@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import psycopg2
 import pytest
@@ -83,8 +84,6 @@ def source_db(ingest_cluster):
                     )
                     if cur.fetchone()[0] == 0:
                         break
-                    import time
-
                     time.sleep(0.05)
                 cur.execute(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "

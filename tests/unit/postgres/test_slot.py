@@ -73,12 +73,13 @@ def test_worked_example_of_the_spec():
         " 01 636f6e74656e745f6200 00000413 00000044"
     )
     assert payloads[2] == (
-        bytes.fromhex("49 00004e20 4e 0003 74 00000024") + UUID.encode()
-        + bytes.fromhex("74 0000000c") + b"Hello from a" + b"n"
+        bytes.fromhex("49 00004e20 4e 0003 74 00000024")
+        + UUID.encode()
+        + bytes.fromhex("74 0000000c")
+        + b"Hello from a"
+        + b"n"
     )
-    assert payloads[3] == bytes.fromhex(
-        "43 00 0000000000000014 000000000000001e 0002911f1eca2800"
-    )
+    assert payloads[3] == bytes.fromhex("43 00 0000000000000014 000000000000001e 0002911f1eca2800")
     assert (out.final_lsn, out.end_lsn, out.offset, out.changes) == (0x14, 0x1E, b"off1", 1)
     assert enc.current_lsn == 0x1E
 
@@ -92,8 +93,11 @@ def test_lsns_are_consistent_across_transactions():
     begin, commit = msgs[0], msgs[-1]
     assert begin.final_lsn == commit.lsn == first.final_lsn == 0x100 + 40
     assert commit.end_lsn == first.end_lsn == 0x100 + 50
-    change_lsns = [lsn for (lsn, _), m in zip(first.messages, msgs, strict=True)
-                   if isinstance(m, pgoutput.Insert)]
+    change_lsns = [
+        lsn
+        for (lsn, _), m in zip(first.messages, msgs, strict=True)
+        if isinstance(m, pgoutput.Insert)
+    ]
     assert change_lsns == [0x10A, 0x114, 0x11E]
     assert first.messages[-1][0] == commit.end_lsn
     # the next transaction continues from the previous end_lsn; the relation is not resent
@@ -105,9 +109,14 @@ def test_lsns_are_consistent_across_transactions():
 
 def test_relation_sent_once_per_session_in_order_of_first_use():
     enc = encoder()
-    tx = Transaction([NewRecord(("public", "entries_default"), row()),
-                      NewRecord(("public", "entries"), row()),
-                      NewRecord(("public", "entries_default"), row("x"))], TS)
+    tx = Transaction(
+        [
+            NewRecord(("public", "entries_default"), row()),
+            NewRecord(("public", "entries"), row()),
+            NewRecord(("public", "entries_default"), row("x")),
+        ],
+        TS,
+    )
     msgs = [pgoutput.decode(p) for _, p in enc.encode(tx, b"1").messages]
     rels = [m.name for m in msgs if isinstance(m, pgoutput.Relation)]
     assert rels == ["entries_default", "entries"]
@@ -127,8 +136,9 @@ def test_key_flags():
 
 def test_upserts_are_inserts_with_every_column():
     enc = encoder()
-    tx = Transaction([UpdatedRecord(("public", "entries_default"), {"id": UUID, "content": "c"})],
-                     TS)
+    tx = Transaction(
+        [UpdatedRecord(("public", "entries_default"), {"id": UUID, "content": "c"})], TS
+    )
     msgs = [pgoutput.decode(p) for _, p in enc.encode(tx, b"1").messages]
     ins = [m for m in msgs if isinstance(m, pgoutput.Insert)]
     assert ins == [pgoutput.Insert(20001, (UUID.encode(), b"c", None))]
@@ -137,14 +147,18 @@ def test_upserts_are_inserts_with_every_column():
 
 def test_deletes_full_row_or_key():
     enc = encoder()
-    tx = Transaction([
-        DeletedRecord(("public", "entries"), row()),
-        DeletedRecord(("public", "entries_default"), {"id": UUID}),
-        DeletedRecord(("public", "entries_default"), {"content": "no key"}),
-    ], TS)
+    tx = Transaction(
+        [
+            DeletedRecord(("public", "entries"), row()),
+            DeletedRecord(("public", "entries_default"), {"id": UUID}),
+            DeletedRecord(("public", "entries_default"), {"content": "no key"}),
+        ],
+        TS,
+    )
     out = enc.encode(tx, b"1")
-    dels = [m for m in (pgoutput.decode(p) for _, p in out.messages)
-            if isinstance(m, pgoutput.Delete)]
+    dels = [
+        m for m in (pgoutput.decode(p) for _, p in out.messages) if isinstance(m, pgoutput.Delete)
+    ]
     assert dels == [
         pgoutput.Delete(20000, old=(UUID.encode(), b"Hello from a", None)),
         pgoutput.Delete(20001, key=(UUID.encode(), None, None)),
@@ -154,8 +168,9 @@ def test_deletes_full_row_or_key():
 
 def test_unknown_tables_and_tables_without_pk_are_skipped():
     enc = encoder()
-    tx = Transaction([NewRecord(("public", "nope"), {"a": "1"}),
-                      NewRecord(("public", "nopk"), {"k": "1"})], TS)
+    tx = Transaction(
+        [NewRecord(("public", "nope"), {"a": "1"}), NewRecord(("public", "nopk"), {"k": "1"})], TS
+    )
     assert enc.encode(tx, b"1") is None
     assert enc.current_lsn == 0 and not enc.announced
     mixed = Transaction(tx.changes + [NewRecord(("public", "entries"), row())], TS)

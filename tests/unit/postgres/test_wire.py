@@ -966,8 +966,10 @@ def test_pg_recvlogical_streams_and_ends_with_copy_done(publisher, tmp_path):
 _valid_query_phase_message = st.one_of(
     st.builds(
         lambda t: query(t),
-        st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
-                max_size=30),
+        st.text(
+            alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+            max_size=30,
+        ),
     ),
     st.just(msg(b"S")),
     st.builds(lambda b: msg(b"P", b), st.binary(max_size=20)),
