@@ -506,6 +506,7 @@ class Publisher:
                 conn.session.stop()
             conn.close()
         elif isinstance(event, wire.CopyData):
+            _log.warning("closing connection from {}: unexpected CopyData payload", conn.peer)
             self._fatal(
                 conn,
                 wire.error_response("FATAL", "08P01", "unexpected CopyData message from client"),
@@ -535,6 +536,9 @@ class Publisher:
                 + wire.ready_for_query("I")
             )
             return
+        _log.warning(
+            "closing connection from {}: unexpected {} while streaming", conn.peer, event.name
+        )
         self._fatal(
             conn,
             wire.error_response(
@@ -588,7 +592,9 @@ class Publisher:
     def _on_query(self, conn: _Conn, text: str) -> None:
         cmd = wire.parse_command(text)
         log = logger.bind(origin=conn.app_name or "publisher")
-        log.debug("Query received: {!r}", text)
+        # START_REPLICATION at info: operators (and scenario scripts) look for it.
+        level = "INFO" if isinstance(cmd, wire.StartReplication) else "DEBUG"
+        log.log(level, "Query received: {!r}", text)
         if isinstance(cmd, wire.EmptyQuery):
             self._reply(conn, wire.empty_query_response())
         elif isinstance(cmd, wire.SetConfig):

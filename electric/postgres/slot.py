@@ -125,7 +125,9 @@ class SlotEncoder:
         pending_announce: dict[RelationName, int] = {}
         for change in tx.changes:
             table = self.lookup(change.relation)
-            if table is None or (not table.primary_keys and not isinstance(change, TruncatedRelation)):
+            if table is None or (
+                not table.primary_keys and not isinstance(change, TruncatedRelation)
+            ):
                 skipped += 1
                 continue
             rel = table.relation

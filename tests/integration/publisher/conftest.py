@@ -130,8 +130,9 @@ class Setup:
         return subscribe(
             self.conn,
             name=self.name,
-            conninfo=electric_conninfo("127.0.0.1", self.publisher.port, dbname="test",
-                                       user="electric"),
+            conninfo=electric_conninfo(
+                "127.0.0.1", self.publisher.port, dbname="test", user="electric"
+            ),
             publication=PUBLICATION,
             relations=relations or [ITEMS.relation, FULL_ITEMS.relation],
             gate=self.publisher,
@@ -184,9 +185,11 @@ class RawClient:
         self.sock.sendall(data)
 
     def startup(self, **params: str) -> None:
-        body = struct.pack(">I", 196608) + b"".join(
-            k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()
-        ) + b"\0"
+        body = (
+            struct.pack(">I", 196608)
+            + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
+            + b"\0"
+        )
         self.send(struct.pack(">I", len(body) + 4) + body)
 
     def query(self, text: str) -> None:

@@ -15,8 +15,9 @@ IDS = [str(uuid.UUID(int=i + 1)) for i in range(50)]
 
 
 def up(table, i, title, qty=None):
-    return UpdatedRecord(table.relation, {"id": IDS[i], "title": title,
-                                          "qty": None if qty is None else str(qty)})
+    return UpdatedRecord(
+        table.relation, {"id": IDS[i], "title": title, "qty": None if qty is None else str(qty)}
+    )
 
 
 def delete(table, i, title="x"):
@@ -53,8 +54,10 @@ def test_history_then_live_changes_arrive(setup):
 
     status = setup.publisher.status()[setup.name]
     assert status["streaming"] and not status["held"]
-    wait_for(lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0,
-             what="subscriber confirms everything")
+    wait_for(
+        lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0,
+        what="subscriber confirms everything",
+    )
     assert setup.publisher.status()[setup.name]["flushed_lsn"] == status["sent_lsn"]
     # every upsert applied exactly once (the existing-key insert became one UPDATE)
     assert [op for _, _, op in audit(setup)] == ["INSERT", "UPDATE", "INSERT", "DELETE"]
@@ -145,10 +148,15 @@ def test_admission_and_unsupported_commands(setup):
     msgs = c.read_until(b"Z")
     params = dict(tuple(b.rstrip(b"\0").decode().split("\0")) for t, b in msgs if t == b"S")
     assert params["server_version"] == "electric-0.0.1"
-    for text in ["SHOW wal_segment_size", "TIMELINE_HISTORY 1", "SELECT 1",
-                 "READ_REPLICATION_SLOT s", "COPY public.items TO STDOUT",
-                 "CREATE_REPLICATION_SLOT x LOGICAL pgoutput USE_SNAPSHOT",
-                 'START_REPLICATION SLOT "nope" LOGICAL 0/0']:
+    for text in [
+        "SHOW wal_segment_size",
+        "TIMELINE_HISTORY 1",
+        "SELECT 1",
+        "READ_REPLICATION_SLOT s",
+        "COPY public.items TO STDOUT",
+        "CREATE_REPLICATION_SLOT x LOGICAL pgoutput USE_SNAPSHOT",
+        'START_REPLICATION SLOT "nope" LOGICAL 0/0',
+    ]:
         c.query(text)
         msgs = c.read_until(b"Z")
         assert [t for t, _ in msgs] == [b"E", b"Z"], text
@@ -222,8 +230,10 @@ def test_applied_changes_carry_the_subscription_origin(setup):
 
     setup.sql("DROP PUBLICATION IF EXISTS peek_pub")
     setup.sql("CREATE PUBLICATION peek_pub FOR TABLE public.items")
-    setup.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-              "WHERE slot_name = 'peek'")
+    setup.sql(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        "WHERE slot_name = 'peek'"
+    )
     setup.sql("SELECT pg_create_logical_replication_slot('peek', 'pgoutput')")
     try:
         setup.sql("INSERT INTO public.items VALUES (%s, 'local', 1)", (IDS[0],))
@@ -233,7 +243,8 @@ def test_applied_changes_carry_the_subscription_origin(setup):
         def transactions():
             data = setup.sql(
                 "SELECT data FROM pg_logical_slot_peek_binary_changes('peek', NULL, NULL, "
-                "'proto_version', '1', 'publication_names', 'peek_pub')")
+                "'proto_version', '1', 'publication_names', 'peek_pub')"
+            )
             txs, current = [], []
             for (raw,) in data:
                 msg = pgoutput.decode(bytes(raw))
@@ -263,8 +274,12 @@ def test_resume_after_collected_mappings_and_trailing_noops(setup):
         setup.log.append(delete(ITEMS, 10 + i))  # rows the subscriber never had: no-ops
     wait_for(lambda: len(rows(setup)) == 1)
     last = setup.log.entries[-1][1]
-    wait_for(lambda: setup.offsets.get_pg_offset_at_or_before(setup.name, 2**63) is not None
-             and setup.publisher.status()[setup.name]["pending_transactions"] == 0)
+    wait_for(
+        lambda: (
+            setup.offsets.get_pg_offset_at_or_before(setup.name, 2**63) is not None
+            and setup.publisher.status()[setup.name]["pending_transactions"] == 0
+        )
+    )
     # give the subscriber a chance to report its flushed position at the end (gc runs then)
     wait_for(lambda: _oldest(setup)[1] == last, what="mappings collected up to the last no-op")
 

@@ -25,8 +25,15 @@ CREATE TABLE ups.gen (id int PRIMARY KEY, n int, twice int GENERATED ALWAYS AS (
 CREATE TABLE ups.nopk (k text, v text);
 """
 
-TABLES = [("ups", "items"), ("ups", "pairs"), ("ups", "tags"), ("ups", "Odd Table"),
-          ("ups", "full_pk"), ("ups", "gen"), ("ups", "nopk")]
+TABLES = [
+    ("ups", "items"),
+    ("ups", "pairs"),
+    ("ups", "tags"),
+    ("ups", "Odd Table"),
+    ("ups", "full_pk"),
+    ("ups", "gen"),
+    ("ups", "nopk"),
+]
 
 U1 = "46ae8d74-ea44-4322-a4f3-9cd1b680a5bf"
 U2 = "dab0679d-2c3b-4c3e-9d0a-1f0f0b7e9a11"
@@ -71,7 +78,9 @@ def run(conn, sql, params=None):
 
 def test_trigger_is_installed_for_replicas_only(conn):
     assert set(TABLES) <= upsert.installed_tables(conn)
-    states = rows(conn, "SELECT DISTINCT tgenabled FROM pg_trigger WHERE tgname = 'electric_upsert'")
+    states = rows(
+        conn, "SELECT DISTINCT tgenabled FROM pg_trigger WHERE tgname = 'electric_upsert'"
+    )
     assert states == [("R",)]
 
 
@@ -121,7 +130,9 @@ def test_composite_key(pg, conn):
     run(r, "INSERT INTO ups.pairs VALUES (1, 'x', 'new')")
     run(r, "INSERT INTO ups.pairs VALUES (1, 'y', 'other')")
     assert rows(conn, "SELECT a, b, val FROM ups.pairs ORDER BY a, b") == [
-        (1, "x", "new"), (1, "y", "other")]
+        (1, "x", "new"),
+        (1, "y", "other"),
+    ]
 
 
 def test_all_key_table_existing_row_is_a_noop(pg, conn):
@@ -133,12 +144,14 @@ def test_all_key_table_existing_row_is_a_noop(pg, conn):
 
 
 def test_quoted_identifiers(pg, conn):
-    run(conn, 'INSERT INTO ups."Odd Table" VALUES (1, \'a\')')
+    run(conn, "INSERT INTO ups.\"Odd Table\" VALUES (1, 'a')")
     r = replica(pg)
-    run(r, 'INSERT INTO ups."Odd Table" VALUES (1, \'b\')')
-    run(r, 'INSERT INTO ups."Odd Table" VALUES (2, \'c\')')
+    run(r, "INSERT INTO ups.\"Odd Table\" VALUES (1, 'b')")
+    run(r, "INSERT INTO ups.\"Odd Table\" VALUES (2, 'c')")
     assert rows(conn, 'SELECT "Key", "some col" FROM ups."Odd Table" ORDER BY 1') == [
-        (1, "b"), (2, "c")]
+        (1, "b"),
+        (2, "c"),
+    ]
 
 
 def test_replica_identity_full_with_pk(pg, conn):

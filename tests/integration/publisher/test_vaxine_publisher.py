@@ -62,8 +62,7 @@ def test_merged_log_reaches_the_subscriber_and_resumes(setup, vaxine):
     wait_for(lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0)
 
     setup.pg.restart()
-    write(pool, UpdatedRecord(ITEMS.relation, {"id": IDS[0], "title": "after restart",
-                                               "qty": "2"}))
+    write(pool, UpdatedRecord(ITEMS.relation, {"id": IDS[0], "title": "after restart", "qty": "2"}))
     setup.reconnect()
     wait_for(lambda: items(setup) == [(IDS[0], "after restart", 2)], timeout=30)
     status = setup.publisher.status()[setup.name]
