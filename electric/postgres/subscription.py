@@ -24,16 +24,18 @@ idempotent).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import gevent
+import psycopg2
 from loguru import logger
 from psycopg2 import sql
 
 from electric.changes import RelationName
 from electric.postgres import provision, upsert
 
-__all__ = ["SlotGate", "electric_conninfo", "subscribe"]
+__all__ = ["SlotGate", "electric_conninfo", "subscribe", "subscribe_when_ready"]
 
 
 class SlotGate(Protocol):
@@ -115,3 +117,52 @@ def subscribe(
     gate.release(name)
     log.info("subscription {} enabled and refreshed; streaming released", name)
     return created
+
+
+def subscribe_when_ready(
+    *,
+    name: str,
+    ready: Any,
+    connect: Callable[[], Any],
+    conninfo: str,
+    publication: str,
+    relations: Callable[[], Iterable[RelationName]],
+    gate: SlotGate,
+    retry_min: float = 2.0,
+    retry_max: float = 10.0,
+) -> None:
+    """Wait until the connector is ready, then :func:`subscribe`, retrying with back-off.
+
+    Run it in its own greenlet per connector (it returns once the subscription is set up).
+    ``ready`` is a ``gevent.event.Event`` (e.g. ``Connector.ready``): REFRESH makes the
+    subscriber connect to Electric, which admits it only once the connector is ready, so
+    subscribing earlier would just fail. ``connect()`` returns an ordinary connection to the
+    connector's database (e.g. ``Connector.connect``); ``relations()`` the replicated tables
+    (read at each attempt, so tables added by a migration are covered when re-run).
+    """
+    log = logger.bind(origin=name)
+    delay = retry_min
+    while True:
+        ready.wait()
+        try:
+            conn = connect()
+            try:
+                subscribe(
+                    conn,
+                    name=name,
+                    conninfo=conninfo,
+                    publication=publication,
+                    relations=list(relations()),
+                    gate=gate,
+                )
+            finally:
+                conn.close()
+            return
+        except (psycopg2.Error, OSError) as exc:
+            log.warning(
+                "subscription step failed: {}; retrying in {:.0f}s",
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                delay,
+            )
+        gevent.sleep(delay)
+        delay = min(delay * 2, retry_max)

@@ -296,3 +296,41 @@ def _oldest(setup):
     from electric.postgres.slot import _oldest_mapping
 
     return _oldest_mapping(setup.offsets, setup.name) or (None, None)
+
+
+def test_subscribe_when_ready_retries_until_admitted(setup):
+    from gevent.event import Event
+
+    from electric.postgres import green
+    from electric.postgres.subscription import electric_conninfo, subscribe_when_ready
+
+    from .conftest import PUBLICATION
+
+    setup.registry.set_ready(setup.name, False)
+    setup.log.append(up(ITEMS, 0, "waiting"))
+    ready = Event()
+
+    def connect():
+        conn = green.connect(setup.pg.dsn())
+        conn.autocommit = True
+        return conn
+
+    g = gevent.spawn(
+        subscribe_when_ready,
+        name=setup.name,
+        ready=ready,
+        connect=connect,
+        conninfo=electric_conninfo("127.0.0.1", setup.publisher.port, user="electric"),
+        publication=PUBLICATION,
+        relations=lambda: [ITEMS.relation, FULL_ITEMS.relation],
+        gate=setup.publisher,
+        retry_min=0.2,
+    )
+    gevent.sleep(0.3)
+    assert not g.dead  # waiting for the connector
+    ready.set()  # ...but the registry does not admit it yet: REFRESH fails, the step retries
+    gevent.sleep(0.5)
+    assert not g.dead and rows(setup) == []
+    setup.registry.set_ready(setup.name, True)
+    g.get(timeout=20)
+    wait_for(lambda: rows(setup) == [(IDS[0], "waiting", None)])
