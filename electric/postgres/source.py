@@ -369,13 +369,14 @@ class SourceReader:
                 self.sink_retrying = True
                 self.last_error = f"write failed: {_describe(exc)}"
                 delay = backoff.next()
-                self.log.warning(
-                    "could not write transaction {} ({}); attempt {}, retrying in {:.2f}s",
-                    tx.lsn,
-                    _describe(exc),
-                    attempts,
-                    delay,
-                )
+                if attempts <= 3 or attempts % 10 == 0:  # an outage must not flood the log
+                    self.log.warning(
+                        "could not write transaction {} ({}); attempt {}, retrying in {:.2f}s",
+                        tx.lsn,
+                        _describe(exc),
+                        attempts,
+                        delay,
+                    )
                 gevent.sleep(delay)
                 continue
             if attempts:
