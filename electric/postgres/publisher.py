@@ -51,7 +51,7 @@ from gevent.queue import Empty, Queue
 from gevent.server import StreamServer
 from loguru import logger
 
-from electric.changes import Transaction
+from electric.changes import RelationName, Table, Transaction
 from electric.postgres import wire
 from electric.postgres.lsn import Lsn
 from electric.postgres.slot import SlotEncoder, plan_resume
@@ -153,7 +153,13 @@ class _Session:
         self.started_at = time.time()
 
     def _lookup(self, relation):
-        # Wait for the registry once per unknown table and session, not once per change.
+        # The encoder asks once per table and session; an unknown table costs one wait for
+        # the registry, then is skipped quickly for the rest of the session.
+        custom = self.publisher.table_lookup
+        if custom is not None:
+            table = custom(self.slot, relation)
+            if table is not None:
+                return table
         wait = 0 if relation in self.missing else REGISTRY_WAIT
         table = self.publisher.registry.table(relation, wait=wait)
         if table is None:
@@ -326,6 +332,7 @@ class Publisher:
         batch_size: int = 64,
         server_version: str = wire.DEFAULT_SERVER_VERSION,
         gc_interval: float = GC_INTERVAL,
+        table_lookup: Callable[[str, RelationName], Table | None] | None = None,
     ) -> None:
         self.registry = registry
         self.offsets = offsets
@@ -339,6 +346,9 @@ class Publisher:
         self.batch_size = batch_size
         self.server_version = server_version
         self.gc_interval = gc_interval
+        # (slot, relation) -> the table as that subscriber's Postgres has it (e.g. its
+        # connector's own view after a migration); falls back to the global registry.
+        self.table_lookup = table_lookup
         self._slots: dict[str, _SlotState] = {}
         self._conns: set[_Conn] = set()
         self._server: StreamServer | None = None
@@ -380,6 +390,17 @@ class Publisher:
     def release(self, slot: str) -> None:
         """Allow data on ``slot`` (the subscriber's tables are ready)."""
         self._slot(slot).released.set()
+
+    def reset(self, slot: str) -> bool:
+        """End ``slot``'s streaming session, if any; the subscriber reconnects by itself and
+        resumes exactly, with fresh table descriptions (call after migrating its Postgres).
+        Returns True when a session was ended."""
+        state = self._slots.get(slot)
+        if state is None or state.session is None:
+            return False
+        logger.bind(origin=slot).info("ending the streaming session of {} (reset)", slot)
+        state.session.stop()
+        return True
 
     def is_streaming(self, slot: str) -> bool:
         state = self._slots.get(slot)

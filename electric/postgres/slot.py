@@ -98,16 +98,17 @@ class EncodedTransaction:
 class SlotEncoder:
     """Per streaming session: turns ``(Transaction, offset)`` into numbered pgoutput messages.
 
-    ``lookup(relation)`` returns the registry's :class:`Table` (or ``None``). A change for a
-    table it does not know is skipped with a warning instead of stalling the stream: such a
-    table is not in the publication, so the subscriber has no use for it.
+    ``lookup(relation)`` returns the :class:`Table` as this subscriber has it (or ``None``); it
+    is asked once per table and session. A change for a table it does not know is skipped
+    with a warning instead of stalling the stream: such a table is not in the publication,
+    so the subscriber has no use for it.
     """
 
     lookup: Callable[[RelationName], Table | None]
     start_lsn: Lsn = field(default_factory=Lsn)
     name: str = ""
     current_lsn: Lsn = field(init=False)
-    announced: dict[RelationName, int] = field(default_factory=dict, init=False)
+    announced: dict[RelationName, Table] = field(default_factory=dict, init=False)
     _xids: Any = field(default_factory=lambda: count(1), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,18 +123,25 @@ class SlotEncoder:
         relations: list[pgoutput.Relation] = []
         changes: list[pgoutput.Message] = []
         skipped = 0
-        pending_announce: dict[RelationName, int] = {}
+        pending_announce: dict[RelationName, Table] = {}
         for change in tx.changes:
-            table = self.lookup(change.relation)
+            rel = tuple(change.relation)
+            # Once described, a table keeps that description for the whole session: tuples
+            # must match the Relation message the subscriber holds (a schema change reaches
+            # the subscriber with its next session, see Publisher.reset).
+            table = self.announced.get(rel) or pending_announce.get(rel)
+            if table is None:
+                table = self.lookup(rel)
+                if table is not None and (
+                    table.primary_keys or isinstance(change, TruncatedRelation)
+                ):
+                    pending_announce[rel] = table
+                    relations.append(relation_message(table))
             if table is None or (
                 not table.primary_keys and not isinstance(change, TruncatedRelation)
             ):
                 skipped += 1
                 continue
-            rel = table.relation
-            if rel not in self.announced and rel not in pending_announce:
-                pending_announce[rel] = table.oid
-                relations.append(relation_message(table))
             message = self._change_message(table, change)
             if message is None:
                 skipped += 1

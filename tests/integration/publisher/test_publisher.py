@@ -334,3 +334,36 @@ def test_subscribe_when_ready_retries_until_admitted(setup):
     setup.registry.set_ready(setup.name, True)
     g.get(timeout=20)
     wait_for(lambda: rows(setup) == [(IDS[0], "waiting", None)])
+
+
+def test_schema_change_reaches_the_subscriber_after_reset(setup):
+    from electric.changes import Column, Table
+
+    from .conftest import PUBLICATION
+
+    setup.subscribe()
+    setup.log.append(up(ITEMS, 0, "old shape"))
+    wait_for(lambda: len(rows(setup)) == 1)
+    # migration on the subscriber's Postgres and in the registry
+    setup.sql("ALTER TABLE public.items ADD COLUMN note text")
+    wider = Table("public", "items", 0, ITEMS.columns + (Column("note", "text", 25),), ("id",))
+    setup.registry.put_tables(PUBLICATION, [wider])
+    # the running session keeps the shape it announced: the stream does not break
+    setup.log.append(
+        UpdatedRecord(ITEMS.relation, {"id": IDS[1], "title": "b", "qty": None, "note": "not yet"})
+    )
+    wait_for(lambda: len(rows(setup)) == 2)
+    assert setup.sql("SELECT note FROM public.items WHERE id = %s", (IDS[1],)) == [(None,)]
+    assert setup.publisher.reset(setup.name)
+    setup.log.append(
+        UpdatedRecord(
+            ITEMS.relation, {"id": IDS[2], "title": "c", "qty": None, "note": "new column"}
+        )
+    )
+    wait_for(
+        lambda: (
+            setup.sql("SELECT note FROM public.items WHERE id = %s", (IDS[2],)) == [("new column",)]
+        ),
+        what="row with the new column",
+    )
+    assert [t for _, t, _ in audit(setup)] == ["old shape", "b", "c"]  # nothing replayed

@@ -244,3 +244,44 @@ def test_renumbering_from_an_older_position_supersedes_newer_mappings(store):
     assert out.end_lsn == 0x32 + 30
     assert store.last_pg_mapping("s") == (0x50, b"c")
     assert store.get_pg_offset_at_or_before("s", 0x46) == (0x32, b"b")
+
+
+def test_description_is_fixed_for_the_session():
+    """A table changed in the registry mid-session keeps its announced shape until the next
+    session (tuples must match the Relation the subscriber holds)."""
+    tables = dict(TABLES)
+    enc = SlotEncoder(tables.get, Lsn(0))
+    enc.encode(Transaction([NewRecord(("public", "entries_default"), row())], TS), b"1")
+    wider = Table(
+        DEFAULT.schema,
+        DEFAULT.name,
+        DEFAULT.oid,
+        DEFAULT.columns + (Column("extra", "text"),),
+        DEFAULT.primary_keys,
+        "d",
+    )
+    tables[DEFAULT.relation] = wider
+    rec = {**row(), "extra": "new column"}
+    out = enc.encode(Transaction([NewRecord(DEFAULT.relation, rec)], TS), b"2")
+    msgs = [pgoutput.decode(p) for _, p in out.messages]
+    assert [len(m.new) for m in msgs if isinstance(m, pgoutput.Insert)] == [3]
+    assert not any(isinstance(m, pgoutput.Relation) for m in msgs)
+    fresh = SlotEncoder(tables.get, Lsn(0)).encode(
+        Transaction([NewRecord(DEFAULT.relation, rec)], TS), b"2"
+    )
+    msgs = [pgoutput.decode(p) for _, p in fresh.messages]
+    assert [len(m.columns) for m in msgs if isinstance(m, pgoutput.Relation)] == [4]
+    assert [m.new[-1] for m in msgs if isinstance(m, pgoutput.Insert)] == [b"new column"]
+
+
+def test_lookup_is_asked_once_per_table_and_session():
+    asked = []
+
+    def lookup(rel):
+        asked.append(rel)
+        return TABLES.get(rel)
+
+    enc = SlotEncoder(lookup, Lsn(0))
+    for i in range(3):
+        enc.encode(Transaction([NewRecord(ENTRIES.relation, row(str(i)))] * 2, TS), b"%d" % i)
+    assert asked == [ENTRIES.relation]
