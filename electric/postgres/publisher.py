@@ -131,6 +131,11 @@ class _SlotState:
     sent_transactions: int = 0
     sessions: int = 0
     last_reason: str = ""
+    # How the previous session ended: (requested lsn, final_lsn of the first transaction it
+    # sent or None, highest flushed position the subscriber reported).
+    previous: tuple[int, int | None, int] | None = None
+    apply_failures: int = 0  # consecutive sessions that died on the same transaction
+    failing_lsn: int | None = None
 
 
 class _Session:
@@ -149,6 +154,8 @@ class _Session:
         self.greenlets: list[gevent.Greenlet] = []
         self.finished = Event()
         self.missing: set = set()
+        self.first_final_lsn: int | None = None
+        self.max_flushed = 0
         self.last_gc = time.monotonic()
         self.started_at = time.time()
 
@@ -202,9 +209,14 @@ class _Session:
         for g in self.greenlets:
             if g is not current:
                 g.kill(block=False)
+        self.record_end()
+        self.conn.close()
+
+    def record_end(self) -> None:
+        """Remember how this session ended (for error-loop detection); detach from the slot."""
         if self.state.session is self:
             self.state.session = None
-        self.conn.close()
+            self.state.previous = (int(self.requested), self.first_final_lsn, self.max_flushed)
 
     # -- log side ----------------------------------------------------------------------
 
@@ -277,6 +289,8 @@ class _Session:
             self.log.debug("Sending {} messages to the subscriber", len(out.messages))
         self.conn.send(b"".join(frames))
         now = time.monotonic()
+        if self.first_final_lsn is None:
+            self.first_final_lsn = int(encoded[0].final_lsn)
         for out in encoded:
             self.unconfirmed.append((int(out.end_lsn), now))
         self.state.sent_lsn = int(self.encoder.current_lsn)
@@ -286,6 +300,10 @@ class _Session:
         # Only positions we actually sent count (a confused subscriber cannot confirm more).
         flushed = min(int(update.flushed), int(self.encoder.current_lsn))
         self.state.flushed_lsn = max(self.state.flushed_lsn, flushed)
+        self.max_flushed = max(self.max_flushed, flushed)
+        if flushed > self.requested and self.state.apply_failures:
+            self.state.apply_failures = 0  # it got past the failing transaction
+            self.state.failing_lsn = None
         while self.unconfirmed and self.unconfirmed[0][0] <= flushed:
             self.unconfirmed.popleft()
         if update.reply_requested:
@@ -421,6 +439,8 @@ class Publisher:
                 "sent_transactions": state.sent_transactions,
                 "sessions": state.sessions,
                 "resume": state.last_reason,
+                "apply_failures": state.apply_failures,
+                "failing_lsn": None if state.failing_lsn is None else str(Lsn(state.failing_lsn)),
                 "pending_transactions": 0,
                 "lag_seconds": 0.0,
             }
@@ -741,6 +761,7 @@ class Publisher:
                 "connection {!r} streams slot {!r}: names differ", conn.app_name, slot
             )
         state = self._slot(slot)
+        self._check_apply_loop(state, cmd.lsn)
         if state.session is not None:
             logger.bind(origin=slot).warning(
                 "slot {} was still streaming to {}; handing it to {}",
@@ -757,6 +778,37 @@ class Publisher:
         state.sent_lsn = state.flushed_lsn = cmd.lsn
         session.start()
 
+    def _check_apply_loop(self, state: _SlotState, requested: int) -> None:
+        """Spot a subscriber stuck on one transaction (postgres15-subscriber.md §6.6).
+
+        A transaction that fails to apply kills the apply worker; Postgres restarts it and it
+        asks for the same position again, forever. Signature: the previous session started at
+        the same LSN, sent data, and the subscriber never confirmed anything past its start.
+        """
+        prev = state.previous
+        if (
+            prev is not None
+            and prev[0] == requested
+            and prev[1] is not None
+            and prev[2] <= requested
+        ):
+            state.apply_failures += 1
+            state.failing_lsn = prev[1]
+            if state.apply_failures >= 2:
+                logger.bind(origin=state.name).warning(
+                    "subscriber {} keeps failing to apply the transaction finishing at {} "
+                    "({} attempts); see its server log, fix the cause or skip it with "
+                    "ALTER SUBSCRIPTION {} SKIP (lsn = '{}')",
+                    state.name,
+                    Lsn(prev[1]),
+                    state.apply_failures,
+                    state.name,
+                    Lsn(prev[1]),
+                )
+        elif prev is None or prev[0] != requested:
+            state.apply_failures = 0
+            state.failing_lsn = None
+
     def _end_streaming(self, conn: _Conn) -> None:
         session = conn.session
         if session is None:
@@ -767,8 +819,7 @@ class Publisher:
         with conn.write_lock:
             for g in session.greenlets:
                 g.kill(block=True)
-        if session.state.session is session:
-            session.state.session = None
+        session.record_end()
 
 
 def _name_array(names: Iterator[str] | list[str]) -> str:

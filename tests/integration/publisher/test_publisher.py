@@ -367,3 +367,21 @@ def test_schema_change_reaches_the_subscriber_after_reset(setup):
         what="row with the new column",
     )
     assert [t for _, t, _ in audit(setup)] == ["old shape", "b", "c"]  # nothing replayed
+
+
+def test_apply_error_loop_is_reported_and_skip_recovers(setup):
+    setup.subscribe()
+    setup.sql("ALTER TABLE public.items ADD CONSTRAINT qty_positive CHECK (qty > 0)")
+    setup.log.append(up(ITEMS, 0, "fine", 1))
+    wait_for(lambda: len(rows(setup)) == 1)
+    setup.log.append(up(ITEMS, 1, "violates", -1))  # the subscriber cannot apply this one
+    status = wait_for(
+        lambda: (s := setup.publisher.status()[setup.name])["apply_failures"] >= 2 and s,
+        timeout=30,
+        what="error loop detected",
+    )
+    setup.log.append(up(ITEMS, 2, "after", 3))
+    setup.sql(f"ALTER SUBSCRIPTION {setup.name} SKIP (lsn = '{status['failing_lsn']}')")
+    wait_for(lambda: [t for _, t, _ in rows(setup)] == ["fine", "after"], timeout=30)
+    wait_for(lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0)
+    wait_for(lambda: setup.publisher.status()[setup.name]["apply_failures"] == 0)
