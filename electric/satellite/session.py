@@ -66,10 +66,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @dataclass(frozen=True)
 class Send:
     msg: Message
+    # Pre-encoded frame when the caller already has it (shared outgoing transactions).
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def data(self) -> bytes:
-        return frames.encode(self.msg)
+        return self.raw if self.raw is not None else frames.encode(self.msg)
 
 
 @dataclass(frozen=True)
@@ -586,24 +588,47 @@ class Session:
     def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
         actions: list[Action] = []
         ts = datetime_to_ms(tx.commit_timestamp)
+        tables: list[Any] = []
+        for change in tx.changes:
+            table = None
+            if not isinstance(change, TruncatedRelation):  # no representation in 0.3.0
+                table = self._lookup_table(change.relation)
+                if table is None:
+                    self.log.warning(
+                        "skipping change to {}.{}: not in the schema registry", *change.relation
+                    )
+                elif table.relation not in self.out.known_relations:
+                    self.out.known_relations.add(table.relation)
+                    actions.append(Send(relation_message(table)))
+            tables.append(table)
+        # Every socket streaming the same Vaxine transaction sends the same SatOpLog bytes:
+        # build and encode it once (the offset identifies the transaction; the tables used
+        # are part of the key so a schema change is never served from a stale entry).
+        key = None
+        if isinstance(offset, int | tuple):
+            key = (offset, ts, len(tx.changes), tuple(map(id, tables)))
+            cached = _OPLOG_CACHE.get(key)
+            if cached is not None:
+                actions.append(Send(cached[0], raw=cached[1]))
+                return actions
         lsn = encode_offset(offset)
         ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
-        for change in tx.changes:
-            if isinstance(change, TruncatedRelation):
-                continue  # no representation in this protocol version
-            table = self._lookup_table(change.relation)
-            if table is None:
-                self.log.warning(
-                    "skipping change to {}.{}: not in the schema registry", *change.relation
-                )
-                continue
-            if table.relation not in self.out.known_relations:
-                self.out.known_relations.add(table.relation)
-                actions.append(Send(relation_message(table)))
-            ops.append(_change_op(table, change))
+        for change, table in zip(tx.changes, tables, strict=True):
+            if table is not None:
+                ops.append(_change_op(table, change))
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
-        actions.append(Send(pb.SatOpLog(ops=ops)))
+        msg = pb.SatOpLog(ops=ops)
+        send = Send(msg, raw=frames.encode(msg))
+        if key is not None:
+            _OPLOG_CACHE[key] = (msg, send.raw)
+            if len(_OPLOG_CACHE) > _OPLOG_CACHE_SIZE:
+                del _OPLOG_CACHE[next(iter(_OPLOG_CACHE))]
+        actions.append(send)
         return actions
+
+
+_OPLOG_CACHE_SIZE = 1024
+_OPLOG_CACHE: dict[Any, tuple[pb.SatOpLog, bytes]] = {}
 
 
 _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {

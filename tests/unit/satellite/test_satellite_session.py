@@ -581,3 +581,25 @@ def test_handler_exception_becomes_internal_error():
 def test_transaction_rejected_by_writer_closes_with_invalid_request():
     s = incoming_active()
     assert error_then_close(s.transaction_rejected(b"1", "bad row"), frames.INVALID_REQUEST)
+
+
+def test_outgoing_oplog_shared_between_sessions_but_not_across_schema_changes():
+    a, b = authed(), authed(client_id="other")
+    sub_a = rx(a, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
+    sub_b = rx(b, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
+    tx = Transaction([UpdatedRecord(TABLE.relation, {"id": "1", "content": "x"})], TS)
+    data_a = [s.data for s in a.vaxine_transaction(sub_a, tx, (40, 41)) if isinstance(s, Send)]
+    data_b = [s.data for s in b.vaxine_transaction(sub_b, tx, (40, 41)) if isinstance(s, Send)]
+    assert data_a == data_b and len(data_a) == 2  # relation + oplog, same bytes
+    wider = Table(
+        TABLE.schema,
+        TABLE.name,
+        TABLE.oid,
+        (*TABLE.columns, Column("extra", "text")),
+        TABLE.primary_keys,
+    )
+    c = authed(client_id="third")
+    c._lookup_table = {wider.relation: wider}.get
+    sub_c = rx(c, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
+    (_, log) = sent(c.vaxine_transaction(sub_c, tx, (40, 41)))
+    assert list(log.ops[1].update.row_data) == [b"1", b"x", b""]
