@@ -395,3 +395,17 @@ def test_ddl_outside_migrations_refreshes_the_registry(source_db, connector_fact
     assert sink.transactions[0].changes[0].record["extra"] == "42"
     assert [col.name for col in c.tables[("public", "entries")].columns][-1] == "extra"
     assert c.registry.table(("public", "entries")).column("extra").type_name == "int4"
+
+
+def test_stop_flushes_lazy_acknowledgements(source_db, connector_factory):
+    db = source_db
+    db.execute(SCHEMA)
+    sink = CollectingSink()
+    c = connector_factory(sink, name="pg_stop", status_interval=30.0, heartbeat_interval=30.0)
+    before = Lsn.parse(db.confirmed_flush_lsn())
+    db.execute("INSERT INTO nopk VALUES ('nothing for Electric')")  # acked lazily
+    wait_until(lambda: c.reader.last_acked_lsn is not None and c.reader.last_acked_lsn > before)
+    acked = c.reader.last_acked_lsn
+    c.stop()
+    # The walsender applies the final status update as it winds down.
+    wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= acked, timeout=5, what="final ack")
