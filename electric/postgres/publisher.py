@@ -150,7 +150,9 @@ class _Session:
         self.requested = Lsn(start_lsn)
         self.encoder = SlotEncoder(self._lookup, self.requested, name=self.slot)
         self.queue: Queue = Queue(maxsize=publisher.queue_size)
-        self.unconfirmed: deque[tuple[int, float]] = deque()  # (end_lsn, sent monotonic time)
+        # (end_lsn, sent monotonic time) of transactions not confirmed yet; capped so a
+        # subscriber that never confirms cannot grow it without bound (only lag gets coarser).
+        self.unconfirmed: deque[tuple[int, float]] = deque(maxlen=100_000)
         self.greenlets: list[gevent.Greenlet] = []
         self.finished = Event()
         self.missing: set = set()

@@ -385,3 +385,53 @@ def test_apply_error_loop_is_reported_and_skip_recovers(setup):
     wait_for(lambda: [t for _, t, _ in rows(setup)] == ["fine", "after"], timeout=30)
     wait_for(lambda: setup.publisher.status()[setup.name]["pending_transactions"] == 0)
     wait_for(lambda: setup.publisher.status()[setup.name]["apply_failures"] == 0)
+
+
+def test_two_subscribers_stream_independently(setup):
+    from electric.postgres import green
+    from electric.postgres.subscription import electric_conninfo, subscribe
+
+    from .conftest import PUBLICATION, SUBSCRIBER_SQL
+
+    setup.pg.create_database("second")
+    other = green.connect(setup.pg.dsn("second"))
+    other.autocommit = True
+    name_b = setup.name + "_b"
+    setup.registry.set_ready(name_b)
+    try:
+        with other.cursor() as cur:
+            cur.execute(SUBSCRIBER_SQL)
+        setup.log.append(up(ITEMS, 0, "shared"))
+        setup.subscribe()
+        subscribe(
+            other,
+            name=name_b,
+            conninfo=electric_conninfo("127.0.0.1", setup.publisher.port, user="electric"),
+            publication=PUBLICATION,
+            relations=[ITEMS.relation, FULL_ITEMS.relation],
+            gate=setup.publisher,
+        )
+
+        def rows_b():
+            with other.cursor() as cur:
+                cur.execute("SELECT id::text, title, qty FROM public.items ORDER BY id")
+                return cur.fetchall()
+
+        setup.log.append(up(ITEMS, 1, "both"))
+        wait_for(lambda: len(rows(setup)) == 2 and len(rows_b()) == 2)
+        # one subscriber goes away; the other keeps streaming
+        with other.cursor() as cur:
+            cur.execute(f"ALTER SUBSCRIPTION {name_b} DISABLE")
+        wait_for(lambda: not setup.publisher.is_streaming(name_b))
+        setup.log.append(up(ITEMS, 2, "only a"))
+        wait_for(lambda: len(rows(setup)) == 3)
+        with other.cursor() as cur:
+            cur.execute(f"ALTER SUBSCRIPTION {name_b} ENABLE")
+        wait_for(lambda: rows_b() == rows(setup), what="b catches up")
+        assert set(setup.offsets.pg_slots()) >= {setup.name, name_b}
+    finally:
+        with other.cursor() as cur:
+            cur.execute(f"ALTER SUBSCRIPTION {name_b} DISABLE")
+            cur.execute(f"ALTER SUBSCRIPTION {name_b} SET (slot_name = NONE)")
+            cur.execute(f"DROP SUBSCRIPTION {name_b}")
+        other.close()
