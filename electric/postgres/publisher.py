@@ -95,6 +95,7 @@ class _Conn:
         self.database = ""
         self.session: _Session | None = None
         self.skip_until_sync = False
+        self.last_recv = time.monotonic()
 
     def send(self, data: bytes) -> None:
         if not data:
@@ -244,6 +245,10 @@ class _Session:
     # -- socket side -------------------------------------------------------------------
 
     def keepalive(self, reply: bool = False) -> None:
+        # Ask for a reply when the subscriber has been silent for a while, so a healthy but
+        # quiet subscriber (status interval disabled) is not mistaken for a dead one.
+        if time.monotonic() - self.conn.last_recv > STREAM_IDLE_TIMEOUT / 3:
+            reply = True
         self.conn.send(wire.primary_keepalive(self.encoder.current_lsn, reply_requested=reply))
 
     def _send_loop(self) -> None:
@@ -485,6 +490,7 @@ class Publisher:
             raise _Closed() from exc
         if not data:
             raise _Closed()
+        conn.last_recv = time.monotonic()
         return data
 
     def _serve(self, conn: _Conn) -> None:
