@@ -116,6 +116,7 @@ class Connector:
             "provisioned": self.provisioned,
             "reader_connected": bool(reader.get("connected")),
             "last_acked_lsn": reader.get("last_acked_lsn"),
+            "lag_bytes": reader.get("lag_bytes"),
             "publication": self.publication,
             "slot": self.slot,
             "tables": sorted(f"{s}.{t}" for s, t in self.tables),

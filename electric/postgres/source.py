@@ -131,6 +131,7 @@ class SourceReader:
         self.transactions_written = 0
         self.transactions_acked = 0
         self.reconnects = 0
+        self.server_wal_end: Lsn | None = None  # from keepalives / XLogData headers
 
         self._delivered_lsn: Lsn | None = None
         self._greenlet: Greenlet | None = None
@@ -166,7 +167,15 @@ class SourceReader:
             "sink_retrying": self.sink_retrying,
             "reconnects": self.reconnects,
             "last_error": self.last_error,
+            "server_wal_end": None if self.server_wal_end is None else str(self.server_wal_end),
+            "lag_bytes": self.lag_bytes(),
         }
+
+    def lag_bytes(self) -> int | None:
+        """WAL the server has produced past our last acknowledgement (as last reported)."""
+        if self.server_wal_end is None or self.last_acked_lsn is None:
+            return None
+        return max(0, int(self.server_wal_end) - int(self.last_acked_lsn))
 
     def run(self) -> None:
         """Stream until stopped, reconnecting after failures. Runs in its own greenlet."""
@@ -310,6 +319,8 @@ class SourceReader:
         while True:
             msg = green.without_callback(cur.read_message)
             self._last_read = time.monotonic()
+            if cur.wal_end:
+                self.server_wal_end = Lsn(cur.wal_end)
             if msg is None:
                 # Keepalives are consumed inside read_message and only show in io_timestamp,
                 # which psycopg2 also bumps when it sends feedback: a change that differs

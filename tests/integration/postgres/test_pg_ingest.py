@@ -157,6 +157,7 @@ def test_changes_arrive_in_commit_order(source_db, connector_factory):
     # Everything, including the empty and bookkeeping-only transactions, gets acknowledged.
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= txs[-1].lsn, what="ack")
     assert Lsn.parse(c.status()["last_acked_lsn"]) >= txs[-1].lsn
+    assert c.status()["lag_bytes"] is not None
 
 
 def test_origin_transactions_dropped_and_acknowledged(source_db, connector_factory):

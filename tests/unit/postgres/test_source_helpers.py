@@ -48,6 +48,8 @@ def test_reader_application_name_and_initial_status():
         "sink_retrying": False,
         "reconnects": 0,
         "last_error": None,
+        "server_wal_end": None,
+        "lag_bytes": None,
     }
 
 
