@@ -39,7 +39,7 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import Transaction
-from electric.postgres import green
+from electric.postgres import green, provision
 from electric.postgres import pgoutput as po
 from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
 from electric.postgres.lsn import Lsn
@@ -200,6 +200,19 @@ class SourceReader:
                         self.last_error,
                         delay,
                     )
+                elif isinstance(exc, psycopg2.errors.UndefinedObject):
+                    # The slot or publication was dropped under us. Recreate it so
+                    # replication goes on; what was written while it was missing is lost.
+                    repaired = self._recreate_missing()
+                    self.log.error(
+                        "{}; {}retrying in {:.1f}s",
+                        self.last_error,
+                        f"recreated {repaired}, changes made while it was missing are not "
+                        "replicated; "
+                        if repaired
+                        else "",
+                        delay,
+                    )
                 elif isinstance(exc, psycopg2.errors.ObjectInUse):
                     # Usually our own previous stream whose walsender has not noticed the
                     # loss yet (it would hold the slot up to wal_sender_timeout).
@@ -237,6 +250,32 @@ class SourceReader:
             self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **extra
         )
 
+    def _plain_connection(self) -> Any:
+        params = ext.parse_dsn(self.dsn)
+        params.pop("replication", None)
+        conn = green.connect(ext.make_dsn(**params))
+        conn.autocommit = True
+        return conn
+
+    def _recreate_missing(self) -> str:
+        """Recreate a dropped slot / publication; names what was recreated ("" if none)."""
+        try:
+            conn = self._plain_connection()
+        except psycopg2.Error:
+            return ""
+        try:
+            made = []
+            if provision.ensure_publication(conn, self.publication):
+                made.append(f"publication {self.publication}")
+            if provision.ensure_slot(conn, self.slot):
+                made.append(f"slot {self.slot}")
+            return " and ".join(made)
+        except (psycopg2.Error, provision.ProvisionError) as exc:
+            self.log.warning("could not recreate slot/publication: {}", _describe(exc))
+            return ""
+        finally:
+            conn.close()
+
     def _take_over_slot(self) -> bool:
         """Terminate the walsender holding our slot if it is a stale stream of ours.
 
@@ -244,14 +283,11 @@ class SourceReader:
         three heartbeats is terminated: a live stream (e.g. a second Electric misconfigured
         with the same connector) or another client is left alone.
         """
-        params = ext.parse_dsn(self.dsn)
-        params.pop("replication", None)
         try:
-            conn = green.connect(ext.make_dsn(**params))
+            conn = self._plain_connection()
         except psycopg2.Error:
             return False
         try:
-            conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT pg_catalog.pg_terminate_backend(s.active_pid) "

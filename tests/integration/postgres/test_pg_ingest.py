@@ -12,6 +12,7 @@ import pytest
 from electric.changes import DeletedRecord, NewRecord, TruncatedRelation, UpdatedRecord
 from electric.postgres.connector import Connector
 from electric.postgres.lsn import Lsn
+from electric.postgres.source import SourceReader
 from electric.schema import SchemaRegistry
 
 READER = {
@@ -413,3 +414,23 @@ def test_stop_flushes_lazy_acknowledgements(source_db, connector_factory):
     c.stop()
     # The walsender applies the final status update as it winds down.
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= acked, timeout=5, what="final ack")
+
+
+def test_dropped_slot_and_publication_are_recreated(source_db):
+    db = source_db
+    db.execute("CREATE TABLE public.items (id int PRIMARY KEY)")
+    sink = CollectingSink()
+    reader = SourceReader(
+        "pg_gone", db.dsn, slot=db.slot, publication="gone_pub", sink=sink, **READER
+    )
+    reader.start()
+    try:
+        assert wait_until(lambda: reader.status()["connected"], what="recreated slot")
+        rows = db.query("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (db.slot,))
+        assert rows == [("pgoutput",)]
+        db.execute("INSERT INTO public.items VALUES (1)")
+        # The publication is only looked up when the first change is decoded.
+        wait_until(lambda: len(sink.transactions) == 1, what="change after recreation")
+        assert db.query("SELECT 1 FROM pg_publication WHERE pubname = 'gone_pub'") == [(1,)]
+    finally:
+        reader.stop()
