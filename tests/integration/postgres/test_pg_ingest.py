@@ -271,6 +271,20 @@ def test_postgres_down_at_start(pg_factory):
         # Created after start: picked up on its first change.
         wait_until(lambda: len(sink.transactions) == 1)
         assert sink.transactions[0].changes == [NewRecord(("public", "t"), {"id": "1"})]
+
+        # A server restart while streaming: only the reader reconnects, nothing is repeated.
+        cluster.stop()
+        wait_until(lambda: not c.status()["reader_connected"], what="loss noticed")
+        assert c.status()["provisioned"]
+        cluster.start()
+        wait_until(lambda: c.status()["reader_connected"], what="reconnect", timeout=20)
+        conn = c.connect()
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO public.t VALUES (2)")
+        conn.close()
+        wait_until(lambda: len(sink.transactions) == 2)
+        gevent.sleep(0.5)
+        assert [tx.changes[0].record["id"] for tx in sink.transactions] == ["1", "2"]
         c.stop()
     finally:
         if not cluster.is_running():
