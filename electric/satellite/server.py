@@ -38,7 +38,7 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from geventwebsocket.exceptions import FrameTooLargeException, WebSocketError
 from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import WebSocket
+from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
 from electric.changes import Transaction
@@ -48,6 +48,7 @@ from electric.satellite.session import (
     Action,
     ClaimClient,
     Close,
+    OplogCache,
     Send,
     Session,
     StartOutgoing,
@@ -65,6 +66,10 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 WRITER_QUEUE = 64
 """Completed client transactions waiting for the Vaxine writer. When full, reading from the
 socket pauses: TCP back-pressure instead of unbounded memory (and never a stall)."""
+MAX_OUT_BUFFER = 1024 * 1024
+"""Bytes queued for one socket before the code producing them waits for the socket."""
+SEND_TIMEOUT = 30.0
+"""A peer that accepts no bytes for this long is disconnected."""
 WRITE_RETRY_FIRST = 0.01
 WRITE_RETRY_MAX_SLEEP = 1.0
 WRITE_RETRY_TOTAL = 10.0
@@ -119,7 +124,11 @@ class _BoundedWebSocket(WebSocket):
                     raise FrameTooLargeException(f"message larger than {self.max_message} bytes")
             payload = self._read_payload(header)
             if f_opcode == self.OPCODE_PING:
-                self.handle_ping(header, payload)
+                conn = self.environ.get(_CONNECTION_KEY) if self.environ else None
+                if conn is not None:
+                    conn.queue_pong(payload)  # keeps frame order with our buffered sends
+                else:
+                    self.handle_ping(header, payload)
                 continue
             if f_opcode == self.OPCODE_PONG:
                 self.handle_pong(header, payload)
@@ -138,8 +147,6 @@ class _BoundedWebSocket(WebSocket):
         return bytes(message)
 
     def _read_header(self):
-        from geventwebsocket.websocket import Header
-
         return Header.decode_header(self.stream)
 
     def _read_payload(self, header) -> bytes:
@@ -151,6 +158,13 @@ class _BoundedWebSocket(WebSocket):
         if header.mask:
             payload = header.unmask_payload(payload)
         return bytes(payload)
+
+
+class _SendTimeout(Exception):
+    pass
+
+
+_CONNECTION_KEY = "electric.satellite.connection"
 
 
 class _TextMessage(bytes):
@@ -178,6 +192,7 @@ class _Connection:
             now=time.monotonic(),
             peer=peer,
             ping_interval=server.ping_interval,
+            oplog_cache=server.oplog_cache,
         )
         self.log = self.session.log
         self.client_id: str | None = None
@@ -188,12 +203,21 @@ class _Connection:
         self.write_generation = 0
         self.writer: gevent.Greenlet | None = None
         self.closing = False
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.out_ready = Event()
+        self.drained = Event()
+        self.drained.set()
+        self.send_failed = False
+        self.sender: gevent.Greenlet | None = None
 
     # -- the handler greenlet --------------------------------------------------------------
 
     def run(self) -> None:
         self.log.info("client connected from {}", self.peer)
-        self.greenlets.append(gevent.spawn(self._ticker))
+        self.ws.environ[_CONNECTION_KEY] = self
+        self.sender = gevent.spawn(self._sender_loop)
+        self.greenlets.append(self.sender)
         try:
             self._read_loop()
         finally:
@@ -253,24 +277,67 @@ class _Connection:
         elif isinstance(action, StopOutgoing):
             self._stop_stream(action.subscription)
 
+    # -- outgoing bytes ---------------------------------------------------------------------
+    #
+    # Frames are appended to a per-socket buffer and written by one sender greenlet. When the
+    # process is busy, several frames pile up between two writes and go out in one syscall
+    # (the send syscall is the dominant cost with many sockets); when idle, a frame leaves
+    # on the next loop iteration. A producer that gets ahead of the socket by more than
+    # MAX_OUT_BUFFER waits (back-pressure), and a peer that stops reading for SEND_TIMEOUT
+    # is cut off instead of pinning the buffer forever.
+
     def _send(self, data: bytes) -> None:
         if self.closing:
             return
+        self._queue_frame(WebSocket.OPCODE_BINARY, data)
+        if self.out_bytes > MAX_OUT_BUFFER and gevent.getcurrent() is not self.sender:
+            self.drained.clear()
+            self.drained.wait()
+
+    def queue_pong(self, payload: bytes) -> None:
+        """Called by the websocket reader for a ping: the pong joins the ordered stream."""
+        self._queue_frame(WebSocket.OPCODE_PONG, payload)
+
+    def _queue_frame(self, opcode: int, payload: bytes) -> None:
+        if self.send_failed:
+            return
+        header = bytes(Header.encode_header(True, opcode, b"", len(payload), 0))
+        self.out.append(header + payload)
+        self.out_bytes += len(header) + len(payload)
+        self.out_ready.set()
+
+    def _sender_loop(self) -> None:
         try:
-            self.ws.send(data, binary=True)
-        except (WebSocketError, OSError):
-            self.closing = True
+            while True:
+                self.out_ready.wait()
+                self.out_ready.clear()
+                while self.out:
+                    chunks, self.out, self.out_bytes = self.out, [], 0
+                    self.drained.set()
+                    with gevent.Timeout(self.server.send_timeout, _SendTimeout):
+                        self.ws.raw_write(b"".join(chunks))
+        except gevent.GreenletExit:
+            raise
+        except _SendTimeout:
+            self.log.info("client stopped reading for {}s, disconnecting", self.server.send_timeout)
+            self._fail_sending()
+        except Exception:
+            self._fail_sending()
+
+    def _fail_sending(self) -> None:
+        self.send_failed = True
+        self.closing = True
+        self.out.clear()
+        self.drained.set()
+        self._cut()
 
     def _close(self, code: int | None, reason: str) -> None:
         if self.closing:
             return
-        self.closing = True
         self.log.info("closing connection: {}", reason or "done")
         payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode()[:120]
-        try:
-            self.ws.send_frame(payload, WebSocket.OPCODE_CLOSE)
-        except (WebSocketError, OSError):
-            pass
+        self._queue_frame(WebSocket.OPCODE_CLOSE, payload)
+        self.closing = True
         # Cut the socket if the peer never answers our close.
         self.greenlets.append(gevent.spawn_later(CLOSE_GRACE, self._cut))
 
@@ -419,10 +486,12 @@ class _Connection:
 
     # -- liveness -------------------------------------------------------------------------
 
-    def _ticker(self) -> None:
-        while not self.closing:
-            gevent.sleep(self.server.ping_interval)
-            self._handle(self.session.tick, time.monotonic())
+    def tick(self) -> None:
+        """Liveness check, run for every socket by the server's single ticker greenlet
+        (one timer for all sockets instead of a greenlet each)."""
+        if self.closing or self.lock.locked():
+            return  # a socket busy sending is not silent; look again next round
+        self._handle(self.session.tick, time.monotonic())
 
     # -- teardown -------------------------------------------------------------------------
 
@@ -465,6 +534,7 @@ class SatelliteServer:
         write_retry_max_sleep: float = WRITE_RETRY_MAX_SLEEP,
         write_retry_total: float = WRITE_RETRY_TOTAL,
         is_permanent: Callable[[BaseException], bool] | None = None,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
@@ -479,6 +549,8 @@ class SatelliteServer:
         self.write_retry_first = write_retry_first
         self.write_retry_max_sleep = write_retry_max_sleep
         self.write_retry_total = write_retry_total
+        self.send_timeout = send_timeout
+        self.oplog_cache = OplogCache()
         # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
         self.is_permanent = is_permanent or (lambda exc: isinstance(exc, ValueError))
         self._ws_class = type(
@@ -489,6 +561,7 @@ class SatelliteServer:
         self._clients: dict[str, _Connection] = {}
         self._connections: set[_Connection] = set()
         self._server: WSGIServer | None = None
+        self._ticker: gevent.Greenlet | None = None
         self.log = logger.bind(origin="satellite")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -510,14 +583,26 @@ class SatelliteServer:
         server.pre_start_hook = lambda handler: handler.environ.get("PATH_INFO") != WS_PATH
         server.start()
         self._server = server
+        self._ticker = gevent.spawn(self._tick_all)
         self.port = server.server_port
         self.log.info(
             "Satellite websocket server listening on port {} (path {})", self.port, WS_PATH
         )
 
+    def _tick_all(self) -> None:
+        while True:
+            gevent.sleep(self.ping_interval)
+            for conn in list(self._connections):
+                try:
+                    conn.tick()
+                except Exception:
+                    conn.log.exception("liveness check failed")
+
     def stop(self, timeout: float = 2.0) -> None:
         if self._server is None:
             return
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
         self._server.close()  # stop accepting
         for conn in list(self._connections):
             with conn.lock:

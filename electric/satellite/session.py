@@ -186,12 +186,14 @@ class Session:
         now: float = 0.0,
         peer: str = "",
         ping_interval: float = PING_INTERVAL,
+        oplog_cache: OplogCache | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._lookup_table = lookup_table
         self.cluster_id = cluster_id
         self.peer = peer
         self.ping_interval = ping_interval
+        self.oplog_cache = oplog_cache
         self.opened_at = now
         self.authenticated = False
         self.claim_pending = False
@@ -605,9 +607,10 @@ class Session:
         # build and encode it once (the offset identifies the transaction; the tables used
         # are part of the key so a schema change is never served from a stale entry).
         key = None
-        if isinstance(offset, int | tuple):
+        cache = self.oplog_cache
+        if cache is not None and isinstance(offset, int | tuple):
             key = (offset, ts, len(tx.changes), tuple(map(id, tables)))
-            cached = _OPLOG_CACHE.get(key)
+            cached = cache.get(key)
             if cached is not None:
                 actions.append(Send(cached[0], raw=cached[1]))
                 return actions
@@ -619,16 +622,28 @@ class Session:
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
         msg = pb.SatOpLog(ops=ops)
         send = Send(msg, raw=frames.encode(msg))
-        if key is not None:
-            _OPLOG_CACHE[key] = (msg, send.raw)
-            if len(_OPLOG_CACHE) > _OPLOG_CACHE_SIZE:
-                del _OPLOG_CACHE[next(iter(_OPLOG_CACHE))]
+        if key is not None and cache is not None:
+            cache.put(key, (msg, send.raw))
         actions.append(send)
         return actions
 
 
-_OPLOG_CACHE_SIZE = 1024
-_OPLOG_CACHE: dict[Any, tuple[pb.SatOpLog, bytes]] = {}
+class OplogCache:
+    """Encoded SatOpLogs by Vaxine offset, shared by the sessions of one server (one Vaxine:
+    an offset names one transaction). Small FIFO: sockets streaming live are at most a few
+    transactions apart; a socket replaying history simply misses and encodes its own."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: dict[Any, tuple[pb.SatOpLog, bytes]] = {}
+
+    def get(self, key: Any) -> tuple[pb.SatOpLog, bytes] | None:
+        return self._entries.get(key)
+
+    def put(self, key: Any, value: tuple[pb.SatOpLog, bytes]) -> None:
+        self._entries[key] = value
+        if len(self._entries) > self.size:
+            del self._entries[next(iter(self._entries))]
 
 
 _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {

@@ -22,6 +22,7 @@ from electric.satellite.session import (
     ClaimClient,
     Close,
     InStatus,
+    OplogCache,
     Send,
     Session,
     StartOutgoing,
@@ -585,6 +586,8 @@ def test_transaction_rejected_by_writer_closes_with_invalid_request():
 
 def test_outgoing_oplog_shared_between_sessions_but_not_across_schema_changes():
     a, b = authed(), authed(client_id="other")
+    cache = OplogCache()
+    a.oplog_cache = b.oplog_cache = cache
     sub_a = rx(a, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
     sub_b = rx(b, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
     tx = Transaction([UpdatedRecord(TABLE.relation, {"id": "1", "content": "x"})], TS)
@@ -599,6 +602,7 @@ def test_outgoing_oplog_shared_between_sessions_but_not_across_schema_changes():
         TABLE.primary_keys,
     )
     c = authed(client_id="third")
+    c.oplog_cache = cache
     c._lookup_table = {wider.relation: wider}.get
     sub_c = rx(c, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
     (_, log) = sent(c.vaxine_transaction(sub_c, tx, (40, 41)))
