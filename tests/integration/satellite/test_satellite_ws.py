@@ -655,3 +655,23 @@ def test_unstorable_transaction_is_refused_not_retried(tmp_path):
         assert srv.offsets.get_satellite_lsn("device-id-0000") is None
     finally:
         srv.stop()
+
+
+def test_client_that_stops_reading_is_cut_off(tmp_path):
+    srv = ServerThread(str(tmp_path / "o.dat"), server_kwargs={"send_timeout": 0.5}).start()
+    try:
+        c = SatClient(srv.url)
+        c.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.auth(client_id="slow")
+        c.send(pb.SatInStartReplicationReq(lsn=b"0"))
+        big = "x" * 65536
+        for n in range(300):  # ~20 MB: far beyond socket buffers and the 1 MiB send buffer
+            srv.stream.push(
+                Transaction([NewRecord(TABLE.relation, {"id": f"i{n}", "content": big})], TS),
+                (n, n),
+            )
+        # The client reads nothing; the server must drop it rather than hang or grow.
+        assert wait_for(lambda: srv.status()["clients_connected"] == 0, 10.0)
+        assert_still_serving(srv)
+    finally:
+        srv.stop()
