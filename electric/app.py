@@ -15,16 +15,35 @@ from gevent.event import Event
 from loguru import logger
 
 from electric import metrics
+from electric.changes import RelationName, Transaction
+from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
 from electric.offsets import OffsetFileError, OffsetStore
+from electric.postgres.connector import Connector, plain_dsn
+from electric.postgres.publisher import Publisher, vaxine_stream_opener
+from electric.postgres.subscription import electric_conninfo, subscribe, subscribe_when_ready
+from electric.satellite.auth import AuthConfigError, provider_from_settings
+from electric.satellite.server import SatelliteServer
 from electric.schema import SchemaRegistry
 from electric.supervisor import Supervisor
+from electric.vaxine import rows
+from electric.vaxine.embedded.server import EmbeddedVaxine
+from electric.vaxine.pool import VaxinePool
+from electric.vaxine.stream import WalStream
 
 SHUTDOWN_TIMEOUT = 4.0
 
 
 class StartupError(Exception):
     """Electric cannot start (port taken, unreadable offset file…): one line for the operator."""
+
+
+def _listen(setting: str, port: int, start: Callable[[], object]) -> None:
+    try:
+        start()
+    except OSError as exc:
+        raise StartupError(f"{setting}: cannot listen on port {port}: {exc.strerror or exc}") \
+            from None
 
 
 class Application:
@@ -36,6 +55,12 @@ class Application:
         self.router = Router()
         self.http: HttpServer | None = None
         self.offsets: OffsetStore | None = None
+        self.embedded_vaxine: EmbeddedVaxine | None = None
+        self.pool: VaxinePool | None = None
+        self.vaxine_host = "127.0.0.1"
+        self.publisher: Publisher | None = None
+        self.satellite: SatelliteServer | None = None
+        self.connectors: dict[str, Connector] = {}
         # Components report into /api/status through these.
         self.connector_states: dict[str, Callable[[], bool]] = {}
         self.vaxine_check: Callable[[], bool] = lambda: False
@@ -84,6 +109,7 @@ class Application:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Bring every component up; raises StartupError with one line naming the cause."""
         s = self.settings
         try:
             self.offsets = OffsetStore(s.offset_storage_file)
@@ -94,13 +120,116 @@ class Application:
                 f"OFFSET_STORAGE_FILE: cannot open {s.offset_storage_file}: {exc.strerror}"
             ) from None
         self.on_close("offsets", self.offsets.close)
+        self._start_vaxine()
         self.http = HttpServer(self.listen_host, s.status_port, self.router)
-        try:
-            self.http.start()
-        except OSError as exc:
-            raise StartupError(f"STATUS_PORT: cannot listen on port {s.status_port}: {exc.strerror}") from None
+        _listen("STATUS_PORT", s.status_port, self.http.start)
         self.on_close("http", self.http.stop)
+        self._start_publisher()
+        self._start_satellite()
+        self._start_connectors()
         logger.info(f"status API listening on port {s.status_port}")
+
+    def _start_vaxine(self) -> None:
+        s = self.settings
+        if s.vaxine_host is None:
+            self.embedded_vaxine = EmbeddedVaxine(
+                s.vaxine_data_dir, "127.0.0.1", s.vaxine_api_port, s.vaxine_replication_port)
+            _listen("VAXINE_API_PORT/VAXINE_REPLICATION_PORT", s.vaxine_api_port,
+                    self.embedded_vaxine.start)
+            self.on_close("embedded vaxine", self.embedded_vaxine.stop)
+        else:
+            self.vaxine_host = s.vaxine_host
+        self.pool = VaxinePool(self.vaxine_host, s.vaxine_api_port, s.vaxine_pool_size,
+                               connect_timeout_ms=s.vaxine_connection_timeout)
+        self.on_close("vaxine pool", self.pool.close)
+        self.vaxine_check = self._vaxine_reachable
+        self.details["vaxine_mode"] = lambda: "embedded" if self.embedded_vaxine else "external"
+
+    def _vaxine_reachable(self) -> bool:
+        """Like the reference: a pool connection can be had (and is alive) within 100 ms."""
+        try:
+            with gevent.Timeout(0.1), self.pool.connection() as conn:
+                return conn.is_alive()
+        except (gevent.Timeout, Exception):
+            return False
+
+    def _primary_keys(self, relation: RelationName) -> list[str]:
+        table = self.registry.table(relation)
+        if table is None:
+            raise ValueError(f"table {relation[0]}.{relation[1]} is not replicated")
+        return list(table.primary_keys)
+
+    def write_transaction(self, tx: Transaction, source: str) -> None:
+        """Write one transaction into Vaxine (one Vaxine transaction); raises on failure."""
+        rows.write_transaction(self.pool, tx, self._primary_keys)
+        metrics.transactions_in.labels(source).inc()
+
+    def _open_wal_stream(self, start):
+        s = self.settings
+        return WalStream(self.vaxine_host, s.vaxine_replication_port, start,
+                         connect_timeout_ms=s.vaxine_connection_timeout, name="satellite")
+
+    def _start_publisher(self) -> None:
+        s = self.settings
+        self.publisher = Publisher(
+            registry=self.registry, offsets=self.offsets,
+            open_stream=vaxine_stream_opener(self.vaxine_host, s.vaxine_replication_port,
+                                             connect_timeout_ms=s.vaxine_connection_timeout),
+            host=self.listen_host, port=s.postgres_replication_port,
+            table_lookup=self._connector_table,
+        )
+        _listen("POSTGRES_REPLICATION_PORT", s.postgres_replication_port, self.publisher.start)
+        self.on_close("publisher", self.publisher.stop)
+        self.details["subscribers"] = self.publisher.status
+
+    def _connector_table(self, slot: str, relation: RelationName):
+        connector = self.connectors.get(slot)
+        return connector.tables.get(relation) if connector is not None else None
+
+    def _start_satellite(self) -> None:
+        s = self.settings
+        try:
+            auth = provider_from_settings(s)
+        except AuthConfigError as exc:
+            raise StartupError(f"SATELLITE_AUTH_SIGNING_KEY: {exc}") from None
+        self.satellite = SatelliteServer(
+            self.listen_host, s.websocket_port, auth=auth, cluster_id=s.global_cluster_id,
+            lookup_table=self.registry.table,
+            write_transaction=lambda tx: self.write_transaction(tx, "satellite"),
+            open_stream=self._open_wal_stream, offsets=self.offsets,
+        )
+        _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
+        self.on_close("satellite", self.satellite.stop)
+        self.details["satellite"] = self.satellite.status
+
+    def _start_connectors(self) -> None:
+        s = self.settings
+        for cfg in s.connectors:
+            connector = Connector(
+                cfg.name, cfg.dsn(), s.postgres_publication, s.postgres_slot, self.registry,
+                sink=lambda tx, name=cfg.name: self.write_transaction(tx, name),
+            )
+            self.connectors[cfg.name] = connector
+            self.connector_states[cfg.name] = connector.is_ready
+            connector.start()
+            self.on_close(f"connector {cfg.name}", connector.stop)
+            self._subscribe_later(connector)
+        self.details["connector_detail"] = lambda: {
+            name: c.status() for name, c in sorted(self.connectors.items())}
+        targets = {name: _MigrationTarget(self, c) for name, c in self.connectors.items()}
+        MigrationsApi(targets, self.registry, s.migrations_dir,
+                      s.migrations_file_name_suffix).install(self.router)
+
+    def subscription_conninfo(self) -> str:
+        s = self.settings
+        return electric_conninfo(s.electric_host, s.postgres_replication_port)
+
+    def _subscribe_later(self, connector: Connector) -> None:
+        self.supervisor.spawn(f"subscribe-{connector.name}", lambda: subscribe_when_ready(
+            name=connector.name, ready=connector.ready, connect=connector.connect,
+            conninfo=self.subscription_conninfo(), publication=self.settings.postgres_publication,
+            relations=lambda: list(connector.tables), gate=self.publisher,
+        ))
 
     def serve_forever(self) -> int:
         """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
@@ -128,3 +257,41 @@ class Application:
             except Exception as exc:  # shutting down: report and carry on closing the rest
                 logger.warning(f"closing {name} failed: {type(exc).__name__}: {exc}")
         logger.info("Electric stopped")
+
+
+class _MigrationTarget:
+    """A connector as the migrations API sees it.
+
+    Migrating does not stop the source reader: pgoutput re-describes a relation after DDL, so
+    inbound changes keep flowing. Only the stream *to* this Postgres is held while its schema
+    changes; afterwards the schema is re-read, upsert triggers cover any new table, and the
+    subscriber's session is restarted so it receives the new table descriptions.
+    """
+
+    def __init__(self, app: Application, connector: Connector):
+        self.app = app
+        self.connector = connector
+        self.name = connector.name
+
+    def is_ready(self) -> bool:
+        return self.connector.is_ready()
+
+    def dsn(self) -> str:
+        return plain_dsn(self.connector.dsn)
+
+    def pause(self) -> None:
+        self.app.publisher.hold(self.name)
+
+    def resume(self) -> None:
+        try:
+            self.connector.reprovision()
+            conn = self.connector.connect()
+            try:
+                subscribe(conn, name=self.name, conninfo=self.app.subscription_conninfo(),
+                          publication=self.app.settings.postgres_publication,
+                          relations=list(self.connector.tables), gate=self.app.publisher)
+            finally:
+                conn.close()
+        finally:
+            self.app.publisher.release(self.name)
+            self.app.publisher.reset(self.name)
