@@ -130,3 +130,108 @@ def test_vaxine_down_then_back(tmp_path):
         c.close()
     finally:
         srv.stop()
+
+
+# -- outgoing: the real WAL stream ------------------------------------------------------------
+
+
+def with_vaxine_stream(data_dir):
+    setup_writer, teardown = with_vaxine(data_dir)
+
+    def setup(st):
+        from electric.vaxine.stream import WalStream
+
+        setup_writer(st)
+        st.open_stream = lambda offset: WalStream(
+            "127.0.0.1", st.vaxine.replication_port, offset, name="satellite-test"
+        )
+
+    return setup, teardown
+
+
+@pytest.fixture
+def full_server(tmp_path):
+    setup, teardown = with_vaxine_stream(tmp_path / "vaxine")
+    srv = ServerThread(str(tmp_path / "offsets.dat"), setup=setup, teardown=teardown).start()
+    yield srv
+    srv.stop()
+
+
+def write(st, *records):
+    from datetime import UTC, datetime
+
+    from electric.changes import NewRecord, Transaction
+
+    tx = Transaction(
+        [NewRecord(TABLE.relation, r) for r in records],
+        datetime.now(UTC),
+        origin="postgres_1",
+        publication="all_tables",
+    )
+    st.call(lambda: st.write_fn(tx))
+
+
+def test_o3_o4_full_history_resume_and_eof(full_server):
+    from electric.satellite.lsn import decode_offset
+
+    write(full_server, {"id": "a", "content": "1", "content_b": None})
+    write(full_server, {"id": "b", "content": "2", "content_b": "x"})
+    c = SatClient(full_server.url)
+    c.auth()
+    c.send(pb.SatInStartReplicationReq(lsn=b"0"))
+    c.recv_until(pb.SatInStartReplicationResp)
+    rel, _ = c.recv_until(pb.SatRelation)
+    assert rel.table_name == "entries" and rel.relation_id == TABLE.oid
+    logs = [c.recv_until(pb.SatOpLog)[0] for _ in range(2)]
+    ops = [log.ops[1] for log in logs]
+    assert [op.WhichOneof("op") for op in ops] == ["update", "update"]  # materialised rows
+    assert list(ops[0].update.row_data) == [b"a", b"1", b""]  # NULL -> empty bytes
+    assert list(ops[0].update.old_row_data) == []
+    offsets = [decode_offset(log.ops[0].begin.lsn) for log in logs]
+    assert offsets[0][1] < offsets[1][1]
+    assert logs[0].ops[0].begin.commit_timestamp == logs[0].ops[-1].commit.commit_timestamp > 0
+    # resume after the first: only the second comes again
+    c.send(pb.SatInStopReplicationReq())
+    c.recv_until(pb.SatInStopReplicationResp)
+    c.send(pb.SatInStartReplicationReq(lsn=logs[0].ops[0].begin.lsn))
+    c.recv_until(pb.SatInStartReplicationResp)
+    again, skipped = c.recv_until(pb.SatOpLog)
+    assert any(isinstance(m, pb.SatRelation) for m in skipped)  # re-announced
+    assert again.ops[0].begin.lsn == logs[1].ops[0].begin.lsn
+    # eof: a new socket sees only what is written after it subscribed
+    d = SatClient(full_server.url)
+    d.auth(client_id="late")
+    d.send(pb.SatInStartReplicationReq(lsn=b"eof"))
+    d.recv_until(pb.SatInStartReplicationResp)
+    import time
+
+    time.sleep(0.3)  # let the stream connection reach the end of the log
+    write(full_server, {"id": "c", "content": "3", "content_b": ""})
+    new, _ = d.recv_until(pb.SatOpLog)
+    assert new.ops[1].update.row_data[0] == b"c"
+    # the first client, still streaming, gets it too
+    live, _ = c.recv_until(pb.SatOpLog)
+    assert live.ops[1].update.row_data[0] == b"c"
+    c.close()
+    d.close()
+
+
+def test_satellite_write_reaches_other_client(full_server):
+    reader = SatClient(full_server.url)
+    reader.auth(client_id="reader")
+    reader.send(pb.SatInStartReplicationReq(lsn=b"0"))
+    reader.recv_until(pb.SatInStartReplicationResp)
+    writer = SatClient(full_server.url)
+    writer.auth(client_id="writer")
+    writer.send(relation(0))
+    writer.send(oplog(b"w1", insert(0, UID.encode(), b"Hello from Satellite", b"")))
+    assert writer.recv_until(pb.SatPingResp)[0].lsn == b"w1"
+    got, _ = reader.recv_until(pb.SatOpLog)
+    assert list(got.ops[1].update.row_data) == [UID.encode(), b"Hello from Satellite", b""]
+    writer.send(oplog(b"w2", delete(0, UID.encode(), b"Hello from Satellite", b"")))
+    assert writer.recv_until(pb.SatPingResp)[0].lsn == b"w2"
+    gone, _ = reader.recv_until(pb.SatOpLog)
+    assert gone.ops[1].WhichOneof("op") == "delete"
+    assert gone.ops[1].delete.old_row_data[0] == UID.encode()
+    reader.close()
+    writer.close()
