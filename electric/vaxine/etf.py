@@ -71,12 +71,25 @@ class ETFError(ValueError):
     """The bytes are not a valid (supported) external term."""
 
 
-@dataclass(frozen=True, slots=True)
-class Atom:
-    name: str
+class Atom(str):
+    """An Erlang atom.
+
+    A ``str`` subclass so hashing and equality run at C speed (terms are compared and used
+    as dict keys constantly). Terms never contain plain ``str`` (binaries are ``bytes``),
+    so an atom is never confused with another term.
+    """
+
+    __slots__ = ()
+
+    @property
+    def name(self) -> str:
+        return str.__str__(self)
 
     def __repr__(self) -> str:
-        return f"Atom({self.name!r})"
+        return f"Atom({str.__repr__(self)})"
+
+    def __reduce__(self):
+        return (Atom, (self.name,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,16 @@ class Reference:
     ids: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RawTerm:
+    """An already encoded term body (no version byte), spliced verbatim when encoding.
+
+    Lets hot paths reuse constant sub-terms (e.g. an Erlang dict's empty segment).
+    """
+
+    body: bytes
+
+
 TRUE = Atom("true")
 FALSE = Atom("false")
 NIL_ATOM = Atom("nil")
@@ -125,47 +148,113 @@ def encode_body(term: Any) -> bytes:
 
 
 def _encode(term: Any, out: bytearray) -> None:
-    # bool first: it is an int subclass but must become an atom.
-    if term is True or term is False:
-        _encode_atom("true" if term else "false", out)
-    elif isinstance(term, int):
-        _encode_int(term, out)
-    elif isinstance(term, bytes | bytearray | memoryview):
-        data = bytes(term)
-        out += struct.pack(">BI", BINARY, len(data))
-        out += data
-    elif isinstance(term, Atom):
-        _encode_atom(term.name, out)
-    elif isinstance(term, tuple):
-        n = len(term)
-        out += struct.pack(">BB", SMALL_TUPLE, n) if n < 256 else struct.pack(">BI", LARGE_TUPLE, n)
-        for item in term:
-            _encode(item, out)
-    elif isinstance(term, list):
-        _encode_list(term, out)
-    elif isinstance(term, ImproperList):
-        out += struct.pack(">BI", LIST, len(term.items))
-        for item in term.items:
-            _encode(item, out)
-        _encode(term.tail, out)
-    elif isinstance(term, dict):
-        out += struct.pack(">BI", MAP, len(term))
-        for key, value in term.items():
-            _encode(key, out)
-            _encode(value, out)
-    elif isinstance(term, float):
-        out += struct.pack(">Bd", NEW_FLOAT, term)
-    elif isinstance(term, Pid):
-        _encode_atom(term.node.name, out, prefix=bytes([NEW_PID]))
-        out += struct.pack(">III", term.id, term.serial, term.creation)
-    elif isinstance(term, Reference):
-        out += struct.pack(">BH", NEWER_REFERENCE, len(term.ids))
-        _encode_atom(term.node.name, out)
-        out += struct.pack(">I", term.creation)
-        for i in term.ids:
-            out += struct.pack(">I", i)
+    encoder = _ENCODERS.get(type(term))
+    if encoder is not None:
+        encoder(term, out)
+        return
+    # Subclasses (and bool, which must become an atom rather than an int).
+    for base, encoder in _ENCODER_BASES:
+        if isinstance(term, base):
+            encoder(term, out)
+            return
+    raise ETFError(f"cannot encode {type(term).__name__} as an Erlang term")
+
+
+def _enc_bool(term: bool, out: bytearray) -> None:
+    out += _atom_bytes("true" if term else "false")
+
+
+def _enc_bytes(term, out: bytearray) -> None:
+    data = bytes(term)
+    out += _BINARY_HEAD.pack(BINARY, len(data))
+    out += data
+
+
+def _enc_atom(term: Atom, out: bytearray) -> None:
+    out += _atom_bytes(term)
+
+
+def _enc_tuple(term: tuple, out: bytearray) -> None:
+    n = len(term)
+    if n < 256:
+        out.append(SMALL_TUPLE)
+        out.append(n)
     else:
-        raise ETFError(f"cannot encode {type(term).__name__} as an Erlang term")
+        out += struct.pack(">BI", LARGE_TUPLE, n)
+    _encode_items(term, out)
+
+
+def _encode_items(items, out: bytearray) -> None:
+    # The commonest children are inlined: this loop runs for every node of every state.
+    for item in items:
+        kind = type(item)
+        if kind is bytes:
+            out += _BINARY_HEAD.pack(BINARY, len(item))
+            out += item
+        elif kind is Atom:
+            cached = _atom_cache.get(item)
+            out += cached if cached is not None else _atom_bytes(item)
+        elif kind is list and not item:
+            out.append(NIL)
+        elif kind is int and 0 <= item <= 255:
+            out.append(SMALL_INTEGER)
+            out.append(item)
+        else:
+            encoder = _ENCODERS.get(kind)
+            if encoder is not None:
+                encoder(item, out)
+            else:
+                _encode(item, out)
+
+
+def _enc_improper(term: ImproperList, out: bytearray) -> None:
+    out += _BINARY_HEAD.pack(LIST, len(term.items))
+    _encode_items(term.items, out)
+    _encode_items((term.tail,), out)
+
+
+def _enc_map(term: dict, out: bytearray) -> None:
+    out += _BINARY_HEAD.pack(MAP, len(term))
+    for key, value in term.items():
+        _encode(key, out)
+        _encode(value, out)
+
+
+def _enc_float(term: float, out: bytearray) -> None:
+    out += struct.pack(">Bd", NEW_FLOAT, term)
+
+
+def _enc_pid(term: Pid, out: bytearray) -> None:
+    out.append(NEW_PID)
+    out += _atom_bytes(term.node.name)
+    out += struct.pack(">III", term.id, term.serial, term.creation)
+
+
+def _enc_ref(term: Reference, out: bytearray) -> None:
+    out += struct.pack(">BH", NEWER_REFERENCE, len(term.ids))
+    out += _atom_bytes(term.node.name)
+    out += struct.pack(">I", term.creation)
+    for i in term.ids:
+        out += struct.pack(">I", i)
+
+
+def _enc_raw(term: RawTerm, out: bytearray) -> None:
+    out += term.body
+
+
+_BINARY_HEAD = struct.Struct(">BI")
+_atom_cache: dict[str, bytes] = {}
+
+
+def _atom_bytes(name: str) -> bytes:
+    cached = _atom_cache.get(name)
+    if cached is None:
+        buf = bytearray()
+        _encode_atom(name, buf)
+        cached = bytes(buf)
+        if len(_atom_cache) < 10_000:
+            _atom_cache[name] = cached
+    return cached
 
 
 def _encode_atom(name: str, out: bytearray, prefix: bytes = b"") -> None:
@@ -208,14 +297,39 @@ def _encode_list(items: list, out: bytearray) -> None:
         out.append(NIL)
         return
     # term_to_binary packs a list of bytes as STRING_EXT (e.g. "abc" in Erlang source).
-    if len(items) < 65536 and all(type(i) is int and 0 <= i <= 255 for i in items):
+    if type(items[0]) is int and len(items) < 65536 and all(
+            type(i) is int and 0 <= i <= 255 for i in items):
         out += struct.pack(">BH", STRING, len(items))
         out += bytes(items)
         return
-    out += struct.pack(">BI", LIST, len(items))
-    for item in items:
-        _encode(item, out)
+    out += _BINARY_HEAD.pack(LIST, len(items))
+    _encode_items(items, out)
     out.append(NIL)
+
+
+_ENCODERS = {
+    bool: _enc_bool,
+    int: _encode_int,
+    bytes: _enc_bytes,
+    Atom: _enc_atom,
+    tuple: _enc_tuple,
+    list: _encode_list,
+    ImproperList: _enc_improper,
+    dict: _enc_map,
+    float: _enc_float,
+    Pid: _enc_pid,
+    Reference: _enc_ref,
+    RawTerm: _enc_raw,
+}
+_ENCODER_BASES = [
+    (bool, _enc_bool),
+    (int, _encode_int),
+    (bytes | bytearray | memoryview, _enc_bytes),
+    (tuple, _enc_tuple),
+    (list, _encode_list),
+    (dict, _enc_map),
+    (float, _enc_float),
+]
 
 
 # --------------------------------------------------------------------------- decoding
@@ -231,18 +345,18 @@ def decode(data: bytes) -> Any:
 
 def decode_prefix(data: bytes, offset: int = 0) -> tuple[Any, int]:
     """Decode one versioned term starting at ``offset``; returns (term, end offset)."""
-    view = memoryview(bytes(data)) if not isinstance(data, bytes) else memoryview(data)
+    view = data if isinstance(data, bytes) else bytes(data)
     if offset >= len(view) or view[offset] != VERSION:
         raise ETFError("missing version byte 131")
     if offset + 1 < len(view) and view[offset + 1] == COMPRESSED:
         return _decode_compressed(view, offset + 2)
     try:
-        return _Decoder(view).term(offset + 1, 0)
+        return _dec(view, offset + 1, 0)
     except (struct.error, IndexError) as exc:
         raise ETFError("truncated term") from exc
 
 
-def _decode_compressed(view: memoryview, pos: int) -> tuple[Any, int]:
+def _decode_compressed(view: bytes, pos: int) -> tuple[Any, int]:
     if pos + 4 > len(view):
         raise ETFError("truncated compressed term")
     (size,) = struct.unpack_from(">I", view, pos)
@@ -256,9 +370,9 @@ def _decode_compressed(view: memoryview, pos: int) -> tuple[Any, int]:
     if len(raw) != size or not inflater.eof:
         raise ETFError("compressed term does not inflate to its declared size")
     consumed = len(view) - len(inflater.unused_data)
-    inner = memoryview(raw)
+    inner = bytes(raw)
     try:
-        term, end = _Decoder(inner).term(0, 0)
+        term, end = _dec(inner, 0, 0)
     except (struct.error, IndexError) as exc:
         raise ETFError("truncated term") from exc
     if end != len(raw):
@@ -266,10 +380,94 @@ def _decode_compressed(view: memoryview, pos: int) -> tuple[Any, int]:
     return term, consumed
 
 
+_U32 = struct.Struct(">I").unpack_from
+_I32 = struct.Struct(">i").unpack_from
+_atom_by_bytes: dict[bytes, Atom] = {}
+
+
+def _dec(buf: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    """Decode one term at ``pos``. The tags that fill Vaxine frames are handled inline
+    (this runs for every term of every streamed transaction); the rest go to _Decoder."""
+    tag = buf[pos]
+    if tag == SMALL_TUPLE:
+        if depth > MAX_DEPTH:
+            raise ETFError("term nested too deeply")
+        n = buf[pos + 1]
+        pos += 2
+        items = []
+        append = items.append
+        for _ in range(n):
+            if buf[pos] == NIL:  # inline the commonest children: [] and binaries
+                append([])
+                pos += 1
+            elif buf[pos] == BINARY:
+                end = pos + 5 + _U32(buf, pos + 1)[0]
+                if end > len(buf):
+                    raise ETFError("length field runs past the end of the input")
+                append(buf[pos + 5 : end])
+                pos = end
+            else:
+                item, pos = _dec(buf, pos, depth + 1)
+                append(item)
+        return tuple(items), pos
+    if tag == NIL:
+        return [], pos + 1
+    if tag == BINARY:
+        end = pos + 5 + _U32(buf, pos + 1)[0]
+        if end > len(buf):
+            raise ETFError("length field runs past the end of the input")
+        return buf[pos + 5 : end], end
+    if tag == ATOM:
+        end = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2])
+        if end > len(buf):
+            raise ETFError("length field runs past the end of the input")
+        raw = buf[pos + 3 : end]
+        atom = _atom_by_bytes.get(raw)
+        if atom is None:
+            atom = Atom(raw.decode("latin-1"))
+            if len(_atom_by_bytes) < 10_000:
+                _atom_by_bytes[raw] = atom
+        return atom, end
+    if tag == LIST:
+        if depth > MAX_DEPTH:
+            raise ETFError("term nested too deeply")
+        n = _U32(buf, pos + 1)[0]
+        pos += 5
+        if pos + n + 1 > len(buf):
+            raise ETFError("length field runs past the end of the input")
+        items = []
+        append = items.append
+        for _ in range(n):
+            item, pos = _dec(buf, pos, depth + 1)
+            append(item)
+        if buf[pos] == NIL:
+            return items, pos + 1
+        tail, pos = _dec(buf, pos, depth + 1)
+        if isinstance(tail, list):
+            return items + tail, pos
+        if isinstance(tail, ImproperList):
+            return ImproperList(tuple(items) + tail.items, tail.tail), pos
+        return ImproperList(tuple(items), tail), pos
+    if tag == SMALL_INTEGER:
+        return buf[pos + 1], pos + 2
+    if tag == SMALL_BIG:
+        n = buf[pos + 1]
+        end = pos + 3 + n
+        if end > len(buf):
+            raise ETFError("length field runs past the end of the input")
+        value = int.from_bytes(buf[pos + 3 : end], "little")
+        return (-value if buf[pos + 2] else value), end
+    if tag == INTEGER:
+        return _I32(buf, pos + 1)[0], pos + 5
+    if depth > MAX_DEPTH:
+        raise ETFError("term nested too deeply")
+    return _Decoder(buf).term(pos, depth)
+
+
 class _Decoder:
     __slots__ = ("buf",)
 
-    def __init__(self, buf: memoryview):
+    def __init__(self, buf: bytes):
         self.buf = buf
 
     def _need(self, pos: int, n: int) -> None:
@@ -365,7 +563,7 @@ class _Decoder:
         return Atom(name), pos + n
 
     def _node(self, pos: int, depth: int) -> tuple[Atom, int]:
-        node, pos = self.term(pos, depth + 1)
+        node, pos = _dec(self.buf, pos, depth + 1)
         if not isinstance(node, Atom):
             raise ETFError("pid/reference node is not an atom")
         return node, pos
@@ -374,7 +572,7 @@ class _Decoder:
         self._need(pos, n)  # every element takes at least one byte
         items = []
         for _ in range(n):
-            item, pos = self.term(pos, depth + 1)
+            item, pos = _dec(self.buf, pos, depth + 1)
             items.append(item)
         return tuple(items), pos
 
@@ -382,9 +580,9 @@ class _Decoder:
         self._need(pos, n + 1)
         items = []
         for _ in range(n):
-            item, pos = self.term(pos, depth + 1)
+            item, pos = _dec(self.buf, pos, depth + 1)
             items.append(item)
-        tail, pos = self.term(pos, depth + 1)
+        tail, pos = _dec(self.buf, pos, depth + 1)
         if tail == []:
             return items, pos
         if isinstance(tail, list):
@@ -398,8 +596,8 @@ class _Decoder:
         self._need(pos, 2 * n)
         result = {}
         for _ in range(n):
-            key, pos = self.term(pos, depth + 1)
-            value, pos = self.term(pos, depth + 1)
+            key, pos = _dec(self.buf, pos, depth + 1)
+            value, pos = _dec(self.buf, pos, depth + 1)
             try:
                 result[key] = value
             except TypeError as exc:

@@ -20,7 +20,9 @@ Offsets are Python tuples ``(L, R)``; :func:`offset_to_bytes` gives the
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -107,6 +109,51 @@ def parse_start_response(term: Any, ref: Reference) -> Reference:
             and term[2][0] == START_RES):
         return term[2][1]
     raise StreamProtocolError(f"start refused or unexpected reply: {term!r}")
+
+
+class _DecodeCache:
+    """Recently decoded frames, shared by every stream of the process.
+
+    All consumers tailing the log receive byte-identical frames for each transaction;
+    decoding (pure Python) dominates their cost, so it is done once per frame. Callers get
+    their own Transaction object (change records are immutable and shared).
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._entries: OrderedDict[bytes, tuple[Transaction | None, Offset]] = OrderedDict()
+
+    def get(self, body: bytes) -> tuple[Transaction | None, Offset] | None:
+        hit = self._entries.get(body)
+        if hit is not None:
+            self._entries.move_to_end(body)
+        return hit
+
+    def put(self, body: bytes, value: tuple[Transaction | None, Offset]) -> None:
+        self._entries[body] = value
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+_decoded = _DecodeCache()
+
+
+def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, Offset] | None:
+    """Frame body → (term or None, transaction or None, offset); ``None`` if not a txn.
+
+    Raises :class:`StreamProtocolError` for anything that is not ``vx_wal_txn``.
+    """
+    hit = _decoded.get(body)
+    if hit is not None:
+        tx, offset = hit
+        return None, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
+    term = etf.decode(body)
+    if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
+        raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
+    offset = validate_offset(term[3])
+    tx = rows.transaction_from_wal(term)
+    _decoded.put(body, (tx, offset))
+    return term, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
 
 
 # --------------------------------------------------------------------------- client
@@ -214,22 +261,18 @@ class WalStream:
             if not data:
                 return
             for body in decoder.feed(data):
-                term = etf.decode(body)
                 if not started:
                     sock.settimeout(None)  # an idle log is silent for as long as it likes
-                    parse_start_response(term, ref)
+                    parse_start_response(etf.decode(body), ref)
                     started = self.connected = self._was_streaming = True
                     self.log.info(f"replication stream started from {resume!r}")
                     continue
-                self._on_frame(term)
+                self._on_frame(body)
 
-    def _on_frame(self, term: Any) -> None:
-        if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
-            raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
-        offset = validate_offset(term[3])
+    def _on_frame(self, body: bytes) -> None:
+        _term, tx, offset = decode_wal_frame(body)
         if self.last_offset is not None and offset[1] <= self.last_offset[1]:
             return  # already delivered (resume overlap)
-        tx = rows.transaction_from_wal(term)
         # Advance before a possibly blocking put: if the connection dies meanwhile, the
         # transaction is already ours and the reconnect resumes after it.
         self.last_offset = offset

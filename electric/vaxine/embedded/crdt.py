@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from electric.vaxine.etf import Atom, ETFError, cons_cell, split_cell
+from electric.vaxine.etf import Atom, ETFError, RawTerm, cons_cell, encode_body, split_cell
 
 MAP_RR = Atom("antidote_crdt_map_rr")
 LWW = Atom("antidote_crdt_register_lww")
@@ -139,8 +139,12 @@ def update(crdt_type: Atom, effect: Any, state: Any) -> Any:
             current = result.get((field, ftype))
             if current is None:
                 current = new(ftype)
-            result[(field, ftype)] = update(ftype, nested[1], current)
-        result = {k: v for k, v in result.items() if not is_bottom(k[1], v)}
+            after = update(ftype, nested[1], current)
+            # Antidote drops every bottom entry here; untouched entries were never bottom.
+            if is_bottom(ftype, after):
+                result.pop((field, ftype), None)
+            else:
+                result[(field, ftype)] = after
         for (field, ftype), nested in removes:
             if nested == NONE or (field, ftype) not in result:
                 continue
@@ -175,7 +179,7 @@ def _field_order(item):
 # every bucket, so placement does not matter for them; we use a fixed 16-bucket layout with
 # crc32 placement instead of erlang:phash/2.
 
-_EMPTY_SEGMENT = tuple([] for _ in range(16))
+_EMPTY_SEGMENT = RawTerm(encode_body(tuple([] for _ in range(16))))
 
 
 def to_term(crdt_type: Atom, state: Any) -> Any:
