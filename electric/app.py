@@ -127,7 +127,30 @@ class Application:
         self._start_publisher()
         self._start_satellite()
         self._start_connectors()
+        self.details["detail"] = self._detail
+        metrics.watch(metrics.StatusCollector(
+            connectors=self._connector_statuses, subscribers=self.publisher.status,
+            satellite=self.satellite.status, vaxine_up=self._vaxine_reachable))
         logger.info(f"status API listening on port {s.status_port}")
+
+    def _connector_statuses(self) -> dict[str, dict]:
+        return {name: c.status() for name, c in self.connectors.items()}
+
+    def _detail(self) -> dict:
+        """Operator detail beside the reference keys of /api/status."""
+        subscribers = self.publisher.status()
+        connectors = {}
+        for name, st in self._connector_statuses().items():
+            connectors[name] = {**st, "subscriber": subscribers.get(name, {"streaming": False})}
+        satellite = self.satellite.status()
+        return {
+            "connectors": connectors,
+            "satellite": {"clients_connected": satellite["clients_connected"],
+                          "clients": satellite["clients"]},
+            "vaxine": {"mode": "embedded" if self.embedded_vaxine else "external",
+                       "host": self.vaxine_host, "api_port": self.settings.vaxine_api_port,
+                       "replication_port": self.settings.vaxine_replication_port},
+        }
 
     def _start_vaxine(self) -> None:
         s = self.settings
@@ -143,7 +166,6 @@ class Application:
                                connect_timeout_ms=s.vaxine_connection_timeout)
         self.on_close("vaxine pool", self.pool.close)
         self.vaxine_check = self._vaxine_reachable
-        self.details["vaxine_mode"] = lambda: "embedded" if self.embedded_vaxine else "external"
 
     def _vaxine_reachable(self) -> bool:
         """Like the reference: a pool connection can be had (and is alive) within 100 ms."""
@@ -180,7 +202,6 @@ class Application:
         )
         _listen("POSTGRES_REPLICATION_PORT", s.postgres_replication_port, self.publisher.start)
         self.on_close("publisher", self.publisher.stop)
-        self.details["subscribers"] = self.publisher.status
 
     def _connector_table(self, slot: str, relation: RelationName):
         connector = self.connectors.get(slot)
@@ -200,7 +221,6 @@ class Application:
         )
         _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
         self.on_close("satellite", self.satellite.stop)
-        self.details["satellite"] = self.satellite.status
 
     def _start_connectors(self) -> None:
         s = self.settings
@@ -214,8 +234,6 @@ class Application:
             connector.start()
             self.on_close(f"connector {cfg.name}", connector.stop)
             self._subscribe_later(connector)
-        self.details["connector_detail"] = lambda: {
-            name: c.status() for name, c in sorted(self.connectors.items())}
         targets = {name: _MigrationTarget(self, c) for name, c in self.connectors.items()}
         MigrationsApi(targets, self.registry, s.migrations_dir,
                       s.migrations_file_name_suffix).install(self.router)

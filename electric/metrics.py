@@ -1,43 +1,101 @@
 """Prometheus metrics, served at ``/metrics`` on STATUS_PORT.
 
-One private registry (not the library's global one) so that tests and several applications
-in one process never collide.
+Transactions written into the log are counted where they are written; everything else is
+read from the components' own ``status()`` at scrape time, so the numbers on /metrics and
+/api/status can never disagree and no component needs to know about Prometheus.
+A private registry (not the library's global one) keeps several applications in one
+process (tests) apart.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REGISTRY = CollectorRegistry()
 
 transactions_in = Counter(
-    "electric_transactions_in_total",
+    "electric_transactions_in",
     "Transactions written into the log, by source (connector name or 'satellite')",
     ["source"], registry=REGISTRY)
-transactions_out = Counter(
-    "electric_transactions_out_total",
-    "Transactions sent to consumers, by sink (connector name or 'satellite')",
-    ["sink"], registry=REGISTRY)
-reconnects = Counter(
-    "electric_reconnects_total", "Reconnections after a lost connection, by component",
-    ["component"], registry=REGISTRY)
-failures = Counter(
-    "electric_failures_total", "Failed operations that were retried or reported, by component",
-    ["component"], registry=REGISTRY)
-lag_transactions = Gauge(
-    "electric_subscriber_lag_transactions",
-    "Log transactions not yet confirmed by a Postgres subscriber", ["connector"],
-    registry=REGISTRY)
-lag_bytes = Gauge(
-    "electric_source_lag_bytes",
-    "Bytes of source WAL between the newest received and the last acknowledged position",
-    ["connector"], registry=REGISTRY)
-satellite_clients = Gauge(
-    "electric_satellite_clients", "Connected Satellite clients", registry=REGISTRY)
-component_up = Gauge(
-    "electric_component_up", "1 when the component is healthy", ["component"],
-    registry=REGISTRY)
+
+
+class StatusCollector:
+    """Turns component status dicts into metrics at scrape time."""
+
+    def __init__(self, connectors: Callable[[], dict[str, dict[str, Any]]],
+                 subscribers: Callable[[], dict[str, dict[str, Any]]],
+                 satellite: Callable[[], dict[str, Any]], vaxine_up: Callable[[], bool]):
+        self.connectors = connectors
+        self.subscribers = subscribers
+        self.satellite = satellite
+        self.vaxine_up = vaxine_up
+
+    def collect(self) -> Iterator[Metric]:
+        connectors = self.connectors()
+        subscribers = self.subscribers()
+        up = GaugeMetricFamily("electric_connector_up",
+                               "1 when the connector is provisioned and its reader streams",
+                               labels=["connector"])
+        reader = GaugeMetricFamily("electric_source_reader_connected",
+                                   "1 when the source reader streams from Postgres",
+                                   labels=["connector"])
+        lag = GaugeMetricFamily("electric_source_lag_bytes",
+                                "Source WAL produced past Electric's last acknowledgement",
+                                labels=["connector"])
+        reconnects = CounterMetricFamily("electric_source_reconnects",
+                                         "Source reader reconnections", labels=["connector"])
+        for name, st in sorted(connectors.items()):
+            up.add_metric([name], float(bool(st.get("ready"))))
+            reader.add_metric([name], float(bool(st.get("reader_connected"))))
+            lag.add_metric([name], float(st.get("lag_bytes") or 0))
+            reconnects.add_metric([name], float(st.get("reconnects") or 0))
+        yield from (up, reader, lag, reconnects)
+
+        streaming = GaugeMetricFamily("electric_subscriber_streaming",
+                                      "1 while the Postgres subscriber streams from Electric",
+                                      labels=["connector"])
+        sent = CounterMetricFamily("electric_transactions_out",
+                                   "Transactions sent to a Postgres subscriber",
+                                   labels=["sink"])
+        pending = GaugeMetricFamily("electric_subscriber_lag_transactions",
+                                    "Transactions sent to a subscriber but not yet confirmed",
+                                    labels=["connector"])
+        lag_seconds = GaugeMetricFamily("electric_subscriber_lag_seconds",
+                                        "Age of the oldest unconfirmed transaction",
+                                        labels=["connector"])
+        failures = CounterMetricFamily("electric_subscriber_apply_failures",
+                                       "Times a subscriber failed to apply a transaction",
+                                       labels=["connector"])
+        for name, st in sorted(subscribers.items()):
+            streaming.add_metric([name], float(bool(st.get("streaming"))))
+            sent.add_metric([name], float(st.get("sent_transactions") or 0))
+            pending.add_metric([name], float(st.get("pending_transactions") or 0))
+            lag_seconds.add_metric([name], float(st.get("lag_seconds") or 0))
+            failures.add_metric([name], float(st.get("apply_failures") or 0))
+        yield from (streaming, sent, pending, lag_seconds, failures)
+
+        satellite = self.satellite()
+        yield GaugeMetricFamily("electric_satellite_clients", "Connected Satellite clients",
+                                value=float(satellite.get("clients_connected", 0)))
+        yield GaugeMetricFamily("electric_vaxine_up", "1 when a Vaxine API connection works",
+                                value=float(bool(self.vaxine_up())))
+
+
+_collector: StatusCollector | None = None
+
+
+def watch(collector: StatusCollector) -> None:
+    """Install the application's collector (replacing an earlier one)."""
+    global _collector
+    if _collector is not None:
+        REGISTRY.unregister(_collector)
+    REGISTRY.register(collector)
+    _collector = collector
 
 
 def exposition() -> tuple[bytes, str]:

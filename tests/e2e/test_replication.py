@@ -1,6 +1,8 @@
 """Two real Postgres instances, one Electric process, embedded Vaxine: active-active."""
 
+import re
 import time
+import urllib.request
 import uuid
 
 import psycopg2
@@ -72,6 +74,17 @@ def test_inserts_updates_deletes_flow_both_ways(two_postgres, electric):
     status = electric.get_json("/api/status")
     assert status["connectors"] == {"pg_a": True, "pg_b": True}
     assert status["vaxine"] is True
+    detail = status["detail"]
+    assert detail["vaxine"]["mode"] == "embedded"
+    for name in ("pg_a", "pg_b"):
+        assert detail["connectors"][name]["reader_connected"] is True
+        assert detail["connectors"][name]["subscriber"]["streaming"] is True
+        assert detail["connectors"][name]["transactions_written"] >= 1
+    metrics = urllib.request.urlopen(electric.status_url + "/metrics").read().decode()
+    assert 'electric_transactions_in_total{source="pg_a"}' in metrics
+    assert 'electric_subscriber_streaming{connector="pg_b"} 1.0' in metrics
+    sent = re.search(r'electric_transactions_out_total\{sink="pg_b"\} ([0-9.]+)', metrics)
+    assert sent and float(sent.group(1)) >= 2
     assert "[ERROR]" not in electric.log(tail=100000)
 
 
