@@ -506,6 +506,12 @@ class Session:
             done = self._apply_op(op)
             if done is not None:
                 self._validate_transaction(done)
+                self.log.debug(
+                    "New transaction from satellite {} lsn {}: {}",
+                    self.client_id,
+                    describe(done.lsn),
+                    done.changes,
+                )
                 self.inc.in_flight.append(done.lsn)
                 actions.append(WriteTransaction(done))
         return actions
