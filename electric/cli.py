@@ -43,9 +43,9 @@ def run_service(argv: list[str]) -> int:
         return 0
     log.setup(settings.log_level, settings.log_file, settings.log_format,
               settings.log_rotation, settings.log_retention)
-    import psycogreen.gevent
+    from electric.postgres import green
 
-    psycogreen.gevent.patch_psycopg()
+    green.make_green()
     from loguru import logger
 
     from electric.app import Application, StartupError

@@ -200,7 +200,7 @@ def build_parser(prog: str = "electric") -> configargparse.ArgParser:
     )
     for flag, env, default, _kind, help_text in OPTIONS:
         parser.add_argument(
-            flag, env_var=env, default=default, help=f"{help_text} [env {env}]", metavar=env
+            flag, env_var=env, default=default, help=help_text, metavar=env
         )
     parser.add_argument(
         "--print-config", action="store_true",

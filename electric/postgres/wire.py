@@ -1005,7 +1005,9 @@ def normalize_query(text: str) -> str:
     Quoted strings (``'…'`` with ``''``, ``E'…'`` with backslash escapes, ``"…"``) are kept
     byte for byte, so literals such as publication names survive intact.
     """
-    text = text.rstrip("\0").strip()
+    text = text.strip()
+    while text.endswith("\0"):  # NULs and white space may alternate at the end
+        text = text.rstrip("\0").rstrip()
     out: list[str] = []
     i, n = 0, len(text)
     pending_space = False
