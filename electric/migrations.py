@@ -101,6 +101,13 @@ def apply(dsn: str, migration: MigrationFile) -> Migration:
                     409, "already_migrated_bad_md5",
                     f"version {migration.vsn} was applied with hash {row[0]}, "
                     f"the file now hashes to {migration.hash}")
+            # A role named "electric" would otherwise find Electric's own schema first in
+            # its search_path ("$user"), and an unqualified CREATE TABLE would land there,
+            # silently outside replication.
+            cur.execute("SELECT string_agg(quote_ident(s), ', ') FROM"
+                        " unnest(current_schemas(false)) AS s WHERE s <> 'electric'")
+            path = cur.fetchone()[0] or "public"
+            cur.execute(f"SET LOCAL search_path TO {path}")
             try:
                 cur.execute(migration.sql)
             except psycopg2.Error as exc:

@@ -72,3 +72,13 @@ def test_missing_file_is_404(tmp_path):
     with pytest.raises(MigrationError) as exc:
         migrations.read_migration(str(tmp_path), "/postgres.sql", "999")
     assert (exc.value.status, exc.value.code) == (404, "vsn_not_found")
+
+
+def test_unqualified_create_table_lands_in_public_even_for_a_role_named_electric(db, tmp_path):
+    dsn, pg, name = db
+    assert pg.user == "electric"  # "$user" in search_path resolves to Electric's schema
+    write(tmp_path, "4_items", "CREATE TABLE items (id int PRIMARY KEY, label text);")
+    migrations.apply(dsn, migrations.read_migration(str(tmp_path), "/postgres.sql", "4_items"))
+    where = pg.psql("SELECT table_schema FROM information_schema.tables"
+                    " WHERE table_name = 'items'", name).split()
+    assert where == ["public"]
