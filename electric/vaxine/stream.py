@@ -89,16 +89,20 @@ def _start_term(start: StartOffset) -> Any:
 _refs = itertools.count(1)
 
 
-def start_request(start: StartOffset) -> tuple[Reference, bytes]:
-    """A fresh request ref and the ETF ``{vx_cli_req, Ref, {vx_cli_start_req, Opts}}``."""
-    ref = Reference(_CLIENT_NODE, 0, (next(_refs) & 0x3FFFF, 0, 0))
+def _new_ref() -> Reference:
+    return Reference(_CLIENT_NODE, 0, (next(_refs) & 0x3FFFF, 0, 0))
+
+
+def start_request(start: StartOffset, ref: Reference | None = None) -> tuple[Reference, bytes]:
+    """The request ref and the ETF ``{vx_cli_req, Ref, {vx_cli_start_req, Opts}}``."""
+    ref = ref or _new_ref()
     body = etf.encode((VX_CLI_REQ, ref,
                        (Atom("vx_cli_start_req"), [(Atom("offset"), _start_term(start))])))
     return ref, body
 
 
-def stop_request(rep_id: Reference) -> bytes:
-    ref = Reference(_CLIENT_NODE, 0, (next(_refs) & 0x3FFFF, 0, 0))
+def stop_request(rep_id: Reference, ref: Reference | None = None) -> bytes:
+    ref = ref or _new_ref()
     return etf.encode((VX_CLI_REQ, ref, (Atom("vx_cli_stop_req"), rep_id)))
 
 
