@@ -27,7 +27,7 @@ from loguru import logger
 from electric.pb import antidote_pb2 as pb
 from electric.vaxine import antidote
 from electric.vaxine.antidote import VaxineError
-from electric.vaxine.framing import MAX_FRAME
+from electric.vaxine.framing import MAX_FRAME, encode_frame
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_CONNECT_TIMEOUT_MS = 5000
@@ -66,10 +66,14 @@ class AntidoteConnection:
 
     def request(self, message: Message) -> Message:
         """Send one request and return its response message (ApbErrorResp included)."""
+        return self.request_body(antidote.encode_body(message))
+
+    def request_body(self, body: bytes) -> Message:
+        """Like :meth:`request` for an already encoded frame body (code byte + protobuf)."""
         if self.broken:
             raise VaxineConnectionError("connection is broken")
         try:
-            self.sock.sendall(antidote.encode_message(message))
+            self.sock.sendall(encode_frame(body))
             header = self._recv_exact(4)
             (length,) = struct.unpack(">I", header)
             if length > MAX_FRAME:
@@ -124,8 +128,13 @@ class AntidoteConnection:
         resp = self.call(antidote.start_transaction(timestamp), pb.ApbStartTransactionResp)
         return resp.transaction_descriptor
 
-    def update_objects(self, descriptor: bytes, ops: list[pb.ApbUpdateOp]) -> None:
-        self.call(antidote.update_objects(descriptor, ops), pb.ApbOperationResp)
+    def update_objects(self, descriptor: bytes, ops: list[pb.ApbUpdateOp] | list[bytes]) -> None:
+        """``ops`` as messages or already serialized ``ApbUpdateOp`` bytes."""
+        if ops and isinstance(ops[0], bytes):
+            reply = self.request_body(antidote.raw_update_objects_body(descriptor, ops))
+        else:
+            reply = self.request(antidote.update_objects(descriptor, ops))
+        antidote.check_response(reply, pb.ApbOperationResp)
 
     def read_objects(self, descriptor: bytes, objects: list[pb.ApbBoundObject]):
         return list(self.call(antidote.read_objects(descriptor, objects),
@@ -154,7 +163,7 @@ class VaxineTransaction:
         self.descriptor = descriptor
         self.done = False
 
-    def update(self, ops: list[pb.ApbUpdateOp]) -> None:
+    def update(self, ops: list[pb.ApbUpdateOp] | list[bytes]) -> None:
         self.conn.update_objects(self.descriptor, ops)
 
     def read(self, objects: list[pb.ApbBoundObject]) -> list[pb.ApbReadObjectResp]:

@@ -113,44 +113,57 @@ def row_id(relation: RelationName, record: Record, pk_columns: list[str]) -> str
     return ":".join(parts)
 
 
-def _field(name: bytes, crdt_type: int, operation: pb.ApbUpdateOperation) -> list[tuple]:
+def _field(name: bytes, crdt_type: int, operation: bytes) -> list[tuple]:
     return [(name, crdt_type, operation)]
 
 
-def _map_op(key: bytes, nested: list[tuple]) -> pb.ApbUpdateOp:
+def _map_op(key: bytes, nested: list[tuple]) -> bytes:
     """One top-level op on ``key``: a map update of one field (how Vax emits them)."""
-    return antidote.update_op(antidote.bound_object(key, RRMAP, BUCKET),
-                              antidote.map_update(nested))
+    return antidote.raw_update_op(key, RRMAP, BUCKET, antidote.raw_map_update(nested))
 
 
 def _row_field(columns: Record) -> list[tuple]:
     # One nested ``row`` update per column, each a one-entry map update (Vax's shape, and
     # what shows up as one effect entry per column in the stream).
     return [
-        (b"row", RRMAP, antidote.map_update(
-            [(col.encode(), LWWREG, antidote.reg_assign(encode_value(columns[col])))]))
+        (b"row", RRMAP, antidote.raw_map_update(
+            [(col.encode(), LWWREG, antidote.raw_reg_assign(encode_value(columns[col])))]))
         for col in sorted(columns)
     ]
 
 
-def _row_ops(relation: RelationName, rid: str, deleted: bool, columns: Record) -> list:
+def _row_ops(relation: RelationName, rid: str, deleted: bool, columns: Record) -> list[bytes]:
     """Ops for one row object, fields in byte order as Vax sends them."""
     key = ROW_PREFIX + rid.encode()
     fields = [
-        _field(b"deleted?", FLAG_DW, antidote.flag_set(deleted)),
-        _field(b"id", LWWREG, antidote.reg_assign(rid.encode())),
+        _field(b"deleted?", FLAG_DW, antidote.raw_flag_set(deleted)),
+        _field(b"id", LWWREG, antidote.raw_reg_assign(rid.encode())),
     ]
     if columns:
         fields.append(_row_field(columns))
     fields += [
-        _field(b"schema", LWWREG, antidote.reg_assign(relation[0].encode())),
-        _field(b"table", LWWREG, antidote.reg_assign(relation[1].encode())),
+        _field(b"schema", LWWREG, antidote.raw_reg_assign(relation[0].encode())),
+        _field(b"table", LWWREG, antidote.raw_reg_assign(relation[1].encode())),
     ]
     return [_map_op(key, f) for f in fields]
 
 
+def _parsed(raw_ops: list[bytes]) -> list[pb.ApbUpdateOp]:
+    out = []
+    for raw in raw_ops:
+        op = pb.ApbUpdateOp()
+        op.ParseFromString(raw)
+        out.append(op)
+    return out
+
+
 def change_ops(change: Change, pk_columns: list[str]) -> list[pb.ApbUpdateOp]:
     """The top-level ``ApbUpdateOp``s for one change (empty for truncates)."""
+    return _parsed(change_op_bytes(change, pk_columns))
+
+
+def change_op_bytes(change: Change, pk_columns: list[str]) -> list[bytes]:
+    """:func:`change_ops`, serialized (what the write path sends)."""
     if isinstance(change, NewRecord):
         return _row_ops(change.relation, row_id(change.relation, change.record, pk_columns),
                         False, change.record)
@@ -160,7 +173,8 @@ def change_ops(change: Change, pk_columns: list[str]) -> list[pb.ApbUpdateOp]:
         if change.old_record:
             old_id = row_id(change.relation, change.old_record, pk_columns)
             if old_id != new_id:
-                ops += change_ops(DeletedRecord(change.relation, change.old_record), pk_columns)
+                ops += change_op_bytes(DeletedRecord(change.relation, change.old_record),
+                                       pk_columns)
         return ops + _row_ops(change.relation, new_id, False, change.record)
     if isinstance(change, DeletedRecord):
         rid = row_id(change.relation, change.old_record, pk_columns)
@@ -173,24 +187,29 @@ def change_ops(change: Change, pk_columns: list[str]) -> list[pb.ApbUpdateOp]:
     raise RowMappingError(f"unknown change {type(change).__name__}")
 
 
-def metadata_ops(tx: Transaction) -> list[pb.ApbUpdateOp]:
+def metadata_op_bytes(tx: Transaction) -> list[bytes]:
     values = [
         (b"commit_timestamp", format_commit_timestamp(tx.commit_timestamp)),
         (b"id", "0"),
         (b"origin", tx.origin or ""),
         (b"publication", tx.publication or ""),
     ]
-    return [_map_op(METADATA_KEY, _field(name, LWWREG, antidote.reg_assign(v.encode())))
+    return [_map_op(METADATA_KEY, _field(name, LWWREG, antidote.raw_reg_assign(v.encode())))
             for name, v in values]
 
 
-def transaction_ops(tx: Transaction, primary_keys: PrimaryKeys) -> list[pb.ApbUpdateOp]:
-    """Every op of the Vaxine transaction for ``tx`` (empty if nothing is replicable)."""
-    ops: list[pb.ApbUpdateOp] = []
+def transaction_op_bytes(tx: Transaction, primary_keys: PrimaryKeys) -> list[bytes]:
+    """Every serialized op of the Vaxine transaction for ``tx`` (empty if none)."""
+    ops: list[bytes] = []
     for change in tx.changes:
         pks = [] if isinstance(change, TruncatedRelation) else list(primary_keys(change.relation))
-        ops += change_ops(change, pks)
-    return metadata_ops(tx) + ops if ops else []
+        ops += change_op_bytes(change, pks)
+    return metadata_op_bytes(tx) + ops if ops else []
+
+
+def transaction_ops(tx: Transaction, primary_keys: PrimaryKeys) -> list[pb.ApbUpdateOp]:
+    """:func:`transaction_op_bytes` as protobuf messages."""
+    return _parsed(transaction_op_bytes(tx, primary_keys))
 
 
 def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys) -> bytes | None:
@@ -200,7 +219,7 @@ def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys) -> bytes
     touching Vaxine for unmappable input, and :class:`~electric.vaxine.antidote.VaxineError`
     (after aborting the Vaxine transaction) when Vaxine fails; the caller may retry.
     """
-    ops = transaction_ops(tx, primary_keys)
+    ops = transaction_op_bytes(tx, primary_keys)
     if not ops:
         return None
     with pool.transaction() as txn:

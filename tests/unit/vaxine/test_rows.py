@@ -49,8 +49,10 @@ def test_inserts_match_recorded_vax_bytes(scenario, seq):
     # S4 wrote its rows in this order (the stream's Ops order is internal)
     order = sorted(view["rows"], key=lambda r: (r["relation"][1] != "entries", r["key"]))
     changes = [NewRecord(tuple(r["relation"]), record_of(r)) for r in order]
+    raw = rows.transaction_op_bytes(tx_from_view(view, changes), pk)
+    assert raw == recorded_ops(scenario)  # the raw encoder, byte for byte
     ops = rows.transaction_ops(tx_from_view(view, changes), pk)
-    assert [op.SerializeToString() for op in ops] == recorded_ops(scenario)
+    assert [op.SerializeToString() for op in ops] == raw
 
 
 def test_update_and_delete_contain_the_recorded_ops_plus_id_fields():
@@ -164,3 +166,23 @@ def test_metadata_comes_from_effects():
 def test_garbage_wal_term_is_skipped_not_raised():
     assert rows.transaction_from_wal(("nope",)) is None
     assert rows.transaction_from_wal(load("s1_insert")["scenario"]) is None
+
+
+def test_raw_encoders_match_protobuf_builders():
+    from electric.pb import antidote_pb2 as pb
+
+    long_value = b"v" * 300  # multi-byte varint lengths
+    assert antidote.raw_reg_assign(long_value) == antidote.reg_assign(long_value).SerializeToString()
+    for flag in (True, False):
+        assert antidote.raw_flag_set(flag) == antidote.flag_set(flag).SerializeToString()
+    nested = [(b"a", antidote.LWWREG, antidote.reg_assign(long_value))]
+    raw_nested = [(b"a", antidote.LWWREG, antidote.raw_reg_assign(long_value))]
+    assert antidote.raw_map_update(raw_nested) == antidote.map_update(nested).SerializeToString()
+    op = antidote.update_op(antidote.bound_object(b"k" * 200, antidote.RRMAP),
+                            antidote.map_update(nested))
+    raw_op = antidote.raw_update_op(b"k" * 200, antidote.RRMAP, b"vax",
+                                    antidote.raw_map_update(raw_nested))
+    assert raw_op == op.SerializeToString()
+    body = antidote.raw_update_objects_body(b"d" * 130, [raw_op, raw_op])
+    assert body == antidote.encode_body(pb.ApbUpdateObjects(updates=[op, op],
+                                                            transaction_descriptor=b"d" * 130))
