@@ -1,0 +1,161 @@
+"""``python -m bench [--quick|--smoke] [--only a,b] [--out DIR]`` — run the benchmarks.
+
+Sections (``--only`` picks some): ``throughput``, ``latency``, ``catch_up``, ``ingest``,
+``fanout``, ``profile``. Full size fits in well under 15 minutes on 2 cores; ``--quick``
+takes about two; ``--smoke`` is the toy size the test suite runs.
+
+Results: ``results.json`` (raw), ``results.md`` (tables, targets) and PNG plots in ``--out``
+(default ``bench/results`` for a full run, a temporary directory otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+
+from bench import pgpg, report, satellite_ingest
+from bench.rig import Rig
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SECTIONS = ("throughput", "latency", "catch_up", "ingest", "fanout", "profile")
+
+SIZES = {
+    "full": {"rows": 50_000, "rates": (50, 200, 1000), "lat_s": 8.0, "catch_rows": 1000,
+             "ingest": ((1, 1000), (10, 200)), "fanout": (10, 100, 1000), "fanout_s": 5.0,
+             "profile_rows": 10_000},
+    "quick": {"rows": 5_000, "rates": (50, 200, 1000), "lat_s": 2.0, "catch_rows": 1000,
+              "ingest": ((1, 200), (10, 30)), "fanout": (10, 100), "fanout_s": 2.0,
+              "profile_rows": 3_000},
+    "smoke": {"rows": 200, "rates": (50,), "lat_s": 0.3, "catch_rows": 10,
+              "ingest": ((1, 10),), "fanout": (3,), "fanout_s": 0.5, "profile_rows": 0},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_fanout(clients: int, duration: float, rate: float = 20.0) -> dict:
+    """``bench/satellite_fanout.py`` in its own process (it monkey-patches with gevent)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, "-m", "bench.satellite_fanout", "--clients", str(clients),
+                        "--rate", str(rate), "--duration", str(duration), "--mode", "vaxine",
+                        "--json", out.name], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": ROOT}, timeout=duration + 180)
+        with open(out.name) as fh:
+            return json.load(fh)
+
+
+def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
+    size = SIZES[mode]
+    started = time.monotonic()
+    results: dict = {"meta": {"mode": mode, "cpus": os.cpu_count(), "fsync": fsync,
+                              "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}}
+    needs_rig = only & {"throughput", "latency", "catch_up", "ingest", "profile"}
+    rig = Rig(fsync=fsync).start() if needs_rig else None
+    try:
+        if rig:
+            log(f"rig up: A on {rig.a.port}, B on {rig.b.port}, Electric pid "
+                f"{rig.electric.proc.pid}")
+        if "throughput" in only:
+            tp = {"rows": size["rows"], "batch": 100}
+            for k, name in enumerate(("native", "electric")):
+                log(f"throughput {name}: {size['rows']} rows")
+                tp[name] = pgpg.throughput(rig.pipelines[name], size["rows"],
+                                           base=k * 10_000_000)
+                log(f"  {json.dumps(tp[name]['total'])}")
+            results["throughput"] = tp
+        if "latency" in only:
+            lat = {"duration_s": size["lat_s"], "native": [], "electric": []}
+            for rate in size["rates"]:
+                for name in ("native", "electric"):
+                    log(f"latency {name} at {rate} tx/s")
+                    r = pgpg.latency(rig.pipelines[name], rate, size["lat_s"],
+                                     drain=max(10.0, 4 * size["lat_s"]))
+                    log(f"  {json.dumps(r)}")
+                    lat[name].append(r)
+            results["latency"] = lat
+        if "catch_up" in only:
+            cu = {}
+            for name in ("native", "electric"):
+                log(f"catch-up {name}: 10 × {size['catch_rows']} rows")
+                cu[name] = pgpg.catch_up(rig.pipelines[name], size["catch_rows"])
+                log(f"  {json.dumps(cu[name])}")
+            results["catch_up"] = cu
+        if "ingest" in only:
+            results["satellite_ingest"] = []
+            for clients, per_client in size["ingest"]:
+                log(f"satellite ingest: {clients} client(s) × {per_client} tx")
+                r = satellite_ingest.ingest(rig, clients, per_client)
+                log(f"  {json.dumps(r)}")
+                results["satellite_ingest"].append(r)
+        if "profile" in only and size["profile_rows"]:
+            from bench import profile
+
+            if profile.py_spy() is None:
+                log("profile skipped: py-spy not installed")
+            else:
+                raw = os.path.join(tempfile.mkdtemp(prefix="bench-prof-"), "electric.txt")
+                log(f"profile: py-spy on Electric, {size['profile_rows']} rows")
+                with profile.Recorder(rig.electric.proc.pid, raw):
+                    prof_tp = pgpg.throughput(rig.pipelines["electric"], size["profile_rows"],
+                                              base=20_000_000)
+                summary = profile.summarise(raw)
+                results["profile"] = {"throughput_while_profiled": prof_tp["total"],
+                                      **summary}
+                results["profile_md"] = profile.to_markdown(
+                    f"{size['profile_rows']:,} rows inserted, updated, deleted", summary)
+    finally:
+        if rig:
+            rig.close()
+    if "fanout" in only:
+        results["satellite_fanout"] = []
+        for clients in size["fanout"]:
+            log(f"satellite fan-out: {clients} clients")
+            r = run_fanout(clients, size["fanout_s"])
+            log(f"  p50 {r['latency_ms_p50']} ms p99 {r['latency_ms_p99']} ms, "
+                f"{r['kb_per_client_end']} KiB/client")
+            results["satellite_fanout"].append(r)
+    results["meta"]["seconds"] = time.monotonic() - started
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+    written = report.plots(results, out_dir)
+    with open(os.path.join(out_dir, "results.md"), "w") as fh:
+        fh.write(report.markdown(results))
+    log(f"wrote {out_dir}/results.md, results.json, {', '.join(written)}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller sizes, about two minutes")
+    size.add_argument("--smoke", action="store_true", help="toy sizes (the test suite's)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections: {','.join(SECTIONS)}")
+    parser.add_argument("--out", default=None, help="results directory")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="run both clusters with fsync off")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    out = args.out or (os.path.join(HERE, "results") if mode == "full"
+                       else tempfile.mkdtemp(prefix=f"bench-{mode}-"))
+    run(mode, only, out, fsync=not args.no_fsync)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""PG → PG workloads run against each pipeline of the rig: throughput, latency, catch-up."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+from bench.rig import TABLES, Pipeline, connect, scalar
+
+# -- throughput ---------------------------------------------------------------------------
+
+
+def _count_b(p: Pipeline, where: str) -> int:
+    union = " UNION ALL ".join(f"SELECT count(*) AS c FROM {t} WHERE {where}" for t in TABLES)
+    return int(scalar(p.b, p.db, f"SELECT sum(c) FROM ({union}) s"))
+
+
+def _wait_b(p: Pipeline, where: str, expected: int, timeout: float) -> tuple[bool, int]:
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        seen = _count_b(p, where)
+        if seen == expected:
+            return True, seen
+        time.sleep(0.02)
+    return False, seen
+
+
+def throughput(p: Pipeline, rows: int, batch: int = 100, timeout: float = 300.0,
+               base: int = 0) -> dict:
+    """Insert ``rows`` (spread over the tables, ``batch`` rows per multi-row INSERT
+    transaction), then update half of them, then delete them all; each phase is timed from
+    its first statement on A until B shows its outcome.
+
+    Returns per-phase rows/s and seconds, plus the time A alone needed to commit the writes.
+    """
+    per_table = rows // len(TABLES)
+    conn = connect(p.a, p.db, autocommit=False)
+    cur = conn.cursor()
+    results: dict[str, dict] = {}
+    lo, hi = base, base + per_table  # ids [lo, hi) in every table
+
+    def run_phase(name: str, statements, n_rows: int, where: str, expected: int) -> None:
+        start = time.monotonic()
+        for sql in statements:
+            cur.execute(sql)
+            conn.commit()
+        written = time.monotonic()
+        ok, seen = _wait_b(p, where, expected, timeout)
+        done = time.monotonic()
+        results[name] = {
+            "rows": n_rows, "seconds": round(done - start, 3),
+            "rows_per_s": round(n_rows / (done - start)) if ok else None,
+            "source_commit_seconds": round(written - start, 3),
+            "converged": ok, "seen_on_b": seen,
+        }
+
+    def inserts():
+        for t in TABLES:
+            for s in range(lo, hi, batch):
+                values = ",".join(f"({i},'row {i} of {t} with some text',0)"
+                                  for i in range(s, min(s + batch, hi)))
+                yield f"INSERT INTO {t} (id, v, n) VALUES {values}"
+
+    def updates():  # the even ids: half of the rows, ``batch`` rows a transaction
+        for t in TABLES:
+            for s in range(lo, hi, 2 * batch):
+                yield (f"UPDATE {t} SET n = n + 1, v = 'updated ' || id WHERE id >= {s} AND"
+                       f" id < {min(s + 2 * batch, hi)} AND id % 2 = 0")
+
+    def deletes():
+        for t in TABLES:
+            for s in range(lo, hi, batch):
+                yield f"DELETE FROM {t} WHERE id >= {s} AND id < {min(s + batch, hi)}"
+
+    in_range = f"id >= {lo} AND id < {hi}"
+    total = per_table * len(TABLES)
+    n_even = len(range(lo + (lo % 2), hi, 2)) * len(TABLES)
+    run_phase("insert", inserts(), total, in_range, total)
+    run_phase("update", updates(), n_even, f"{in_range} AND n = 1", n_even)
+    run_phase("delete", deletes(), total, in_range, 0)
+    conn.close()
+    all_rows = sum(r["rows"] for r in results.values())
+    all_secs = sum(r["seconds"] for r in results.values())
+    ok = all(r["converged"] for r in results.values())
+    results["total"] = {"rows": all_rows, "seconds": round(all_secs, 3),
+                        "rows_per_s": round(all_rows / all_secs) if ok else None,
+                        "converged": ok}
+    return results
+
+
+# -- latency ------------------------------------------------------------------------------
+
+_ids = itertools.count(1)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def latency(p: Pipeline, rate: float, duration: float, drain: float = 10.0) -> dict:
+    """Commit single-row transactions on A at ``rate`` tx/s (open loop, on a fixed schedule)
+    for ``duration`` seconds; latency = B's commit notification − A's commit return."""
+    listener = p.listener("lat")
+    writers = 1 if rate <= 250 else 4  # one connection cannot sustain 1,000 fsynced commits/s
+    committed: dict[int, float] = {}
+    n_total = int(rate * duration)
+    behind = [0.0]
+
+    def writer(w: int) -> None:
+        conn = connect(p.a, p.db)
+        cur = conn.cursor()
+        for k in range(w, n_total, writers):
+            due = t0 + k / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                behind[0] = max(behind[0], -delay)
+            i = next(_ids)
+            cur.execute("INSERT INTO lat VALUES (%s, now()::text)", (i,))
+            committed[i] = time.monotonic()
+        conn.close()
+
+    t0 = time.monotonic() + 0.1
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.monotonic() - t0
+    listener.wait_for(list(committed), drain)
+    listener.close()
+    lat = [(listener.seen[i] - c) * 1000 for i, c in committed.items() if i in listener.seen]
+    return {
+        "offered_tx_per_s": rate, "achieved_tx_per_s": round(len(committed) / elapsed, 1),
+        "transactions": len(committed), "delivered": len(lat),
+        "p50_ms": _r(_pct(lat, 0.50)), "p95_ms": _r(_pct(lat, 0.95)),
+        "p99_ms": _r(_pct(lat, 0.99)), "max_ms": _r(max(lat) if lat else None),
+        "writer_max_behind_ms": round(behind[0] * 1000, 1),
+    }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+# -- catch-up -----------------------------------------------------------------------------
+
+
+def catch_up(p: Pipeline, rows_per_table: int = 1000, batch: int = 100, base: int = 50_000_000,
+             timeout: float = 120.0) -> dict:
+    """Disable B's subscription, write ``rows_per_table`` rows into every table on A, enable
+    it again and time how long B takes to converge (from ENABLE to the last row visible)."""
+    p.set_subscription(False)
+    conn = connect(p.a, p.db, autocommit=False)
+    cur = conn.cursor()
+    hi = base + rows_per_table
+    for t in TABLES:
+        for s in range(base, hi, batch):
+            values = ",".join(f"({i},'catch-up row {i}',0)" for i in range(s, min(s + batch, hi)))
+            cur.execute(f"INSERT INTO {t} (id, v, n) VALUES {values}")
+            conn.commit()
+    conn.close()
+    drained = p.source_drained()
+    start = time.monotonic()
+    p.set_subscription(True)
+    where = f"id >= {base} AND id < {hi}"
+    expected = rows_per_table * len(TABLES)
+    ok, seen = _wait_b(p, where, expected, timeout)
+    secs = time.monotonic() - start
+    # Leave the tables as they were for whatever runs next.
+    conn = connect(p.a, p.db)
+    with conn.cursor() as cur:
+        for t in TABLES:
+            cur.execute(f"DELETE FROM {t} WHERE {where}")
+    conn.close()
+    _wait_b(p, where, 0, timeout)
+    return {"rows": expected, "seconds": round(secs, 3), "converged": ok, "seen_on_b": seen,
+            "source_drained_before_enable": drained}

@@ -1,0 +1,211 @@
+"""Turn the results dictionary into ``results.md`` and small PNG plots."""
+
+from __future__ import annotations
+
+import os
+
+TARGETS = {
+    "throughput_ratio": 0.5,  # Electric ≥ 50% of native rows/s
+    "p99_ms_at_200": 100.0,  # p99 commit-to-visible ≤ 100 ms at 200 tx/s
+    "catch_up_s": 2.0,  # 10 tables × 1,000 rows ≤ 2 s
+}
+
+
+def _fmt(v, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        v = f"{v:,.1f}" if abs(v) < 100 else f"{v:,.0f}"
+    elif isinstance(v, int):
+        v = f"{v:,}"
+    return f"{v}{unit}"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def targets(results: dict) -> list[tuple[str, str, str, str]]:
+    """(target, measured, native for reference, verdict) rows."""
+    rows = []
+    tp = results.get("throughput")
+    if tp:
+        n, e = tp["native"]["total"]["rows_per_s"], tp["electric"]["total"]["rows_per_s"]
+        ratio = e / n if n and e else None
+        rows.append(("PG→PG throughput via Electric ≥ 50% of native",
+                     f"{_fmt(e)} rows/s = {_fmt(100 * ratio if ratio else None, '%')} of native",
+                     f"{_fmt(n)} rows/s",
+                     _verdict(None if ratio is None else ratio >= TARGETS["throughput_ratio"])))
+    lat = results.get("latency")
+    if lat:
+        e = next((r for r in lat["electric"] if r["offered_tx_per_s"] == 200), None)
+        n = next((r for r in lat["native"] if r["offered_tx_per_s"] == 200), None)
+        if e:
+            ok = (e["p99_ms"] is not None and e["delivered"] == e["transactions"]
+                  and e["p99_ms"] <= TARGETS["p99_ms_at_200"])
+            rows.append(("p99 commit-to-visible ≤ 100 ms at 200 tx/s",
+                         f"{_fmt(e['p99_ms'], ' ms')}", f"{_fmt(n and n['p99_ms'], ' ms')}",
+                         _verdict(ok)))
+    cu = results.get("catch_up")
+    if cu:
+        e, n = cu["electric"], cu["native"]
+        rows.append((f"catch-up of 10 tables × {e['rows'] // 10:,} rows ≤ 2 s",
+                     _fmt(e["seconds"], " s"), _fmt(n["seconds"], " s"),
+                     _verdict(e["converged"] and e["seconds"] <= TARGETS["catch_up_s"])))
+    return rows
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    out = [
+        "# Electric benchmarks", "",
+        f"Run {meta['started']} ({meta['mode']} mode, {meta['cpus']} CPUs, Postgres fsync "
+        f"{'on' if meta['fsync'] else 'off'}, total {meta['seconds']:.0f} s). Native logical "
+        "replication and Electric run between the same two clusters in the same run; "
+        "absolute numbers on a shared machine are noise, the ratios are the result.",
+        "Regenerate with `make bench` (or `python -m bench --quick`).", "",
+        "## Targets", "", "| target | Electric | native | verdict |", "|---|---:|---:|---|",
+    ]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(results)]
+    tp = results.get("throughput")
+    if tp:
+        out += ["", f"## PG → PG throughput ({_fmt(tp['rows'])} rows over 10 tables, "
+                f"{tp['batch']}-row transactions)", "",
+                "Each phase is timed from its first statement on A until B shows its outcome. "
+                "*A commit* is how long A alone took to commit the phase.", "",
+                "| phase | rows | native rows/s | Electric rows/s | Electric / native "
+                "| A commit s | native s | Electric s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for phase in ("insert", "update", "delete", "total"):
+            n, e = tp["native"][phase], tp["electric"][phase]
+            ratio = (e["rows_per_s"] / n["rows_per_s"]) if n["rows_per_s"] and \
+                e["rows_per_s"] else None
+            out.append(f"| {phase} | {_fmt(n['rows'])} | {_fmt(n['rows_per_s'])} | "
+                       f"{_fmt(e['rows_per_s'])} | {_fmt(ratio and 100 * ratio, '%')} | "
+                       f"{_fmt(e.get('source_commit_seconds'))} | {_fmt(n['seconds'])} | "
+                       f"{_fmt(e['seconds'])} |")
+        out += ["", "![throughput](throughput.png)"]
+    lat = results.get("latency")
+    if lat:
+        out += ["", f"## Commit-to-visible latency ({lat['duration_s']:g} s per rate, "
+                "single-row transactions)", "",
+                "From A's `COMMIT` returning to B's apply worker committing (a `pg_notify` "
+                "from an `ENABLE ALWAYS` trigger on B).", "",
+                "| offered tx/s | pipeline | achieved tx/s | delivered | p50 ms | p95 ms | "
+                "p99 ms | max ms |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for n, e in zip(lat["native"], lat["electric"], strict=True):
+            for name, r in (("native", n), ("Electric", e)):
+                out.append(f"| {r['offered_tx_per_s']:g} | {name} | "
+                           f"{_fmt(r['achieved_tx_per_s'])} | "
+                           f"{r['delivered']}/{r['transactions']} | {_fmt(r['p50_ms'])} | "
+                           f"{_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} |")
+        out += ["", "![latency](latency.png)"]
+    cu = results.get("catch_up")
+    if cu:
+        out += ["", "## Catch-up", "",
+                "B's subscription disabled, 10 tables × "
+                f"{cu['electric']['rows'] // 10:,} rows committed on A (for Electric: until its "
+                "slot on A confirmed them, i.e. they are in Vaxine), subscription enabled; time "
+                "from `ENABLE` until every row is visible on B.", "",
+                "| pipeline | rows | seconds | rows/s |", "|---|---:|---:|---:|"]
+        for name in ("native", "electric"):
+            r = cu[name]
+            out.append(f"| {name} | {_fmt(r['rows'])} | {_fmt(r['seconds'])} | "
+                       f"{_fmt(r['rows'] / r['seconds'] if r['converged'] else None)} |")
+    ing = results.get("satellite_ingest")
+    if ing:
+        out += ["", "## Satellite ingest", "",
+                "Single-row insert transactions over the websocket, up to "
+                f"{ing[0]['window']} unacknowledged per client. *acked*: durable in Vaxine; "
+                "*into Postgres*: visible on A through Electric's publisher.", "",
+                "| clients | transactions | acked tx/s | into Postgres tx/s |",
+                "|---:|---:|---:|---:|"]
+        for r in ing:
+            out.append(f"| {r['clients']} | {_fmt(r['transactions'])} | "
+                       f"{_fmt(r['acked_tx_per_s'])} | {_fmt(r['postgres_tx_per_s'])} |")
+    fo = results.get("satellite_fanout")
+    if fo:
+        out += ["", "## Satellite fan-out (`bench/satellite_fanout.py`)", "",
+                f"One writer at {fo[0]['rate_tx_per_s']:g} tx/s for {fo[0]['duration_s']:g} s "
+                f"into the embedded Vaxine ({fo[0]['mode']} mode), every client streaming "
+                "all of it over its own websocket; latency from commit timestamp to client "
+                "receipt.", "",
+                "| clients | delivered | p50 ms | p99 ms | max ms | server RSS MB | "
+                "KiB per client |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in fo:
+            out.append(f"| {r['clients']} | {r['delivered']}/{r['expected_deliveries']} | "
+                       f"{_fmt(r['latency_ms_p50'])} | {_fmt(r['latency_ms_p99'])} | "
+                       f"{_fmt(r['latency_ms_max'])} | {_fmt(r['server_rss_mb_end'])} | "
+                       f"{_fmt(r['kb_per_client_end'])} |")
+        out += ["", "![fan-out](fanout.png)"]
+    if results.get("profile_md"):
+        out += ["", "## Profile (py-spy on the Electric process, PG→PG insert workload)", "",
+                results["profile_md"]]
+    return "\n".join(out) + "\n"
+
+
+def plots(results: dict, out_dir: str) -> list[str]:
+    """Small PNGs (about 20–40 KB each); returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=72)
+        plt.close(fig)
+        written.append(name)
+
+    colors = {"native": "#4c72b0", "electric": "#dd8452"}
+    tp = results.get("throughput")
+    if tp:
+        phases = ["insert", "update", "delete", "total"]
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        width = 0.38
+        for k, name in enumerate(("native", "electric")):
+            vals = [tp[name][p]["rows_per_s"] or 0 for p in phases]
+            ax.bar([i + (k - 0.5) * width for i in range(len(phases))], vals, width,
+                   label=name, color=colors[name])
+        ax.set_xticks(range(len(phases)), phases)
+        ax.set_ylabel("rows/s (A → B)")
+        ax.set_yscale("log")
+        ax.set_title("PG → PG throughput")
+        ax.legend()
+        save(fig, "throughput.png")
+    lat = results.get("latency")
+    if lat:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for name, style in (("native", "-"), ("electric", "--")):
+            rates = [r["offered_tx_per_s"] for r in lat[name]]
+            for q, marker in (("p50_ms", "o"), ("p99_ms", "^")):
+                ax.plot(rates, [r[q] if r[q] is not None else float("nan") for r in lat[name]],
+                        style, marker=marker, color=colors[name], label=f"{name} {q[:3]}")
+        ax.axhline(100, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered tx/s")
+        ax.set_ylabel("commit → visible (ms)")
+        ax.set_title("Commit-to-visible latency")
+        ax.legend(fontsize=7)
+        save(fig, "latency.png")
+    fo = results.get("satellite_fanout")
+    if fo:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        n = [r["clients"] for r in fo]
+        ax.plot(n, [r["latency_ms_p50"] for r in fo], "o-", label="p50 ms")
+        ax.plot(n, [r["latency_ms_p99"] for r in fo], "^-", label="p99 ms")
+        ax.set_xscale("log")
+        ax.set_xlabel("connected clients")
+        ax.set_ylabel("delivery latency (ms)")
+        ax2 = ax.twinx()
+        ax2.plot(n, [r["kb_per_client_end"] for r in fo], "s:", color="grey",
+                 label="KiB/client")
+        ax2.set_ylabel("server KiB per client")
+        ax.set_title("Satellite fan-out")
+        ax.legend(loc="upper left", fontsize=7)
+        ax2.legend(loc="lower right", fontsize=7)
+        save(fig, "fanout.png")
+    return written

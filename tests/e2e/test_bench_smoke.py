@@ -1,0 +1,27 @@
+"""The benchmark harness at toy size, so ``make bench`` cannot rot unnoticed.
+
+Not a performance test: it only checks that every section runs end to end (both pipelines
+converge, Satellite ingest reaches Postgres) and that the report is written.
+"""
+
+import json
+import os
+
+from bench.__main__ import run
+
+
+def test_bench_harness_runs_at_toy_size(tmp_path):
+    out = str(tmp_path / "results")
+    results = run("smoke", {"throughput", "latency", "catch_up", "ingest"}, out, fsync=False)
+    for name in ("native", "electric"):
+        assert results["throughput"][name]["total"]["converged"], results["throughput"][name]
+        assert results["catch_up"][name]["converged"], results["catch_up"][name]
+        (lat,) = results["latency"][name]
+        assert lat["delivered"] == lat["transactions"] > 0, lat
+    (ingest,) = results["satellite_ingest"]
+    assert ingest["errors"] == [] and ingest["postgres_tx_per_s"], ingest
+    with open(os.path.join(out, "results.md")) as fh:
+        text = fh.read()
+    assert "## Targets" in text and "PG → PG throughput" in text
+    assert os.path.exists(os.path.join(out, "throughput.png"))
+    assert json.load(open(os.path.join(out, "results.json")))["meta"]["mode"] == "smoke"
