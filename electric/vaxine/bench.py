@@ -14,6 +14,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -41,7 +42,13 @@ def _pk(_rel):
     return ["id"]
 
 
-def commits_per_second(pool: VaxinePool, writers: int, seconds: float) -> float:
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def commits_per_second(pool: VaxinePool, writers: int, seconds: float) -> tuple[float, float]:
+    """(committed transactions/s, CPU ms of this process per transaction)."""
     done = [0]
     stop = time.monotonic() + seconds
 
@@ -52,9 +59,9 @@ def commits_per_second(pool: VaxinePool, writers: int, seconds: float) -> float:
             i += 1
             done[0] += 1
 
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _cpu_s()
     gevent.joinall([gevent.spawn(writer, w) for w in range(writers)], raise_error=True)
-    return done[0] / (time.monotonic() - start)
+    return done[0] / (time.monotonic() - start), (_cpu_s() - cpu) * 1000 / max(done[0], 1)
 
 
 def delivery_latency(pool: VaxinePool, port: int, readers: int, writers: int, count: int,
@@ -111,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             api, repl = server.api_port, server.replication_port
         pool = VaxinePool("127.0.0.1", api, size=10)
         try:
-            one = commits_per_second(pool, 1, args.seconds)
-            print(f"1 writer:   {one:8.0f} committed 10-row transactions/s")
-            eight = commits_per_second(pool, 8, args.seconds)
-            print(f"8 writers:  {eight:8.0f} committed 10-row transactions/s")
+            where = "client only" if args.standalone else "client + server"
+            for writers in (1, 8):
+                rate, cpu_ms = commits_per_second(pool, writers, args.seconds)
+                print(f"{writers} writer(s): {rate:6.0f} committed 10-row transactions/s "
+                      f"({cpu_ms:.2f} ms CPU per transaction, {where})")
             for writers, rate in ((1, 20), (1, 50), (1, None), (8, None)):
                 p50, p99 = delivery_latency(pool, repl, readers=10, writers=writers,
                                             count=400, rate=rate)

@@ -164,7 +164,7 @@ class TxnLog:
     def read_records(self, pos: int, max_bytes: int = _READ_CHUNK) -> list[tuple[int, bytes]]:
         """Durable records starting at ``pos`` (a record boundary), up to about ``max_bytes``."""
         limit = self.durable_end
-        if pos >= limit:
+        if pos >= limit or self._rfd is None:  # nothing new, or closed under a reader
             return []
         want = min(limit - pos, max_bytes)
         data = os.pread(self._rfd, want, pos)

@@ -37,6 +37,11 @@ _LOG_FORMAT = 1
 _TXN_HEAD = struct.Struct(">QII")  # commit µs, txid length, states length
 
 ObjKey = tuple[bytes, bytes]  # (key, bucket)
+_U32 = struct.Struct(">I")
+
+
+def _etf_bin(value: bytes) -> bytes:
+    return b"m" + _U32.pack(len(value)) + value
 
 
 class UnknownTransaction(LookupError):
@@ -229,16 +234,22 @@ class Store:
         entries = []
         new_states = []
         for obj, write in txn.writes.items():
+            ctype = write.crdt_type
             latest = self._state_at(obj, self.seq)
-            if latest is not None and latest[0] != write.crdt_type:
+            if latest is not None and latest[0] != ctype:
                 raise crdt.CrdtError(f"object became a {latest[0].name} concurrently")
-            state = latest[1] if latest is not None else crdt.new(write.crdt_type)
+            state = latest[1] if latest is not None else crdt.new(ctype)
             for effect in write.effects:
-                state = crdt.update(write.crdt_type, effect, state)
-            new_states.append((obj, write.crdt_type, state))
-            term = crdt.to_term(write.crdt_type, state)
-            entries.append((obj, write.crdt_type, term, write.effects))
-        ops_body = etf.encode_body(entries)
+                state = crdt.update(ctype, effect, state)
+            new_states.append((obj, ctype, state))
+            # {{Key, Bucket}, Type, State, [Effect]} for the stream's Ops list
+            effects = b"".join(crdt.encode_effect(ctype, e) for e in write.effects)
+            entries.append(b"".join((
+                b"h\x04h\x02", _etf_bin(obj[0]), _etf_bin(obj[1]), etf.encode_body(ctype),
+                crdt.encode_state(ctype, state),
+                b"l" + _U32.pack(len(write.effects)) + effects + b"j" if write.effects else b"j",
+            )))
+        ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
         states_blob = marshal.dumps(
             [(obj[0], obj[1], ctype.name, _plain(ctype, state)) for obj, ctype, state in new_states])
         payload = b"".join((b"T", _TXN_HEAD.pack(commit_us, len(txn.txid_body), len(states_blob)),

@@ -90,3 +90,18 @@ def test_dict_to_list_reads_real_vaxine_states():
     for effect in row[3]:
         rebuilt = crdt.update(MAP_RR, effect, rebuilt)
     assert crdt.value(MAP_RR, rebuilt) == crdt.value(MAP_RR, state)
+
+
+def test_fast_encoders_match_generic_encoding():
+    s = apply(MAP_RR, ("batch", [((b"deleted?", FLAG_DW), ("disable",)),
+                                 ((b"id", LWW), ("assign", b"x" * 300))], []), {})
+    s = apply(MAP_RR, row_op(a="1", b="2", c="3"), s)
+    effect = crdt.downstream(MAP_RR, ("batch", [((b"deleted?", FLAG_DW), ("enable",)),
+                                                ((b"gone", FLAG_DW), ("disable",))],
+                                      [(b"gone", FLAG_DW), (b"id", LWW)]), s, clock)
+    for ctype, state in [(MAP_RR, s), (MAP_RR, {}), (LWW, (2**40, b"v")), (LWW, (3, b"")),
+                         (FLAG_DW, ([b"a" * 20], [])), (FLAG_DW, ([], []))]:
+        assert crdt.encode_state(ctype, state) == etf.encode_body(crdt.to_term(ctype, state))
+    for ctype, eff in [(MAP_RR, effect), (MAP_RR, ([], [])), (LWW, (2**40, b"v")),
+                       (FLAG_DW, ([b"t" * 20], [], [b"u" * 20]))]:
+        assert crdt.encode_effect(ctype, eff) == etf.encode_body(eff)
