@@ -60,7 +60,7 @@ def run_service(argv: list[str]) -> int:
 
 
 SUBCOMMANDS = {
-    "vaxine": ("electric.vaxine.embedded.__main__", "main"),
+    "vaxine": ("electric.vaxine.embedded.server", "main"),
     "gen-token": ("electric.satellite.tokens", "main"),
     "migrate": ("electric.migrate_cli", "main"),
 }
@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         module_name, func = SUBCOMMANDS[argv[0]]
         import importlib
+
+        from gevent import monkey
+
+        monkey.patch_all()
 
         return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
     return run_service(argv)
