@@ -22,6 +22,7 @@ import marshal
 import os
 import struct
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,8 @@ class Store:
         self.dc_id: tuple | None = None
         self.creation = int(time.time()) & 0xFFFFFFFF  # changes per start, like a node's
         self.seq = 0
-        self.txn_offsets: list[int] = []  # log position of every committed transaction
+        # log position of every committed transaction (compact: one 8-byte slot each)
+        self.txn_offsets = array("q")
         self._versions: dict[ObjKey, list[tuple[int, Atom, Any]]] = {}
         self._active: dict[bytes, Txn] = {}
         self._last_us = 0
