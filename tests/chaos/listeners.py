@@ -1,0 +1,224 @@
+"""Shared pieces of the malformed-input suites (``tests/e2e/test_malformed_*.py``).
+
+One Electric process per suite module, with one real connector (so the publisher admits a
+replication connection and the whole pipeline is live), an empty migrations directory (no
+fuzzed request can apply anything), and the embedded Vaxine. Each suite throws batches of
+bad input at one listener over fresh TCP connections and, after every batch, asks a
+:class:`Guard` to check that the process is still up, that its RSS has not grown beyond a
+bound, and that a well-formed client is still served on the same listener.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from electric.devenv import DEV_SCHEMA_SQL, PgCluster
+from tests.chaos.harness import rss_kb
+from tests.support.electric import ElectricProcess
+from tests.support.postgres import drop_database
+
+# RSS may grow a little while caches (decoders, greenlet pools) warm up; more than this
+# over the warm baseline across a whole suite means something is kept per bad connection.
+RSS_GROWTH_LIMIT_KB = 40 * 1024
+
+
+def poke(port: int, data: bytes | list[bytes], timeout: float = 2.0, read_limit: int = 1 << 16,
+         half_close: bool = True) -> bytes:
+    """Connect, send ``data`` (chunks), half-close, read what comes back until EOF; bounded.
+
+    The server may cut us off mid-send (that is a fine answer to garbage): broken pipes and
+    resets are not failures. A server that neither answers nor closes within ``timeout``
+    after our EOF raises AssertionError — that would be a stuck connection.
+    """
+    chunks = [data] if isinstance(data, bytes | bytearray) else data
+    out = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except OSError as exc:  # ENOTCONN: the server already closed and reset
+            if exc.errno != 107:
+                raise
+        deadline = time.monotonic() + timeout
+        while len(out) < read_limit:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                got = sock.recv(65536)
+            except (ConnectionResetError, BrokenPipeError):
+                break
+            except TimeoutError:
+                raise AssertionError(
+                    f"port {port}: no EOF {timeout}s after a bad input {bytes(chunks[0][:60])!r}"
+                ) from None
+            if not got:
+                break
+            out += got
+    return bytes(out)
+
+
+@dataclass
+class Guard:
+    """Liveness, memory and well-formed-client checks around batches of bad input."""
+
+    electric: ElectricProcess
+    listener: str
+    well_formed: Callable[[], None]
+    baseline_kb: int = 0
+    peak_kb: int = 0
+    cases: int = 0
+    batches: int = 0
+    samples: list[int] = field(default_factory=list)
+
+    def rss(self) -> int:
+        return rss_kb(self.electric.proc.pid)
+
+    def warm(self) -> None:
+        self.check_alive()
+        self.well_formed()
+        self.baseline_kb = self.peak_kb = self.rss()
+
+    def check_alive(self) -> None:
+        assert self.electric.proc.poll() is None, (
+            f"Electric died during the {self.listener} suite\n{self.electric.log()}")
+
+    def after_batch(self, cases: int) -> None:
+        self.cases += cases
+        self.batches += 1
+        self.check_alive()
+        self.well_formed()
+        rss = self.rss()
+        self.samples.append(rss)
+        self.peak_kb = max(self.peak_kb, rss)
+        assert rss - self.baseline_kb < RSS_GROWTH_LIMIT_KB, (
+            f"{self.listener}: RSS grew from {self.baseline_kb} kB to {rss} kB")
+
+    def summary(self) -> str:
+        return (f"{self.listener}: {self.cases} malformed cases in {self.batches} batches; "
+                f"RSS {self.baseline_kb // 1024} MiB -> peak {self.peak_kb // 1024} MiB, "
+                f"end {(self.samples[-1] if self.samples else 0) // 1024} MiB")
+
+
+def log_problems(electric: ElectricProcess) -> list[str]:
+    """Lines that must never appear because of bad input: tracebacks and ERROR-level lines."""
+    with open(electric.log_path, errors="replace") as f:
+        return [line.rstrip() for line in f
+                if "Traceback" in line or "[ERROR]" in line or "[CRITICAL]" in line]
+
+
+class ElectricUnderTest:
+    """Electric with one connector to a throwaway database on ``pg``."""
+
+    def __init__(self, pg: PgCluster, workdir: str):
+        self.pg = pg
+        self.db = f"malformed_{uuid.uuid4().hex[:8]}"
+        pg.create_database(self.db)
+        pg.psql(DEV_SCHEMA_SQL, database=self.db)
+        migrations = f"{workdir}/migrations"
+        import os
+
+        os.makedirs(migrations, exist_ok=True)
+        self.electric = ElectricProcess(f"{workdir}/electric", env={
+            "CONNECTORS": f"pg_a={pg.url(self.db)}", "POSTGRES_SLOT": f"slot_{self.db}",
+            "MIGRATIONS_DIR": migrations, "LOG_LEVEL": "info"})
+        self.electric.start(timeout=60)
+        e = self.electric
+        e.wait_for(lambda: all(e.get_json("/api/status")["connectors"].values()),
+                   timeout=60, what="connector ready")
+
+    def port(self, setting: str) -> int:
+        return int(self.electric.env[setting])
+
+    def close(self) -> None:
+        self.electric.kill()
+        try:
+            drop_database(self.pg, self.db)
+        except Exception:  # noqa: BLE001 - best-effort clean-up
+            pass
+
+
+# -- a tiny Postgres frontend (for the well-formed client on the publisher port) ----------
+
+
+class PgFrontend:
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def startup(self, **params: str) -> None:
+        self.send(startup_packet(params))
+
+    def query(self, text: str) -> None:
+        body = text.encode() + b"\0"
+        self.send(b"Q" + struct.pack(">I", len(body) + 4) + body)
+
+    def read_message(self) -> tuple[bytes, bytes] | None:
+        while True:
+            if len(self.buf) >= 5:
+                (length,) = struct.unpack(">I", self.buf[1:5])
+                if len(self.buf) >= 1 + length:
+                    tag, body = self.buf[:1], self.buf[5:1 + length]
+                    self.buf = self.buf[1 + length:]
+                    return tag, body
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buf += data
+
+    def read_until(self, tag: bytes) -> list[tuple[bytes, bytes]]:
+        out = []
+        while (msg := self.read_message()) is not None:
+            out.append(msg)
+            if msg[0] == tag:
+                break
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def startup_packet(params: dict[str, str], version: int = 196608) -> bytes:
+    body = struct.pack(">I", version) + b"".join(
+        k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+    return struct.pack(">I", len(body) + 4) + body
+
+
+def pg_message(tag: bytes, body: bytes) -> bytes:
+    return tag + struct.pack(">I", len(body) + 4) + body
+
+
+# -- websocket framing (client side, for raw frames the libraries refuse to send) ---------
+
+WS_HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True,
+             length: int | None = None) -> bytes:
+    """One websocket frame; ``length`` overrides the announced payload length."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 0x0F)])
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([mbit | n])
+    elif n < 1 << 16:
+        head += bytes([mbit | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([mbit | 127]) + struct.pack(">Q", n & 0xFFFFFFFFFFFFFFFF)
+    if mask:
+        key = b"\x11\x22\x33\x44"
+        head += key
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + payload
