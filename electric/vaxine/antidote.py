@@ -231,6 +231,12 @@ def raw_update_objects_body(descriptor: bytes, ops: list[bytes]) -> bytes:
     return b"\x76" + b"".join(_ld(0x0A, op) for op in ops) + _ld(0x12, descriptor)
 
 
+def raw_static_update_body(ops: list[bytes], timestamp: bytes = IGNORE) -> bytes:
+    """Frame body (code 122 + ``ApbStaticUpdateObjects``) from serialized ``ApbUpdateOp``s."""
+    start = _ld(0x0A, timestamp) + b"\x12\x00"  # empty ApbTxnProperties, like antidotec
+    return b"\x7a" + _ld(0x0A, start) + b"".join(_ld(0x12, op) for op in ops)
+
+
 # --------------------------------------------------------------------------- responses
 
 

@@ -147,8 +147,13 @@ class AntidoteConnection:
     def abort(self, descriptor: bytes) -> None:
         self.call(antidote.abort_transaction(descriptor), pb.ApbOperationResp)
 
-    def static_update(self, ops: list[pb.ApbUpdateOp]) -> bytes:
-        return self.call(antidote.static_update(ops), pb.ApbCommitResp).commit_time
+    def static_update(self, ops: list[pb.ApbUpdateOp] | list[bytes]) -> bytes:
+        """One-request transaction (start + updates + commit); returns the commit clock."""
+        if ops and isinstance(ops[0], bytes):
+            reply = self.request_body(antidote.raw_static_update_body(ops))
+        else:
+            reply = self.request(antidote.static_update(ops))
+        return antidote.check_response(reply, pb.ApbCommitResp).commit_time
 
     def static_read(self, objects: list[pb.ApbBoundObject]):
         resp = self.call(antidote.static_read(objects), pb.ApbStaticReadObjectsResp)

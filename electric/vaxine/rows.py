@@ -12,8 +12,10 @@ Writing (satellite.md §2.2–2.3): one Vaxine transaction per Electric transact
 * An update writes every column of the new record (the reference's G24 behaviour) and never
   emits map removes (G23). An update that changes the primary key becomes a delete of the
   old key plus an upsert of the new one.
-* G21/G25: all operations go in one ``ApbUpdateObjects`` (chunked for huge transactions),
-  no read-backs, and any failure aborts the Vaxine transaction before the error propagates.
+* G21/G25: no read-backs; a transaction is written with one ``ApbStaticUpdateObjects``
+  (start + all updates + commit in one round trip, atomic: nothing is left to abort on
+  failure), or, when it has more than MAX_OPS_PER_REQUEST operations, as an interactive
+  transaction with chunked ``ApbUpdateObjects`` that is aborted on any failure.
 * Truncates have no representation in the log: they are skipped with a warning. A
   transaction with nothing else to write writes nothing (``write_transaction`` → ``None``).
 
@@ -222,6 +224,11 @@ def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys) -> bytes
     ops = transaction_op_bytes(tx, primary_keys)
     if not ops:
         return None
+    if len(ops) <= MAX_OPS_PER_REQUEST:
+        # One round trip: a static transaction is still one atomic Vaxine transaction
+        # (one vx_wal_txn), and a failure leaves nothing behind to abort.
+        with pool.connection() as conn:
+            return conn.static_update(ops)
     with pool.transaction() as txn:
         for i in range(0, len(ops), MAX_OPS_PER_REQUEST):
             txn.update(ops[i : i + MAX_OPS_PER_REQUEST])

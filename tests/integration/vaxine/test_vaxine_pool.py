@@ -28,9 +28,9 @@ def test_more_writers_than_connections_with_connections_killed(vaxine, monkeypat
     real_request = AntidoteConnection.request_body
 
     def flaky_request(self, body):
-        # Kill the connection just before some UpdateObjects (code 118): the transaction
-        # dies mid-way, the server aborts it, the writer retries the whole transaction.
-        if body[0] == 118 and rng.random() < 0.15:
+        # Kill the connection just before some writes (static update 122): the request
+        # never arrives, the writer retries the whole transaction on a new connection.
+        if body[0] in (118, 122) and rng.random() < 0.15:
             kills["killed"] += 1
             self.sock.close()
         return real_request(self, body)

@@ -186,3 +186,40 @@ def test_raw_encoders_match_protobuf_builders():
     body = antidote.raw_update_objects_body(b"d" * 130, [raw_op, raw_op])
     assert body == antidote.encode_body(pb.ApbUpdateObjects(updates=[op, op],
                                                             transaction_descriptor=b"d" * 130))
+
+
+def test_raw_static_update_matches_builder_and_recorded_frame():
+    from electric.pb import antidote_pb2 as pb
+
+    recorded = [f for f in frames("s5_static", 8087, "client->server")
+                if f["message"].startswith("ApbStaticUpdateObjects")][0]
+    msg = antidote.decode_body(bytes.fromhex(recorded["hex"]))
+    raw_ops = [op.SerializeToString() for op in msg.updates]
+    assert antidote.raw_static_update_body(raw_ops).hex() == recorded["hex"]
+    assert antidote.encode_body(antidote.static_update(list(msg.updates))).hex() == recorded["hex"]
+    assert isinstance(msg, pb.ApbStaticUpdateObjects)
+
+
+def test_big_transactions_use_chunked_interactive_writes(monkeypatch):
+    calls = []
+
+    class Txn:
+        def update(self, ops):
+            calls.append(("update", len(ops)))
+
+        def commit(self):
+            calls.append(("commit",))
+            return b"clock"
+
+    class Pool:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def transaction(self):
+            yield Txn()
+
+    monkeypatch.setattr(rows, "MAX_OPS_PER_REQUEST", 12)
+    changes = [NewRecord(("public", "entries"), {"id": str(i)}) for i in range(3)]
+    tx = Transaction(changes, datetime.now(UTC))
+    assert rows.write_transaction(Pool(), tx, pk) == b"clock"
+    assert calls == [("update", 12), ("update", 7), ("commit",)]  # 4 metadata + 3 x 5 ops
