@@ -255,6 +255,9 @@ def _bin(value: bytes) -> bytes:
 def _int(n: int) -> bytes:
     if 0 <= n <= 255:
         return bytes((97, n))
+    if 2**31 <= n < 2**64:  # µs timestamps: SMALL_BIG_EXT, positive
+        size = (n.bit_length() + 7) // 8
+        return bytes((110, size, 0)) + n.to_bytes(size, "little")
     return encode_body(n)
 
 

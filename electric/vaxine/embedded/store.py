@@ -96,7 +96,7 @@ _TYPES_BY_NAME = {t.name: t for t in crdt.TYPES}
 def _plain(ctype: Atom, state: Any) -> Any:
     """State with atoms turned into str, for marshal (which only takes exact builtins)."""
     if ctype == crdt.MAP_RR:
-        return {(f, t.name): _plain(t, v) for (f, t), v in state.items()}
+        return {(f, str(t)): _plain(t, v) for (f, t), v in state.items()}
     return state
 
 
@@ -253,7 +253,7 @@ class Store:
             )))
         ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
         states_blob = marshal.dumps(
-            [(obj[0], obj[1], ctype.name, _plain(ctype, state)) for obj, ctype, state in new_states])
+            [(obj[0], obj[1], str(ctype), _plain(ctype, state)) for obj, ctype, state in new_states])
         payload = b"".join((b"T", _TXN_HEAD.pack(commit_us, len(txn.txid_body), len(states_blob)),
                             txn.txid_body, states_blob, ops_body))
         offset = self.log.append(payload)
