@@ -7,7 +7,9 @@ LWWREG and FLAG_DW (nested in maps too); other CRDT types are refused with an er
 Failures inside a transaction abort it (the client then sees the transaction as unknown).
 A descriptor that is not an Erlang term gets ``ApbErrorResp`` ("error: badarg", like the real
 server); a well-formed descriptor of a transaction that is not running gets the typed
-response with ``success = false, errorcode = 3`` (aborted).
+response with ``success = false, errorcode = 3`` (aborted). Transactions belong to the
+connection that started them and are aborted when it closes (the real server would keep
+them running forever); clients use one connection per transaction anyway.
 """
 
 from __future__ import annotations
