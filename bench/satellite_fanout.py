@@ -46,6 +46,7 @@ def serve(args: argparse.Namespace) -> int:
 
     monkey.patch_all()
     import gevent
+    import gevent.pool
     from gevent.event import Event
 
     from electric.changes import Column, NewRecord, Table, Transaction, utc_now
@@ -136,12 +137,25 @@ def serve(args: argparse.Namespace) -> int:
         go.wait()  # the driver sends SIGUSR1 once every client is streaming
         interval = 1.0 / args.rate
         start = time.monotonic()
+        # Writes are issued on schedule, several in flight at once (as transactions from
+        # several Postgres sessions would be), so a slow round trip does not lower the rate.
+        in_flight = gevent.pool.Pool(16)
+
+        def one(n: int) -> None:
+            try:
+                produce(n)
+            except Exception as exc:  # reported by the driver, the run goes on
+                print(
+                    f"PRODUCER-FAILED {n} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True
+                )
+
         for n in range(int(args.rate * args.duration)):
             delay = start + n * interval - time.monotonic()
             if delay > 0:
                 gevent.sleep(delay)
-            produce(n)
-        print("DONE", flush=True)
+            in_flight.spawn(one, n)
+        in_flight.join()
+        print(f"PRODUCER-DONE {time.monotonic() - start:.2f}", file=sys.stderr, flush=True)
 
     gevent.spawn(producer).join()
     gevent.sleep(3600)
@@ -163,6 +177,9 @@ def run(args: argparse.Namespace) -> dict:
     from electric.pb import satellite_pb2 as pb
     from electric.satellite import frames
 
+    server_log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives for the whole run
+        mode="w+", prefix="sat-bench-server-", suffix=".log", delete=False
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -178,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
         ],
         stdout=subprocess.PIPE,
         text=True,
-        stderr=subprocess.DEVNULL if not args.verbose else None,
+        stderr=None if args.verbose else server_log,
     )
     line = proc.stdout.readline().split()
     assert line and line[0] == "READY", line
@@ -188,6 +205,7 @@ def run(args: argparse.Namespace) -> dict:
 
     latencies: list[float] = []
     received = [0]
+    per_client = [0] * args.clients
     ready = [0]
     failures: list[str] = []
 
@@ -239,6 +257,11 @@ def run(args: argparse.Namespace) -> dict:
                     msg = frames.decode(data)
                     latencies.append(now_ms - msg.ops[0].begin.commit_timestamp)
                     received[0] += 1
+                    per_client[i] += 1
+                    if i == 0 and os.environ.get("BENCH_TRACE"):
+                        op = msg.ops[1]
+                        row = getattr(op, op.WhichOneof("op"))
+                        print("TRACE", row.row_data[0].decode(), file=sys.stderr)
         except Exception as exc:  # reported, not fatal for the others
             failures.append(f"{type(exc).__name__}: {exc}")
 
@@ -255,7 +278,7 @@ def run(args: argparse.Namespace) -> dict:
     rss1 = _rss_kb(proc.pid)
     proc.send_signal(signal.SIGUSR1)
     expected = int(args.rate * args.duration) * args.clients
-    deadline = time.monotonic() + args.duration + 30
+    deadline = time.monotonic() + args.duration + 90
     while received[0] < expected and time.monotonic() < deadline:
         gevent.sleep(0.2)
     rss2 = _rss_kb(proc.pid)
@@ -263,6 +286,15 @@ def run(args: argparse.Namespace) -> dict:
     proc.wait()
     gevent.killall(greenlets, block=False)
     latencies.sort()
+    server_log.seek(0)
+    producer_failures, producer_elapsed = [], None
+    for line in server_log:
+        if "PRODUCER-FAILED" in line:
+            producer_failures.append(line.strip())
+        elif line.startswith("PRODUCER-DONE"):
+            producer_elapsed = float(line.split()[1])
+    server_log.close()
+    os.unlink(server_log.name)
 
     def pct(p: float) -> float | None:
         if not latencies:
@@ -278,6 +310,7 @@ def run(args: argparse.Namespace) -> dict:
         "connect_seconds": round(connect_s, 2),
         "expected_deliveries": expected,
         "delivered": received[0],
+        "per_client_min_max": [min(per_client), max(per_client)],
         "latency_ms_p50": pct(0.50),
         "latency_ms_p99": pct(0.99),
         "latency_ms_max": round(latencies[-1], 1) if latencies else None,
@@ -287,6 +320,8 @@ def run(args: argparse.Namespace) -> dict:
         "kb_per_client_connected": round((rss1 - rss0) / max(1, args.clients), 1),
         "kb_per_client_end": round((rss2 - rss0) / max(1, args.clients), 1),
         "client_failures": failures[:5],
+        "producer_failures": producer_failures[:5],
+        "producer_elapsed_s": producer_elapsed,
         "cpu_count": os.cpu_count(),
     }
 

@@ -42,6 +42,7 @@ from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.satellite.fanout import SharedTail
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
     PING_INTERVAL,
@@ -388,7 +389,7 @@ class _Connection:
     def _stream(self, subscription: int, offset: StartOffset) -> None:
         iterator = None
         try:
-            iterator = self.server.open_stream(offset)
+            iterator = self.server.subscribe(offset)
             for tx, tx_offset in iterator:
                 if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
                     if tuple(tx_offset) == offset:
@@ -535,6 +536,7 @@ class SatelliteServer:
         write_retry_total: float = WRITE_RETRY_TOTAL,
         is_permanent: Callable[[BaseException], bool] | None = None,
         send_timeout: float = SEND_TIMEOUT,
+        shared_tail: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -551,6 +553,9 @@ class SatelliteServer:
         self.write_retry_total = write_retry_total
         self.send_timeout = send_timeout
         self.oplog_cache = OplogCache()
+        # Sockets following the live log share one WAL stream (see fanout.py); catch-up
+        # from an older offset still uses a private stream per socket.
+        self.tail = SharedTail(open_stream) if shared_tail else None
         # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
         self.is_permanent = is_permanent or (lambda exc: isinstance(exc, ValueError))
         self._ws_class = type(
@@ -603,6 +608,8 @@ class SatelliteServer:
             return
         if self._ticker is not None:
             self._ticker.kill(block=False)
+        if self.tail is not None:
+            self.tail.close()
         self._server.close()  # stop accepting
         for conn in list(self._connections):
             with conn.lock:
@@ -613,9 +620,16 @@ class SatelliteServer:
         self._server.stop(timeout=0.5)
         self._server = None
 
+    def subscribe(self, offset: StartOffset) -> Iterator[tuple[Transaction, Any]]:
+        """The outgoing stream for one socket: via the shared tail, or a private stream."""
+        if self.tail is not None:
+            return self.tail.subscribe(offset)
+        return self.open_stream(offset)
+
     def status(self) -> dict[str, Any]:
         return {
             "port": self.port,
+            "shared_tail": self.tail.status() if self.tail is not None else None,
             "clients_connected": len(self._clients),
             "sockets_open": len(self._connections),
             "clients": [c.session.status() for c in list(self._connections)],

@@ -460,19 +460,38 @@ def test_o2_stop_and_resume_from_lsn(server, client):
     assert got == [encode_offset((3, 3)), encode_offset((4, 4))]
 
 
-def test_stream_failure_reported_and_restartable(server, client):
+def test_private_stream_failure_reported_and_restartable(tmp_path):
+    srv = ServerThread(str(tmp_path / "o.dat"), server_kwargs={"shared_tail": False}).start()
+    try:
+        srv.stream.fail_next = ConnectionRefusedError("vaxine down")
+        c = SatClient(srv.url)
+        c.auth()
+        c.send(pb.SatInStartReplicationReq(lsn=b"eof"))
+        c.recv_until(pb.SatInStartReplicationResp)
+        err, _ = c.recv_until(pb.SatErrorResp)
+        assert err.error_type == frames.REPLICATION_FAILED
+        c.send(pb.SatInStartReplicationReq(lsn=b"eof"))
+        c.recv_until(pb.SatInStartReplicationResp)
+        assert wait_for(lambda: len(srv.stream.opened) == 2)
+        srv.stream.push(tx_insert(1), (1, 1))
+        c.recv_until(pb.SatOpLog)
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_shared_tail_failure_is_invisible_to_clients(server, client):
     server.stream.fail_next = ConnectionRefusedError("vaxine down")
     c = client()
     c.auth()
     c.send(pb.SatInStartReplicationReq(lsn=b"eof"))
     c.recv_until(pb.SatInStartReplicationResp)
-    err, _ = c.recv_until(pb.SatErrorResp)
-    assert err.error_type == frames.REPLICATION_FAILED
-    c.send(pb.SatInStartReplicationReq(lsn=b"eof"))
-    c.recv_until(pb.SatInStartReplicationResp)
-    assert wait_for(lambda: len(server.stream.opened) == 2)
+    assert wait_for(lambda: len(server.stream.opened) >= 2, 5)  # the tail reopened
+    time.sleep(0.1)
     server.stream.push(tx_insert(1), (1, 1))
-    c.recv_until(pb.SatOpLog)
+    log, skipped = c.recv_until(pb.SatOpLog)
+    assert not any(isinstance(m, pb.SatErrorResp) for m in skipped)
+    assert log.ops[0].begin.lsn == encode_offset((1, 1))
 
 
 # -- §6.3 incoming ----------------------------------------------------------------------------

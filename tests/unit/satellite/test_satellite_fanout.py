@@ -1,0 +1,233 @@
+"""The shared WAL tail: no gap, no duplicate, whatever the subscriber does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from electric.changes import Transaction
+from electric.satellite.fanout import SharedTail
+
+TS = datetime(2022, 11, 23, tzinfo=UTC)
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.items: list = []
+        self.changed = Event()
+        self.opened: list = []
+        self.open_streams = 0
+        self.fail_opens = 0
+        self.break_tail = False
+
+    def push(self, n: int = 1) -> None:
+        for _ in range(n):
+            k = len(self.items)
+            self.items.append((Transaction([], TS, lsn=k), (k, k)))
+        self.wake()
+
+    def wake(self) -> None:
+        event, self.changed = self.changed, Event()
+        event.set()
+
+    def open(self, start):
+        self.opened.append(start)
+        if self.fail_opens:
+            self.fail_opens -= 1
+            raise ConnectionRefusedError("down")
+        log = self
+        if start == "eof":
+            pos = len(self.items)
+        elif start == 0:
+            pos = 0
+        else:
+            pos = start[1] + 1  # like WalStream: resume after that offset
+
+        class Stream:
+            closed = False
+
+            def __iter__(self):
+                nonlocal pos
+                log.open_streams += 1
+                try:
+                    while not self.closed:
+                        if start == "eof" and log.break_tail:
+                            log.break_tail = False
+                            raise ConnectionResetError("tail connection lost")
+                        if pos < len(log.items):
+                            pos += 1
+                            yield log.items[pos - 1]
+                        else:
+                            log.changed.wait()
+                finally:
+                    log.open_streams -= 1
+
+            def close(self):
+                self.closed = True
+                log.wake()
+
+        return Stream()
+
+
+def consume(sub, out: list, count: int, delay: float = 0.0):
+    def run():
+        for _tx, offset in sub:
+            out.append(offset[1])
+            if delay:
+                gevent.sleep(delay)
+            if len(out) >= count:
+                return
+
+    return gevent.spawn(run)
+
+
+@pytest.fixture
+def log():
+    return FakeLog()
+
+
+def test_live_subscribers_share_one_stream(log):
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    outs = [[] for _ in range(3)]
+    gs = [consume(tail.subscribe("eof"), out, 5) for out in outs]
+    gevent.sleep(0.01)
+    log.push(5)
+    gevent.joinall(gs, timeout=2)
+    assert all(out == [0, 1, 2, 3, 4] for out in outs)
+    assert log.opened == ["eof"]
+    tail.close()
+
+
+def test_catch_up_from_zero_then_switch_without_gap_or_duplicate(log):
+    log.push(10)
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    live: list = []
+    g_live = consume(tail.subscribe("eof"), live, 20)
+    gevent.sleep(0.01)
+    history: list = []
+    sub = tail.subscribe(0)
+    g_hist = consume(sub, history, 30)
+    for _ in range(20):
+        log.push()
+        gevent.sleep(0.001)
+    gevent.joinall([g_live, g_hist], timeout=3)
+    assert history == list(range(30))
+    assert live == list(range(10, 30))
+    assert sub in tail.subscribers  # switched to the tail
+    assert log.opened == ["eof", 0]
+    assert log.open_streams == 1  # only the tail: the private catch-up stream was closed
+    tail.close()
+
+
+def test_resume_from_offset(log):
+    log.push(6)
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    out: list = []
+    g = consume(tail.subscribe((3, 3)), out, 4)
+    gevent.sleep(0.01)
+    log.push(2)
+    g.join(timeout=2)
+    assert out == [4, 5, 6, 7]
+    tail.close()
+
+
+def test_slow_subscriber_detached_then_resumes_privately(log):
+    tail = SharedTail(log.open, queue_limit=5, retry_seconds=0.01)
+    fast: list = []
+    slow: list = []
+    g_fast = consume(tail.subscribe("eof"), fast, 40)
+    g_slow = consume(tail.subscribe("eof"), slow, 40, delay=0.01)
+    gevent.sleep(0.01)
+    for _ in range(40):
+        log.push()
+        gevent.sleep(0.0005)
+    gevent.joinall([g_fast, g_slow], timeout=5)
+    assert fast == list(range(40))
+    assert slow == list(range(40))
+    assert tail.stats["detached_slow"] >= 1
+    tail.close()
+
+
+def test_tail_failure_subscribers_continue(log):
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    out: list = []
+    g = consume(tail.subscribe("eof"), out, 10)
+    gevent.sleep(0.01)
+    log.push(3)
+    gevent.sleep(0.01)
+    log.break_tail = True
+    log.push(3)
+    gevent.sleep(0.05)
+    log.push(4)
+    g.join(timeout=3)
+    assert out == list(range(10))
+    assert tail.stats["tail_restarts"] >= 1
+    tail.close()
+
+
+def test_tail_open_failure_retried(log):
+    log.fail_opens = 1  # the tail's first connection attempt
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    out: list = []
+    g = consume(tail.subscribe(0), out, 3)
+    gevent.sleep(0.1)
+    log.push(3)
+    g.join(timeout=2)
+    assert out == [0, 1, 2]
+    tail.close()
+
+
+def test_close_releases_everything(log):
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    sub = tail.subscribe("eof")
+    out: list = []
+    g = consume(sub, out, 100)
+    gevent.sleep(0.01)
+    log.push(2)
+    gevent.sleep(0.01)
+    sub.close()
+    g.join(timeout=1)
+    assert g.dead and out == [0, 1]
+    assert sub not in tail.subscribers
+    tail.close()
+    gevent.sleep(0.01)
+    assert log.open_streams == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_mix_every_subscriber_sees_exact_sequence(log, seed):
+    """Random starts, random consumer speeds, tail connection drops: each subscriber gets
+    exactly the contiguous sequence after its start, in order."""
+    import random
+
+    rnd = random.Random(seed)
+    log.push(15)
+    tail = SharedTail(log.open, queue_limit=rnd.choice([3, 8, 50]), retry_seconds=0.005)
+    total = 80
+    subs = []
+    for _ in range(6):
+        start = rnd.choice(["eof", 0, (4, 4), (14, 14)])
+        first = {"eof": None, 0: 0}.get(start, start[1] + 1 if isinstance(start, tuple) else 0)
+        out: list = []
+        delay = rnd.choice([0.0, 0.0005, 0.003])
+        subs.append((start, first, out, consume(tail.subscribe(start), out, total, delay)))
+        gevent.sleep(rnd.random() * 0.005)
+    for _n in range(total - 15):
+        log.push()
+        if rnd.random() < 0.05:
+            log.break_tail = True
+        gevent.sleep(rnd.random() * 0.002)
+    deadline = 200
+    while deadline and not all(out and out[-1] == total - 1 for _s, _f, out, _g in subs):
+        gevent.sleep(0.01)
+        deadline -= 1
+    for start, first, out, g in subs:
+        g.kill()
+        assert out, (start, out)
+        begin = out[0] if first is None else first
+        assert out == list(range(begin, begin + len(out))), (start, out)
+        assert out[-1] == total - 1, (start, out[-5:])
+    tail.close()
