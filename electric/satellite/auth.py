@@ -159,7 +159,9 @@ class JwtAuth:
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired", expired=True) from None
         except jwt.InvalidTokenError as exc:
-            raise AuthError(f"invalid token: {type(exc).__name__}") from None
+            # PyJWT's own words ("Signature verification failed", "Not enough segments"):
+            # never the token itself, and no exception class names in the log.
+            raise AuthError(f"invalid token ({str(exc) or 'rejected'})") from None
         if "iss" in claims and claims["iss"] != self.issuer:
             raise AuthError("invalid token: unexpected issuer")
         if claims.get("global_cluster_id") != self.global_cluster_id:

@@ -100,10 +100,11 @@ def decode(data: bytes) -> Message:
     msg = cls()
     try:
         msg.ParseFromString(bytes(data[1:]))
-    except (DecodeError, ValueError, RuntimeError) as exc:
+    except (DecodeError, ValueError, RuntimeError):
+        # The library's own text adds nothing here (and says "Error" in a warning line).
         raise FrameError(
             "undecodable",
-            f"cannot decode {cls.DESCRIPTOR.name} body ({len(data) - 1} bytes): {exc}",
+            f"cannot decode {cls.DESCRIPTOR.name} body ({len(data) - 1} bytes): malformed protobuf",
         ) from None
     return msg
 
