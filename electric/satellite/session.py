@@ -204,7 +204,7 @@ class Session:
         self.ping_sent = False
         self.out = OutRep()
         self.inc = InRep()
-        self.log = logger.bind(sq_client=peer, cluster_id=cluster_id)
+        self.log = logger.bind(origin="satellite", sq_client=peer, cluster_id=cluster_id)
 
     # -- inputs ---------------------------------------------------------------------------
 

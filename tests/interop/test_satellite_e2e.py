@@ -239,6 +239,7 @@ def test_sysbench_ws_scenario(two_postgres, electric_factory):
     client.close()
     log = electric.log(tail=100000)
     assert "Hello from Satellite" in log  # incoming transactions are logged at debug
+    assert "client_id=sysbench-ws" in log  # per-client log metadata
     assert "[ERROR]" not in log
 
 
