@@ -71,6 +71,8 @@ MAX_OUT_BUFFER = 1024 * 1024
 """Bytes queued for one socket before the code producing them waits for the socket."""
 SEND_TIMEOUT = 30.0
 """A peer that accepts no bytes for this long is disconnected."""
+TABLE_WAIT = 5.0
+"""How long a client transaction may wait for the schema registry to learn its tables."""
 WRITE_RETRY_FIRST = 0.01
 WRITE_RETRY_MAX_SLEEP = 1.0
 WRITE_RETRY_TOTAL = 10.0
@@ -421,6 +423,12 @@ class _Connection:
             if item.generation != self.write_generation:
                 continue  # queued before a writer failure: the client will re-send it
             tx = item.transaction
+            missing = self._wait_for_tables(tx)
+            if missing:
+                self._handle(
+                    self.session.transaction_rejected, tx.lsn, f"table {missing} is not replicated"
+                )
+                return
             try:
                 self._write_with_retry(tx)
             except gevent.GreenletExit:
@@ -441,6 +449,17 @@ class _Connection:
                 return
             self.log.debug("Saving lsn {} for satellite: {!r}", describe(tx.lsn), self.client_id)
             self._handle(self.session.transaction_written, tx.lsn)
+
+    def _wait_for_tables(self, tx: Transaction) -> str | None:
+        """Give the schema registry ``table_wait`` seconds to learn the tables ``tx`` uses
+        (connectors describe them at start-up); returns the first still unknown one."""
+        deadline = time.monotonic() + self.server.table_wait
+        for relation in {change.relation for change in tx.changes}:
+            while self.server.lookup_table(relation) is None:
+                if time.monotonic() >= deadline:
+                    return f"{relation[0]}.{relation[1]}"
+                gevent.sleep(0.05)
+        return None
 
     def _write_with_retry(self, tx: Transaction) -> None:
         if not tx.changes:
@@ -537,6 +556,7 @@ class SatelliteServer:
         is_permanent: Callable[[BaseException], bool] | None = None,
         send_timeout: float = SEND_TIMEOUT,
         shared_tail: bool = True,
+        table_wait: float = TABLE_WAIT,
     ) -> None:
         self.host = host
         self.port = port
@@ -552,6 +572,7 @@ class SatelliteServer:
         self.write_retry_max_sleep = write_retry_max_sleep
         self.write_retry_total = write_retry_total
         self.send_timeout = send_timeout
+        self.table_wait = table_wait
         self.oplog_cache = OplogCache()
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
         # from an older offset still uses a private stream per socket.

@@ -569,14 +569,15 @@ class Session:
 
     def _validate_transaction(self, tx: Transaction) -> None:
         """Refuse before queueing what the writer could never store (reference: writer
-        crash, transaction silently lost)."""
+        crash, transaction silently lost).
+
+        A table the registry does not know (yet) is left to the writer: right after start-up
+        the Postgres connectors may still be describing their tables, so the I/O layer waits
+        a little for it before refusing the transaction."""
         for change in tx.changes:
             table = self._lookup_table(change.relation)
             if table is None:
-                raise ProtocolViolation(
-                    frames.INVALID_REQUEST,
-                    f"table {change.relation[0]}.{change.relation[1]} is not replicated",
-                )
+                continue
             if isinstance(change, DeletedRecord):
                 record = change.old_record
             elif isinstance(change, UpdatedRecord) and change.old_record:

@@ -144,7 +144,7 @@ class ServerThread:
                 write_transaction=self.write_fn or self.writer,
                 open_stream=self.open_stream or self.stream.open,
                 offsets=self.offsets,
-                **self.server_kwargs,
+                **{"table_wait": 0.3, **self.server_kwargs},
             )
             self.server.start()
             self.port = self.server.port

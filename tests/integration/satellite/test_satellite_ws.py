@@ -694,3 +694,32 @@ def test_client_that_stops_reading_is_cut_off(tmp_path):
         assert_still_serving(srv)
     finally:
         srv.stop()
+
+
+def test_table_learned_shortly_after_the_write_arrives(tmp_path):
+    """Right after start-up the registry may not know a table yet: the write waits."""
+    from electric.changes import Column, Table
+
+    late = Table("public", "late", 20001, (Column("id", "text"),), ("id",))
+    tables = {TABLE.relation: TABLE}
+    srv = ServerThread(
+        str(tmp_path / "o.dat"), tables=tables, server_kwargs={"table_wait": 5.0}
+    ).start()
+    try:
+        c = SatClient(srv.url)
+        c.auth()
+        c.send(
+            pb.SatRelation(
+                schema_name="public",
+                table_name="late",
+                relation_id=3,
+                columns=[pb.SatRelationColumn(name="id", type="text")],
+            )
+        )
+        c.send(oplog(b"l1", insert(3, b"k")))
+        c.assert_silent(0.3)
+        tables[late.relation] = late  # the connector describes it
+        assert c.recv() == frames.ping_resp(b"l1")
+        assert srv.writer.written[0].changes[0].relation == ("public", "late")
+    finally:
+        srv.stop()

@@ -495,8 +495,7 @@ def test_oplog_ignored_when_incoming_not_active():
         [op_begin(ts=2**63)],  # not a valid timestamp
         [op_begin(), pb.SatTransOp()],  # empty op
         [op_begin(), op_insert([b"\xff\xfe", b"b"])],  # not UTF-8 text
-        # semantically bad: table not replicated / primary key missing (M15)
-        [op_begin(), op_insert([b"a"], rel=5), op_commit()],
+        # semantically bad: primary key missing (M15)
         [op_begin(), op_insert([b"only-content"], rel=6), op_commit()],
         [op_begin(), pb.SatTransOp(delete=pb.SatOpDelete(relation_id=100004)), op_commit()],
     ],
@@ -607,3 +606,10 @@ def test_outgoing_oplog_shared_between_sessions_but_not_across_schema_changes():
     sub_c = rx(c, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
     (_, log) = sent(c.vaxine_transaction(sub_c, tx, (40, 41)))
     assert list(log.ops[1].update.row_data) == [b"1", b"x", b""]
+
+
+def test_unknown_table_is_left_to_the_writer():
+    s = incoming_active()
+    rx(s, relation_msg(rel_id=5, schema="public", table="not_yet_known", cols=("id",)))
+    (write,) = rx(s, pb.SatOpLog(ops=[op_begin(), op_insert([b"a"], rel=5), op_commit()]))
+    assert write.transaction.changes[0].relation == ("public", "not_yet_known")
