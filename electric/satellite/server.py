@@ -71,6 +71,7 @@ MAX_OUT_BUFFER = 1024 * 1024
 """Bytes queued for one socket before the code producing them waits for the socket."""
 SEND_TIMEOUT = 30.0
 """A peer that accepts no bytes for this long is disconnected."""
+STATUS_MAX_CLIENTS = 100
 TABLE_WAIT = 5.0
 """How long a client transaction may wait for the schema registry to learn its tables."""
 WRITE_RETRY_FIRST = 0.01
@@ -647,13 +648,16 @@ class SatelliteServer:
             return self.tail.subscribe(offset)
         return self.open_stream(offset)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, max_clients: int = STATUS_MAX_CLIENTS) -> dict[str, Any]:
+        """Operator view: counts, the shared tail, and up to ``max_clients`` sessions."""
+        connections = list(self._connections)
         return {
             "port": self.port,
-            "shared_tail": self.tail.status() if self.tail is not None else None,
             "clients_connected": len(self._clients),
-            "sockets_open": len(self._connections),
-            "clients": [c.session.status() for c in list(self._connections)],
+            "sockets_open": len(connections),
+            "shared_tail": self.tail.status() if self.tail is not None else None,
+            "clients": [c.session.status() for c in connections[:max_clients]],
+            "clients_truncated": len(connections) > max_clients,
         }
 
     # -- the WSGI application -------------------------------------------------------------
