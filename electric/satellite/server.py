@@ -634,8 +634,15 @@ class SatelliteServer:
             self.tail.close()
         self._server.close()  # stop accepting
         for conn in list(self._connections):
-            with conn.lock:
-                conn._close(1001, "server shutting down")
+            # A socket stuck behind a full send buffer holds its lock: cut it instead of
+            # waiting for it during shutdown.
+            if conn.lock.acquire(timeout=0.2):
+                try:
+                    conn._close(1001, "server shutting down")
+                finally:
+                    conn.lock.release()
+            else:
+                conn._cut()
         deadline = time.monotonic() + timeout
         for conn in list(self._connections):
             conn.released.wait(max(0.0, deadline - time.monotonic()))
