@@ -3,6 +3,8 @@
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from electric.changes import (
     Column,
@@ -613,3 +615,53 @@ def test_unknown_table_is_left_to_the_writer():
     rx(s, relation_msg(rel_id=5, schema="public", table="not_yet_known", cols=("id",)))
     (write,) = rx(s, pb.SatOpLog(ops=[op_begin(), op_insert([b"a"], rel=5), op_commit()]))
     assert write.transaction.changes[0].relation == ("public", "not_yet_known")
+
+
+# -- fuzz: nothing a client sends can raise out of the session ---------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=8), st.booleans())
+def test_fuzz_frames_never_raise(payloads, authenticate_first):
+    s = incoming_active() if authenticate_first else new_session()
+    for i, data in enumerate(payloads):
+        actions = s.receive(bytes(data), float(i))
+        assert all(
+            isinstance(
+                a, Send | Close | ClaimClient | StartOutgoing | StopOutgoing | WriteTransaction
+            )
+            for a in actions
+        )
+        if any(isinstance(a, Close) for a in actions):
+            assert s.closed
+            assert s.receive(b"\x05", float(i)) == []
+            break
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=1, lsn=b"1")),
+                pb.SatTransOp(begin=pb.SatOpBegin(lsn=b"")),
+                pb.SatTransOp(commit=pb.SatOpCommit()),
+                pb.SatTransOp(insert=pb.SatOpInsert(relation_id=100004, row_data=[b"a", b"b"])),
+                pb.SatTransOp(insert=pb.SatOpInsert(relation_id=100004)),
+                pb.SatTransOp(update=pb.SatOpUpdate(relation_id=100004, row_data=[b"a"])),
+                pb.SatTransOp(delete=pb.SatOpDelete(relation_id=100004, old_row_data=[b"a"])),
+                pb.SatTransOp(delete=pb.SatOpDelete(relation_id=7, old_row_data=[b"a"])),
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_fuzz_op_sequences(ops):
+    s = incoming_active()
+    rx(s, relation_msg())
+    actions = rx(s, pb.SatOpLog(ops=ops))
+    writes = [a for a in actions if isinstance(a, WriteTransaction)]
+    if s.closed:
+        assert error_then_close(actions, frames.INVALID_REQUEST)
+    for w in writes:
+        assert w.transaction.lsn == b"1"
