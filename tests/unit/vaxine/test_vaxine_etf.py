@@ -142,6 +142,12 @@ def test_compressed_term():
         b"\x83\x4d\x00\x00\x00\x01\x08\xff",  # bitstring
         b"\x83\xee",
         b"\x83" + b"\x68\x01" * 1000 + b"\x6a",  # too deep
+        # short leaves inside the containers the fast decoder inlines
+        b"\x83\x68\x02\x6d\x00\x00\x00\x09ab",  # 2-tuple, binary runs past the end
+        b"\x83\x68\x02\x61\x01\x64\x00\x09ab",  # 2-tuple, atom runs past the end
+        b"\x83\x68\x03\x61\x01\x61\x02\x6e\x08\x00\x01",  # bignum runs past the end
+        b"\x83\x6c\x00\x00\x00\x01\x6d\x00\x00\x00\x09ab\x6a",  # list item too long
+        b"\x83\x6c\x00\x00\x00\x02\x6a\x6a",  # list: no room for its tail
     ],
 )
 def test_malformed_input_raises_etferror(raw):
