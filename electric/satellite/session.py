@@ -595,7 +595,20 @@ class Session:
     # server → client
 
     def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
-        actions: list[Action] = []
+        cache = self.oplog_cache
+        if cache is not None:
+            # Fast path for the shared tail: the very same Transaction object reaches every
+            # live socket; only the relation announcements differ per socket.
+            hit = cache.get_tx(tx, offset)
+            if hit is not None and all(self._lookup_table(r) is t for r, t in hit[0]):
+                actions: list[Action] = []
+                for relation, table in hit[0]:
+                    if table is not None and relation not in self.out.known_relations:
+                        self.out.known_relations.add(relation)
+                        actions.append(Send(relation_message(table)))
+                actions.append(Send(hit[1], raw=hit[2]))
+                return actions
+        actions = []
         ts = datetime_to_ms(tx.commit_timestamp)
         tables: list[Any] = []
         for change in tx.changes:
@@ -631,6 +644,8 @@ class Session:
         send = Send(msg, raw=frames.encode(msg))
         if key is not None and cache is not None:
             cache.put(key, (msg, send.raw))
+            relations = {c.relation: t for c, t in zip(tx.changes, tables, strict=True)}
+            cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw)
         actions.append(send)
         return actions
 
@@ -643,6 +658,7 @@ class OplogCache:
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._entries: dict[Any, tuple[pb.SatOpLog, bytes]] = {}
+        self._by_tx: dict[int, tuple] = {}
 
     def get(self, key: Any) -> tuple[pb.SatOpLog, bytes] | None:
         return self._entries.get(key)
@@ -651,6 +667,21 @@ class OplogCache:
         self._entries[key] = value
         if len(self._entries) > self.size:
             del self._entries[next(iter(self._entries))]
+
+    # By Transaction object: the entry keeps the object alive, so its id is not reused.
+
+    def get_tx(self, tx: Transaction, offset: Any) -> tuple[tuple, pb.SatOpLog, bytes] | None:
+        entry = self._by_tx.get(id(tx))
+        if entry is None or entry[0] is not tx or entry[1] != offset:
+            return None
+        return entry[2], entry[3], entry[4]
+
+    def put_tx(
+        self, tx: Transaction, offset: Any, relations: tuple, msg: pb.SatOpLog, raw: bytes
+    ) -> None:
+        self._by_tx[id(tx)] = (tx, offset, relations, msg, raw)
+        if len(self._by_tx) > self.size:
+            del self._by_tx[next(iter(self._by_tx))]
 
 
 _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
