@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from loguru import logger
 
 MAX_BODY_BYTES = 1 << 20
@@ -28,7 +28,7 @@ class Request:
         """Parsed JSON body; raises HttpError(400) when it is not valid JSON."""
         try:
             return json.loads(self.body.decode("utf-8") or "null")
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise HttpError(400, "invalid_body", "request body is not valid JSON") from None
 
 
@@ -107,15 +107,48 @@ class Router:
             return error_response(400, "invalid_body", "bad Content-Length")
         if length < 0 or length > MAX_BODY_BYTES:
             return error_response(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
-        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body = environ["wsgi.input"].read(length) if length else b""
+        except (OSError, ValueError):
+            body = None
+        if body is None or len(body) != length:
+            return error_response(400, "invalid_body", "body shorter than Content-Length")
         request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/", {}, body)
         return self.dispatch(request)
+
+
+class _Handler(WSGIHandler):
+    """pywsgi's handler, minus the tracebacks it prints for some malformed requests."""
+
+    def _check_http_version(self) -> bool:
+        try:
+            return super()._check_http_version()
+        except (ValueError, IndexError):  # "HTTP/2", "HTTP/x.y": not a version we serve
+            return False
+
+    def _handle_client_error(self, ex):
+        logger.debug(f"rejected a malformed HTTP request from {self.client_address}: "
+                     f"{str(ex)[:200] or type(ex).__name__}")
+        return ("400", b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+                       b"Content-length: 0\r\n\r\n")
+
+
+class _LogWriter:
+    """pywsgi's error log, into loguru at debug level (client mistakes are not our errors)."""
+
+    def write(self, message: str) -> None:
+        if message.strip():
+            logger.debug(f"http: {message.strip()[:300]}")
+
+    def flush(self) -> None:
+        pass
 
 
 class HttpServer:
     def __init__(self, host: str, port: int, router: Router):
         self.router = router
-        self._server = WSGIServer((host, port), router.wsgi, log=None, error_log=None)
+        self._server = WSGIServer((host, port), router.wsgi, log=None, error_log=_LogWriter(),
+                                  handler_class=_Handler)
 
     def start(self) -> None:
         self._server.start()

@@ -166,9 +166,9 @@ def test_specific_bad_requests(target, guard):
     counter["specific"] += len(SPECIFIC)
 
 
-# Found by this suite; the process survives them, but the answer is a 500 (or a dropped
-# connection) with a traceback in the log instead of a clean 4xx. Reported to their owners.
-KNOWN_BUGS = {
+# Found by this suite (they used to get a 500 or a dropped connection with a traceback in
+# the log); now each gets a clean 4xx.
+FORMER_BUGS = {
     # electric/http/server.py Router._answer: wsgi.input.read(length) raises OSError when the
     # client sends fewer bytes than Content-Length and closes -> pywsgi traceback + 500.
     "short_body": b"PUT /api/migrations/pg_a HTTP/1.1\r\nContent-Length: 7\r\n\r\n{}",
@@ -181,10 +181,9 @@ KNOWN_BUGS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_BUGS))
-@pytest.mark.xfail(strict=False, reason="known bug, see KNOWN_BUGS")
-def test_known_bugs_answer_4xx(target, guard, name):
-    reply = send(target, KNOWN_BUGS[name])
+@pytest.mark.parametrize("name", sorted(FORMER_BUGS))
+def test_former_bugs_answer_4xx(target, guard, name):
+    reply = send(target, FORMER_BUGS[name])
     code = status_of(reply)
     assert code is not None and 400 <= code < 500, reply[:300]
 
@@ -213,9 +212,6 @@ def test_report_cases(guard):
     assert sum(counter.values()) >= 300
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN_BUGS above, plus gevent.pywsgi printing tracebacks for an unparsable HTTP version "
-    "('HTTP/2', 'HTTP/1.1 extra': IndexError in _check_http_version) and for > 100 headers"))
 def test_log_has_no_tracebacks(target, guard):
     problems = log_problems(target.electric)
     assert not problems, problems[:10]
