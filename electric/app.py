@@ -212,7 +212,7 @@ class Application:
         try:
             auth = provider_from_settings(s)
         except AuthConfigError as exc:
-            raise StartupError(f"SATELLITE_AUTH_SIGNING_KEY: {exc}") from None
+            raise StartupError(str(exc)) from None
         self.satellite = SatelliteServer(
             self.listen_host, s.websocket_port, auth=auth, cluster_id=s.global_cluster_id,
             lookup_table=self.registry.table,

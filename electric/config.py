@@ -172,7 +172,7 @@ OPTIONS: list[tuple[str, str, object, object, str]] = [
     ("--satellite-auth-mode", "SATELLITE_AUTH_MODE", "insecure", ("insecure", "jwt"),
      "Satellite client auth: insecure (token = user id) or jwt"),
     ("--satellite-auth-signing-key", "SATELLITE_AUTH_SIGNING_KEY", "", "str",
-     "base64 HS256 signing key for Satellite JWTs (secret; required in jwt mode)"),
+     "base64 of 32 secret bytes for Satellite JWTs (required in jwt mode)"),
     ("--satellite-auth-issuer", "SATELLITE_AUTH_ISSUER", "electric-sql", "str",
      "expected 'iss' of Satellite JWTs"),
     ("--log-level", "LOG_LEVEL", "info", ("trace", "debug", "info", "warning", "error"),
@@ -253,10 +253,11 @@ def _check_signing_key(key: str) -> None:
         raw = base64.b64decode(key, validate=True)
     except (binascii.Error, ValueError):
         raise ConfigError("SATELLITE_AUTH_SIGNING_KEY", "must be valid base64") from None
-    if len(raw) < 32:
+    if len(raw) != 32:
+        # The Satellite JWT scheme derives its HS256 key from exactly 32 secret bytes.
         raise ConfigError(
             "SATELLITE_AUTH_SIGNING_KEY",
-            f"decodes to {len(raw)} bytes; HS256 needs at least 32",
+            f"decodes to {len(raw)} bytes; the Satellite JWT scheme needs exactly 32",
         )
 
 

@@ -87,6 +87,8 @@ def test_bad_connector_error_never_echoes_the_password():
      "SATELLITE_AUTH_SIGNING_KEY"),
     ({"SATELLITE_AUTH_MODE": "jwt", "SATELLITE_AUTH_SIGNING_KEY": base64.b64encode(b"short").decode()},
      "SATELLITE_AUTH_SIGNING_KEY"),
+    ({"SATELLITE_AUTH_MODE": "jwt", "SATELLITE_AUTH_SIGNING_KEY": base64.b64encode(b"k" * 48).decode()},
+     "SATELLITE_AUTH_SIGNING_KEY"),
     ({"POSTGRES_SLOT": "drop table"}, "POSTGRES_SLOT"),
 ])
 def test_bad_values_name_the_setting(env, setting):
