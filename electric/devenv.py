@@ -21,19 +21,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+from electric.postgres.provision import MIGRATIONS_DDL
+
 SERVER_USER = "postgres"
 DEV_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".dev_env")
 DEV_PORTS = (54321, 54322)
 DEV_USER, DEV_PASSWORD, DEV_DATABASE = "electric", "password", "electric"
 
-DEV_SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS electric;
-CREATE TABLE IF NOT EXISTS electric.migrations (
-    id SERIAL PRIMARY KEY,
-    version VARCHAR(64) NOT NULL UNIQUE,
-    hash VARCHAR(64) NOT NULL,
-    applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()
-);
+DEV_SCHEMA_SQL = MIGRATIONS_DDL + """
 INSERT INTO electric.migrations (version, hash) VALUES ('1', 'initial')
     ON CONFLICT (version) DO NOTHING;
 CREATE TABLE IF NOT EXISTS public.entries (

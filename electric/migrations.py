@@ -21,7 +21,7 @@ import psycopg2
 
 from electric.schema import Migration
 
-VSN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,128}$")
+VSN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # electric.migrations.version is VARCHAR(64)
 
 
 class MigrationError(Exception):
@@ -41,7 +41,7 @@ class MigrationFile:
 def check_vsn(vsn: object) -> str:
     if not isinstance(vsn, str) or not VSN_PATTERN.match(vsn):
         raise MigrationError(400, "invalid_vsn",
-                             "vsn must be 1-128 letters, digits and underscores")
+                             "vsn must be 1-64 letters, digits and underscores")
     return vsn
 
 
