@@ -9,8 +9,7 @@ import uuid
 import pytest
 
 from electric.devenv import DEV_SCHEMA_SQL
-from tests.e2e.test_replication import query, wait_rows
-from tests.support.postgres import drop_database
+from tests.support.postgres import drop_database, query, wait_rows
 
 
 def call(electric, method, path, body=None, raw=None):

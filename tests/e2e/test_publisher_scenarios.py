@@ -9,9 +9,8 @@ import uuid
 import pytest
 
 from electric.devenv import DEV_SCHEMA_SQL, free_port
-from tests.e2e.test_replication import query, wait_rows
 from tests.support.electric import ROOT
-from tests.support.postgres import drop_database
+from tests.support.postgres import drop_database, query, wait_rows
 
 
 def ready(process, timeout=60):

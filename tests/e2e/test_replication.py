@@ -1,6 +1,5 @@
 """Two real Postgres instances, one Electric process, embedded Vaxine: active-active."""
 
-import time
 import urllib.request
 import uuid
 
@@ -8,18 +7,7 @@ import psycopg2
 import pytest
 
 from electric.devenv import DEV_SCHEMA_SQL
-from tests.support.postgres import drop_database
-
-
-def query(pg, db, sql, args=None):
-    conn = psycopg2.connect(pg.dsn(database=db))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
+from tests.support.postgres import drop_database, query, wait_rows
 
 
 def scrape(electric) -> dict:
@@ -31,15 +19,6 @@ def scrape(electric) -> dict:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def wait_rows(pg, db, sql, expected, timeout=30.0, args=None):
-    deadline = time.monotonic() + timeout
-    rows = None
-    while time.monotonic() < deadline:
-        rows = query(pg, db, sql, args)
-        if rows == expected:
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"expected {expected!r}, last saw {rows!r}")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 
-import psycopg2
 import pytest
 
 from electric.devenv import DEV_SCHEMA_SQL
@@ -20,7 +19,7 @@ from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
 from tests.integration.satellite.sat_harness import SatClient, delete, insert, oplog, update
 from tests.interop.node_peer import NodePeer
-from tests.support.postgres import drop_database
+from tests.support.postgres import drop_database, query, wait_rows
 
 SBTEST_SQL = """
 CREATE TABLE IF NOT EXISTS public.sbtest1 (
@@ -33,26 +32,8 @@ CREATE TABLE IF NOT EXISTS public.sbtest2 (
 ENTRIES_COLUMNS = ("id", "content", "content_b")
 
 
-def query(pg, db, sql, args=None):
-    conn = psycopg2.connect(pg.dsn(database=db))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
 
 
-def wait_rows(pg, db, sql, expected, timeout=30.0, args=None):
-    deadline = time.monotonic() + timeout
-    rows = None
-    while time.monotonic() < deadline:
-        rows = query(pg, db, sql, args)
-        if rows == expected:
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"expected {expected!r}, last saw {rows!r}")
 
 
 @pytest.fixture

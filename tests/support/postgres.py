@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import time
+
+import psycopg2
+
 from electric.devenv import PgCluster
+
+
+def query(pg: PgCluster, db: str, sql: str, args=None):
+    """Run one statement in autocommit; returns the rows (or None for no result set)."""
+    conn = psycopg2.connect(pg.dsn(database=db))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def wait_rows(pg: PgCluster, db: str, sql: str, expected, timeout: float = 30.0, args=None):
+    """Poll ``sql`` until it returns ``expected``; fail with the last rows seen."""
+    deadline = time.monotonic() + timeout
+    rows = None
+    while time.monotonic() < deadline:
+        rows = query(pg, db, sql, args)
+        if rows == expected:
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"expected {expected!r}, last saw {rows!r}")
 
 
 def drop_database(pg: PgCluster, db: str) -> None:
