@@ -343,6 +343,19 @@ def decode(data: bytes) -> Any:
     return term
 
 
+def decode_at(data: bytes, pos: int) -> tuple[Any, int]:
+    """Decode one term *body* (no version byte) at ``pos`` inside a larger term's bytes;
+    returns (term, end offset). Lets callers decode a frame's head and handle its tail
+    differently (see :class:`EncodingMemo`)."""
+    try:
+        term, end = _dec(data, pos, 0)
+    except (struct.error, IndexError) as exc:
+        raise ETFError("truncated term") from exc
+    if end > len(data):
+        raise ETFError("length field runs past the end of the input")
+    return term, end
+
+
 def decode_prefix(data: bytes, offset: int = 0) -> tuple[Any, int]:
     """Decode one versioned term starting at ``offset``; returns (term, end offset)."""
     view = data if isinstance(data, bytes) else bytes(data)
@@ -640,6 +653,64 @@ class _Decoder:
             except TypeError as exc:
                 raise ETFError("map key is not hashable in Python (list or map key)") from exc
         return result, pos
+
+
+# --------------------------------------------------------------------------- memo
+
+
+class EncodingMemo:
+    """Terms this process encoded itself, looked up by their encoded bytes.
+
+    The embedded Vaxine and its stream readers usually share a process: every committed
+    transaction is encoded once by the store and decoded again by each WAL stream client,
+    and decoding is by far the costlier half (pure Python, ~275 nodes per row). A producer
+    that still holds the Python values registers ``body → build`` where ``build()`` returns
+    exactly ``decode_at(body, 0)[0]`` (tests check this for every kind of term it
+    registers); a consumer holding bytes received from the wire asks :meth:`recall`
+    first. Keys are the exact bytes, so a hit can only return what decoding those bytes
+    would: the wire format is untouched, and bytes from anywhere else simply miss.
+
+    Bounded by the total size of the registered encodings (oldest dropped first). Terms
+    handed out are shared with the producer: treat them as read-only.
+    """
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._entries: dict[bytes, Any] = {}  # insertion order = age
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def remember(self, body: bytes, build: Any) -> None:
+        """Register ``build`` (a zero-argument callable) as the decoder of ``body``."""
+        if len(body) > self.max_bytes or body in self._entries:
+            return
+        self._entries[body] = build
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            del self._entries[oldest]
+            self._bytes -= len(oldest)
+
+    def recall(self, body: bytes | memoryview) -> tuple[bool, Any]:
+        """``(True, term)`` if ``body`` was registered, else ``(False, None)``.
+
+        ``body`` may be a memoryview slice of a received frame (hashed without copying).
+        """
+        build = self._entries.get(body)
+        if build is None:
+            self.misses += 1
+            return False, None
+        self.hits += 1
+        return True, build()
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+memo = EncodingMemo()
+"""Process-wide memo shared by the embedded store (producer) and the stream (consumer)."""
 
 
 # --------------------------------------------------------------------------- helpers

@@ -142,6 +142,25 @@ class _DecodeCache:
 _decoded = _DecodeCache()
 
 
+_TXN_HEAD = b"\x83h\x05" + etf.encode_body(VX_WAL_TXN)  # version, 5-tuple, the tag atom
+
+
+def _decode_txn(body: bytes) -> Any:
+    """``etf.decode(body)``, but a ``vx_wal_txn`` whose ``Ops`` list this process encoded
+    itself (the embedded store) is taken from :data:`etf.memo` instead of being decoded."""
+    if not body.startswith(_TXN_HEAD):
+        return etf.decode(body)
+    txid, pos = etf.decode_at(body, len(_TXN_HEAD))
+    dc_id, pos = etf.decode_at(body, pos)
+    offset, pos = etf.decode_at(body, pos)
+    found, ops = etf.memo.recall(memoryview(body)[pos:])
+    if not found:
+        ops, end = etf.decode_at(body, pos)
+        if end != len(body):
+            raise etf.ETFError(f"{len(body) - end} trailing bytes after the term")
+    return (VX_WAL_TXN, txid, dc_id, offset, ops)
+
+
 def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, Offset] | None:
     """Frame body → (term or None, transaction or None, offset); ``None`` if not a txn.
 
@@ -151,7 +170,7 @@ def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, Offset] | No
     if hit is not None:
         tx, offset = hit
         return None, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
-    term = etf.decode(body)
+    term = _decode_txn(body)
     if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
         raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
     offset = validate_offset(term[3])

@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from electric.vaxine.etf import Atom, ETFError, RawTerm, cons_cell, encode_body, split_cell
+from electric.vaxine.etf import Atom, ETFError, ImproperList, RawTerm, encode_body, split_cell
 
 MAP_RR = Atom("antidote_crdt_map_rr")
 LWW = Atom("antidote_crdt_register_lww")
@@ -180,10 +180,13 @@ def _field_order(item):
 # every bucket, so placement does not matter for them; we use a fixed 16-bucket layout with
 # crc32 placement instead of erlang:phash/2.
 
-_EMPTY_SEGMENT = RawTerm(encode_body(tuple([] for _ in range(16))))
+_EMPTY_TERM = tuple([] for _ in range(16))
+_EMPTY_SEGMENT = RawTerm(encode_body(_EMPTY_TERM))
 
 
 def to_term(crdt_type: Atom, state: Any) -> Any:
+    """The state as an Erlang term, exactly as :func:`etf.decode` returns its encoding
+    (``decode(encode_state(t, s)) == to_term(t, s)``; read-only: parts are shared)."""
     if crdt_type == LWW:
         return tuple(state)
     if crdt_type == FLAG_DW:
@@ -192,8 +195,9 @@ def to_term(crdt_type: Atom, state: Any) -> Any:
         buckets: list[list] = [[] for _ in range(16)]
         for (field, ftype), nested in state.items():
             slot = zlib.crc32(field) % 16
-            buckets[slot].append(cons_cell((field, ftype), to_term(ftype, nested)))
-        return (DICT, len(state), 16, 16, 8, 80, 48, _EMPTY_SEGMENT, (tuple(buckets),))
+            # [Key | Value]: Value is always a tuple, so the cell is improper
+            buckets[slot].append(ImproperList(((field, ftype),), to_term(ftype, nested)))
+        return (DICT, len(state), 16, 16, 8, 80, 48, _EMPTY_TERM, (tuple(buckets),))
     raise CrdtError(f"unsupported CRDT type {crdt_type}")
 
 

@@ -112,6 +112,21 @@ def _unplain(ctype: Atom, plain: Any) -> Any:
     return tuple(plain)
 
 
+class _OpsTerm:
+    """Builds the stream's ``Ops`` term of a commit from the values it was encoded from:
+    ``[{{Key, Bucket}, Type, State, [Effect]}]``, equal to decoding ``ops_body``."""
+
+    __slots__ = ("states", "effects")
+
+    def __init__(self, states: list, effects: list):
+        self.states = states
+        self.effects = effects
+
+    def __call__(self) -> list:
+        return [(obj, ctype, crdt.to_term(ctype, state), effects)
+                for (obj, ctype, state), effects in zip(self.states, self.effects, strict=True)]
+
+
 class Store:
     def __init__(self, log: TxnLog, node: Atom = DEFAULT_NODE):
         self.log = log
@@ -252,6 +267,8 @@ class Store:
                 b"l" + _U32.pack(len(write.effects)) + effects + b"j" if write.effects else b"j",
             )))
         ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
+        # In-process stream readers get the term without decoding these bytes again.
+        etf.memo.remember(ops_body, _OpsTerm(new_states, [w.effects for w in txn.writes.values()]))
         states_blob = marshal.dumps(
             [(obj[0], obj[1], str(ctype), _plain(ctype, state)) for obj, ctype, state in new_states])
         payload = b"".join((b"T", _TXN_HEAD.pack(commit_us, len(txn.txid_body), len(states_blob)),

@@ -1,0 +1,104 @@
+"""The embedded store's commit path: what it logs, and the in-process shortcuts it takes
+(each must give exactly what the slow, generic path gives)."""
+
+from __future__ import annotations
+
+import pytest
+
+from electric.vaxine import etf, stream
+from electric.vaxine.embedded import crdt
+from electric.vaxine.embedded.crdt import FLAG_DW, LWW, MAP_RR
+from electric.vaxine.embedded.log import TxnLog
+from electric.vaxine.embedded.replication import txn_frame
+from electric.vaxine.embedded.store import Store, parse_record
+
+B = b"vax"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(TxnLog(str(tmp_path / "vaxine.log"), use_threadpool=False))
+    s.recover()
+    yield s
+    s.log.close()
+
+
+def field(name: str, ctype, op):
+    return ((name.encode(), ctype), op)
+
+
+def row(**cols) -> tuple:
+    return ("batch", [field("row", MAP_RR, ("batch", [field(c, LWW, ("assign", v))], []))
+                      for c, v in cols.items()], [])
+
+
+# A mix of every operation shape the store accepts, on every type, nested and not.
+OPS = [
+    (b"rows:a", MAP_RR, ("batch", [field("deleted?", FLAG_DW, ("disable",)),
+                                   field("id", LWW, ("assign", b"a"))], [])),
+    (b"rows:a", MAP_RR, row(x=b"\x83m\x00\x00\x00\x01x", y=b"\x83d\x00\x03nil")),
+    (b"rows:b", MAP_RR, ("batch", [field("deleted?", FLAG_DW, ("enable",)),
+                                   field("gone", FLAG_DW, ("disable",))],
+                         [(b"gone", FLAG_DW), (b"id", LWW)])),
+    (b"rows:b", MAP_RR, ("reset",)),
+    (b"reg", LWW, ("assign", b"v" * 300)),
+    (b"flag", FLAG_DW, ("enable",)),
+    (b"flag", FLAG_DW, ("reset",)),
+]
+
+
+def commit_ops(store, ops):
+    txn = store.begin()
+    for key, ctype, op in ops:
+        store.update(txn, key, B, ctype, op)
+    store.commit(txn)
+    offset, payload = store.log.read_records(store.txn_offsets[-1])[0]
+    return offset, parse_record(payload)
+
+
+def test_to_term_is_exactly_what_decoding_the_state_gives(store):
+    commit_ops(store, OPS)
+    commit_ops(store, OPS[:2])
+    for versions in store._versions.values():
+        _seq, ctype, state = versions[-1]
+        assert crdt.to_term(ctype, state) == etf.decode(b"\x83" + crdt.encode_state(ctype, state))
+    assert crdt.to_term(MAP_RR, {}) == etf.decode(b"\x83" + crdt.encode_state(MAP_RR, {}))
+
+
+def test_memo_gives_the_decoded_ops_of_every_commit(store):
+    for ops in (OPS, OPS[:2], OPS[2:4], OPS[4:]):
+        _offset, record = commit_ops(store, ops)
+        found, term = etf.memo.recall(record.ops_body)
+        assert found
+        assert term == etf.decode(b"\x83" + record.ops_body)
+
+
+def test_stream_frame_decodes_the_same_with_and_without_the_memo(store):
+    offset, record = commit_ops(store, OPS)
+    commit_ops(store, [(b"metadata:0", MAP_RR, ("batch", [field("id", LWW, ("assign", b"0"))],
+                                                       []))] + OPS[:2])
+    dc_id = etf.encode_body(store.dc_id)
+    for offset, payload in store.log.read_records(0):
+        frame = txn_frame(offset, payload, dc_id)
+        if frame is None:
+            continue
+        hits = etf.memo.hits
+        via_memo = stream._decode_txn(frame)
+        assert etf.memo.hits == hits + 1
+        assert via_memo == etf.decode(frame)
+    # bytes the memo does not know are decoded as usual
+    etf.memo.clear()
+    assert stream._decode_txn(frame) == etf.decode(frame)
+
+
+def test_memo_is_bounded_and_exact():
+    memo = etf.EncodingMemo(max_bytes=10)
+    memo.remember(b"abcd", lambda: "t1")
+    memo.remember(b"efgh", lambda: "t2")
+    assert memo.recall(memoryview(b"xxabcd")[2:]) == (True, "t1")
+    memo.remember(b"ijkl", lambda: "t3")  # over 10 bytes: the oldest goes
+    assert memo.recall(b"abcd") == (False, None)
+    assert memo.recall(b"ijkl") == (True, "t3")
+    assert memo.recall(b"ijk") == (False, None)
+    memo.remember(b"x" * 11, lambda: "big")  # larger than the whole budget: ignored
+    assert memo.recall(b"x" * 11) == (False, None)
