@@ -15,6 +15,9 @@ Faults:
   ``crash_pg_a`` / ``crash_pg_b``       immediate stop (crash, recovery on start) of it
   ``pause_sub_a`` / ``pause_sub_b``     ALTER SUBSCRIPTION … DISABLE, wait, ENABLE
   ``kill_vaxine``  kill -9 the standalone Vaxine and restart it (standalone mode only)
+  ``kill_in_catchup``  pause B's subscription for a while (a backlog builds), resume it and
+                   kill -9 Electric while B is catching up
+  ``kill_while_paused``  pause B's subscription, kill -9 and restart Electric, resume
 """
 
 from __future__ import annotations
@@ -152,6 +155,21 @@ class ChaosRun:
             pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', database=self.db)
             time.sleep(self.rng.uniform(1.0, 3.0))
             pg.psql(f'ALTER SUBSCRIPTION "{name}" ENABLE', database=self.db)
+        elif fault in ("kill_in_catchup", "kill_while_paused"):
+            pg = self.pgs[1]
+            pg.psql('ALTER SUBSCRIPTION "pg_b" DISABLE', database=self.db)
+            time.sleep(self.rng.uniform(2.0, 4.0))
+            if fault == "kill_while_paused":
+                e.kill()
+                self.report.kills += 1
+                e.start(timeout=60)
+                pg.psql('ALTER SUBSCRIPTION "pg_b" ENABLE', database=self.db)
+            else:
+                pg.psql('ALTER SUBSCRIPTION "pg_b" ENABLE', database=self.db)
+                time.sleep(self.rng.uniform(0.2, 1.5))
+                e.kill()
+                self.report.kills += 1
+                e.start(timeout=60)
         elif fault == "kill_vaxine":
             assert self.vaxine is not None
             self.vaxine.kill()

@@ -3,6 +3,7 @@ Postgres restarts and crashes on both sides, paused subscribers, and a standalon
 under Electric — all under sustained two-way load (two Postgres writers, two Satellite
 clients). Each run ends with a convergence check (see ``scenario.py``)."""
 
+import os
 import random
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from tests.chaos.scenario import ChaosRun
 
 pytestmark = pytest.mark.chaos
+# More runs: CHAOS_SEEDS=1,2,3,4,5 make chaos
+SEEDS = [int(s) for s in os.environ.get("CHAOS_SEEDS", "1,2").split(",") if s.strip()]
 
 
 def shuffled(seed: int, *groups: list[str]) -> list[str]:
@@ -18,11 +21,11 @@ def shuffled(seed: int, *groups: list[str]) -> list[str]:
     return faults
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_embedded_vaxine_kills_restarts_pauses(chaos_pgs, tmp_path, seed):
     faults = shuffled(seed, ["kill"] * 8, ["kill_early"] * 2,
                       ["restart_pg_a", "restart_pg_b", "crash_pg_a", "crash_pg_b"],
-                      ["pause_sub_a", "pause_sub_b"])
+                      ["pause_sub_a", "pause_sub_b", "kill_in_catchup", "kill_while_paused"])
     run = ChaosRun(chaos_pgs, str(tmp_path), seed=seed, gap=(0.5, 2.5))
     try:
         report = run.run(faults)
