@@ -52,8 +52,9 @@ class UnknownTransaction(LookupError):
 @dataclass
 class _Write:
     crdt_type: Atom
-    view: Any
+    view: Any  # the transaction's own copy (crdt.owned_copy): updated in place
     effects: list = field(default_factory=list)
+    encoded: list = field(default_factory=list)  # ETF body of each effect
 
 
 @dataclass
@@ -220,14 +221,24 @@ class Store:
         return self._view(txn, (key, bucket), crdt_type)
 
     def update(self, txn: Txn, key: bytes, bucket: bytes, crdt_type: Atom, op: tuple) -> None:
+        """Generate the effect of ``op`` against this transaction's view and apply it there.
+
+        On failure the view may be half updated: callers abort the transaction.
+        """
         obj = (key, bucket)
-        view = self._view(txn, obj, crdt_type)
-        effect = crdt.downstream(crdt_type, op, view, self.now_us)
         write = txn.writes.get(obj)
         if write is None:
+            # The view is the transaction's own copy from here on, updated in place.
+            view = crdt.owned_copy(crdt_type, self._view(txn, obj, crdt_type))
+            effect, body = crdt.downstream_encoded(crdt_type, op, view, self.now_us)
             write = txn.writes[obj] = _Write(crdt_type, view)
-        write.view = crdt.update(crdt_type, effect, write.view)
+        else:
+            if write.crdt_type != crdt_type:
+                raise crdt.CrdtError(f"object is a {write.crdt_type.name}, not a {crdt_type.name}")
+            effect, body = crdt.downstream_encoded(crdt_type, op, write.view, self.now_us)
+        write.view = crdt.update_in_place(crdt_type, effect, write.view)
         write.effects.append(effect)
+        write.encoded.append(body)
 
     def abort(self, txn: Txn) -> None:
         self._active.pop(txn.descriptor, None)
@@ -252,15 +263,22 @@ class Store:
         new_states = []
         for obj, write in txn.writes.items():
             ctype = write.crdt_type
-            latest = self._state_at(obj, self.seq)
-            if latest is not None and latest[0] != ctype:
-                raise crdt.CrdtError(f"object became a {latest[0].name} concurrently")
-            state = latest[1] if latest is not None else crdt.new(ctype)
-            for effect in write.effects:
-                state = crdt.update(ctype, effect, state)
+            versions = self._versions.get(obj)
+            if not versions or versions[-1][0] <= txn.snapshot:
+                # Nobody committed this object since our snapshot: latest state + our
+                # effects is exactly our view (always the case for static updates).
+                if versions and versions[-1][1] != ctype:
+                    raise crdt.CrdtError(f"object is a {versions[-1][1].name}")
+                state = write.view
+            else:
+                _seq, latest_type, state = versions[-1]
+                if latest_type != ctype:
+                    raise crdt.CrdtError(f"object became a {latest_type.name} concurrently")
+                for effect in write.effects:
+                    state = crdt.update(ctype, effect, state)
             new_states.append((obj, ctype, state))
             # {{Key, Bucket}, Type, State, [Effect]} for the stream's Ops list
-            effects = b"".join(crdt.encode_effect(ctype, e) for e in write.effects)
+            effects = b"".join(write.encoded)
             entries.append(b"".join((
                 b"h\x04h\x02", _etf_bin(obj[0]), _etf_bin(obj[1]), etf.encode_body(ctype),
                 crdt.encode_state(ctype, state),

@@ -105,3 +105,55 @@ def test_fast_encoders_match_generic_encoding():
     for ctype, eff in [(MAP_RR, effect), (MAP_RR, ([], [])), (LWW, (2**40, b"v")),
                        (FLAG_DW, ([b"t" * 20], [], [b"u" * 20]))]:
         assert crdt.encode_effect(ctype, eff) == etf.encode_body(eff)
+
+
+def _random_op(rng, ctype, depth=0):
+    if ctype == LWW:
+        return ("assign", rng.choice([b"", b"v", b"x" * 200]))
+    if ctype == FLAG_DW:
+        return (rng.choice(["enable", "disable", "reset"]),)
+    if rng.random() < 0.1:
+        return ("reset",)
+    fields = [b"a", b"b", b"row"]
+    updates = []
+    for _ in range(rng.randint(0, 4)):  # fields may repeat within one batch
+        name = rng.choice(fields)
+        ftype = rng.choice([LWW, FLAG_DW] + ([MAP_RR] if depth < 2 else []))
+        updates.append(((name, ftype), _random_op(rng, ftype, depth + 1)))
+    removes = [(rng.choice(fields), rng.choice([LWW, FLAG_DW, MAP_RR]))
+               for _ in range(rng.randint(0, 2) if rng.random() < 0.3 else 0)]
+    return ("batch", updates, removes)
+
+
+def test_fused_commit_path_equals_downstream_update_encode(monkeypatch):
+    """downstream_encoded + update_in_place (the store's path) == downstream,
+    encode_effect, update (the reference definitions), op after op, on random ops."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        ctype = rng.choice([MAP_RR, MAP_RR, LWW, FLAG_DW])
+        ops = [_random_op(rng, ctype) for _ in range(rng.randint(1, 6))]
+        results = []
+        for fused in (False, True):
+            tokens = itertools.count()
+            monkeypatch.setattr(crdt, "_token", lambda t=tokens: b"%020d" % next(t))
+            ticks = itertools.count(1_000_000).__next__
+            state = crdt.new(ctype)
+            shared = crdt.update(ctype, crdt.downstream(ctype, ops[0], state, ticks), state)
+            frozen = etf.encode(crdt.to_term(ctype, shared))
+            out = []
+            state = crdt.owned_copy(ctype, shared) if fused else shared
+            for op in ops:
+                if fused:
+                    effect, body = crdt.downstream_encoded(ctype, op, state, ticks)
+                    state = crdt.update_in_place(ctype, effect, state)
+                else:
+                    effect = crdt.downstream(ctype, op, state, ticks)
+                    body = crdt.encode_effect(ctype, effect)
+                    state = crdt.update(ctype, effect, state)
+                out.append((effect, body, etf.encode(crdt.to_term(ctype, state))))
+            # the state the owned copy was taken from is untouched
+            assert etf.encode(crdt.to_term(ctype, shared)) == frozen
+            results.append(out)
+        assert results[0] == results[1]

@@ -102,3 +102,25 @@ def test_memo_is_bounded_and_exact():
     assert memo.recall(b"ijk") == (False, None)
     memo.remember(b"x" * 11, lambda: "big")  # larger than the whole budget: ignored
     assert memo.recall(b"x" * 11) == (False, None)
+
+
+def test_concurrent_commits_merge_and_views_stay_private(store):
+    commit_ops(store, [OPS[0]])  # rows:a exists
+    before = crdt.to_term(MAP_RR, store._versions[(b"rows:a", B)][-1][2])
+    t1, t2 = store.begin(), store.begin()
+    store.update(t1, b"rows:a", B, MAP_RR, row(x=b"1"))
+    store.update(t1, b"rows:a", B, MAP_RR, ("batch", [field("deleted?", FLAG_DW, ("disable",))],
+                                           []))
+    store.update(t2, b"rows:a", B, MAP_RR, row(y=b"2"))
+    store.update(t2, b"rows:a", B, MAP_RR, ("batch", [field("deleted?", FLAG_DW, ("enable",))],
+                                           []))
+    # each sees its own writes only; the committed version is untouched by either
+    assert (b"x", LWW) in store.read(t1, b"rows:a", B, MAP_RR)[(b"row", MAP_RR)]
+    assert (b"x", LWW) not in store.read(t2, b"rows:a", B, MAP_RR)[(b"row", MAP_RR)]
+    assert crdt.to_term(MAP_RR, store._versions[(b"rows:a", B)][-1][2]) == before
+    store.commit(t1)  # nothing committed since its snapshot: its view becomes the state
+    store.commit(t2)  # t1 committed meanwhile: t2's effects are applied to t1's result
+    state = store._versions[(b"rows:a", B)][-1][2]
+    assert set(state[(b"row", MAP_RR)]) == {(b"x", LWW), (b"y", LWW)}
+    # update (t1's disable) ∥ delete (t2's enable): the update wins
+    assert crdt.value(FLAG_DW, state[(b"deleted?", FLAG_DW)]) is False
