@@ -18,6 +18,7 @@ Faults:
   ``kill_in_catchup``  pause B's subscription for a while (a backlog builds), resume it and
                    kill -9 Electric while B is catching up
   ``kill_while_paused``  pause B's subscription, kill -9 and restart Electric, resume
+  ``kill_with_pg_down``  stop A, kill -9 and restart Electric while A is down, start A
 """
 
 from __future__ import annotations
@@ -155,6 +156,14 @@ class ChaosRun:
             pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', database=self.db)
             time.sleep(self.rng.uniform(1.0, 3.0))
             pg.psql(f'ALTER SUBSCRIPTION "{name}" ENABLE', database=self.db)
+        elif fault == "kill_with_pg_down":
+            pg = self.pgs[0]
+            pg.stop("fast")
+            e.kill()
+            self.report.kills += 1
+            e.start(timeout=60)
+            time.sleep(self.rng.uniform(0.5, 2.0))
+            pg.start()
         elif fault in ("kill_in_catchup", "kill_while_paused"):
             pg = self.pgs[1]
             pg.psql('ALTER SUBSCRIPTION "pg_b" DISABLE', database=self.db)

@@ -25,7 +25,8 @@ def shuffled(seed: int, *groups: list[str]) -> list[str]:
 def test_embedded_vaxine_kills_restarts_pauses(chaos_pgs, tmp_path, seed):
     faults = shuffled(seed, ["kill"] * 8, ["kill_early"] * 2,
                       ["restart_pg_a", "restart_pg_b", "crash_pg_a", "crash_pg_b"],
-                      ["pause_sub_a", "pause_sub_b", "kill_in_catchup", "kill_while_paused"])
+                      ["pause_sub_a", "pause_sub_b", "kill_in_catchup", "kill_while_paused",
+                       "kill_with_pg_down"])
     run = ChaosRun(chaos_pgs, str(tmp_path), seed=seed, gap=(0.5, 2.5))
     try:
         report = run.run(faults)
