@@ -51,11 +51,19 @@ def to_op(ctype: crdt.Atom, operation: pb.ApbUpdateOperation) -> tuple:
     if ctype == crdt.FLAG_DW and operation.HasField("flagop"):
         return ("enable",) if operation.flagop.value else ("disable",)
     if ctype == crdt.MAP_RR and operation.HasField("mapop"):
+        # Each protobuf attribute access builds a wrapper object: touch each one once.
+        mapop = operation.mapop
         updates = []
-        for nested in operation.mapop.updates:
-            ftype = _type_atom(nested.key.type)
-            updates.append(((nested.key.key, ftype), to_op(ftype, nested.update)))
-        removes = [(k.key, _type_atom(k.type)) for k in operation.mapop.removedKeys]
+        for nested in mapop.updates:
+            key = nested.key
+            ftype = TYPE_ATOM.get(key.type) or _type_atom(key.type)
+            update = nested.update
+            if ftype == crdt.LWW and update.HasField("regop"):  # the commonest nested op
+                updates.append(((key.key, ftype), ("assign", update.regop.value)))
+            else:
+                updates.append(((key.key, ftype), to_op(ftype, update)))
+        removed = mapop.removedKeys
+        removes = [(k.key, _type_atom(k.type)) for k in removed] if removed else []
         return ("batch", updates, removes)
     if ctype in (crdt.MAP_RR, crdt.FLAG_DW) and operation.HasField("resetop"):
         return ("reset",)
