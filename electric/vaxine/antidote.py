@@ -211,11 +211,24 @@ def raw_flag_set(enable: bool) -> bytes:
     return b"\x3a\x02\x08\x01" if enable else b"\x3a\x02\x08\x00"
 
 
+_map_keys: dict[tuple[bytes, int], bytes] = {}
+
+
+def _map_key(key: bytes, crdt_type: int) -> bytes:
+    """Serialized ``key`` field (an ApbMapKey) of an ApbMapNestedUpdate; few distinct ones
+    (column and field names), so they are cached."""
+    cached = _map_keys.get((key, crdt_type))
+    if cached is None:
+        cached = _ld(0x0A, _ld(0x0A, key) + bytes((0x10, crdt_type)))
+        if len(_map_keys) < 10_000:
+            _map_keys[(key, crdt_type)] = cached
+    return cached
+
+
 def raw_map_update(updates: list[tuple[bytes, int, bytes]]) -> bytes:
     """Serialized ``ApbUpdateOperation{mapop}`` from (field, type, operation bytes)."""
     nested = b"".join(
-        _ld(0x0A, _ld(0x0A, _ld(0x0A, key) + bytes((0x10, crdt_type))) + _ld(0x12, op))
-        for key, crdt_type, op in updates
+        _ld(0x0A, _map_key(key, crdt_type) + _ld(0x12, op)) for key, crdt_type, op in updates
     )
     return _ld(0x2A, nested)
 

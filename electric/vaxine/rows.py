@@ -26,6 +26,7 @@ Readers emit ``UpdatedRecord``/``DeletedRecord`` of the full merged row, never `
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -65,12 +66,23 @@ class RowMappingError(ValueError):
 # --------------------------------------------------------------------------- values
 
 
+_NIL_VALUE = etf.encode(NIL_ATOM)
+_pack_u32 = struct.Struct(">I").pack
+_unpack_u32 = struct.Struct(">I").unpack_from
+
+
 def encode_value(value: str | None) -> bytes:
-    """Column value as stored in the nested ``row`` map: ``term_to_binary`` of it."""
-    return etf.encode(NIL_ATOM if value is None else value.encode("utf-8", "surrogateescape"))
+    """Column value as stored in the nested ``row`` map: ``term_to_binary`` of it
+    (``nil`` or a BINARY_EXT, written directly: this runs for every column written)."""
+    if value is None:
+        return _NIL_VALUE
+    data = value.encode("utf-8", "surrogateescape")
+    return b"\x83m" + _pack_u32(len(data)) + data
 
 
 def decode_value(raw: bytes) -> str | None:
+    if raw[:2] == b"\x83m" and len(raw) == 6 + _unpack_u32(raw, 2)[0]:  # a binary: the usual
+        return raw[6:].decode("utf-8", "surrogateescape")
     term = etf.decode(raw)
     if isinstance(term, bytes):
         return term.decode("utf-8", "surrogateescape")

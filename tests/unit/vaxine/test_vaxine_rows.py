@@ -124,6 +124,11 @@ def test_values_and_timestamps():
     assert rows.decode_value(rows.encode_value("é")) == "é"
     assert rows.decode_value(rows.encode_value(None)) is None
     assert rows.decode_value(etf.encode(7)) == "7"
+    for text in ["", "x" * 70000, "a\udcff"]:  # the direct encoder == term_to_binary
+        assert rows.encode_value(text) == etf.encode(text.encode("utf-8", "surrogateescape"))
+        assert rows.decode_value(rows.encode_value(text)) == text
+    with pytest.raises(etf.ETFError):  # short binary: not taken by the fast path either
+        rows.decode_value(b"\x83m\x00\x00\x00\x05ab")
     ts = datetime(2022, 11, 28, 10, 0, 1, 1, tzinfo=UTC)
     assert rows.format_commit_timestamp(ts) == "2022-11-28 10:00:01.000001Z"
     for text in ["2022-11-28 10:00:01.000001Z", "2022-11-28T10:00:01.000001Z",
