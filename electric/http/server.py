@@ -117,8 +117,12 @@ class Router:
         return self.dispatch(request)
 
 
-class _Handler(WSGIHandler):
-    """pywsgi's handler, minus the tracebacks it prints for some malformed requests."""
+class QuietClientErrors:
+    """Mixin for pywsgi handlers: malformed requests get a 400 and one debug line.
+
+    pywsgi prints a traceback for some client mistakes (an HTTP version such as "HTTP/2",
+    more than 100 headers); a listener exposed to the network must not.
+    """
 
     def _check_http_version(self) -> bool:
         try:
@@ -131,6 +135,10 @@ class _Handler(WSGIHandler):
                      f"{str(ex)[:200] or type(ex).__name__}")
         return ("400", b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
                        b"Content-length: 0\r\n\r\n")
+
+
+class _Handler(QuietClientErrors, WSGIHandler):
+    pass
 
 
 class _LogWriter:

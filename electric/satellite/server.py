@@ -42,6 +42,7 @@ from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.http.server import QuietClientErrors
 from electric.satellite.fanout import SharedTail
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
@@ -533,6 +534,18 @@ class _Connection:
         self.log.info("client disconnected")
 
 
+class _QuietWebSocketHandler(QuietClientErrors, WebSocketHandler):
+    """gevent-websocket's handler, with clean 400s for malformed requests."""
+
+    def upgrade_websocket(self):
+        # gevent-websocket 0.10 answers a failed handshake with str bodies, which pywsgi
+        # refuses (TypeError and a traceback): hand it bytes.
+        result = super().upgrade_websocket()
+        if isinstance(result, list):
+            return [part.encode() if isinstance(part, str) else part for part in result]
+        return result
+
+
 class SatelliteServer:
     """The websocket listener. Plain values and injected collaborators only, so it can be
     run in tests against fakes or wired to the real Vaxine pool/stream and offset file."""
@@ -598,7 +611,7 @@ class SatelliteServer:
         server = WSGIServer(
             (self.host, self.port),
             self._app,
-            handler_class=WebSocketHandler,
+            handler_class=_QuietWebSocketHandler,
             log=None,
             error_log=_LoguruWriter(),
         )

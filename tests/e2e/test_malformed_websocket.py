@@ -274,12 +274,6 @@ def test_report_cases(guard):
     assert sum(counter.values()) >= 300
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "gevent-websocket 0.10.1 answers a failed handshake (bad Sec-WebSocket-Version/Key) with a "
-    "str body: pywsgi raises TypeError and prints a traceback; and pywsgi prints one for a "
-    "request with > 100 headers or an unparsable HTTP version such as 'HTTP/2' (IndexError "
-    "in _check_http_version) - the HTTP listener got fixes for the latter two in 2eeb55f. "
-    "Reported, not ours to fix."))
 def test_log_has_no_tracebacks(target, guard):
     problems = log_problems(target.electric)
     assert not problems, problems[:10]
