@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -680,7 +681,10 @@ class EncodingMemo:
 
     def __init__(self, max_bytes: int = 2 * 1024 * 1024):
         self.max_bytes = max_bytes
-        self._entries: dict[bytes, Any] = {}  # insertion order = age
+        self._entries: dict[bytes, Any] = {}
+        # Age order kept apart: popping a plain dict's oldest key via next(iter(...)) gets
+        # slower with every deletion at its front (it skips the dead slots).
+        self._order: deque[bytes] = deque()
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -690,9 +694,10 @@ class EncodingMemo:
         if len(body) > self.max_bytes or body in self._entries:
             return
         self._entries[body] = build
+        self._order.append(body)
         self._bytes += len(body)
         while self._bytes > self.max_bytes:
-            oldest = next(iter(self._entries))
+            oldest = self._order.popleft()
             del self._entries[oldest]
             self._bytes -= len(oldest)
 
@@ -710,6 +715,7 @@ class EncodingMemo:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._order.clear()
         self._bytes = 0
 
 
