@@ -180,6 +180,42 @@ class StreamReader:
             pass
 
 
+def satellite_insert(url: str, row: tuple[str, str, str]) -> None:
+    """Write one ``entries`` row as a Satellite client; returns once it is acked."""
+    ws = websocket.create_connection(url, timeout=10)
+    try:
+        ws.send_binary(frames.encode(pb.SatAuthReq(id=f"writer-{uuid.uuid4()}", token="u")))
+        ws.recv(), ws.recv()  # SatAuthResp, the server's start request
+        ws.send_binary(frames.encode(pb.SatInStartReplicationResp()))
+        ws.send_binary(frames.encode(pb.SatRelation(
+            schema_name="public", table_name="entries", relation_id=1,
+            columns=[pb.SatRelationColumn(name=c, type="text") for c in
+                     ("id", "content", "content_b")])))
+        ws.send_binary(frames.encode(pb.SatOpLog(ops=[
+            pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=int(time.time() * 1000),
+                                              lsn=b"1")),
+            pb.SatTransOp(insert=pb.SatOpInsert(relation_id=1,
+                                                row_data=[v.encode() for v in row])),
+            pb.SatTransOp(commit=pb.SatOpCommit())])))
+        for _ in range(20):
+            msg = frames.decode(ws.recv())
+            if isinstance(msg, pb.SatPingResp) and msg.lsn == b"1":
+                return
+        raise AssertionError("satellite write not acked")
+    finally:
+        ws.close()
+
+
+def entries_row(pg, db: str, rid: str):
+    conn = psycopg2.connect(pg.dsn(database=db) + " connect_timeout=5")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id::text, content, content_b FROM entries WHERE id = %s", (rid,))
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def env(pg_factory, tmp_path_factory):
     e = Env(pg_factory, str(tmp_path_factory.mktemp("limits")))
@@ -268,6 +304,11 @@ def test_stuck_subscriber_is_bounded_then_resumes(env):
         with locker.cursor() as cur:
             cur.execute("LOCK TABLE entries_default IN ACCESS EXCLUSIVE MODE")
         low, high = measured_push(env, healthy)
+        # The other subscriber is not held up by the stuck one.
+        row = (str(uuid.uuid4()), "while B is stuck", "x")
+        satellite_insert(env.ws_url, row)
+        wait_until(lambda: entries_row(env.a, env.db, row[0]) == row, 60,
+                   "a Satellite row reaches Postgres A while B is stuck")
         time.sleep(2)  # let whatever would pile up pile up
         high = max(high, rss_kb(env.electric.proc.pid))
     finally:
@@ -275,4 +316,5 @@ def test_stuck_subscriber_is_bounded_then_resumes(env):
         locker.close()
     report("stuck subscriber", low, high)
     wait_until(lambda: env.count(env.b) == env.pushed, 180, "Postgres B caught up")
+    assert entries_row(env.b, env.db, row[0]) == row
     healthy.close()
