@@ -233,10 +233,20 @@ def raw_map_update(updates: list[tuple[bytes, int, bytes]]) -> bytes:
     return _ld(0x2A, nested)
 
 
+def raw_bound_object(key: bytes, crdt_type: int, bucket: bytes) -> bytes:
+    """Serialized ``boundobject`` field of an ``ApbUpdateOp``: the same for every op on
+    that object, so callers writing several ops on one object build it once."""
+    return _ld(0x0A, _ld(0x0A, key) + bytes((0x10, crdt_type)) + _ld(0x1A, bucket))
+
+
+def raw_update_op_on(bound: bytes, operation: bytes) -> bytes:
+    """Serialized ``ApbUpdateOp`` from :func:`raw_bound_object` bytes and an operation."""
+    return bound + _ld(0x12, operation)
+
+
 def raw_update_op(key: bytes, crdt_type: int, bucket: bytes, operation: bytes) -> bytes:
     """Serialized ``ApbUpdateOp`` on the bound object (key, type, bucket)."""
-    bound = _ld(0x0A, key) + bytes((0x10, crdt_type)) + _ld(0x1A, bucket)
-    return _ld(0x0A, bound) + _ld(0x12, operation)
+    return raw_bound_object(key, crdt_type, bucket) + _ld(0x12, operation)
 
 
 def raw_update_objects_body(descriptor: bytes, ops: list[bytes]) -> bytes:

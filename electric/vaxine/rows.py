@@ -146,20 +146,36 @@ def _row_field(columns: Record) -> list[tuple]:
     ]
 
 
+_DELETED_OPS = {
+    deleted: antidote.raw_map_update([(b"deleted?", FLAG_DW, antidote.raw_flag_set(deleted))])
+    for deleted in (False, True)
+}
+_relation_ops: dict[RelationName, list[bytes]] = {}
+
+
+def _relation_field_ops(relation: RelationName) -> list[bytes]:
+    """The ``schema`` and ``table`` field updates (the same for every row of a table)."""
+    ops = _relation_ops.get(relation)
+    if ops is None:
+        ops = [antidote.raw_map_update(_field(name, LWWREG, antidote.raw_reg_assign(v.encode())))
+               for name, v in ((b"schema", relation[0]), (b"table", relation[1]))]
+        if len(_relation_ops) < 10_000:
+            _relation_ops[relation] = ops
+    return ops
+
+
 def _row_ops(relation: RelationName, rid: str, deleted: bool, columns: Record) -> list[bytes]:
     """Ops for one row object, fields in byte order as Vax sends them."""
     key = ROW_PREFIX + rid.encode()
-    fields = [
-        _field(b"deleted?", FLAG_DW, antidote.raw_flag_set(deleted)),
-        _field(b"id", LWWREG, antidote.raw_reg_assign(rid.encode())),
+    operations = [
+        _DELETED_OPS[deleted],
+        antidote.raw_map_update(_field(b"id", LWWREG, antidote.raw_reg_assign(rid.encode()))),
     ]
     if columns:
-        fields.append(_row_field(columns))
-    fields += [
-        _field(b"schema", LWWREG, antidote.raw_reg_assign(relation[0].encode())),
-        _field(b"table", LWWREG, antidote.raw_reg_assign(relation[1].encode())),
-    ]
-    return [_map_op(key, f) for f in fields]
+        operations.append(antidote.raw_map_update(_row_field(columns)))
+    operations += _relation_field_ops(relation)
+    bound = antidote.raw_bound_object(key, RRMAP, BUCKET)
+    return [antidote.raw_update_op_on(bound, op) for op in operations]
 
 
 def _parsed(raw_ops: list[bytes]) -> list[pb.ApbUpdateOp]:
