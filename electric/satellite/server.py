@@ -43,6 +43,7 @@ from loguru import logger
 
 from electric.changes import Transaction
 from electric.http.server import QuietClientErrors
+from electric.limits import ByteBudget
 from electric.satellite.fanout import SharedTail
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
@@ -99,14 +100,35 @@ StreamFactory = Callable[[StartOffset], Iterator[tuple[Transaction, Any]]]
 If the iterator has a ``close()`` method it is called when the stream is stopped."""
 
 
+# All sockets together may hold at most this much of messages still being received.
+INBOUND_BUDGET = ByteBudget(32 * 1024 * 1024, "websocket")
+
+
 class _BoundedWebSocket(WebSocket):
     """gevent-websocket's WebSocket with a size limit checked before a body is read
-    (the library would otherwise try to allocate whatever a frame header claims)."""
+    (the library would otherwise try to allocate whatever a frame header claims), and a
+    process-wide budget for payloads being received."""
 
     __slots__ = ()
     max_message = MAX_MESSAGE_BYTES
+    budget = INBOUND_BUDGET
 
-    def read_message(self):  # noqa: C901 - mirrors the library's loop, plus the size check
+    def read_message(self):
+        reserved = [0]
+        try:
+            return self._read_message(reserved)
+        finally:
+            self.budget.release(reserved[0])
+
+    def _reserve(self, reserved: list[int], n: int) -> None:
+        if not self.budget.try_reserve(n):
+            logger.bind(origin="satellite").warning(
+                "closing connection: {} bytes of incoming messages are already in flight "
+                "(budget {} bytes)", self.budget.used, self.budget.capacity)
+            raise FrameTooLargeException("inbound memory budget exhausted")
+        reserved[0] += n
+
+    def _read_message(self, reserved: list[int]):  # noqa: C901 - the library's loop + checks
         opcode = None
         message = bytearray()
         while True:
@@ -127,6 +149,7 @@ class _BoundedWebSocket(WebSocket):
                         "closing connection: message larger than {} bytes", self.max_message
                     )
                     raise FrameTooLargeException(f"message larger than {self.max_message} bytes")
+            self._reserve(reserved, header.length)
             payload = self._read_payload(header)
             if f_opcode == self.OPCODE_PING:
                 conn = self.environ.get(_CONNECTION_KEY) if self.environ else None

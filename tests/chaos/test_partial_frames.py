@@ -3,7 +3,8 @@
 Each listener caps a single message (websocket 16 MiB, Vaxine API 64 MiB, Vaxine replication
 1 MiB, Postgres 1 MiB), and rejects a larger announced length before reading it. But a peer
 may announce a length under the cap and send most of it slowly: the bytes received so far are
-held until the message completes. Several such peers add up with no process-wide budget.
+held until the message completes. The websocket listener reserves announced payloads against
+a process-wide budget (electric/limits.py); the Vaxine API has no such budget yet.
 This measures it: SOCKETS connections each send CHUNK_MB of a message and stall.
 """
 
@@ -45,7 +46,6 @@ CASES = {
     "postgres": ("POSTGRES_REPLICATION_PORT", _pg_prefix),
 }
 KNOWN = {
-    "websocket": "no process-wide budget: each socket may hold up to 16 MiB of a message",
     "vaxine_api": "no process-wide budget and no read deadline: up to 64 MiB per connection",
 }
 
