@@ -280,6 +280,7 @@ class _Session:
         frames: list[bytes] = []
         mappings: list[tuple[int, bytes]] = []
         encoded = []
+        send_time = wire.pg_now_micros()  # one clock read per batch, not per message
         for tx, offset in batch:
             out = self.encoder.encode(tx, offset)
             if out is None:
@@ -287,7 +288,7 @@ class _Session:
             encoded.append(out)
             mappings.append((int(out.end_lsn), out.offset))
             for lsn, payload in out.messages:
-                frames.append(wire.xlog_data(lsn, lsn, payload))
+                frames.append(wire.xlog_data(lsn, lsn, payload, send_time))
         if not encoded:
             return
         # Durable before sent: any LSN the subscriber can report back is then mapped.
