@@ -24,17 +24,18 @@ from bench.rig import Rig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SECTIONS = ("throughput", "latency", "catch_up", "ingest", "fanout", "profile")
+SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "fanout", "profile")
 
 SIZES = {
     "full": {"rows": 50_000, "rates": (50, 200, 1000), "lat_s": 8.0, "catch_rows": 1000,
              "ingest": ((1, 1000), (10, 200)), "fanout": (10, 100, 1000), "fanout_s": 5.0,
-             "profile_rows": 10_000},
+             "profile_rows": 10_000, "trigger_rows": 10_000, "stall_puts": 300},
     "quick": {"rows": 5_000, "rates": (50, 200, 1000), "lat_s": 2.0, "catch_rows": 1000,
               "ingest": ((1, 200), (10, 30)), "fanout": (10, 100), "fanout_s": 2.0,
-              "profile_rows": 3_000},
+              "profile_rows": 3_000, "trigger_rows": 10_000, "stall_puts": 300},
     "smoke": {"rows": 200, "rates": (50,), "lat_s": 0.3, "catch_rows": 10,
-              "ingest": ((1, 10),), "fanout": (3,), "fanout_s": 0.5, "profile_rows": 0},
+              "ingest": ((1, 10),), "fanout": (3,), "fanout_s": 0.5, "profile_rows": 0,
+              "trigger_rows": 100, "stall_puts": 20},
 }
 
 
@@ -58,7 +59,7 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
     started = time.monotonic()
     results: dict = {"meta": {"mode": mode, "cpus": os.cpu_count(), "fsync": fsync,
                               "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}}
-    needs_rig = only & {"throughput", "latency", "catch_up", "ingest", "profile"}
+    needs_rig = only & {"throughput", "latency", "catch_up", "trigger", "ingest", "profile"}
     rig = Rig(fsync=fsync).start() if needs_rig else None
     try:
         if rig:
@@ -70,7 +71,8 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
                 log(f"throughput {name}: {size['rows']} rows")
                 tp[name] = pgpg.throughput(rig.pipelines[name], size["rows"],
                                            base=k * 10_000_000)
-                log(f"  {json.dumps(tp[name]['total'])}")
+                log(f"  {json.dumps(tp[name]['total'])}; settled in "
+                    f"{rig.pipelines[name].settle():.1f} s")
             results["throughput"] = tp
         if "latency" in only:
             lat = {"duration_s": size["lat_s"], "native": [], "electric": []}
@@ -79,7 +81,7 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
                     log(f"latency {name} at {rate} tx/s")
                     r = pgpg.latency(rig.pipelines[name], rate, size["lat_s"],
                                      drain=max(10.0, 4 * size["lat_s"]))
-                    log(f"  {json.dumps(r)}")
+                    log(f"  {json.dumps(r)}; settled in {rig.pipelines[name].settle():.1f} s")
                     lat[name].append(r)
             results["latency"] = lat
         if "catch_up" in only:
@@ -89,6 +91,10 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
                 cu[name] = pgpg.catch_up(rig.pipelines[name], size["catch_rows"])
                 log(f"  {json.dumps(cu[name])}")
             results["catch_up"] = cu
+        if "trigger" in only:
+            log("apply-side cost of the upsert trigger")
+            results["trigger"] = pgpg.trigger_cost(rig, rows=size["trigger_rows"])
+            log(f"  {json.dumps(results['trigger'])}")
         if "ingest" in only:
             results["satellite_ingest"] = []
             for clients, per_client in size["ingest"]:
@@ -115,6 +121,13 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
     finally:
         if rig:
             rig.close()
+    if "profile" in only:
+        log("hub stall of offset-file fsyncs")
+        proc = subprocess.run([sys.executable, "-m", "bench.hub_stall", str(size["stall_puts"])],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, check=True,
+                              capture_output=True, text=True, timeout=120)
+        results["hub_stall"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        log(f"  {json.dumps(results['hub_stall'])}")
     if "fanout" in only:
         results["satellite_fanout"] = []
         for clients in size["fanout"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -153,26 +154,32 @@ def _r(v: float | None) -> float | None:
 
 
 def catch_up(p: Pipeline, rows_per_table: int = 1000, batch: int = 100, base: int = 50_000_000,
-             timeout: float = 120.0) -> dict:
+             timeout: float = 120.0, measured=contextlib.nullcontext) -> dict:
     """Disable B's subscription, write ``rows_per_table`` rows into every table on A, enable
-    it again and time how long B takes to converge (from ENABLE to the last row visible)."""
+    it again and time how long B takes to converge (from ENABLE to the last row visible).
+
+    ``measured()`` is entered around just the timed part (e.g. a profiler)."""
     p.set_subscription(False)
+    before = p.source_written()
     conn = connect(p.a, p.db, autocommit=False)
     cur = conn.cursor()
     hi = base + rows_per_table
+    n_tx = 0
     for t in TABLES:
         for s in range(base, hi, batch):
             values = ",".join(f"({i},'catch-up row {i}',0)" for i in range(s, min(s + batch, hi)))
             cur.execute(f"INSERT INTO {t} (id, v, n) VALUES {values}")
             conn.commit()
+            n_tx += 1
     conn.close()
-    drained = p.source_drained()
-    start = time.monotonic()
-    p.set_subscription(True)
+    drained = p.source_drained(before, n_tx)
     where = f"id >= {base} AND id < {hi}"
     expected = rows_per_table * len(TABLES)
-    ok, seen = _wait_b(p, where, expected, timeout)
-    secs = time.monotonic() - start
+    with measured():
+        start = time.monotonic()
+        p.set_subscription(True)
+        ok, seen = _wait_b(p, where, expected, timeout)
+        secs = time.monotonic() - start
     # Leave the tables as they were for whatever runs next.
     conn = connect(p.a, p.db)
     with conn.cursor() as cur:
@@ -182,3 +189,65 @@ def catch_up(p: Pipeline, rows_per_table: int = 1000, batch: int = 100, base: in
     _wait_b(p, where, 0, timeout)
     return {"rows": expected, "seconds": round(secs, 3), "converged": ok, "seen_on_b": seen,
             "source_drained_before_enable": drained}
+
+
+# -- apply-side cost of the upsert trigger ------------------------------------------------
+
+_PROBE_COLS = "(id bigint PRIMARY KEY, v text NOT NULL, n int NOT NULL DEFAULT 0)"
+_STATIC_UPSERT = """
+CREATE FUNCTION bench_probe_static_upsert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE public.probe_static t SET v = NEW.v, n = NEW.n WHERE t.id = NEW.id;
+  IF FOUND THEN RETURN NULL; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER upsert BEFORE INSERT ON probe_static
+    FOR EACH ROW EXECUTE FUNCTION bench_probe_static_upsert();
+ALTER TABLE probe_static ENABLE REPLICA TRIGGER upsert;
+"""
+
+
+def trigger_cost(rig, rows: int = 10_000, repeat: int = 3) -> dict:
+    """What B's apply worker pays per row for Electric's upsert trigger.
+
+    On B's ``bench_native`` database (which publishes nothing, so these rows go nowhere),
+    three probe tables get one ``rows``-row INSERT each as ``session_replication_role =
+    replica`` (like the apply worker): no trigger, Electric's generic
+    ``electric.replication_upsert()`` (copied from B's ``bench_electric``), and a per-table
+    trigger with static SQL doing the same upsert. Best of ``repeat``, in ms.
+    """
+    from bench.rig import ELECTRIC_DB, NATIVE_DB
+
+    b = rig.b
+    fn = b.psql("SELECT pg_get_functiondef('electric.replication_upsert'::regproc)",
+                database=ELECTRIC_DB)
+    b.psql("CREATE SCHEMA IF NOT EXISTS electric", database=NATIVE_DB)
+    b.psql(fn, database=NATIVE_DB)
+    b.psql(f"CREATE TABLE probe_plain {_PROBE_COLS}; CREATE TABLE probe_generic {_PROBE_COLS};"
+           f" CREATE TABLE probe_static {_PROBE_COLS};"
+           " CREATE TRIGGER upsert BEFORE INSERT ON probe_generic FOR EACH ROW EXECUTE"
+           " FUNCTION electric.replication_upsert();"
+           " ALTER TABLE probe_generic ENABLE REPLICA TRIGGER upsert;" + _STATIC_UPSERT,
+           database=NATIVE_DB)
+    conn = connect(b, NATIVE_DB, autocommit=False)
+    cur = conn.cursor()
+    cur.execute("SET session_replication_role = replica")
+    values = ",".join(f"({i}, 'row {i} with some text', 0)" for i in range(rows))
+    out: dict = {"rows": rows}
+    for table in ("probe_plain", "probe_generic", "probe_static"):
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.monotonic()
+            cur.execute(f"INSERT INTO {table} (id, v, n) VALUES {values}")
+            conn.commit()
+            best = min(best, time.monotonic() - start)
+            cur.execute(f"DELETE FROM {table}")
+            conn.commit()
+        out[table.removeprefix("probe_") + "_ms"] = round(best * 1000, 1)
+    conn.close()
+    b.psql("DROP TABLE probe_plain, probe_generic, probe_static;"
+           " DROP FUNCTION bench_probe_static_upsert()", database=NATIVE_DB)
+    for key in ("generic", "static"):
+        out[f"{key}_us_per_row_over_plain"] = round(
+            (out[f"{key}_ms"] - out["plain_ms"]) * 1000 / rows, 1)
+    return out

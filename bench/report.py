@@ -112,6 +112,20 @@ def markdown(results: dict) -> str:
             r = cu[name]
             out.append(f"| {name} | {_fmt(r['rows'])} | {_fmt(r['seconds'])} | "
                        f"{_fmt(r['rows'] / r['seconds'] if r['converged'] else None)} |")
+    tr = results.get("trigger")
+    if tr:
+        out += ["", "## Apply-side cost of the upsert trigger", "",
+                f"One {tr['rows']:,}-row INSERT on B as `session_replication_role = replica` "
+                "(what the apply worker runs as), best of 3. Native subscribers have no "
+                "trigger; Electric installs the generic `electric.replication_upsert()` on "
+                "every replicated table; *static* is a per-table trigger with the same "
+                "semantics and fixed SQL.", "",
+                "| trigger | ms | µs per row over none |", "|---|---:|---:|",
+                f"| none (native) | {_fmt(tr['plain_ms'])} | — |",
+                f"| generic (Electric today) | {_fmt(tr['generic_ms'])} | "
+                f"{_fmt(tr['generic_us_per_row_over_plain'])} |",
+                f"| static per table | {_fmt(tr['static_ms'])} | "
+                f"{_fmt(tr['static_us_per_row_over_plain'])} |"]
     ing = results.get("satellite_ingest")
     if ing:
         out += ["", "## Satellite ingest", "",
@@ -138,6 +152,16 @@ def markdown(results: dict) -> str:
                        f"{_fmt(r['latency_ms_max'])} | {_fmt(r['server_rss_mb_end'])} | "
                        f"{_fmt(r['kb_per_client_end'])} |")
         out += ["", "![fan-out](fanout.png)"]
+    hs = results.get("hub_stall")
+    if hs:
+        out += ["", "## Offset-file fsync and the gevent hub (`bench/hub_stall.py`)", "",
+                "Two greenlets put pg mappings back to back (like two publisher sessions) "
+                "while a 1 ms ticker measures how late the hub lets it run.", "",
+                "| fsync | puts/s | ticker wake-ups | hub stall p99 ms | max ms |",
+                "|---|---:|---:|---:|---:|"]
+        for r in hs:
+            out.append(f"| {r['fsync']} | {_fmt(r['puts_per_s'])} | {r['ticker_wakeups']} | "
+                       f"{_fmt(r['hub_stall_p99_ms'])} | {_fmt(r['hub_stall_max_ms'])} |")
     if results.get("profile_md"):
         out += ["", "## Profile (py-spy on the Electric process, PG→PG insert workload)", "",
                 results["profile_md"]]
