@@ -78,7 +78,7 @@ def read_resp(ctype: crdt.Atom, state: Any) -> pb.ApbReadObjectResp:
     entries = [
         pb.ApbMapEntry(key=pb.ApbMapKey(key=field, type=TYPE_ENUM[ftype]),
                        value=read_resp(ftype, nested))
-        for (field, ftype), nested in sorted(state.items(), key=lambda i: (i[0][0], i[0][1].name))
+        for (field, ftype), nested in sorted(state.items(), key=lambda i: (i[0][0], str(i[0][1])))
     ]
     return pb.ApbReadObjectResp(map=pb.ApbGetMapResp(entries=entries))
 

@@ -8,7 +8,8 @@ written to the wire with :mod:`electric.vaxine.etf` unchanged:
 
 * LWW register (``antidote_crdt_register_lww``): state and effect ``(ts_us, value)``; the
   larger pair wins (equal timestamps fall back to comparing values, as Erlang term order).
-* Disable-wins flag (``antidote_crdt_flag_dw``): state ``(enable_tokens, disable_tokens)``,
+* Disable-wins flag (``antidote_crdt_flag_dw``): state ``(enable_tokens, disable_tokens)``
+  (tuples here, lists on the wire),
   effect ``(seen, new_enable, new_disable)``; value = no disable token and some enable token.
   A disable concurrent with an enable survives it: hence "update wins over delete" when
   ``deleted?`` is enabled by deletes and disabled by inserts/updates.
@@ -42,6 +43,27 @@ DICT = Atom("dict")
 
 TOKEN_BYTES = 20
 
+# Type name (Atom or plain str) → its Atom.
+_TYPE_ATOMS: dict[str, Atom] = {t: t for t in TYPES}
+_stored_keys: dict[tuple, tuple] = {}
+
+
+def state_key(key: tuple) -> tuple:
+    """A map-state key as stored: ``(field, type name as a plain str)``.
+
+    Equal to, and hashing like, ``(field, Atom)``, so lookups work with either; but every
+    instance of a Python-level str subclass such as Atom is tracked by CPython's cyclic GC,
+    and so is any tuple holding one. With plain str the stored states (kept for every row
+    ever written) are immutable atoms all the way down and drop out of the collector's
+    sight, instead of making every full collection walk every row.
+    """
+    stored = _stored_keys.get(key)
+    if stored is None:
+        stored = (key[0], str.__str__(key[1]))
+        if len(_stored_keys) < 100_000:
+            _stored_keys[stored] = stored
+    return stored
+
 
 class CrdtError(ValueError):
     """An operation that this type does not support, or a malformed state/effect."""
@@ -54,16 +76,19 @@ def new(crdt_type: Atom) -> Any:
     if crdt_type == LWW:
         return (0, b"")
     if crdt_type == FLAG_DW:
-        return ([], [])
+        # Tuples, not lists: states live as long as their key, and containers holding only
+        # immutable atoms are untracked by CPython's cyclic GC, so millions of stored rows
+        # cost the collector nothing (lists would keep every row's state tracked).
+        return ((), ())
     if crdt_type == MAP_RR:
         return {}
-    raise CrdtError(f"unsupported CRDT type {crdt_type.name}")
+    raise CrdtError(f"unsupported CRDT type {crdt_type}")
 
 
 def is_bottom(crdt_type: Atom, state: Any) -> bool:
     # LWW registers have no bottom in Antidote: they are never dropped by a reset.
     if crdt_type == FLAG_DW:
-        return state == ([], [])
+        return not state[0] and not state[1]
     if crdt_type == MAP_RR:
         return not state
     return False
@@ -91,7 +116,7 @@ def downstream(crdt_type: Atom, op: tuple, state: Any, now_us: Clock) -> Any:
         raise CrdtError(f"flag does not support {kind}")
     if crdt_type == MAP_RR:
         if kind == "reset":
-            keys = sorted(state, key=lambda k: (k[0], k[1].name))
+            keys = [(f, _TYPE_ATOMS[t]) for f, t in sorted(state, key=lambda k: (k[0], str(k[1])))]
             return downstream(MAP_RR, ("batch", [], keys), state, now_us)
         if kind != "batch":
             raise CrdtError(f"map does not support {kind}")
@@ -131,8 +156,8 @@ def update(crdt_type: Atom, effect: Any, state: Any) -> Any:
         return effect if tuple(effect) > tuple(state) else state
     if crdt_type == FLAG_DW:
         seen, new_enable, new_disable = effect
-        return (_minus(list(state[0]) + list(new_enable), seen),
-                _minus(list(state[1]) + list(new_disable), seen))
+        return (tuple(_minus(list(state[0]) + list(new_enable), seen)),
+                tuple(_minus(list(state[1]) + list(new_disable), seen)))
     if crdt_type == MAP_RR:
         updates, removes = effect
         result = dict(state)
@@ -145,7 +170,7 @@ def update(crdt_type: Atom, effect: Any, state: Any) -> Any:
             if is_bottom(ftype, after):
                 result.pop((field, ftype), None)
             else:
-                result[(field, ftype)] = after
+                result[state_key((field, ftype))] = after
         for (field, ftype), nested in removes:
             if nested == NONE or (field, ftype) not in result:
                 continue
@@ -153,7 +178,7 @@ def update(crdt_type: Atom, effect: Any, state: Any) -> Any:
             if is_bottom(ftype, after):
                 del result[(field, ftype)]
             else:
-                result[(field, ftype)] = after
+                result[state_key((field, ftype))] = after
         return result
     raise CrdtError(f"unsupported CRDT type {crdt_type}")
 
@@ -171,7 +196,7 @@ def value(crdt_type: Atom, state: Any) -> Any:
 
 def _field_order(item):
     (field, ftype), _ = item
-    return (field, ftype.name)
+    return (field, str(ftype))
 
 
 # --------------------------------------------------------------------------- terms
@@ -198,7 +223,7 @@ def to_term(crdt_type: Atom, state: Any) -> Any:
         for (field, ftype), nested in state.items():
             slot = zlib.crc32(field) % 16
             # [Key | Value]: Value is always a tuple, so the cell is improper
-            cell = ImproperList(((field, ftype),), to_term(ftype, nested))
+            cell = ImproperList(((field, _TYPE_ATOMS.get(ftype, ftype)),), to_term(ftype, nested))
             if buckets[slot] is _NO_CELLS:
                 buckets[slot] = [cell]
             else:
@@ -228,12 +253,11 @@ def from_term(crdt_type: Atom, term: Any) -> Any:
         return (ts, val)
     if crdt_type == FLAG_DW:
         enable, disable = term
-        return (list(enable), list(disable))
+        return (tuple(enable), tuple(disable))
     if crdt_type == MAP_RR:
         state = {}
         for key, nested in dict_to_list(term):
-            field, ftype = key
-            state[(field, ftype)] = from_term(ftype, nested)
+            state[state_key(key)] = from_term(key[1], nested)
         return state
     raise CrdtError(f"unsupported CRDT type {crdt_type}")
 
@@ -252,7 +276,7 @@ def _key_bytes(field: bytes, ftype: Atom) -> bytes:
     """ETF of ``{Field, Type}`` (cached: few distinct field names)."""
     cached = _key_cache.get((field, ftype))
     if cached is None:
-        cached = encode_body((field, ftype))
+        cached = encode_body((field, _TYPE_ATOMS.get(ftype, ftype)))
         if len(_key_cache) < 10_000:
             _key_cache[(field, ftype)] = cached
     return cached
@@ -341,7 +365,7 @@ def owned_copy(crdt_type: Atom, state: Any) -> Any:
     """A copy of ``state`` that :func:`update_in_place` may change (maps copied at every
     level; registers and flags are immutable tuples and are shared)."""
     if crdt_type == MAP_RR:
-        return {key: owned_copy(key[1], nested) for key, nested in state.items()}
+        return {state_key(key): owned_copy(key[1], nested) for key, nested in state.items()}
     return state
 
 
@@ -390,7 +414,7 @@ def update_in_place(crdt_type: Atom, effect: Any, state: Any) -> Any:
         if is_bottom(ftype, after):
             state.pop(key, None)
         else:
-            state[key] = after
+            state[state_key(key)] = after
     for key, nested in removes:
         if nested == NONE or key not in state:
             continue
@@ -398,5 +422,5 @@ def update_in_place(crdt_type: Atom, effect: Any, state: Any) -> Any:
         if is_bottom(key[1], after):
             del state[key]
         else:
-            state[key] = after
+            state[state_key(key)] = after
     return state

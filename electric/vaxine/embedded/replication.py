@@ -187,6 +187,7 @@ class ReplicationConnection:
 
     def _pump(self, stream: _Stream, position: int, skip_upto: int) -> None:
         txn_log = self.store.log
+        self.store.live_streams += 1
         try:
             while not stream.stop.is_set():
                 durable = txn_log.durable_event()
@@ -210,3 +211,5 @@ class ReplicationConnection:
                 self.sock.shutdown(2)
             except OSError:
                 pass
+        finally:
+            self.store.live_streams -= 1

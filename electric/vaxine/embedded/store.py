@@ -92,6 +92,8 @@ def parse_record(payload: bytes) -> TxnRecord | None:
 
 
 _TYPES_BY_NAME = {t.name: t for t in crdt.TYPES}
+# Stored versions name their type with a plain str (see crdt.state_key: GC).
+_PLAIN_TYPE = {t: t.name for t in crdt.TYPES}
 
 
 def _plain(ctype: Atom, state: Any) -> Any:
@@ -104,12 +106,11 @@ def _plain(ctype: Atom, state: Any) -> Any:
 def _unplain(ctype: Atom, plain: Any) -> Any:
     if ctype == crdt.MAP_RR:
         out = {}
-        for (f, tname), v in plain.items():
-            t = _TYPES_BY_NAME[tname]
-            out[(f, t)] = _unplain(t, v)
+        for key, v in plain.items():
+            out[crdt.state_key(key)] = _unplain(_TYPES_BY_NAME[key[1]], v)
         return out
     if ctype == crdt.FLAG_DW:
-        return (list(plain[0]), list(plain[1]))
+        return (tuple(plain[0]), tuple(plain[1]))
     return tuple(plain)
 
 
@@ -137,10 +138,14 @@ class Store:
         self.seq = 0
         # log position of every committed transaction (compact: one 8-byte slot each)
         self.txn_offsets = array("q")
-        self._versions: dict[ObjKey, list[tuple[int, Atom, Any]]] = {}
+        # Per object, the versions running transactions may read, oldest first. A tuple of
+        # tuples (immutable all the way down, see crdt.new) so stored states drop out of
+        # the cyclic GC's sight instead of making every full collection walk all rows.
+        self._versions: dict[ObjKey, tuple[tuple[int, Atom, Any], ...]] = {}
         self._active: dict[bytes, Txn] = {}
         self._last_us = 0
         self._pid_ids = itertools.count(1)
+        self.live_streams = 0  # replication streams currently open (see replication.py)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -161,8 +166,7 @@ class Store:
             for key, bucket, tname, plain in marshal.loads(record.states_blob):
                 latest[(key, bucket)] = (self.seq, tname, plain)
         for obj, (seq, tname, plain) in latest.items():
-            ctype = _TYPES_BY_NAME[tname]
-            self._versions[obj] = [(seq, ctype, _unplain(ctype, plain))]
+            self._versions[obj] = ((seq, _PLAIN_TYPE[tname], _unplain(_TYPES_BY_NAME[tname], plain)),)
         if self.dc_id is None:
             mega, rest = divmod(time.time_ns() // 1000, 10**12)
             sec, micro = divmod(rest, 10**6)
@@ -213,7 +217,7 @@ class Store:
         if found is None:
             return crdt.new(crdt_type)
         if found[0] != crdt_type:
-            raise crdt.CrdtError(f"object is a {found[0].name}, not a {crdt_type.name}")
+            raise crdt.CrdtError(f"object is a {found[0]}, not a {crdt_type}")
         return found[1]
 
     def read(self, txn: Txn, key: bytes, bucket: bytes, crdt_type: Atom) -> Any:
@@ -234,7 +238,7 @@ class Store:
             write = txn.writes[obj] = _Write(crdt_type, view)
         else:
             if write.crdt_type != crdt_type:
-                raise crdt.CrdtError(f"object is a {write.crdt_type.name}, not a {crdt_type.name}")
+                raise crdt.CrdtError(f"object is a {write.crdt_type}, not a {crdt_type}")
             effect, body = crdt.downstream_encoded(crdt_type, op, write.view, self.now_us)
         write.view = crdt.update_in_place(crdt_type, effect, write.view)
         write.effects.append(effect)
@@ -268,12 +272,12 @@ class Store:
                 # Nobody committed this object since our snapshot: latest state + our
                 # effects is exactly our view (always the case for static updates).
                 if versions and versions[-1][1] != ctype:
-                    raise crdt.CrdtError(f"object is a {versions[-1][1].name}")
+                    raise crdt.CrdtError(f"object is a {versions[-1][1]}")
                 state = write.view
             else:
                 _seq, latest_type, state = versions[-1]
                 if latest_type != ctype:
-                    raise crdt.CrdtError(f"object became a {latest_type.name} concurrently")
+                    raise crdt.CrdtError(f"object became a {latest_type} concurrently")
                 for effect in write.effects:
                     state = crdt.update(ctype, effect, state)
             new_states.append((obj, ctype, state))
@@ -285,8 +289,11 @@ class Store:
                 b"l" + _U32.pack(len(write.effects)) + effects + b"j" if write.effects else b"j",
             )))
         ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
-        # In-process stream readers get the term without decoding these bytes again.
-        etf.memo.remember(ops_body, _OpsTerm(new_states, [w.effects for w in txn.writes.values()]))
+        if self.live_streams:
+            # In-process stream readers get the term without decoding these bytes again
+            # (with no stream open, nobody is about to read it: keep nothing alive).
+            etf.memo.remember(ops_body,
+                              _OpsTerm(new_states, [w.effects for w in txn.writes.values()]))
         states_blob = marshal.dumps(
             [(obj[0], obj[1], str(ctype), _plain(ctype, state)) for obj, ctype, state in new_states])
         payload = b"".join((b"T", _TXN_HEAD.pack(commit_us, len(txn.txid_body), len(states_blob)),
@@ -294,22 +301,25 @@ class Store:
         offset = self.log.append(payload)
         self.seq += 1
         self.txn_offsets.append(offset)
+        oldest = min((t.snapshot for t in self._active.values()), default=self.seq)
         for obj, ctype, state in new_states:
-            self._versions.setdefault(obj, []).append((self.seq, ctype, state))
-            self._prune(obj)
+            self._versions[obj] = (self._versions.get(obj, ())
+                                   + ((self.seq, _PLAIN_TYPE[ctype], state),))
+            self._prune(obj, oldest)
         self.log.wait_durable(offset)
         return commit_us
 
-    def _prune(self, obj: ObjKey) -> None:
-        """Keep only versions some running transaction may still read."""
-        oldest = min((t.snapshot for t in self._active.values()), default=self.seq)
+    def _prune(self, obj: ObjKey, oldest: int) -> None:
+        """Keep only versions a running transaction (snapshots >= ``oldest``) may read."""
         versions = self._versions[obj]
+        if len(versions) == 1:
+            return
         keep_from = 0
         for i, (seq, _t, _s) in enumerate(versions):
             if seq <= oldest:
                 keep_from = i
         if keep_from:
-            del versions[:keep_from]
+            self._versions[obj] = versions[keep_from:]
 
     # ------------------------------------------------------------------ stream positions
 

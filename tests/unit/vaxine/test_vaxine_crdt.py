@@ -39,7 +39,7 @@ def test_flag_dw_disable_wins_over_concurrent_enable():
     deleted = crdt.update(FLAG_DW, enable, base)
     assert crdt.value(FLAG_DW, deleted) is True
     assert crdt.value(FLAG_DW, apply(FLAG_DW, ("disable",), deleted)) is False
-    assert deleted[1] == []
+    assert deleted[1] == ()
 
 
 def test_map_concurrent_column_writes_merge_and_update_beats_delete():
