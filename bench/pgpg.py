@@ -172,7 +172,7 @@ def catch_up(p: Pipeline, rows_per_table: int = 1000, batch: int = 100, base: in
             conn.commit()
             n_tx += 1
     conn.close()
-    drained = p.source_drained(before, n_tx)
+    drained = p.source_drained(before, n_tx, timeout=60)
     where = f"id >= {base} AND id < {hi}"
     expected = rows_per_table * len(TABLES)
     with measured():
@@ -195,15 +195,15 @@ def catch_up(p: Pipeline, rows_per_table: int = 1000, batch: int = 100, base: in
 
 _PROBE_COLS = "(id bigint PRIMARY KEY, v text NOT NULL, n int NOT NULL DEFAULT 0)"
 _STATIC_UPSERT = """
-CREATE FUNCTION bench_probe_static_upsert() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.bench_probe_static_upsert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   UPDATE public.probe_static t SET v = NEW.v, n = NEW.n WHERE t.id = NEW.id;
   IF FOUND THEN RETURN NULL; END IF;
   RETURN NEW;
 END $$;
-CREATE TRIGGER upsert BEFORE INSERT ON probe_static
-    FOR EACH ROW EXECUTE FUNCTION bench_probe_static_upsert();
-ALTER TABLE probe_static ENABLE REPLICA TRIGGER upsert;
+CREATE TRIGGER upsert BEFORE INSERT ON public.probe_static
+    FOR EACH ROW EXECUTE FUNCTION public.bench_probe_static_upsert();
+ALTER TABLE public.probe_static ENABLE REPLICA TRIGGER upsert;
 """
 
 
@@ -223,11 +223,13 @@ def trigger_cost(rig, rows: int = 10_000, repeat: int = 3) -> dict:
                 database=ELECTRIC_DB)
     b.psql("CREATE SCHEMA IF NOT EXISTS electric", database=NATIVE_DB)
     b.psql(fn, database=NATIVE_DB)
-    b.psql(f"CREATE TABLE probe_plain {_PROBE_COLS}; CREATE TABLE probe_generic {_PROBE_COLS};"
-           f" CREATE TABLE probe_static {_PROBE_COLS};"
-           " CREATE TRIGGER upsert BEFORE INSERT ON probe_generic FOR EACH ROW EXECUTE"
+    # Qualified names: the role is called "electric", so "$user" would pick that schema.
+    b.psql(f"CREATE TABLE public.probe_plain {_PROBE_COLS};"
+           f" CREATE TABLE public.probe_generic {_PROBE_COLS};"
+           f" CREATE TABLE public.probe_static {_PROBE_COLS};"
+           " CREATE TRIGGER upsert BEFORE INSERT ON public.probe_generic FOR EACH ROW EXECUTE"
            " FUNCTION electric.replication_upsert();"
-           " ALTER TABLE probe_generic ENABLE REPLICA TRIGGER upsert;" + _STATIC_UPSERT,
+           " ALTER TABLE public.probe_generic ENABLE REPLICA TRIGGER upsert;" + _STATIC_UPSERT,
            database=NATIVE_DB)
     conn = connect(b, NATIVE_DB, autocommit=False)
     cur = conn.cursor()
@@ -238,15 +240,15 @@ def trigger_cost(rig, rows: int = 10_000, repeat: int = 3) -> dict:
         best = float("inf")
         for _ in range(repeat):
             start = time.monotonic()
-            cur.execute(f"INSERT INTO {table} (id, v, n) VALUES {values}")
+            cur.execute(f"INSERT INTO public.{table} (id, v, n) VALUES {values}")
             conn.commit()
             best = min(best, time.monotonic() - start)
-            cur.execute(f"DELETE FROM {table}")
+            cur.execute(f"DELETE FROM public.{table}")
             conn.commit()
         out[table.removeprefix("probe_") + "_ms"] = round(best * 1000, 1)
     conn.close()
-    b.psql("DROP TABLE probe_plain, probe_generic, probe_static;"
-           " DROP FUNCTION bench_probe_static_upsert()", database=NATIVE_DB)
+    b.psql("DROP TABLE public.probe_plain, public.probe_generic, public.probe_static;"
+           " DROP FUNCTION public.bench_probe_static_upsert()", database=NATIVE_DB)
     for key in ("generic", "static"):
         out[f"{key}_us_per_row_over_plain"] = round(
             (out[f"{key}_ms"] - out["plain_ms"]) * 1000 / rows, 1)

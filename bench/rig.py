@@ -200,8 +200,11 @@ class Pipeline:
         """Electric: transactions its connector to A has written into Vaxine so far."""
         if self.electric is None:
             return 0
-        detail = self.electric.get_json("/api/status").get("connector_detail", {})
-        return int(detail.get("pg_a", {}).get("transactions_written", 0))
+        status = self.electric.get_json("/api/status")
+        # Two layouts seen: detail.connectors.<name> (current) and connector_detail.<name>.
+        connectors = status.get("detail", {}).get("connectors") or \
+            status.get("connector_detail", {})
+        return int(connectors.get("pg_a", {}).get("transactions_written", 0))
 
     def source_drained(self, before: int, transactions: int, timeout: float = 120.0) -> bool:
         """Electric: ``transactions`` more than ``before`` are in Vaxine (native: trivially)."""

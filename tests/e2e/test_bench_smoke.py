@@ -12,12 +12,16 @@ from bench.__main__ import run
 
 def test_bench_harness_runs_at_toy_size(tmp_path):
     out = str(tmp_path / "results")
-    results = run("smoke", {"throughput", "latency", "catch_up", "ingest"}, out, fsync=False)
+    results = run("smoke", {"throughput", "latency", "catch_up", "trigger", "ingest"}, out,
+                  fsync=False)
     for name in ("native", "electric"):
         assert results["throughput"][name]["total"]["converged"], results["throughput"][name]
         assert results["catch_up"][name]["converged"], results["catch_up"][name]
         (lat,) = results["latency"][name]
         assert lat["delivered"] == lat["transactions"] > 0, lat
+    # the catch-up waited for Electric's own count of written transactions (status layout)
+    assert results["catch_up"]["electric"]["source_drained_before_enable"]
+    assert results["trigger"]["generic_ms"] > 0
     (ingest,) = results["satellite_ingest"]
     assert ingest["errors"] == [] and ingest["postgres_tx_per_s"], ingest
     with open(os.path.join(out, "results.md")) as fh:
