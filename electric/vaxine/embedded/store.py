@@ -96,6 +96,21 @@ _TYPES_BY_NAME = {t.name: t for t in crdt.TYPES}
 _PLAIN_TYPE = {t: t.name for t in crdt.TYPES}
 
 
+def _states_blob(new_states: list) -> bytes:
+    """The post-commit states in marshal form (what recovery reads).
+
+    Stored states are already plain builtins (map keys name their type with a plain str,
+    see crdt.state_key), so they are dumped as they are; :func:`_plain` converts any state
+    that still holds an Atom (marshal refuses str subclasses).
+    """
+    try:
+        return marshal.dumps([(obj[0], obj[1], _PLAIN_TYPE[ctype], state)
+                              for obj, ctype, state in new_states])
+    except ValueError:
+        return marshal.dumps([(obj[0], obj[1], _PLAIN_TYPE[ctype], _plain(ctype, state))
+                              for obj, ctype, state in new_states])
+
+
 def _plain(ctype: Atom, state: Any) -> Any:
     """State with atoms turned into str, for marshal (which only takes exact builtins)."""
     if ctype == crdt.MAP_RR:
@@ -294,8 +309,7 @@ class Store:
             # (with no stream open, nobody is about to read it: keep nothing alive).
             etf.memo.remember(ops_body,
                               _OpsTerm(new_states, [w.effects for w in txn.writes.values()]))
-        states_blob = marshal.dumps(
-            [(obj[0], obj[1], str(ctype), _plain(ctype, state)) for obj, ctype, state in new_states])
+        states_blob = _states_blob(new_states)
         payload = b"".join((b"T", _TXN_HEAD.pack(commit_us, len(txn.txid_body), len(states_blob)),
                             txn.txid_body, states_blob, ops_body))
         offset = self.log.append(payload)

@@ -151,3 +151,19 @@ def test_stored_states_mostly_escape_the_cyclic_gc(store):
             continue
         for key, nested in state.items():
             assert not gc.is_tracked(key) and not gc.is_tracked(nested), key
+
+
+def test_states_blob_reads_back_the_same_for_plain_and_atom_keyed_states():
+    import marshal
+
+    from electric.vaxine.embedded import store as store_mod
+
+    atom_keyed = {(b"id", LWW): (5, b"x"), (b"row", MAP_RR): {(b"c", LWW): (6, b"y")},
+                  (b"deleted?", FLAG_DW): ((), (b"t" * 20,))}
+    plain = crdt.owned_copy(MAP_RR, atom_keyed)
+    blobs = [store_mod._states_blob([((b"k", B), MAP_RR, state)])
+             for state in (atom_keyed, plain)]  # the first one takes the _plain fallback
+    for blob in blobs:  # (marshal's bytes depend on object sharing; the values may not)
+        (key, bucket, tname, loaded), = marshal.loads(blob)
+        assert (key, bucket, tname) == (b"k", B, "antidote_crdt_map_rr")
+        assert store_mod._unplain(MAP_RR, loaded) == atom_keyed
