@@ -60,3 +60,44 @@ def test_big_record_read_whole(tmp_path):
     log.close()
     with pytest.raises(LogError):
         log.append(b"after close")
+
+
+def test_group_commit_acknowledges_each_record_only_after_its_sync(tmp_path, monkeypatch):
+    """Concurrent commits share fsyncs, and nobody is released before the sync that
+    covers their record has returned (acknowledged = durable)."""
+    import gevent
+
+    from electric.vaxine.embedded import log as log_mod
+
+    synced_upto = [0]  # file size at the last completed sync
+    syncs = [0]
+    real_sync = log_mod._sync
+
+    def slow_sync(fd):
+        gevent.sleep(0.005)  # let more commits queue up behind this sync
+        real_sync(fd)
+        synced_upto[0] = os.fstat(fd).st_size
+        syncs[0] += 1
+
+    monkeypatch.setattr(log_mod, "_sync", slow_sync)
+    log = TxnLog(str(tmp_path / "l"), use_threadpool=False)
+    list(log.open())
+    released = []
+
+    def committer(i):
+        for j in range(5):
+            payload = b"c%d-%d" % (i, j)
+            offset = log.append(payload)
+            log.wait_durable(offset)
+            # the whole record is on disk and covered by a finished sync
+            assert synced_upto[0] >= offset + HEADER_SIZE + len(payload)
+            released.append(offset)
+            gevent.sleep(0)
+
+    gevent.joinall([gevent.spawn(committer, i) for i in range(8)], raise_error=True)
+    assert len(released) == 40
+    assert syncs[0] < 40 / 2  # group commit: far fewer syncs than commits
+    log.close()
+    reopened = TxnLog(str(tmp_path / "l"))
+    assert len(list(reopened.open())) == 40
+    reopened.close()
