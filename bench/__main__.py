@@ -24,7 +24,8 @@ from bench.rig import Rig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "fanout", "profile")
+SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "profile", "whatif",
+            "fanout")
 
 SIZES = {
     "full": {"rows": 50_000, "rates": (50, 200, 1000), "lat_s": 8.0, "catch_rows": 1000,
@@ -59,7 +60,8 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
     started = time.monotonic()
     results: dict = {"meta": {"mode": mode, "cpus": os.cpu_count(), "fsync": fsync,
                               "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}}
-    needs_rig = only & {"throughput", "latency", "catch_up", "trigger", "ingest", "profile"}
+    needs_rig = only & {"throughput", "latency", "catch_up", "trigger", "ingest", "profile",
+                        "whatif"}
     rig = Rig(fsync=fsync).start() if needs_rig else None
     try:
         if rig:
@@ -118,6 +120,17 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
                                       **summary}
                 results["profile_md"] = profile.to_markdown(
                     f"{size['profile_rows']:,} rows inserted, updated, deleted", summary)
+        if "whatif" in only:
+            # Last, since it changes B: the same workloads with a static per-table trigger.
+            p = rig.pipelines["electric"]
+            pgpg.use_static_upsert(p)
+            p.settle()
+            log(f"what-if static upsert trigger: throughput {size['rows']} rows")
+            wi = {"throughput": pgpg.throughput(p, size["rows"], base=30_000_000)}
+            log(f"  {json.dumps(wi['throughput']['total'])}; settled in {p.settle():.1f} s")
+            wi["catch_up"] = pgpg.catch_up(p, size["catch_rows"], base=60_000_000)
+            log(f"  catch-up {json.dumps(wi['catch_up'])}")
+            results["whatif_static_trigger"] = wi
     finally:
         if rig:
             rig.close()
@@ -158,7 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="results directory")
     parser.add_argument("--no-fsync", action="store_true",
                         help="run both clusters with fsync off")
+    parser.add_argument("--render", metavar="DIR", default=None,
+                        help="only re-render DIR/results.md and the plots from results.json")
     args = parser.parse_args(argv)
+    if args.render:
+        with open(os.path.join(args.render, "results.json")) as fh:
+            results = json.load(fh)
+        report.plots(results, args.render)
+        with open(os.path.join(args.render, "results.md"), "w") as fh:
+            fh.write(report.markdown(results))
+        return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SECTIONS)

@@ -253,3 +253,24 @@ def trigger_cost(rig, rows: int = 10_000, repeat: int = 3) -> dict:
         out[f"{key}_us_per_row_over_plain"] = round(
             (out[f"{key}_ms"] - out["plain_ms"]) * 1000 / rows, 1)
     return out
+
+
+def use_static_upsert(p: Pipeline) -> None:
+    """What-if: replace Electric's generic upsert trigger on B's tables by per-table triggers
+    with fixed SQL and the same semantics (update by primary key, skip the INSERT when the
+    row existed). Same trigger name, so Electric's idempotent re-install would put the
+    generic one back; this only lasts for the rest of the run."""
+    sql = []
+    for t in TABLES:
+        sql.append(f"""
+CREATE OR REPLACE FUNCTION public.bench_static_upsert_{t}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE public.{t} t SET v = NEW.v, n = NEW.n WHERE t.id = NEW.id;
+  IF FOUND THEN RETURN NULL; END IF;
+  RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER electric_upsert BEFORE INSERT ON public.{t}
+    FOR EACH ROW EXECUTE FUNCTION public.bench_static_upsert_{t}();
+ALTER TABLE public.{t} ENABLE REPLICA TRIGGER electric_upsert;""")
+    p.b.psql("\n".join(sql), database=p.db)
