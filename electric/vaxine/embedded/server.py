@@ -22,6 +22,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 from loguru import logger
 
+from electric.limits import ByteBudget
 from electric.vaxine import antidote
 from electric.vaxine.embedded.api import ApiSession
 from electric.vaxine.embedded.log import TxnLog
@@ -30,6 +31,12 @@ from electric.vaxine.embedded.store import Store, data_file
 from electric.vaxine.framing import MAX_FRAME, FrameDecoder, FrameTooLarge
 
 log = logger.bind(origin="vaxine_embedded")
+
+
+# All API connections together may hold this much of requests still being received: one
+# largest frame (plus a read's worth of slack), so peers sending slowly cannot add up to
+# unbounded memory.
+API_BUDGET = ByteBudget(MAX_FRAME + (1 << 20), "vaxine api")
 
 
 class EmbeddedVaxine:
@@ -104,12 +111,21 @@ class EmbeddedVaxine:
         _no_delay(sock)
         session = ApiSession(self.store)
         decoder = FrameDecoder(max_frame=self.max_frame)
+        held = 0  # bytes of incomplete frames this connection holds against the budget
         try:
             while True:
                 data = sock.recv(65536)
                 if not data:
                     return
-                for body in decoder.feed(data):
+                bodies = decoder.feed(data)
+                if decoder.buffered > held and not API_BUDGET.try_reserve(decoder.buffered - held):
+                    log.warning(f"API client {address}: {API_BUDGET.used} bytes of incomplete "
+                                f"requests already held (budget {API_BUDGET.capacity}); "
+                                "closing the connection")
+                    return
+                API_BUDGET.release(max(0, held - decoder.buffered))
+                held = decoder.buffered
+                for body in bodies:
                     try:
                         request = antidote.decode_body(body)
                     except antidote.AntidoteDecodeError as exc:
@@ -123,6 +139,7 @@ class EmbeddedVaxine:
         except Exception:
             log.exception(f"API client {address}: unexpected failure; closing the connection")
         finally:
+            API_BUDGET.release(held)
             session.close()
             self._connections.discard(sock)
             sock.close()
