@@ -211,10 +211,12 @@ def trigger_cost(rig, rows: int = 10_000, repeat: int = 3) -> dict:
     """What B's apply worker pays per row for Electric's upsert trigger.
 
     On B's ``bench_native`` database (which publishes nothing, so these rows go nowhere),
-    three probe tables get one ``rows``-row INSERT each as ``session_replication_role =
-    replica`` (like the apply worker): no trigger, Electric's generic
-    ``electric.replication_upsert()`` (copied from B's ``bench_electric``), and a per-table
-    trigger with static SQL doing the same upsert. Best of ``repeat``, in ms.
+    four probe tables get one ``rows``-row INSERT each as ``session_replication_role =
+    replica`` (like the apply worker): no trigger, the generic
+    ``electric.replication_upsert()`` (copied from B's ``bench_electric``; Electric's only
+    trigger before the per-table functions, its fallback now), a hand-written per-table
+    trigger with static SQL, and the per-table function Electric generates today
+    (``electric.upsert_function``, copied likewise). Best of ``repeat``, in ms.
     """
     from bench.rig import ELECTRIC_DB, NATIVE_DB
 
@@ -223,20 +225,30 @@ def trigger_cost(rig, rows: int = 10_000, repeat: int = 3) -> dict:
                 database=ELECTRIC_DB)
     b.psql("CREATE SCHEMA IF NOT EXISTS electric", database=NATIVE_DB)
     b.psql(fn, database=NATIVE_DB)
+    gen = b.psql("SELECT pg_get_functiondef('electric.upsert_function'::regproc)",
+                 database=ELECTRIC_DB)
+    b.psql(gen, database=NATIVE_DB)
     # Qualified names: the role is called "electric", so "$user" would pick that schema.
     b.psql(f"CREATE TABLE public.probe_plain {_PROBE_COLS};"
            f" CREATE TABLE public.probe_generic {_PROBE_COLS};"
            f" CREATE TABLE public.probe_static {_PROBE_COLS};"
+           f" CREATE TABLE public.probe_generated {_PROBE_COLS};"
            " CREATE TRIGGER upsert BEFORE INSERT ON public.probe_generic FOR EACH ROW EXECUTE"
            " FUNCTION electric.replication_upsert();"
            " ALTER TABLE public.probe_generic ENABLE REPLICA TRIGGER upsert;" + _STATIC_UPSERT,
+           database=NATIVE_DB)
+    generated = b.psql("SELECT electric.upsert_function('public.probe_generated'::regclass)",
+                       database=NATIVE_DB).strip()
+    b.psql(f"CREATE TRIGGER upsert BEFORE INSERT ON public.probe_generated FOR EACH ROW"
+           f" EXECUTE FUNCTION {generated}();"
+           " ALTER TABLE public.probe_generated ENABLE REPLICA TRIGGER upsert;",
            database=NATIVE_DB)
     conn = connect(b, NATIVE_DB, autocommit=False)
     cur = conn.cursor()
     cur.execute("SET session_replication_role = replica")
     values = ",".join(f"({i}, 'row {i} with some text', 0)" for i in range(rows))
     out: dict = {"rows": rows}
-    for table in ("probe_plain", "probe_generic", "probe_static"):
+    for table in ("probe_plain", "probe_generic", "probe_static", "probe_generated"):
         best = float("inf")
         for _ in range(repeat):
             start = time.monotonic()
@@ -247,9 +259,10 @@ def trigger_cost(rig, rows: int = 10_000, repeat: int = 3) -> dict:
             conn.commit()
         out[table.removeprefix("probe_") + "_ms"] = round(best * 1000, 1)
     conn.close()
-    b.psql("DROP TABLE public.probe_plain, public.probe_generic, public.probe_static;"
-           " DROP FUNCTION public.bench_probe_static_upsert()", database=NATIVE_DB)
-    for key in ("generic", "static"):
+    b.psql("DROP TABLE public.probe_plain, public.probe_generic, public.probe_static,"
+           " public.probe_generated; DROP FUNCTION public.bench_probe_static_upsert();"
+           f" DROP FUNCTION {generated}()", database=NATIVE_DB)
+    for key in ("generic", "static", "generated"):
         out[f"{key}_us_per_row_over_plain"] = round(
             (out[f"{key}_ms"] - out["plain_ms"]) * 1000 / rows, 1)
     return out

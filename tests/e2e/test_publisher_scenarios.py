@@ -23,7 +23,14 @@ def ready(process, timeout=60):
 
 
 def disable_subscription(pg, db, name):
-    """DISABLE returns before the apply worker exits: wait until it has."""
+    """DISABLE returns before the apply worker exits: wait until it has.
+
+    A connector reports ready before Electric has created and enabled its subscription
+    (that happens right after, in ``subscribe_when_ready``): wait for that first, or
+    Electric's own ENABLE may land after this DISABLE.
+    """
+    wait_rows(pg, db, "SELECT count(*) FROM pg_stat_subscription WHERE subname = %s"
+                      " AND pid IS NOT NULL", [(1,)], args=(name,))
     query(pg, db, f"ALTER SUBSCRIPTION {name} DISABLE")
     wait_rows(pg, db, "SELECT count(*) FROM pg_stat_subscription WHERE subname = %s"
                       " AND pid IS NOT NULL", [(0,)], args=(name,))

@@ -190,3 +190,171 @@ def test_sql_quotes_identifiers():
     assert "ENABLE REPLICA TRIGGER" in sql
     with pytest.raises(ValueError):
         upsert.quote_ident("a\0b")
+
+
+
+# -- per-table static functions ---------------------------------------------------------
+
+
+def function_of(conn, relation: str) -> tuple[str, str]:
+    """The name and generated source of ``relation``'s upsert trigger function."""
+    with conn.cursor() as cur:
+        cur.execute(
+            # spelled out: the test role is called "electric", so regproc would drop the schema
+            "SELECT n.nspname || '.' || p.proname, p.prosrc FROM pg_trigger t"
+            " JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE t.tgname = 'electric_upsert' AND t.tgrelid = %s::regclass",
+            (relation,),
+        )
+        [(name, src)] = cur.fetchall()
+    return name, src
+
+
+def oid_of(conn, relation: str) -> int:
+    return rows(conn, f"SELECT '{relation}'::regclass::oid")[0][0]
+
+
+def test_each_table_gets_its_own_static_function(conn):
+    for rel, expected in [
+        ("ups.items", "UPDATE ups.items t SET title = NEW.title, qty = NEW.qty"
+                      " WHERE t.id = NEW.id;"),
+        ("ups.pairs", "UPDATE ups.pairs t SET val = NEW.val WHERE t.a = NEW.a AND t.b = NEW.b;"),
+        ('ups."Odd Table"', 'UPDATE ups."Odd Table" t SET "some col" = NEW."some col"'
+                            ' WHERE t."Key" = NEW."Key";'),
+        # all-key table: an existence check instead of an UPDATE
+        ("ups.tags", "PERFORM 1 FROM ups.tags t WHERE t.a = NEW.a AND t.b = NEW.b FOR UPDATE;"),
+        # generated column left out: Postgres recomputes it
+        ("ups.gen", "UPDATE ups.gen t SET n = NEW.n WHERE t.id = NEW.id;"),
+    ]:
+        name, src = function_of(conn, rel)
+        assert name == f"electric.upsert_{oid_of(conn, rel)}"
+        assert expected in src, src
+        assert "EXECUTE" not in src  # static SQL: planned once per session, no catalog look-ups
+    name, src = function_of(conn, "ups.nopk")
+    assert "UPDATE" not in src and "RETURN NEW;" in src
+
+
+def test_odd_identifiers_everywhere(pg, conn):
+    run(conn, """
+        CREATE SCHEMA "Sch ema";
+        CREATE TABLE "Sch ema"."we""ird; DROP TABLE x" (
+            "new" int, "t" text, "SELECT" text, "Ünï" text, PRIMARY KEY ("new", "t"));
+    """)
+    rel = ("Sch ema", 'we"ird; DROP TABLE x')
+    try:
+        assert upsert.install(conn, [rel]) == 1
+        q = '"Sch ema"."we""ird; DROP TABLE x"'
+        run(conn, f"INSERT INTO {q} VALUES (1, 'a', 'old', 'old')")
+        r = replica(pg)
+        assert run(r, f"INSERT INTO {q} VALUES (1, 'a', 'new', 'neu')") == 0
+        assert run(r, f"INSERT INTO {q} VALUES (2, 'a', 'x', 'y')") == 1
+        assert rows(conn, f'SELECT * FROM {q} ORDER BY 1') == [
+            (1, "a", "new", "neu"), (2, "a", "x", "y")]
+    finally:
+        run(conn, 'DROP SCHEMA "Sch ema" CASCADE')
+
+
+def test_column_added_outside_migrations_is_not_lost(pg, conn):
+    """A plain ALTER TABLE on the subscriber (no Electric migration, no re-install): the DDL
+    event trigger regenerates the function inside the ALTER's transaction, so an upsert
+    carrying the new column sets it instead of silently keeping the old value."""
+    run(conn, "INSERT INTO ups.items VALUES (%s, 'local', 1)", (U1,))
+    run(conn, "ALTER TABLE ups.items ADD COLUMN note text")
+    assert "note = NEW.note" in function_of(conn, "ups.items")[1]
+    r = replica(pg)
+    assert run(r, "INSERT INTO ups.items VALUES (%s, 'remote', 2, 'hello')", (U1,)) == 0
+    assert rows(conn, "SELECT title, qty, note FROM ups.items") == [("remote", 2, "hello")]
+
+
+def test_dropped_and_renamed_columns_and_tables_keep_working(pg, conn):
+    run(conn, "INSERT INTO ups.items VALUES (%s, 'local', 1)", (U1,))
+    run(conn, "ALTER TABLE ups.items DROP COLUMN qty")
+    run(conn, "ALTER TABLE ups.items RENAME COLUMN title TO name")
+    run(conn, "ALTER TABLE ups.items RENAME TO things")
+    run(conn, "ALTER SCHEMA ups RENAME TO ups_renamed")
+    try:
+        r = replica(pg)
+        assert run(r, "INSERT INTO ups_renamed.things VALUES (%s, 'remote')", (U1,)) == 0
+        assert rows(conn, "SELECT name FROM ups_renamed.things") == [("remote",)]
+        assert "UPDATE ups_renamed.things t SET name = NEW.name" in function_of(
+            conn, "ups_renamed.things")[1]
+    finally:
+        run(conn, "ALTER SCHEMA ups_renamed RENAME TO ups")
+
+
+def test_alter_by_a_non_superuser_table_owner_regenerates(pg, conn):
+    """The event trigger runs as whoever ALTERs; the generator is SECURITY DEFINER, so a
+    table owner without rights on Electric's schema still gets a current function."""
+    run(conn, """
+        DROP ROLE IF EXISTS ups_alter;
+        CREATE ROLE ups_alter LOGIN PASSWORD 'ups_alter';
+        ALTER TABLE ups.pairs OWNER TO ups_alter;
+        GRANT USAGE ON SCHEMA ups TO ups_alter;
+    """)
+    try:
+        c = psycopg2.connect(pg.dsn(user="ups_alter", password="ups_alter"))
+        c.autocommit = True
+        try:
+            run(c, "ALTER TABLE ups.pairs ADD COLUMN extra int")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                run(c, "SELECT electric.upsert_function('ups.pairs'::regclass)")
+        finally:
+            c.close()
+        assert "extra = NEW.extra" in function_of(conn, "ups.pairs")[1]
+    finally:
+        run(conn, "DROP TABLE ups.pairs")
+        run(conn, "DROP OWNED BY ups_alter; DROP ROLE ups_alter")
+
+
+def test_reinstall_after_add_column_picks_up_the_new_column(pg, conn):
+    """Without the event trigger (disabled here) the column list is stale until the next
+    install — which Electric runs after every migration."""
+    run(conn, f"ALTER EVENT TRIGGER {upsert.event_trigger_name()} DISABLE")
+    run(conn, "ALTER TABLE ups.pairs ADD COLUMN extra int")
+    assert "extra" not in function_of(conn, "ups.pairs")[1]
+    before = function_of(conn, "ups.pairs")[0]
+    assert upsert.install(conn, TABLES) == len(TABLES)  # also re-enables the event trigger
+    name, src = function_of(conn, "ups.pairs")
+    assert name == before and "val = NEW.val, extra = NEW.extra" in src
+    assert rows(conn, "SELECT evtenabled FROM pg_event_trigger WHERE evtname = %s"
+                .replace("%s", f"'{upsert.event_trigger_name()}'")) == [("O",)]
+    run(conn, "INSERT INTO ups.pairs VALUES (1, 'x', 'old', 1)")
+    run(replica(pg), "INSERT INTO ups.pairs VALUES (1, 'x', 'new', 2)")
+    assert rows(conn, "SELECT val, extra FROM ups.pairs") == [("new", 2)]
+
+
+def test_functions_of_dropped_tables_are_cleaned_up(conn):
+    name = function_of(conn, "ups.items")[0]
+    run(conn, "DROP TABLE ups.items")
+    upsert.install(conn, [("ups", "pairs")])
+    assert rows(conn, f"SELECT to_regproc('{name}')") == [(None,)]  # qualified: no $user
+    assert function_of(conn, "ups.tags")[0].startswith("electric.upsert_")  # still in use
+
+
+def test_non_superuser_falls_back_to_the_generic_function(pg, conn):
+    run(conn, """
+        DROP ROLE IF EXISTS ups_owner;
+        CREATE ROLE ups_owner LOGIN PASSWORD 'ups_owner';
+        CREATE TABLE ups.owned (id int PRIMARY KEY, v text);
+        ALTER TABLE ups.owned OWNER TO ups_owner;
+        GRANT USAGE ON SCHEMA ups TO ups_owner;
+    """)
+    run(conn, f"GRANT CREATE ON DATABASE {pg.database} TO ups_owner")
+    try:
+        c = psycopg2.connect(pg.dsn(user="ups_owner", password="ups_owner"))
+        try:
+            assert upsert.install(c, [("ups", "owned")], schema="ups_fn") == 1
+        finally:
+            c.close()
+        assert function_of(conn, "ups.owned")[0] == "ups_fn.replication_upsert"
+        run(conn, "INSERT INTO ups.owned VALUES (1, 'local')")
+        run(replica(pg), "INSERT INTO ups.owned VALUES (1, 'remote')")
+        assert rows(conn, "SELECT v FROM ups.owned") == [("remote",)]
+    finally:
+        run(conn, "DROP TABLE ups.owned")
+        run(conn, "DROP OWNED BY ups_owner; DROP ROLE ups_owner")
+
+
+def test_trigger_sql_with_a_static_function():
+    sql = upsert.trigger_sql(("s", "t"), function='"electric"."upsert_42"')
+    assert 'EXECUTE FUNCTION "electric"."upsert_42"();' in sql
