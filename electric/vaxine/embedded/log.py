@@ -10,9 +10,13 @@ the disk works), then advances :attr:`durable_end`. Commits queued while a sync 
 the next one (group commit). Callers acknowledge a commit only after :meth:`wait_durable`,
 and readers never see bytes past :attr:`durable_end`.
 
-Recovery: :meth:`open` scans the file; the first record whose header or checksum is
-incomplete or wrong ends the log and the file is truncated there (a torn tail after a crash;
-such a record was never acknowledged because its sync never completed).
+Recovery: :meth:`open` scans the file. A bad *last* record (an incomplete header, a record
+running past the end of the file, a checksum mismatch in the final record, or a zero-filled
+tail) is a write that was in flight when the process or machine died: its sync never
+completed, so it was never acknowledged; it is dropped with a warning and the file is
+truncated there. A bad record with an intact record anywhere after it cannot be a torn write
+(the disk content is not what we wrote): truncating there would delete acknowledged commits,
+so :meth:`open` raises :class:`LogCorrupt` and leaves the file untouched for an operator.
 """
 
 from __future__ import annotations
@@ -37,6 +41,101 @@ log = logger.bind(origin="vaxine_log")
 
 class LogError(RuntimeError):
     pass
+
+
+class LogCorrupt(LogError):
+    """The log holds damaged records followed by intact ones: start-up must stop.
+
+    ``path``, ``offset`` (byte position of the first bad record) and ``reason`` are
+    attributes; ``str()`` is one line for the operator. The file is left unchanged.
+    """
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"transaction log {path} is corrupt at byte {offset}: {reason}")
+
+
+# Tail analysis bounds (see _classify_bad_tail): how much of the file after a bad record is
+# searched for an intact record, and how many payload bytes may be checksummed doing it. A
+# torn write is at most the last group-commit batch, far below both; beyond them we refuse to
+# guess and report corruption (stopping is recoverable, truncating acknowledged data is not).
+_TAIL_WINDOW = 2 * MAX_RECORD + 2 * HEADER_SIZE
+_TAIL_CRC_BUDGET = 256 * 1024 * 1024
+
+
+def _bad_record_reason(data: bytes | memoryview, at: int) -> str | None:
+    """Why the record at ``at`` in ``data`` (which ends at end of file) is not intact."""
+    if len(data) - at < HEADER_SIZE:
+        return "incomplete record header"
+    length, crc = _HEADER.unpack_from(data, at)
+    if length == 0:
+        return "zero record length"
+    if length > MAX_RECORD:
+        return f"impossible record length {length}"
+    end = at + HEADER_SIZE + length
+    if end > len(data):
+        return "record extends past end of file"
+    if zlib.crc32(data[at + HEADER_SIZE : end]) != crc:
+        return "checksum mismatch"
+    return None
+
+
+def _find_intact_record(tail: bytes, start: int) -> int | None:
+    """First position >= ``start`` in ``tail`` where an intact record begins, else None.
+
+    Raises ``_BudgetExceeded`` when the search would checksum too many bytes.
+    """
+    budget = _TAIL_CRC_BUDGET
+    view = memoryview(tail)
+    size = len(tail)
+    unpack = _HEADER.unpack_from
+    for p in range(start, size - HEADER_SIZE):
+        length, crc = unpack(view, p)
+        if length == 0 or length > MAX_RECORD or p + HEADER_SIZE + length > size:
+            continue
+        budget -= length
+        if budget < 0:
+            raise _BudgetExceeded
+        if zlib.crc32(view[p + HEADER_SIZE : p + HEADER_SIZE + length]) == crc:
+            return p
+    return None
+
+
+class _BudgetExceeded(Exception):
+    pass
+
+
+def _is_zero(fd: int, pos: int, size: int) -> bool:
+    while pos < size:
+        chunk = os.pread(fd, min(_READ_CHUNK, size - pos), pos)
+        if not chunk:
+            return True
+        if chunk.count(0) != len(chunk):
+            return False
+        pos += len(chunk)
+    return True
+
+
+def _classify_bad_tail(path: str, fd: int, pos: int, size: int, reason: str) -> str:
+    """Decide whether the bad record at ``pos`` is a torn tail (returns the reason to log)
+    or corruption (raises :class:`LogCorrupt`)."""
+    if _is_zero(fd, pos, size):
+        return "zero-filled tail"
+    remaining = size - pos
+    if remaining > _TAIL_WINDOW:
+        raise LogCorrupt(path, pos, f"{reason}, with {remaining} bytes after it")
+    tail = os.pread(fd, remaining, pos)
+    try:
+        found = _find_intact_record(tail, 1)
+    except _BudgetExceeded:
+        raise LogCorrupt(
+            path, pos, f"{reason}; {remaining} bytes follow and could not be checked"
+        ) from None
+    if found is not None:
+        raise LogCorrupt(path, pos, f"{reason}, followed by an intact record at byte {pos + found}")
+    return reason
 
 
 def frame_record(payload: bytes) -> bytes:
@@ -67,28 +166,41 @@ class TxnLog:
     def open(self) -> Iterator[tuple[int, bytes]]:
         """Open (creating if needed) and yield every intact ``(offset, payload)`` in order.
 
-        The caller must exhaust the iterator; the torn tail is cut when it ends.
+        The caller must exhaust the iterator; a torn tail is cut when it ends. Raises
+        :class:`LogCorrupt` (file untouched) when damage is followed by intact records.
         """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        size = os.fstat(fd).st_size
-        pos = 0
-        with os.fdopen(os.dup(fd), "rb", buffering=_READ_CHUNK) as f:
-            while pos < size:
-                header = f.read(HEADER_SIZE)
-                if len(header) < HEADER_SIZE:
-                    break
-                length, crc = _HEADER.unpack(header)
-                if length > MAX_RECORD or pos + HEADER_SIZE + length > size:
-                    break
-                payload = f.read(length)
-                if len(payload) != length or zlib.crc32(payload) != crc:
-                    break
-                yield pos, payload
-                pos += HEADER_SIZE + length
-        if pos < size:
-            log.warning(f"log {self.path}: dropping {size - pos} bytes of torn tail at {pos}")
-            os.ftruncate(fd, pos)
-            _sync(fd)
+        try:
+            size = os.fstat(fd).st_size
+            pos = 0
+            reason = None
+            with os.fdopen(os.dup(fd), "rb", buffering=_READ_CHUNK) as f:
+                while pos < size:
+                    header = f.read(HEADER_SIZE)
+                    if len(header) < HEADER_SIZE:
+                        reason = "incomplete record header"
+                        break
+                    length, crc = _HEADER.unpack(header)
+                    if length == 0 or length > MAX_RECORD or pos + HEADER_SIZE + length > size:
+                        reason = _bad_record_reason(header, 0) or "record extends past end of file"
+                        break
+                    payload = f.read(length)
+                    if len(payload) != length or zlib.crc32(payload) != crc:
+                        reason = "checksum mismatch"
+                        break
+                    yield pos, payload
+                    pos += HEADER_SIZE + length
+            if pos < size:
+                why = _classify_bad_tail(self.path, fd, pos, size, reason or "bad record")
+                log.warning(
+                    f"log {self.path}: dropping incomplete last record at byte {pos} "
+                    f"({why}, {size - pos} bytes)"
+                )
+                os.ftruncate(fd, pos)
+                _sync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         os.lseek(fd, pos, os.SEEK_SET)
         self._wfd = fd
         self._rfd = os.open(self.path, os.O_RDONLY)
@@ -103,6 +215,8 @@ class TxnLog:
             raise LogError("transaction log is unusable after a write failure") from self._failed
         if self._closed or self._wfd is None:
             raise LogError("transaction log is closed")
+        if not payload:  # an empty record would frame as 8 zero bytes: a zero-filled tail
+            raise LogError("empty record")
         if len(payload) > MAX_RECORD:
             raise LogError(f"record of {len(payload)} bytes exceeds {MAX_RECORD}")
         record = frame_record(payload)

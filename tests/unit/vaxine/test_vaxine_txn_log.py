@@ -2,7 +2,13 @@ import os
 
 import pytest
 
-from electric.vaxine.embedded.log import HEADER_SIZE, LogError, TxnLog, frame_record
+from electric.vaxine.embedded.log import (
+    HEADER_SIZE,
+    LogCorrupt,
+    LogError,
+    TxnLog,
+    frame_record,
+)
 
 
 def open_log(path):
@@ -49,6 +55,86 @@ def test_bad_checksum_ends_the_log(tmp_path):
     path.write_bytes(frame_record(b"a") + bytes(bad))
     log, recs = open_log(path)
     assert [p for _o, p in recs] == [b"a"]
+    assert os.path.getsize(path) == len(frame_record(b"a"))
+    log.close()
+
+
+def _five_records():
+    return [frame_record(b"committed record %d" % i) for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        HEADER_SIZE + 3,  # payload byte of record 0: checksum mismatch with 4 records after
+        2,  # length field of record 0: now runs past the end of the file
+        5,  # checksum field of record 0
+    ],
+)
+def test_damage_before_intact_records_raises_and_keeps_file(tmp_path, where):
+    path = tmp_path / "l"
+    data = bytearray(b"".join(_five_records()))
+    data[where] ^= 0x5A
+    path.write_bytes(bytes(data))
+    log = TxnLog(str(path))
+    with pytest.raises(LogCorrupt) as info:
+        list(log.open())
+    assert info.value.offset == 0
+    assert info.value.path == str(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert isinstance(info.value, LogError)
+    assert path.read_bytes() == bytes(data)  # nothing truncated
+
+
+def test_damage_in_middle_record_raises_after_yielding_the_good_prefix(tmp_path):
+    path = tmp_path / "l"
+    recs = _five_records()
+    data = bytearray(b"".join(recs))
+    bad_at = len(recs[0]) + len(recs[1])
+    data[bad_at + HEADER_SIZE] ^= 1
+    path.write_bytes(bytes(data))
+    seen = []
+    with pytest.raises(LogCorrupt) as info:
+        for _off, payload in TxnLog(str(path)).open():
+            seen.append(payload)
+    assert info.value.offset == bad_at
+    assert len(seen) == 2
+    assert path.read_bytes() == bytes(data)
+
+
+def test_truncated_last_record_is_dropped_with_warning(tmp_path):
+    from loguru import logger
+
+    path = tmp_path / "l"
+    recs = _five_records()
+    good = b"".join(recs[:4])
+    path.write_bytes(good + recs[4][:-3])
+    messages = []
+    sink = logger.add(lambda m: messages.append(m.record), level="WARNING")
+    try:
+        log, got = open_log(path)
+    finally:
+        logger.remove(sink)
+    assert [p for _o, p in got] == [b"committed record %d" % i for i in range(4)]
+    assert os.path.getsize(path) == len(good)
+    assert any(m["level"].name == "WARNING" and "dropping" in m["message"] for m in messages)
+    log.close()
+
+
+def test_zero_filled_tail_is_dropped(tmp_path):
+    path = tmp_path / "l"
+    good = b"".join(_five_records()[:2])
+    path.write_bytes(good + bytes(4096))
+    log, got = open_log(path)
+    assert len(got) == 2
+    assert os.path.getsize(path) == len(good)
+    log.close()
+
+
+def test_empty_record_refused(tmp_path):
+    log, _ = open_log(tmp_path / "l")
+    with pytest.raises(LogError):
+        log.append(b"")
     log.close()
 
 
