@@ -7,11 +7,14 @@ Shutdown runs in reverse: stop accepting, stop readers, flush and close files.
 
 from __future__ import annotations
 
+import errno
 import signal
 from collections.abc import Callable
 
 import gevent
+import psycopg2
 from gevent.event import Event
+from gevent.lock import BoundedSemaphore
 from loguru import logger
 
 from electric import metrics
@@ -21,21 +24,29 @@ from electric.http.server import HttpServer, Request, Response, Router, json_res
 from electric.offsets import OffsetFileError, OffsetStore
 from electric.postgres.connector import Connector, plain_dsn
 from electric.postgres.publisher import Publisher, vaxine_stream_opener
-from electric.postgres.subscription import electric_conninfo, subscribe, subscribe_when_ready
+from electric.postgres.subscription import electric_conninfo, subscribe
 from electric.satellite.auth import AuthConfigError, provider_from_settings
 from electric.satellite.server import SatelliteServer
 from electric.schema import SchemaRegistry
-from electric.supervisor import Supervisor
+from electric.supervisor import Supervisor, backoff_delays
 from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream
 
 SHUTDOWN_TIMEOUT = 4.0
+STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
 
 
 class StartupError(Exception):
     """Electric cannot start (port taken, unreadable offset file…): one line for the operator."""
+
+
+def _close(name: str, closer: Callable[[], None]) -> None:
+    try:
+        closer()
+    except Exception as exc:  # shutting down: report and carry on closing the rest
+        logger.warning(f"closing {name} failed: {type(exc).__name__}: {exc}")
 
 
 def _listen(setting: str, port: int, start: Callable[[], object]) -> None:
@@ -61,12 +72,15 @@ class Application:
         self.publisher: Publisher | None = None
         self.satellite: SatelliteServer | None = None
         self.connectors: dict[str, Connector] = {}
+        # Serialises a connector's subscription set-up with migrations of its Postgres.
+        self.connector_locks: dict[str, BoundedSemaphore] = {}
         # Components report into /api/status through these.
         self.connector_states: dict[str, Callable[[], bool]] = {}
         self.vaxine_check: Callable[[], bool] = lambda: False
         self.details: dict[str, Callable[[], object]] = {}
-        self._closers: list[tuple[str, Callable[[], None]]] = []
+        self._closers: list[tuple[int, str, Callable[[], None]]] = []
         self._stopped = Event()
+        self._subscribe_attempts = 0
         self._install_routes()
 
     # -- wiring -------------------------------------------------------------------------
@@ -102,9 +116,10 @@ class Application:
         body, content_type = metrics.exposition()
         return Response(200, body, content_type)
 
-    def on_close(self, name: str, closer: Callable[[], None]) -> None:
-        """Register something to close at shutdown (closed in reverse order)."""
-        self._closers.append((name, closer))
+    def on_close(self, stage: int, name: str, closer: Callable[[], None]) -> None:
+        """Register something to close at shutdown, by stage: listeners (0) stop accepting
+        first, then producers (1: connectors), then Vaxine (2), then files (3)."""
+        self._closers.append((stage, name, closer))
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -119,11 +134,11 @@ class Application:
             raise StartupError(
                 f"OFFSET_STORAGE_FILE: cannot open {s.offset_storage_file}: {exc.strerror}"
             ) from None
-        self.on_close("offsets", self.offsets.close)
+        self.on_close(STAGE_FILES, "offsets", self.offsets.close)
         self._start_vaxine()
         self.http = HttpServer(self.listen_host, s.status_port, self.router)
         _listen("STATUS_PORT", s.status_port, self.http.start)
-        self.on_close("http", self.http.stop)
+        self.on_close(STAGE_LISTENERS, "http", self.http.stop)
         self._start_publisher()
         self._start_satellite()
         self._start_connectors()
@@ -157,14 +172,24 @@ class Application:
         if s.vaxine_host is None:
             self.embedded_vaxine = EmbeddedVaxine(
                 s.vaxine_data_dir, "127.0.0.1", s.vaxine_api_port, s.vaxine_replication_port)
-            _listen("VAXINE_API_PORT/VAXINE_REPLICATION_PORT", s.vaxine_api_port,
-                    self.embedded_vaxine.start)
-            self.on_close("embedded vaxine", self.embedded_vaxine.stop)
+            try:
+                self.embedded_vaxine.start()
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                    raise StartupError(
+                        f"VAXINE_API_PORT/VAXINE_REPLICATION_PORT: cannot listen on "
+                        f"{s.vaxine_api_port}/{s.vaxine_replication_port}: {exc.strerror}"
+                    ) from None
+                raise StartupError(f"VAXINE_DATA_DIR: cannot open {s.vaxine_data_dir}: "
+                                   f"{exc.strerror or exc}") from None
+            except Exception as exc:  # the store's own check of its log (damage, version)
+                raise StartupError(f"VAXINE_DATA_DIR: {exc}") from None
+            self.on_close(STAGE_VAXINE, "embedded vaxine", self.embedded_vaxine.stop)
         else:
             self.vaxine_host = s.vaxine_host
         self.pool = VaxinePool(self.vaxine_host, s.vaxine_api_port, s.vaxine_pool_size,
                                connect_timeout_ms=s.vaxine_connection_timeout)
-        self.on_close("vaxine pool", self.pool.close)
+        self.on_close(STAGE_VAXINE, "vaxine pool", self.pool.close)
         self.vaxine_check = self._vaxine_reachable
 
     def _vaxine_reachable(self) -> bool:
@@ -201,7 +226,7 @@ class Application:
             table_lookup=self._connector_table,
         )
         _listen("POSTGRES_REPLICATION_PORT", s.postgres_replication_port, self.publisher.start)
-        self.on_close("publisher", self.publisher.stop)
+        self.on_close(STAGE_LISTENERS, "publisher", self.publisher.stop)
 
     def _connector_table(self, slot: str, relation: RelationName):
         connector = self.connectors.get(slot)
@@ -220,7 +245,7 @@ class Application:
             open_stream=self._open_wal_stream, offsets=self.offsets,
         )
         _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
-        self.on_close("satellite", self.satellite.stop)
+        self.on_close(STAGE_LISTENERS, "satellite", self.satellite.stop)
 
     def _start_connectors(self) -> None:
         s = self.settings
@@ -230,24 +255,53 @@ class Application:
                 sink=lambda tx, name=cfg.name: self.write_transaction(tx, name),
             )
             self.connectors[cfg.name] = connector
+            self.connector_locks[cfg.name] = BoundedSemaphore()
             self.connector_states[cfg.name] = connector.is_ready
             connector.start()
-            self.on_close(f"connector {cfg.name}", connector.stop)
+            self.on_close(STAGE_PRODUCERS, f"connector {cfg.name}", connector.stop)
             self._subscribe_later(connector)
         targets = {name: _MigrationTarget(self, c) for name, c in self.connectors.items()}
-        MigrationsApi(targets, self.registry, s.migrations_dir,
-                      s.migrations_file_name_suffix).install(self.router)
+        MigrationsApi(targets, self.registry, s.migrations_dir, s.migrations_file_name_suffix,
+                      self.connector_locks).install(self.router)
 
     def subscription_conninfo(self) -> str:
         s = self.settings
         return electric_conninfo(s.electric_host, s.postgres_replication_port)
 
-    def _subscribe_later(self, connector: Connector) -> None:
-        self.supervisor.spawn(f"subscribe-{connector.name}", lambda: subscribe_when_ready(
-            name=connector.name, ready=connector.ready, connect=connector.connect,
-            conninfo=self.subscription_conninfo(), publication=self.settings.postgres_publication,
-            relations=lambda: list(connector.tables), gate=self.publisher,
-        ))
+    def subscribe(self, connector: Connector) -> None:
+        """Create/point/enable/refresh this Postgres' subscription to Electric (idempotent)."""
+        conn = connector.connect()
+        try:
+            subscribe(conn, name=connector.name, conninfo=self.subscription_conninfo(),
+                      publication=self.settings.postgres_publication,
+                      relations=list(connector.tables), gate=self.publisher)
+        finally:
+            conn.close()
+
+    def _subscribe_later(self, connector: Connector, after_migration: bool = False) -> None:
+        """Set the subscription up once the connector is ready, retrying with back-off."""
+        log = logger.bind(origin=connector.name)
+
+        def run() -> None:
+            delays = backoff_delays(2.0, 10.0)
+            while True:
+                connector.ready.wait()
+                try:
+                    with self.connector_locks[connector.name]:
+                        if after_migration:
+                            connector.reprovision()
+                        self.subscribe(connector)
+                        if after_migration:
+                            self.publisher.reset(connector.name)
+                    return
+                except (psycopg2.Error, OSError) as exc:
+                    delay = next(delays)
+                    log.warning(f"subscription step failed: {str(exc).strip() or exc!r}; "
+                                f"retrying in {delay:.0f}s")
+                    gevent.sleep(delay)
+
+        self._subscribe_attempts += 1
+        self.supervisor.spawn(f"subscribe-{connector.name}-{self._subscribe_attempts}", run)
 
     def serve_forever(self) -> int:
         """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
@@ -267,13 +321,18 @@ class Application:
         self._stopped.set()
 
     def shutdown(self) -> None:
-        with gevent.Timeout(SHUTDOWN_TIMEOUT, False):
-            self.supervisor.stop(timeout=SHUTDOWN_TIMEOUT / 2)
-        for name, closer in reversed(self._closers):
-            try:
-                closer()
-            except Exception as exc:  # shutting down: report and carry on closing the rest
-                logger.warning(f"closing {name} failed: {type(exc).__name__}: {exc}")
+        """Stop stage by stage; the closers of one stage run in parallel, and every stage but
+        the last (files, which is quick and must happen) shares one overall deadline."""
+        deadline = gevent.get_hub().loop.now() + SHUTDOWN_TIMEOUT
+        self.supervisor.stop(timeout=1.0)
+        for stage in sorted({stage for stage, _, _ in self._closers}):
+            closers = [(name, closer) for st, name, closer in self._closers if st == stage]
+            jobs = [gevent.spawn(_close, name, closer) for name, closer in closers]
+            remaining = max(0.1, deadline - gevent.get_hub().loop.now())
+            done = gevent.joinall(jobs, timeout=None if stage == STAGE_FILES else remaining)
+            for (name, _), job in zip(closers, jobs, strict=True):
+                if job not in done:
+                    logger.warning(f"closing {name} did not finish in time; moving on")
         logger.info("Electric stopped")
 
 
@@ -301,15 +360,17 @@ class _MigrationTarget:
         self.app.publisher.hold(self.name)
 
     def resume(self) -> None:
+        """Runs under the connector's lock (held by the migrations API). Never raises: if the
+        schema cannot be re-read or the subscription refreshed now, a supervised retry does
+        it later and the stream stays held until then (rows for new tables are not lost)."""
+        publisher = self.app.publisher
         try:
             self.connector.reprovision()
-            conn = self.connector.connect()
-            try:
-                subscribe(conn, name=self.name, conninfo=self.app.subscription_conninfo(),
-                          publication=self.app.settings.postgres_publication,
-                          relations=list(self.connector.tables), gate=self.app.publisher)
-            finally:
-                conn.close()
-        finally:
-            self.app.publisher.release(self.name)
-            self.app.publisher.reset(self.name)
+            # End the old session before the stream opens again, so no row goes out with a
+            # table description from before the migration.
+            publisher.reset(self.name)
+            self.app.subscribe(self.connector)  # releases the stream when done
+        except Exception as exc:
+            logger.bind(origin=self.name).warning(
+                f"re-reading the schema after the migration failed ({exc}); retrying")
+            self.app._subscribe_later(self.connector, after_migration=True)

@@ -54,9 +54,13 @@ def run_service(argv: list[str]) -> int:
     try:
         return app.serve_forever()
     except StartupError as exc:
-        logger.critical(str(exc))
+        logger.critical(str(exc))  # one line, on the console and in LOG_FILE
         app.shutdown()
-        return _fail(str(exc))
+        return EXIT_CONFIG
+    except Exception:
+        logger.exception("Electric failed to start")
+        app.shutdown()
+        return 1
 
 
 SUBCOMMANDS = {

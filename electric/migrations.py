@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import psycopg2
 
+from electric.postgres import green
 from electric.schema import Migration
 
 VSN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # electric.migrations.version is VARCHAR(64)
@@ -47,9 +48,7 @@ def check_vsn(vsn: object) -> str:
 
 def read_migration(migrations_dir: str, suffix: str, vsn: str) -> MigrationFile:
     check_vsn(vsn)
-    path = os.path.join(migrations_dir, vsn + suffix) if suffix.startswith("/") else \
-        os.path.join(migrations_dir, vsn) + suffix
-    path = os.path.normpath(path.replace("//", "/"))
+    path = os.path.normpath(os.path.join(migrations_dir, vsn) + suffix)
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -66,25 +65,14 @@ def read_migration(migrations_dir: str, suffix: str, vsn: str) -> MigrationFile:
     return MigrationFile(vsn, path, sql, hashlib.md5(raw).hexdigest().upper())
 
 
-def history(dsn: str) -> list[Migration]:
-    """The migration history of one Postgres, newest first."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT version, hash, applied_at FROM electric.migrations"
-                        " ORDER BY applied_at DESC, id DESC")
-            return [Migration(v, h, _utc(t)) for v, h, t in cur.fetchall()]
-    finally:
-        conn.close()
-
-
 def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
 def apply(dsn: str, migration: MigrationFile) -> Migration:
     """Run the migration and record it, in one transaction. Raises MigrationError."""
-    conn = psycopg2.connect(dsn)
+    # Green connect: yields while connecting and honours connect_timeout under gevent.
+    conn = green.connect(dsn)
     try:
         with conn.cursor() as cur:
             # Serialise concurrent migrations of this database, even from other Electrics.

@@ -1,10 +1,10 @@
 """The migrations API: ``GET /api/migrations[/<origin>]`` and ``PUT /api/migrations/<origin>``.
 
-A PUT pauses replication for that connector (subscription disabled, source reader stopped),
-applies the file in one transaction, re-reads the schema and resumes. Whatever happens —
-success or failure — replication resumes (on the new schema after success, on the old one
-after a failure), and the status stays truthful meanwhile. Requests for one connector are
-serialised; different connectors migrate independently.
+A PUT holds the stream into that connector's Postgres, applies the file in one transaction,
+re-reads the schema and resumes; replication out of that Postgres carries on throughout.
+Whatever happens — success or failure — the stream resumes (on the new schema after success,
+on the old one after a failure). Requests for one connector are serialised with each other
+and with its subscription set-up; different connectors migrate independently.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ class MigratableConnector(Protocol):
     def dsn(self) -> str: ...
 
     def pause(self) -> None:
-        """Stop replication to and from this Postgres (subscription off, reader stopped)."""
+        """Hold the stream into this Postgres while its schema changes."""
 
     def resume(self) -> None:
-        """Re-read the schema and restart replication (blocking until ready or raising)."""
+        """Re-read the schema and release the stream (never raises: retries on its own)."""
 
 
 class MigrationsApi:
     def __init__(self, connectors: dict[str, MigratableConnector], registry: SchemaRegistry,
-                 migrations_dir: str, suffix: str):
+                 migrations_dir: str, suffix: str, locks: dict[str, BoundedSemaphore]):
         self.connectors = connectors
         self.registry = registry
         self.migrations_dir = migrations_dir
         self.suffix = suffix
-        self._locks = {name: BoundedSemaphore() for name in connectors}
+        self._locks = locks
 
     def install(self, router: Router) -> None:
         router.add("GET", r"/api/migrations", self.list_all)
@@ -73,8 +73,7 @@ class MigrationsApi:
         if not isinstance(body, dict) or "vsn" not in body:
             raise HttpError(400, "invalid_body", 'body must be a JSON object {"vsn": "<name>"}')
         try:
-            migration = migrations.read_migration(self.migrations_dir, self.suffix,
-                                                  migrations.check_vsn(body["vsn"]))
+            migration = migrations.read_migration(self.migrations_dir, self.suffix, body["vsn"])
             with self._locks[origin]:
                 applied = self._migrate(connector, migration)
         except MigrationError as exc:

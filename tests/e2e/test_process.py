@@ -66,7 +66,8 @@ def test_port_in_use_is_a_clear_start_up_failure(electric_factory):
     first = electric_factory()
     second = electric_factory(env={"STATUS_PORT": first.env["STATUS_PORT"]}, wait=False)
     assert second.proc.wait(timeout=20) == 2
-    assert "STATUS_PORT" in second.log().strip().splitlines()[-1]
+    critical = [line for line in second.log().splitlines() if "[CRITICAL]" in line]
+    assert len(critical) == 1 and "STATUS_PORT" in critical[0]
 
 
 def test_help_lists_every_setting_with_env_and_default():
@@ -101,8 +102,9 @@ def test_corrupt_offset_file_stops_start_up_with_exit_2(electric_factory, tmp_pa
     path.write_bytes(bytes(data))
     electric = electric_factory(env={"OFFSET_STORAGE_FILE": str(path)}, wait=False)
     assert electric.proc.wait(timeout=20) == 2
-    last = electric.log().strip().splitlines()[-1]
-    assert "OFFSET_STORAGE_FILE" in last and str(path) in last
+    critical = [line for line in electric.log().splitlines() if "[CRITICAL]" in line]
+    assert len(critical) == 1
+    assert "OFFSET_STORAGE_FILE" in critical[0] and str(path) in critical[0]
 
 
 def test_health_and_metrics_endpoints(electric_factory):
@@ -117,3 +119,12 @@ def test_health_and_metrics_endpoints(electric_factory):
     with urllib.request.urlopen(electric.status_url + "/metrics") as response:
         text = response.read().decode()
     assert "electric_transactions_in_total" in text
+
+
+def test_embedded_vaxine_data_dir_problem_names_the_setting(electric_factory, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    electric = electric_factory(env={"VAXINE_DATA_DIR": str(not_a_dir)}, wait=False)
+    assert electric.proc.wait(timeout=20) == 2
+    critical = [line for line in electric.log().splitlines() if "[CRITICAL]" in line]
+    assert len(critical) == 1 and "VAXINE_DATA_DIR" in critical[0], electric.log()
