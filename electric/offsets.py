@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import gevent
+from gevent.exceptions import LoopExit
 from gevent.lock import RLock
 from loguru import logger
 
@@ -438,13 +439,47 @@ class OffsetStore:
             view = view[n:]
             pos += n
 
-    def _fsync(self) -> None:
-        """fsync the file, off the gevent hub when configured (callers hold ``_lock``)."""
-        if self.sync_in_threadpool:
+    def _fsync(self) -> tuple[BaseException | None, BaseException | None]:
+        """fsync the file, off the gevent hub when configured (callers hold ``_lock``).
+
+        Returns ``(failure, kill)``: what the fsync itself raised, and a kill (``GreenletExit``,
+        a ``gevent.Timeout``...) that arrived while waiting for it, which the caller re-raises
+        once its bookkeeping is done. The record is already in the file by then, so abandoning
+        the wait would leave memory disagreeing with the disk; an fsync is short, so waiting it
+        out on a kill costs little and leaves the interrupted put complete and durable.
+        """
+        if not self.sync_in_threadpool:
+            try:
+                os.fsync(self._fd)
+            except Exception as exc:
+                return exc, None
+            return None, None
+        kill: BaseException | None = None
+        result = None
+        try:
             # ``os.fsync`` looked up at call time: tests patch it.
-            gevent.get_hub().threadpool.apply(os.fsync, (self._fd,))
-        else:
+            result = gevent.get_hub().threadpool.spawn(os.fsync, self._fd)
+            result.wait()
+        except BaseException as exc:
+            kill = exc
+        while result is not None and not result.ready():
+            if isinstance(kill, LoopExit):
+                break  # the hub cannot deliver the result: never spin on it
+            try:
+                result.wait()
+            except BaseException as exc:  # killed again: keep waiting, re-raise the first
+                if kill is None:
+                    kill = exc
+        if result is not None and result.ready():
+            return result.exception, kill
+        # Killed while waiting for a free pool thread (nothing is syncing yet), or the wait
+        # cannot finish: sync inline. A record left unsynced would let a later put of the
+        # same value return early, on data that may not be on disk.
+        try:
             os.fsync(self._fd)
+        except Exception as exc:
+            return exc, kill
+        return None, kill
 
     def _check_usable(self) -> None:
         if self._fd is None:
@@ -454,31 +489,59 @@ class OffsetStore:
                 f"offset file {self.path} is unusable after a failed write: {self._broken}"
             )
 
-    def _append(self, payloads: list[bytes], *, sync: bool = True) -> None:
-        """Append framed records and fsync; on failure put the file back as it was."""
+    def _undo_append(self, start: int, exc: BaseException, *, io_failure: bool) -> None:
+        """Cut a failed append off the file; mark the store unusable if that is not enough.
+
+        A partial record left in place would turn into "corruption in the middle" as soon as
+        another record is appended after it. After a failed write or fsync (an ``OSError``)
+        the page cache state is unknown (the kernel may have dropped dirty pages): refuse
+        further writes rather than ack on data that may not be on disk. Anything else (not
+        ``io_failure``) can only have struck inside the write itself; once the cut succeeds
+        the file is as before.
+        """
+        failure: BaseException | None = exc if io_failure else None
+        try:
+            os.ftruncate(self._fd, start)
+        except OSError as cut_exc:
+            failure = failure or cut_exc
+        if failure is not None:
+            self._broken = failure
+            _log.error("offset file {} write failed: {}", self.path, failure)
+
+    def _append(
+        self, payloads: list[bytes], on_stored: Callable[[], None], *, sync: bool = True
+    ) -> None:
+        """Append framed records, fsync, then run ``on_stored`` (the in-memory index update).
+
+        On a write or fsync failure the file is put back as it was and ``on_stored`` is not
+        run. A kill while waiting for the fsync does not cut the put short (see
+        :meth:`_fsync`): the put completes, ``on_stored`` runs, then the kill is re-raised, so
+        ``_size`` and the index always describe exactly what is in the file.
+        """
         self._check_usable()
-        blob = b"".join(_frame(p) for p in payloads)
         for p in payloads:
             if len(p) > MAX_RECORD_SIZE:
                 raise ValueError("offset record too large")
+        blob = b"".join(_frame(p) for p in payloads)
         start = self._size
         try:
             self._write_at(start, blob)
-            if sync:
-                self._fsync()
-        except OSError as exc:
-            # Leaving a partial record would turn into "corruption in the middle" as soon as
-            # another record is appended after it, so cut it off. After a failed fsync the
-            # page cache state is unknown (the kernel may have dropped dirty pages): refuse
-            # further writes rather than ack on data that may not be on disk.
-            self._broken = exc
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                pass
-            _log.error("offset file {} write failed: {}", self.path, exc)
+        except BaseException as exc:
+            self._undo_append(start, exc, io_failure=isinstance(exc, OSError))
             raise
+        failure = kill = None
+        if sync:
+            failure, kill = self._fsync()
+        if failure is not None:
+            # An I/O failure whatever its type: the data may not be on disk.
+            self._undo_append(start, failure, io_failure=True)
+            if kill is not None:
+                raise kill from failure
+            raise failure
         self._size = start + len(blob)
+        on_stored()
+        if kill is not None:
+            raise kill
 
     def _atomic_write(self, data: bytes, *, keep_open: bool = False) -> int | None:
         """Write ``data`` as the whole new content of ``self.path``, crash-atomically.
@@ -576,9 +639,9 @@ class OffsetStore:
         with self._lock:
             if self._satellite.get(client_id) == lsn:
                 return  # already durable
-            payload = _encode_satellite(client_id, bytes(lsn))
-            self._append([payload])
-            self._set_satellite(client_id, bytes(lsn))
+            value = bytes(lsn)
+            payload = _encode_satellite(client_id, value)
+            self._append([payload], lambda: self._set_satellite(client_id, value))
             self._maybe_compact()
 
     # Postgres subscribers ------------------------------------------------------
@@ -598,8 +661,7 @@ class OffsetStore:
             return
         with self._lock:
             payload = _encode_pg_mappings(slot, items)
-            self._append([payload])
-            self._add_mappings(slot, items)
+            self._append([payload], lambda: self._add_mappings(slot, items))
             self._maybe_compact()
 
     def get_pg_offset_at_or_before(self, slot: str, lsn: int) -> tuple[int, bytes] | None:
@@ -645,8 +707,13 @@ class OffsetStore:
             if i <= 0:
                 return 0
             keep_from = s.lsns[i]
-            self._append([_encode_pg_gc(slot, keep_from)], sync=False)
-            dropped = self._drop_before(slot, keep_from)
+            dropped = 0
+
+            def drop() -> None:
+                nonlocal dropped
+                dropped = self._drop_before(slot, keep_from)
+
+            self._append([_encode_pg_gc(slot, keep_from)], drop, sync=False)
             self._maybe_compact()
             return dropped
 

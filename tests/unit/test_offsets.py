@@ -584,3 +584,110 @@ def test_damage_is_detected_or_only_loses_the_tail(tmp_path_factory, ops, data):
     else:
         with pytest.raises(OffsetFileCorrupt):
             OffsetStore(path)
+
+
+# --------------------------------------------------------------------- kills during a put
+
+
+def _slow_fsync(monkeypatch, started):
+    """Make fsync take a while in the thread pool and report (thread-safely) that it began."""
+    import time
+
+    real = os.fsync
+
+    def slow(fd):
+        started.set()
+        time.sleep(0.05)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow)
+
+
+def _kill_mid_fsync(monkeypatch, put) -> None:
+    import threading
+
+    import gevent
+
+    started = threading.Event()
+    _slow_fsync(monkeypatch, started)
+    g = gevent.spawn(put)
+    while not started.is_set():
+        gevent.sleep(0.001)
+    g.kill(block=True, timeout=5)
+    assert g.dead
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        (b"L" * 200, b"s"),  # a shorter record lands where the longer one was
+        (b"s", b"L" * 200),
+        (b"same-size-1", b"same-size-2"),
+    ],
+)
+def test_put_killed_during_fsync_leaves_a_sound_file(path, monkeypatch, warnings, first, second):
+    # The satellite writer greenlet is killed on disconnect while it may be waiting for a put's
+    # fsync in the thread pool. The record is already written at that point: forgetting that
+    # made the next put overwrite it in place, leaving the longer record's tail behind it, and
+    # the next start failed with "record head checksum mismatch".
+    s = OffsetStore(path)
+    s.put_satellite_lsn("other", b"before")
+    _kill_mid_fsync(monkeypatch, lambda: s.put_satellite_lsn("client-a", first))
+    # The killed put was completed (the fsync was waited out), so memory and disk agree.
+    assert s.get_satellite_lsn("client-a") == first
+    assert s.file_size == os.path.getsize(path)
+    s.put_satellite_lsn("client-b", second)
+    s.put_pg_mapping("slot", 7, b"vx7")
+    state = _state(s)
+    s = reopen(s)
+    assert _state(s) == state
+    assert s.get_satellite_lsn("client-a") == first
+    assert s.get_satellite_lsn("client-b") == second
+    assert s.get_satellite_lsn("other") == b"before"
+    assert s.last_pg_mapping("slot") == (7, b"vx7")
+    s.close()
+    assert warnings == []  # nothing torn, nothing dropped
+
+
+def test_pg_batch_killed_during_fsync_then_renumbered(path, monkeypatch, warnings):
+    s = OffsetStore(path)
+    batch = [(i, b"offset-%d" % i * 10) for i in range(1, 6)]
+    _kill_mid_fsync(monkeypatch, lambda: s.put_pg_mappings("slot", batch))
+    assert s.last_pg_mapping("slot") == batch[-1]
+    s.put_pg_mapping("slot", 3, b"x")  # renumbering: short record after a long one
+    state = _state(s)
+    s = reopen(s)
+    assert _state(s) == state
+    assert s.last_pg_mapping("slot") == (3, b"x")
+    assert s.get_pg_offset_at_or_before("slot", 2) == batch[1]
+    s.close()
+    assert warnings == []
+
+
+def test_repeated_kills_and_timeouts_do_not_cut_the_fsync_short(path, monkeypatch):
+    import threading
+
+    import gevent
+
+    s = OffsetStore(path)
+    started = threading.Event()
+    _slow_fsync(monkeypatch, started)
+
+    def put():
+        with gevent.Timeout(0.001):
+            s.put_satellite_lsn("c", b"v" * 50)
+
+    g = gevent.spawn(put)
+    while not started.is_set():
+        gevent.sleep(0.001)
+    g.kill(block=False)
+    g.kill(block=False)
+    g.join(timeout=5)
+    assert g.dead
+    monkeypatch.undo()
+    assert s.get_satellite_lsn("c") == b"v" * 50
+    s.put_satellite_lsn("c", b"w")
+    s = reopen(s)
+    assert s.get_satellite_lsn("c") == b"w"
+    s.close()
