@@ -1,5 +1,7 @@
 """electric.migrations against a real Postgres: atomic apply, history, conflicts."""
 
+import uuid
+
 import psycopg2
 import pytest
 
@@ -20,7 +22,7 @@ def history(dsn):
 @pytest.fixture
 def db(pg_factory):
     pg = pg_factory("migrations")
-    name = f"mig_{id(object())}"
+    name = f"mig_{uuid.uuid4().hex[:10]}"
     pg.create_database(name)
     pg.psql(DEV_SCHEMA_SQL, database=name)
     return pg.dsn(database=name), pg, name
