@@ -74,10 +74,6 @@ class Application:
         self.connectors: dict[str, Connector] = {}
         # Serialises a connector's subscription set-up with migrations of its Postgres.
         self.connector_locks: dict[str, BoundedSemaphore] = {}
-        # Components report into /api/status through these.
-        self.connector_states: dict[str, Callable[[], bool]] = {}
-        self.vaxine_check: Callable[[], bool] = lambda: False
-        self.details: dict[str, Callable[[], object]] = {}
         self._closers: list[tuple[int, str, Callable[[], None]]] = []
         self._stopped = Event()
         self._subscribe_attempts = 0
@@ -92,21 +88,21 @@ class Application:
 
     def _connector_flags(self) -> dict[str, bool]:
         connectors = {c.name: False for c in self.settings.connectors}
-        for name, state in self.connector_states.items():
-            connectors[name] = bool(state())
+        for name, connector in self.connectors.items():
+            connectors[name] = connector.is_ready()
         return connectors
 
     def _status(self, _request: Request) -> Response:
         body: dict[str, object] = {"connectors": self._connector_flags(),
-                                   "vaxine": bool(self.vaxine_check())}
-        # Reference keys first; operator detail lives under keys of its own.
-        for key, provider in self.details.items():
-            body[key] = provider()
+                                   "vaxine": self._vaxine_reachable()}
+        if self.publisher is not None and self.satellite is not None:
+            # The reference keys, plus operator detail under a key of its own.
+            body["detail"] = self._detail()
         return json_response(200, body)
 
     def _health(self, _request: Request) -> Response:
         connectors = self._connector_flags()
-        vaxine = bool(self.vaxine_check())
+        vaxine = self._vaxine_reachable()
         healthy = vaxine and all(connectors.values())
         body = {"healthy": healthy, "vaxine": vaxine,
                 "connectors_down": sorted(n for n, up in connectors.items() if not up)}
@@ -142,7 +138,6 @@ class Application:
         self._start_publisher()
         self._start_satellite()
         self._start_connectors()
-        self.details["detail"] = self._detail
         metrics.watch(metrics.StatusCollector(
             connectors=self._connector_statuses, subscribers=self.publisher.status,
             satellite=self.satellite.status, vaxine_up=self._vaxine_reachable))
@@ -190,10 +185,11 @@ class Application:
         self.pool = VaxinePool(self.vaxine_host, s.vaxine_api_port, s.vaxine_pool_size,
                                connect_timeout_ms=s.vaxine_connection_timeout)
         self.on_close(STAGE_VAXINE, "vaxine pool", self.pool.close)
-        self.vaxine_check = self._vaxine_reachable
 
     def _vaxine_reachable(self) -> bool:
         """Like the reference: a pool connection can be had (and is alive) within 100 ms."""
+        if self.pool is None:
+            return False
         try:
             with gevent.Timeout(0.1), self.pool.connection() as conn:
                 return conn.is_alive()
@@ -256,7 +252,6 @@ class Application:
             )
             self.connectors[cfg.name] = connector
             self.connector_locks[cfg.name] = BoundedSemaphore()
-            self.connector_states[cfg.name] = connector.is_ready
             connector.start()
             self.on_close(STAGE_PRODUCERS, f"connector {cfg.name}", connector.stop)
             self._subscribe_later(connector)
@@ -315,9 +310,6 @@ class Application:
 
     def _on_signal(self, signum: int) -> None:
         logger.info(f"received {signal.Signals(signum).name}, shutting down")
-        self._stopped.set()
-
-    def request_stop(self) -> None:
         self._stopped.set()
 
     def shutdown(self) -> None:

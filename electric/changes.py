@@ -10,7 +10,7 @@ NULL; no type conversion happens inside Electric. A column whose value Postgres 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,9 +60,6 @@ class Transaction:
     # Source position (Postgres end LSN, Satellite lsn bytes, or Vaxine offset): opaque here.
     lsn: Any = None
 
-    def is_empty(self) -> bool:
-        return not self.changes
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -101,16 +98,3 @@ class Table:
             if c.name == name:
                 return c
         return None
-
-
-@dataclass
-class Relations:
-    """Small helper: tracks which relations a stream has already described."""
-
-    announced: set[RelationName] = field(default_factory=set)
-
-    def needs_announcement(self, relation: RelationName) -> bool:
-        if relation in self.announced:
-            return False
-        self.announced.add(relation)
-        return True

@@ -20,11 +20,11 @@ def _fail(message: str) -> int:
     return EXIT_CONFIG
 
 
-def _load_settings(argv: list[str], parser=None):
+def _load_settings(argv: list[str]):
     from electric import config
 
     try:
-        return config.load(argv, parser=parser)
+        return config.load(argv)
     except config.ConfigError as exc:
         raise SystemExit(_fail(f"invalid setting {exc}")) from None
 

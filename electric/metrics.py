@@ -3,8 +3,8 @@
 Transactions written into the log are counted where they are written; everything else is
 read from the components' own ``status()`` at scrape time, so the numbers on /metrics and
 /api/status can never disagree and no component needs to know about Prometheus.
-A private registry (not the library's global one) keeps several applications in one
-process (tests) apart.
+A private registry (not the library's global one) keeps Electric's metrics apart from
+anything else in the process; an application installs its collector with :func:`watch`.
 """
 
 from __future__ import annotations

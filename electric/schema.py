@@ -20,7 +20,6 @@ from gevent.event import Event
 from electric.changes import RelationName, Table
 
 FIRST_RELATION_ID = 20000
-DEFAULT_WAIT_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -103,9 +102,6 @@ class SchemaRegistry:
             return None if names is None else [self._tables[n] for n in names]
 
         return self._wait_for(lookup, wait)
-
-    def all_tables(self) -> list[Table]:
-        return sorted(self._tables.values(), key=lambda t: t.oid)
 
     def is_ready(self, origin: str) -> bool:
         return self._ready.get(origin, False)

@@ -45,8 +45,9 @@ class HttpError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def json_response(status: int, payload, *, sort_keys: bool = True) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=sort_keys).encode()
+def json_response(status: int, payload) -> Response:
+    """Compact JSON with sorted keys, the reference's format."""
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     return Response(status, body)
 
 
@@ -141,12 +142,16 @@ class _Handler(QuietClientErrors, WSGIHandler):
     pass
 
 
-class _LogWriter:
-    """pywsgi's error log, into loguru at debug level (client mistakes are not our errors)."""
+class LogWriter:
+    """pywsgi's error log, into loguru (one line, bounded length)."""
+
+    def __init__(self, origin: str = "http", level: str = "DEBUG"):
+        self.log = logger.bind(origin=origin)
+        self.level = level
 
     def write(self, message: str) -> None:
         if message.strip():
-            logger.debug(f"http: {message.strip()[:300]}")
+            self.log.log(self.level, "{}", message.strip()[:300])
 
     def flush(self) -> None:
         pass
@@ -155,7 +160,7 @@ class _LogWriter:
 class HttpServer:
     def __init__(self, host: str, port: int, router: Router):
         self.router = router
-        self._server = WSGIServer((host, port), router.wsgi, log=None, error_log=_LogWriter(),
+        self._server = WSGIServer((host, port), router.wsgi, log=None, error_log=LogWriter(),
                                   handler_class=_Handler)
 
     def start(self) -> None:

@@ -42,7 +42,7 @@ from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
 from electric.changes import Transaction
-from electric.http.server import QuietClientErrors
+from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
 from electric.satellite.fanout import SharedTail
 from electric.satellite.lsn import StartOffset, describe
@@ -636,7 +636,7 @@ class SatelliteServer:
             self._app,
             handler_class=_QuietWebSocketHandler,
             log=None,
-            error_log=_LoguruWriter(),
+            error_log=LogWriter("satellite", "WARNING"),
         )
         quiet = logging.getLogger("electric.satellite.geventwebsocket")
         quiet.addHandler(logging.NullHandler())
@@ -750,15 +750,3 @@ class SatelliteServer:
     def _release(self, client_id: str, conn: _Connection) -> None:
         if self._clients.get(client_id) is conn:
             del self._clients[client_id]
-
-
-class _LoguruWriter:
-    """pywsgi's error log, routed to loguru."""
-
-    def write(self, text: str) -> None:
-        text = text.strip()
-        if text:
-            logger.bind(origin="satellite").warning("websocket server: {}", text)
-
-    def flush(self) -> None:
-        pass
