@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import configargparse
+from psycopg2.extensions import make_dsn
 
 DEFAULT_CONNECTOR_TIMEOUT_MS = 5000
 SECRET_SETTINGS = ("satellite_auth_signing_key",)
@@ -54,7 +55,7 @@ class Connector:
         if self.password:
             params["password"] = self.password
         params.update(extra)
-        return " ".join(f"{k}={_conninfo_quote(str(v))}" for k, v in params.items())
+        return make_dsn(**{k: str(v) for k, v in params.items()})
 
     def redacted_url(self) -> str:
         secret = f":{REDACTED}" if self.password else ""
@@ -62,12 +63,6 @@ class Connector:
             f"{self.name}=postgresql://{self.user}{secret}@{self.host}:{self.port}"
             f"/{self.database}?timeout={self.timeout_ms}"
         )
-
-
-def _conninfo_quote(value: str) -> str:
-    if value and not re.search(r"[\s'\\]", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def parse_connectors(text: str) -> list[Connector]:
