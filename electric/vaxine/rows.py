@@ -328,7 +328,16 @@ def transaction_from_wal(wal_txn: Any) -> Transaction | None:
                 change = row_change(key, state, effects)
                 if change is not None:
                     changes.append(change)
-    except (ValueError, TypeError, IndexError, crdt.CrdtError, etf.ETFError) as exc:
+    # Any shape the mapping does not expect (a missing map key, a non-bytes key, a short
+    # tuple...) makes the transaction unreadable, not the stream: skip it, keep tailing.
+    except (
+        ValueError,
+        TypeError,
+        LookupError,
+        AttributeError,
+        crdt.CrdtError,
+        etf.ETFError,
+    ) as exc:
         log.warning(f"log transaction could not be read ({exc!r}); skipped")
         return None
     return Transaction(changes=changes, commit_timestamp=commit_ts)

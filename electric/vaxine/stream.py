@@ -44,6 +44,7 @@ VX_WAL_TXN = Atom("vx_wal_txn")
 START_RES = Atom("vx_srv_start_res")
 _CLIENT_NODE = Atom("nonode@nohost")
 _CLOSED = object()
+_FAILED = object()  # queued when the reader greenlet died of an unexpected exception
 
 log = logger.bind(origin="vaxine_stream")
 
@@ -54,6 +55,14 @@ class StreamProtocolError(RuntimeError):
 
 class StreamClosed(Exception):
     """The stream was closed; no more transactions will come."""
+
+
+class StreamFailed(RuntimeError):
+    """The reader greenlet stopped on an unexpected exception (its ``__cause__``).
+
+    Raised by :meth:`WalStream.get` and iteration so the consumer learns of it (and can
+    reopen) instead of waiting forever on a queue nobody fills.
+    """
 
 
 # --------------------------------------------------------------------------- sans-I/O
@@ -201,6 +210,7 @@ class WalStream:
         self._sock = None
         self._closed = False
         self._was_streaming = False
+        self._failure: BaseException | None = None
         self._reader = gevent.spawn(self._run)
 
     # ------------------------------------------------------------------ consumer side
@@ -214,6 +224,11 @@ class WalStream:
         if item is _CLOSED:
             self._queue.put_nowait(_CLOSED)  # wake any other getter too
             raise StreamClosed()
+        if item is _FAILED:
+            self._queue.put_nowait(_FAILED)
+            raise StreamFailed(f"replication stream reader stopped: {self._failure!r}") from (
+                self._failure
+            )
         return item
 
     def __iter__(self) -> Iterator[tuple[Transaction, Offset]]:
@@ -242,6 +257,25 @@ class WalStream:
         return self.last_offset if self.last_offset is not None else self.start_offset
 
     def _run(self) -> None:
+        """Reader greenlet: whatever ends it, a waiting consumer is woken."""
+        try:
+            self._run_loop()
+        except gevent.GreenletExit:
+            raise
+        except BaseException as exc:  # a bug, not a network condition: tell the consumer
+            self._failure = exc
+            self.log.opt(exception=exc).error(
+                f"replication stream reader from {self.host}:{self.port} stopped: {exc!r}"
+            )
+        finally:
+            self.connected = False
+            self._drop_socket()
+            if not self._closed:  # close() queues its own wake-up
+                # Blocking put: a full buffer is drained by the consumer first, then it
+                # reaches the marker (no transaction already read is lost).
+                self._queue.put(_FAILED if self._failure is not None else _CLOSED)
+
+    def _run_loop(self) -> None:
         backoff = self.min_backoff_s
         while not self._closed:
             try:
