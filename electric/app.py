@@ -252,7 +252,8 @@ class Application:
             )
             self.connectors[cfg.name] = connector
             self.connector_locks[cfg.name] = BoundedSemaphore()
-            connector.start()
+            # Supervised: should the lifecycle itself ever crash, it is logged and restarted.
+            self.supervisor.spawn(f"connector-{cfg.name}", connector.run)
             self.on_close(STAGE_PRODUCERS, f"connector {cfg.name}", connector.stop)
             self._subscribe_later(connector)
         targets = {name: _MigrationTarget(self, c) for name, c in self.connectors.items()}

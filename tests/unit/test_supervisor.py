@@ -1,0 +1,43 @@
+import gevent
+
+from electric.supervisor import Supervisor, backoff_delays
+
+
+def test_backoff_doubles_up_to_the_cap():
+    delays = backoff_delays(0.5, 3.0)
+    assert [next(delays) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_a_crashing_component_is_restarted_and_others_keep_running():
+    supervisor = Supervisor(initial=0.01, cap=0.02)
+    runs = []
+    ticks = []
+
+    def flaky():
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("boom")
+
+    def steady():
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.005)
+
+    supervisor.spawn("flaky", flaky)
+    supervisor.spawn("steady", steady)
+    gevent.sleep(0.2)
+    assert len(runs) == 3  # two crashes, then a normal return ends it
+    assert supervisor.restarts["flaky"] == 2
+    assert not supervisor.alive("flaky") and supervisor.alive("steady")
+    assert len(ticks) > 10
+    supervisor.stop(timeout=1)
+    assert not supervisor.alive("steady")
+
+
+def test_stop_interrupts_a_back_off_wait():
+    supervisor = Supervisor(initial=60, cap=60)
+    supervisor.spawn("crashes", lambda: 1 / 0)
+    gevent.sleep(0.01)
+    with gevent.Timeout(2):
+        supervisor.stop(timeout=1)
+    assert not supervisor.alive("crashes")
