@@ -33,7 +33,7 @@ from loguru import logger
 from electric.changes import Transaction
 from electric.vaxine import etf, rows
 from electric.vaxine.etf import Atom, Reference
-from electric.vaxine.framing import MAX_FRAME, FrameDecoder, encode_frame
+from electric.vaxine.framing import FrameDecoder, encode_frame
 
 Offset = tuple[int, int]
 StartOffset = int | str | Offset | None
@@ -43,6 +43,11 @@ VX_SRV_RES = Atom("vx_srv_res")
 VX_WAL_TXN = Atom("vx_wal_txn")
 START_RES = Atom("vx_srv_start_res")
 _CLIENT_NODE = Atom("nonode@nohost")
+# Largest vx_wal_txn frame accepted. A frame is built from one log record of the embedded
+# store (at most 256 MiB, and the frame is smaller than its record); the reference Vaxine
+# sets no limit. A transaction the log accepted must be deliverable: a frame the reader
+# refused would be refused again on every reconnect, stalling every consumer behind it.
+STREAM_MAX_FRAME = 256 * 1024 * 1024 + (1 << 20)
 _CLOSED = object()
 _FAILED = object()  # queued when the reader greenlet died of an unexpected exception
 
@@ -311,7 +316,7 @@ class WalStream:
         resume = self._resume_point()
         ref, request = start_request(resume)
         sock.sendall(encode_frame(request))
-        decoder = FrameDecoder(max_frame=MAX_FRAME)
+        decoder = FrameDecoder(max_frame=STREAM_MAX_FRAME)
         started = False
         while True:
             data = sock.recv(256 * 1024)

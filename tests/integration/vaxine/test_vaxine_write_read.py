@@ -182,3 +182,20 @@ def test_malformed_frames_close_only_that_connection(vaxine, pool):
         assert isinstance(reply, pb.ApbErrorResp) and reply.errmsg.startswith(b"error: ")
         conn.start_transaction()
     assert rows.write_transaction(pool, tx(insert(1)), pk)
+
+
+def test_transaction_larger_than_a_frame_limit_fraction_is_written_whole(vaxine, pool):
+    # 300 rows x 100 KB: ~30 MB of operations, split into several size-bounded requests of
+    # one interactive transaction; the log must hold it as one transaction, every row whole.
+    big = [insert(i, content=(f"{i:04d}" * 25_000)) for i in range(300)]
+    t = tx(*big)
+    assert len(rows.request_chunks(rows.transaction_op_bytes(t, pk))) > 1
+    assert rows.write_transaction(pool, t, pk)
+    stream = WalStream("127.0.0.1", vaxine.replication_port, 0)
+    try:
+        (got, _offset), = take(stream, 1, timeout=30)
+    finally:
+        stream.close()
+    assert len(got.changes) == 300
+    assert sorted((row_of(c)["id"], row_of(c)["content"]) for c in got.changes) == sorted(
+        (str(i), f"{i:04d}" * 25_000) for i in range(300))

@@ -228,3 +228,69 @@ def test_big_transactions_use_chunked_interactive_writes(monkeypatch):
     tx = Transaction(changes, datetime.now(UTC))
     assert rows.write_transaction(Pool(), tx, pk) == b"clock"
     assert calls == [("update", 12), ("update", 7), ("commit",)]  # 4 metadata + 3 x 5 ops
+
+
+def test_requests_are_split_by_encoded_size_too():
+    ops = [b"x" * 1000] * 10
+    assert [len(c) for c in rows.request_chunks(ops, max_ops=100, max_bytes=3100)] == [3, 3, 3, 1]
+    assert [len(c) for c in rows.request_chunks(ops, max_ops=4, max_bytes=10**9)] == [4, 4, 2]
+    huge = [b"a", b"y" * 5000, b"b"]  # a single op above max_bytes goes alone
+    assert rows.request_chunks(huge, max_bytes=1000) == [[b"a"], [b"y" * 5000], [b"b"]]
+    assert rows.request_chunks([]) == []
+
+
+def test_big_rows_use_interactive_writes_split_by_size(monkeypatch):
+    calls = []
+
+    class Txn:
+        def update(self, ops):
+            calls.append(sum(len(o) for o in ops))
+
+        def commit(self):
+            return b"clock"
+
+    class Pool:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def transaction(self):
+            yield Txn()
+
+    changes = [NewRecord(("public", "entries"), {"id": str(i), "v": "z" * 100_000})
+               for i in range(100)]
+    assert rows.write_transaction(Pool(), Transaction(changes, datetime.now(UTC)), pk) == b"clock"
+    assert len(calls) >= 3 and max(calls) <= rows.MAX_REQUEST_BYTES
+
+
+def test_op_larger_than_a_frame_is_a_permanent_mapping_error(monkeypatch):
+    class NoPool:
+        def connection(self):
+            raise AssertionError("Vaxine must not be touched")
+
+        transaction = connection
+
+    monkeypatch.setattr(rows, "MAX_OP_BYTES", 50_000)
+    change = NewRecord(("public", "entries"), {"id": "1", "v": "z" * 60_000})
+    with pytest.raises(rows.RowMappingError, match="public.entries"):
+        rows.write_transaction(NoPool(), Transaction([change], datetime.now(UTC)), pk)
+
+
+def test_transaction_too_big_for_one_log_record_is_a_permanent_mapping_error(monkeypatch):
+    class NoPool:
+        def connection(self):
+            raise AssertionError("Vaxine must not be touched")
+
+        transaction = connection
+
+    monkeypatch.setattr(rows, "MAX_TRANSACTION_BYTES", 200_000)
+    changes = [NewRecord(("public", "entries"), {"id": str(i), "v": "z" * 50_000})
+               for i in range(5)]
+    with pytest.raises(rows.RowMappingError, match="limit of one Vaxine transaction"):
+        rows.write_transaction(NoPool(), Transaction(changes, datetime.now(UTC)), pk)
+
+
+def test_stream_accepts_any_frame_the_embedded_log_can_hold():
+    from electric.vaxine import stream
+    from electric.vaxine.embedded import log
+
+    assert stream.STREAM_MAX_FRAME > log.MAX_RECORD
