@@ -104,6 +104,7 @@ class SourceReader:
         reconnect_max: float = 10.0,
         sink_retry_min: float = 0.05,
         sink_retry_max: float = 5.0,
+        sink_blocked_retry: float = 30.0,
         tcp_user_timeout_ms: int = 20000,
     ) -> None:
         self.name = name
@@ -120,6 +121,7 @@ class SourceReader:
         self.dead_after = dead_after
         self.reconnect = Backoff(reconnect_min, reconnect_max)
         self.sink_retry_min, self.sink_retry_max = sink_retry_min, sink_retry_max
+        self.sink_blocked_retry = sink_blocked_retry
         self.tcp_user_timeout_ms = tcp_user_timeout_ms
         self.log = logger.bind(origin=name)
 
@@ -128,6 +130,9 @@ class SourceReader:
         self.last_acked_lsn: Lsn | None = None
         self.last_error: str | None = None
         self.sink_retrying = False
+        # LSN of a transaction the sink refuses as unwritable (not an outage): ingestion is
+        # held there until an operator fixes the cause.
+        self.blocked_lsn: Lsn | None = None
         self.transactions_written = 0
         self.transactions_acked = 0
         self.reconnects = 0
@@ -167,6 +172,7 @@ class SourceReader:
             "sink_retrying": self.sink_retrying,
             "reconnects": self.reconnects,
             "last_error": self.last_error,
+            "blocked_lsn": None if self.blocked_lsn is None else str(self.blocked_lsn),
             "server_wal_end": None if self.server_wal_end is None else str(self.server_wal_end),
             "lag_bytes": self.lag_bytes(),
         }
@@ -403,8 +409,17 @@ class SourceReader:
             self.reconnect.reset()
 
     def _write(self, tx: Transaction) -> None:
-        """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up)."""
+        """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up).
+
+        A ``ValueError`` (e.g. the Vaxine row mapping refusing a row) is not an outage and
+        will not heal by itself; the transaction is still never skipped (acknowledging it
+        would lose it), but it is reported once at error level, exposed as ``blocked_lsn``
+        in the status, and retried with a back-off capped at ``sink_blocked_retry`` seconds.
+        """
         backoff = Backoff(self.sink_retry_min, self.sink_retry_max)
+        # Slower, but starting at about a second: a refusal that depends on state elsewhere
+        # (e.g. a table the schema registry does not know yet) may still clear quickly.
+        blocked_backoff = Backoff(min(1.0, self.sink_blocked_retry), self.sink_blocked_retry)
         attempts = 0
         while True:
             try:
@@ -415,6 +430,21 @@ class SourceReader:
                 attempts += 1
                 self.sink_retrying = True
                 self.last_error = f"write failed: {_describe(exc)}"
+                if isinstance(exc, ValueError):
+                    if self.blocked_lsn != tx.lsn:
+                        self.blocked_lsn = tx.lsn
+                        self.log.error(
+                            "transaction {} (relations {}) cannot be written: {}; ingestion "
+                            "from this source is held at it (not acknowledged; retried, at "
+                            "most every {:.0f}s) until the cause is fixed",
+                            tx.lsn,
+                            _relations(tx),
+                            _describe(exc),
+                            self.sink_blocked_retry,
+                        )
+                    self.last_error = f"transaction {tx.lsn} cannot be written: {_describe(exc)}"
+                    gevent.sleep(blocked_backoff.next())
+                    continue
                 delay = backoff.next()
                 if attempts <= 3 or attempts % 10 == 0:  # an outage must not flood the log
                     self.log.warning(
@@ -429,6 +459,7 @@ class SourceReader:
             if attempts:
                 self.log.info("transaction {} written after {} retries", tx.lsn, attempts)
                 self.last_error = None
+            self.blocked_lsn = None
             self.sink_retrying = False
             return
 
@@ -452,6 +483,12 @@ class SourceReader:
     def _set_disconnected(self) -> None:
         self.connected = False
         self._connected_event.clear()
+
+
+def _relations(tx: Transaction, limit: int = 5) -> str:
+    names = sorted({f"{c.relation[0]}.{c.relation[1]}" for c in tx.changes})
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _describe(exc: BaseException) -> str:

@@ -48,6 +48,7 @@ def test_reader_application_name_and_initial_status():
         "sink_retrying": False,
         "reconnects": 0,
         "last_error": None,
+        "blocked_lsn": None,
         "server_wal_end": None,
         "lag_bytes": None,
     }
