@@ -123,6 +123,7 @@ class Connector:
             "tables_without_pk": [f"{s}.{t}" for s, t in self.tables_without_pk],
             "transactions_written": reader.get("transactions_written", 0),
             "sink_retrying": reader.get("sink_retrying", False),
+            "blocked_lsn": reader.get("blocked_lsn"),
             "reconnects": reader.get("reconnects", 0),
             "last_error": reader.get("last_error") or self.last_error,
         }
