@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from electric.devenv import DEV_SCHEMA_SQL, PgCluster
 from tests.chaos.harness import rss_kb
 from tests.support.electric import ElectricProcess
+from tests.support.pgwire import RawClient, pg_message, startup_packet  # noqa: F401 (re-exported)
 from tests.support.postgres import drop_database
 
 # RSS may grow a little while caches (decoders, greenlet pools) warm up; more than this
@@ -145,57 +146,9 @@ class ElectricUnderTest:
             pass
 
 
-# -- a tiny Postgres frontend (for the well-formed client on the publisher port) ----------
+# -- the well-formed client on the publisher port ------------------------------------------
 
-
-class PgFrontend:
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def startup(self, **params: str) -> None:
-        self.send(startup_packet(params))
-
-    def query(self, text: str) -> None:
-        body = text.encode() + b"\0"
-        self.send(b"Q" + struct.pack(">I", len(body) + 4) + body)
-
-    def read_message(self) -> tuple[bytes, bytes] | None:
-        while True:
-            if len(self.buf) >= 5:
-                (length,) = struct.unpack(">I", self.buf[1:5])
-                if len(self.buf) >= 1 + length:
-                    tag, body = self.buf[:1], self.buf[5:1 + length]
-                    self.buf = self.buf[1 + length:]
-                    return tag, body
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buf += data
-
-    def read_until(self, tag: bytes) -> list[tuple[bytes, bytes]]:
-        out = []
-        while (msg := self.read_message()) is not None:
-            out.append(msg)
-            if msg[0] == tag:
-                break
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def startup_packet(params: dict[str, str], version: int = 196608) -> bytes:
-    body = struct.pack(">I", version) + b"".join(
-        k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-    return struct.pack(">I", len(body) + 4) + body
-
-
-def pg_message(tag: bytes, body: bytes) -> bytes:
-    return tag + struct.pack(">I", len(body) + 4) + body
+PgFrontend = RawClient
 
 
 # -- websocket framing (client side, for raw frames the libraries refuse to send) ---------

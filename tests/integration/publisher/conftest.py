@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import struct
 import time
 from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
-from gevent import socket
 from gevent.event import Event
 
 from electric.changes import Column, Table, Transaction, utc_now
@@ -171,62 +169,3 @@ def setup(subscriber_pg, tmp_path):
     s = Setup(subscriber_pg, tmp_path)
     yield s
     s.close()
-
-
-# -- a tiny frontend for poking the server with raw protocol -------------------------------
-
-
-class RawClient:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def startup(self, **params: str) -> None:
-        body = (
-            struct.pack(">I", 196608)
-            + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
-            + b"\0"
-        )
-        self.send(struct.pack(">I", len(body) + 4) + body)
-
-    def query(self, text: str) -> None:
-        body = text.encode() + b"\0"
-        self.send(b"Q" + struct.pack(">I", len(body) + 4) + body)
-
-    def read_message(self) -> tuple[bytes, bytes] | None:
-        """Next backend message (tag, body), or None at EOF."""
-        while True:
-            if len(self.buf) >= 5:
-                (length,) = struct.unpack(">I", self.buf[1:5])
-                if len(self.buf) >= 1 + length:
-                    tag, body = self.buf[:1], self.buf[5 : 1 + length]
-                    self.buf = self.buf[1 + length :]
-                    return tag, body
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buf += data
-
-    def read_until(self, tag: bytes) -> list[tuple[bytes, bytes]]:
-        out = []
-        while True:
-            msg = self.read_message()
-            if msg is None:
-                return out
-            out.append(msg)
-            if msg[0] == tag:
-                return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def error_fields(body: bytes) -> dict[str, str]:
-    fields = {}
-    for part in body.rstrip(b"\0").split(b"\0"):
-        if part:
-            fields[chr(part[0])] = part[1:].decode()
-    return fields

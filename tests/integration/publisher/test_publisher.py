@@ -8,8 +8,9 @@ import gevent
 
 from electric.changes import DeletedRecord, UpdatedRecord
 from electric.postgres import upsert
+from tests.support.pgwire import RawClient, error_fields
 
-from .conftest import FULL_ITEMS, ITEMS, RawClient, error_fields, wait_for
+from .conftest import FULL_ITEMS, ITEMS, wait_for
 
 IDS = [str(uuid.UUID(int=i + 1)) for i in range(50)]
 
