@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from datetime import UTC, datetime
 
 import psycopg2
@@ -40,6 +39,7 @@ from electric.postgres.wire import (
     UnsupportedMessage,
     parse_command,
 )
+from tests.support.waiting import wait_until as wait_for
 
 REL_OID = 20000
 TABLE = ("public", "wire_items")
@@ -164,16 +164,6 @@ class FakePublisher:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def wait_for(pred, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

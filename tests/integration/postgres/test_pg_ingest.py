@@ -14,6 +14,7 @@ from electric.postgres.connector import Connector
 from electric.postgres.lsn import Lsn
 from electric.postgres.source import SourceReader
 from electric.schema import SchemaRegistry
+from tests.support.waiting import wait_until
 
 READER = {
     "status_interval": 1.0,
@@ -33,16 +34,6 @@ CREATE TABLE nopk (x text);
 
 U1 = "c0d731ca-0e72-4950-9499-8db83badb051"
 U2 = "6f1e1f1e-0000-4000-8000-000000000002"
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class CollectingSink:

@@ -3,8 +3,6 @@ transaction with the right rows, and the slot is only acknowledged once Vaxine h
 
 from __future__ import annotations
 
-import time
-
 import gevent
 import pytest
 
@@ -16,6 +14,7 @@ from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream
+from tests.support.waiting import wait_until
 
 READER = {
     "status_interval": 1.0,
@@ -26,16 +25,6 @@ READER = {
 }
 U1 = "c0d731ca-0e72-4950-9499-8db83badb051"
 U2 = "6f1e1f1e-0000-4000-8000-000000000002"
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class VaxineSink:

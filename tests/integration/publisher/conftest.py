@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import gevent
 import pytest
 from gevent.event import Event
 
@@ -16,6 +14,7 @@ from electric.postgres import green
 from electric.postgres.publisher import Publisher
 from electric.postgres.subscription import electric_conninfo, subscribe
 from electric.schema import SchemaRegistry
+from tests.support.waiting import wait_until as wait_for
 
 PUBLICATION = "all_tables"
 
@@ -77,17 +76,6 @@ class FakeLog:
                 yield self.entries[i]
                 i += 1
             self._grew.wait()
-
-
-def wait_for(check: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        gevent.sleep(0.1)
 
 
 class Setup:
