@@ -226,9 +226,7 @@ class _Session:
     def _feed(self, after: bytes | None) -> None:
         stream = self.publisher.open_stream(after)
         try:
-            for tx, offset in stream:
-                if after is not None and offset == after:
-                    continue  # a reader that re-delivers the entry at the offset
+            for tx, offset in stream:  # strictly after ``after``: the stream's contract
                 self.queue.put((tx, offset))
         except Exception as exc:  # the log went away: end the session, the subscriber retries
             self.log.warning("log stream for {} ended: {}: {}", self.slot, type(exc).__name__, exc)
