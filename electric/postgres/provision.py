@@ -370,6 +370,9 @@ def register(
 def create_subscription(conn: Any, name: str, conninfo: str, publication: str) -> bool:
     """``CREATE SUBSCRIPTION … WITH (connect = false)`` when absent. True when created.
 
+    An existing subscription is brought up to date instead: a stale connection string
+    (Electric moved) or publication is altered, so the caller never has to look again.
+
     ``connect = false`` implies ``enabled = false, create_slot = false, copy_data = false`` and
     slot name = subscription name; enable it with :func:`enable_subscription` once Electric's
     publisher is accepting connections.
@@ -385,12 +388,17 @@ def create_subscription(conn: Any, name: str, conninfo: str, publication: str) -
     )
     if row is not None:
         existing_conninfo, publications = row
-        if existing_conninfo != conninfo or list(publications or []) != [publication]:
-            logger.bind(origin=name).warning(
-                "subscription {} already exists with a different connection or publication; "
-                "keeping it",
-                name,
-            )
+        log = logger.bind(origin=name)
+        with conn.cursor() as cur:
+            if existing_conninfo != conninfo:
+                cur.execute(sql.SQL("ALTER SUBSCRIPTION {} CONNECTION {}").format(
+                    sql.Identifier(name), sql.Literal(conninfo)))
+                log.info("subscription {} now points at {}", name, conninfo)
+            if list(publications or []) != [publication]:
+                cur.execute(sql.SQL(
+                    "ALTER SUBSCRIPTION {} SET PUBLICATION {} WITH (refresh = false)").format(
+                    sql.Identifier(name), sql.Identifier(publication)))
+                log.info("subscription {} now uses publication {}", name, publication)
         return False
     query = sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (connect = false)")
     try:

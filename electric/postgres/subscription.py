@@ -30,7 +30,6 @@ from typing import Any, Protocol
 import gevent
 import psycopg2
 from loguru import logger
-from psycopg2 import sql
 
 from electric.changes import RelationName
 from electric.postgres import provision, upsert
@@ -69,25 +68,6 @@ def _conninfo_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _point_at(conn: Any, name: str, conninfo: str, log: Any) -> None:
-    """An existing subscription whose connection string is stale (Electric moved) is updated."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT s.subconninfo FROM pg_catalog.pg_subscription s "
-            "JOIN pg_catalog.pg_database d ON d.oid = s.subdbid "
-            "WHERE s.subname = %s AND d.datname = pg_catalog.current_database()",
-            (name,),
-        )
-        row = cur.fetchone()
-        if row is not None and row[0] != conninfo:
-            cur.execute(
-                sql.SQL("ALTER SUBSCRIPTION {} CONNECTION {}").format(
-                    sql.Identifier(name), sql.Literal(conninfo)
-                )
-            )
-            log.info("subscription {} now points at {}", name, conninfo)
-
-
 def subscribe(
     conn: Any,
     *,
@@ -107,8 +87,6 @@ def subscribe(
     created = provision.create_subscription(conn, name, conninfo, publication)
     if created:
         log.info("created subscription {} (connect = false)", name)
-    else:
-        _point_at(conn, name, conninfo, log)
     n = upsert.install(conn, relations)
     log.info("upsert trigger installed on {} table(s)", n)
     gate.hold(name)

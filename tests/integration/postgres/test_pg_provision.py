@@ -117,5 +117,10 @@ def test_subscription_helpers(source_db):
         "SELECT subenabled, subslotname FROM pg_subscription WHERE subname = 'sub_pg_1'"
     )
     assert rows == [(False, "sub_pg_1")]
+    # Electric moved: the existing subscription is pointed at the new address.
+    moved = "host=127.0.0.1 port=2 dbname=electric"
+    assert not pv.create_subscription(db.conn(), "sub_pg_1", moved, db.publication)
+    assert db.query("SELECT subconninfo FROM pg_subscription WHERE subname = 'sub_pg_1'") == [
+        (moved,)]
     db.execute("ALTER SUBSCRIPTION sub_pg_1 SET (slot_name = NONE)")
     db.execute("DROP SUBSCRIPTION sub_pg_1")
