@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import gevent
 import psycopg2
 from loguru import logger
+from psycopg2.extensions import make_dsn
 
 from electric.changes import RelationName
 from electric.postgres import provision, upsert
@@ -59,13 +60,7 @@ def electric_conninfo(
         "connect_timeout": str(connect_timeout),
         **extra,
     }
-    return " ".join(f"{k}={_conninfo_value(v)}" for k, v in params.items())
-
-
-def _conninfo_value(value: str) -> str:
-    if value and not any(ch in value for ch in " '\\"):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return make_dsn(**params)
 
 
 def subscribe(
