@@ -1,0 +1,570 @@
+"""The embedded store's storage engine: rows and the transaction log in one SQLite file.
+
+Plain synchronous code (no gevent): :mod:`electric.store.service` calls it from the hub's
+thread pool, one writer at a time, so commits and fsyncs never stall the event loop.
+
+Layout (``VAXINE_DATA_DIR/store.db``, format 1; see docs/store.md):
+
+* ``relations`` — one id per replicated ``(schema, table)``;
+* ``rows`` — the merged current state of every row ever written (tombstones included):
+  ``(rel, key) → deleted, columns, pos`` where ``columns`` is a marshalled dict of column →
+  text value and ``pos`` the log position that last wrote it;
+* ``txns`` + ``chunks`` — the log: one ``txns`` row per committed transaction (position,
+  commit time, origin, publication, number of changes) and its changes, as readers receive
+  them (the whole merged row after each change), in chunks of at most
+  :data:`CHUNK_CHANGES` so that a transaction of any size is written and read piece by piece.
+
+Durability is SQLite's: WAL journal, ``synchronous=FULL`` (a commit returns once it is on
+disk), and crash recovery by SQLite itself. A transaction is one SQLite transaction, so it
+is visible to readers whole or not at all, also across kill -9.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from electric.changes import (
+    Change,
+    DeletedRecord,
+    NewRecord,
+    RelationName,
+    TruncatedRelation,
+    UpdatedRecord,
+)
+from electric.store.merge import (
+    RowState,
+    UnmappableChange,
+    carried_columns,
+    change_keys,
+    plan_change,
+    tombstone,
+    upsert,
+)
+
+FORMAT = 1
+DB_FILE = "store.db"
+CHUNK_CHANGES = 1000
+# SQLite's page cache per connection, in KiB (negative cache_size = KiB): bounds memory.
+CACHE_KIB = 16 * 1024
+
+_UPSERT, _DELETE, _TRUNCATE = 0, 1, 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS relations (
+    id INTEGER PRIMARY KEY, schema_name TEXT NOT NULL, table_name TEXT NOT NULL,
+    UNIQUE (schema_name, table_name));
+CREATE TABLE IF NOT EXISTS rows (
+    rel INTEGER NOT NULL, key TEXT NOT NULL, deleted INTEGER NOT NULL,
+    columns BLOB NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (rel, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS txns (
+    pos INTEGER PRIMARY KEY, commit_us INTEGER NOT NULL, origin TEXT, publication TEXT,
+    changes INTEGER NOT NULL, chunks INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    pos INTEGER NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (pos, seq)) WITHOUT ROWID;
+"""
+
+PrimaryKeys = Callable[[RelationName], list[str]]
+
+
+class ChainBroken(RuntimeError):
+    """Not written because an earlier write of the same chain (one source's writes, which
+    must become durable in order) failed; the source writes it again."""
+
+
+class StoreFormatError(RuntimeError):
+    """The data file is not a store this version can read (one line for the operator)."""
+
+
+@dataclass(frozen=True)
+class TxnHead:
+    """A committed transaction as listed by the log (its changes are read separately)."""
+
+    pos: int
+    commit_us: int
+    origin: str | None
+    publication: str | None
+    changes: int
+    chunks: int
+
+
+def db_path(data_dir: str) -> str:
+    return os.path.join(data_dir, DB_FILE)
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    conn.execute("PRAGMA busy_timeout=60000")
+    return conn
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+def encode_chunk(items: list[tuple[int, int, dict | None]]) -> bytes:
+    return marshal.dumps(items)
+
+
+def decode_chunk(data: bytes, relation_of: Callable[[int], RelationName]) -> list[Change]:
+    out: list[Change] = []
+    for kind, rel, columns in marshal.loads(data):
+        relation = relation_of(rel)
+        if kind == _UPSERT:
+            out.append(UpdatedRecord(relation, columns))
+        elif kind == _DELETE:
+            out.append(DeletedRecord(relation, columns))
+        else:
+            out.append(TruncatedRelation(relation))
+    return out
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """One SQLite database; the writer side. Not thread safe: one caller at a time."""
+
+    def __init__(self, data_dir: str):
+        os.makedirs(data_dir, exist_ok=True)
+        self.path = db_path(data_dir)
+        try:
+            self.db = connect(self.path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreFormatError(f"{self.path} is not a readable store ({exc})") from None
+        self._check_format()
+        self.relations: dict[RelationName, int] = {}
+        self.relation_names: dict[int, RelationName] = {}
+        self._load_relations()
+        row = self.db.execute("SELECT max(pos) FROM txns").fetchone()
+        self.last_pos = row[0] or 0
+        self._last_us = 0
+        self._big: _BigTxn | None = None
+
+    def _check_format(self) -> None:
+        try:
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreFormatError(f"{self.path} is not a readable store ({exc})") from None
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO meta VALUES ('format', ?)", (str(FORMAT),))
+        elif row[0] != str(FORMAT):
+            raise StoreFormatError(
+                f"{self.path} has store format {row[0]}; this Electric reads format {FORMAT}")
+
+    def _load_relations(self) -> None:
+        self.relations.clear()
+        self.relation_names.clear()
+        for rel_id, schema, table in self.db.execute("SELECT id, schema_name, table_name FROM relations"):
+            self.relations[(schema, table)] = rel_id
+            self.relation_names[rel_id] = (schema, table)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _now_us(self) -> int:
+        self._last_us = max(time.time_ns() // 1000, self._last_us + 1)
+        return self._last_us
+
+    def _relation_id(self, relation: RelationName) -> int:
+        rel_id = self.relations.get(relation)
+        if rel_id is None:
+            rel_id = self.db.execute(
+                "INSERT INTO relations (schema_name, table_name) VALUES (?, ?)", relation
+            ).lastrowid
+            self.relations[relation] = rel_id
+            self.relation_names[rel_id] = relation
+        return rel_id
+
+    def _append_log(self, pos: int, items: list, first_seq: int = 0) -> int:
+        """Write ``items`` as chunks starting at ``first_seq``; returns the next seq."""
+        seq = first_seq
+        for start in range(0, len(items), CHUNK_CHANGES):
+            self.db.execute("INSERT INTO chunks VALUES (?, ?, ?)",
+                            (pos, seq, encode_chunk(items[start:start + CHUNK_CHANGES])))
+            seq += 1
+        return seq
+
+    def planner(self, primary_keys: PrimaryKeys) -> _Planner:
+        return _Planner(self, primary_keys)
+
+    # ------------------------------------------------------------------ writing
+
+    def commit_batch(self, batch: list[tuple[list[Change], str | None, str | None, object]],
+                     primary_keys: PrimaryKeys) -> list[tuple[int, int, list[Change]] | Exception]:
+        """Commit several whole transactions in one SQLite transaction (one fsync).
+
+        Per transaction: ``(pos, commit_us, changes as readers get them)``, or the
+        :class:`UnmappableChange` that refused it (nothing of it is written; the others are,
+        except later ones of the same ``chain``, the fourth item, when that is not ``None``:
+        they get :class:`ChainBroken`). A transaction with nothing to store gets position
+        ``0`` and is not logged.
+        """
+        db = self.db
+        results: list = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            planner = self.planner(primary_keys)
+            keyed: list = []
+            failed_chains: set[int] = set()
+            for changes, _origin, _publication, chain in batch:
+                if chain is not None and id(chain) in failed_chains:
+                    keyed.append(ChainBroken("an earlier transaction of this source failed"))
+                    continue
+                try:
+                    keyed.append(planner.keys(changes))
+                except UnmappableChange as exc:
+                    keyed.append(exc)
+                    if chain is not None:
+                        failed_chains.add(id(chain))
+            planner.prefetch()
+            txns, chunk_rows = [], []
+            for (changes, origin, publication, _chain), keys in zip(batch, keyed, strict=True):
+                if isinstance(keys, Exception):
+                    results.append(keys)
+                    continue
+                out: list[Change] = []
+                items: list = []
+                pos = self.last_pos + 1
+                planner.plan(changes, keys, pos, out, items)
+                if not items:
+                    results.append((0, 0, []))
+                    continue
+                commit_us = self._now_us()
+                seq = 0
+                for start in range(0, len(items), CHUNK_CHANGES):
+                    chunk_rows.append((pos, seq, encode_chunk(items[start:start + CHUNK_CHANGES])))
+                    seq += 1
+                txns.append((pos, commit_us, origin, publication, len(items), seq))
+                self.last_pos = pos
+                results.append((pos, commit_us, out))
+            planner.flush()
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?)", chunk_rows)
+            db.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?)", txns)
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return results
+
+    def commit_at(self, pos: int, commit_us: int, changes: list[Change],
+                  primary_keys: PrimaryKeys) -> None:
+        """Commit one transaction at a given position (importing an older log, whose
+        positions readers already hold); positions must keep increasing."""
+        if pos <= self.last_pos:
+            raise ValueError(f"position {pos} is not after {self.last_pos}")
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            planner = self.planner(primary_keys)
+            keyed = planner.keys(changes)
+            planner.prefetch()
+            out: list[Change] = []
+            items: list = []
+            planner.plan(changes, keyed, pos, out, items)
+            planner.flush()
+            seq = self._append_log(pos, items)
+            db.execute("INSERT INTO txns VALUES (?, ?, NULL, NULL, ?, ?)",
+                       (pos, commit_us, len(items), seq))
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self.last_pos = pos
+        self._last_us = max(self._last_us, commit_us)
+
+    def _rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        row = self.db.execute("SELECT max(pos) FROM txns").fetchone()
+        self.last_pos = row[0] or 0
+        self._load_relations()
+
+    # A transaction too big to hold in memory is written chunk by chunk inside one SQLite
+    # transaction: begin_big → add_big (any number of times) → commit_big (or abort_big).
+
+    def begin_big(self) -> int:
+        if self._big is not None:
+            raise RuntimeError("a big transaction is already open")
+        self.db.execute("BEGIN IMMEDIATE")
+        self._big = _BigTxn(self.last_pos + 1)
+        return self._big.pos
+
+    def add_big(self, changes: list[Change], primary_keys: PrimaryKeys) -> list[Change]:
+        big = self._require_big()
+        out: list[Change] = []
+        items: list = []
+        try:
+            planner = self.planner(primary_keys)
+            keyed = planner.keys(changes)
+            planner.prefetch()
+            planner.plan(changes, keyed, big.pos, out, items)
+            planner.flush()
+            big.seq = self._append_log(big.pos, items, big.seq)
+        except BaseException:
+            self.abort_big()
+            raise
+        big.changes += len(items)
+        return out
+
+    def commit_big(self, origin: str | None, publication: str | None) -> tuple[int, int, int, int]:
+        """``(pos, commit_us, changes, chunks)``; pos 0 when the transaction stored nothing."""
+        big = self._require_big()
+        try:
+            if big.changes == 0:
+                self.db.execute("ROLLBACK")
+                return 0, 0, 0, 0
+            commit_us = self._now_us()
+            self.db.execute("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?)",
+                            (big.pos, commit_us, origin, publication, big.changes, big.seq))
+            self.db.execute("COMMIT")
+            self.last_pos = big.pos
+            return big.pos, commit_us, big.changes, big.seq
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self._big = None
+
+    def abort_big(self) -> None:
+        if self._big is not None:
+            self._big = None
+            self._rollback()
+
+    def _require_big(self) -> _BigTxn:
+        if self._big is None:
+            raise RuntimeError("no big transaction is open")
+        return self._big
+
+    # ------------------------------------------------------------------ maintenance
+
+    def compact_log(self, keep_after: int) -> int:
+        """Drop log entries at or before ``keep_after``; returns how many transactions went.
+        Rows keep their state: readers older than the log get a snapshot instead."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            n = self.db.execute("DELETE FROM txns WHERE pos <= ?", (keep_after,)).rowcount
+            self.db.execute("DELETE FROM chunks WHERE pos <= ?", (keep_after,))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted_through', ?)",
+                            (str(keep_after),))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return n
+
+
+class _Planner:
+    """Plans the row writes of a batch of transactions against one prefetched view of the
+    rows they touch, then writes the final states with one ``executemany``.
+
+    ``keys`` (per transaction, before anything is planned) is where an unmappable change
+    is found, so a refused transaction never leaves a trace in the view.
+    """
+
+    def __init__(self, engine: Engine, primary_keys: PrimaryKeys):
+        self.engine = engine
+        self.primary_keys = primary_keys
+        self.wanted: dict[int, set[str]] = {}
+        self.states: dict[tuple[int, str], RowState | None] = {}
+        self.dirty: dict[tuple[int, str], int] = {}
+
+    def keys(self, changes) -> list:
+        """Per change, its relation id and the keys it touches (see ``plan``)."""
+        primary_keys, relation_id = self.primary_keys, self.engine._relation_id
+        keyed = []
+        last_relation, rel_id, pks = None, 0, ()
+        for change in changes:
+            relation = change.relation
+            if relation != last_relation:
+                last_relation, rel_id = relation, relation_id(relation)
+                pks = () if isinstance(change, TruncatedRelation) else primary_keys(relation)
+            if isinstance(change, TruncatedRelation):
+                keyed.append((rel_id, ()))
+                last_relation = None  # the next change of this relation looks its keys up
+                continue
+            keyed.append((rel_id, change_keys(change, pks)))
+        for rel_id, keys in keyed:
+            wanted = self.wanted.get(rel_id)
+            if wanted is None:
+                wanted = self.wanted[rel_id] = set()
+            wanted.update(keys)
+        return keyed
+
+    def prefetch(self) -> None:
+        db = self.engine.db
+        states = self.states
+        loads = marshal.loads
+        for rel_id, keys in self.wanted.items():
+            missing = [k for k in keys if (rel_id, k) not in states]
+            for k in missing:
+                states[(rel_id, k)] = None
+            for start in range(0, len(missing), 500):
+                part = missing[start:start + 500]
+                sql = ("SELECT key, deleted, columns FROM rows WHERE rel = ? AND key IN ("
+                       + ",".join("?" * len(part)) + ")")
+                for key, deleted, columns in db.execute(sql, (rel_id, *part)):
+                    states[(rel_id, key)] = RowState(bool(deleted), loads(columns))
+        self.wanted.clear()
+
+    def plan(self, changes, keyed: list, pos: int, out: list, items: list) -> None:
+        """Merge ``changes`` (keyed by :meth:`keys`, prefetched) into the view; append what
+        readers get to ``out`` and the log entries to ``items``."""
+        states, dirty = self.states, self.dirty
+        for change, (rel_id, keys) in zip(changes, keyed, strict=True):
+            kind = type(change)
+            if kind is NewRecord or (kind is UpdatedRecord and len(keys) == 1):
+                k = (rel_id, keys[0])
+                stored = states[k]
+                columns = change.record if kind is NewRecord else carried_columns(change, stored)
+                state = upsert(stored, columns)
+                states[k] = state
+                dirty[k] = pos
+                out.append(UpdatedRecord(change.relation, state.columns))
+                items.append((_UPSERT, rel_id, state.columns))
+            elif kind is DeletedRecord:
+                k = (rel_id, keys[0])
+                pks = self.primary_keys(change.relation)
+                state = tombstone(states[k], {col: change.old_record[col] for col in pks})
+                states[k] = state
+                dirty[k] = pos
+                out.append(DeletedRecord(change.relation, state.columns))
+                items.append((_DELETE, rel_id, state.columns))
+            elif kind is TruncatedRelation:
+                self.engine.db.execute(
+                    "UPDATE rows SET deleted = 1, pos = ? WHERE rel = ? AND deleted = 0",
+                    (pos, rel_id))
+                for k, state in states.items():
+                    if k[0] == rel_id and state is not None and not state.deleted:
+                        states[k] = RowState(True, state.columns)
+                        dirty[k] = pos
+                out.append(change)
+                items.append((_TRUNCATE, rel_id, None))
+            else:  # an update that moves the row to another key
+                def load(relation: RelationName, key: str, rel_id=rel_id) -> RowState | None:
+                    return states[(rel_id, key)]
+
+                for write in plan_change(change, self.primary_keys(change.relation), load):
+                    k = (rel_id, write.key)
+                    states[k] = write.state
+                    dirty[k] = pos
+                    out.append(write.as_change())
+                    items.append((_DELETE if write.state.deleted else _UPSERT, rel_id,
+                                  write.state.columns))
+
+    def flush(self) -> None:
+        states, dumps = self.states, marshal.dumps
+        rows = []
+        for (rel_id, key), pos in self.dirty.items():
+            state = states[(rel_id, key)]
+            rows.append((rel_id, key, int(state.deleted), dumps(state.columns), pos))
+        self.engine.db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)", rows)
+        self.dirty.clear()
+
+
+@dataclass
+class _BigTxn:
+    pos: int
+    seq: int = 0
+    changes: int = 0
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Reader:
+    """A read-only connection (WAL readers never block the writer, nor it them)."""
+
+    def __init__(self, path: str):
+        self.db = connect(path, readonly=True)
+        self.relation_names: dict[int, RelationName] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    def relation(self, rel_id: int) -> RelationName:
+        name = self.relation_names.get(rel_id)
+        if name is None:
+            for rid, schema, table in self.db.execute(
+                    "SELECT id, schema_name, table_name FROM relations"):
+                self.relation_names[rid] = (schema, table)
+            name = self.relation_names[rel_id]
+        return name
+
+    def heads_after(self, after: int, limit: int) -> list[tuple[TxnHead, bytes | None]]:
+        """Up to ``limit`` transactions after ``after``, each with its first chunk."""
+        rows = self.db.execute(
+            "SELECT t.pos, t.commit_us, t.origin, t.publication, t.changes, t.chunks, c.data "
+            "FROM txns t LEFT JOIN chunks c ON c.pos = t.pos AND c.seq = 0 "
+            "WHERE t.pos > ? ORDER BY t.pos LIMIT ?", (after, limit)).fetchall()
+        return [(TxnHead(*row[:6]), row[6]) for row in rows]
+
+    def chunk(self, pos: int, seq: int) -> bytes:
+        row = self.db.execute("SELECT data FROM chunks WHERE pos = ? AND seq = ?",
+                              (pos, seq)).fetchone()
+        if row is None:
+            raise LookupError(f"log chunk {seq} of transaction {pos} is missing")
+        return row[0]
+
+    def decode(self, data: bytes) -> list[Change]:
+        return decode_chunk(data, self.relation)
+
+    def oldest_pos(self) -> int:
+        row = self.db.execute("SELECT min(pos) FROM txns").fetchone()
+        return row[0] or 0
+
+    def compacted_through(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'compacted_through'").fetchone()
+        return int(row[0]) if row else 0
+
+    def snapshot(self, batch: int = CHUNK_CHANGES) -> Iterator[tuple[int, list[Change]]]:
+        """Every stored row (live rows as updates, tombstones as deletes) with the log
+        position the snapshot is consistent with; one read transaction for the whole walk."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            pos = db.execute("SELECT coalesce(max(pos), 0) FROM txns").fetchone()[0]
+            cursor = db.execute("SELECT rel, deleted, columns FROM rows ORDER BY rel, key")
+            while True:
+                rows = cursor.fetchmany(batch)
+                if not rows:
+                    break
+                out: list[Change] = []
+                for rel, deleted, columns in rows:
+                    relation = self.relation(rel)
+                    cols = marshal.loads(columns)
+                    out.append(DeletedRecord(relation, cols) if deleted
+                               else UpdatedRecord(relation, cols))
+                yield pos, out
+        finally:
+            db.execute("COMMIT")
+
+    def stats(self) -> dict[str, int]:
+        db = self.db
+        return {
+            "rows": db.execute("SELECT count(*) FROM rows").fetchone()[0],
+            "transactions": db.execute("SELECT count(*) FROM txns").fetchone()[0],
+            "oldest_pos": self.oldest_pos(),
+        }
+
+
+__all__ = ["Engine", "Reader", "StoreFormatError", "TxnHead", "UnmappableChange", "db_path",
+           "CHUNK_CHANGES", "FORMAT"]

@@ -1,0 +1,167 @@
+"""The store's SQLite engine (electric/store/engine.py), used directly: batches, merges,
+the log as readers see it, big transactions, positions, format checks."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from electric.changes import DeletedRecord, NewRecord, TruncatedRelation, UpdatedRecord
+from electric.store.engine import (
+    CHUNK_CHANGES,
+    ChainBroken,
+    Engine,
+    Reader,
+    StoreFormatError,
+    db_path,
+)
+from electric.store.merge import UnmappableChange
+
+REL = ("public", "t")
+OTHER = ("s", "u")
+
+
+def pks(relation):
+    return {REL: ["id"], OTHER: ["a", "b"]}[relation]
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = Engine(str(tmp_path))
+    yield e
+    e.close()
+
+
+def read_all(path):
+    reader = Reader(path)
+    out = []
+    for head, first in reader.heads_after(0, 10_000):
+        changes = reader.decode(first)
+        for seq in range(1, head.chunks):
+            changes += reader.decode(reader.chunk(head.pos, seq))
+        out.append((head.pos, changes))
+    reader.close()
+    return out
+
+
+def test_batch_positions_results_and_what_readers_get(engine):
+    chain = object()
+    results = engine.commit_batch([
+        ([NewRecord(REL, {"id": "1", "x": "a"})], "pg_a", "pub", None),
+        ([], "pg_a", "pub", None),  # nothing to store: not logged
+        ([UpdatedRecord(REL, {"id": "1", "y": "b"})], "pg_b", "pub", chain),
+    ], pks)
+    assert [r[0] for r in results] == [1, 0, 2]
+    assert results[2][2] == [UpdatedRecord(REL, {"id": "1", "x": "a", "y": "b"})]
+    assert read_all(engine.path) == [
+        (1, [UpdatedRecord(REL, {"id": "1", "x": "a"})]),
+        (2, [UpdatedRecord(REL, {"id": "1", "x": "a", "y": "b"})]),
+    ]
+
+
+def test_a_refused_transaction_leaves_no_trace_and_breaks_only_its_chain(engine):
+    chain, other = object(), object()
+    results = engine.commit_batch([
+        ([NewRecord(REL, {"id": "1"})], None, None, chain),
+        ([NewRecord(REL, {"nope": "2"})], None, None, chain),  # no key: refused
+        ([NewRecord(REL, {"id": "3"})], None, None, chain),  # after it: not written
+        ([NewRecord(REL, {"id": "4"})], None, None, other),
+        ([NewRecord(REL, {"id": "5"})], None, None, None),
+    ], pks)
+    assert results[0][0] == 1
+    assert isinstance(results[1], UnmappableChange)
+    assert isinstance(results[2], ChainBroken)
+    assert [r[0] for r in results[3:]] == [2, 3]
+    assert [[c.record["id"] for c in changes] for _, changes in read_all(engine.path)] == [
+        ["1"], ["4"], ["5"]]
+
+
+def test_rows_in_one_batch_see_earlier_writes_of_the_batch(engine):
+    engine.commit_batch([
+        ([NewRecord(REL, {"id": "1", "x": "a", "y": "a"})], None, None, None),
+        ([UpdatedRecord(REL, {"id": "1", "x": "b", "y": "a"}, {"id": "1", "x": "a", "y": "a"}),
+          DeletedRecord(REL, {"id": "1"})], None, None, None),
+        ([UpdatedRecord(REL, {"id": "1", "x": "b", "y": "c"}, {"id": "1", "x": "b", "y": "a"})],
+         None, None, None),
+    ], pks)
+    log = read_all(engine.path)
+    assert log[1][1] == [UpdatedRecord(REL, {"id": "1", "x": "b", "y": "a"}),
+                         DeletedRecord(REL, {"id": "1", "x": "b", "y": "a"})]
+    assert log[2][1] == [UpdatedRecord(REL, {"id": "1", "x": "b", "y": "c"})]
+
+
+def test_truncate_deletes_rows_present_then_and_later_inserts_survive(engine):
+    engine.commit_batch([([NewRecord(REL, {"id": str(i)}) for i in range(3)]
+                          + [NewRecord(OTHER, {"a": "1", "b": "2"})], None, None, None)], pks)
+    engine.commit_batch([
+        ([NewRecord(REL, {"id": "9"})], None, None, None),  # same batch, before the truncate
+        ([TruncatedRelation(REL)], None, None, None),
+        ([NewRecord(REL, {"id": "1", "v": "new"})], None, None, None),
+    ], pks)
+    assert read_all(engine.path)[2][1] == [TruncatedRelation(REL)]
+    reader = Reader(engine.path)
+    snapshot = [c for _, part in reader.snapshot() for c in part]
+    reader.close()
+    live = sorted(c.record.get("id") or c.record["a"] for c in snapshot
+                  if isinstance(c, UpdatedRecord))
+    assert live == ["1", "1"]  # REL's id 1 (re-inserted) and OTHER's row
+    assert sorted(c.old_record["id"] for c in snapshot
+                  if isinstance(c, DeletedRecord)) == ["0", "2", "9"]
+
+
+def test_big_transaction_is_chunked_and_invisible_until_commit(engine):
+    assert engine.begin_big() == 1
+    n = CHUNK_CHANGES + 10
+    engine.add_big([NewRecord(REL, {"id": str(i)}) for i in range(n // 2)], pks)
+    engine.add_big([NewRecord(REL, {"id": str(i)}) for i in range(n // 2, n)], pks)
+    assert read_all(engine.path) == []  # other connections see nothing yet
+    pos, _us, changes, chunks = engine.commit_big("pg_a", "pub")
+    assert (pos, changes) == (1, n) and chunks >= 2
+    [(first_pos, log)] = read_all(engine.path)
+    assert first_pos == 1
+    assert [c.record["id"] for c in log] == [str(i) for i in range(n)]
+
+
+def test_aborted_big_transaction_leaves_nothing(engine):
+    engine.begin_big()
+    engine.add_big([NewRecord(REL, {"id": "1"})], pks)
+    engine.abort_big()
+    assert read_all(engine.path) == []
+    assert engine.commit_batch([([NewRecord(REL, {"id": "2"})], None, None, None)], pks)[0][0] == 1
+
+
+def test_positions_continue_after_reopening(tmp_path):
+    e = Engine(str(tmp_path))
+    e.commit_batch([([NewRecord(REL, {"id": "1"})], None, None, None)], pks)
+    e.close()
+    e = Engine(str(tmp_path))
+    assert e.commit_batch([([NewRecord(REL, {"id": "2"})], None, None, None)], pks)[0][0] == 2
+    e.close()
+
+
+def test_commit_at_keeps_given_positions(engine):
+    engine.commit_at(100, 5, [NewRecord(REL, {"id": "1"})], pks)
+    with pytest.raises(ValueError):
+        engine.commit_at(100, 6, [NewRecord(REL, {"id": "2"})], pks)
+    assert engine.commit_batch([([NewRecord(REL, {"id": "3"})], None, None, None)], pks)[0][0] == 101
+
+
+def test_other_format_and_garbage_files_are_refused(tmp_path):
+    e = Engine(str(tmp_path / "a"))
+    e.db.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+    e.close()
+    with pytest.raises(StoreFormatError, match="format 99"):
+        Engine(str(tmp_path / "a"))
+    (tmp_path / "b").mkdir()
+    with open(db_path(str(tmp_path / "b")), "wb") as f:
+        f.write(b"this is not a database" * 100)
+    with pytest.raises(StoreFormatError, match="not a readable store"):
+        Engine(str(tmp_path / "b"))
+
+
+def test_durability_settings(engine):
+    assert engine.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert engine.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(sqlite3.OperationalError):  # readers are read-only
+        Reader(engine.path).db.execute("DELETE FROM rows")
