@@ -7,7 +7,6 @@ Shutdown runs in reverse: stop accepting, stop readers, flush and close files.
 
 from __future__ import annotations
 
-import errno
 import signal
 from collections.abc import Callable
 
@@ -28,11 +27,11 @@ from electric.postgres.subscription import electric_conninfo, subscribe
 from electric.satellite.auth import AuthConfigError, provider_from_settings
 from electric.satellite.server import SatelliteServer
 from electric.schema import SchemaRegistry
+from electric.store import ChainedWriter, LocalStore, StoreFormatError, legacy
 from electric.supervisor import Supervisor, backoff_delays
 from electric.vaxine import rows
-from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.pool import VaxinePool
-from electric.vaxine.stream import WalStream
+from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
 
 SHUTDOWN_TIMEOUT = 4.0
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
@@ -66,8 +65,8 @@ class Application:
         self.router = Router()
         self.http: HttpServer | None = None
         self.offsets: OffsetStore | None = None
-        self.embedded_vaxine: EmbeddedVaxine | None = None
-        self.pool: VaxinePool | None = None
+        self.store: LocalStore | None = None  # embedded mode (no VAXINE_HOST)
+        self.pool: VaxinePool | None = None  # an external Vaxine
         self.vaxine_host = "127.0.0.1"
         self.publisher: Publisher | None = None
         self.satellite: SatelliteServer | None = None
@@ -157,37 +156,44 @@ class Application:
             "connectors": connectors,
             "satellite": {"clients_connected": satellite["clients_connected"],
                           "clients": satellite["clients"]},
-            "vaxine": {"mode": "embedded" if self.embedded_vaxine else "external",
-                       "host": self.vaxine_host, "api_port": self.settings.vaxine_api_port,
-                       "replication_port": self.settings.vaxine_replication_port},
+            "vaxine": self._store_detail(),
         }
+
+    def _store_detail(self) -> dict:
+        if self.store is not None:
+            return self.store.status()
+        return {"mode": "external", "host": self.vaxine_host,
+                "api_port": self.settings.vaxine_api_port,
+                "replication_port": self.settings.vaxine_replication_port}
 
     def _start_vaxine(self) -> None:
         s = self.settings
         if s.vaxine_host is None:
-            self.embedded_vaxine = EmbeddedVaxine(
-                s.vaxine_data_dir, "127.0.0.1", s.vaxine_api_port, s.vaxine_replication_port)
-            try:
-                self.embedded_vaxine.start()
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-                    raise StartupError(
-                        f"VAXINE_API_PORT/VAXINE_REPLICATION_PORT: cannot listen on "
-                        f"{s.vaxine_api_port}/{s.vaxine_replication_port}: {exc.strerror}"
-                    ) from None
-                raise StartupError(f"VAXINE_DATA_DIR: cannot open {s.vaxine_data_dir}: "
-                                   f"{exc.strerror or exc}") from None
-            except Exception as exc:  # the store's own check of its log (damage, version)
-                raise StartupError(f"VAXINE_DATA_DIR: {exc}") from None
-            self.on_close(STAGE_VAXINE, "embedded vaxine", self.embedded_vaxine.stop)
-        else:
-            self.vaxine_host = s.vaxine_host
+            self._open_store(s.vaxine_data_dir)
+            return
+        self.vaxine_host = s.vaxine_host
         self.pool = VaxinePool(self.vaxine_host, s.vaxine_api_port, s.vaxine_pool_size,
                                connect_timeout_ms=s.vaxine_connection_timeout)
         self.on_close(STAGE_VAXINE, "vaxine pool", self.pool.close)
 
+    def _open_store(self, data_dir: str) -> None:
+        """The embedded store, in process (a data directory of the first release must be
+        imported first: see electric/store/legacy.py)."""
+        try:
+            legacy.check(data_dir)
+            self.store = LocalStore(data_dir, self._primary_keys)
+        except (StoreFormatError, legacy.LegacyDataError) as exc:
+            raise StartupError(f"VAXINE_DATA_DIR: {exc}") from None
+        except OSError as exc:
+            raise StartupError(f"VAXINE_DATA_DIR: cannot open {data_dir}: "
+                               f"{exc.strerror or exc}") from None
+        self.on_close(STAGE_VAXINE, "store", self.store.close)
+
     def _vaxine_reachable(self) -> bool:
-        """Like the reference: a pool connection can be had (and is alive) within 100 ms."""
+        """Embedded: the store is open. External, like the reference: a pool connection can
+        be had (and is alive) within 100 ms."""
+        if self.store is not None:
+            return not self.store.closed
         if self.pool is None:
             return False
         try:
@@ -203,21 +209,34 @@ class Application:
         return list(table.primary_keys)
 
     def write_transaction(self, tx: Transaction, source: str) -> None:
-        """Write one transaction into Vaxine (one Vaxine transaction); raises on failure."""
-        rows.write_transaction(self.pool, tx, self._primary_keys)
+        """Write one transaction into the log (one store / Vaxine transaction); returns once
+        it is durable, raises on failure (a ValueError when it can never be written)."""
+        if self.store is not None:
+            self.store.write(tx)
+        else:
+            rows.write_transaction(self.pool, tx, self._primary_keys)
         metrics.transactions_in.labels(source).inc()
 
     def _open_wal_stream(self, start):
+        """The log from ``start`` (``"eof"``, ``0`` or an ``(L, R)`` offset) for Satellite."""
+        if self.store is not None:
+            return _satellite_stream(self.store, start)
         s = self.settings
         return WalStream(self.vaxine_host, s.vaxine_replication_port, start,
                          connect_timeout_ms=s.vaxine_connection_timeout, name="satellite")
+
+    def _publisher_stream_opener(self):
+        if self.store is not None:
+            return lambda after: _publisher_stream(self.store, after)
+        s = self.settings
+        return vaxine_stream_opener(self.vaxine_host, s.vaxine_replication_port,
+                                    connect_timeout_ms=s.vaxine_connection_timeout)
 
     def _start_publisher(self) -> None:
         s = self.settings
         self.publisher = Publisher(
             registry=self.registry, offsets=self.offsets,
-            open_stream=vaxine_stream_opener(self.vaxine_host, s.vaxine_replication_port,
-                                             connect_timeout_ms=s.vaxine_connection_timeout),
+            open_stream=self._publisher_stream_opener(),
             host=self.listen_host, port=s.postgres_replication_port,
             table_lookup=self._connector_table,
         )
@@ -246,9 +265,14 @@ class Application:
     def _start_connectors(self) -> None:
         s = self.settings
         for cfg in s.connectors:
+            reader_options = {}
+            if self.store is not None:  # pipelined: the reader goes on while commits run
+                counter = metrics.transactions_in.labels(cfg.name)
+                reader_options["submit"] = ChainedWriter(self.store, counter.inc)
             connector = Connector(
                 cfg.name, cfg.dsn(), s.postgres_publication, s.postgres_slot, self.registry,
                 sink=lambda tx, name=cfg.name: self.write_transaction(tx, name),
+                reader_options=reader_options,
             )
             self.connectors[cfg.name] = connector
             self.connector_locks[cfg.name] = BoundedSemaphore()
@@ -327,6 +351,33 @@ class Application:
                 if job not in done:
                     logger.warning(f"closing {name} did not finish in time; moving on")
         logger.info("Electric stopped")
+
+
+def _satellite_stream(store: LocalStore, start):
+    """Store positions as the ``(L, R)`` offsets Satellite lsns encode (``L == R``, as the
+    first release's log used them)."""
+    if start == "eof":
+        after = store.committed
+    elif isinstance(start, tuple | list):
+        after = start[1]
+    else:
+        after = int(start or 0)
+    stream = store.stream(after)
+    try:
+        for tx, pos in stream:
+            yield tx, (pos, pos)
+    finally:
+        stream.close()
+
+
+def _publisher_stream(store: LocalStore, after: bytes | None):
+    """The publisher keeps offsets as ``term_to_binary({L, R})`` bytes (see the offset file)."""
+    stream = store.stream(0 if after is None else offset_from_bytes(after)[1])
+    try:
+        for tx, pos in stream:
+            yield tx, offset_to_bytes((pos, pos))
+    finally:
+        stream.close()
 
 
 class _MigrationTarget:

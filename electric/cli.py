@@ -4,6 +4,7 @@
     electric vaxine --data-dir D [...]             run the embedded Vaxine store standalone
     electric gen-token [settings] USER_ID [...]    mint Satellite auth tokens
     electric migrate [settings] VSN                apply a migration to every connector (via the API)
+    electric import-store [settings]               upgrade a first-release VAXINE_DATA_DIR
 
 Start-up problems (bad settings, unreadable offset file) print one line and exit with code 2.
 """
@@ -67,6 +68,7 @@ SUBCOMMANDS = {
     "vaxine": ("electric.vaxine.embedded.server", "main"),
     "gen-token": ("electric.satellite.tokens", "main"),
     "migrate": ("electric.migrate_cli", "main"),
+    "import-store": ("electric.store.legacy", "main"),
 }
 
 

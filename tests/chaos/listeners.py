@@ -118,7 +118,7 @@ def log_problems(electric: ElectricProcess) -> list[str]:
 class ElectricUnderTest:
     """Electric with one connector to a throwaway database on ``pg``."""
 
-    def __init__(self, pg: PgCluster, workdir: str):
+    def __init__(self, pg: PgCluster, workdir: str, env: dict[str, str] | None = None):
         self.pg = pg
         self.db = f"malformed_{uuid.uuid4().hex[:8]}"
         pg.create_database(self.db)
@@ -129,7 +129,7 @@ class ElectricUnderTest:
         os.makedirs(migrations, exist_ok=True)
         self.electric = ElectricProcess(f"{workdir}/electric", env={
             "CONNECTORS": f"pg_a={pg.url(self.db)}", "POSTGRES_SLOT": f"slot_{self.db}",
-            "MIGRATIONS_DIR": migrations, "LOG_LEVEL": "info"})
+            "MIGRATIONS_DIR": migrations, "LOG_LEVEL": "info", **(env or {})})
         self.electric.start(timeout=60)
         e = self.electric
         e.wait_for(lambda: all(e.get_json("/api/status")["connectors"].values()),

@@ -1,6 +1,7 @@
-"""Malformed input on the embedded Vaxine listeners of a running Electric: the Antidote
-protobuf API (VAXINE_API_PORT, 8087 by default) and the WAL replication stream
-(VAXINE_REPLICATION_PORT, 8088): garbage frames, oversized lengths, unknown codes, mutated
+"""Malformed input on the listeners of a standalone ``electric vaxine`` that a running
+Electric uses as its Vaxine (embedded mode keeps its store in process and opens no such
+ports): the Antidote protobuf API (VAXINE_API_PORT, 8087 by default) and the WAL
+replication stream (VAXINE_REPLICATION_PORT, 8088): garbage frames, oversized lengths, unknown codes, mutated
 protobuf, nonsense request orders, bad ETF and well-formed ETF of the wrong shape —
 structured (hypothesis, fixed example counts) and random. After every batch: the process is
 up, an API connection and a replication stream opened before the first batch still work (a
@@ -22,6 +23,7 @@ from electric.pb import antidote_pb2 as apb
 from electric.vaxine import antidote, etf, stream
 from electric.vaxine.etf import Atom
 from electric.vaxine.framing import MAX_FRAME, encode_frame
+from tests.chaos.harness import StandaloneVaxine
 from tests.chaos.listeners import ElectricUnderTest, Guard, log_problems, poke
 
 EXAMPLES = 100
@@ -81,9 +83,37 @@ def start_stream(port: int, offset) -> Framed:
     return conn
 
 
+class VaxineUnderTest:
+    """A standalone store process, and an Electric using it as an external Vaxine (so its
+    WAL-stream reader and API pool live through the fuzzing too)."""
+
+    def __init__(self, pg, workdir: str):
+        self.vaxine = StandaloneVaxine(f"{workdir}/vaxine/data").start()
+        self.electric = _StandaloneProcess(self.vaxine.proc, f"{workdir}/vaxine/vaxine-standalone.log")
+        self.service = ElectricUnderTest(pg, workdir, env=self.vaxine.env())
+
+    def port(self, setting: str) -> int:
+        return int(self.vaxine.env()[setting])
+
+    def close(self) -> None:
+        self.service.close()
+        self.vaxine.kill()
+
+
+class _StandaloneProcess:
+    """What Guard and log_problems need of a process: ``proc``, ``log_path``, ``log()``."""
+
+    def __init__(self, proc, log_path: str):
+        self.proc, self.log_path = proc, log_path
+
+    def log(self, tail: int = 80) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return "--- standalone vaxine log (tail) ---\n" + "".join(f.readlines()[-tail:])
+
+
 @pytest.fixture(scope="module")
 def target(pg_factory, tmp_path_factory):
-    t = ElectricUnderTest(pg_factory("malformed"), str(tmp_path_factory.mktemp("mal_vx")))
+    t = VaxineUnderTest(pg_factory("malformed"), str(tmp_path_factory.mktemp("mal_vx")))
     yield t
     t.close()
 

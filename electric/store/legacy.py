@@ -1,0 +1,142 @@
+"""Upgrade from the first release's embedded log (``VAXINE_DATA_DIR/vaxine.log``).
+
+That log keyed rows by their primary-key *values* only, so turning it into the store needs
+the primary-key *columns* of every table, which only the connectors' Postgres know. Electric
+therefore refuses to start on such a directory (``check``) and ``electric import-store`` does
+the upgrade once (``import_log``): it replays every logged transaction into a new store at
+the same positions (so Satellite lsns and subscriber offsets stay valid), then renames the old
+log to ``vaxine.log.imported`` (kept, never deleted, until the operator removes it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+from electric.changes import Change, RelationName
+from electric.store.engine import DB_FILE, Engine
+
+LEGACY_LOG = "vaxine.log"
+IMPORT_COMMAND = "bin/electric --config <your ini> import-store"
+
+
+class LegacyDataError(RuntimeError):
+    """The data directory needs the import (or the import cannot be done): one line."""
+
+
+def legacy_log(data_dir: str) -> str:
+    return os.path.join(data_dir, LEGACY_LOG)
+
+
+def needs_import(data_dir: str) -> bool:
+    return (os.path.exists(legacy_log(data_dir))
+            and not os.path.exists(os.path.join(data_dir, DB_FILE)))
+
+
+def check(data_dir: str) -> None:
+    if needs_import(data_dir):
+        raise LegacyDataError(
+            f"{legacy_log(data_dir)} is a log of the first release; import it once with "
+            f"`{IMPORT_COMMAND}` (it needs the connectors' Postgres reachable)")
+
+
+def read_legacy(data_dir: str) -> Iterator[tuple[int, int, list[Change]]]:
+    """``(position, commit µs, changes)`` of every logged transaction, in log order, as the
+    first release's readers rebuilt them (whole merged rows)."""
+    from electric.vaxine import etf
+    from electric.vaxine.embedded.log import TxnLog
+    from electric.vaxine.embedded.replication import txn_frame
+    from electric.vaxine.embedded.store import data_file, parse_record
+    from electric.vaxine.stream import decode_wal_frame
+
+    txn_log = TxnLog(data_file(data_dir))
+    dc_body = None
+    for offset, payload in txn_log.open():
+        if payload[:1] == b"H":
+            dc_body = etf.encode_body(etf.decode(payload[1:])[2])
+            continue
+        record = parse_record(payload)
+        if record is None or dc_body is None:
+            continue
+        _term, tx, _offset = decode_wal_frame(txn_frame(offset, payload, dc_body))
+        if tx is not None:
+            yield offset, record.commit_us, list(tx.changes)
+    txn_log.close()
+
+
+def import_log(data_dir: str, primary_keys: Callable[[RelationName], list[str]]) -> int:
+    """Build ``store.db`` from ``vaxine.log``; returns the number of transactions imported.
+
+    Written to a temporary file first and renamed into place once complete, so an
+    interrupted import leaves the directory as it was (and can simply be run again).
+    """
+    if not needs_import(data_dir):
+        raise LegacyDataError(f"nothing to import: {legacy_log(data_dir)} is missing or "
+                              f"{os.path.join(data_dir, DB_FILE)} already exists")
+    work = os.path.join(data_dir, "import.tmp")
+    os.makedirs(work, exist_ok=True)
+    for name in os.listdir(work):
+        os.unlink(os.path.join(work, name))
+    engine = Engine(work)
+    count = 0
+    try:
+        for pos, commit_us, changes in read_legacy(data_dir):
+            engine.commit_at(pos, commit_us, changes, primary_keys)
+            count += 1
+    finally:
+        engine.close()
+    os.replace(os.path.join(work, DB_FILE), os.path.join(data_dir, DB_FILE))
+    os.rename(legacy_log(data_dir), legacy_log(data_dir) + ".imported")
+    for name in os.listdir(work):
+        os.unlink(os.path.join(work, name))
+    os.rmdir(work)
+    return count
+
+
+def main(argv: list[str]) -> int:
+    """``electric import-store [settings]``: read the connectors' primary keys, import."""
+    from electric import config
+    from electric.postgres import provision
+    from electric.postgres.connector import plain_dsn
+
+    try:
+        settings = config.load(argv)
+    except config.ConfigError as exc:
+        print(f"electric: invalid setting {exc}", file=sys.stderr)
+        return 2
+    data_dir = settings.vaxine_data_dir
+    if not needs_import(data_dir):
+        print(f"electric import-store: nothing to import in {data_dir}", file=sys.stderr)
+        return 2
+    import psycopg2
+
+    pks: dict[RelationName, list[str]] = {}
+    for connector in settings.connectors:
+        try:
+            conn = psycopg2.connect(plain_dsn(connector.dsn()))
+        except psycopg2.Error as exc:
+            print(f"electric import-store: cannot reach {connector.name}: {exc}".strip(),
+                  file=sys.stderr)
+            return 1
+        try:
+            tables, _ = provision.read_tables(conn, settings.postgres_publication, quiet=True)
+        finally:
+            conn.close()
+        for table in tables:
+            pks.setdefault(table.relation, list(table.primary_keys))
+
+    def primary_keys(relation: RelationName) -> list[str]:
+        if relation not in pks:
+            raise LegacyDataError(f"table {relation[0]}.{relation[1]} is in the old log but no "
+                                  "connector publishes it with a primary key")
+        return pks[relation]
+
+    try:
+        count = import_log(data_dir, primary_keys)
+    except LegacyDataError as exc:
+        print(f"electric import-store: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported {count} transactions into {os.path.join(data_dir, DB_FILE)}; the old log "
+          f"is kept as {legacy_log(data_dir)}.imported")
+    return 0
