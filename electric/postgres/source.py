@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,14 @@ from electric.postgres.assembler import Committed, TableLookup, TransactionAssem
 from electric.postgres.lsn import Lsn
 
 Sink = Callable[[Transaction], None]
+Submit = Callable[[Transaction], Any]
+"""``submit(tx)`` queues ``tx`` for writing without waiting and returns a gevent
+``AsyncResult``-like object (``ready``/``successful``/``get``/``wait``); submissions of one
+reader become durable in order, and after a failed one every later one fails too (see
+:class:`electric.store.service.WriteChain`)."""
+
+# Transactions submitted but not yet durable, at most (then the reader waits for the oldest).
+MAX_IN_FLIGHT = 64
 
 # How long the loop may drain a backlog before letting other greenlets run.
 _YIELD_EVERY = 0.005
@@ -93,6 +102,7 @@ class SourceReader:
         slot: str,
         publication: str,
         sink: Sink,
+        submit: Submit | None = None,
         table_lookup: TableLookup | None = None,
         refresh_table: TableLookup | None = None,
         encoding: str = "utf-8",
@@ -112,6 +122,9 @@ class SourceReader:
         self.slot = slot
         self.publication = publication
         self.sink = sink
+        self.submit = submit
+        # (end_lsn, transaction or None for one with nothing to write, pending result)
+        self._in_flight: deque[tuple[Lsn, Transaction | None, Any]] = deque()
         self.table_lookup = table_lookup
         self.refresh_table = refresh_table
         self.encoding = encoding
@@ -332,6 +345,8 @@ class SourceReader:
             heartbeat = gevent.spawn(self._heartbeat, cur)
             self._consume(conn, cur)
         finally:
+            if self._in_flight:
+                self._settle_in_flight()
             if heartbeat is not None:
                 heartbeat.kill(block=False)
             if cur is not None:
@@ -364,6 +379,8 @@ class SourceReader:
             if cur.wal_end:
                 self.server_wal_end = Lsn(cur.wal_end)
             if msg is None:
+                if self._in_flight:  # nothing to read: acknowledge what became durable
+                    self._drain(cur, wait_all=True)
                 # Keepalives are consumed inside read_message and only show in io_timestamp,
                 # which psycopg2 also bumps when it sends feedback: a change that differs
                 # from feedback_timestamp means something was received.
@@ -389,6 +406,10 @@ class SourceReader:
 
     def _finish(self, cur: Any, committed: Committed) -> None:
         end = committed.end_lsn
+        pipelined = self.submit is not None and self.blocked_lsn is None
+        if self._in_flight or (pipelined and committed.needs_write):
+            self._pipeline(cur, committed)
+            return
         written = False
         if committed.needs_write:
             if self._delivered_lsn is not None and end <= self._delivered_lsn:
@@ -407,6 +428,89 @@ class SourceReader:
         self.transactions_acked += 1
         if written:
             self.reconnect.reset()
+
+    # -- pipelined writing: keep reading while earlier transactions commit ----------------
+
+    def _pipeline(self, cur: Any, committed: Committed) -> None:
+        """Submit ``committed`` behind the transactions in flight; acknowledgements follow
+        in commit order, each only once its transaction (and all before it) is durable."""
+        end = committed.end_lsn
+        if not committed.needs_write or (self._delivered_lsn is not None
+                                         and end <= self._delivered_lsn):
+            if committed.skipped:
+                self.log.debug("dropping transaction {} ({})", end, committed.skipped)
+            self._in_flight.append((end, None, None))
+        else:
+            tx = committed.transaction
+            self._in_flight.append((end, tx, self.submit(tx)))
+        self._drain(cur, wait_all=len(self._in_flight) >= MAX_IN_FLIGHT)
+
+    def _drain(self, cur: Any, wait_all: bool) -> None:
+        """Acknowledge the durable head of the pipeline (with ``wait_all``, wait for the
+        whole pipeline). A failed write is written again synchronously (``_write``: retries,
+        blocked reporting), then every later one that the failure kept out."""
+        while self._in_flight:
+            end, tx, result = self._in_flight[0]
+            if result is not None and not result.ready():
+                if not wait_all:
+                    return
+                result.wait()
+            self._in_flight.popleft()
+            if tx is None:
+                self._ack(cur, end, written=False)
+            elif result.successful():
+                self._delivered(cur, end)
+            else:
+                self._recover(cur, end, tx, result)
+
+    def _recover(self, cur: Any, end: Lsn, tx: Transaction, result: Any) -> None:
+        self.log.debug("pipelined write of {} failed ({}); writing it again",
+                       end, result.exception)
+        rest = list(self._in_flight)
+        self._in_flight.clear()
+        for _end, _tx, later in rest:  # let everything submitted settle first
+            if later is not None:
+                later.wait()
+        self._write(tx)
+        self._delivered(cur, end)
+        for later_end, later_tx, later in rest:
+            if later_tx is None:
+                self._ack(cur, later_end, written=False)
+                continue
+            if not later.successful():
+                self._write(later_tx)
+            self._delivered(cur, later_end)
+        reset = getattr(self.submit, "reset", None)
+        if reset is not None:
+            reset()
+
+    def _delivered(self, cur: Any, end: Lsn) -> None:
+        self._delivered_lsn = end
+        self.transactions_written += 1
+        self._ack(cur, end, written=True)
+        self.reconnect.reset()
+
+    def _ack(self, cur: Any, end: Lsn, written: bool) -> None:
+        cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end, force=written)
+        self.last_acked_lsn = end
+        self.transactions_acked += 1
+
+    def _settle_in_flight(self) -> None:
+        """The stream is gone: wait for what was submitted and remember what became durable
+        (in order, up to the first failure) so it is not written twice after reconnecting;
+        the rest is read again from the slot."""
+        in_flight, self._in_flight = list(self._in_flight), deque()
+        for end, tx, result in in_flight:
+            if result is not None:
+                result.wait()
+                if not result.successful():
+                    break
+            if tx is not None:
+                self._delivered_lsn = end
+                self.transactions_written += 1
+        reset = getattr(self.submit, "reset", None)
+        if reset is not None:
+            reset()
 
     def _write(self, tx: Transaction) -> None:
         """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up).
