@@ -71,6 +71,7 @@ class Committed:
 
 
 TableLookup = Callable[[RelationName], Table | None]
+_ROW_MESSAGES = (b"I", b"U", b"D")
 
 
 class TransactionAssembler:
@@ -109,7 +110,15 @@ class TransactionAssembler:
     def in_transaction(self) -> bool:
         return self._begin is not None
 
+    @property
+    def dropping(self) -> bool:
+        """Inside a transaction that is dropped whole (Electric's own echo, recognised at
+        its Origin message): its row messages need not even be decoded."""
+        return self._begin is not None and self._skip is not None
+
     def feed_bytes(self, payload: bytes) -> Committed | None:
+        if self.dropping and payload[:1] in _ROW_MESSAGES:
+            return None
         return self.feed(po.decode(payload))
 
     def feed(self, message: po.Message) -> Committed | None:

@@ -396,7 +396,7 @@ class SourceReader:
                     pass
                 last_yield = time.monotonic()
                 continue
-            committed = assembler.feed(po.decode(msg.payload))
+            committed = assembler.feed_bytes(msg.payload)
             if committed is not None:
                 self._finish(cur, committed)
             last_activity = time.monotonic()

@@ -130,6 +130,24 @@ def test_origin_transactions_dropped_but_acknowledged():
     assert c.transaction.changes == []
 
 
+def test_row_messages_of_a_dropped_transaction_are_not_even_decoded():
+    a = make()
+    a.feed(po.Begin(FINAL, TS, 7))
+    assert not a.dropping
+    a.feed_bytes(po.encode(po.Origin(Lsn(5), "pg_16400")))
+    assert a.dropping
+    # Not valid messages: they would raise if decoded. Other kinds still are decoded.
+    for junk in (b"I\x00\x00", b"U\xff", b"D"):
+        assert a.feed_bytes(junk) is None
+    with pytest.raises(ProtocolError):
+        a.feed_bytes(b"R\x00")
+    c = a.feed_bytes(po.encode(po.Commit(FINAL, END, TS)))
+    assert c.skipped == "origin pg_16400" and not c.needs_write
+    assert not a.dropping
+    with pytest.raises(ProtocolError):  # outside a dropped transaction, rows are decoded
+        a.feed_bytes(b"I\x00\x00")
+
+
 def test_origin_filter_can_be_narrowed():
     a = make(drop_origin=lambda name: name == "pg_1")
     c = run(a, po.Origin(Lsn(5), "other"), po.Insert(100, (b"1", b"a")))
