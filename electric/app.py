@@ -269,6 +269,8 @@ class Application:
             if self.store is not None:  # pipelined: the reader goes on while commits run
                 counter = metrics.transactions_in.labels(cfg.name)
                 reader_options["submit"] = ChainedWriter(self.store, counter.inc)
+                # Transactions too big for memory are written while they are read.
+                reader_options["begin_big"] = lambda c=counter: self.store.begin(c.inc)
             connector = Connector(
                 cfg.name, cfg.dsn(), s.postgres_publication, s.postgres_slot, self.registry,
                 sink=lambda tx, name=cfg.name: self.write_transaction(tx, name),

@@ -63,11 +63,14 @@ class Committed:
     end_lsn: Lsn  # what to acknowledge once the transaction is durable
     skipped: str | None = None  # why the whole transaction is dropped (e.g. "origin pg_16390")
     truncated: tuple[RelationName, ...] = ()
+    # Earlier changes of this transaction were handed to ``on_spill`` already; ``transaction``
+    # holds only the rest.
+    streamed: bool = False
 
     @property
     def needs_write(self) -> bool:
         """True when the transaction must reach the log before ``end_lsn`` is acknowledged."""
-        return self.skipped is None and bool(self.transaction.changes)
+        return self.skipped is None and (self.streamed or bool(self.transaction.changes))
 
 
 TableLookup = Callable[[RelationName], Table | None]
@@ -87,6 +90,8 @@ class TransactionAssembler:
         refresh_table: TableLookup | None = None,
         drop_origin: Callable[[str], bool] | None = None,
         bookkeeping_schemas: Iterable[str] = BOOKKEEPING_SCHEMAS,
+        on_spill: Callable[[list[Change]], None] | None = None,
+        spill_after: int = 5000,
     ) -> None:
         self.origin = origin
         self.publication = publication
@@ -105,6 +110,11 @@ class TransactionAssembler:
         self._changes: list[Change] = []
         self._skip: str | None = None
         self._truncated: list[RelationName] = []
+        # A transaction that grows past ``spill_after`` changes is handed to ``on_spill`` in
+        # pieces of that size while it is read, so no transaction must fit in memory.
+        self.on_spill = on_spill
+        self.spill_after = spill_after
+        self._spilled = False
 
     @property
     def in_transaction(self) -> bool:
@@ -131,6 +141,7 @@ class TransactionAssembler:
             self._changes = []
             self._skip = None
             self._truncated = []
+            self._spilled = False
             return None
         if isinstance(message, po.Commit):
             return self._commit(message)
@@ -146,6 +157,10 @@ class TransactionAssembler:
         if isinstance(message, po.Insert | po.Update | po.Delete):
             self._require_tx(type(message).__name__)
             self._change(message)
+            if self.on_spill is not None and len(self._changes) >= self.spill_after:
+                changes, self._changes = self._changes, []
+                self._spilled = True
+                self.on_spill(changes)
             return None
         if isinstance(message, po.Truncate):
             self._require_tx("Truncate")
@@ -181,7 +196,8 @@ class TransactionAssembler:
             publication=self.publication,
             lsn=commit.end_lsn,
         )
-        return Committed(tx, commit.end_lsn, self._skip, tuple(self._truncated))
+        return Committed(tx, commit.end_lsn, self._skip, tuple(self._truncated),
+                         streamed=self._spilled)
 
     def _relation(self, relation_id: int) -> po.Relation:
         rel = self.relations.get(relation_id)

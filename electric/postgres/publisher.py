@@ -59,6 +59,9 @@ from electric.schema import SchemaRegistry
 
 __all__ = ["Publisher", "OpenStream", "vaxine_stream_opener"]
 
+# Transactions with more changes than this are encoded and sent piece by piece.
+STREAMED_TRANSACTION = 5000
+
 OpenStream = Callable[[bytes | None], Iterable[tuple[Transaction, bytes]]]
 """``open_stream(after_offset)``: the log from just after ``after_offset`` (``None`` = from the
 start), as ``(Transaction, offset)`` in log order. It may block; it is read in its own greenlet."""
@@ -275,6 +278,17 @@ class _Session:
             pass
 
     def _send_batch(self, batch: list[tuple[Transaction, bytes]]) -> None:
+        small: list[tuple[Transaction, bytes]] = []
+        for tx, offset in batch:
+            if len(tx.changes) > STREAMED_TRANSACTION:
+                self._send_small(small)
+                small = []
+                self._send_streamed(tx, offset)
+            else:
+                small.append((tx, offset))
+        self._send_small(small)
+
+    def _send_small(self, batch: list[tuple[Transaction, bytes]]) -> None:
         frames: list[bytes] = []
         mappings: list[tuple[int, bytes]] = []
         encoded = []
@@ -294,6 +308,21 @@ class _Session:
         for out in encoded:
             self.log.debug("Sending {} messages to the subscriber", len(out.messages))
         self.conn.send(b"".join(frames))
+        self._sent(encoded)
+
+    def _send_streamed(self, tx: Transaction, offset: bytes) -> None:
+        """A big transaction goes out piece by piece as it is read from the log, so neither
+        it nor its encoding is ever whole in memory."""
+        out, pieces = self.encoder.encode_streamed(tx, offset)
+        self.publisher.offsets.put_pg_mappings(self.slot, [(int(out.end_lsn), out.offset)])
+        self.log.info("Sending a transaction of {} changes to the subscriber", out.changes)
+        for piece in pieces:
+            send_time = wire.pg_now_micros()
+            self.conn.send(b"".join(wire.xlog_data(lsn, lsn, payload, send_time)
+                                    for lsn, payload in piece))
+        self._sent([out])
+
+    def _sent(self, encoded: list) -> None:
         now = time.monotonic()
         if self.first_final_lsn is None:
             self.first_final_lsn = int(encoded[0].final_lsn)

@@ -29,7 +29,7 @@ Nothing here touches a socket or a file; the publisher feeds transactions in and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any, Protocol
@@ -176,6 +176,55 @@ class SlotEncoder:
         )
         self.current_lsn = end_lsn
         return EncodedTransaction(messages, final_lsn, end_lsn, bytes(offset), n, skipped)
+
+    def encode_streamed(
+        self, tx: Transaction, offset: bytes, piece: int = 1000
+    ) -> tuple[EncodedTransaction, Iterator[list[tuple[Lsn, bytes]]]]:
+        """:meth:`encode` for a transaction too big to encode at once: its numbering (from
+        ``len(tx.changes)``, changes skipped for this subscriber leave gaps) and an iterator
+        of message pieces, Begin in the first and Commit in the last, encoded as they are
+        taken. Relations are described right before their first change, as pgoutput does.
+        The returned ``EncodedTransaction`` has no messages of its own."""
+        n = len(tx.changes)
+        base = self.current_lsn
+        final_lsn = base + LSN_STEP * (n + 1)
+        end_lsn = final_lsn + LSN_STEP
+        ts = tx.commit_timestamp
+        self.current_lsn = end_lsn
+        header = EncodedTransaction([], final_lsn, end_lsn, bytes(offset), n)
+
+        def pieces() -> Iterator[list[tuple[Lsn, bytes]]]:
+            encode = pgoutput.encode
+            out = [(base + LSN_STEP, encode(pgoutput.Begin(final_lsn, ts, self._next_xid())))]
+            skipped = 0
+            for i, change in enumerate(tx.changes, start=1):
+                rel = tuple(change.relation)
+                table = self.announced.get(rel)
+                if table is None:
+                    table = self.lookup(rel)
+                    if table is not None and (
+                            table.primary_keys or isinstance(change, TruncatedRelation)):
+                        self.announced[rel] = table
+                        out.append((Lsn(0), encode(relation_message(table))))
+                message = None
+                if table is not None and (
+                        table.primary_keys or isinstance(change, TruncatedRelation)):
+                    message = self._change_message(table, change)
+                if message is None:
+                    skipped += 1
+                else:
+                    out.append((int.__new__(Lsn, int(base) + LSN_STEP * i), encode(message)))
+                if len(out) >= piece:
+                    yield out
+                    out = []
+            out.append((end_lsn, encode(pgoutput.Commit(final_lsn, end_lsn, ts, flags=0))))
+            if skipped:
+                header.skipped = skipped
+                self._log.warning("skipped {} change(s) of a log transaction: table unknown to "
+                                  "the registry or without a primary key", skipped)
+            yield out
+
+        return header, pieces()
 
     def _next_xid(self) -> int:
         # Distinct per session so the subscriber's error context names a transaction; 0 is

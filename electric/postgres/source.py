@@ -103,6 +103,8 @@ class SourceReader:
         publication: str,
         sink: Sink,
         submit: Submit | None = None,
+        begin_big: Callable[[], Any] | None = None,
+        spill_after: int = 5000,
         table_lookup: TableLookup | None = None,
         refresh_table: TableLookup | None = None,
         encoding: str = "utf-8",
@@ -123,6 +125,13 @@ class SourceReader:
         self.publication = publication
         self.sink = sink
         self.submit = submit
+        # ``begin_big()`` opens a store transaction written in pieces (``add``/``commit``/
+        # ``abort``): a source transaction of more than ``spill_after`` changes goes there
+        # while it is read instead of being held in memory.
+        self.begin_big = begin_big
+        self.spill_after = spill_after
+        self._big: Any = None
+        self._cur: Any = None
         # (end_lsn, transaction or None for one with nothing to write, pending result)
         self._in_flight: deque[tuple[Lsn, Transaction | None, Any]] = deque()
         self.table_lookup = table_lookup
@@ -345,6 +354,13 @@ class SourceReader:
             heartbeat = gevent.spawn(self._heartbeat, cur)
             self._consume(conn, cur)
         finally:
+            self._cur = None
+            if self._big is not None:
+                big, self._big = self._big, None
+                try:
+                    big.abort()
+                except Exception as exc:  # the store is failing: it rolled back anyway
+                    self.log.warning("aborting the large transaction failed: {}", exc)
             if self._in_flight:
                 self._settle_in_flight()
             if heartbeat is not None:
@@ -368,7 +384,10 @@ class SourceReader:
             table_lookup=self.table_lookup,
             refresh_table=self.refresh_table,
             drop_origin=self.drop_origin,
+            on_spill=self._spill if self.begin_big is not None else None,
+            spill_after=self.spill_after,
         )
+        self._cur = cur
         fd = conn.fileno()
         last_yield = time.monotonic()
         last_io = cur.io_timestamp
@@ -406,6 +425,9 @@ class SourceReader:
 
     def _finish(self, cur: Any, committed: Committed) -> None:
         end = committed.end_lsn
+        if committed.streamed:
+            self._finish_big(cur, committed)
+            return
         pipelined = self.submit is not None and self.blocked_lsn is None
         if self._in_flight or (pipelined and committed.needs_write):
             self._pipeline(cur, committed)
@@ -428,6 +450,60 @@ class SourceReader:
         self.transactions_acked += 1
         if written:
             self.reconnect.reset()
+
+    # -- big transactions: written into the store while they are read ------------------------
+
+    def _spill(self, changes: list) -> None:
+        if self._big is None:
+            if self._in_flight:  # everything before it must be durable first (order)
+                self._drain(self._cur, wait_all=True)
+            self._big = self.begin_big()
+            self.log.info("a large transaction is being written while it is read")
+        try:
+            self._big.add(changes)
+        except Exception as exc:
+            self._big_failed(exc)
+
+    def _finish_big(self, cur: Any, committed: Committed) -> None:
+        end = committed.end_lsn
+        big, self._big = self._big, None
+        if big is None:
+            raise StreamLost(f"transaction {end}: streamed changes missing")  # read it again
+        if self._delivered_lsn is not None and end <= self._delivered_lsn:
+            big.abort()  # read again after a reconnect, but already durable
+            self._ack(cur, end, written=False)
+            return
+        tx = committed.transaction
+        try:
+            if tx.changes:
+                big.add(tx.changes)
+            big.commit(tx.origin, tx.publication)
+        except Exception as exc:
+            self._big = big
+            self._big_failed(exc, end)
+        if self.blocked_lsn is not None:
+            self.blocked_lsn = None
+            self.last_error = None
+        self.log.info("large transaction {} written ({} changes)", end, big.changes)
+        self._delivered(cur, end)
+
+    def _big_failed(self, exc: Exception, end: Lsn | None = None) -> None:
+        """A big transaction could not be written: nothing of it is stored. Read it again
+        from the slot (reconnect with back-off), reporting a permanent refusal like a
+        blocked transaction."""
+        big, self._big = self._big, None
+        if big is not None:
+            try:
+                big.abort()
+            except Exception as abort_exc:  # the store is failing anyway: report, go on
+                self.log.warning("aborting the large transaction failed: {}", abort_exc)
+        what = f"large transaction {end}" if end is not None else "a large transaction"
+        self.last_error = f"{what} cannot be written: {_describe(exc)}"
+        if isinstance(exc, ValueError):
+            self.blocked_lsn = end or self.blocked_lsn or self.last_acked_lsn
+            self.log.error("{}; ingestion from this source is held at it (not "
+                           "acknowledged; read again and retried)", self.last_error)
+        raise StreamLost(self.last_error) from exc
 
     # -- pipelined writing: keep reading while earlier transactions commit ----------------
 

@@ -268,9 +268,10 @@ class LocalStore:
         event, self._commit_event = self._commit_event, Event()
         event.set()
 
-    def begin(self) -> BigTransaction:
-        """A transaction written chunk by chunk (holds the writer until it ends)."""
-        return BigTransaction(self)
+    def begin(self, on_written: Callable[[], None] | None = None) -> BigTransaction:
+        """A transaction written chunk by chunk (holds the writer until it ends);
+        ``on_written`` runs once it is durable."""
+        return BigTransaction(self, on_written)
 
     # ------------------------------------------------------------------ reading
 
@@ -338,8 +339,9 @@ class BigTransaction:
     """Write a transaction in pieces: ``add(changes)`` any number of times, then ``commit()``
     (durable, visible whole) or ``abort()``. Holds the store's writer while open."""
 
-    def __init__(self, store: LocalStore):
+    def __init__(self, store: LocalStore, on_written: Callable[[], None] | None = None):
         self.store = store
+        self.on_written = on_written
         self.changes = 0
         self._open = False
 
@@ -377,6 +379,8 @@ class BigTransaction:
             first = self.store._read(lambda r: r.decode(r.chunk(pos, 0)))
             self.store._published(pos, Transaction(ChunkedChanges(self.store, head, first),
                                                    _ts(commit_us)), n)
+        if self.on_written is not None:
+            self.on_written()
         return pos
 
     def abort(self) -> None:

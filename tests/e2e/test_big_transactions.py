@@ -1,0 +1,67 @@
+"""Transactions of any size through the embedded store, with Electric as a process: a
+200,000-row single transaction from one Postgres reaches the other (written into the store
+while it is read, sent to the subscriber piece by piece), and a kill -9 in the middle of
+writing it leaves nothing of it in the store; after the restart it arrives whole, once."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+from tests.e2e.test_publisher_scenarios import dbs, ready  # noqa: F401 - fixtures
+from tests.support.postgres import query, wait_rows
+
+ROWS = 200_000
+BULK = ("INSERT INTO entries (id, content) SELECT gen_random_uuid(), 'row ' || g "
+        "FROM generate_series(1, %s) g")
+
+
+def start(electric_factory, a, b, db, workdir=None):
+    return ready(electric_factory(env={"CONNECTORS": f"pg_a={a.url(db)};pg_b={b.url(db)}",
+                                       "POSTGRES_SLOT": f"slot_{db}"}, workdir=workdir))
+
+
+def store_counts(electric) -> tuple[int, int, int]:
+    """(transactions, rows, changes of the largest transaction) in the store file."""
+    path = os.path.join(electric.env["VAXINE_DATA_DIR"], "store.db")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        txns, largest = db.execute("SELECT count(*), coalesce(max(changes), 0) FROM txns").fetchone()
+        rows = db.execute("SELECT count(*) FROM rows").fetchone()[0]
+        return txns, rows, largest
+    finally:
+        db.close()
+
+
+def test_a_200k_row_transaction_reaches_the_other_postgres(dbs, electric_factory):  # noqa: F811
+    (a, b, _c), db = dbs
+    electric = start(electric_factory, a, b, db)
+    query(a, db, BULK, (ROWS,))
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(ROWS,)], timeout=240)
+    assert query(b, db, "SELECT count(DISTINCT content) FROM entries") == [(ROWS,)]
+    _txns, rows, largest = store_counts(electric)
+    assert (rows, largest) == (ROWS, ROWS)  # one log transaction holding every row
+    assert "a large transaction is being written while it is read" in electric.log(400)
+
+
+def test_kill_9_while_a_big_transaction_is_written_leaves_nothing_then_it_arrives_once(
+        dbs, electric_factory, tmp_path):  # noqa: F811
+    (a, b, _c), db = dbs
+    workdir = str(tmp_path / "electric")
+    electric = start(electric_factory, a, b, db, workdir)
+    query(a, db, "INSERT INTO entries (id, content) VALUES (gen_random_uuid(), 'before')")
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(1,)])
+    query(a, db, BULK, (ROWS,))
+    deadline = time.monotonic() + 60
+    while "a large transaction is being written" not in electric.log(400):
+        assert time.monotonic() < deadline, electric.log()
+        time.sleep(0.02)
+    electric.kill()
+    txns, rows, largest = store_counts(electric)
+    assert (txns, rows, largest) == (1, 1, 1), "part of the big transaction is in the store"
+
+    electric = start(electric_factory, a, b, db, workdir)
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(ROWS + 1,)], timeout=240)
+    assert store_counts(electric) == (2, ROWS + 1, ROWS)
+    assert query(b, db, "SELECT count(DISTINCT content) FROM entries") == [(ROWS + 1,)]
