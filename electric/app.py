@@ -139,7 +139,8 @@ class Application:
         self._start_connectors()
         metrics.watch(metrics.StatusCollector(
             connectors=self._connector_statuses, subscribers=self.publisher.status,
-            satellite=self.satellite.status, vaxine_up=self._vaxine_reachable))
+            satellite=self.satellite.status, vaxine_up=self._vaxine_reachable,
+            store=self.store.status if self.store is not None else None))
         logger.info(f"status API listening on port {s.status_port}")
 
     def _connector_statuses(self) -> dict[str, dict]:
@@ -181,7 +182,8 @@ class Application:
         imported first: see electric/store/legacy.py)."""
         try:
             legacy.check(data_dir)
-            self.store = LocalStore(data_dir, self._primary_keys)
+            self.store = LocalStore(data_dir, self._primary_keys,
+                                    retain_changes=self.settings.store_retain_changes)
         except (StoreFormatError, legacy.LegacyDataError) as exc:
             raise StartupError(f"VAXINE_DATA_DIR: {exc}") from None
         except OSError as exc:

@@ -5,6 +5,7 @@
     electric gen-token [settings] USER_ID [...]    mint Satellite auth tokens
     electric migrate [settings] VSN                apply a migration to every connector (via the API)
     electric import-store [settings]               upgrade a first-release VAXINE_DATA_DIR
+    electric backup-store [settings] DEST          online copy of the embedded store
 
 Start-up problems (bad settings, unreadable offset file) print one line and exit with code 2.
 """
@@ -69,6 +70,7 @@ SUBCOMMANDS = {
     "gen-token": ("electric.satellite.tokens", "main"),
     "migrate": ("electric.migrate_cli", "main"),
     "import-store": ("electric.store.legacy", "main"),
+    "backup-store": ("electric.store.backup", "main"),
 }
 
 

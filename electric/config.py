@@ -143,7 +143,9 @@ OPTIONS: list[tuple[str, str, object, object, str]] = [
      "Vaxine connect timeout in milliseconds"),
     ("--vaxine-pool-size", "VAXINE_POOL_SIZE", 10, "int", "connections in the shared Vaxine API pool"),
     ("--vaxine-data-dir", "VAXINE_DATA_DIR", "./vaxine_data", "str",
-     "data directory of the embedded Vaxine store"),
+     "data directory of the embedded store (store.db: rows and log, SQLite)"),
+    ("--store-retain-changes", "STORE_RETAIN_CHANGES", 1_000_000, "int",
+     "changes the embedded store's log keeps; older readers get a snapshot of the rows"),
     ("--electric-host", "ELECTRIC_HOST", "localhost", "str",
      "host every Postgres uses to reach Electric's replication port (written into subscriptions)"),
     ("--connectors", "CONNECTORS", "", "str",
@@ -228,6 +230,8 @@ def validate(ns: configargparse.Namespace) -> configargparse.Namespace:
         by_port[port] = env
     if ns.vaxine_pool_size < 1:
         raise ConfigError("VAXINE_POOL_SIZE", "must be at least 1")
+    if ns.store_retain_changes < 1000:
+        raise ConfigError("STORE_RETAIN_CHANGES", "must be at least 1000")
     if ns.satellite_auth_mode == "jwt":
         _check_signing_key(ns.satellite_auth_signing_key)
     if not ns.offset_storage_file:

@@ -29,11 +29,13 @@ class StatusCollector:
 
     def __init__(self, connectors: Callable[[], dict[str, dict[str, Any]]],
                  subscribers: Callable[[], dict[str, dict[str, Any]]],
-                 satellite: Callable[[], dict[str, Any]], vaxine_up: Callable[[], bool]):
+                 satellite: Callable[[], dict[str, Any]], vaxine_up: Callable[[], bool],
+                 store: Callable[[], dict[str, Any]] | None = None):
         self.connectors = connectors
         self.subscribers = subscribers
         self.satellite = satellite
         self.vaxine_up = vaxine_up
+        self.store = store
 
     def collect(self) -> Iterator[Metric]:
         connectors = self.connectors()
@@ -84,6 +86,33 @@ class StatusCollector:
                                 value=float(satellite.get("clients_connected", 0)))
         yield GaugeMetricFamily("electric_vaxine_up", "1 when a Vaxine API connection works",
                                 value=float(bool(self.vaxine_up())))
+        if self.store is not None:
+            yield from _store_metrics(self.store())
+
+
+_STORE_GAUGES = (
+    ("bytes", "electric_store_bytes", "Size of the embedded store's files (database + WAL)"),
+    ("rows", "electric_store_rows", "Rows the embedded store holds (tombstones included)"),
+    ("log_transactions", "electric_store_log_transactions", "Transactions in the store's log"),
+    ("log_changes", "electric_store_log_changes", "Changes in the store's log"),
+    ("compacted_through", "electric_store_oldest_position",
+     "Log position the store's log was compacted through (0: complete)"),
+    ("last_position", "electric_store_last_position", "Position of the newest transaction"),
+)
+_STORE_COUNTERS = (
+    ("transactions_written", "electric_store_transactions_written",
+     "Transactions committed to the embedded store"),
+    ("group_commits", "electric_store_group_commits", "Group commits (fsyncs) of the store"),
+    ("snapshots_served", "electric_store_snapshots_served",
+     "Snapshots of the rows handed to readers older than the log"),
+)
+
+
+def _store_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+    for key, name, text in _STORE_GAUGES:
+        yield GaugeMetricFamily(name, text, value=float(status.get(key) or 0))
+    for key, name, text in _STORE_COUNTERS:
+        yield CounterMetricFamily(name, text, value=float(status.get(key) or 0))
 
 
 _collector: StatusCollector | None = None

@@ -149,10 +149,21 @@ class Engine:
         self.relations: dict[RelationName, int] = {}
         self.relation_names: dict[int, RelationName] = {}
         self._load_relations()
-        row = self.db.execute("SELECT max(pos) FROM txns").fetchone()
-        self.last_pos = row[0] or 0
         self._last_us = 0
         self._big: _BigTxn | None = None
+        self._count()
+
+    def _count(self) -> None:
+        """Figures kept in memory for the status (recounted from the file when unsure)."""
+        db = self.db
+        self.last_pos, self.log_changes, self.log_transactions = db.execute(
+            "SELECT coalesce(max(pos), 0), coalesce(sum(changes), 0), count(*) FROM txns"
+        ).fetchone()
+        row = db.execute("SELECT max(pos) FROM chunks").fetchone()
+        self.last_pos = max(self.last_pos, row[0] or 0)
+        self.row_count = db.execute("SELECT count(*) FROM rows").fetchone()[0]
+        row = db.execute("SELECT value FROM meta WHERE key = 'compacted_through'").fetchone()
+        self.compacted_through = int(row[0]) if row else 0
 
     def _check_format(self) -> None:
         try:
@@ -181,6 +192,13 @@ class Engine:
     def _now_us(self) -> int:
         self._last_us = max(time.time_ns() // 1000, self._last_us + 1)
         return self._last_us
+
+    def _next_pos(self) -> int:
+        """A new log position: the wall clock in µs, or just after the last one if that is
+        later. Never reused, even after the data file is restored from an older backup:
+        readers that already hold later positions (subscribers, Satellite clients) would
+        otherwise skip the new transactions that reuse them."""
+        return max(self.last_pos + 1, time.time_ns() // 1000)
 
     def _relation_id(self, relation: RelationName) -> int:
         rel_id = self.relations.get(relation)
@@ -241,7 +259,7 @@ class Engine:
                     continue
                 out: list[Change] = []
                 items: list = []
-                pos = self.last_pos + 1
+                pos = self._next_pos()
                 planner.plan(changes, keys, pos, out, items)
                 if not items:
                     results.append((0, 0, []))
@@ -254,13 +272,16 @@ class Engine:
                 txns.append((pos, commit_us, origin, publication, len(items), seq))
                 self.last_pos = pos
                 results.append((pos, commit_us, out))
-            planner.flush()
+            new_rows = planner.flush()
             db.executemany("INSERT INTO chunks VALUES (?, ?, ?)", chunk_rows)
             db.executemany("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?)", txns)
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+        self.row_count += new_rows
+        self.log_transactions += len(txns)
+        self.log_changes += sum(t[4] for t in txns)
         return results
 
     def commit_at(self, pos: int, commit_us: int, changes: list[Change],
@@ -278,7 +299,7 @@ class Engine:
             out: list[Change] = []
             items: list = []
             planner.plan(changes, keyed, pos, out, items)
-            planner.flush()
+            new_rows = planner.flush()
             seq = self._append_log(pos, items)
             db.execute("INSERT INTO txns VALUES (?, ?, NULL, NULL, ?, ?)",
                        (pos, commit_us, len(items), seq))
@@ -288,14 +309,16 @@ class Engine:
             raise
         self.last_pos = pos
         self._last_us = max(self._last_us, commit_us)
+        self.row_count += new_rows
+        self.log_transactions += 1
+        self.log_changes += len(items)
 
     def _rollback(self) -> None:
         try:
             self.db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        row = self.db.execute("SELECT max(pos) FROM txns").fetchone()
-        self.last_pos = row[0] or 0
+        self._count()
         self._load_relations()
 
     # A transaction too big to hold in memory is written chunk by chunk inside one SQLite
@@ -305,7 +328,7 @@ class Engine:
         if self._big is not None:
             raise RuntimeError("a big transaction is already open")
         self.db.execute("BEGIN IMMEDIATE")
-        self._big = _BigTxn(self.last_pos + 1)
+        self._big = _BigTxn(self._next_pos())
         return self._big.pos
 
     def add_big(self, changes: list[Change], primary_keys: PrimaryKeys) -> list[Change]:
@@ -317,7 +340,7 @@ class Engine:
             keyed = planner.keys(changes)
             planner.prefetch()
             planner.plan(changes, keyed, big.pos, out, items)
-            planner.flush()
+            big.new_rows += planner.flush()
             big.seq = self._append_log(big.pos, items, big.seq)
         except BaseException:
             self.abort_big()
@@ -337,6 +360,9 @@ class Engine:
                             (big.pos, commit_us, origin, publication, big.changes, big.seq))
             self.db.execute("COMMIT")
             self.last_pos = big.pos
+            self.row_count += big.new_rows
+            self.log_transactions += 1
+            self.log_changes += big.changes
             return big.pos, commit_us, big.changes, big.seq
         except BaseException:
             self._rollback()
@@ -356,20 +382,35 @@ class Engine:
 
     # ------------------------------------------------------------------ maintenance
 
-    def compact_log(self, keep_after: int) -> int:
-        """Drop log entries at or before ``keep_after``; returns how many transactions went.
-        Rows keep their state: readers older than the log get a snapshot instead."""
+    def compact_log(self, retain_changes: int, step_changes: int = 100_000) -> int:
+        """Drop the oldest log entries while the log holds more than ``retain_changes``
+        changes (at most ``step_changes`` per call, so one call stays short); returns the
+        position compacted through. Rows keep their state: a reader older than the log gets
+        a snapshot of the rows instead (see service.LocalStore.stream)."""
+        excess = min(self.log_changes - retain_changes, step_changes)
+        if excess <= 0:
+            return self.compacted_through
+        cutoff, removed, count = 0, 0, 0
+        for pos, changes in self.db.execute("SELECT pos, changes FROM txns ORDER BY pos"):
+            if removed >= excess or pos == self.last_pos:  # always keep the newest
+                break
+            cutoff, removed, count = pos, removed + changes, count + 1
+        if not count:
+            return self.compacted_through
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            n = self.db.execute("DELETE FROM txns WHERE pos <= ?", (keep_after,)).rowcount
-            self.db.execute("DELETE FROM chunks WHERE pos <= ?", (keep_after,))
+            self.db.execute("DELETE FROM txns WHERE pos <= ?", (cutoff,))
+            self.db.execute("DELETE FROM chunks WHERE pos <= ?", (cutoff,))
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted_through', ?)",
-                            (str(keep_after),))
+                            (str(cutoff),))
             self.db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        return n
+        self.compacted_through = cutoff
+        self.log_changes -= removed
+        self.log_transactions -= count
+        return cutoff
 
 
 class _Planner:
@@ -386,6 +427,7 @@ class _Planner:
         self.wanted: dict[int, set[str]] = {}
         self.states: dict[tuple[int, str], RowState | None] = {}
         self.dirty: dict[tuple[int, str], int] = {}
+        self.absent: set[tuple[int, str]] = set()  # keys with no stored row before
 
     def keys(self, changes) -> list:
         """Per change, its relation id and the keys it touches (see ``plan``)."""
@@ -417,12 +459,14 @@ class _Planner:
             missing = [k for k in keys if (rel_id, k) not in states]
             for k in missing:
                 states[(rel_id, k)] = None
+                self.absent.add((rel_id, k))
             for start in range(0, len(missing), 500):
                 part = missing[start:start + 500]
                 sql = ("SELECT key, deleted, columns FROM rows WHERE rel = ? AND key IN ("
                        + ",".join("?" * len(part)) + ")")
                 for key, deleted, columns in db.execute(sql, (rel_id, *part)):
                     states[(rel_id, key)] = RowState(bool(deleted), loads(columns))
+                    self.absent.discard((rel_id, key))
         self.wanted.clear()
 
     def plan(self, changes, keyed: list, pos: int, out: list, items: list) -> None:
@@ -470,14 +514,20 @@ class _Planner:
                     items.append((_DELETE if write.state.deleted else _UPSERT, rel_id,
                                   write.state.columns))
 
-    def flush(self) -> None:
+    def flush(self) -> int:
+        """Write the changed rows; returns how many of them are new to the store."""
         states, dumps = self.states, marshal.dumps
         rows = []
-        for (rel_id, key), pos in self.dirty.items():
-            state = states[(rel_id, key)]
-            rows.append((rel_id, key, int(state.deleted), dumps(state.columns), pos))
+        new = 0
+        for k, pos in self.dirty.items():
+            state = states[k]
+            rows.append((k[0], k[1], int(state.deleted), dumps(state.columns), pos))
+            if k in self.absent:
+                new += 1
+                self.absent.discard(k)
         self.engine.db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)", rows)
         self.dirty.clear()
+        return new
 
 
 @dataclass
@@ -485,6 +535,7 @@ class _BigTxn:
     pos: int
     seq: int = 0
     changes: int = 0
+    new_rows: int = 0
 
 
 # --------------------------------------------------------------------------- reading
@@ -509,12 +560,21 @@ class Reader:
             name = self.relation_names[rel_id]
         return name
 
-    def heads_after(self, after: int, limit: int) -> list[tuple[TxnHead, bytes | None]]:
-        """Up to ``limit`` transactions after ``after``, each with its first chunk."""
-        rows = self.db.execute(
-            "SELECT t.pos, t.commit_us, t.origin, t.publication, t.changes, t.chunks, c.data "
-            "FROM txns t LEFT JOIN chunks c ON c.pos = t.pos AND c.seq = 0 "
-            "WHERE t.pos > ? ORDER BY t.pos LIMIT ?", (after, limit)).fetchall()
+    def heads_after(self, after: int, limit: int) -> list[tuple[TxnHead, bytes | None]] | None:
+        """Up to ``limit`` transactions after ``after``, each with its first chunk; ``None``
+        when some of the log after ``after`` was compacted away (read in the same read
+        transaction as the entries, so a concurrent compaction cannot open a silent gap)."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            if after < self.compacted_through():
+                return None
+            rows = db.execute(
+                "SELECT t.pos, t.commit_us, t.origin, t.publication, t.changes, t.chunks, "
+                "c.data FROM txns t LEFT JOIN chunks c ON c.pos = t.pos AND c.seq = 0 "
+                "WHERE t.pos > ? ORDER BY t.pos LIMIT ?", (after, limit)).fetchall()
+        finally:
+            db.execute("COMMIT")
         return [(TxnHead(*row[:6]), row[6]) for row in rows]
 
     def chunk(self, pos: int, seq: int) -> bytes:
@@ -535,27 +595,40 @@ class Reader:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'compacted_through'").fetchone()
         return int(row[0]) if row else 0
 
+    def open_snapshot(self) -> tuple[int, int]:
+        """Start a snapshot of every stored row: ``(position it is consistent with, rows)``.
+        The read transaction stays open until :meth:`close_snapshot`."""
+        self.db.execute("BEGIN")
+        pos = self.db.execute("SELECT coalesce(max(pos), 0) FROM txns").fetchone()[0]
+        count = self.db.execute("SELECT count(*) FROM rows").fetchone()[0]
+        self._snapshot_cursor = self.db.execute(
+            "SELECT rel, deleted, columns FROM rows ORDER BY rel, key")
+        return pos, count
+
+    def snapshot_piece(self, size: int = CHUNK_CHANGES) -> list[Change]:
+        """The next rows of the snapshot (live rows as updates, tombstones as deletes)."""
+        out: list[Change] = []
+        for rel, deleted, columns in self._snapshot_cursor.fetchmany(size):
+            relation = self.relation(rel)
+            cols = marshal.loads(columns)
+            out.append(DeletedRecord(relation, cols) if deleted else UpdatedRecord(relation, cols))
+        return out
+
+    def close_snapshot(self) -> None:
+        self._snapshot_cursor = None
+        self.db.execute("COMMIT")
+
     def snapshot(self, batch: int = CHUNK_CHANGES) -> Iterator[tuple[int, list[Change]]]:
-        """Every stored row (live rows as updates, tombstones as deletes) with the log
-        position the snapshot is consistent with; one read transaction for the whole walk."""
-        db = self.db
-        db.execute("BEGIN")
+        """The whole snapshot in pieces, each with the position it is consistent with."""
+        pos, _count = self.open_snapshot()
         try:
-            pos = db.execute("SELECT coalesce(max(pos), 0) FROM txns").fetchone()[0]
-            cursor = db.execute("SELECT rel, deleted, columns FROM rows ORDER BY rel, key")
             while True:
-                rows = cursor.fetchmany(batch)
-                if not rows:
-                    break
-                out: list[Change] = []
-                for rel, deleted, columns in rows:
-                    relation = self.relation(rel)
-                    cols = marshal.loads(columns)
-                    out.append(DeletedRecord(relation, cols) if deleted
-                               else UpdatedRecord(relation, cols))
-                yield pos, out
+                piece = self.snapshot_piece(batch)
+                if not piece:
+                    return
+                yield pos, piece
         finally:
-            db.execute("COMMIT")
+            self.close_snapshot()
 
     def stats(self) -> dict[str, int]:
         db = self.db

@@ -94,10 +94,22 @@ def import_log(data_dir: str, primary_keys: Callable[[RelationName], list[str]])
     return count
 
 
+_PRIMARY_KEY_SQL = """
+SELECT a.attname
+  FROM pg_catalog.pg_index i
+ CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+ WHERE i.indisprimary
+   AND i.indrelid = (SELECT c.oid FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = %s AND c.relname = %s)
+ ORDER BY k.ord
+"""
+
+
 def main(argv: list[str]) -> int:
-    """``electric import-store [settings]``: read the connectors' primary keys, import."""
+    """``electric import-store [settings]``: read primary keys from the connectors, import."""
     from electric import config
-    from electric.postgres import provision
     from electric.postgres.connector import plain_dsn
 
     try:
@@ -111,32 +123,43 @@ def main(argv: list[str]) -> int:
         return 2
     import psycopg2
 
-    pks: dict[RelationName, list[str]] = {}
-    for connector in settings.connectors:
-        try:
-            conn = psycopg2.connect(plain_dsn(connector.dsn()))
-        except psycopg2.Error as exc:
-            print(f"electric import-store: cannot reach {connector.name}: {exc}".strip(),
-                  file=sys.stderr)
-            return 1
-        try:
-            tables, _ = provision.read_tables(conn, settings.postgres_publication, quiet=True)
-        finally:
-            conn.close()
-        for table in tables:
-            pks.setdefault(table.relation, list(table.primary_keys))
-
-    def primary_keys(relation: RelationName) -> list[str]:
-        if relation not in pks:
-            raise LegacyDataError(f"table {relation[0]}.{relation[1]} is in the old log but no "
-                                  "connector publishes it with a primary key")
-        return pks[relation]
-
+    conns = []
     try:
-        count = import_log(data_dir, primary_keys)
-    except LegacyDataError as exc:
-        print(f"electric import-store: {exc}", file=sys.stderr)
-        return 1
+        for connector in settings.connectors:
+            try:
+                conn = psycopg2.connect(plain_dsn(connector.dsn()))
+            except psycopg2.Error as exc:
+                print(f"electric import-store: cannot reach {connector.name}: "
+                      f"{str(exc).strip()}", file=sys.stderr)
+                return 1
+            conn.autocommit = True
+            conns.append(conn)
+        known: dict[RelationName, list[str]] = {}
+
+        def primary_keys(relation: RelationName) -> list[str]:
+            """The table's primary key, in key order, from the first connector that has it."""
+            if relation not in known:
+                for conn in conns:
+                    with conn.cursor() as cur:
+                        cur.execute(_PRIMARY_KEY_SQL, relation)
+                        columns = [row[0] for row in cur.fetchall()]
+                    if columns:
+                        known[relation] = columns
+                        break
+                else:
+                    raise LegacyDataError(
+                        f"table {relation[0]}.{relation[1]} is in the old log but no connector "
+                        "has it with a primary key")
+            return known[relation]
+
+        try:
+            count = import_log(data_dir, primary_keys)
+        except LegacyDataError as exc:
+            print(f"electric import-store: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        for conn in conns:
+            conn.close()
     print(f"imported {count} transactions into {os.path.join(data_dir, DB_FILE)}; the old log "
           f"is kept as {legacy_log(data_dir)}.imported")
     return 0

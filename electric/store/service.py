@@ -33,7 +33,7 @@ from gevent.lock import Semaphore
 from gevent.queue import Queue
 from loguru import logger
 
-from electric.changes import Change, Transaction
+from electric.changes import Change, Transaction, utc_now
 from electric.store.engine import ChainBroken, Engine, PrimaryKeys, Reader, TxnHead
 
 # Most transactions one group commit takes (and most changes), so one commit stays short.
@@ -41,6 +41,9 @@ MAX_BATCH_TXNS = 512
 MAX_BATCH_CHANGES = 20_000
 # Decoded recent transactions kept for readers, counted in changes.
 CACHE_CHANGES = 50_000
+# Changes the log keeps (older entries are compacted away; a reader older than the log gets
+# a snapshot of the rows instead). Bounds the data directory for a given row size.
+RETAIN_CHANGES = 1_000_000
 READ_BATCH = 256
 
 log = logger.bind(origin="store")
@@ -148,12 +151,15 @@ class _Cache:
 
 class LocalStore:
     def __init__(self, data_dir: str, primary_keys: PrimaryKeys,
-                 cache_changes: int = CACHE_CHANGES, readers: int = 4):
+                 cache_changes: int = CACHE_CHANGES, readers: int = 4,
+                 retain_changes: int = RETAIN_CHANGES):
         self.data_dir = data_dir
         self.primary_keys = primary_keys
         self.engine = Engine(data_dir)
         self.path = self.engine.path
         self.committed = self.engine.last_pos
+        self.retain_changes = retain_changes
+        self.compacted_through = self.engine.compacted_through
         self.cache = _Cache(cache_changes, self.committed)
         self._queue: Queue = Queue()
         self._commit_event = Event()
@@ -161,7 +167,8 @@ class LocalStore:
         self._readers: Queue = Queue()
         self._reader_count = readers
         self._closed = False
-        self.stats = {"transactions_written": 0, "group_commits": 0, "big_transactions": 0}
+        self.stats = {"transactions_written": 0, "group_commits": 0, "big_transactions": 0,
+                      "snapshots_served": 0}
         self._writer = gevent.spawn(self._run_writer)
 
     @property
@@ -241,12 +248,27 @@ class LocalStore:
                         continue
                 self._settle(batch, results)
                 batch = []
+                if self.engine.log_changes > self.retain_changes * 1.1:
+                    self._compact()
         except gevent.GreenletExit:
             # Closing: a batch taken but not committed is failed, not left hanging.
             for r in batch:
                 if not r.result.ready():
                     r.result.set_exception(RuntimeError("the store is closing"))
             raise
+
+    def _compact(self) -> None:
+        with self._write_lock:
+            try:
+                through = self._in_thread(self.engine.compact_log, self.retain_changes)
+            except gevent.GreenletExit:
+                raise
+            except Exception as exc:  # the log just stays longer; the next commit retries
+                log.warning(f"log compaction failed: {type(exc).__name__}: {exc}")
+                return
+        if through > self.compacted_through:
+            self.compacted_through = through
+            log.debug(f"log compacted through position {through}")
 
     def _settle(self, batch: list[_Write], results: list) -> None:
         self.stats["group_commits"] += 1
@@ -275,20 +297,30 @@ class LocalStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _decode_heads(self, reader: Reader, after: int, limit: int) -> list:
+    def _decode_heads(self, reader: Reader, after: int, limit: int) -> list | None:
+        heads = reader.heads_after(after, limit)
+        if heads is None:
+            return None
         out = []
-        for head, first in reader.heads_after(after, limit):
+        for head, first in heads:
             changes = reader.decode(first) if first is not None else []
             out.append((head, changes))
         return out
 
-    def read_after(self, after: int, limit: int = READ_BATCH) -> list[tuple[int, Transaction]]:
-        """Up to ``limit`` committed transactions after position ``after``."""
+    def read_after(self, after: int, limit: int = READ_BATCH
+                   ) -> list[tuple[int, Transaction]] | None:
+        """Up to ``limit`` committed transactions after position ``after``; ``None`` when
+        the log no longer holds all of them (compacted: the reader needs a snapshot)."""
         cached = self.cache.after(after, limit)
         if cached is not None:
             return cached
+        if after < self.compacted_through:
+            return None
+        heads = self._read(lambda r: self._decode_heads(r, after, limit))
+        if heads is None:
+            return None
         items = []
-        for head, first in self._read(lambda r: self._decode_heads(r, after, limit)):
+        for head, first in heads:
             changes: Any = first if head.chunks <= 1 else ChunkedChanges(self, head, first)
             items.append((head.pos, Transaction(changes, _ts(head.commit_us))))
         return items
@@ -302,10 +334,21 @@ class LocalStore:
             if pos >= self.committed:
                 committed_event.wait()
                 continue
-            for tx_pos, tx in self.read_after(pos):
+            items = self.read_after(pos)
+            if items is None:  # the log after ``pos`` was compacted: the rows instead
+                snapshot = self.snapshot()
+                yield snapshot.transaction(), snapshot.pos
+                pos = snapshot.pos
+                continue
+            for tx_pos, tx in items:
                 yield Transaction(list(tx.changes) if isinstance(tx.changes, list) else tx.changes,
                                   tx.commit_timestamp), tx_pos
                 pos = tx_pos
+
+    def snapshot(self) -> Snapshot:
+        """Every stored row as of one log position (see :class:`Snapshot`)."""
+        self.stats["snapshots_served"] += 1
+        return Snapshot(self)
 
     # ------------------------------------------------------------------ operator surface
 
@@ -315,7 +358,11 @@ class LocalStore:
                        if os.path.exists(self.path + suffix))
         except OSError:
             size = None
+        engine = self.engine
         return {"mode": "embedded", "path": self.path, "bytes": size,
+                "rows": engine.row_count, "log_transactions": engine.log_transactions,
+                "log_changes": engine.log_changes, "retain_changes": self.retain_changes,
+                "compacted_through": self.compacted_through,
                 "last_position": self.committed, **self.stats}
 
     def counts(self) -> dict[str, int]:
@@ -333,6 +380,63 @@ class LocalStore:
         while not self._readers.empty():
             self._readers.get_nowait().close()
         self.engine.close()
+
+
+class Snapshot:
+    """Every stored row (live ones as updates, tombstones as deletes) consistent with log
+    position ``pos``: what a reader gets instead of log entries that were compacted away.
+    Delivered as one transaction whose changes are read lazily, in pieces, from one SQLite
+    read transaction held until they have all been read (or the snapshot is dropped)."""
+
+    def __init__(self, store: LocalStore):
+        self.store = store
+        self.reader = Reader(store.path)
+        self.pos, self.rows = store._in_thread(self.reader.open_snapshot)
+        self._done = False
+
+    def transaction(self) -> Transaction:
+        return Transaction(_SnapshotChanges(self), utc_now())
+
+    def pieces(self) -> Iterator[list[Change]]:
+        if self._done:
+            raise RuntimeError("a snapshot is read once")
+        try:
+            while True:
+                piece = self.store._in_thread(self.reader.snapshot_piece)
+                if not piece:
+                    return
+                yield piece
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            try:
+                self.reader.close_snapshot()
+            finally:
+                self.reader.close()
+
+    def __del__(self) -> None:  # a reader that stopped halfway must not pin the WAL
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, connection already gone
+            pass
+
+
+class _SnapshotChanges:
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
+
+    def __len__(self) -> int:
+        return self.snapshot.rows
+
+    def __bool__(self) -> bool:
+        return self.snapshot.rows > 0
+
+    def __iter__(self) -> Iterator[Change]:
+        for piece in self.snapshot.pieces():
+            yield from piece
 
 
 class BigTransaction:

@@ -87,3 +87,20 @@ def test_multi_row_transaction_arrives_whole(two_postgres, electric):
             cur.execute("INSERT INTO entries_default (content) VALUES (%s)", (f"row {i}",))
     conn.close()
     wait_rows(b, db, "SELECT count(*) FROM entries_default", [(50,)])
+
+
+def test_store_figures_in_status_and_metrics(two_postgres, electric):
+    (a, b), db = two_postgres
+    before = electric.get_json("/api/status")["detail"]["vaxine"]
+    assert before["mode"] == "embedded" and before["path"].endswith("store.db")
+    query(a, db, "INSERT INTO entries_default (content) SELECT 'r' || g FROM generate_series(1, 30) g")
+    wait_rows(b, db, "SELECT count(*) FROM entries_default", [(30,)])
+    store = electric.get_json("/api/status")["detail"]["vaxine"]
+    assert store["rows"] == before["rows"] + 30
+    assert store["log_transactions"] == before["log_transactions"] + 1
+    assert store["log_changes"] == before["log_changes"] + 30
+    assert store["last_position"] > before["last_position"] and store["bytes"] > 0
+    metrics = scrape(electric)
+    assert metrics[("electric_store_rows", ())] == store["rows"]
+    assert metrics[("electric_store_log_transactions", ())] == store["log_transactions"]
+    assert metrics[("electric_store_transactions_written_total", ())] >= 1

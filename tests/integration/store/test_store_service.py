@@ -39,14 +39,15 @@ def take(stream, n, timeout=10):
 
 
 def test_write_then_stream_from_the_start_and_live(store):
-    assert store.write(tx(ins(1, v="a"))) == 1
+    one = store.write(tx(ins(1, v="a")))
+    assert one > 0
     assert store.write(tx()) == 0  # nothing to store
     stream = store.stream(0)
     [(first, pos)] = take(stream, 1)
-    assert pos == 1 and first.changes == [UpdatedRecord(REL, {"id": "1", "v": "a"})]
+    assert pos == one and first.changes == [UpdatedRecord(REL, {"id": "1", "v": "a"})]
     gevent.spawn_later(0.05, store.write, tx(DeletedRecord(REL, {"id": "1"})))
     [(second, pos)] = take(stream, 1)
-    assert pos == 2 and second.changes == [DeletedRecord(REL, {"id": "1", "v": "a"})]
+    assert pos > one and second.changes == [DeletedRecord(REL, {"id": "1", "v": "a"})]
     stream.close()
 
 
@@ -54,7 +55,7 @@ def test_concurrent_writers_share_group_commits_and_each_write_is_streamed_once(
     writers = [gevent.spawn(store.write, tx(ins(i), ins(f"{i}b"))) for i in range(200)]
     gevent.joinall(writers, raise_error=True)
     positions = sorted(w.value for w in writers)
-    assert positions == list(range(1, 201))
+    assert len(set(positions)) == 200 and positions[0] > 0
     assert store.stats["group_commits"] < 200  # some commits carried several transactions
     got = take(store.stream(0), 200)
     assert [pos for _, pos in got] == positions
@@ -69,14 +70,13 @@ def test_an_unmappable_write_fails_alone_and_breaks_its_chain_until_reset(store)
     after = writer(tx(ins(3)))
     other = store.submit(tx(ins(4)))
     gevent.joinall([a, bad, after, other])
-    assert a.get() == 1
+    assert 0 < a.get() < other.get()
     assert isinstance(bad.exception, UnmappableChange)
     assert isinstance(after.exception, ChainBroken)
-    assert other.get() == 2
     late = writer(tx(ins(5)))  # still broken: the source has not written 2 and 3 again
     assert isinstance(late.wait() or late.exception, ChainBroken)
     writer.reset()
-    assert writer(tx(ins(3))).get() == 3
+    assert writer(tx(ins(3))).get() > other.get()
     with pytest.raises(UnmappableChange):
         store.write(tx(NewRecord(REL, {"no_id": "x"})))
 
@@ -99,10 +99,10 @@ def test_a_big_transaction_is_invisible_until_commit_and_streams_in_chunks(store
     big.add([ins(i) for i in range(CHUNK_CHANGES, n)])
     gevent.sleep(0.05)
     assert store.committed == 0 and not waiting.ready()
-    assert big.commit(origin="pg_a") == 1
-    assert waiting.get(timeout=10) == 2
+    big_pos = big.commit(origin="pg_a")
+    assert 0 < big_pos < waiting.get(timeout=10)
     [(got, pos), (small, _)] = take(store.stream(0), 2)
-    assert pos == 1 and isinstance(got.changes, ChunkedChanges) and len(got.changes) == n
+    assert pos == big_pos and isinstance(got.changes, ChunkedChanges) and len(got.changes) == n
     assert [c.record["id"] for c in got.changes] == [str(i) for i in range(n)]
     assert small.changes[0].record["id"] == "small"
     # and from disk, as a reader that starts later sees it
@@ -117,14 +117,14 @@ def test_an_aborted_big_transaction_stores_nothing_and_frees_the_writer(store):
     big = store.begin()
     big.add([ins(1)])
     big.abort()
-    assert store.write(tx(ins(2))) == 1
+    assert store.write(tx(ins(2))) > 0
     [(got, _)] = take(store.stream(0), 1)
     assert got.changes[0].record["id"] == "2"
 
 
 def test_a_small_transaction_larger_than_a_chunk_reads_back_whole(store):
     n = CHUNK_CHANGES * 2 + 1
-    assert store.write(tx(*[ins(i) for i in range(n)])) == 1
+    assert store.write(tx(*[ins(i) for i in range(n)])) > 0
     store.cache.entries.clear()
     store.cache.positions.clear()
     store.cache.floor = 10**9
@@ -143,7 +143,27 @@ def test_closing_settles_every_pending_write_instead_of_hanging(tmp_path):
     gevent.sleep(0.05)
     big.abort()
     assert closer.join(timeout=10) is None and closer.ready()
-    assert taken.get(timeout=10) == 1  # a commit under way finishes
+    assert taken.get(timeout=10) > 0  # a commit under way finishes
     queued.wait(timeout=10)  # committed before the close, or refused: never left hanging
     assert queued.ready() and (queued.successful() or isinstance(queued.exception, RuntimeError))
     assert isinstance(store.submit(tx(ins(4))).exception, RuntimeError)
+
+
+def test_a_reader_older_than_the_compacted_log_gets_a_snapshot_then_the_rest(tmp_path):
+    store = LocalStore(str(tmp_path), pks, retain_changes=5, cache_changes=3)
+    for i in range(20):
+        store.write(tx(ins(i, v="old")))
+    store.write(tx(DeletedRecord(REL, {"id": "3"})))
+    assert store.compacted_through > 0 and store.engine.log_changes <= 6
+    stream = store.stream(0)
+    [(snap, snap_pos)] = take(stream, 1)
+    rows = list(snap.changes)
+    assert len(rows) == len(snap.changes) == 20
+    assert [c.old_record["id"] for c in rows if isinstance(c, DeletedRecord)] == ["3"]
+    assert snap_pos == store.committed
+    later = store.write(tx(ins(99)))
+    [(nxt, pos)] = take(stream, 1)
+    assert pos == later and nxt.changes[0].record["id"] == "99"
+    assert store.status()["snapshots_served"] == 1
+    stream.close()
+    store.close()

@@ -3,6 +3,7 @@ the log as readers see it, big transactions, positions, format checks."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 
 import pytest
@@ -34,9 +35,10 @@ def engine(tmp_path):
 
 
 def read_all(path):
+    """Every logged transaction that is still in the log (after any compaction)."""
     reader = Reader(path)
     out = []
-    for head, first in reader.heads_after(0, 10_000):
+    for head, first in reader.heads_after(reader.compacted_through(), 10_000):
         changes = reader.decode(first)
         for seq in range(1, head.chunks):
             changes += reader.decode(reader.chunk(head.pos, seq))
@@ -52,11 +54,12 @@ def test_batch_positions_results_and_what_readers_get(engine):
         ([], "pg_a", "pub", None),  # nothing to store: not logged
         ([UpdatedRecord(REL, {"id": "1", "y": "b"})], "pg_b", "pub", chain),
     ], pks)
-    assert [r[0] for r in results] == [1, 0, 2]
+    first, nothing, second = (r[0] for r in results)
+    assert nothing == 0 and 0 < first < second
     assert results[2][2] == [UpdatedRecord(REL, {"id": "1", "x": "a", "y": "b"})]
     assert read_all(engine.path) == [
-        (1, [UpdatedRecord(REL, {"id": "1", "x": "a"})]),
-        (2, [UpdatedRecord(REL, {"id": "1", "x": "a", "y": "b"})]),
+        (first, [UpdatedRecord(REL, {"id": "1", "x": "a"})]),
+        (second, [UpdatedRecord(REL, {"id": "1", "x": "a", "y": "b"})]),
     ]
 
 
@@ -69,10 +72,10 @@ def test_a_refused_transaction_leaves_no_trace_and_breaks_only_its_chain(engine)
         ([NewRecord(REL, {"id": "4"})], None, None, other),
         ([NewRecord(REL, {"id": "5"})], None, None, None),
     ], pks)
-    assert results[0][0] == 1
+    assert results[0][0] > 0
     assert isinstance(results[1], UnmappableChange)
     assert isinstance(results[2], ChainBroken)
-    assert [r[0] for r in results[3:]] == [2, 3]
+    assert results[0][0] < results[3][0] < results[4][0]
     assert [[c.record["id"] for c in changes] for _, changes in read_all(engine.path)] == [
         ["1"], ["4"], ["5"]]
 
@@ -111,15 +114,15 @@ def test_truncate_deletes_rows_present_then_and_later_inserts_survive(engine):
 
 
 def test_big_transaction_is_chunked_and_invisible_until_commit(engine):
-    assert engine.begin_big() == 1
+    started = engine.begin_big()
     n = CHUNK_CHANGES + 10
     engine.add_big([NewRecord(REL, {"id": str(i)}) for i in range(n // 2)], pks)
     engine.add_big([NewRecord(REL, {"id": str(i)}) for i in range(n // 2, n)], pks)
     assert read_all(engine.path) == []  # other connections see nothing yet
     pos, _us, changes, chunks = engine.commit_big("pg_a", "pub")
-    assert (pos, changes) == (1, n) and chunks >= 2
+    assert (pos, changes) == (started, n) and chunks >= 2
     [(first_pos, log)] = read_all(engine.path)
-    assert first_pos == 1
+    assert first_pos == pos
     assert [c.record["id"] for c in log] == [str(i) for i in range(n)]
 
 
@@ -128,23 +131,30 @@ def test_aborted_big_transaction_leaves_nothing(engine):
     engine.add_big([NewRecord(REL, {"id": "1"})], pks)
     engine.abort_big()
     assert read_all(engine.path) == []
-    assert engine.commit_batch([([NewRecord(REL, {"id": "2"})], None, None, None)], pks)[0][0] == 1
+    assert engine.commit_batch([([NewRecord(REL, {"id": "2"})], None, None, None)], pks)[0][0] > 0
+    assert [changes[0].record["id"] for _, changes in read_all(engine.path)] == ["2"]
 
 
-def test_positions_continue_after_reopening(tmp_path):
-    e = Engine(str(tmp_path))
-    e.commit_batch([([NewRecord(REL, {"id": "1"})], None, None, None)], pks)
+def test_positions_are_never_reused_even_after_restoring_an_older_file(tmp_path):
+    e = Engine(str(tmp_path / "a"))
+    first = e.commit_batch([([NewRecord(REL, {"id": "1"})], None, None, None)], pks)[0][0]
     e.close()
-    e = Engine(str(tmp_path))
-    assert e.commit_batch([([NewRecord(REL, {"id": "2"})], None, None, None)], pks)[0][0] == 2
+    shutil.copytree(tmp_path / "a", tmp_path / "backup")
+    e = Engine(str(tmp_path / "a"))
+    second = e.commit_batch([([NewRecord(REL, {"id": "2"})], None, None, None)], pks)[0][0]
     e.close()
+    assert second > first
+    restored = Engine(str(tmp_path / "backup"))  # knows nothing of ``second``
+    third = restored.commit_batch([([NewRecord(REL, {"id": "3"})], None, None, None)], pks)[0][0]
+    restored.close()
+    assert third > second  # positions follow the clock, not the file
 
 
 def test_commit_at_keeps_given_positions(engine):
     engine.commit_at(100, 5, [NewRecord(REL, {"id": "1"})], pks)
     with pytest.raises(ValueError):
         engine.commit_at(100, 6, [NewRecord(REL, {"id": "2"})], pks)
-    assert engine.commit_batch([([NewRecord(REL, {"id": "3"})], None, None, None)], pks)[0][0] == 101
+    assert engine.commit_batch([([NewRecord(REL, {"id": "3"})], None, None, None)], pks)[0][0] > 100
 
 
 def test_other_format_and_garbage_files_are_refused(tmp_path):
@@ -165,3 +175,23 @@ def test_durability_settings(engine):
     assert engine.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with pytest.raises(sqlite3.OperationalError):  # readers are read-only
         Reader(engine.path).db.execute("DELETE FROM rows")
+
+
+def test_compaction_keeps_the_newest_changes_and_the_rows(engine):
+    for i in range(10):
+        engine.commit_batch([([NewRecord(REL, {"id": str(i)}), NewRecord(REL, {"id": f"{i}b"})],
+                              None, None, None)], pks)
+    assert (engine.log_changes, engine.log_transactions, engine.row_count) == (20, 10, 20)
+    through = engine.compact_log(retain_changes=6)
+    assert (engine.log_changes, engine.log_transactions, engine.row_count) == (6, 3, 20)
+    kept = read_all(engine.path)
+    assert [c[0].record["id"] for _, c in kept] == ["7", "8", "9"]
+    assert through < kept[0][0]
+    reader = Reader(engine.path)
+    assert reader.heads_after(through - 1, 10) is None  # that reader needs a snapshot
+    assert len(reader.heads_after(through, 10)) == 3
+    assert sum(len(p) for _, p in reader.snapshot()) == 20
+    reader.close()
+    reopened = Engine(str(engine.path.rsplit("/", 1)[0]))
+    assert (reopened.compacted_through, reopened.log_changes, reopened.row_count) == (through, 6, 20)
+    reopened.close()
