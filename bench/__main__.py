@@ -1,7 +1,7 @@
 """``python -m bench [--quick|--smoke] [--only a,b] [--out DIR]`` — run the benchmarks.
 
-Sections (``--only`` picks some): ``throughput``, ``latency``, ``catch_up``, ``ingest``,
-``fanout``, ``profile``. Full size fits in well under 15 minutes on 2 cores; ``--quick``
+Sections (``--only`` picks some): ``throughput``, ``latency``, ``catch_up``, ``trigger``,
+``ingest``, ``big_tx``, ``scale``, ``profile``, ``whatif``, ``store``, ``fanout``. Full size fits in well under 15 minutes on 2 cores; ``--quick``
 takes about two; ``--smoke`` is the toy size the test suite runs.
 
 Results: ``results.json`` (raw), ``results.md`` (tables, targets) and PNG plots in ``--out``
@@ -19,24 +19,27 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
-from bench import pgpg, report, satellite_ingest
+from bench import bulk, pgpg, report, satellite_ingest
 from bench.rig import Rig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "profile", "whatif",
-            "fanout")
+SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "big_tx", "scale",
+            "profile", "whatif", "store", "fanout")
 
 SIZES = {
     "full": {"rows": 50_000, "rates": (50, 200, 1000), "lat_s": 8.0, "catch_rows": 1000,
              "ingest": ((1, 1000), (10, 200)), "fanout": (10, 100, 1000), "fanout_s": 5.0,
-             "profile_rows": 10_000, "trigger_rows": 10_000, "stall_puts": 300},
+             "profile_rows": 10_000, "trigger_rows": 10_000, "stall_puts": 300,
+             "big_tx_rows": 1_000_000, "scale_rows": 1_000_000, "store_s": 5.0},
     "quick": {"rows": 5_000, "rates": (50, 200, 1000), "lat_s": 2.0, "catch_rows": 1000,
               "ingest": ((1, 200), (10, 30)), "fanout": (10, 100), "fanout_s": 2.0,
-              "profile_rows": 3_000, "trigger_rows": 10_000, "stall_puts": 300},
+              "profile_rows": 3_000, "trigger_rows": 10_000, "stall_puts": 300,
+              "big_tx_rows": 100_000, "scale_rows": 100_000, "store_s": 2.0},
     "smoke": {"rows": 200, "rates": (50,), "lat_s": 0.3, "catch_rows": 10,
               "ingest": ((1, 10),), "fanout": (3,), "fanout_s": 0.5, "profile_rows": 0,
-              "trigger_rows": 100, "stall_puts": 20},
+              "trigger_rows": 100, "stall_puts": 20, "big_tx_rows": 1000, "scale_rows": 1000,
+              "store_s": 0.3},
 }
 
 
@@ -61,17 +64,17 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
     results: dict = {"meta": {"mode": mode, "cpus": os.cpu_count(), "fsync": fsync,
                               "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}}
     needs_rig = only & {"throughput", "latency", "catch_up", "trigger", "ingest", "profile",
-                        "whatif"}
+                        "whatif", "big_tx", "scale"}
     rig = Rig(fsync=fsync).start() if needs_rig else None
     try:
         if rig:
             log(f"rig up: A on {rig.a.port}, B on {rig.b.port}, Electric pid "
                 f"{rig.electric.proc.pid}")
         if "throughput" in only:
-            tp = {"rows": size["rows"], "batch": 100}
+            tp = {"rows": size["rows"], "batch": 200}
             for k, name in enumerate(("native", "electric")):
                 log(f"throughput {name}: {size['rows']} rows")
-                tp[name] = pgpg.throughput(rig.pipelines[name], size["rows"],
+                tp[name] = pgpg.throughput(rig.pipelines[name], size["rows"], batch=200,
                                            base=k * 10_000_000)
                 log(f"  {json.dumps(tp[name]['total'])}; settled in "
                     f"{rig.pipelines[name].settle():.1f} s")
@@ -104,6 +107,19 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
                 r = satellite_ingest.ingest(rig, clients, per_client)
                 log(f"  {json.dumps(r)}")
                 results["satellite_ingest"].append(r)
+        if "big_tx" in only:
+            big = {}
+            for k, name in enumerate(("native", "electric")):
+                log(f"one transaction of {size['big_tx_rows']:,} rows: {name}")
+                big[name] = bulk.big_transaction(rig.pipelines[name], size["big_tx_rows"],
+                                                 base=100_000_000 + k * 10_000_000)
+                log(f"  {json.dumps(big[name])}; settled in {rig.pipelines[name].settle():.1f} s")
+            results["big_transaction"] = big
+        if "scale" in only:
+            log(f"scale: {size['scale_rows']:,} rows through Electric in 1,000-row transactions")
+            results["scale"] = bulk.scale(rig.pipelines["electric"], size["scale_rows"],
+                                          base=200_000_000)
+            log(f"  {json.dumps(results['scale'])}")
         if "profile" in only and size["profile_rows"]:
             from bench import profile
 
@@ -141,6 +157,13 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
                               capture_output=True, text=True, timeout=120)
         results["hub_stall"] = json.loads(proc.stdout.strip().splitlines()[-1])
         log(f"  {json.dumps(results['hub_stall'])}")
+    if "store" in only:
+        log("embedded store alone: ten-row transactions, 64 writers, fsync on")
+        proc = subprocess.run([sys.executable, "-m", "bench.store_alone", "--seconds",
+                               str(size["store_s"])], cwd=ROOT, check=True, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+        results["store_alone"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        log(f"  {json.dumps(results['store_alone'])}")
     if "fanout" in only:
         results["satellite_fanout"] = []
         for clients in size["fanout"]:

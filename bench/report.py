@@ -8,6 +8,10 @@ TARGETS = {
     "throughput_ratio": 0.5,  # Electric ≥ 50% of native rows/s
     "p99_ms_at_200": 100.0,  # p99 commit-to-visible ≤ 100 ms at 200 tx/s
     "catch_up_s": 2.0,  # 10 tables × 1,000 rows ≤ 2 s
+    "rss_mib_per_100k": 20.0,  # RSS growth per 100,000 replicated rows
+    "store_to_table": 3.0,  # data directory ≤ 3 × the table's size
+    "big_tx_peak_mib": 300.0,  # peak RSS while one 1,000,000-row transaction goes through
+    "store_tx_per_s": 20_000,  # embedded store alone, ten-row transactions, fsync on
 }
 
 
@@ -52,6 +56,31 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"catch-up of 10 tables × {e['rows'] // 10:,} rows ≤ 2 s",
                      _fmt(e["seconds"], " s"), _fmt(n["seconds"], " s"),
                      _verdict(e["converged"] and e["seconds"] <= TARGETS["catch_up_s"])))
+    sc = results.get("scale")
+    if sc:
+        rows.append((f"RSS growth ≤ 20 MiB per 100,000 rows ({sc['rows']:,} replicated)",
+                     _fmt(sc["rss_growth_mib_per_100k_rows"], " MiB"), "—",
+                     _verdict(sc["converged"] and sc["rss_growth_mib_per_100k_rows"]
+                              <= TARGETS["rss_mib_per_100k"])))
+        rows.append(("data directory ≤ 3 × the table's size",
+                     f"{_fmt(sc['store_mib'], ' MiB')} = {sc['store_to_table']}×",
+                     _fmt(sc["table_mib"], " MiB (table)"),
+                     _verdict(sc["store_to_table"] <= TARGETS["store_to_table"])))
+    big = results.get("big_transaction")
+    if big:
+        e, n = big["electric"], big["native"]
+        rows.append((f"one {e['rows']:,}-row transaction reaches B; peak RSS ≤ 300 MiB",
+                     f"{_fmt(e['seconds'], ' s')}, peak {_fmt(e.get('peak_rss_mib'), ' MiB')}",
+                     _fmt(n["seconds"], " s"),
+                     _verdict(e["converged"] and (e.get("peak_rss_mib") or 0)
+                              <= TARGETS["big_tx_peak_mib"])))
+    st = results.get("store_alone")
+    if st:
+        rows.append(("embedded store alone ≥ 20,000 ten-row tx/s (fsync on)",
+                     f"{_fmt(st['store']['tx_per_s'])} tx/s",
+                     f"SQLite ceiling {_fmt(st['sqlite_ceiling']['tx_per_s'])} tx/s; first "
+                     f"release {_fmt(st['first_release']['tx_per_s'])} tx/s",
+                     _verdict(st["store"]["tx_per_s"] >= TARGETS["store_tx_per_s"])))
     return rows
 
 

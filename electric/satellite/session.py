@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,6 +61,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- actions (what the I/O layer must do) ---------------------------------------------------
+
+
+# Outgoing transactions with more changes than this go out as several SatOpLogs of at most
+# STREAMED_PIECE operations each.
+STREAMED_TRANSACTION = 5000
+STREAMED_PIECE = 2000
 
 
 @dataclass(frozen=True)
@@ -284,10 +290,14 @@ class Session:
 
     def vaxine_transaction(
         self, subscription: int, transaction: Transaction, offset: Any
-    ) -> list[Action]:
-        """The outgoing stream produced ``(transaction, offset)``."""
+    ) -> Iterable[Action]:
+        """The outgoing stream produced ``(transaction, offset)``. For a big transaction the
+        actions are an iterator: take them in order, each as it comes."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
+        if len(transaction.changes) > STREAMED_TRANSACTION:
+            self.out.sent_transactions += 1
+            return self._serialize_streamed(transaction, offset)
         try:
             actions = self._serialize_outgoing(transaction, offset)
         except Exception as exc:
@@ -593,6 +603,37 @@ class Session:
                 )
 
     # server → client
+
+    def _serialize_streamed(self, tx: Transaction, offset: Any) -> Iterator[Action]:
+        """A transaction too big to hold as one message: several SatOpLogs, Begin in the
+        first and Commit in the last (the client assembles a transaction across messages),
+        each built as the previous one is sent, so neither the transaction nor its encoding
+        is ever whole in memory. Relations go out before the first message using them."""
+        ts = datetime_to_ms(tx.commit_timestamp)
+        lsn = encode_offset(offset)
+        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
+        tables: dict[Any, Any] = {}
+        for change in tx.changes:
+            if isinstance(change, TruncatedRelation):
+                continue  # no representation in the protocol
+            relation = change.relation
+            if relation not in tables:
+                table = tables[relation] = self._lookup_table(relation)
+                if table is None:
+                    self.log.warning("skipping changes to {}.{}: not in the schema registry",
+                                     *relation)
+                elif table.relation not in self.out.known_relations:
+                    self.out.known_relations.add(table.relation)
+                    yield Send(relation_message(table))
+            table = tables[relation]
+            if table is None:
+                continue
+            ops.append(_change_op(table, change))
+            if len(ops) >= STREAMED_PIECE:
+                yield Send(pb.SatOpLog(ops=ops))
+                ops = []
+        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
+        yield Send(pb.SatOpLog(ops=ops))
 
     def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
         cache = self.oplog_cache

@@ -12,8 +12,8 @@ from bench.__main__ import run
 
 def test_bench_harness_runs_at_toy_size(tmp_path):
     out = str(tmp_path / "results")
-    results = run("smoke", {"throughput", "latency", "catch_up", "trigger", "ingest"}, out,
-                  fsync=False)
+    results = run("smoke", {"throughput", "latency", "catch_up", "trigger", "ingest", "big_tx",
+                            "scale", "store"}, out, fsync=False)
     for name in ("native", "electric"):
         assert results["throughput"][name]["total"]["converged"], results["throughput"][name]
         assert results["catch_up"][name]["converged"], results["catch_up"][name]
@@ -22,10 +22,17 @@ def test_bench_harness_runs_at_toy_size(tmp_path):
     # the catch-up waited for Electric's own count of written transactions (status layout)
     assert results["catch_up"]["electric"]["source_drained_before_enable"]
     assert results["trigger"]["generic_ms"] > 0
+    for name in ("native", "electric"):
+        assert results["big_transaction"][name]["converged"], results["big_transaction"]
+    assert results["big_transaction"]["electric"]["peak_rss_mib"] > 0
+    assert results["scale"]["converged"] and results["scale"]["store_to_table"] > 0
+    assert results["store_alone"]["store"]["tx_per_s"] > 0
+    assert results["store_alone"]["first_release"]["tx_per_s"] > 0
     (ingest,) = results["satellite_ingest"]
     assert ingest["errors"] == [] and ingest["postgres_tx_per_s"], ingest
     with open(os.path.join(out, "results.md")) as fh:
         text = fh.read()
     assert "## Targets" in text and "PG → PG throughput" in text
+    assert "embedded store alone" in text and "data directory" in text
     assert os.path.exists(os.path.join(out, "throughput.png"))
     assert json.load(open(os.path.join(out, "results.json")))["meta"]["mode"] == "smoke"

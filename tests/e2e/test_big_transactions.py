@@ -65,3 +65,31 @@ def test_kill_9_while_a_big_transaction_is_written_leaves_nothing_then_it_arrive
     wait_rows(b, db, "SELECT count(*) FROM entries", [(ROWS + 1,)], timeout=240)
     assert store_counts(electric) == (2, ROWS + 1, ROWS)
     assert query(b, db, "SELECT count(DISTINCT content) FROM entries") == [(ROWS + 1,)]
+
+
+def test_a_200k_row_transaction_reaches_a_satellite_client_whole(dbs, electric_factory):  # noqa: F811
+    from electric.pb import satellite_pb2 as pb
+    from electric.satellite import frames
+    from tests.integration.satellite.sat_harness import SatClient
+
+    (a, b, _c), db = dbs
+    electric = start(electric_factory, a, b, db)
+    client = SatClient(f"ws://127.0.0.1:{electric.env['WEBSOCKET_PORT']}/ws", timeout=30)
+    client.auth(client_id="bulk-reader")
+    client.send(pb.SatInStartReplicationReq(lsn=b"eof"))
+    client.recv_until(pb.SatInStartReplicationResp)
+    query(a, db, BULK, (ROWS,))
+    ops, messages, ids = [], 0, set()
+    deadline = time.monotonic() + 240
+    while not (ops and ops[-1].HasField("commit")):
+        assert time.monotonic() < deadline, f"{len(ops)} operations so far"
+        msg = client.recv(timeout=60)
+        if isinstance(msg, pb.SatPingReq):  # a client that stops answering is cut off
+            client.send(frames.ping_resp(None))
+        elif isinstance(msg, pb.SatOpLog):
+            messages += 1
+            ops.extend(msg.ops)
+            ids.update(op.update.row_data[0] for op in msg.ops if op.HasField("update"))
+    assert ops[0].HasField("begin") and len(ops) == ROWS + 2
+    assert messages > 1 and len(ids) == ROWS  # one transaction over several messages
+    client.close()

@@ -288,6 +288,48 @@ def test_stop_then_restart_no_stray_error_and_relations_reannounced():
     assert [type(m).__name__ for m in sent(again)] == ["SatRelation", "SatOpLog"]
 
 
+def test_a_big_transaction_goes_out_as_several_oplogs_built_one_at_a_time():
+    from electric.satellite.session import STREAMED_PIECE, STREAMED_TRANSACTION
+
+    s = authed()
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
+    n = STREAMED_TRANSACTION + 1
+    produced = []
+
+    class Changes:  # what a big logged transaction carries: read lazily, counted up front
+        def __len__(self):
+            return n + 1
+
+        def __iter__(self):
+            for i in range(n):
+                produced.append(i)
+                table = TABLE if i % 2 else OTHER
+                yield UpdatedRecord(table.relation, {"id": str(i), "content": "x"})
+            yield UpdatedRecord(("nowhere", "unknown"), {"id": "z"})
+
+    actions = s.vaxine_transaction(sub, Transaction(Changes(), TS), (9, 9))
+    first = next(iter(actions))
+    assert isinstance(first, Send) and len(produced) <= 2  # nothing built ahead of sending
+    msgs = [first.msg] + sent(actions)
+    relations = [m for m in msgs if isinstance(m, pb.SatRelation)]
+    oplogs = [m for m in msgs if isinstance(m, pb.SatOpLog)]
+    assert sorted(r.table_name for r in relations) == ["entries", "sqlite_server_test"]
+    assert len(oplogs) > 1 and all(len(m.ops) <= STREAMED_PIECE + 1 for m in oplogs)
+    ops = [op for m in oplogs for op in m.ops]
+    assert ops[0].HasField("begin") and ops[-1].HasField("commit")
+    assert not any(op.HasField("begin") or op.HasField("commit") for op in ops[1:-1])
+    assert ops[0].begin.lsn == ops[-1].commit.lsn == encode_offset((9, 9))
+    assert len(ops) == n + 2  # the change to an unknown table is left out (logged)
+    # every relation is announced before the first message that uses it
+    seen: set[int] = set()
+    for m in msgs:
+        if isinstance(m, pb.SatRelation):
+            seen.add(m.relation_id)
+        else:
+            used = {op.update.relation_id for op in m.ops if op.HasField("update")}
+            assert used <= seen
+
+
 def test_second_start_restarts_cleanly():
     s = authed()
     sub1 = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
