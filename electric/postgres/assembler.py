@@ -301,10 +301,6 @@ class TransactionAssembler:
             if not accepted:
                 continue
             self._truncated.append(rel.relation)
-            self._log.warning(
-                "TRUNCATE of {}.{} is not replicated: rows stay in the log and other replicas",
-                *rel.relation,
-            )
             self._changes.append(TruncatedRelation(rel.relation))
 
 

@@ -272,6 +272,7 @@ class Connector:
         conn = self.connect()
         try:
             tables, without_pk = pv.read_tables(conn, self.publication, quiet=True)
+            tables = pv.ensure_full_identity(conn, tables, origin=self.name)
         finally:
             conn.close()
         known = set(self.tables)

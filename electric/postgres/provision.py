@@ -15,7 +15,12 @@ What :func:`provision` does on an ordinary (autocommit) connection, in order:
    see ``types.py``), replica identity, primary keys **in key order**. Tables without a primary
    key are reported by name and left out; tables of the ``electric`` schema are bookkeeping
    and left out;
-6. read the migration history.
+6. give every replicated table with the default replica identity ``REPLICA IDENTITY FULL``
+   (:func:`ensure_full_identity`): updates then carry their old row, from which the store
+   takes the columns an update really changed, so concurrent updates of different columns on
+   two Postgres both survive. A table Electric may not alter keeps whole-row updates (one
+   WARNING with the command to run);
+7. read the migration history.
 
 Subscription management (CREATE / ENABLE / REFRESH) belongs to the publisher side and is kept
 in separate functions so the caller can order it after the publisher is listening.
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg2
@@ -294,6 +299,45 @@ def _identity_hint(identity: Any) -> str:
     return ""
 
 
+_identity_warned: set[tuple[str | None, RelationName]] = set()
+
+
+def ensure_full_identity(conn: Any, tables: list[Table], *, origin: str | None = None
+                         ) -> list[Table]:
+    """``ALTER TABLE … REPLICA IDENTITY FULL`` on tables with the default identity; returns
+    the tables as they are now. (``NOTHING``/``INDEX`` identities were chosen by someone and
+    are left alone.) Costs the source some WAL per updated or deleted row: the old row."""
+    log = logger.bind(origin=origin) if origin else logger
+    out = []
+    for table in tables:
+        if table.replica_identity != "d":
+            out.append(table)
+            continue
+        name = sql.Identifier(table.schema, table.name)
+        try:
+            _one_statement(conn, sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(name))
+        except psycopg2.errors.InsufficientPrivilege as exc:
+            key = (origin, table.relation)
+            if key not in _identity_warned:
+                _identity_warned.add(key)
+                log.warning(
+                    "cannot set REPLICA IDENTITY FULL on {}.{} ({}): concurrent updates of "
+                    "different columns of it are merged whole-row; run ALTER TABLE {}.{} "
+                    "REPLICA IDENTITY FULL as its owner",
+                    table.schema, table.name, str(exc).strip(), table.schema, table.name)
+            out.append(table)
+            continue
+        log.info("set REPLICA IDENTITY FULL on {}.{} (per-column merge of updates)",
+                 table.schema, table.name)
+        out.append(replace(table, replica_identity="f"))
+    return out
+
+
+def _one_statement(conn: Any, statement: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute(statement)
+
+
 def read_migrations(conn: Any) -> list[Migration]:
     """Migration history, newest first."""
     rows = _all(
@@ -344,6 +388,7 @@ def provision(
     if ensure_slot(conn, slot):
         created.append(f"slot {slot}")
     tables, without_pk = read_tables(conn, publication, origin=origin)
+    tables = ensure_full_identity(conn, tables, origin=origin)
     warn_search_path(conn, origin)
     return ProvisionResult(
         tables=tables,

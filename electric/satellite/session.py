@@ -558,7 +558,11 @@ class Session:
             rel = self._client_relation(op.update.relation_id)
             if not op.update.row_data:
                 raise ProtocolViolation(frames.INVALID_REQUEST, "update with empty row_data")
-            old = _zip(rel, op.update.old_row_data) or None
+            # The old row is what per-column merge compares with, so it is only taken when it
+            # has a value for every column: clients leave NULL columns out of old_row_data,
+            # which shifts the rest, and a shifted old row could hide a real change.
+            old = (_zip(rel, op.update.old_row_data)
+                   if len(op.update.old_row_data) == len(rel.columns) else None)
             tx.changes.append(
                 UpdatedRecord((rel.schema, rel.table), _zip(rel, op.update.row_data), old)
             )

@@ -52,7 +52,7 @@ CHUNK_CHANGES = 1000
 # SQLite's page cache per connection, in KiB (negative cache_size = KiB): bounds memory.
 CACHE_KIB = 16 * 1024
 
-_UPSERT, _DELETE, _TRUNCATE = 0, 1, 2
+_UPSERT, _DELETE = 0, 1  # kinds of log entries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -128,7 +128,7 @@ def decode_chunk(data: bytes, relation_of: Callable[[int], RelationName]) -> lis
         elif kind == _DELETE:
             out.append(DeletedRecord(relation, columns))
         else:
-            out.append(TruncatedRelation(relation))
+            raise StoreFormatError(f"unknown log entry kind {kind!r}")
     return out
 
 
@@ -469,6 +469,15 @@ class _Planner:
                     self.absent.discard((rel_id, key))
         self.wanted.clear()
 
+    def _load_live(self, rel_id: int) -> None:
+        """Every live stored row of a relation into the view (for a truncate)."""
+        states = self.states
+        rows = self.engine.db.execute(
+            "SELECT key, columns FROM rows WHERE rel = ? AND deleted = 0", (rel_id,))
+        for key, columns in rows:
+            if (rel_id, key) not in states:
+                states[(rel_id, key)] = RowState(False, marshal.loads(columns))
+
     def plan(self, changes, keyed: list, pos: int, out: list, items: list) -> None:
         """Merge ``changes`` (keyed by :meth:`keys`, prefetched) into the view; append what
         readers get to ``out`` and the log entries to ``items``."""
@@ -493,15 +502,16 @@ class _Planner:
                 out.append(DeletedRecord(change.relation, state.columns))
                 items.append((_DELETE, rel_id, state.columns))
             elif kind is TruncatedRelation:
-                self.engine.db.execute(
-                    "UPDATE rows SET deleted = 1, pos = ? WHERE rel = ? AND deleted = 0",
-                    (pos, rel_id))
-                for k, state in states.items():
-                    if k[0] == rel_id and state is not None and not state.deleted:
-                        states[k] = RowState(True, state.columns)
-                        dirty[k] = pos
-                out.append(change)
-                items.append((_TRUNCATE, rel_id, None))
+                # Every row present now is deleted, one by one: readers (and subscribers)
+                # remove exactly the rows the store knew, so an insert that another replica
+                # made concurrently survives, like with a delete.
+                self._load_live(rel_id)
+                for k in sorted(k for k, st in states.items()
+                                if k[0] == rel_id and st is not None and not st.deleted):
+                    state = states[k] = RowState(True, states[k].columns)
+                    dirty[k] = pos
+                    out.append(DeletedRecord(change.relation, state.columns))
+                    items.append((_DELETE, rel_id, state.columns))
             else:  # an update that moves the row to another key
                 def load(relation: RelationName, key: str, rel_id=rel_id) -> RowState | None:
                     return states[(rel_id, key)]

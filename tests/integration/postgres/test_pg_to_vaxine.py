@@ -134,11 +134,15 @@ def test_vaxine_down_holds_the_slot_then_everything_arrives_once(source_db, vaxi
         held = db.confirmed_flush_lsn()
 
         vaxine.stop()
+        # Nothing written from here on may be acknowledged while Vaxine is down. (Only
+        # positions before this point may still be confirmed: e.g. an empty transaction of
+        # autovacuum's, which has nothing to write.)
+        boundary = Lsn.parse(db.current_lsn())
         for i in range(1, 6):
             db.execute("INSERT INTO items VALUES (%s, 'during')", (i,))
         wait_until(lambda: c.status()["sink_retrying"], what="retrying")
         gevent.sleep(2.5)  # > 2 status intervals
-        assert db.confirmed_flush_lsn() == held
+        assert Lsn.parse(db.confirmed_flush_lsn()) <= boundary
 
         vaxine = EmbeddedVaxine(vaxine_dir, api_port=api_port, replication_port=repl_port).start()
         wait_until(lambda: c.status()["transactions_written"] == 6, timeout=20, what="catch-up")

@@ -519,6 +519,23 @@ def test_update_delete_and_empty_transaction():
     assert a2.transaction.changes == [] and a2.transaction.lsn == b"2"
 
 
+def test_an_update_keeps_its_old_row_only_when_it_has_every_column():
+    s = incoming_active()
+    rx(s, relation_msg(rel_id=0, schema="public", table="entries",
+                       cols=("id", "content", "content_b")))
+
+    def update(old):
+        op = pb.SatTransOp(update=pb.SatOpUpdate(relation_id=0, row_data=[b"u", b"x", b"y"],
+                                                 old_row_data=old))
+        (action,) = rx(s, pb.SatOpLog(ops=[op_begin(b"1"), op, op_commit()]))
+        return action.transaction.changes[0].old_record
+
+    # whole: per-column merge may compare with it
+    assert update([b"u", b"x0", b"y"]) == {"id": "u", "content": "x0", "content_b": "y"}
+    # a NULL left out shifts the rest: not trusted, the update writes every column
+    assert update([b"u", b"y"]) is None
+
+
 def test_oplog_ignored_when_incoming_not_active():
     s = authed()  # REQUESTED, client has not answered
     rx(s, relation_msg())

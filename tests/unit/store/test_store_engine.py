@@ -97,12 +97,16 @@ def test_rows_in_one_batch_see_earlier_writes_of_the_batch(engine):
 def test_truncate_deletes_rows_present_then_and_later_inserts_survive(engine):
     engine.commit_batch([([NewRecord(REL, {"id": str(i)}) for i in range(3)]
                           + [NewRecord(OTHER, {"a": "1", "b": "2"})], None, None, None)], pks)
+    engine.commit_batch([([DeletedRecord(REL, {"id": "2"})], None, None, None)], pks)
     engine.commit_batch([
         ([NewRecord(REL, {"id": "9"})], None, None, None),  # same batch, before the truncate
         ([TruncatedRelation(REL)], None, None, None),
         ([NewRecord(REL, {"id": "1", "v": "new"})], None, None, None),
     ], pks)
-    assert read_all(engine.path)[2][1] == [TruncatedRelation(REL)]
+    log = read_all(engine.path)
+    # the rows present at that point, as deletes (not the one already deleted)
+    assert log[3][1] == [DeletedRecord(REL, {"id": str(i)}) for i in ("0", "1", "9")]
+    assert log[4][1] == [UpdatedRecord(REL, {"id": "1", "v": "new"})]
     reader = Reader(engine.path)
     snapshot = [c for _, part in reader.snapshot() for c in part]
     reader.close()

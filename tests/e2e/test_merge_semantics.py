@@ -1,0 +1,77 @@
+"""Conflict semantics end to end (two stock Postgres 15, Electric as a process, embedded
+store): concurrent updates of different columns keep both, TRUNCATE replicates as the
+deletion of the rows present then, and a concurrent insert elsewhere survives it."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.e2e.test_publisher_scenarios import (  # noqa: F401 - fixtures
+    dbs,
+    disable_subscription,
+    pair,
+    written,
+)
+from tests.support.postgres import query, wait_rows
+
+
+def test_concurrent_updates_of_different_columns_keep_both(pair):  # noqa: F811
+    electric, a, b, db = pair
+    row = str(uuid.uuid4())
+    # entries_default is created with the default replica identity; Electric made it FULL
+    assert query(a, db, "SELECT relreplident FROM pg_class WHERE relname = 'entries_default'"
+                 ) == [("f",)]
+    query(a, db, "INSERT INTO entries_default (id, content, content_b) VALUES (%s, 'x0', 'y0')",
+          (row,))
+    wait_rows(b, db, "SELECT content, content_b FROM entries_default", [("x0", "y0")])
+    disable_subscription(a, db, "pg_a")
+    disable_subscription(b, db, "pg_b")
+    before = {name: written(electric, name) for name in ("pg_a", "pg_b")}
+    query(a, db, "UPDATE entries_default SET content = 'x from a' WHERE id = %s", (row,))
+    query(b, db, "UPDATE entries_default SET content_b = 'y from b' WHERE id = %s", (row,))
+    for name in ("pg_a", "pg_b"):
+        electric.wait_for(lambda n=name: written(electric, n) > before[n],
+                          what=f"{name}'s update in the store")
+    query(a, db, "ALTER SUBSCRIPTION pg_a ENABLE")
+    query(b, db, "ALTER SUBSCRIPTION pg_b ENABLE")
+    for pg in (a, b):
+        wait_rows(pg, db, "SELECT content, content_b FROM entries_default WHERE id = %s",
+                  [("x from a", "y from b")], args=(row,))
+
+
+def test_the_same_column_updated_on_both_sides_converges_to_the_later_write(pair):  # noqa: F811
+    electric, a, b, db = pair
+    row = str(uuid.uuid4())
+    query(a, db, "INSERT INTO entries_default (id, content) VALUES (%s, 'v0')", (row,))
+    wait_rows(b, db, "SELECT content FROM entries_default", [("v0",)])
+    disable_subscription(a, db, "pg_a")
+    disable_subscription(b, db, "pg_b")
+    before = written(electric, "pg_a")
+    query(a, db, "UPDATE entries_default SET content = 'first' WHERE id = %s", (row,))
+    electric.wait_for(lambda: written(electric, "pg_a") > before, what="a's update stored")
+    before = written(electric, "pg_b")
+    query(b, db, "UPDATE entries_default SET content = 'second' WHERE id = %s", (row,))
+    electric.wait_for(lambda: written(electric, "pg_b") > before, what="b's update stored")
+    query(a, db, "ALTER SUBSCRIPTION pg_a ENABLE")
+    query(b, db, "ALTER SUBSCRIPTION pg_b ENABLE")
+    for pg in (a, b):
+        wait_rows(pg, db, "SELECT content FROM entries_default WHERE id = %s", [("second",)],
+                  args=(row,))
+
+
+def test_truncate_replicates_and_a_concurrent_insert_elsewhere_survives(pair):  # noqa: F811
+    electric, a, b, db = pair
+    query(a, db, "INSERT INTO entries (id, content) SELECT gen_random_uuid(), 'r' || g "
+                 "FROM generate_series(1, 50) g")
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(50,)])
+    disable_subscription(b, db, "pg_b")
+    before = written(electric, "pg_a")
+    query(a, db, "TRUNCATE entries")
+    electric.wait_for(lambda: written(electric, "pg_a") > before, what="the truncate stored")
+    survivor = str(uuid.uuid4())
+    query(b, db, "INSERT INTO entries (id, content) VALUES (%s, 'inserted on b')", (survivor,))
+    wait_rows(a, db, "SELECT id::text, content FROM entries", [(survivor, "inserted on b")])
+    query(b, db, "ALTER SUBSCRIPTION pg_b ENABLE")
+    for pg in (a, b):
+        wait_rows(pg, db, "SELECT id::text, content FROM entries",
+                  [(survivor, "inserted on b")])
