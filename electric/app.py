@@ -277,6 +277,7 @@ class Application:
                 cfg.name, cfg.dsn(), s.postgres_publication, s.postgres_slot, self.registry,
                 sink=lambda tx, name=cfg.name: self.write_transaction(tx, name),
                 reader_options=reader_options,
+                sync_state=_StoreSyncState(self.store) if self.store is not None else None,
             )
             self.connectors[cfg.name] = connector
             self.connector_locks[cfg.name] = BoundedSemaphore()
@@ -355,6 +356,24 @@ class Application:
                 if job not in done:
                     logger.warning(f"closing {name} did not finish in time; moving on")
         logger.info("Electric stopped")
+
+
+class _StoreSyncState:
+    """Initial-sync progress of each connector, kept in the store it copies into. A store
+    with no record and no transaction at all was wiped (or never had this connector's rows):
+    that counts as an unfinished copy, so the connector copies its rows again."""
+
+    def __init__(self, store: LocalStore):
+        self.store = store
+
+    def get(self, connector: str) -> str | None:
+        state = self.store.get_meta(f"initial_sync:{connector}")
+        if state is None and self.store.committed == 0:
+            return "started:empty store"
+        return state
+
+    def put(self, connector: str, state: str) -> None:
+        self.store.put_meta(f"initial_sync:{connector}", state)
 
 
 def _satellite_stream(store: LocalStore, start):

@@ -29,7 +29,7 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import RelationName, Table
-from electric.postgres import green
+from electric.postgres import green, initial_sync
 from electric.postgres import provision as pv
 from electric.postgres.source import Backoff, Sink, SourceReader, _describe
 from electric.schema import SchemaRegistry
@@ -59,6 +59,7 @@ class Connector:
         sink: Sink,
         *,
         after_provision: Callable[[Connector], None] | None = None,
+        sync_state: initial_sync.SyncState | None = None,
         retry_min: float = 1.0,
         retry_max: float = 10.0,
         reader_options: dict[str, Any] | None = None,
@@ -70,6 +71,10 @@ class Connector:
         self.registry = registry
         self.sink = sink
         self.after_provision = after_provision
+        # With a place to remember its progress, a connector copies its existing rows into
+        # the log when it creates its slot (initial_sync.py); without one it only streams.
+        self.sync_state = sync_state
+        self.sync = initial_sync.Progress()
         self.retry = Backoff(retry_min, retry_max)
         self.reader_options = dict(reader_options or {})
         self.log = logger.bind(origin=name)
@@ -126,6 +131,7 @@ class Connector:
             "blocked_lsn": reader.get("blocked_lsn"),
             "reconnects": reader.get("reconnects", 0),
             "last_error": reader.get("last_error") or self.last_error,
+            "initial_sync": self.sync.as_dict(),
         }
 
     def connect(self) -> Any:
@@ -139,12 +145,33 @@ class Connector:
         conn = self.connect()
         try:
             result = pv.provision(
-                conn, publication=self.publication, slot=self.slot, origin=self.name
+                conn, publication=self.publication, slot=self.slot, origin=self.name,
+                create_slot=self.sync_state is None,
             )
+            self._apply(result)
+            if self.sync_state is not None:
+                self._initial_sync(conn, result)
         finally:
             conn.close()
-        self._apply(result)
         return result
+
+    def _initial_sync(self, conn: Any, result: pv.ProvisionResult) -> None:
+        """Create the slot with a snapshot and copy the existing rows, when this connector's
+        slot is new, or when a copy was started but never finished (then the slot goes and
+        the copy starts again: the stream must begin exactly where the copy's snapshot
+        does)."""
+        state = self.sync_state.get(self.name)
+        unfinished = state is not None and state.startswith("started")
+        if result.slot_exists and not unfinished:
+            if self.sync.state == "pending":
+                self.sync.state = "done" if state == "done" else "skipped"
+            return
+        if result.slot_exists:
+            self.log.warning("initial sync of {} was interrupted; starting it again", self.name)
+            initial_sync.drop_slot(conn, self.slot)
+        self.sync = initial_sync.Progress()
+        initial_sync.run(plain_dsn(self.dsn), self.slot, list(self.tables.values()),
+                         self.sink, self.sync_state, self.name, self.sync)
 
     # -- lifecycle ----------------------------------------------------------------------
 

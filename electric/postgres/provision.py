@@ -73,6 +73,7 @@ class ProvisionResult:
     encoding: str  # Python codec for the database encoding (pgoutput sends text in it)
     server_version: int
     created: list[str] = field(default_factory=list)  # what this run created, for the log
+    slot_exists: bool = True  # False only when asked not to create it (initial sync does)
 
 
 @contextmanager
@@ -160,8 +161,9 @@ def ensure_publication(conn: Any, publication: str) -> bool:
     return False
 
 
-def ensure_slot(conn: Any, slot: str) -> bool:
-    """Create the logical ``pgoutput`` slot when absent, verify it otherwise."""
+def ensure_slot(conn: Any, slot: str, create: bool = True) -> bool:
+    """Create the logical ``pgoutput`` slot when absent (unless ``create`` is false), verify
+    it otherwise. True when it was absent."""
     row = _one(
         conn,
         "SELECT slot_type, plugin, database, pg_catalog.current_database() "
@@ -169,6 +171,8 @@ def ensure_slot(conn: Any, slot: str) -> bool:
         (slot,),
     )
     if row is None:
+        if not create:
+            return True
         try:
             _one(
                 conn,
@@ -374,9 +378,13 @@ def python_encoding(conn: Any) -> str:
 
 
 def provision(
-    conn: Any, *, publication: str, slot: str, origin: str | None = None
+    conn: Any, *, publication: str, slot: str, origin: str | None = None,
+    create_slot: bool = True,
 ) -> ProvisionResult:
-    """Run the whole provisioning sequence (see the module docstring). Idempotent."""
+    """Run the whole provisioning sequence (see the module docstring). Idempotent.
+
+    With ``create_slot`` false a missing slot is left to the caller (initial sync creates
+    it with a snapshot) and reported as ``slot_exists = False``."""
     if not conn.autocommit:
         conn.autocommit = True
     check_wal_level(conn)
@@ -385,7 +393,8 @@ def provision(
         created.append("schema electric")
     if ensure_publication(conn, publication):
         created.append(f"publication {publication}")
-    if ensure_slot(conn, slot):
+    slot_absent = ensure_slot(conn, slot, create=create_slot)
+    if slot_absent and create_slot:
         created.append(f"slot {slot}")
     tables, without_pk = read_tables(conn, publication, origin=origin)
     tables = ensure_full_identity(conn, tables, origin=origin)
@@ -397,6 +406,7 @@ def provision(
         encoding=python_encoding(conn),
         server_version=conn.server_version,
         created=created,
+        slot_exists=not (slot_absent and not create_slot),
     )
 
 

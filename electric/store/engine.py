@@ -380,6 +380,13 @@ class Engine:
             raise RuntimeError("no big transaction is open")
         return self._big
 
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     # ------------------------------------------------------------------ maintenance
 
     def compact_log(self, retain_changes: int, step_changes: int = 100_000) -> int:

@@ -350,6 +350,17 @@ class LocalStore:
         self.stats["snapshots_served"] += 1
         return Snapshot(self)
 
+    # ------------------------------------------------------------------ small durable facts
+
+    def get_meta(self, key: str) -> str | None:
+        with self._write_lock:
+            return self._in_thread(self.engine.get_meta, key)
+
+    def put_meta(self, key: str, value: str) -> None:
+        """Durable once it returns (its own SQLite transaction)."""
+        with self._write_lock:
+            self._in_thread(self.engine.put_meta, key, value)
+
     # ------------------------------------------------------------------ operator surface
 
     def status(self) -> dict[str, Any]:
