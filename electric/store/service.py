@@ -329,6 +329,12 @@ class LocalStore:
         """``(transaction, position)`` for every transaction after ``after``, then each new
         one as it commits. Never ends by itself; close the generator to stop."""
         pos = after
+        if after == 0 and self.engine.log_changes > self.engine.row_count:
+            # A new reader: the rows as they are now cost less than the history that made
+            # them, and end in the same state.
+            snapshot = self.snapshot()
+            yield snapshot.transaction(), snapshot.pos
+            pos = snapshot.pos
         while not self._closed:
             committed_event = self._commit_event
             if pos >= self.committed:

@@ -167,3 +167,15 @@ def test_a_reader_older_than_the_compacted_log_gets_a_snapshot_then_the_rest(tmp
     assert store.status()["snapshots_served"] == 1
     stream.close()
     store.close()
+
+
+def test_a_new_reader_gets_the_rows_instead_of_a_longer_history(store):
+    positions = [store.write(tx(ins(1, v=str(i)))) for i in range(5)]  # one row, 5 versions
+    positions.append(store.write(tx(ins(2))))
+    [(snap, pos)] = take(store.stream(0), 1)
+    assert pos == store.committed == positions[-1]
+    assert sorted((c.record["id"], c.record.get("v")) for c in snap.changes) == [
+        ("1", "4"), ("2", None)]
+    # a reader with a position still gets the log itself
+    [(nxt, nxt_pos)] = take(store.stream(positions[-2]), 1)
+    assert nxt_pos == positions[-1] and nxt.changes[0].record["id"] == "2"
