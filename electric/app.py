@@ -342,6 +342,7 @@ class _MigrationTarget:
         self.app = app
         self.connector = connector
         self.name = connector.name
+        self._held_before = True
 
     def is_ready(self) -> bool:
         return self.connector.is_ready()
@@ -350,7 +351,15 @@ class _MigrationTarget:
         return plain_dsn(self.connector.dsn)
 
     def pause(self) -> None:
-        self.app.publisher.hold(self.name)
+        publisher = self.app.publisher
+        # A stream still held by an unfinished subscription set-up must stay held.
+        self._held_before = publisher.status().get(self.name, {"held": True})["held"]
+        publisher.hold(self.name)
+
+    def release(self) -> None:
+        """Undo pause() when the schema did not change: the session goes on as it was."""
+        if not self._held_before:
+            self.app.publisher.release(self.name)
 
     def resume(self) -> None:
         """Runs under the connector's lock (held by the migrations API). Never raises: if the

@@ -37,7 +37,6 @@ DEV_USER, DEV_PASSWORD, DEV_DATABASE = "electric", "password", "electric"
 DEV_SCHEMA_SQL = MIGRATIONS_DDL + """
 INSERT INTO electric.migrations (version, hash) VALUES ('1', 'initial')
     ON CONFLICT (version) DO NOTHING;
-ALTER ROLE CURRENT_USER SET search_path = public;
 CREATE TABLE IF NOT EXISTS public.entries (
     id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     content VARCHAR(64) NOT NULL,
@@ -257,6 +256,8 @@ def start_dev_env() -> None:
         if not cluster.is_running():
             cluster.start()
         cluster.create_database()
+        # Not part of DEV_SCHEMA_SQL: tests share clusters and some need the default path.
+        cluster.psql(f"ALTER ROLE {cluster.user} SET search_path = public")
         cluster.psql(DEV_SCHEMA_SQL, database=cluster.database)
         cluster.psql(
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'all_tables')"
