@@ -22,6 +22,7 @@ from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
 from electric.offsets import OffsetFileError, OffsetStore
+from electric.postgres import errors as pg_errors
 from electric.postgres.connector import Connector, plain_dsn
 from electric.postgres.publisher import Publisher, vaxine_stream_opener
 from electric.postgres.subscription import electric_conninfo, subscribe
@@ -292,8 +293,8 @@ class Application:
                     return
                 except (psycopg2.Error, OSError) as exc:
                     delay = next(delays)
-                    log.warning(f"subscription step failed: {str(exc).strip() or exc!r}; "
-                                f"retrying in {delay:.0f}s")
+                    log.warning(f"setting up subscription {connector.name} failed: "
+                                f"{pg_errors.reason(exc)}; retrying in {delay:g} s")
                     gevent.sleep(delay)
 
         self._subscribe_attempts += 1

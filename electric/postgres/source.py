@@ -39,6 +39,7 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.postgres import errors as pg_errors
 from electric.postgres import green, provision
 from electric.postgres import pgoutput as po
 from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
@@ -139,6 +140,8 @@ class SourceReader:
         self.server_wal_end: Lsn | None = None  # from keepalives / XLogData headers
 
         self._delivered_lsn: Lsn | None = None
+        self._streamed = False  # this connection attempt reached streaming
+        self._lost_at: float | None = None  # when a streaming connection was lost
         self._greenlet: Greenlet | None = None
         self._stopping = False
         self._last_read = time.monotonic()
@@ -187,6 +190,7 @@ class SourceReader:
         """Stream until stopped, reconnecting after failures. Runs in its own greenlet."""
         while not self._stopping:
             started = time.monotonic()
+            self._streamed = False
             try:
                 self._stream()
             except GreenletExit:
@@ -229,11 +233,16 @@ class SourceReader:
                         " (terminated it)" if taken else "",
                         delay,
                     )
+                elif self._streamed:
+                    self._lost_at = time.monotonic()
+                    self.log.warning(
+                        "Postgres {} went away ({}); reconnecting in {:g} s",
+                        self.name, pg_errors.reason(exc), delay,
+                    )
                 else:
                     self.log.warning(
-                        "replication connection lost: {}; reconnecting in {:.1f}s",
-                        self.last_error,
-                        delay,
+                        "Postgres {} unreachable ({}); retrying in {:g} s",
+                        self.name, pg_errors.reason(exc), delay,
                     )
                 self.reconnects += 1
                 gevent.sleep(delay)
@@ -474,8 +483,13 @@ class SourceReader:
                 return  # the reader notices on its next read
 
     def _set_connected(self) -> None:
+        self._streamed = True
         if not self.connected:
-            self.log.info("streaming slot {} (publication {})", self.slot, self.publication)
+            away = "" if self._lost_at is None else \
+                f"Postgres {self.name} is back after {time.monotonic() - self._lost_at:.1f} s; "
+            self._lost_at = None
+            self.log.info("{}streaming slot {} (publication {})", away, self.slot,
+                          self.publication)
         self.connected = True
         self.last_error = None if not self.sink_retrying else self.last_error
         self._connected_event.set()

@@ -8,6 +8,7 @@ import time
 
 import gevent
 import pytest
+from loguru import logger
 
 from electric.changes import DeletedRecord, NewRecord, TruncatedRelation, UpdatedRecord
 from electric.postgres.connector import Connector
@@ -233,6 +234,9 @@ def test_reader_resumes_after_terminate_backend(source_db, connector_factory):
 def test_postgres_down_at_start(pg_factory):
     cluster = pg_factory("ingest_down")
     cluster.stop()
+    lines: list[str] = []
+    sink_id = logger.add(lambda m: lines.append(m.record["message"]), level="INFO",
+                         filter=lambda r: r["extra"].get("origin") == "pg_down")
     try:
         sink = CollectingSink()
         c = Connector(
@@ -277,7 +281,15 @@ def test_postgres_down_at_start(pg_factory):
         gevent.sleep(0.5)
         assert [tx.changes[0].record["id"] for tx in sink.transactions] == ["1", "2"]
         c.stop()
+        # One readable line per event, in an operator's words.
+        assert any(line.startswith("Postgres pg_down unreachable (connection refused); "
+                                   "retrying in ") for line in lines), lines
+        went = [line for line in lines if line.startswith("Postgres pg_down went away (")]
+        assert len(went) == 1 and "; reconnecting in " in went[0], lines
+        assert any(line.startswith("Postgres pg_down is back after ") for line in lines), lines
+        assert not [line for line in lines if "Error" in line or "COPY" in line], lines
     finally:
+        logger.remove(sink_id)
         if not cluster.is_running():
             cluster.start()
 
