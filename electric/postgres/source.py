@@ -181,7 +181,10 @@ class SourceReader:
         }
 
     def lag_bytes(self) -> int | None:
-        """WAL the server has produced past our last acknowledgement (as last reported)."""
+        """WAL the server has sent or reported past Electric's last acknowledgement: 0 when
+        every decoded transaction is durable in Vaxine; grows while a backlog drains or the
+        sink is retrying. (WAL Postgres has not decoded yet is not counted: see
+        ``pg_replication_slots`` on the server for that.)"""
         if self.server_wal_end is None or self.last_acked_lsn is None:
             return None
         return max(0, int(self.server_wal_end) - int(self.last_acked_lsn))
@@ -373,6 +376,7 @@ class SourceReader:
             if cur.wal_end:
                 self.server_wal_end = Lsn(cur.wal_end)
             if msg is None:
+                self._ack_idle_position(cur, assembler)
                 # Keepalives are consumed inside read_message and only show in io_timestamp,
                 # which psycopg2 also bumps when it sends feedback: a change that differs
                 # from feedback_timestamp means something was received.
@@ -416,6 +420,21 @@ class SourceReader:
         self.transactions_acked += 1
         if written:
             self.reconnect.reset()
+
+    def _ack_idle_position(self, cur: Any, assembler: TransactionAssembler) -> None:
+        """Nothing to read and no transaction half-received: everything the server has
+        decoded up to its last reported position is either written or of no interest to us
+        (other databases, unpublished tables, checkpoints). Confirm that position, as
+        Postgres' own apply worker does, so the slot releases that WAL and ``lag_bytes``
+        reads 0 when nothing is pending. Every complete transaction was written before
+        this point (``_finish`` returns only once the sink has it)."""
+        end = self.server_wal_end
+        if end is None or assembler.in_transaction or self.sink_retrying:
+            return
+        if self.last_acked_lsn is not None and end <= self.last_acked_lsn:
+            return
+        cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end)
+        self.last_acked_lsn = end
 
     def _write(self, tx: Transaction) -> None:
         """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up).
