@@ -98,7 +98,7 @@ class MigrationsApi:
             # it was, without re-reading the schema or restarting the subscriber's session.
             connector.release()
             if exc.code == "migration_failed":
-                log.warning(exc.message)
+                log.warning(" ".join(exc.message.split()))  # one line; Postgres' has several
             else:
                 log.info(f"migration {migration.vsn} not applied: {exc.message}")
             raise
