@@ -6,12 +6,13 @@ import sys
 import uuid
 
 from electric.devenv import DEV_SCHEMA_SQL
+from tests.support.checkout import clean_env
 from tests.support.electric import ROOT
 from tests.support.postgres import drop_database, query
 
 
 def test_connector_remove_drops_slot_publication_and_subscription(pg_factory,
-                                                                  electric_factory):
+                                                                  electric_factory, tmp_path):
     pg = pg_factory("e2e_a")
     db = f"rm_{uuid.uuid4().hex[:8]}"
     pg.create_database(db)
@@ -22,10 +23,15 @@ def test_connector_remove_drops_slot_publication_and_subscription(pg_factory,
     electric.wait_for(
         lambda: electric.get_json("/api/status")["detail"]["connectors"]["pb"]["subscriber"]
         .get("streaming"), timeout=60, what="subscription streaming")
-    env = {**os.environ, "PYTHONPATH": ROOT, **electric.env}
+    # As the guide shows it: the connector's settings in an ini file.
+    ini = tmp_path / "old-electric.ini"
+    ini.write_text(f"[electric]\nconnectors = pb={pg.url(db)}\npostgres_slot = {slot}\n"
+                   f"postgres-publication = {publication}\n")
+    env = clean_env()
 
     def remove(name: str = "pb") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "electric.cli", "connector", "remove", name],
+        return subprocess.run([sys.executable, os.path.join(ROOT, "bin", "electric"), "--config",
+                               str(ini), "connector", "remove", name],
                               env=env, capture_output=True, text=True, timeout=60)
 
     def objects():
