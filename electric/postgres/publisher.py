@@ -478,6 +478,7 @@ class Publisher:
         finally:
             self._conns.discard(conn)
             if conn.session is not None:
+                self._subscriber_left(conn, "connection closed")
                 conn.session.stop()
             conn.close()
 
@@ -535,6 +536,7 @@ class Publisher:
         elif isinstance(event, wire.HotStandbyFeedback):
             pass  # physical-standby feedback; nothing to do for a logical stream
         elif isinstance(event, wire.CopyDone):
+            self._subscriber_left(conn, "it ended the stream")
             self._end_streaming(conn)
             conn.send(
                 wire.copy_done()
@@ -551,6 +553,7 @@ class Publisher:
         elif isinstance(event, wire.Terminate | wire.CancelRequest):
             # Nothing runs long enough here to be worth cancelling; just close.
             if conn.session is not None:
+                self._subscriber_left(conn, "it disconnected")
                 conn.session.stop()
             conn.close()
         elif isinstance(event, wire.CopyData):
@@ -561,6 +564,15 @@ class Publisher:
             )
         elif isinstance(event, wire.UnsupportedMessage):
             self._on_unsupported_message(conn, event)
+
+    @staticmethod
+    def _subscriber_left(conn: _Conn, how: str) -> None:
+        """One line when a subscriber stops streaming on its own (it reconnects by itself);
+        sessions Electric ends (reset, hand-over, shutdown) are logged where they end."""
+        session = conn.session
+        if session is not None and not session.finished.is_set():
+            session.log.info("Postgres {} stopped streaming from Electric ({})", session.slot,
+                             how)
 
     def _on_unsupported_message(self, conn: _Conn, event: wire.UnsupportedMessage) -> None:
         if conn.proto.phase is wire.Phase.QUERY:
