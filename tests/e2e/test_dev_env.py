@@ -113,5 +113,10 @@ def test_reset_dev_env_leaves_no_stale_rows(tmp_path, checkout):
             stop(electric)
         log = (tmp_path / "electric-2.log").read_text()
         assert "WARNING" not in log, log
+        # Readable at the shipped log level: no reprs with escaped quotes, no Erlang terms.
+        for name in ("electric-1.log", "electric-2.log"):
+            text = (tmp_path / name).read_text()
+            assert "\\'" not in text and "Atom(" not in text, text
+            assert "Starting replication to postgres_1 from 0/0" in text
     finally:
         make("reset_dev_env")
