@@ -16,6 +16,7 @@ unprivileged ``postgres`` account that Debian's package creates.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import pwd
@@ -274,14 +275,37 @@ def stop_dev_env() -> None:
             print(f"stopped postgres on port {cluster.port}")
 
 
-def reset_dev_env() -> None:
+DEV_OFFSET_FILE = os.path.join(DEV_ROOT, "offset_storage_data.dat")  # conf/electric.ini
+
+
+def _electric_running_on_dev_data() -> bool:
+    """A running Electric holds an exclusive flock on its offset file."""
+    try:
+        fd = os.open(DEV_OFFSET_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def reset_dev_env() -> int:
     """Stop the clusters and delete .dev_env/: databases, Electric's store and offset file.
 
-    Electric must not be running on the dev config meanwhile (it would keep writing there).
+    Refused while an Electric runs on the dev data (it would go on writing into deleted files).
     """
+    if _electric_running_on_dev_data():
+        print(f"Electric is running on the dev data ({DEV_OFFSET_FILE} is locked): stop it "
+              "first, then run make reset_dev_env again", file=sys.stderr)
+        return 1
     stop_dev_env()
     shutil.rmtree(DEV_ROOT, ignore_errors=True)
     print(f"removed {DEV_ROOT} (dev databases, Electric's store and offset file)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     elif argv == ["stop"]:
         stop_dev_env()
     elif argv in (["reset"], ["destroy"]):
-        reset_dev_env()
+        return reset_dev_env()
     else:
         print("usage: python -m electric.devenv start|stop|reset", file=sys.stderr)
         return 2

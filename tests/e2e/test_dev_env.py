@@ -40,10 +40,11 @@ def test_reset_dev_env_leaves_no_stale_rows(tmp_path, checkout):
         VAXINE_REPLICATION_PORT=str(free_port()))
     dev_root = os.path.join(root, ".dev_env")
 
-    def make(target: str) -> None:
+    def make(target: str, expect: int = 0) -> subprocess.CompletedProcess:
         result = subprocess.run(["make", "--no-print-directory", target], cwd=root, env=env,
                                 capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert (result.returncode == 0) == (expect == 0), result.stdout + result.stderr
+        return result
 
     def sql(port: int, query: str):
         with psycopg2.connect(host="127.0.0.1", port=port, user="electric",
@@ -92,6 +93,11 @@ def test_reset_dev_env_leaves_no_stale_rows(tmp_path, checkout):
                 sql(pg_ports[0], f"INSERT INTO entries (content) VALUES ('old {i}')")
             wait_until(lambda: len(entries(pg_ports[1])) == 3, timeout=30,
                        what="old rows replicated")
+            # Not while Electric runs on the dev data: refused, nothing deleted.
+            refused = make("reset_dev_env", expect=1)
+            assert "stop it first" in refused.stderr
+            assert os.path.isdir(os.path.join(dev_root, "vaxine_data"))
+            assert len(entries(pg_ports[1])) == 3
         finally:
             stop(electric)
         assert os.path.isdir(os.path.join(dev_root, "vaxine_data"))
