@@ -1,4 +1,4 @@
-"""conf/electric.service passes `systemd-analyze verify` with the paths of this checkout."""
+"""conf/electric.service passes `systemd-analyze verify`, installed over a clean checkout."""
 
 import os
 import shutil
@@ -6,18 +6,19 @@ import subprocess
 
 import pytest
 
-from tests.support.electric import ROOT
+from tests.support.checkout import clean_checkout
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze not installed (.ci/run installs the systemd package)")
 def test_systemd_unit_verifies(tmp_path):
-    with open(os.path.join(ROOT, "conf", "electric.service")) as fh:
+    root = clean_checkout(str(tmp_path / "electric"))
+    with open(os.path.join(root, "conf", "electric.service")) as fh:
         unit = fh.read()
     assert "ExecStart=/opt/electric/bin/electric --config /etc/electric/electric.ini" in unit
-    # The unit as installed on a host with the checkout in /opt/electric; here, this checkout.
-    unit = unit.replace("/etc/electric/electric.ini", os.path.join(ROOT, "conf", "electric.ini"))
-    unit = unit.replace("/opt/electric", ROOT)
+    # The unit as installed on a host with the checkout in /opt/electric; here, a clean copy.
+    unit = unit.replace("/etc/electric/electric.ini", os.path.join(root, "conf", "electric.ini"))
+    unit = unit.replace("/opt/electric", root)
     path = tmp_path / "electric.service"
     path.write_text(unit)
     result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
