@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/*.proto)
 PB_OUT := electric/pb
 
-.PHONY: help deps compile tests dev lint chaos bench start_dev_env stop_dev_env shell apply_migration
+.PHONY: help deps compile tests dev lint chaos bench start_dev_env stop_dev_env reset_dev_env shell apply_migration
 
 help:
 	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +42,9 @@ start_dev_env: $(STAMP) ## two local Postgres clusters on 54321 and 54322 (no Do
 
 stop_dev_env: ## stop the dev clusters
 	$(PY) -m electric.devenv stop
+
+reset_dev_env: ## stop the dev clusters and delete .dev_env/ (databases, Electric's dev store and offset file)
+	$(PY) -m electric.devenv reset
 
 shell: compile ## run Electric in the foreground against the dev env, embedded Vaxine
 	bin/electric --config conf/electric.ini

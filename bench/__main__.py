@@ -180,6 +180,8 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
     with open(os.path.join(out_dir, "results.md"), "w") as fh:
         fh.write(report.markdown(results))
     log(f"wrote {out_dir}/results.md, results.json, {', '.join(written)}")
+    if os.path.abspath(out_dir) == os.path.join(HERE, "results") and results["meta"]["mode"] == "full":
+        report.update_readme(results, os.path.join(os.path.dirname(HERE), "README.md"))
     return results
 
 
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         report.plots(results, args.render)
         with open(os.path.join(args.render, "results.md"), "w") as fh:
             fh.write(report.markdown(results))
+        if os.path.abspath(args.render) == os.path.join(HERE, "results"):
+            report.update_readme(results, os.path.join(os.path.dirname(HERE), "README.md"))
         return 0
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     only = {s.strip() for s in args.only.split(",") if s.strip()}

@@ -293,3 +293,45 @@ def plots(results: dict, out_dir: str) -> list[str]:
         ax2.legend(loc="lower right", fontsize=7)
         save(fig, "fanout.png")
     return written
+
+
+# -- the README's known-limits figures ----------------------------------------------------
+
+README_BEGIN = "<!-- known-limits: generated from bench/results/results.json by bench.report -->"
+README_END = "<!-- end of generated known-limits -->"
+
+
+def readme_limits(results: dict) -> str:
+    """The throughput/latency bullet of the README's known limits, from ``results``."""
+    meta = results["meta"]
+    tp = results["throughput"]["electric"]["total"]["rows_per_s"]
+    native = results["throughput"]["native"]["total"]["rows_per_s"]
+    at_200 = next(r for r in results["latency"]["electric"] if r["offered_tx_per_s"] == 200)
+    catch_up = results["catch_up"]["electric"]
+    ingest = results.get("satellite_ingest") or []
+    satellite = ""
+    if ingest:
+        satellite = (f" Satellite clients get {_fmt(ingest[0]['acked_tx_per_s'])} "
+                     f"single-row tx/s acknowledged with {ingest[0]['clients']} client.")
+    return (
+        f"* **Throughput.** Through Electric with the embedded Vaxine, PG→PG bulk replication "
+        f"runs at {_fmt(tp)} rows/s on {meta['cpus']} cores, {_fmt(100 * tp / native, ' %')} "
+        f"of native logical replication on the same machine ({_fmt(native)} rows/s). Latency "
+        f"at 200 tx/s: p99 {_fmt(at_200['p99_ms'], ' ms')} commit to visible; a "
+        f"10×{catch_up['rows'] // 10:,}-row catch-up takes {_fmt(catch_up['seconds'], ' s')}."
+        f"{satellite} The embedded store's Python write path is the main cost. (Run of "
+        f"{meta['started']}; `make bench` regenerates these figures.)"
+    )
+
+
+def update_readme(results: dict, readme: str) -> bool:
+    """Replace the generated block of ``readme``; False when it has no such block."""
+    with open(readme, encoding="utf-8") as fh:
+        text = fh.read()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    block = f"{README_BEGIN}\n{readme_limits(results)}\n"
+    with open(readme, "w", encoding="utf-8") as fh:
+        fh.write(text[:start] + block + text[end:])
+    return True

@@ -21,6 +21,7 @@ from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
 from electric.offsets import OffsetFileError, OffsetStore
+from electric.postgres import errors as pg_errors
 from electric.postgres.connector import Connector, plain_dsn
 from electric.postgres.publisher import Publisher, vaxine_stream_opener
 from electric.postgres.subscription import electric_conninfo, subscribe
@@ -321,8 +322,8 @@ class Application:
                     return
                 except (psycopg2.Error, OSError) as exc:
                     delay = next(delays)
-                    log.warning(f"subscription step failed: {str(exc).strip() or exc!r}; "
-                                f"retrying in {delay:.0f}s")
+                    log.warning(f"setting up subscription {connector.name} failed: "
+                                f"{pg_errors.reason(exc)}; retrying in {delay:g} s")
                     gevent.sleep(delay)
 
         self._subscribe_attempts += 1
@@ -416,6 +417,7 @@ class _MigrationTarget:
         self.app = app
         self.connector = connector
         self.name = connector.name
+        self._held_before = True
 
     def is_ready(self) -> bool:
         return self.connector.is_ready()
@@ -424,7 +426,15 @@ class _MigrationTarget:
         return plain_dsn(self.connector.dsn)
 
     def pause(self) -> None:
-        self.app.publisher.hold(self.name)
+        publisher = self.app.publisher
+        # A stream still held by an unfinished subscription set-up must stay held.
+        self._held_before = publisher.status().get(self.name, {"held": True})["held"]
+        publisher.hold(self.name)
+
+    def release(self) -> None:
+        """Undo pause() when the schema did not change: the session goes on as it was."""
+        if not self._held_before:
+            self.app.publisher.release(self.name)
 
     def resume(self) -> None:
         """Runs under the connector's lock (held by the migrations API). Never raises: if the

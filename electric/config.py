@@ -10,11 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import configargparse
 from psycopg2.extensions import make_dsn
+
+from electric.cli_parser import (
+    ConfigFileProblem,
+    ElectricArgParser,
+    HelpFormatter,
+    check_config_file,
+)
 
 DEFAULT_CONNECTOR_TIMEOUT_MS = 5000
 SECRET_SETTINGS = ("satellite_auth_signing_key",)
@@ -185,15 +193,18 @@ def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def build_parser(prog: str = "electric") -> configargparse.ArgParser:
-    parser = configargparse.ArgParser(
+def build_parser(prog: str = "electric") -> ElectricArgParser:
+    parser = ElectricArgParser(
         prog=prog,
         description="Electric: active-active replication between Postgres and Satellite clients.",
         config_file_parser_class=configargparse.ConfigparserConfigFileParser,
-        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         args_for_setting_config_path=["-c", "--config"],
-        config_arg_help_message="ini file with settings (section [electric])",
+        config_arg_help_message="ini file with settings (section [electric]; keys are the flag "
+                                "names without the leading dashes, e.g. status-port or status_port)",
         ignore_unknown_config_file_keys=False,
+        add_config_file_help=False,
+        add_env_var_help=False,
     )
     for flag, env, default, _kind, help_text in OPTIONS:
         parser.add_argument(
@@ -280,8 +291,13 @@ def _convert(env: str, value: object, kind: object) -> object:
 
 def load(argv: list[str] | None = None, env: dict[str, str] | None = None,
          parser: configargparse.ArgParser | None = None) -> configargparse.Namespace:
-    """Parse and validate settings. Raises ConfigError; argparse errors exit(2) themselves."""
+    """Parse and validate settings. Raises ConfigError; argparse errors exit(2) themselves
+    with one line."""
     parser = parser or build_parser()
+    try:
+        check_config_file(list(argv if argv is not None else sys.argv[1:]), parser)
+    except ConfigFileProblem as exc:
+        raise ConfigError("--config", str(exc)) from None
     ns = parser.parse_args(args=argv, env_vars=env) if env is not None else parser.parse_args(argv)
     return validate(ns)
 

@@ -1,9 +1,14 @@
 """Throwaway PostgreSQL clusters for development and tests (initdb + pg_ctl, no Docker).
 
 ``python -m electric.devenv start`` (``make start_dev_env``) brings up the two dev clusters
-that ``conf/electric.ini`` points at: ports 54321 and 54322, user ``electric`` / password
-``password``, database ``electric``, ``wal_level=logical``, provisioned like the reference's dev
-databases. The test suite uses the same ``PgCluster`` class on free ports in temp dirs.
+that ``conf/electric.ini`` points at: ports 54321 and 54322 (``DEV_ENV_PORTS=p1,p2`` moves
+them), user ``electric`` / password ``password``, database ``electric``,
+``wal_level=logical``, provisioned like the reference's dev databases. The role's
+``search_path`` is ``public``: with the default ``"$user", public`` a role named ``electric``
+would create unqualified tables in Electric's bookkeeping schema, where they never replicate.
+``stop`` stops them; ``reset`` (``make reset_dev_env``) stops them and deletes ``.dev_env/``:
+the clusters and Electric's dev data (store and offset file, see ``conf/electric.ini``).
+The test suite uses the same ``PgCluster`` class on free ports in temp dirs.
 
 Postgres refuses to run as root, so when we are root the server (and initdb) run as the
 unprivileged ``postgres`` account that Debian's package creates.
@@ -11,6 +16,7 @@ unprivileged ``postgres`` account that Debian's package creates.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import pwd
@@ -26,6 +32,7 @@ from electric.postgres.provision import MIGRATIONS_DDL
 SERVER_USER = "postgres"
 DEV_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".dev_env")
 DEV_PORTS = (54321, 54322)
+DEV_PORTS_VAR = "DEV_ENV_PORTS"
 DEV_USER, DEV_PASSWORD, DEV_DATABASE = "electric", "password", "electric"
 
 DEV_SCHEMA_SQL = MIGRATIONS_DDL + """
@@ -224,9 +231,23 @@ def new_cluster(name: str, port: int | None = None, root: str | None = None,
 
 # -- make start_dev_env / stop_dev_env ------------------------------------------------------
 
+def dev_ports() -> tuple[int, ...]:
+    raw = os.environ.get(DEV_PORTS_VAR, "")
+    if not raw:
+        return DEV_PORTS
+    try:
+        ports = tuple(int(p) for p in raw.split(","))
+    except ValueError:
+        raise SystemExit(f"{DEV_PORTS_VAR} must be two comma-separated ports, not {raw!r}") \
+            from None
+    if len(ports) != 2:
+        raise SystemExit(f"{DEV_PORTS_VAR} must be two comma-separated ports, not {raw!r}")
+    return ports
+
+
 def _dev_clusters() -> list[PgCluster]:
     return [PgCluster(root=os.path.join(DEV_ROOT, f"pg_{i + 1}"), port=port)
-            for i, port in enumerate(DEV_PORTS)]
+            for i, port in enumerate(dev_ports())]
 
 
 def start_dev_env() -> None:
@@ -236,6 +257,8 @@ def start_dev_env() -> None:
         if not cluster.is_running():
             cluster.start()
         cluster.create_database()
+        # Not part of DEV_SCHEMA_SQL: tests share clusters and some need the default path.
+        cluster.psql(f"ALTER ROLE {cluster.user} SET search_path = public")
         cluster.psql(DEV_SCHEMA_SQL, database=cluster.database)
         cluster.psql(
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'all_tables')"
@@ -252,17 +275,49 @@ def stop_dev_env() -> None:
             print(f"stopped postgres on port {cluster.port}")
 
 
+DEV_OFFSET_FILE = os.path.join(DEV_ROOT, "offset_storage_data.dat")  # conf/electric.ini
+
+
+def _electric_running_on_dev_data() -> bool:
+    """A running Electric holds an exclusive flock on its offset file."""
+    try:
+        fd = os.open(DEV_OFFSET_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def reset_dev_env() -> int:
+    """Stop the clusters and delete .dev_env/: databases, Electric's store and offset file.
+
+    Refused while an Electric runs on the dev data (it would go on writing into deleted files).
+    """
+    if _electric_running_on_dev_data():
+        print(f"Electric is running on the dev data ({DEV_OFFSET_FILE} is locked): stop it "
+              "first, then run make reset_dev_env again", file=sys.stderr)
+        return 1
+    stop_dev_env()
+    shutil.rmtree(DEV_ROOT, ignore_errors=True)
+    print(f"removed {DEV_ROOT} (dev databases, Electric's store and offset file)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["start"]:
         start_dev_env()
     elif argv == ["stop"]:
         stop_dev_env()
-    elif argv == ["destroy"]:
-        stop_dev_env()
-        shutil.rmtree(DEV_ROOT, ignore_errors=True)
+    elif argv in (["reset"], ["destroy"]):
+        return reset_dev_env()
     else:
-        print("usage: python -m electric.devenv start|stop|destroy", file=sys.stderr)
+        print("usage: python -m electric.devenv start|stop|reset", file=sys.stderr)
         return 2
     return 0
 

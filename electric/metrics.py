@@ -47,8 +47,16 @@ class StatusCollector:
                                    "1 when the source reader streams from Postgres",
                                    labels=["connector"])
         lag = GaugeMetricFamily("electric_source_lag_bytes",
-                                "Source WAL produced past Electric's last acknowledgement",
+                                "Source WAL sent or reported past Electric's last "
+                                "acknowledgement (0 when nothing is pending)",
                                 labels=["connector"])
+        blocked = GaugeMetricFamily("electric_source_blocked",
+                                    "1 while a source transaction cannot be written (held, "
+                                    "retried; see blocked_lsn in /api/status)",
+                                    labels=["connector"])
+        retrying = GaugeMetricFamily("electric_source_write_retrying",
+                                     "1 while writing a source transaction into Vaxine fails",
+                                     labels=["connector"])
         reconnects = CounterMetricFamily("electric_source_reconnects",
                                          "Source reader reconnections", labels=["connector"])
         for name, st in sorted(connectors.items()):
@@ -56,7 +64,9 @@ class StatusCollector:
             reader.add_metric([name], float(bool(st.get("reader_connected"))))
             lag.add_metric([name], float(st.get("lag_bytes") or 0))
             reconnects.add_metric([name], float(st.get("reconnects") or 0))
-        yield from (up, reader, lag, reconnects)
+            blocked.add_metric([name], float(st.get("blocked_lsn") is not None))
+            retrying.add_metric([name], float(bool(st.get("sink_retrying"))))
+        yield from (up, reader, lag, reconnects, blocked, retrying)
 
         streaming = GaugeMetricFamily("electric_subscriber_streaming",
                                       "1 while the Postgres subscriber streams from Electric",

@@ -22,7 +22,10 @@ import psycopg2
 from electric.postgres import green
 from electric.schema import Migration
 
-VSN_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # electric.migrations.version is VARCHAR(64)
+# electric.migrations.version is VARCHAR(64). Dashes are allowed (generated names such as
+# 20221110_create-items use them); a leading dash is not (it reads as a flag on a command
+# line), nor dots or slashes (the name is a folder under MIGRATIONS_DIR).
+VSN_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 
 
 class MigrationError(Exception):
@@ -42,7 +45,8 @@ class MigrationFile:
 def check_vsn(vsn: object) -> str:
     if not isinstance(vsn, str) or not VSN_PATTERN.match(vsn):
         raise MigrationError(400, "invalid_vsn",
-                             "vsn must be 1-64 letters, digits and underscores")
+                             "vsn must be 1-64 letters, digits, underscores and dashes "
+                             "(not starting with a dash)")
     return vsn
 
 

@@ -2,8 +2,9 @@
 
 A PUT holds the stream into that connector's Postgres, applies the file in one transaction,
 re-reads the schema and resumes; replication out of that Postgres carries on throughout.
-Whatever happens — success or failure — the stream resumes (on the new schema after success,
-on the old one after a failure). Requests for one connector are serialised with each other
+Whatever happens — success or failure — the stream resumes: on the new schema after success
+(the subscriber's session restarts with fresh table descriptions), unchanged after a failure
+or a version that was already applied (the session goes on; nothing restarts). Requests for one connector are serialised with each other
 and with its subscription set-up; different connectors migrate independently.
 """
 
@@ -32,6 +33,9 @@ class MigratableConnector(Protocol):
 
     def resume(self) -> None:
         """Re-read the schema and release the stream (never raises: retries on its own)."""
+
+    def release(self) -> None:
+        """Release the stream unchanged (the schema did not change)."""
 
 
 class MigrationsApi:
@@ -89,8 +93,19 @@ class MigrationsApi:
         connector.pause()
         try:
             applied = migrations.apply(connector.dsn(), migration)
-            log.info(f"successful migration to version: {migration.vsn} md5: {migration.hash}")
-            return applied
-        finally:
-            # Resume whatever happened: on the new schema, or on the old one after a rollback.
+        except MigrationError as exc:
+            # Nothing changed (rolled back, or already applied): release the held stream as
+            # it was, without re-reading the schema or restarting the subscriber's session.
+            connector.release()
+            if exc.code == "migration_failed":
+                log.warning(" ".join(exc.message.split()))  # one line; Postgres' has several
+            else:
+                log.info(f"migration {migration.vsn} not applied: {exc.message}")
+            raise
+        except BaseException:
+            # Outcome unknown (e.g. the connection broke): resume as after a schema change.
             connector.resume()
+            raise
+        log.info(f"successful migration to version: {migration.vsn} md5: {migration.hash}")
+        connector.resume()  # on the new schema: re-read it, restart the subscriber's session
+        return applied

@@ -29,6 +29,7 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import RelationName, Table
+from electric.postgres import errors as pg_errors
 from electric.postgres import green, initial_sync
 from electric.postgres import provision as pv
 from electric.postgres.source import Backoff, Sink, SourceReader, _describe
@@ -205,7 +206,8 @@ class Connector:
                     self.log.error("cannot provision: {}; retrying in {:.1f}s", exc, delay)
                 elif isinstance(exc, psycopg2.OperationalError | OSError):
                     self.log.warning(
-                        "Postgres unavailable ({}); retrying in {:.1f}s", self.last_error, delay
+                        "Postgres {} unreachable ({}); retrying in {:g} s",
+                        self.name, pg_errors.reason(exc), delay,
                     )
                 else:
                     self.log.error(

@@ -352,6 +352,9 @@ def read_migrations(conn: Any) -> list[Migration]:
     return [Migration(vsn=v, hash=h, applied_at=at) for v, h, at in rows]
 
 
+_warned_search_path: set[str | None] = set()
+
+
 def warn_search_path(conn: Any, origin: str | None = None) -> None:
     """Warn when unqualified tables would be created in the bookkeeping schema.
 
@@ -360,12 +363,14 @@ def warn_search_path(conn: Any, origin: str | None = None) -> None:
     changes to those are never replicated.
     """
     (schemas,) = _one(conn, "SELECT pg_catalog.current_schemas(false)::text[]")
-    if schemas and schemas[0] == ELECTRIC_SCHEMA:
+    if schemas and schemas[0] == ELECTRIC_SCHEMA and origin not in _warned_search_path:
+        _warned_search_path.add(origin)  # once per connector: provisioning re-runs often
         log = logger.bind(origin=origin) if origin else logger
         log.warning(
             "the default schema of this role is '{}' (search_path \"$user\"): unqualified "
             "CREATE TABLE lands in Electric's bookkeeping schema and does not replicate; "
-            "qualify table names or set search_path",
+            "qualify table names or ALTER ROLE ... SET search_path = public (Electric's own "
+            "migration sessions already leave its schema out)",
             ELECTRIC_SCHEMA,
         )
 

@@ -507,6 +507,7 @@ class Publisher:
         finally:
             self._conns.discard(conn)
             if conn.session is not None:
+                self._subscriber_left(conn, "connection closed")
                 conn.session.stop()
             conn.close()
 
@@ -564,6 +565,7 @@ class Publisher:
         elif isinstance(event, wire.HotStandbyFeedback):
             pass  # physical-standby feedback; nothing to do for a logical stream
         elif isinstance(event, wire.CopyDone):
+            self._subscriber_left(conn, "it ended the stream")
             self._end_streaming(conn)
             conn.send(
                 wire.copy_done()
@@ -580,6 +582,7 @@ class Publisher:
         elif isinstance(event, wire.Terminate | wire.CancelRequest):
             # Nothing runs long enough here to be worth cancelling; just close.
             if conn.session is not None:
+                self._subscriber_left(conn, "it disconnected")
                 conn.session.stop()
             conn.close()
         elif isinstance(event, wire.CopyData):
@@ -590,6 +593,15 @@ class Publisher:
             )
         elif isinstance(event, wire.UnsupportedMessage):
             self._on_unsupported_message(conn, event)
+
+    @staticmethod
+    def _subscriber_left(conn: _Conn, how: str) -> None:
+        """One line when a subscriber stops streaming on its own (it reconnects by itself);
+        sessions Electric ends (reset, hand-over, shutdown) are logged where they end."""
+        session = conn.session
+        if session is not None and not session.finished.is_set():
+            session.log.info("Postgres {} stopped streaming from Electric ({})", session.slot,
+                             how)
 
     def _on_unsupported_message(self, conn: _Conn, event: wire.UnsupportedMessage) -> None:
         if conn.proto.phase is wire.Phase.QUERY:
@@ -669,9 +681,9 @@ class Publisher:
     def _on_query(self, conn: _Conn, text: str) -> None:
         cmd = wire.parse_command(text)
         log = logger.bind(origin=conn.app_name or "publisher")
-        # START_REPLICATION at info: operators (and scenario scripts) look for it.
-        level = "INFO" if isinstance(cmd, wire.StartReplication) else "DEBUG"
-        log.log(level, "Query received: {!r}", text)
+        # Debug only: the session start is logged at info in words ("Starting replication
+        # to ... from ..."), and the raw text would be a repr full of escaped quotes.
+        log.debug("query received: {}", " ".join(text.split()))
         if isinstance(cmd, wire.EmptyQuery):
             self._reply(conn, wire.empty_query_response())
         elif isinstance(cmd, wire.SetConfig):

@@ -123,6 +123,7 @@ class SlotEncoder:
         relations: list[pgoutput.Relation] = []
         changes: list[pgoutput.Message] = []
         skipped = 0
+        skipped_tables: set[str] = set()
         pending_announce: dict[RelationName, Table] = {}
         for change in tx.changes:
             rel = tuple(change.relation)
@@ -141,6 +142,7 @@ class SlotEncoder:
                 not table.primary_keys and not isinstance(change, TruncatedRelation)
             ):
                 skipped += 1
+                skipped_tables.add(f"{rel[0]}.{rel[1]}")
                 continue
             message = self._change_message(table, change)
             if message is None:
@@ -149,9 +151,10 @@ class SlotEncoder:
             changes.append(message)
         if skipped:
             self._log.warning(
-                "skipped {} change(s) of a log transaction: table unknown to the registry "
-                "or without a primary key",
+                "skipped {} change(s) of a log transaction for {}: table unknown to this "
+                "Postgres' publication or without a primary key",
                 skipped,
+                ", ".join(sorted(skipped_tables)) or "rows that cannot be identified",
             )
         if not changes:
             return None

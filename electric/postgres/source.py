@@ -40,6 +40,7 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.postgres import errors as pg_errors
 from electric.postgres import green, provision
 from electric.postgres import pgoutput as po
 from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
@@ -161,6 +162,8 @@ class SourceReader:
         self.server_wal_end: Lsn | None = None  # from keepalives / XLogData headers
 
         self._delivered_lsn: Lsn | None = None
+        self._streamed = False  # this connection attempt reached streaming
+        self._lost_at: float | None = None  # when a streaming connection was lost
         self._greenlet: Greenlet | None = None
         self._stopping = False
         self._last_read = time.monotonic()
@@ -200,7 +203,10 @@ class SourceReader:
         }
 
     def lag_bytes(self) -> int | None:
-        """WAL the server has produced past our last acknowledgement (as last reported)."""
+        """WAL the server has sent or reported past Electric's last acknowledgement: 0 when
+        every decoded transaction is durable in Vaxine; grows while a backlog drains or the
+        sink is retrying. (WAL Postgres has not decoded yet is not counted: see
+        ``pg_replication_slots`` on the server for that.)"""
         if self.server_wal_end is None or self.last_acked_lsn is None:
             return None
         return max(0, int(self.server_wal_end) - int(self.last_acked_lsn))
@@ -209,6 +215,7 @@ class SourceReader:
         """Stream until stopped, reconnecting after failures. Runs in its own greenlet."""
         while not self._stopping:
             started = time.monotonic()
+            self._streamed = False
             try:
                 self._stream()
             except GreenletExit:
@@ -251,11 +258,16 @@ class SourceReader:
                         " (terminated it)" if taken else "",
                         delay,
                     )
+                elif self._streamed:
+                    self._lost_at = time.monotonic()
+                    self.log.warning(
+                        "Postgres {} went away ({}); reconnecting in {:g} s",
+                        self.name, pg_errors.reason(exc), delay,
+                    )
                 else:
                     self.log.warning(
-                        "replication connection lost: {}; reconnecting in {:.1f}s",
-                        self.last_error,
-                        delay,
+                        "Postgres {} unreachable ({}); retrying in {:g} s",
+                        self.name, pg_errors.reason(exc), delay,
                     )
                 self.reconnects += 1
                 gevent.sleep(delay)
@@ -400,6 +412,7 @@ class SourceReader:
             if msg is None:
                 if self._in_flight:  # nothing to read: acknowledge what became durable
                     self._drain(cur, wait_all=True)
+                self._ack_idle_position(cur, assembler)
                 # Keepalives are consumed inside read_message and only show in io_timestamp,
                 # which psycopg2 also bumps when it sends feedback: a change that differs
                 # from feedback_timestamp means something was received.
@@ -588,6 +601,23 @@ class SourceReader:
         if reset is not None:
             reset()
 
+    def _ack_idle_position(self, cur: Any, assembler: TransactionAssembler) -> None:
+        """Nothing to read and no transaction half-received: everything the server has
+        decoded up to its last reported position is either written or of no interest to us
+        (other databases, unpublished tables, checkpoints). Confirm that position, as
+        Postgres' own apply worker does, so the slot releases that WAL and ``lag_bytes``
+        reads 0 when nothing is pending. Every complete transaction was written before
+        this point (``_finish`` returns only once the sink has it, and the pipeline of
+        submitted writes has just been drained: with any still in flight, nothing here)."""
+        end = self.server_wal_end
+        if (end is None or assembler.in_transaction or self.sink_retrying or self._in_flight
+                or self._big is not None):
+            return
+        if self.last_acked_lsn is not None and end <= self.last_acked_lsn:
+            return
+        cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end)
+        self.last_acked_lsn = end
+
     def _write(self, tx: Transaction) -> None:
         """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up).
 
@@ -654,8 +684,13 @@ class SourceReader:
                 return  # the reader notices on its next read
 
     def _set_connected(self) -> None:
+        self._streamed = True
         if not self.connected:
-            self.log.info("streaming slot {} (publication {})", self.slot, self.publication)
+            away = "" if self._lost_at is None else \
+                f"Postgres {self.name} is back after {time.monotonic() - self._lost_at:.1f} s; "
+            self._lost_at = None
+            self.log.info("{}streaming slot {} (publication {})", away, self.slot,
+                          self.publication)
         self.connected = True
         self.last_error = None if not self.sink_retrying else self.last_error
         self._connected_event.set()

@@ -80,6 +80,17 @@ def validate_offset(offset: Any) -> Offset:
     raise ValueError(f"not a Vaxine offset {{L, R}} with 0 <= L <= R: {offset!r}")
 
 
+def describe_offset(offset: Any) -> str:
+    """A resume point in an operator's words (never ``Atom('eof')``)."""
+    if offset in (0, None):
+        return "from the start of the log"
+    if offset == "eof":
+        return "from the end of the log (new transactions only)"
+    if isinstance(offset, tuple) and len(offset) == 2:
+        return f"after log offset {offset[0]}/{offset[1]}"
+    return f"after log offset {offset}"
+
+
 def offset_to_bytes(offset: Offset) -> bytes:
     """``term_to_binary({L, R})``, the lsn Electric hands to Satellite clients."""
     return etf.encode(validate_offset(offset))
@@ -287,8 +298,10 @@ class WalStream:
                 self._stream_once()
                 self.log.warning("Vaxine closed the replication stream; reconnecting")
             except (OSError, etf.ETFError, StreamProtocolError, ValueError) as exc:
-                self.log.warning(f"replication stream from {self.host}:{self.port} "
-                                 f"interrupted ({exc!r}); retrying in {backoff:.1f}s")
+                reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) \
+                    else f"{type(exc).__name__}: {exc}"
+                self.log.warning(f"Vaxine replication stream from {self.host}:{self.port} "
+                                 f"interrupted ({reason}); retrying in {backoff:g} s")
             finally:
                 self.connected = False
                 self._drop_socket()
@@ -327,7 +340,7 @@ class WalStream:
                     sock.settimeout(None)  # an idle log is silent for as long as it likes
                     parse_start_response(etf.decode(body), ref)
                     started = self.connected = self._was_streaming = True
-                    self.log.info(f"replication stream started from {resume!r}")
+                    self.log.info(f"replication stream started {describe_offset(resume)}")
                     continue
                 self._on_frame(body)
 

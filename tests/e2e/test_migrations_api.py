@@ -37,6 +37,9 @@ def setup(pg_factory, electric_factory, tmp_path):
     (migrations / "3_broken").mkdir()
     (migrations / "3_broken" / "postgres.sql").write_text(
         "ALTER TABLE entries ADD half varchar(8);\nSELECT * FROM no_such_table;\n")
+    (migrations / "20221110_create-items").mkdir()
+    (migrations / "20221110_create-items" / "postgres.sql").write_text(
+        "CREATE TABLE items (id uuid PRIMARY KEY, label text);\n")
     electric = electric_factory(env={
         "CONNECTORS": f"postgres_1={a.url(db)};postgres_2={b.url(db)}",
         "POSTGRES_SLOT": f"slot_{db}", "MIGRATIONS_DIR": str(migrations)})
@@ -106,6 +109,43 @@ def test_replication_across_schema_versions_and_failed_migration(setup):
               args=(row,))
     assert electric.get_json("/api/status")["connectors"] == {"postgres_1": True,
                                                               "postgres_2": True}
+
+
+def _subscriber(electric, origin):
+    return electric.get_json("/api/status")["detail"]["connectors"][origin]["subscriber"]
+
+
+def test_reapply_or_failure_keeps_the_stream_and_is_logged(setup):
+    electric, a, b, db = setup
+    streaming = lambda: (s := _subscriber(electric, "postgres_1"))["streaming"] and \
+        not s["held"] and s  # noqa: E731
+    assert call(electric, "PUT", "/api/migrations/postgres_1", {"vsn": "2"})[0] == 200
+    sessions = electric.wait_for(streaming, what="postgres_1 streaming again")["sessions"]
+
+    assert call(electric, "PUT", "/api/migrations/postgres_1", {"vsn": "2"})[0] == 409
+    status, body = call(electric, "PUT", "/api/migrations/postgres_1", {"vsn": "3_broken"})
+    assert (status, body["error"]) == (500, "migration_failed")
+    # Neither restarted the stream into postgres_1, and it still flows.
+    row = str(uuid.uuid4())
+    query(b, db, "INSERT INTO entries (id, content) VALUES (%s, 'still flowing')", (row,))
+    wait_rows(a, db, "SELECT content FROM entries WHERE id = %s", [("still flowing",)],
+              args=(row,))
+    assert streaming()["sessions"] == sessions
+
+    # Migration names may contain dashes (generated names do).
+    status, body = call(electric, "PUT", "/api/migrations/postgres_1",
+                        {"vsn": "20221110_create-items"})
+    assert (status, body["vsn"]) == (200, "20221110_create-items")
+
+    lines = electric.log(tail=100000).splitlines()
+    failed = [line for line in lines if "[WARNING]" in line and "3_broken" in line]
+    assert len(failed) == 1 and "origin=postgres_1" in failed[0], failed
+    assert "no_such_table" in failed[0] and "rolled back" in failed[0]
+    # The search_path trap (test roles are named electric) is reported once per connector,
+    # not again after each migration.
+    trap = [line for line in lines if "default schema of this role" in line]
+    assert sorted(line.split("origin=")[1].split()[0] for line in trap) == [
+        "postgres_1", "postgres_2"], trap
 
 
 def test_migrate_command_applies_to_every_connector(setup):

@@ -69,6 +69,8 @@ def test_inserts_updates_deletes_flow_both_ways(two_postgres, electric):
         assert detail["connectors"][name]["transactions_written"] >= 1
     before = scrape(electric)
     assert before[("electric_subscriber_streaming", (("connector", "pg_b"),))] == 1.0
+    assert before[("electric_source_blocked", (("connector", "pg_a"),))] == 0.0
+    assert before[("electric_source_write_retrying", (("connector", "pg_a"),))] == 0.0
     query(a, db, "INSERT INTO entries (content) VALUES ('counted')")
     wait_rows(b, db, "SELECT count(*) FROM entries WHERE content = 'counted'", [(1,)])
     after = scrape(electric)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 
 import gevent
 from gevent import socket
@@ -166,14 +167,36 @@ def _no_delay(sock) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone server (``electric vaxine ...``) so several Electric processes can share
-    one store. The caller must have monkey-patched (the CLI does it at start-up)."""
-    parser = argparse.ArgumentParser(prog="electric vaxine",
-                                     description="Run the embedded Vaxine-compatible store.")
-    parser.add_argument("--data-dir", required=True, help="directory holding vaxine.log")
+    one store. The caller must have monkey-patched (the CLI does it at start-up).
+
+    It reads the same settings as the service (``--config``, environment), so
+    ``electric --config conf/electric.ini vaxine`` uses VAXINE_DATA_DIR and the Vaxine ports
+    from there; the flags below override them."""
+    from electric import config
+
+    parser = config.build_parser(prog="electric vaxine")
+    parser.description = "Run the embedded Vaxine-compatible store on its own."
+    parser.add_argument("--data-dir", default=None,
+                        help="directory holding vaxine.log (default: VAXINE_DATA_DIR)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
-    parser.add_argument("--api-port", type=int, default=8087)
-    parser.add_argument("--replication-port", type=int, default=8088)
-    args = parser.parse_args(argv)
+    parser.add_argument("--api-port", type=int, default=None,
+                        help="Antidote API port (default: VAXINE_API_PORT)")
+    parser.add_argument("--replication-port", type=int, default=None,
+                        help="WAL stream port (default: VAXINE_REPLICATION_PORT)")
+    try:
+        settings = config.load(argv, parser=parser)
+    except config.ConfigError as exc:
+        print(f"electric vaxine: invalid setting {exc}", file=sys.stderr)
+        return 2
+    args = argparse.Namespace(
+        data_dir=settings.data_dir or settings.vaxine_data_dir, host=settings.host,
+        api_port=settings.vaxine_api_port if settings.api_port is None else settings.api_port,
+        replication_port=(settings.vaxine_replication_port if settings.replication_port is None
+                          else settings.replication_port))
+    from electric import log as electric_log
+
+    electric_log.setup(settings.log_level, settings.log_file, settings.log_format,
+                       settings.log_rotation, settings.log_retention)
     server = EmbeddedVaxine(args.data_dir, args.host, args.api_port, args.replication_port)
     try:
         server.start()

@@ -7,7 +7,9 @@ import json
 import time
 
 import gevent
+import psycopg2
 import pytest
+from loguru import logger
 
 from electric.changes import DeletedRecord, NewRecord, TruncatedRelation, UpdatedRecord
 from electric.postgres.connector import Connector
@@ -149,7 +151,17 @@ def test_changes_arrive_in_commit_order(source_db, connector_factory):
     # Everything, including the empty and bookkeeping-only transactions, gets acknowledged.
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= txs[-1].lsn, what="ack")
     assert Lsn.parse(c.status()["last_acked_lsn"]) >= txs[-1].lsn
-    assert c.status()["lag_bytes"] is not None
+    # WAL of another database: the walsender decodes and skips it, reporting its position in
+    # keepalives. Nothing is pending for us, so the lag is 0 (that position is confirmed).
+    other = psycopg2.connect(db.cluster.dsn(database="postgres"))
+    other.autocommit = True
+    with other.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS lag_noise (x int)")
+        cur.execute("INSERT INTO lag_noise SELECT generate_series(1, 20000)")
+    other.close()
+    wait_until(lambda: Lsn.parse(c.reader.status()["server_wal_end"] or "0/0") > txs[-1].lsn,
+               what="keepalive past our last transaction")
+    wait_until(lambda: c.status()["lag_bytes"] == 0, what="lag 0 when idle")
 
 
 def test_origin_transactions_dropped_and_acknowledged(source_db, connector_factory):
@@ -178,7 +190,6 @@ def test_failing_sink_holds_the_ack_then_delivers_once(source_db, connector_fact
     wait_until(lambda: len(sink.transactions) == 1)
     first_end = sink.transactions[0].lsn
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= first_end)
-    before = db.confirmed_flush_lsn()
 
     sink.fail_until = float("inf")  # Vaxine "down" until we say so
     calls_before = sink.calls
@@ -186,6 +197,8 @@ def test_failing_sink_holds_the_ack_then_delivers_once(source_db, connector_fact
     db.execute("UPDATE entries SET content_b = 'third'")
     wait_until(lambda: sink.calls >= calls_before + 3, what="retries")
     assert c.status()["sink_retrying"]
+    # (Read only now: while idle the reader confirms positions past unrelated WAL.)
+    before = db.confirmed_flush_lsn()
     # Several status intervals pass while the sink fails: the slot must not move.
     gevent.sleep(2.0)
     assert db.confirmed_flush_lsn() == before
@@ -200,6 +213,7 @@ def test_failing_sink_holds_the_ack_then_delivers_once(source_db, connector_fact
     assert {ch.record["content_b"] for ch in sink.transactions[2].changes} == {"third"}
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= sink.transactions[-1].lsn)
     assert not c.status()["sink_retrying"]
+    assert Lsn.parse(before) < sink.transactions[1].lsn  # it never passed the failing one
 
 
 def test_reader_resumes_after_terminate_backend(source_db, connector_factory):
@@ -233,6 +247,9 @@ def test_reader_resumes_after_terminate_backend(source_db, connector_factory):
 def test_postgres_down_at_start(pg_factory):
     cluster = pg_factory("ingest_down")
     cluster.stop()
+    lines: list[str] = []
+    sink_id = logger.add(lambda m: lines.append(m.record["message"]), level="INFO",
+                         filter=lambda r: r["extra"].get("origin") == "pg_down")
     try:
         sink = CollectingSink()
         c = Connector(
@@ -277,7 +294,15 @@ def test_postgres_down_at_start(pg_factory):
         gevent.sleep(0.5)
         assert [tx.changes[0].record["id"] for tx in sink.transactions] == ["1", "2"]
         c.stop()
+        # One readable line per event, in an operator's words.
+        assert any(line.startswith("Postgres pg_down unreachable (connection refused); "
+                                   "retrying in ") for line in lines), lines
+        went = [line for line in lines if line.startswith("Postgres pg_down went away (")]
+        assert len(went) == 1 and "; reconnecting in " in went[0], lines
+        assert any(line.startswith("Postgres pg_down is back after ") for line in lines), lines
+        assert not [line for line in lines if "Error" in line or "COPY" in line], lines
     finally:
+        logger.remove(sink_id)
         if not cluster.is_running():
             cluster.start()
 
@@ -373,10 +398,10 @@ def test_connection_lost_while_sink_retries_delivers_once(source_db, connector_f
     db.execute(SCHEMA)
     sink = CollectingSink()
     c = connector_factory(sink, name="pg_lost")
-    before = db.confirmed_flush_lsn()
     sink.fail_until = float("inf")
     db.execute(f"INSERT INTO entries VALUES ('{U1}', 'x', NULL)")
     wait_until(lambda: c.status()["sink_retrying"], what="retrying")
+    before = db.confirmed_flush_lsn()  # no acknowledgement while the sink retries
     pids = db.query(
         "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s AND active", (db.slot,)
     )
@@ -392,6 +417,7 @@ def test_connection_lost_while_sink_retries_delivers_once(source_db, connector_f
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= sink.transactions[0].lsn)
     gevent.sleep(0.5)
     assert len(sink.transactions) == 1  # the resent copy was recognised, not written again
+    assert Lsn.parse(before) < sink.transactions[0].lsn
 
 
 def test_ddl_outside_migrations_refreshes_the_registry(source_db, connector_factory):
