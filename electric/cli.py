@@ -5,6 +5,7 @@
     electric [settings] gen-token USER_ID [...]             mint Satellite auth tokens
     electric [settings] connector remove NAME               drop a connector's slot, publication
                                                             and subscription on its Postgres
+    electric [settings] verify                              do the connectors hold the same rows?
     electric [settings] import-store                        upgrade a first-release VAXINE_DATA_DIR
     electric [settings] backup-store DEST                   online copy of the embedded store
     electric vaxine --data-dir D [...]                      run the embedded Vaxine store alone
@@ -78,6 +79,8 @@ SUBCOMMANDS = {
                   "connector remove NAME: drop its slot, publication and subscription"),
     "vaxine": ("electric.vaxine.embedded.server", "main",
                "run the embedded Vaxine store on its own (several Electrics share it)"),
+    "verify": ("electric.verify", "main",
+               "compare row counts and checksums of the shared tables across connectors"),
     "import-store": ("electric.store.legacy", "main",
                      "upgrade a first-release VAXINE_DATA_DIR (vaxine.log) to the store"),
     "backup-store": ("electric.store.backup", "main",

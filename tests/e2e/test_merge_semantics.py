@@ -75,3 +75,31 @@ def test_truncate_replicates_and_a_concurrent_insert_elsewhere_survives(pair):  
     for pg in (a, b):
         wait_rows(pg, db, "SELECT id::text, content FROM entries",
                   [(survivor, "inserted on b")])
+
+
+def test_verify_reports_equal_tables_then_the_one_that_differs(pair):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.electric import ROOT
+
+    electric, a, b, db = pair
+    query(a, db, "INSERT INTO entries (id, content) SELECT gen_random_uuid(), 'r' || g "
+                 "FROM generate_series(1, 20) g")
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(20,)])
+    env = {**os.environ, "PYTHONPATH": ROOT, "CONNECTORS": electric.env["CONNECTORS"]}
+
+    def verify():
+        return subprocess.run([sys.executable, "-m", "electric.cli", "verify"], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    done = verify()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "public.entries: equal (20 rows on 2 connectors)" in done.stdout
+    disable_subscription(b, db, "pg_b")
+    query(a, db, "UPDATE entries SET content = 'changed' WHERE content = 'r7'")
+    done = verify()
+    assert done.returncode == 1
+    assert "public.entries: DIFFERS: pg_a 20 rows checksum" in done.stdout
+    assert done.stdout.strip().endswith("differ")
