@@ -242,6 +242,8 @@ class Application:
             open_stream=self._publisher_stream_opener(),
             host=self.listen_host, port=s.postgres_replication_port,
             table_lookup=self._connector_table,
+            open_snapshot=(lambda relations: self.store.snapshot(relations).transaction())
+            if self.store is not None else None,
         )
         _listen("POSTGRES_REPLICATION_PORT", s.postgres_replication_port, self.publisher.start)
         self.on_close(STAGE_LISTENERS, "publisher", self.publisher.stop)
@@ -279,6 +281,7 @@ class Application:
                 sink=lambda tx, name=cfg.name: self.write_transaction(tx, name),
                 reader_options=reader_options,
                 sync_state=_StoreSyncState(self.store) if self.store is not None else None,
+                on_tables_added=self._tables_added,
             )
             self.connectors[cfg.name] = connector
             self.connector_locks[cfg.name] = BoundedSemaphore()
@@ -289,6 +292,20 @@ class Application:
         targets = {name: _MigrationTarget(self, c) for name, c in self.connectors.items()}
         MigrationsApi(targets, self.registry, s.migrations_dir, s.migrations_file_name_suffix,
                       self.connector_locks).install(self.router)
+
+    def _tables_added(self, connector: Connector, added: list[RelationName]) -> None:
+        """Tables joined replication on ``connector``'s Postgres while running (created, or
+        given a primary key, by any means). Its subscription must take them in (upsert
+        trigger, refresh) and receive the rows the log already has of them; the other
+        Postgres may have them too, so they look now instead of at their next watch."""
+        names = ", ".join(f"{s}.{t}" for s, t in added)
+        logger.bind(origin=connector.name).info(
+            f"subscribing {connector.name} to {names} and sending it their current rows")
+        self.publisher.backfill(connector.name, added)
+        self._subscribe_later(connector, after_migration=True)
+        for other in self.connectors.values():
+            if other is not connector:
+                gevent.spawn(other.refresh_tables)
 
     def subscription_conninfo(self) -> str:
         s = self.settings

@@ -59,14 +59,19 @@ class StatusCollector:
                                      labels=["connector"])
         reconnects = CounterMetricFamily("electric_source_reconnects",
                                          "Source reader reconnections", labels=["connector"])
+        unreplicated = GaugeMetricFamily(
+            "electric_source_tables_not_replicated",
+            "Published tables that cannot replicate (no primary key; see tables_without_pk)",
+            labels=["connector"])
         for name, st in sorted(connectors.items()):
+            unreplicated.add_metric([name], float(len(st.get("tables_without_pk") or ())))
             up.add_metric([name], float(bool(st.get("ready"))))
             reader.add_metric([name], float(bool(st.get("reader_connected"))))
             lag.add_metric([name], float(st.get("lag_bytes") or 0))
             reconnects.add_metric([name], float(st.get("reconnects") or 0))
             blocked.add_metric([name], float(st.get("blocked_lsn") is not None))
             retrying.add_metric([name], float(bool(st.get("sink_retrying"))))
-        yield from (up, reader, lag, reconnects, blocked, retrying)
+        yield from (up, reader, lag, reconnects, blocked, retrying, unreplicated)
 
         streaming = GaugeMetricFamily("electric_subscriber_streaming",
                                       "1 while the Postgres subscriber streams from Electric",

@@ -38,6 +38,9 @@ from electric.schema import SchemaRegistry
 # How often a change for an unknown table may trigger a re-read of the publication.
 _REFRESH_UNKNOWN_EVERY = 10.0
 _REFRESH_NO_PK_EVERY = 60.0
+# Tables can be created (or get a primary key) by any means at any time: re-read the
+# catalog this often so they join replication without a restart or a change to them.
+TABLE_WATCH_EVERY = 10.0
 
 
 def plain_dsn(dsn: str) -> str:
@@ -61,6 +64,7 @@ class Connector:
         *,
         after_provision: Callable[[Connector], None] | None = None,
         sync_state: initial_sync.SyncState | None = None,
+        on_tables_added: Callable[[Connector, list[RelationName]], None] | None = None,
         retry_min: float = 1.0,
         retry_max: float = 10.0,
         reader_options: dict[str, Any] | None = None,
@@ -76,6 +80,10 @@ class Connector:
         # the log when it creates its slot (initial_sync.py); without one it only streams.
         self.sync_state = sync_state
         self.sync = initial_sync.Progress()
+        # Called with the relations that joined replication after provisioning (tables
+        # created or given a primary key later), once their current rows are in the log.
+        self.on_tables_added = on_tables_added
+        self.backfilled: dict[str, int] = {}
         self.retry = Backoff(retry_min, retry_max)
         self.reader_options = dict(reader_options or {})
         self.log = logger.bind(origin=name)
@@ -133,6 +141,7 @@ class Connector:
             "reconnects": reader.get("reconnects", 0),
             "last_error": reader.get("last_error") or self.last_error,
             "initial_sync": self.sync.as_dict(),
+            "backfilled": dict(self.backfilled),
         }
 
     def connect(self) -> Any:
@@ -188,7 +197,11 @@ class Connector:
                     raise
                 except Exception as exc:
                     self.log.warning("after-provision step failed: {}", _describe(exc))
-            self._run_reader()
+            watcher = gevent.spawn(self.watch_tables)
+            try:
+                self._run_reader()
+            finally:
+                watcher.kill(block=False)
         finally:
             if self.reader is not None:
                 self.reader.stop()
@@ -275,11 +288,15 @@ class Connector:
     # -- table lookup used by the reader ------------------------------------------------
 
     def _lookup(self, relation: RelationName) -> Table | None:
-        """The table if replicated; an unknown one triggers a (rate-limited) re-read."""
+        """The table if replicated; an unknown one triggers a re-read (at once the first time
+        a relation shows up, so the changes of a table created a moment ago are kept; then
+        rate-limited)."""
         table = self.tables.get(relation)
         if table is not None:
             return table
         no_pk = relation in self.tables_without_pk
+        if relation not in self._refreshed_at:
+            return self._reread(relation, 0.0)
         return self._reread(relation, _REFRESH_NO_PK_EVERY if no_pk else _REFRESH_UNKNOWN_EVERY)
 
     def _refresh(self, relation: RelationName) -> Table | None:
@@ -307,8 +324,49 @@ class Connector:
         known = set(self.tables)
         registered = self.registry.put_tables(self.publication, tables)
         self.tables = {t.relation: t for t in registered}
-        for relation in self.tables.keys() - known:
+        added = sorted(self.tables.keys() - known)
+        for relation in added:
             self.log.info("now replicating {}.{}", *relation)
         for relation in set(without_pk) - set(self.tables_without_pk):
-            self.log.warning("table {}.{} has no primary key: it is not replicated", *relation)
+            self.log.warning("table {}.{} has no primary key: it is not replicated (add one; "
+                             "it then joins replication by itself)", *relation)
         self.tables_without_pk = list(without_pk)
+        if added and self.provisioned:
+            self._tables_added(added)
+
+    def _tables_added(self, added: list[RelationName]) -> None:
+        """Tables that joined replication while running: copy their current rows into the
+        log (rows written while the table had no primary key, or before it was published,
+        never came through the stream; rows that did are simply written again, the same
+        values), then tell the application so other Postgres can subscribe to them."""
+        if self.sync_state is not None:
+            conn = green.connect(plain_dsn(self.dsn))
+            try:
+                for relation in added:
+                    table = self.tables[relation]
+                    progress = initial_sync.Progress()
+                    initial_sync.copy_current(conn, table, self.sink, progress)
+                    self.backfilled[f"{relation[0]}.{relation[1]}"] = progress.rows_copied
+                    self.log.info("{} existing rows of {}.{} copied", progress.rows_copied,
+                                  *relation)
+            finally:
+                conn.close()
+        if self.on_tables_added is not None:
+            self.on_tables_added(self, added)
+
+    def refresh_tables(self) -> None:
+        """Re-read the catalog now (another Postgres gained tables this one may have too)."""
+        if not self.provisioned:
+            return
+        try:
+            self._refresh_tables()
+        except GreenletExit:
+            raise
+        except Exception as exc:  # Postgres away: the watcher tries again
+            self.log.debug("could not re-read tables: {}", _describe(exc))
+
+    def watch_tables(self) -> None:
+        """Re-read the catalog every TABLE_WATCH_EVERY seconds (runs in its own greenlet)."""
+        while not self._stopping:
+            gevent.sleep(TABLE_WATCH_EVERY)
+            self.refresh_tables()

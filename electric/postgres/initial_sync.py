@@ -132,6 +132,23 @@ def _copy_table(conn: Any, table: Table, write: Callable[[Transaction], None],
             progress.rows_copied += len(rows)
 
 
+def copy_current(conn: Any, table: Table, write: Callable[[Transaction], None],
+                 progress: Progress, batch_rows: int = BATCH_ROWS) -> None:
+    """Copy a table's current rows (one REPEATABLE READ transaction, no slot snapshot): for a
+    table that joins replication while the stream runs. Rows the stream also carries are
+    written twice with the same values; the stream's later changes still come after."""
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        progress.tables_total += 1
+        _copy_table(conn, table, write, batch_rows, progress)
+        progress.tables_done += 1
+        conn.commit()
+    finally:
+        conn.autocommit = True
+
+
 def run(dsn: str, slot: str, tables: list[Table], write: Callable[[Transaction], None],
         state: SyncState, connector: str, progress: Progress) -> None:
     """Create ``slot`` with a snapshot and copy ``tables`` as of it (see the module notes).

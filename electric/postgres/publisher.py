@@ -41,7 +41,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -140,6 +140,9 @@ class _SlotState:
     previous: tuple[int, int | None, int] | None = None
     apply_failures: int = 0  # consecutive sessions that died on the same transaction
     failing_lsn: int | None = None
+    # Tables whose rows this subscriber must be sent whole (it got them after the log
+    # already went past their rows: tables added later); cleared once it confirmed them.
+    backfill: set = field(default_factory=set)
 
 
 class _Session:
@@ -164,6 +167,8 @@ class _Session:
         self.max_flushed = 0
         self.last_gc = time.monotonic()
         self.started_at = time.time()
+        self.backfill_sent: set = set()
+        self.backfill_end: int | None = None
 
     def _lookup(self, relation):
         # The encoder asks once per table and session; an unknown table costs one wait for
@@ -227,6 +232,16 @@ class _Session:
     # -- log side ----------------------------------------------------------------------
 
     def _feed(self, after: bytes | None) -> None:
+        pending = sorted(self.state.backfill)
+        if pending and after is None:
+            self.state.backfill.clear()  # a new subscriber receives every row anyway
+        elif pending:
+            # Positioned where the subscriber already is: applying it moves nothing in the log.
+            tx = self.publisher.open_snapshot(pending)
+            self.backfill_sent = set(pending)
+            self.log.info("sending the current rows of {} to {}",
+                          ", ".join(f"{s}.{t}" for s, t in pending), self.slot)
+            self.queue.put((tx, after))
         stream = self.publisher.open_stream(after)
         try:
             for tx, offset in stream:  # strictly after ``after``: the stream's contract
@@ -323,6 +338,8 @@ class _Session:
         self._sent([out])
 
     def _sent(self, encoded: list) -> None:
+        if self.backfill_sent and self.backfill_end is None:
+            self.backfill_end = int(encoded[0].end_lsn)  # the backfill goes out first
         now = time.monotonic()
         if self.first_final_lsn is None:
             self.first_final_lsn = int(encoded[0].final_lsn)
@@ -341,6 +358,9 @@ class _Session:
             self.state.failing_lsn = None
         while self.unconfirmed and self.unconfirmed[0][0] <= flushed:
             self.unconfirmed.popleft()
+        if self.backfill_end is not None and flushed >= self.backfill_end:
+            self.state.backfill -= self.backfill_sent  # applied: not needed again
+            self.backfill_sent, self.backfill_end = set(), None
         if update.reply_requested:
             self.keepalive()
         now = time.monotonic()
@@ -386,8 +406,12 @@ class Publisher:
         server_version: str = wire.DEFAULT_SERVER_VERSION,
         gc_interval: float = GC_INTERVAL,
         table_lookup: Callable[[str, RelationName], Table | None] | None = None,
+        open_snapshot: Callable[[list[RelationName]], Transaction] | None = None,
     ) -> None:
         self.registry = registry
+        # ``open_snapshot(relations)``: the log's current rows of those tables as one
+        # transaction (for backfills); ``None`` when the log cannot give it.
+        self.open_snapshot = open_snapshot
         self.offsets = offsets
         self.open_stream = open_stream
         self.host = host
@@ -443,6 +467,13 @@ class Publisher:
     def release(self, slot: str) -> None:
         """Allow data on ``slot`` (the subscriber's tables are ready)."""
         self._slot(slot).released.set()
+
+    def backfill(self, slot: str, relations: list[RelationName]) -> None:
+        """Send ``slot``'s subscriber every current row of ``relations`` at the start of its
+        next session (then :meth:`reset` it): it gained these tables after the log went past
+        rows of theirs that it therefore never received."""
+        if self.open_snapshot is not None:
+            self._slot(slot).backfill.update(relations)
 
     def reset(self, slot: str) -> bool:
         """End ``slot``'s streaming session, if any; the subscriber reconnects by itself and

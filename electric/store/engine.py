@@ -612,15 +612,25 @@ class Reader:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'compacted_through'").fetchone()
         return int(row[0]) if row else 0
 
-    def open_snapshot(self) -> tuple[int, int]:
-        """Start a snapshot of every stored row: ``(position it is consistent with, rows)``.
-        The read transaction stays open until :meth:`close_snapshot`."""
+    def open_snapshot(self, relations: list[RelationName] | None = None) -> tuple[int, int]:
+        """Start a snapshot of every stored row (of ``relations`` only, when given):
+        ``(position it is consistent with, rows)``. The read transaction stays open until
+        :meth:`close_snapshot`."""
         self.db.execute("BEGIN")
         pos = self.db.execute("SELECT coalesce(max(pos), 0) FROM txns").fetchone()[0]
-        count = self.db.execute("SELECT count(*) FROM rows").fetchone()[0]
+        where, args = "", ()
+        if relations is not None:
+            ids = [rid for rid, name in self._relation_rows() if name in set(relations)]
+            where = f" WHERE rel IN ({','.join('?' * len(ids))})" if ids else " WHERE 0"
+            args = tuple(ids)
+        count = self.db.execute(f"SELECT count(*) FROM rows{where}", args).fetchone()[0]
         self._snapshot_cursor = self.db.execute(
-            "SELECT rel, deleted, columns FROM rows ORDER BY rel, key")
+            f"SELECT rel, deleted, columns FROM rows{where} ORDER BY rel, key", args)
         return pos, count
+
+    def _relation_rows(self) -> list[tuple[int, RelationName]]:
+        return [(rid, (schema, table)) for rid, schema, table in self.db.execute(
+            "SELECT id, schema_name, table_name FROM relations")]
 
     def snapshot_piece(self, size: int = CHUNK_CHANGES) -> list[Change]:
         """The next rows of the snapshot (live rows as updates, tombstones as deletes)."""

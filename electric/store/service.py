@@ -351,10 +351,11 @@ class LocalStore:
                                   tx.commit_timestamp), tx_pos
                 pos = tx_pos
 
-    def snapshot(self) -> Snapshot:
-        """Every stored row as of one log position (see :class:`Snapshot`)."""
+    def snapshot(self, relations: list | None = None) -> Snapshot:
+        """Every stored row (of ``relations`` only, when given) as of one log position
+        (see :class:`Snapshot`)."""
         self.stats["snapshots_served"] += 1
-        return Snapshot(self)
+        return Snapshot(self, relations)
 
     # ------------------------------------------------------------------ small durable facts
 
@@ -405,10 +406,10 @@ class Snapshot:
     Delivered as one transaction whose changes are read lazily, in pieces, from one SQLite
     read transaction held until they have all been read (or the snapshot is dropped)."""
 
-    def __init__(self, store: LocalStore):
+    def __init__(self, store: LocalStore, relations: list | None = None):
         self.store = store
         self.reader = Reader(store.path)
-        self.pos, self.rows = store._in_thread(self.reader.open_snapshot)
+        self.pos, self.rows = store._in_thread(self.reader.open_snapshot, relations)
         self._done = False
 
     def transaction(self) -> Transaction:

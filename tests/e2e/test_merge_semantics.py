@@ -103,3 +103,41 @@ def test_verify_reports_equal_tables_then_the_one_that_differs(pair):  # noqa: F
     assert done.returncode == 1
     assert "public.entries: DIFFERS: pg_a 20 rows checksum" in done.stdout
     assert done.stdout.strip().endswith("differ")
+
+
+def test_a_table_created_by_psql_after_start_replicates_with_its_earlier_rows(pair):  # noqa: F811
+    electric, a, b, db = pair
+    ddl = "CREATE TABLE public.later (id int PRIMARY KEY, v text)"
+    query(a, db, ddl)
+    query(a, db, "INSERT INTO later SELECT g, 'early ' || g FROM generate_series(1, 3) g")
+    query(b, db, ddl)  # B gets the table only after A wrote rows into it
+    query(a, db, "INSERT INTO later SELECT g, 'late ' || g FROM generate_series(4, 5) g")
+    expected = [(1, "early 1"), (2, "early 2"), (3, "early 3"), (4, "late 4"), (5, "late 5")]
+    wait_rows(b, db, "SELECT id, v FROM later ORDER BY id", expected, timeout=60)
+    query(b, db, "INSERT INTO later VALUES (6, 'from b')")
+    wait_rows(a, db, "SELECT id, v FROM later ORDER BY id", expected + [(6, "from b")],
+              timeout=60)
+
+
+def test_a_table_without_primary_key_is_reported_then_joins_when_it_gets_one(pair):  # noqa: F811
+    from tests.e2e.test_replication import scrape
+
+    electric, a, b, db = pair
+    for pg in (a, b):
+        query(pg, db, "CREATE TABLE public.nokey (id int NOT NULL, v text)")
+    query(a, db, "INSERT INTO nokey SELECT g, 'v' || g FROM generate_series(1, 3) g")
+    detail = electric.get_json("/api/status")["detail"]["connectors"]
+
+    def reported():
+        connectors = electric.get_json("/api/status")["detail"]["connectors"]
+        return "public.nokey" in connectors["pg_a"]["tables_without_pk"]
+
+    electric.wait_for(reported, what="the table without primary key reported")
+    assert scrape(electric)[("electric_source_tables_not_replicated",
+                             (("connector", "pg_a"),))] >= 1
+    assert "table public.nokey has no primary key" in electric.log(400)
+    assert detail  # status answered throughout
+    for pg in (a, b):
+        query(pg, db, "ALTER TABLE nokey ADD PRIMARY KEY (id)")
+    wait_rows(b, db, "SELECT id, v FROM nokey ORDER BY id", [(1, "v1"), (2, "v2"), (3, "v3")],
+              timeout=60)
