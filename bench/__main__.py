@@ -25,21 +25,23 @@ from bench.rig import Rig
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "big_tx", "scale",
-            "profile", "whatif", "store", "fanout")
+            "initial_sync", "profile", "whatif", "store", "fanout")
 
 SIZES = {
     "full": {"rows": 50_000, "rates": (50, 200, 1000), "lat_s": 8.0, "catch_rows": 1000,
              "ingest": ((1, 1000), (10, 200)), "fanout": (10, 100, 1000), "fanout_s": 5.0,
              "profile_rows": 10_000, "trigger_rows": 10_000, "stall_puts": 300,
-             "big_tx_rows": 1_000_000, "scale_rows": 1_000_000, "store_s": 5.0},
+             "big_tx_rows": 1_000_000, "scale_rows": 1_000_000, "store_s": 5.0,
+             "sync_rows": 1_000_000},
     "quick": {"rows": 5_000, "rates": (50, 200, 1000), "lat_s": 2.0, "catch_rows": 1000,
               "ingest": ((1, 200), (10, 30)), "fanout": (10, 100), "fanout_s": 2.0,
               "profile_rows": 3_000, "trigger_rows": 10_000, "stall_puts": 300,
-              "big_tx_rows": 100_000, "scale_rows": 100_000, "store_s": 2.0},
+              "big_tx_rows": 100_000, "scale_rows": 100_000, "store_s": 2.0,
+              "sync_rows": 100_000},
     "smoke": {"rows": 200, "rates": (50,), "lat_s": 0.3, "catch_rows": 10,
               "ingest": ((1, 10),), "fanout": (3,), "fanout_s": 0.5, "profile_rows": 0,
               "trigger_rows": 100, "stall_puts": 20, "big_tx_rows": 1000, "scale_rows": 1000,
-              "store_s": 0.3},
+              "store_s": 0.3, "sync_rows": 1000},
 }
 
 
@@ -64,7 +66,7 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
     results: dict = {"meta": {"mode": mode, "cpus": os.cpu_count(), "fsync": fsync,
                               "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}}
     needs_rig = only & {"throughput", "latency", "catch_up", "trigger", "ingest", "profile",
-                        "whatif", "big_tx", "scale"}
+                        "whatif", "big_tx", "scale", "initial_sync"}
     rig = Rig(fsync=fsync).start() if needs_rig else None
     try:
         if rig:
@@ -120,6 +122,11 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
             results["scale"] = bulk.scale(rig.pipelines["electric"], size["scale_rows"],
                                           base=200_000_000)
             log(f"  {json.dumps(results['scale'])}")
+        if "initial_sync" in only:
+            log(f"initial sync of a {size['sync_rows']:,}-row table: native copy_data vs "
+                "Electric")
+            results["initial_sync"] = bulk.initial_sync(rig, size["sync_rows"])
+            log(f"  {json.dumps(results['initial_sync'])}")
         if "profile" in only and size["profile_rows"]:
             from bench import profile
 

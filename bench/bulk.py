@@ -90,3 +90,47 @@ def scale(p: Pipeline, rows: int, base: int, batch: int = 1000, timeout: float =
             "store_mib": round(store_bytes / 2**20, 1),
             "table_mib": round(table_bytes / 2**20, 1),
             "store_to_table": round(store_bytes / table_bytes, 2)}
+
+
+def initial_sync(rig, rows: int) -> dict:
+    """Existing rows: a fresh database pair with ``rows`` rows on A only. Native: B subscribes
+    with ``copy_data = true``; Electric: a second Electric process with a connector to each
+    (initial sync into its store, then published to B). Each timed from its start until B
+    holds every row."""
+    from bench.rig import SCHEMA_SQL
+    from tests.support.electric import ElectricProcess
+
+    out = {"rows": rows}
+    for name in ("native", "electric"):
+        db = f"bench_sync_{name}"
+        for pg in (rig.a, rig.b):
+            pg.create_database(db)
+            pg.psql(SCHEMA_SQL, database=db)
+        rig.a.psql(f"INSERT INTO t0 (id, v, n) SELECT g, 'existing row ' || g, 0 "
+                   f"FROM generate_series(1, {rows}) g", database=db)
+        table_bytes = scalar(rig.a, db, "SELECT pg_total_relation_size('t0')")
+        start = time.monotonic()
+        electric = None
+        if name == "native":
+            rig.a.psql("CREATE PUBLICATION sync_pub FOR ALL TABLES", database=db)
+            rig.b.psql(f"CREATE SUBSCRIPTION sync_sub CONNECTION '{rig.a.dsn(database=db)}' "
+                       "PUBLICATION sync_pub WITH (copy_data = true)", database=db)
+        else:
+            electric = ElectricProcess(os.path.join(rig.root, "electric_sync"), env={
+                "CONNECTORS": f"pg_a={rig.a.url(db)};pg_b={rig.b.url(db)}",
+                "POSTGRES_SLOT": "electric_sync", "LOG_LEVEL": "info"}).start(timeout=120)
+        p = Pipeline(name, rig.a, rig.b, db)
+        ok = _wait_count(p, "t0", "true", rows, timeout=900)
+        seconds = time.monotonic() - start
+        out[name] = {"seconds": round(seconds, 2), "converged": ok,
+                     "rows_per_s": round(rows / seconds) if ok else None,
+                     "table_mib": round(table_bytes / 2**20, 1)}
+        if electric is not None:
+            out[name]["peak_rss_mib"] = round(_status(electric.proc.pid)["VmHWM"] / 2**20, 1)
+            electric.terminate(timeout=10)
+        if name == "native":
+            rig.b.psql("ALTER SUBSCRIPTION sync_sub DISABLE", database=db)
+            rig.b.psql("ALTER SUBSCRIPTION sync_sub SET (slot_name = NONE)", database=db)
+            rig.b.psql("DROP SUBSCRIPTION sync_sub", database=db)
+            rig.a.psql("SELECT pg_drop_replication_slot('sync_sub')", database=db)
+    return out

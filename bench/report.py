@@ -12,6 +12,7 @@ TARGETS = {
     "store_to_table": 3.0,  # data directory ≤ 3 × the table's size
     "big_tx_peak_mib": 300.0,  # peak RSS while one 1,000,000-row transaction goes through
     "store_tx_per_s": 20_000,  # embedded store alone, ten-row transactions, fsync on
+    "initial_sync_ratio": 3.0,  # initial sync of a table ≤ 3 × native copy_data's time
 }
 
 
@@ -74,6 +75,14 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
                      _fmt(n["seconds"], " s"),
                      _verdict(e["converged"] and (e.get("peak_rss_mib") or 0)
                               <= TARGETS["big_tx_peak_mib"])))
+    sy = results.get("initial_sync")
+    if sy:
+        e, n = sy["electric"], sy["native"]
+        ratio = e["seconds"] / n["seconds"] if e["converged"] and n["seconds"] else None
+        rows.append((f"initial sync of a {sy['rows']:,}-row table ≤ 3 × native copy_data",
+                     f"{_fmt(e['seconds'], ' s')} = {_fmt(ratio, '×')} native",
+                     _fmt(n["seconds"], " s"),
+                     _verdict(None if ratio is None else ratio <= TARGETS["initial_sync_ratio"])))
     st = results.get("store_alone")
     if st:
         rows.append(("embedded store alone ≥ 20,000 ten-row tx/s (fsync on)",

@@ -13,7 +13,7 @@ from bench.__main__ import run
 def test_bench_harness_runs_at_toy_size(tmp_path):
     out = str(tmp_path / "results")
     results = run("smoke", {"throughput", "latency", "catch_up", "trigger", "ingest", "big_tx",
-                            "scale", "store"}, out, fsync=False)
+                            "scale", "store", "initial_sync"}, out, fsync=False)
     for name in ("native", "electric"):
         assert results["throughput"][name]["total"]["converged"], results["throughput"][name]
         assert results["catch_up"][name]["converged"], results["catch_up"][name]
@@ -27,6 +27,7 @@ def test_bench_harness_runs_at_toy_size(tmp_path):
     assert results["big_transaction"]["electric"]["peak_rss_mib"] > 0
     assert results["scale"]["converged"] and results["scale"]["store_to_table"] > 0
     assert results["store_alone"]["store"]["tx_per_s"] > 0
+    assert all(results["initial_sync"][n]["converged"] for n in ("native", "electric"))
     assert results["store_alone"]["first_release"]["tx_per_s"] > 0
     (ingest,) = results["satellite_ingest"]
     assert ingest["errors"] == [] and ingest["postgres_tx_per_s"], ingest
