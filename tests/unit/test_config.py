@@ -58,7 +58,8 @@ def test_connectors_parse_with_timeout_and_escapes():
     ("a=postgresql://u@h:5432/", "one database"),
     ("a=postgresql://h:5432/db", "no user"),
     ("a=postgresql://u@h/db?timeout=abc", "timeout"),
-    ("a=postgresql://u@h/db?sslmode=require", "unknown URL parameter"),
+    ("a=postgresql://u@h/db?sslmod=require", "unknown URL parameter(s) sslmod"),
+    ("a=postgresql://u@h/db?sslmode=sometimes", "sslmode must be one of"),
     ("postgresql://u@h/db", "must look like"),
     ("bad-name=postgresql://u@h/db", "must look like"),
 ])
