@@ -82,6 +82,16 @@ def _demote():
     return demote
 
 
+def _server_env() -> dict[str, str]:
+    """The server's environment: when demoted from root, HOME must be the postgres account's,
+    or libpq in its walreceivers (subscriptions) trips over an unreadable
+    /root/.postgresql/postgresql.crt as soon as TLS is used (sslmode=require)."""
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env["HOME"] = pwd.getpwnam(SERVER_USER).pw_dir
+    return env
+
+
 @dataclass
 class PgCluster:
     """One PostgreSQL cluster in ``root``; start/stop/restart it, get DSNs."""
@@ -110,7 +120,7 @@ class PgCluster:
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([os.path.join(self.bindir, args[0]), *args[1:]],
                               preexec_fn=_demote(), cwd=self.root, check=check,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=_server_env())
 
     def init(self) -> None:
         os.makedirs(self.root, exist_ok=True)
