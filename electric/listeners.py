@@ -109,6 +109,11 @@ class GuardedWSGIServer(WSGIServer):
             return None
         try:
             return self.handle(sock, address)
+        except OSError as exc:
+            # A TLS peer that vanishes (e.g. TCP FIN without close_notify) fails the answer
+            # pywsgi then tries to write with SSLEOFError; that is the peer's doing.
+            logger.bind(origin=self.name).debug(f"TLS connection from {address} ended: {exc}")
+            return None
         finally:
             try:
                 sock.close()

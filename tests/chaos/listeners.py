@@ -10,6 +10,7 @@ bound, and that a well-formed client is still served on the same listener.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -60,7 +61,7 @@ def poke_socket(sock: Any, data: bytes | list[bytes], port: int, timeout: float 
             for chunk in chunks:
                 sock.sendall(chunk)
             if half_close:
-                sock.shutdown(socket.SHUT_WR)
+                _half_close(sock)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             pass
         except OSError as exc:  # ENOTCONN: the server already closed and reset
@@ -82,6 +83,22 @@ def poke_socket(sock: Any, data: bytes | list[bytes], port: int, timeout: float 
                 break
             out += got
     return bytes(out)
+
+
+def _half_close(sock: Any) -> None:
+    """TCP FIN on the write side, keeping the read side (and TLS decryption) working.
+
+    ``SSLSocket.shutdown`` drops its TLS state first, after which ``recv`` would return raw
+    records; shutting down a duplicate of the descriptor sends the same FIN without that.
+    """
+    if isinstance(sock, ssl.SSLSocket) or hasattr(sock, "_sslobj"):
+        raw = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        finally:
+            raw.close()
+    else:
+        sock.shutdown(socket.SHUT_WR)
 
 
 @dataclass
@@ -143,8 +160,6 @@ class ElectricUnderTest:
         pg.create_database(self.db)
         pg.psql(DEV_SCHEMA_SQL, database=self.db)
         migrations = f"{workdir}/migrations"
-        import os
-
         os.makedirs(migrations, exist_ok=True)
         self.electric = ElectricProcess(f"{workdir}/electric", env={
             "CONNECTORS": f"pg_a={pg.url(self.db)}", "POSTGRES_SLOT": f"slot_{self.db}",
