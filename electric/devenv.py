@@ -104,6 +104,8 @@ class PgCluster:
     fsync: bool = True
     extra_conf: dict[str, str] = field(default_factory=dict)
     bindir: str = field(default_factory=find_bindir)
+    # (certificate, key) PEM files: serve TLS (ssl = on) with copies owned by the server.
+    tls_files: tuple[str, str] | None = None
 
     @property
     def datadir(self) -> str:
@@ -159,12 +161,28 @@ class PgCluster:
             "shared_buffers": "32MB",
             "log_min_messages": "warning",
             "log_line_prefix": "'%m [%p] %a '",
+            **self._tls_settings(),
             **self.extra_conf,
         }
         with open(os.path.join(self.datadir, "postgresql.conf"), "a") as conf:
             conf.write("\n# added by electric.devenv\n")
             for key, value in settings.items():
                 conf.write(f"{key} = {value}\n")
+
+    def _tls_settings(self) -> dict[str, str]:
+        if self.tls_files is None:
+            return {}
+        names = {}
+        for source, name in zip(self.tls_files, ("server.crt", "server.key"), strict=True):
+            target = os.path.join(self.datadir, name)
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)  # Postgres refuses a key readable by others
+            if os.geteuid() == 0:
+                account = pwd.getpwnam(SERVER_USER)
+                os.chown(target, account.pw_uid, account.pw_gid)
+            names[name] = target
+        return {"ssl": "on", "ssl_cert_file": f"'{names['server.crt']}'",
+                "ssl_key_file": f"'{names['server.key']}'"}
 
     def start(self) -> None:
         result = self._run("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60",

@@ -34,9 +34,10 @@ def make_ca(directory: str, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"))
     os.makedirs(directory, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name(f"Electric test CA {os.urandom(4).hex()}")  # unique: CAs never mix up
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("Electric test CA")).issuer_name(_name("Electric test CA"))
+        .subject_name(ca_name).issuer_name(ca_name)
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
