@@ -48,10 +48,22 @@ def put_migration(base_url: str, origin: str, vsn: str, timeout: float = 120, *,
             return exc.code, {"error": "http", "message": raw.decode(errors="replace")}
 
 
+def _local_address(listen_address: str) -> str:
+    """Where a local client reaches the status port: the bound address, loopback for a
+    wildcard (so that, without STATUS_API_TOKEN, the request comes from loopback)."""
+    if listen_address in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if listen_address == "::":
+        return "::1"
+    return listen_address
+
+
 def main(argv: list[str]) -> int:
     parser = config.build_parser(prog="electric migrate")
     parser.add_argument("vsn", help="migration version: MIGRATIONS_DIR/<vsn>/postgres.sql")
-    parser.add_argument("--host", default="127.0.0.1", help="where Electric's STATUS_PORT is")
+    parser.add_argument("--host", default=None,
+                        help="where Electric's STATUS_PORT is (default: LISTEN_ADDRESS, or "
+                             "127.0.0.1 when that is a wildcard)")
     try:
         settings = config.load(argv, parser=parser)
     except config.ConfigError as exc:
@@ -62,7 +74,10 @@ def main(argv: list[str]) -> int:
         return 2
     context = client_tls_context(settings.tls_cert_file) if settings.tls_cert_file else None
     scheme = "https" if context is not None else "http"
-    base = f"{scheme}://{settings.host}:{settings.status_port}"
+    host = settings.host or _local_address(settings.listen_address)
+    if ":" in host:
+        host = f"[{host}]"
+    base = f"{scheme}://{host}:{settings.status_port}"
     failed = 0
     for connector in settings.connectors:
         try:
