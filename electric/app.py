@@ -145,7 +145,8 @@ class Application:
         self._start_connectors()
         metrics.watch(metrics.StatusCollector(
             connectors=self._connector_statuses, subscribers=self.publisher.status,
-            satellite=self.satellite.status, vaxine_up=self._vaxine_reachable))
+            satellite=self.satellite.status, vaxine_up=self._vaxine_reachable,
+            listeners=self._listener_statuses))
         logger.info(f"status API listening on port {s.status_port}")
 
     def _load_secrets(self) -> None:
@@ -172,6 +173,12 @@ class Application:
                         f"(set POSTGRES_REPLICATION_PASSWORD to choose one)")
         _raise_open_files_limit(self.max_connections + 1024)
 
+    def _listener_statuses(self) -> dict[str, dict]:
+        """Per listener: TLS, open connections against the cap, refusals."""
+        return {"replication": self.publisher.listener_status(),
+                "satellite": self.satellite.listener_status(),
+                "status": self.http.listener_status()}
+
     def _connector_statuses(self) -> dict[str, dict]:
         return {name: c.status() for name, c in self.connectors.items()}
 
@@ -186,6 +193,7 @@ class Application:
             "connectors": connectors,
             "satellite": {"clients_connected": satellite["clients_connected"],
                           "clients": satellite["clients"]},
+            "listeners": self._listener_statuses(),
             "vaxine": {"mode": "embedded" if self.embedded_vaxine else "external",
                        "host": self.vaxine_host, "api_port": self.settings.vaxine_api_port,
                        "replication_port": self.settings.vaxine_replication_port},

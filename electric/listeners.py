@@ -63,6 +63,11 @@ class GuardedWSGIServer(WSGIServer):
         self.open_connections = 0
         self.refused_connections = 0
 
+    def listener_status(self) -> dict[str, Any]:
+        return {"tls": self.ssl_enabled, "open_connections": self.open_connections,
+                "max_connections": self.max_connections,
+                "refused_connections": self.refused_connections}
+
     def init_socket(self) -> None:
         # gevent picks the per-connection callable (plain or TLS-wrapping) here; wrap it.
         super().init_socket()

@@ -79,6 +79,7 @@ class Router:
     def __init__(self, admin_token: str = "") -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.admin_token = admin_token
+        self.refused_admin_requests = 0
 
     def admin_refusal(self, request: Request) -> Response | None:
         """None when ``request`` may change something (see the module doc), else the 403."""
@@ -111,6 +112,7 @@ class Router:
             if method not in READ_ONLY_METHODS:
                 refusal = self.admin_refusal(request)
                 if refusal is not None:
+                    self.refused_admin_requests += 1
                     logger.bind(origin="http").warning(
                         f"refused {request.method} {request.path} from {request.remote_addr}:"
                         f" {'bad or missing token' if self.admin_token else 'not loopback'}")
@@ -211,6 +213,10 @@ class HttpServer:
     @property
     def port(self) -> int:
         return self._server.server_port
+
+    def listener_status(self) -> dict:
+        return {**self._server.listener_status(),
+                "refused_admin_requests": self.router.refused_admin_requests}
 
     def stop(self, timeout: float = 1.0) -> None:
         self._server.stop(timeout=timeout)

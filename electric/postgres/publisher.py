@@ -380,6 +380,7 @@ class Publisher:
         self.tls = tls
         self.max_connections = max_connections
         self.refused_connections = 0
+        self.failed_authentications = 0
         self.offsets = offsets
         self.open_stream = open_stream
         self.host = host
@@ -446,6 +447,13 @@ class Publisher:
         logger.bind(origin=slot).info("ending the streaming session of {} (reset)", slot)
         state.session.stop()
         return True
+
+    def listener_status(self) -> dict[str, Any]:
+        """The port itself: TLS or not, open connections, refusals (cap, password)."""
+        return {"tls": self.tls is not None, "open_connections": len(self._conns),
+                "max_connections": self.max_connections,
+                "refused_connections": self.refused_connections,
+                "failed_authentications": self.failed_authentications}
 
     def is_streaming(self, slot: str) -> bool:
         state = self._slots.get(slot)
@@ -662,6 +670,7 @@ class Publisher:
             final = conn.scram.on_response(event)
         except AuthenticationFailed as exc:
             user = conn.proto.parameters.get("user", "")
+            self.failed_authentications += 1
             _log.warning("password authentication failed for a subscriber from {}: {}",
                          conn.peer, exc)
             self._fatal(conn, wire.error_response(

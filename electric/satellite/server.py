@@ -695,6 +695,12 @@ class SatelliteServer:
         self._server.stop(timeout=0.5)
         self._server = None
 
+    def listener_status(self) -> dict[str, Any]:
+        if self._server is None:
+            return {"tls": self.tls is not None, "open_connections": 0,
+                    "max_connections": self.max_connections, "refused_connections": 0}
+        return self._server.listener_status()
+
     def subscribe(self, offset: StartOffset) -> Iterator[tuple[Transaction, Any]]:
         """The outgoing stream for one socket: via the shared tail, or a private stream."""
         if self.tail is not None:

@@ -144,6 +144,8 @@ def test_default_startup_generates_a_password_subscribers_use_and_strangers_lack
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("|")[1:2] == ["1"]  # timeline
 
+    listener = electric.get_json("/api/status")["detail"]["listeners"]["replication"]
+    assert listener["failed_authentications"] >= 3 and listener["tls"] is False
     # the secret shows nowhere
     status = json.dumps(electric.get_json("/api/status"))
     with open(electric.log_path) as f:
@@ -472,3 +474,11 @@ def test_connection_cap_refuses_cleanly_and_recovers(electric_factory):
     electric.wait_for(ws_served, timeout=10, what="websocket served again")
     with open(electric.log_path) as f:
         assert "(MAX_CONNECTIONS)" in f.read()
+    # refusals are visible to operators: status detail and metrics
+    listeners = electric.get_json("/api/status")["detail"]["listeners"]
+    assert {name: st["refused_connections"] >= 1 for name, st in listeners.items()} == {
+        "replication": True, "satellite": True, "status": True}, listeners
+    assert listeners["replication"]["max_connections"] == 3
+    with urllib.request.urlopen(f"{electric.status_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'electric_listener_refused_connections_total{listener="replication"}' in text
