@@ -677,8 +677,7 @@ class Publisher:
                 "FATAL", "28P01", f'password authentication failed for user "{user}"'))
             return
         conn.send(final)
-        conn.proto.authenticated()
-        assert conn.startup is not None
+        conn.proto.authenticated()  # the codec only yields SASL events after a StartupMessage
         self._on_startup(conn, conn.startup)
 
     def _on_startup(self, conn: _Conn, event: wire.StartupMessage) -> None:
