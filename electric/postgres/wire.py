@@ -125,6 +125,10 @@ MAX_STARTUP_SIZE = 10_000
 # legitimate message here and small enough that a hostile length field costs nothing.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 
+# Postgres' PG_MAX_AUTH_TOKEN_LENGTH: SCRAM messages are a few hundred bytes.
+MAX_AUTH_MESSAGE_SIZE = 65_535
+_AUTH_TAGS = frozenset(b"pX")  # password messages and Terminate, before authentication
+
 # Every message type byte a frontend can legally send (protocol 3.0).
 _FRONTEND_TAGS = frozenset(b"BCdcfDEHFPpQSX")
 _TAG_NAMES = {
@@ -510,13 +514,20 @@ class BackendConnection:
             # Validate the tag as soon as it arrives: garbage should fail fast.
             if len(buf) > pos and buf[pos] not in _FRONTEND_TAGS:
                 raise ProtocolError(f"invalid frontend message type {buf[pos]!r}")
+            if len(buf) > pos and self.phase is Phase.AUTHENTICATION and \
+                    buf[pos] not in _AUTH_TAGS:
+                raise self._auth_failed()
             return None
         tag = buf[pos]
         if tag not in _FRONTEND_TAGS:
             raise ProtocolError(f"invalid frontend message type {tag!r}")
+        if self.phase is Phase.AUTHENTICATION and tag not in _AUTH_TAGS:
+            raise self._auth_failed()  # at once: nothing is buffered for an unauthenticated peer
         (length,) = struct.unpack_from(">i", buf, pos + 1)
         if length < 4:
             raise ProtocolError(f"invalid message length {length}")
+        if self.phase is Phase.AUTHENTICATION and length > MAX_AUTH_MESSAGE_SIZE:
+            raise ProtocolError(f"password message of {length} bytes is too long")
         if length > self.max_message_size:
             raise ProtocolError(
                 f"message length {length} exceeds the limit of {self.max_message_size} bytes",

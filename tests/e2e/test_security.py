@@ -473,7 +473,14 @@ def test_connection_cap_refuses_cleanly_and_recovers(electric_factory):
 
     electric.wait_for(ws_served, timeout=10, what="websocket served again")
     with open(electric.log_path) as f:
-        assert "(MAX_CONNECTIONS)" in f.read()
+        log = f.read()
+    assert "(MAX_CONNECTIONS)" in log
+    assert "without TLS" not in log  # bound to loopback only: no plain-text warning
+    remote = non_loopback_address()
+    if remote is not None:  # LISTEN_ADDRESS=127.0.0.1: nothing answers on other addresses
+        for port in ports.values():
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((remote, port), timeout=5).close()
     # refusals are visible to operators: status detail and metrics
     listeners = electric.get_json("/api/status")["detail"]["listeners"]
     assert {name: st["refused_connections"] >= 1 for name, st in listeners.items()} == {

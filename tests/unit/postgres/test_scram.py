@@ -125,3 +125,15 @@ def test_tls_offered_refuses_plaintext_after_ssl_request_and_plaintext_startup()
     (event,) = conn.receive_data(startup(user="u"))
     assert isinstance(event, wire.StartupMessage) and conn.encrypted
     assert wire.encryption_accepted() == b"S"
+
+
+def test_unauthenticated_peers_cannot_make_the_server_buffer():
+    conn = BackendConnection(auth_required=True)
+    conn.receive_data(startup(user="u"))
+    with pytest.raises(ProtocolError) as exc:  # the header alone of a 1 MiB Query
+        conn.receive_data(b"Q" + struct.pack(">I", 1 << 20))
+    assert exc.value.sqlstate == "28P01"
+    conn = BackendConnection(auth_required=True)
+    conn.receive_data(startup(user="u"))
+    with pytest.raises(ProtocolError, match="too long"):
+        conn.receive_data(b"p" + struct.pack(">I", 1 << 20))
