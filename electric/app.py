@@ -16,7 +16,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import metrics
+from electric import metrics, replication_password, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
@@ -58,12 +58,15 @@ def _listen(setting: str, port: int, start: Callable[[], object]) -> None:
 
 
 class Application:
-    def __init__(self, settings, listen_host: str = "0.0.0.0"):
+    def __init__(self, settings):
         self.settings = settings
-        self.listen_host = listen_host
+        self.listen_host = getattr(settings, "listen_address", "0.0.0.0")
+        self.max_connections = getattr(settings, "max_connections", 10_000)
+        self.tls = None  # server SSLContext when TLS_CERT_FILE/TLS_KEY_FILE are set
+        self.replication_password = ""
         self.registry = SchemaRegistry()
         self.supervisor = Supervisor()
-        self.router = Router()
+        self.router = Router(admin_token=getattr(settings, "status_api_token", ""))
         self.http: HttpServer | None = None
         self.offsets: OffsetStore | None = None
         self.store: LocalStore | None = None  # embedded mode (no VAXINE_HOST)
@@ -131,8 +134,10 @@ class Application:
                 f"OFFSET_STORAGE_FILE: cannot open {s.offset_storage_file}: {exc.strerror}"
             ) from None
         self.on_close(STAGE_FILES, "offsets", self.offsets.close)
+        self._load_secrets()
         self._start_vaxine()
-        self.http = HttpServer(self.listen_host, s.status_port, self.router)
+        self.http = HttpServer(self.listen_host, s.status_port, self.router, tls=self.tls,
+                               max_connections=self.max_connections)
         _listen("STATUS_PORT", s.status_port, self.http.start)
         self.on_close(STAGE_LISTENERS, "http", self.http.stop)
         self._start_publisher()
@@ -141,8 +146,39 @@ class Application:
         metrics.watch(metrics.StatusCollector(
             connectors=self._connector_statuses, subscribers=self.publisher.status,
             satellite=self.satellite.status, vaxine_up=self._vaxine_reachable,
+            listeners=self._listener_statuses,
             store=self.store.status if self.store is not None else None))
         logger.info(f"status API listening on port {s.status_port}")
+
+    def _load_secrets(self) -> None:
+        """TLS context and the replication password (generated and kept when unset)."""
+        s = self.settings
+        if getattr(s, "tls_cert_file", ""):
+            try:
+                self.tls = tls.server_context(s.tls_cert_file, s.tls_key_file)
+            except tls.TlsConfigError as exc:
+                raise StartupError(str(exc)) from None
+        elif not tls.is_loopback(self.listen_host):
+            logger.warning(
+                f"listening on {self.listen_host} without TLS: the replication, websocket and "
+                f"status ports ({s.postgres_replication_port}, {s.websocket_port}, "
+                f"{s.status_port}) are reachable in plain text; set TLS_CERT_FILE and "
+                f"TLS_KEY_FILE, or LISTEN_ADDRESS=127.0.0.1")
+        try:
+            self.replication_password, kept_in = replication_password.resolve(
+                getattr(s, "postgres_replication_password", ""), s.offset_storage_file)
+        except replication_password.PasswordFileError as exc:
+            raise StartupError(f"POSTGRES_REPLICATION_PASSWORD: {exc}") from None
+        if kept_in:
+            logger.info(f"replication password: generated, kept in {kept_in} "
+                        f"(set POSTGRES_REPLICATION_PASSWORD to choose one)")
+        _raise_open_files_limit(self.max_connections + 1024)
+
+    def _listener_statuses(self) -> dict[str, dict]:
+        """Per listener: TLS, open connections against the cap, refusals."""
+        return {"replication": self.publisher.listener_status(),
+                "satellite": self.satellite.listener_status(),
+                "status": self.http.listener_status()}
 
     def _connector_statuses(self) -> dict[str, dict]:
         return {name: c.status() for name, c in self.connectors.items()}
@@ -158,6 +194,7 @@ class Application:
             "connectors": connectors,
             "satellite": {"clients_connected": satellite["clients_connected"],
                           "clients": satellite["clients"]},
+            "listeners": self._listener_statuses(),
             "vaxine": self._store_detail(),
         }
 
@@ -241,7 +278,8 @@ class Application:
             registry=self.registry, offsets=self.offsets,
             open_stream=self._publisher_stream_opener(),
             host=self.listen_host, port=s.postgres_replication_port,
-            table_lookup=self._connector_table,
+            table_lookup=self._connector_table, password=self.replication_password,
+            tls=self.tls, max_connections=self.max_connections,
             open_snapshot=(lambda relations: self.store.snapshot(relations).transaction())
             if self.store is not None else None,
         )
@@ -263,6 +301,7 @@ class Application:
             lookup_table=self.registry.table,
             write_transaction=lambda tx: self.write_transaction(tx, "satellite"),
             open_stream=self._open_wal_stream, offsets=self.offsets,
+            tls=self.tls, max_connections=self.max_connections,
         )
         _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
         self.on_close(STAGE_LISTENERS, "satellite", self.satellite.stop)
@@ -308,8 +347,14 @@ class Application:
                 gevent.spawn(other.refresh_tables)
 
     def subscription_conninfo(self) -> str:
+        """What every subscription Electric creates (or brings up to date) connects with."""
         s = self.settings
-        return electric_conninfo(s.electric_host, s.postgres_replication_port)
+        extra = {"password": self.replication_password}
+        if self.tls is not None:
+            # Encrypted, not verified: the subscriber's Postgres cannot be assumed to trust
+            # Electric's CA; operators wanting verify-full subscribe by hand (README).
+            extra["sslmode"] = "require"
+        return electric_conninfo(s.electric_host, s.postgres_replication_port, **extra)
 
     def subscribe(self, connector: Connector) -> None:
         """Create/point/enable/refresh this Postgres' subscription to Electric (idempotent)."""
@@ -419,6 +464,23 @@ def _publisher_stream(store: LocalStore, after: bytes | None):
             yield tx, offset_to_bytes((pos, pos))
     finally:
         stream.close()
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Every connection is a file descriptor: lift the soft limit towards what the caps
+    need (up to the hard limit) and say so when even the hard limit is lower."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            logger.warning(f"open files limit is {hard}; MAX_CONNECTIONS={wanted - 1024} "
+                           f"needs about {wanted} (raise 'ulimit -n')")
+    except (ImportError, ValueError, OSError) as exc:
+        logger.warning(f"cannot raise the open files limit: {exc}")
 
 
 class _MigrationTarget:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +26,20 @@ from electric.cli_parser import (
 )
 
 DEFAULT_CONNECTOR_TIMEOUT_MS = 5000
-SECRET_SETTINGS = ("satellite_auth_signing_key",)
+# Connection parameters a CONNECTORS URL may carry besides ``timeout``: what libpq users set
+# for managed Postgres (TLS, session options, keepalives). They are handed to libpq as they
+# are; anything else is refused by name so a typo never goes unnoticed.
+LIBPQ_URL_PARAMS = frozenset({
+    "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir",
+    "sslsni", "ssl_min_protocol_version", "ssl_max_protocol_version", "channel_binding",
+    "gssencmode", "krbsrvname", "options", "application_name", "connect_timeout", "keepalives",
+    "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+    "target_session_attrs", "hostaddr", "passfile",
+})
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SECRET_URL_PARAMS = frozenset({"sslpassword"})
+SECRET_SETTINGS = ("satellite_auth_signing_key", "satellite_auth_signing_key_previous",
+                   "postgres_replication_password", "status_api_token")
 REDACTED = "********"
 CONNECTOR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -50,6 +64,8 @@ class Connector:
     password: str = field(repr=False, default="")
     database: str = "postgres"
     timeout_ms: int = DEFAULT_CONNECTOR_TIMEOUT_MS
+    # libpq parameters from the URL (sslmode, options, ...), in URL order.
+    params: tuple[tuple[str, str], ...] = ()
 
     def dsn(self, **extra: str | int) -> str:
         """libpq conninfo for this connector; ``extra`` adds keywords (e.g. replication)."""
@@ -62,14 +78,17 @@ class Connector:
         }
         if self.password:
             params["password"] = self.password
+        params.update(self.params)  # explicit libpq parameters win over the defaults above
         params.update(extra)
         return make_dsn(**{k: str(v) for k, v in params.items()})
 
     def redacted_url(self) -> str:
         secret = f":{REDACTED}" if self.password else ""
+        extra = "".join(f"&{k}={REDACTED if k in SECRET_URL_PARAMS else v}"
+                        for k, v in self.params)
         return (
             f"{self.name}=postgresql://{self.user}{secret}@{self.host}:{self.port}"
-            f"/{self.database}?timeout={self.timeout_ms}"
+            f"/{self.database}?timeout={self.timeout_ms}{extra}"
         )
 
 
@@ -117,9 +136,15 @@ def _parse_connector_url(name: str, url: str) -> Connector:
     if not database or "/" in database:
         raise ConfigError("CONNECTORS", f"{where}: URL must name one database (…/dbname)")
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"timeout"})
+    unknown = sorted(set(query) - {"timeout"} - LIBPQ_URL_PARAMS)
     if unknown:
-        raise ConfigError("CONNECTORS", f"{where}: unknown URL parameter(s) {', '.join(unknown)}")
+        raise ConfigError("CONNECTORS", f"{where}: unknown URL parameter(s) {', '.join(unknown)}"
+                          f" (accepted: timeout and the libpq parameters"
+                          f" {', '.join(sorted(LIBPQ_URL_PARAMS))})")
+    params = tuple((k, query[k][-1]) for k in query if k in LIBPQ_URL_PARAMS)
+    sslmode = dict(params).get("sslmode")
+    if sslmode is not None and sslmode not in SSLMODES:
+        raise ConfigError("CONNECTORS", f"{where}: sslmode must be one of {', '.join(SSLMODES)}")
     timeout_ms = DEFAULT_CONNECTOR_TIMEOUT_MS
     if "timeout" in query:
         raw = query["timeout"][-1]
@@ -134,6 +159,7 @@ def _parse_connector_url(name: str, url: str) -> Connector:
         password=unquote(parts.password or ""),
         database=database,
         timeout_ms=timeout_ms,
+        params=params,
     )
 
 
@@ -157,15 +183,33 @@ OPTIONS: list[tuple[str, str, object, object, str]] = [
     ("--electric-host", "ELECTRIC_HOST", "localhost", "str",
      "host every Postgres uses to reach Electric's replication port (written into subscriptions)"),
     ("--connectors", "CONNECTORS", "", "str",
-     "';'-separated name=postgresql://user:pass@host:port/db[?timeout=ms]"),
+     "';'-separated name=postgresql://user:pass@host:port/db[?timeout=ms&sslmode=...]; libpq "
+     "parameters (sslmode, sslrootcert, sslcert, sslkey, options, application_name, "
+     "connect_timeout, keepalives...) are passed through"),
     ("--postgres-replication-port", "POSTGRES_REPLICATION_PORT", 5433, "port",
      "port of Electric's Postgres replication publisher"),
+    ("--postgres-replication-password", "POSTGRES_REPLICATION_PASSWORD", "", "str",
+     "password subscribers give (SCRAM-SHA-256) on the replication port; unset: a random one "
+     "is generated on first start and kept in 'replication_password' beside "
+     "OFFSET_STORAGE_FILE (mode 0600)"),
     ("--postgres-publication", "POSTGRES_PUBLICATION", "all_tables", "str",
      "publication name on every connected Postgres"),
     ("--postgres-slot", "POSTGRES_SLOT", "all_changes", "str",
      "replication slot name on every connected Postgres"),
     ("--status-port", "STATUS_PORT", 5050, "port", "HTTP port: status, migrations API, metrics"),
     ("--websocket-port", "WEBSOCKET_PORT", 5133, "port", "Satellite websocket port (path /ws)"),
+    ("--listen-address", "LISTEN_ADDRESS", "0.0.0.0", "str",
+     "address the replication, websocket and status listeners bind (e.g. 127.0.0.1, ::)"),
+    ("--max-connections", "MAX_CONNECTIONS", 10000, "int",
+     "open connections per listener; beyond it new ones are refused (Postgres FATAL 53300, "
+     "HTTP/websocket 503)"),
+    ("--tls-cert-file", "TLS_CERT_FILE", "", "str",
+     "PEM certificate (chain) for TLS on the replication port, wss:// and https:// "
+     "(with TLS_KEY_FILE)"),
+    ("--tls-key-file", "TLS_KEY_FILE", "", "str", "PEM private key of TLS_CERT_FILE"),
+    ("--status-api-token", "STATUS_API_TOKEN", "", "str",
+     "bearer token required by mutating admin endpoints (PUT /api/migrations/...); unset: "
+     "they only answer loopback peers"),
     ("--offset-storage-file", "OFFSET_STORAGE_FILE", "./offset_storage_data.dat", "str",
      "append-only file of replication offsets"),
     ("--migrations-dir", "MIGRATIONS_DIR", "./migrations", "str",
@@ -178,8 +222,12 @@ OPTIONS: list[tuple[str, str, object, object, str]] = [
      "Satellite client auth: insecure (token = user id) or jwt"),
     ("--satellite-auth-signing-key", "SATELLITE_AUTH_SIGNING_KEY", "", "str",
      "base64 of 32 secret bytes for Satellite JWTs (required in jwt mode)"),
+    ("--satellite-auth-signing-key-previous", "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS", "", "str",
+     "key rotation: a second key (base64 of 32 bytes) whose tokens are still accepted"),
     ("--satellite-auth-issuer", "SATELLITE_AUTH_ISSUER", "electric-sql", "str",
      "expected 'iss' of Satellite JWTs"),
+    ("--satellite-auth-leeway", "SATELLITE_AUTH_LEEWAY", 30, "int",
+     "clock skew tolerated on Satellite JWT exp/nbf/iat, seconds"),
     ("--log-level", "LOG_LEVEL", "info", ("trace", "debug", "info", "warning", "error"),
      "minimum log level"),
     ("--log-file", "LOG_FILE", "", "str", "also log to this file (rotated; for tailing)"),
@@ -245,6 +293,13 @@ def validate(ns: configargparse.Namespace) -> configargparse.Namespace:
         raise ConfigError("STORE_RETAIN_CHANGES", "must be at least 1000")
     if ns.satellite_auth_mode == "jwt":
         _check_signing_key(ns.satellite_auth_signing_key)
+        if ns.satellite_auth_signing_key_previous:
+            _check_signing_key(ns.satellite_auth_signing_key_previous,
+                               "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS")
+    if ns.max_connections < 1:
+        raise ConfigError("MAX_CONNECTIONS", "must be at least 1")
+    _check_listen_address(ns.listen_address)
+    _check_tls(ns.tls_cert_file, ns.tls_key_file)
     if not ns.offset_storage_file:
         raise ConfigError("OFFSET_STORAGE_FILE", "must not be empty")
     if not ns.migrations_file_name_suffix:
@@ -256,19 +311,38 @@ def validate(ns: configargparse.Namespace) -> configargparse.Namespace:
     return ns
 
 
-def _check_signing_key(key: str) -> None:
+def _check_signing_key(key: str, setting: str = "SATELLITE_AUTH_SIGNING_KEY") -> None:
     if not key:
-        raise ConfigError("SATELLITE_AUTH_SIGNING_KEY", "required when SATELLITE_AUTH_MODE=jwt")
+        raise ConfigError(setting, "required when SATELLITE_AUTH_MODE=jwt")
     try:
         raw = base64.b64decode(key, validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError("SATELLITE_AUTH_SIGNING_KEY", "must be valid base64") from None
+        raise ConfigError(setting, "must be valid base64") from None
     if len(raw) != 32:
         # The Satellite JWT scheme derives its HS256 key from exactly 32 secret bytes.
         raise ConfigError(
-            "SATELLITE_AUTH_SIGNING_KEY",
-            f"decodes to {len(raw)} bytes; the Satellite JWT scheme needs exactly 32",
-        )
+            setting, f"decodes to {len(raw)} bytes; the Satellite JWT scheme needs exactly 32")
+
+
+def _check_listen_address(address: str) -> None:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError("LISTEN_ADDRESS", f"{address!r} is not an IPv4 or IPv6 address") \
+            from None
+
+
+def _check_tls(cert_file: str, key_file: str) -> None:
+    from electric import tls
+
+    if bool(cert_file) != bool(key_file):
+        missing = "TLS_KEY_FILE" if cert_file else "TLS_CERT_FILE"
+        raise ConfigError(missing, "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+    if cert_file:
+        try:
+            tls.server_context(cert_file, key_file)
+        except tls.TlsConfigError as exc:
+            raise ConfigError(exc.setting, exc.problem) from None
 
 
 def _convert(env: str, value: object, kind: object) -> object:

@@ -89,6 +89,16 @@ def _demote():
     return demote
 
 
+def _server_env() -> dict[str, str]:
+    """The server's environment: when demoted from root, HOME must be the postgres account's,
+    or libpq in its walreceivers (subscriptions) trips over an unreadable
+    /root/.postgresql/postgresql.crt as soon as TLS is used (sslmode=require)."""
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env["HOME"] = pwd.getpwnam(SERVER_USER).pw_dir
+    return env
+
+
 @dataclass
 class PgCluster:
     """One PostgreSQL cluster in ``root``; start/stop/restart it, get DSNs."""
@@ -101,6 +111,8 @@ class PgCluster:
     fsync: bool = True
     extra_conf: dict[str, str] = field(default_factory=dict)
     bindir: str = field(default_factory=find_bindir)
+    # (certificate, key) PEM files: serve TLS (ssl = on) with copies owned by the server.
+    tls_files: tuple[str, str] | None = None
 
     @property
     def datadir(self) -> str:
@@ -117,7 +129,7 @@ class PgCluster:
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([os.path.join(self.bindir, args[0]), *args[1:]],
                               preexec_fn=_demote(), cwd=self.root, check=check,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=_server_env())
 
     def init(self) -> None:
         os.makedirs(self.root, exist_ok=True)
@@ -156,12 +168,28 @@ class PgCluster:
             "shared_buffers": "32MB",
             "log_min_messages": "warning",
             "log_line_prefix": "'%m [%p] %a '",
+            **self._tls_settings(),
             **self.extra_conf,
         }
         with open(os.path.join(self.datadir, "postgresql.conf"), "a") as conf:
             conf.write("\n# added by electric.devenv\n")
             for key, value in settings.items():
                 conf.write(f"{key} = {value}\n")
+
+    def _tls_settings(self) -> dict[str, str]:
+        if self.tls_files is None:
+            return {}
+        names = {}
+        for source, name in zip(self.tls_files, ("server.crt", "server.key"), strict=True):
+            target = os.path.join(self.datadir, name)
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)  # Postgres refuses a key readable by others
+            if os.geteuid() == 0:
+                account = pwd.getpwnam(SERVER_USER)
+                os.chown(target, account.pw_uid, account.pw_gid)
+            names[name] = target
+        return {"ssl": "on", "ssl_cert_file": f"'{names['server.crt']}'",
+                "ssl_key_file": f"'{names['server.key']}'"}
 
     def start(self) -> None:
         result = self._run("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60",

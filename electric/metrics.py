@@ -30,7 +30,9 @@ class StatusCollector:
     def __init__(self, connectors: Callable[[], dict[str, dict[str, Any]]],
                  subscribers: Callable[[], dict[str, dict[str, Any]]],
                  satellite: Callable[[], dict[str, Any]], vaxine_up: Callable[[], bool],
+                 listeners: Callable[[], dict[str, dict[str, Any]]] | None = None,
                  store: Callable[[], dict[str, Any]] | None = None):
+        self.listeners = listeners or dict
         self.connectors = connectors
         self.subscribers = subscribers
         self.satellite = satellite
@@ -101,6 +103,23 @@ class StatusCollector:
                                 value=float(satellite.get("clients_connected", 0)))
         yield GaugeMetricFamily("electric_vaxine_up", "1 when a Vaxine API connection works",
                                 value=float(bool(self.vaxine_up())))
+        open_ = GaugeMetricFamily("electric_listener_connections",
+                                  "Open connections per listener (capped by MAX_CONNECTIONS)",
+                                  labels=["listener"])
+        refused = CounterMetricFamily("electric_listener_refused_connections",
+                                      "Connections refused because the listener was full",
+                                      labels=["listener"])
+        auth_failed = CounterMetricFamily(
+            "electric_listener_refused_authentications",
+            "Replication logins with a wrong or missing password; admin requests refused",
+            labels=["listener"])
+        for name, st in sorted(self.listeners().items()):
+            open_.add_metric([name], float(st.get("open_connections") or 0))
+            refused.add_metric([name], float(st.get("refused_connections") or 0))
+            failures = st.get("failed_authentications", st.get("refused_admin_requests"))
+            if failures is not None:
+                auth_failed.add_metric([name], float(failures))
+        yield from (open_, refused, auth_failed)
         if self.store is not None:
             yield from _store_metrics(self.store())
 

@@ -2,17 +2,25 @@
 
 Routes are registered by the application (status, migrations, metrics); every answer is JSON
 (or Prometheus text for /metrics) with a clear status code, and unknown paths get 404.
+
+Admin rule: reading (GET/HEAD) is open; every other method changes something (today
+``PUT /api/migrations/…``) and needs ``Authorization: Bearer <STATUS_API_TOKEN>`` when a token
+is configured, or else comes from a loopback peer. Refusals are 403 with a JSON error.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import WSGIHandler
 from loguru import logger
+
+from electric.listeners import GuardedWSGIServer
+from electric.tls import is_loopback
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -23,6 +31,8 @@ class Request:
     path: str
     params: dict[str, str]
     body: bytes
+    remote_addr: str = ""
+    authorization: str = ""
 
     def json(self):
         """Parsed JSON body; raises HttpError(400) when it is not valid JSON."""
@@ -57,14 +67,33 @@ def error_response(status: int, code: str, message: str) -> Response:
 
 Handler = Callable[[Request], Response]
 
-REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
+READ_ONLY_METHODS = ("GET", "HEAD")
+
+
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, admin_token: str = "") -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.admin_token = admin_token
+        self.refused_admin_requests = 0
+
+    def admin_refusal(self, request: Request) -> Response | None:
+        """None when ``request`` may change something (see the module doc), else the 403."""
+        if self.admin_token:
+            scheme, _, token = request.authorization.partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                    token.strip().encode(), self.admin_token.encode()):
+                return None
+            return error_response(403, "forbidden", "this endpoint needs 'Authorization: "
+                                  "Bearer <STATUS_API_TOKEN>'")
+        if is_loopback(request.remote_addr):
+            return None
+        return error_response(403, "forbidden", "this endpoint only answers loopback clients "
+                              "when STATUS_API_TOKEN is not set")
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """``pattern`` is a full-match regex over the path; named groups become params."""
@@ -80,6 +109,14 @@ class Router:
                 allowed.append(method)
                 continue
             request.params = match.groupdict()
+            if method not in READ_ONLY_METHODS:
+                refusal = self.admin_refusal(request)
+                if refusal is not None:
+                    self.refused_admin_requests += 1
+                    logger.bind(origin="http").warning(
+                        f"refused {request.method} {request.path} from {request.remote_addr}:"
+                        f" {'bad or missing token' if self.admin_token else 'not loopback'}")
+                    return refusal
             try:
                 return handler(request)
             except HttpError as exc:
@@ -114,7 +151,8 @@ class Router:
             body = None
         if body is None or len(body) != length:
             return error_response(400, "invalid_body", "body shorter than Content-Length")
-        request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/", {}, body)
+        request = Request(environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/", {}, body,
+                          environ.get("REMOTE_ADDR") or "", environ.get("HTTP_AUTHORIZATION") or "")
         return self.dispatch(request)
 
 
@@ -158,10 +196,16 @@ class LogWriter:
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, router: Router):
+    """``tls``: a server SSLContext (https); ``max_connections``: the listener's cap."""
+
+    def __init__(self, host: str, port: int, router: Router, *, tls=None,
+                 max_connections: int = 10_000):
         self.router = router
-        self._server = WSGIServer((host, port), router.wsgi, log=None, error_log=LogWriter(),
-                                  handler_class=_Handler)
+        ssl_args = {"ssl_context": tls} if tls is not None else {}
+        self._server = GuardedWSGIServer((host, port), router.wsgi, log=None,
+                                         error_log=LogWriter(), handler_class=_Handler,
+                                         max_connections=max_connections, name="status",
+                                         **ssl_args)
 
     def start(self) -> None:
         self._server.start()
@@ -169,6 +213,10 @@ class HttpServer:
     @property
     def port(self) -> int:
         return self._server.server_port
+
+    def listener_status(self) -> dict:
+        return {**self._server.listener_status(),
+                "refused_admin_requests": self.router.refused_admin_requests}
 
     def stop(self, timeout: float = 1.0) -> None:
         self._server.stop(timeout=timeout)

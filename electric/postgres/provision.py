@@ -453,7 +453,11 @@ def create_subscription(conn: Any, name: str, conninfo: str, publication: str) -
             if existing_conninfo != conninfo:
                 cur.execute(sql.SQL("ALTER SUBSCRIPTION {} CONNECTION {}").format(
                     sql.Identifier(name), sql.Literal(conninfo)))
-                log.info("subscription {} now points at {}", name, conninfo)
+                # Without the password: logs must never carry secrets.
+                shown = {k: v for k, v in ext.parse_dsn(conninfo).items()
+                         if k != "password"}
+                log.info("subscription {} now points at {}", name,
+                         ext.make_dsn(**shown))
             if list(publications or []) != [publication]:
                 cur.execute(sql.SQL(
                     "ALTER SUBSCRIPTION {} SET PUBLICATION {} WITH (refresh = false)").format(

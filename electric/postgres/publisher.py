@@ -9,8 +9,13 @@ in ``upsert.py``, the message codec in ``wire.py``). This module is the thin gev
   :class:`~electric.postgres.wire.BackendConnection`; every write to a socket goes through one
   lock per socket, because while streaming both the connection greenlet (keepalive replies,
   CopyDone) and the slot's sender greenlet write to it;
+* TLS when configured: ``SSLRequest`` is answered ``S`` and the session runs over TLS (then
+  required: a plaintext StartupMessage gets FATAL 28000); GSSENCRequest is always declined;
+* every session first proves the replication password with SCRAM-SHA-256 (``scram.py``);
+  any failure is FATAL 28P01, before anything about connectors is looked at;
 * admission only for ``replication=database`` connections whose ``application_name`` names a
   connector the registry marks ready (FATAL 08004 otherwise; Postgres retries by itself);
+* at most ``max_connections`` open connections; one more gets FATAL 53300 and is closed;
 * every command the subscriber may send is answered; anything else gets ErrorResponse +
   ReadyForQuery and the connection stays usable. Protocol violations get a FATAL
   ErrorResponse and a clean close of *that* connection only;
@@ -51,9 +56,11 @@ from gevent.queue import Empty, Queue
 from gevent.server import StreamServer
 from loguru import logger
 
+from electric import tls as tls_settings
 from electric.changes import RelationName, Table, Transaction
 from electric.postgres import wire
 from electric.postgres.lsn import Lsn
+from electric.postgres.scram import AuthenticationFailed, ScramExchange, ScramVerifier
 from electric.postgres.slot import SlotEncoder, plan_resume
 from electric.schema import SchemaRegistry
 
@@ -71,6 +78,8 @@ STARTUP_TIMEOUT = 10.0  # the reference used 100 ms, which is fragile on slow li
 QUERY_IDLE_TIMEOUT = 300.0
 STREAM_IDLE_TIMEOUT = 120.0  # subscribers send a status update at least every 10 s
 REGISTRY_WAIT = 3.0
+DEFAULT_MAX_CONNECTIONS = 10_000
+REFUSAL_LINGER = 2.0  # how long a refused peer may take to read its FATAL before we close
 GC_INTERVAL = 30.0
 RECV_SIZE = 65536
 
@@ -86,10 +95,13 @@ class _Conn:
 
     _ids = itertools.count(1)
 
-    def __init__(self, sock: socket.socket, address: Any) -> None:
+    def __init__(self, sock: socket.socket, address: Any, *, tls_offered: bool = False,
+                 verifier: ScramVerifier) -> None:
         self.sock = sock
         self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-        self.proto = wire.BackendConnection()
+        self.proto = wire.BackendConnection(auth_required=True, tls_offered=tls_offered)
+        self.scram: ScramExchange = verifier.exchange()
+        self.startup: wire.StartupMessage | None = None
         self.pid = (os.getpid() << 12 | next(self._ids)) & 0x7FFFFFFF
         self.secret = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
         self.write_lock = Semaphore()
@@ -387,6 +399,8 @@ class Publisher:
 
     ``registry`` answers admission (``is_ready(application_name)``) and table lookups,
     ``offsets`` stores the per-transaction LSN mappings, ``open_stream`` reads the log.
+    ``password`` is what subscribers must prove (SCRAM-SHA-256); there is no way to run
+    without one. ``tls`` (a server SSLContext) turns TLS on and makes it required.
     ``port=0`` binds a free port (see :attr:`port` after ``start()``).
     """
 
@@ -407,11 +421,19 @@ class Publisher:
         gc_interval: float = GC_INTERVAL,
         table_lookup: Callable[[str, RelationName], Table | None] | None = None,
         open_snapshot: Callable[[list[RelationName]], Transaction] | None = None,
+        password: str,
+        tls: Any = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.registry = registry
         # ``open_snapshot(relations)``: the log's current rows of those tables as one
         # transaction (for backfills); ``None`` when the log cannot give it.
         self.open_snapshot = open_snapshot
+        self.verifier = ScramVerifier.from_password(password)
+        self.tls = tls
+        self.max_connections = max_connections
+        self.refused_connections = 0
+        self.failed_authentications = 0
         self.offsets = offsets
         self.open_stream = open_stream
         self.host = host
@@ -486,6 +508,13 @@ class Publisher:
         state.session.stop()
         return True
 
+    def listener_status(self) -> dict[str, Any]:
+        """The port itself: TLS or not, open connections, refusals (cap, password)."""
+        return {"tls": self.tls is not None, "open_connections": len(self._conns),
+                "max_connections": self.max_connections,
+                "refused_connections": self.refused_connections,
+                "failed_authentications": self.failed_authentications}
+
     def is_streaming(self, slot: str) -> bool:
         state = self._slots.get(slot)
         return state is not None and state.session is not None
@@ -527,7 +556,10 @@ class Publisher:
         return state
 
     def _handle(self, sock: socket.socket, address: Any) -> None:
-        conn = _Conn(sock, address)
+        if len(self._conns) >= self.max_connections:
+            self._refuse(sock, address)
+            return
+        conn = _Conn(sock, address, tls_offered=self.tls is not None, verifier=self.verifier)
         self._conns.add(conn)
         try:
             self._serve(conn)
@@ -541,6 +573,35 @@ class Publisher:
                 self._subscriber_left(conn, "connection closed")
                 conn.session.stop()
             conn.close()
+
+    def _refuse(self, sock: socket.socket, address: Any) -> None:
+        """Over the cap: FATAL 53300 in the clear, as Postgres does. libpq reads an error
+        in place of the answer to its SSLRequest too. The peer gets a moment to read it
+        (closing with its startup packet unread would reset the connection instead)."""
+        self.refused_connections += 1
+        _log.warning("refused a connection from {}: {} connections open (MAX_CONNECTIONS)",
+                     address[0] if isinstance(address, tuple) else address, len(self._conns))
+        try:
+            sock.sendall(wire.error_response("FATAL", "53300", "sorry, too many clients already"))
+            sock.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(REFUSAL_LINGER, False):
+                while sock.recv(RECV_SIZE):
+                    pass
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _start_tls(self, conn: _Conn) -> None:
+        """Answer an SSLRequest with ``S`` and run the handshake, bounded in time."""
+        conn.send(wire.encryption_accepted())
+        try:
+            with gevent.Timeout(tls_settings.HANDSHAKE_TIMEOUT, _Closed):
+                conn.sock = self.tls.wrap_socket(conn.sock, server_side=True)
+        except OSError as exc:  # ssl.SSLError included: a failed handshake ends the connection
+            _log.info("TLS handshake with {} failed: {}", conn.peer, exc)
+            raise _Closed() from exc
+        conn.proto.tls_established()
 
     def _recv(self, conn: _Conn, timeout: float | None) -> bytes:
         try:
@@ -556,7 +617,7 @@ class Publisher:
     def _serve(self, conn: _Conn) -> None:
         proto = conn.proto
         while not conn.closed:
-            if proto.phase is wire.Phase.STARTUP:
+            if proto.phase in (wire.Phase.STARTUP, wire.Phase.AUTHENTICATION):
                 timeout = STARTUP_TIMEOUT
             elif proto.phase is wire.Phase.COPY_BOTH:
                 timeout = STREAM_IDLE_TIMEOUT
@@ -584,10 +645,15 @@ class Publisher:
         conn.close()
 
     def _on_event(self, conn: _Conn, event: Any) -> None:
-        if isinstance(event, wire.SSLRequest | wire.GSSENCRequest):
+        if isinstance(event, wire.SSLRequest) and self.tls is not None:
+            self._start_tls(conn)
+        elif isinstance(event, wire.SSLRequest | wire.GSSENCRequest):
             conn.send(wire.encryption_denied())
         elif isinstance(event, wire.StartupMessage):
-            self._on_startup(conn, event)
+            conn.startup = event
+            conn.send(conn.scram.start())
+        elif isinstance(event, wire.SASLInitialResponse | wire.SASLResponse):
+            self._on_password(conn, event)
         elif isinstance(event, wire.Query):
             self._on_query(conn, event.text)
         elif isinstance(event, wire.StandbyStatusUpdate):
@@ -667,6 +733,24 @@ class Publisher:
         )
 
     # -- startup -------------------------------------------------------------------------
+
+    def _on_password(self, conn: _Conn, event: Any) -> None:
+        try:
+            if isinstance(event, wire.SASLInitialResponse):
+                conn.send(conn.scram.on_initial_response(event))
+                return
+            final = conn.scram.on_response(event)
+        except AuthenticationFailed as exc:
+            user = conn.proto.parameters.get("user", "")
+            self.failed_authentications += 1
+            _log.warning("password authentication failed for a subscriber from {}: {}",
+                         conn.peer, exc)
+            self._fatal(conn, wire.error_response(
+                "FATAL", "28P01", f'password authentication failed for user "{user}"'))
+            return
+        conn.send(final)
+        conn.proto.authenticated()  # the codec only yields SASL events after a StartupMessage
+        self._on_startup(conn, conn.startup)
 
     def _on_startup(self, conn: _Conn, event: wire.StartupMessage) -> None:
         params = event.parameters

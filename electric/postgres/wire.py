@@ -45,6 +45,8 @@ __all__ = [
     "GSSENCRequest",
     "CancelRequest",
     "StartupMessage",
+    "SASLInitialResponse",
+    "SASLResponse",
     "Query",
     "CopyData",
     "StandbyStatusUpdate",
@@ -55,7 +57,11 @@ __all__ = [
     "UnsupportedMessage",
     # builders
     "encryption_denied",
+    "encryption_accepted",
     "authentication_ok",
+    "authentication_sasl",
+    "authentication_sasl_continue",
+    "authentication_sasl_final",
     "negotiate_protocol_version",
     "parameter_status",
     "backend_key_data",
@@ -119,6 +125,10 @@ MAX_STARTUP_SIZE = 10_000
 # legitimate message here and small enough that a hostile length field costs nothing.
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 
+# Postgres' PG_MAX_AUTH_TOKEN_LENGTH: SCRAM messages are a few hundred bytes.
+MAX_AUTH_MESSAGE_SIZE = 65_535
+_AUTH_TAGS = frozenset(b"pX")  # password messages and Terminate, before authentication
+
 # Every message type byte a frontend can legally send (protocol 3.0).
 _FRONTEND_TAGS = frozenset(b"BCdcfDEHFPpQSX")
 _TAG_NAMES = {
@@ -180,7 +190,10 @@ def from_pg_micros(micros: int) -> datetime:
 
 @dataclass(frozen=True)
 class SSLRequest:
-    """Answer with :func:`encryption_denied` and keep reading the startup phase."""
+    """Answer with :func:`encryption_denied` and keep reading the startup phase, or — when
+    the connection was made with ``tls_offered`` — with :func:`encryption_accepted`, run the
+    TLS handshake, call :meth:`BackendConnection.tls_established` and feed the decrypted
+    bytes from then on."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +213,22 @@ class CancelRequest:
 class StartupMessage:
     protocol: tuple[int, int]
     parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SASLInitialResponse:
+    """First ``p`` message of a SASL exchange: the chosen mechanism and the client-first
+    message (``None`` when the client sent none)."""
+
+    mechanism: str
+    data: bytes | None
+
+
+@dataclass(frozen=True)
+class SASLResponse:
+    """Later ``p`` messages of a SASL exchange (SCRAM: the client-final message)."""
+
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -267,6 +296,8 @@ Event = (
     | GSSENCRequest
     | CancelRequest
     | StartupMessage
+    | SASLInitialResponse
+    | SASLResponse
     | Query
     | CopyData
     | StandbyStatusUpdate
@@ -280,6 +311,7 @@ Event = (
 
 class Phase(Enum):
     STARTUP = "startup"  # untagged packets: SSLRequest, GSSENCRequest, Cancel, Startup
+    AUTHENTICATION = "authentication"  # only password (SASL) messages until authenticated()
     QUERY = "query"  # tagged messages, simple query protocol
     COPY_BOTH = "copy_both"  # after CopyBothResponse: CopyData/CopyDone/Terminate
     CLOSED = "closed"  # after Terminate / CancelRequest / a protocol error
@@ -322,6 +354,16 @@ class BackendConnection:
     module's builder functions. The caller tells the machine when it has switched the
     stream into CopyBoth mode (:meth:`start_copy_both`), because from then on ``d``/``c``
     messages are legal and ``Q`` is not.
+
+    ``auth_required``: after the StartupMessage the connection is in the AUTHENTICATION
+    phase, where only SASL password messages are legal, until the caller has verified them
+    and calls :meth:`authenticated`. Nothing a client pipelines behind its startup packet is
+    ever read as a query before that.
+
+    ``tls_offered``: SSLRequest will be accepted. Plaintext bytes pipelined behind the
+    SSLRequest are refused (they would be processed as if they had come over TLS), and a
+    StartupMessage is only accepted once :meth:`tls_established` has been called (TLS is
+    required, like ``hostssl`` in pg_hba.conf).
     """
 
     def __init__(
@@ -329,9 +371,15 @@ class BackendConnection:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_startup_size: int = MAX_STARTUP_SIZE,
+        auth_required: bool = False,
+        tls_offered: bool = False,
     ) -> None:
         self.max_message_size = max_message_size
         self.max_startup_size = max_startup_size
+        self.auth_required = auth_required
+        self.tls_offered = tls_offered
+        self.encrypted = False
+        self._sasl_started = False
         self.phase = Phase.STARTUP
         self.parameters: dict[str, str] = {}
         self.encoding = "utf-8"
@@ -388,6 +436,18 @@ class BackendConnection:
 
     # -- output-side state changes -----------------------------------------------
 
+    def tls_established(self) -> None:
+        """The TLS handshake after an accepted SSLRequest is done; the startup continues."""
+        if not (self.tls_offered and self._ssl_asked) or self.phase is not Phase.STARTUP:
+            raise RuntimeError("TLS can only start after an accepted SSLRequest")
+        self.encrypted = True
+
+    def authenticated(self) -> None:
+        """The password exchange succeeded: queries may follow."""
+        if self.phase is not Phase.AUTHENTICATION:
+            raise RuntimeError(f"not authenticating (phase {self.phase.value})")
+        self.phase = Phase.QUERY
+
     def start_copy_both(self) -> bytes:
         """Switch to CopyBoth mode; returns the CopyBothResponse to send."""
         if self.phase is not Phase.QUERY:
@@ -418,6 +478,10 @@ class BackendConnection:
             if length != 8 or self._ssl_asked:
                 raise ProtocolError("invalid or repeated SSLRequest")
             self._ssl_asked = True
+            if self.tls_offered and len(buf) > self._pos:
+                # The handshake must come next; bytes already sent in the clear would be
+                # taken as if they had arrived encrypted (CVE-2021-23214 in Postgres).
+                raise ProtocolError("received unencrypted data after SSL request")
             return SSLRequest()
         if code == GSSENC_REQUEST_CODE:
             if length != 8 or self._gss_asked:
@@ -435,10 +499,13 @@ class BackendConnection:
             raise ProtocolError(
                 f"unsupported frontend protocol {major}.{minor}: server supports 3.0", "0A000"
             )
+        if self.tls_offered and not self.encrypted:
+            raise ProtocolError(
+                "Electric requires TLS on this port: connect with sslmode=require", "28000")
         params = _parse_startup_parameters(body[4:])
         self.parameters = params
         self.encoding = python_encoding(params.get("client_encoding"))
-        self.phase = Phase.QUERY
+        self.phase = Phase.AUTHENTICATION if self.auth_required else Phase.QUERY
         return StartupMessage((major, minor), params)
 
     def _next_tagged(self) -> Event | None:
@@ -447,13 +514,20 @@ class BackendConnection:
             # Validate the tag as soon as it arrives: garbage should fail fast.
             if len(buf) > pos and buf[pos] not in _FRONTEND_TAGS:
                 raise ProtocolError(f"invalid frontend message type {buf[pos]!r}")
+            if len(buf) > pos and self.phase is Phase.AUTHENTICATION and \
+                    buf[pos] not in _AUTH_TAGS:
+                raise self._auth_failed()
             return None
         tag = buf[pos]
         if tag not in _FRONTEND_TAGS:
             raise ProtocolError(f"invalid frontend message type {tag!r}")
+        if self.phase is Phase.AUTHENTICATION and tag not in _AUTH_TAGS:
+            raise self._auth_failed()  # at once: nothing is buffered for an unauthenticated peer
         (length,) = struct.unpack_from(">i", buf, pos + 1)
         if length < 4:
             raise ProtocolError(f"invalid message length {length}")
+        if self.phase is Phase.AUTHENTICATION and length > MAX_AUTH_MESSAGE_SIZE:
+            raise ProtocolError(f"password message of {length} bytes is too long")
         if length > self.max_message_size:
             raise ProtocolError(
                 f"message length {length} exceeds the limit of {self.max_message_size} bytes",
@@ -463,7 +537,36 @@ class BackendConnection:
             return None
         body = bytes(buf[pos + 5 : pos + 1 + length])
         self._pos = pos + 1 + length
+        if self.phase is Phase.AUTHENTICATION:
+            return self._password_message(tag, body)
         return self._message(tag, body)
+
+    def _auth_failed(self) -> ProtocolError:
+        # One answer for every way of not giving the right password, like Postgres.
+        user = self.parameters.get("user", "")
+        return ProtocolError(f'password authentication failed for user "{user}"', "28P01")
+
+    def _password_message(self, tag: int, body: bytes) -> Event:
+        if tag == ord("X"):
+            _expect_empty(body, "Terminate")
+            self.phase = Phase.CLOSED
+            return Terminate()
+        if tag != ord("p"):
+            raise self._auth_failed()  # anything but a password: no password given
+        if self._sasl_started:
+            return SASLResponse(body)
+        self._sasl_started = True
+        end = body.find(b"\0")
+        if end < 0 or len(body) < end + 5:
+            raise self._auth_failed()
+        mechanism = body[:end].decode("ascii", "replace")
+        (size,) = struct.unpack_from(">i", body, end + 1)
+        data = body[end + 5 :]
+        if size == -1 and not data:
+            return SASLInitialResponse(mechanism, None)
+        if size != len(data):
+            raise ProtocolError("malformed SASLInitialResponse: length does not match")
+        return SASLInitialResponse(mechanism, data)
 
     def _message(self, tag: int, body: bytes) -> Event:
         t = chr(tag)
@@ -568,6 +671,11 @@ def encryption_denied() -> bytes:
     return b"N"
 
 
+def encryption_accepted() -> bytes:
+    """The single byte ``S`` that accepts an SSLRequest; the TLS handshake follows."""
+    return b"S"
+
+
 def negotiate_protocol_version(newest_minor: int = 0, unrecognized: Sequence[str] = ()) -> bytes:
     """``v``: answer a StartupMessage asking for protocol 3.x (x > 0) or ``_pq_.*`` options.
 
@@ -579,6 +687,21 @@ def negotiate_protocol_version(newest_minor: int = 0, unrecognized: Sequence[str
 
 def authentication_ok() -> bytes:
     return _msg(b"R", struct.pack(">i", 0))
+
+
+def authentication_sasl(mechanisms: Sequence[str]) -> bytes:
+    """``R`` 10: the SASL mechanisms the server offers (e.g. ``["SCRAM-SHA-256"]``)."""
+    return _msg(b"R", struct.pack(">i", 10) + b"".join(_cstr(m) for m in mechanisms) + b"\0")
+
+
+def authentication_sasl_continue(data: bytes) -> bytes:
+    """``R`` 11: a SASL challenge (SCRAM: the server-first message)."""
+    return _msg(b"R", struct.pack(">i", 11) + data)
+
+
+def authentication_sasl_final(data: bytes) -> bytes:
+    """``R`` 12: the SASL outcome data (SCRAM: the server-final message, ``v=...``)."""
+    return _msg(b"R", struct.pack(">i", 12) + data)
 
 
 def parameter_status(name: str, value: str, encoding: str = "utf-8") -> bytes:

@@ -11,6 +11,13 @@ Two providers, chosen by ``SATELLITE_AUTH_MODE``:
 
 Unlike the reference, the secret, issuer and cluster id all come from configuration, and the
 secret is never logged or echoed (not even in error messages).
+
+Key rotation: ``SATELLITE_AUTH_SIGNING_KEY_PREVIOUS`` names a second secret whose tokens are
+still accepted (new tokens are always signed with the current key). To rotate: move the
+current key to ``…_PREVIOUS``, set a new current key, restart; drop the previous one once
+every token signed with it has expired. Clock skew: ``exp``, ``nbf`` and ``iat`` are checked
+with ``SATELLITE_AUTH_LEEWAY`` seconds of tolerance (default 30), so a client or server clock a
+little off does not refuse fresh tokens or accept long-expired ones.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import jwt
 KEY_DERIVATION_SALT = b"EDBv01"
 SECRET_KEY_BYTES = 32
 DEFAULT_TTL_SECONDS = 900
+DEFAULT_LEEWAY_SECONDS = 30
 
 
 class AuthError(Exception):
@@ -76,14 +84,15 @@ def derive_signing_key(secret_key: bytes, global_cluster_id: str) -> bytes:
     return hmac.new(k1, global_cluster_id.encode(), hashlib.sha256).digest()
 
 
-def decode_secret_key(value: str | bytes | None) -> bytes:
+def decode_secret_key(value: str | bytes | None,
+                      setting: str = "SATELLITE_AUTH_SIGNING_KEY") -> bytes:
     """Configured secret → 32 raw bytes. Accepts standard or URL-safe base64.
 
     The message on failure names the setting but never repeats its value.
     """
     if value is None or value == "" or value == b"":
         raise AuthConfigError(
-            "SATELLITE_AUTH_SIGNING_KEY is required when SATELLITE_AUTH_MODE=jwt "
+            f"{setting} is required when SATELLITE_AUTH_MODE=jwt "
             f"(base64 of {SECRET_KEY_BYTES} random bytes)"
         )
     if isinstance(value, bytes):
@@ -97,10 +106,10 @@ def decode_secret_key(value: str | bytes | None) -> bytes:
         except (binascii.Error, ValueError):
             continue
     if raw is None:
-        raise AuthConfigError("SATELLITE_AUTH_SIGNING_KEY is not valid base64")
+        raise AuthConfigError(f"{setting} is not valid base64")
     if len(raw) != SECRET_KEY_BYTES:
         raise AuthConfigError(
-            f"SATELLITE_AUTH_SIGNING_KEY must decode to exactly {SECRET_KEY_BYTES} bytes "
+            f"{setting} must decode to exactly {SECRET_KEY_BYTES} bytes "
             f"(got {len(raw)})"
         )
     return raw
@@ -114,14 +123,20 @@ class JwtAuth:
     global_cluster_id: str
     issuer: str | None = None
     mode: str = "jwt"
+    previous_secret_key: bytes | None = field(default=None, repr=False)
+    leeway: int = DEFAULT_LEEWAY_SECONDS
     _signing_key: bytes = field(init=False, repr=False, compare=False)
+    _accepted_keys: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.global_cluster_id:
             raise AuthConfigError("GLOBAL_CLUSTER_ID must not be empty in jwt auth mode")
-        object.__setattr__(
-            self, "_signing_key", derive_signing_key(self.secret_key, self.global_cluster_id)
-        )
+        key = derive_signing_key(self.secret_key, self.global_cluster_id)
+        object.__setattr__(self, "_signing_key", key)
+        accepted = [key]
+        if self.previous_secret_key:
+            accepted.append(derive_signing_key(self.previous_secret_key, self.global_cluster_id))
+        object.__setattr__(self, "_accepted_keys", tuple(accepted))
 
     @property
     def signing_key(self) -> bytes:
@@ -130,38 +145,15 @@ class JwtAuth:
     def validate(self, token: str, now: float | None = None) -> str:
         if not token:
             raise AuthError("empty token")
-        options: dict[str, Any] = {"verify_iss": False, "require": []}
-        try:
-            if now is None:
-                claims = jwt.decode(
-                    token, self._signing_key, algorithms=["HS256"], options=options, leeway=0
-                )
-            else:
-                # PyJWT reads the clock itself; for a caller-supplied time, verify the
-                # signature with PyJWT and the time claims here.
-                claims = jwt.decode(
-                    token,
-                    self._signing_key,
-                    algorithms=["HS256"],
-                    options={
-                        **options,
-                        "verify_exp": False,
-                        "verify_nbf": False,
-                        "verify_iat": False,
-                    },
-                )
-                exp = claims.get("exp")
-                if exp is not None and (not isinstance(exp, int | float) or exp <= now):
-                    raise jwt.ExpiredSignatureError("Signature has expired")
-                nbf = claims.get("nbf")
-                if nbf is not None and (not isinstance(nbf, int | float) or nbf > now):
-                    raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired", expired=True) from None
-        except jwt.InvalidTokenError as exc:
-            # PyJWT's own words ("Signature verification failed", "Not enough segments"):
-            # never the token itself, and no exception class names in the log.
-            raise AuthError(f"invalid token ({str(exc) or 'rejected'})") from None
+        claims = None
+        for key in self._accepted_keys:
+            try:
+                claims = self._decode(token, key, now)
+                break
+            except jwt.InvalidSignatureError:
+                continue  # maybe signed with the previous key (rotation)
+        if claims is None:
+            raise AuthError("invalid token (Signature verification failed)")
         if "iss" in claims and claims["iss"] != self.issuer:
             raise AuthError("invalid token: unexpected issuer")
         if claims.get("global_cluster_id") != self.global_cluster_id:
@@ -172,6 +164,49 @@ class JwtAuth:
         if not isinstance(user_id, str) or not user_id:
             raise AuthError("invalid access token: no user_id")
         return user_id
+
+    def _decode(self, token: str, key: bytes, now: float | None) -> dict[str, Any]:
+        """Claims of ``token`` if signed with ``key`` and in date (with the leeway).
+
+        Raises ``jwt.InvalidSignatureError`` for another key, :class:`AuthError` otherwise."""
+        options: dict[str, Any] = {"verify_iss": False, "require": []}
+        leeway = self.leeway
+        try:
+            if now is None:
+                claims = jwt.decode(
+                    token, key, algorithms=["HS256"], options=options, leeway=leeway
+                )
+            else:
+                # PyJWT reads the clock itself; for a caller-supplied time, verify the
+                # signature with PyJWT and the time claims here.
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=["HS256"],
+                    options={
+                        **options,
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
+                )
+                exp = claims.get("exp")
+                if exp is not None and (not isinstance(exp, int | float)
+                                        or exp <= now - leeway):
+                    raise jwt.ExpiredSignatureError("Signature has expired")
+                nbf = claims.get("nbf")
+                if nbf is not None and (not isinstance(nbf, int | float)
+                                        or nbf > now + leeway):
+                    raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+        except jwt.InvalidSignatureError:
+            raise
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired", expired=True) from None
+        except jwt.InvalidTokenError as exc:
+            # PyJWT's own words ("Signature verification failed", "Not enough segments"):
+            # never the token itself, and no exception class names in the log.
+            raise AuthError(f"invalid token ({str(exc) or 'rejected'})") from None
+        return claims
 
     def claims_for(
         self,
@@ -212,16 +247,23 @@ def build_provider(
     signing_key: str | bytes | None = None,
     issuer: str | None = None,
     global_cluster_id: str = "",
+    previous_signing_key: str | bytes | None = None,
+    leeway: int = DEFAULT_LEEWAY_SECONDS,
 ) -> InsecureAuth | JwtAuth:
     """Make the configured provider; raises :class:`AuthConfigError` on bad settings."""
     mode = (mode or "insecure").strip().lower()
     if mode == "insecure":
         return InsecureAuth()
     if mode == "jwt":
+        previous = (decode_secret_key(previous_signing_key,
+                                      "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS")
+                    if previous_signing_key else None)
         return JwtAuth(
             secret_key=decode_secret_key(signing_key),
             global_cluster_id=global_cluster_id,
             issuer=issuer or None,
+            previous_secret_key=previous,
+            leeway=int(leeway),
         )
     raise AuthConfigError(f"SATELLITE_AUTH_MODE must be 'insecure' or 'jwt' (got {mode!r})")
 
@@ -233,4 +275,6 @@ def provider_from_settings(settings: Any) -> InsecureAuth | JwtAuth:
         getattr(settings, "satellite_auth_signing_key", None),
         getattr(settings, "satellite_auth_issuer", None),
         getattr(settings, "global_cluster_id", "") or "",
+        getattr(settings, "satellite_auth_signing_key_previous", None) or None,
+        getattr(settings, "satellite_auth_leeway", DEFAULT_LEEWAY_SECONDS),
     )

@@ -44,6 +44,7 @@ from loguru import logger
 from electric.changes import Transaction
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
+from electric.listeners import GuardedWSGIServer
 from electric.satellite.fanout import SharedTail
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
@@ -594,8 +595,12 @@ class SatelliteServer:
         send_timeout: float = SEND_TIMEOUT,
         shared_tail: bool = True,
         table_wait: float = TABLE_WAIT,
+        tls: Any = None,
+        max_connections: int = 10_000,
     ) -> None:
         self.host = host
+        self.tls = tls  # a server SSLContext: wss:// instead of ws://
+        self.max_connections = max_connections
         self.port = port
         self.auth = auth
         self.cluster_id = cluster_id
@@ -631,12 +636,16 @@ class SatelliteServer:
 
     def start(self) -> None:
         """Bind and start accepting (raises OSError if the port is taken)."""
-        server = WSGIServer(
+        # Over the cap a socket is answered 503 before any upgrade (GuardedWSGIServer).
+        server = GuardedWSGIServer(
             (self.host, self.port),
             self._app,
             handler_class=_QuietWebSocketHandler,
             log=None,
             error_log=LogWriter("satellite", "WARNING"),
+            max_connections=self.max_connections,
+            name="satellite",
+            **({"ssl_context": self.tls} if self.tls is not None else {}),
         )
         quiet = logging.getLogger("electric.satellite.geventwebsocket")
         quiet.addHandler(logging.NullHandler())
@@ -649,7 +658,8 @@ class SatelliteServer:
         self._ticker = gevent.spawn(self._tick_all)
         self.port = server.server_port
         self.log.info(
-            "Satellite websocket server listening on port {} (path {})", self.port, WS_PATH
+            "Satellite websocket server listening on port {} (path {}, {})", self.port, WS_PATH,
+            "wss" if self.tls is not None else "ws"
         )
 
     def _tick_all(self) -> None:
@@ -684,6 +694,12 @@ class SatelliteServer:
             conn.released.wait(max(0.0, deadline - time.monotonic()))
         self._server.stop(timeout=0.5)
         self._server = None
+
+    def listener_status(self) -> dict[str, Any]:
+        if self._server is None:
+            return {"tls": self.tls is not None, "open_connections": 0,
+                    "max_connections": self.max_connections, "refused_connections": 0}
+        return self._server.listener_status()
 
     def subscribe(self, offset: StartOffset) -> Iterator[tuple[Transaction, Any]]:
         """The outgoing stream for one socket: via the shared tail, or a private stream."""

@@ -10,18 +10,22 @@ bound, and that a well-formed client is still served on the same listener.
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import struct
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from electric.devenv import DEV_SCHEMA_SQL, PgCluster
 from tests.chaos.harness import rss_kb
 from tests.support.electric import ElectricProcess
 from tests.support.pgwire import RawClient, pg_message, startup_packet  # noqa: F401 (re-exported)
 from tests.support.postgres import drop_database
+from tests.support.tls import TestCA
 
 # RSS may grow a little while caches (decoders, greenlet pools) warm up; more than this
 # over the warm baseline across a whole suite means something is kept per bad connection.
@@ -29,22 +33,36 @@ RSS_GROWTH_LIMIT_KB = 40 * 1024
 
 
 def poke(port: int, data: bytes | list[bytes], timeout: float = 2.0, read_limit: int = 1 << 16,
-         half_close: bool = True) -> bytes:
+         half_close: bool = True, tls: ssl.SSLContext | None = None,
+         wrap: Callable[[Any], Any] | None = None) -> bytes:
     """Connect, send ``data`` (chunks), half-close, read what comes back until EOF; bounded.
 
-    The server may cut us off mid-send (that is a fine answer to garbage): broken pipes and
-    resets are not failures. A server that neither answers nor closes within ``timeout``
-    after our EOF raises AssertionError — that would be a stuck connection.
+    ``tls``: handshake first (``wrap(sock)`` does it — e.g. Postgres' SSLRequest dance — or
+    plain TLS from the first byte). The server may cut us off mid-send (that is a fine
+    answer to garbage): broken pipes and resets are not failures. A server that neither
+    answers nor closes within ``timeout`` after our EOF raises AssertionError — that would be
+    a stuck connection.
     """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if wrap is not None:
+        sock = wrap(sock)
+    elif tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
+    return poke_socket(sock, data, port, timeout, read_limit, half_close)
+
+
+def poke_socket(sock: Any, data: bytes | list[bytes], port: int, timeout: float = 2.0,
+                read_limit: int = 1 << 16, half_close: bool = True) -> bytes:
+    """:func:`poke` on an open (perhaps TLS, perhaps authenticated) socket; closes it."""
     chunks = [data] if isinstance(data, bytes | bytearray) else data
     out = bytearray()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with sock:
         try:
             for chunk in chunks:
                 sock.sendall(chunk)
             if half_close:
-                sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
+                _half_close(sock)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             pass
         except OSError as exc:  # ENOTCONN: the server already closed and reset
             if exc.errno != 107:
@@ -54,16 +72,33 @@ def poke(port: int, data: bytes | list[bytes], timeout: float = 2.0, read_limit:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 got = sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError):
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
                 break
             except TimeoutError:
                 raise AssertionError(
-                    f"port {port}: no EOF {timeout}s after a bad input {bytes(chunks[0][:60])!r}"
+                    f"port {port}: no EOF {timeout}s after a bad input"
+                    f" {bytes(chunks[0][:60]) if chunks else b''!r}"
                 ) from None
             if not got:
                 break
             out += got
     return bytes(out)
+
+
+def _half_close(sock: Any) -> None:
+    """TCP FIN on the write side, keeping the read side (and TLS decryption) working.
+
+    ``SSLSocket.shutdown`` drops its TLS state first, after which ``recv`` would return raw
+    records; shutting down a duplicate of the descriptor sends the same FIN without that.
+    """
+    if isinstance(sock, ssl.SSLSocket) or hasattr(sock, "_sslobj"):
+        raw = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        finally:
+            raw.close()
+    else:
+        sock.shutdown(socket.SHUT_WR)
 
 
 @dataclass
@@ -118,18 +153,20 @@ def log_problems(electric: ElectricProcess) -> list[str]:
 class ElectricUnderTest:
     """Electric with one connector to a throwaway database on ``pg``."""
 
-    def __init__(self, pg: PgCluster, workdir: str, env: dict[str, str] | None = None):
+    def __init__(self, pg: PgCluster, workdir: str, tls: TestCA | None = None,
+                 env: dict[str, str] | None = None):
         self.pg = pg
+        self.ca = tls
         self.db = f"malformed_{uuid.uuid4().hex[:8]}"
         pg.create_database(self.db)
         pg.psql(DEV_SCHEMA_SQL, database=self.db)
         migrations = f"{workdir}/migrations"
-        import os
-
         os.makedirs(migrations, exist_ok=True)
         self.electric = ElectricProcess(f"{workdir}/electric", env={
             "CONNECTORS": f"pg_a={pg.url(self.db)}", "POSTGRES_SLOT": f"slot_{self.db}",
-            "MIGRATIONS_DIR": migrations, "LOG_LEVEL": "info", **(env or {})})
+            "MIGRATIONS_DIR": migrations, "LOG_LEVEL": "info",
+            **({"TLS_CERT_FILE": tls.cert, "TLS_KEY_FILE": tls.key} if tls else {}),
+            **(env or {})})
         self.electric.start(timeout=60)
         e = self.electric
         e.wait_for(lambda: all(e.get_json("/api/status")["connectors"].values()),
@@ -137,6 +174,10 @@ class ElectricUnderTest:
 
     def port(self, setting: str) -> int:
         return int(self.electric.env[setting])
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """A context verifying Electric's certificate against the test CA (None: plain)."""
+        return ssl.create_default_context(cafile=self.ca.ca) if self.ca else None
 
     def close(self) -> None:
         self.electric.kill()

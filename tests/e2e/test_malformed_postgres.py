@@ -1,13 +1,17 @@
 """Malformed input on the Postgres replication listener (POSTGRES_REPLICATION_PORT) of a
 running Electric: garbage startup packets, oversized and negative lengths, junk in the middle
-of an admitted replication session, random bytes — structured (hypothesis, fixed example
-counts) and random. After every batch: the process is up, an admitted replication connection
-opened before the first batch still answers IDENTIFY_SYSTEM, a fresh one is served, RSS has
-not run away; at the end the real subscriber (a Postgres subscription) still receives rows."""
+of an admitted (password-authenticated) replication session, random bytes — structured
+(hypothesis, fixed example counts) and random. After every batch: the process is up, an
+admitted replication connection opened before the first batch still answers IDENTIFY_SYSTEM,
+a fresh one is served, RSS has not run away; at the end the real subscriber (a Postgres
+subscription) still receives rows. The whole suite runs twice: in plain text, and over TLS
+(Electric with a certificate from a CA made for the run; every bad input then travels inside
+the TLS session, after the SSLRequest)."""
 
 from __future__ import annotations
 
 import random
+import socket
 import struct
 import time
 import uuid
@@ -27,8 +31,11 @@ from tests.chaos.listeners import (
     log_problems,
     pg_message,
     poke,
+    poke_socket,
     startup_packet,
 )
+from tests.support.pgwire import start_tls
+from tests.support.tls import make_ca
 
 EXAMPLES = 100
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -41,18 +48,19 @@ counter: dict[str, int] = {k: 0 for k in ("startup", "session", "queries", "spec
                                           "random")}
 
 
-@pytest.fixture(scope="module")
-def target(pg_factory, tmp_path_factory):
-    t = ElectricUnderTest(pg_factory("malformed"), str(tmp_path_factory.mktemp("mal_pg")))
+@pytest.fixture(scope="module", params=["plain", "tls"])
+def target(request, pg_factory, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp(f"mal_pg_{request.param}"))
+    ca = make_ca(f"{workdir}/ca") if request.param == "tls" else None
+    t = ElectricUnderTest(pg_factory("malformed"), workdir, tls=ca)
     yield t
     t.close()
 
 
-def admitted(port: int) -> PgFrontend:
-    c = PgFrontend(port)
-    c.startup(**REPLICATION)
-    tags = [t for t, _ in c.read_until(b"Z")]
-    assert tags and tags[0] == b"R" and tags[-1] == b"Z", tags
+def admitted(target) -> PgFrontend:
+    c = PgFrontend(target.port("POSTGRES_REPLICATION_PORT"), tls=target.client_tls())
+    tags = [t for t, _ in c.login(target.electric.replication_password(), **REPLICATION)]
+    assert tags and tags[0] == b"R" and tags[-1] == b"Z", tags  # AuthenticationOk .. Ready
     return c
 
 
@@ -63,14 +71,13 @@ def identify(c: PgFrontend) -> None:
 
 @pytest.fixture(scope="module")
 def guard(target):
-    port = target.port("POSTGRES_REPLICATION_PORT")
     steady = {}
 
     def well_formed() -> None:
         if "conn" not in steady:
-            steady["conn"] = admitted(port)
+            steady["conn"] = admitted(target)
         identify(steady["conn"])
-        fresh = admitted(port)
+        fresh = admitted(target)
         identify(fresh)
         fresh.close()
 
@@ -81,11 +88,22 @@ def guard(target):
 
 
 def send(target, *parts: bytes) -> bytes:
-    return poke(target.port("POSTGRES_REPLICATION_PORT"), list(parts))
+    """Bad input on a fresh connection (inside TLS when the target has it)."""
+    context = target.client_tls()
+    wrap = (lambda sock: start_tls(sock, context)) if context is not None else None
+    return poke(target.port("POSTGRES_REPLICATION_PORT"), list(parts), wrap=wrap)
 
 
-def admitted_prefix() -> bytes:
-    return startup_packet(REPLICATION)
+def send_admitted(target, *parts: bytes) -> bytes:
+    """Bad input in a session that has passed the password exchange and been admitted."""
+    client = admitted(target)
+    return poke_socket(client.sock, list(parts), target.port("POSTGRES_REPLICATION_PORT"))
+
+
+def plaintext(target, data: bytes) -> bytes:
+    """Bytes in the clear, whatever the target: over TLS they must be refused cleanly."""
+    port = target.port("POSTGRES_REPLICATION_PORT")
+    return poke_socket(socket.create_connection(("127.0.0.1", port), timeout=2.0), data, port)
 
 
 # -- structured ------------------------------------------------------------------------------
@@ -117,7 +135,7 @@ message = st.builds(
 def test_junk_mid_session(target, guard, messages, identify_first):
     """An admitted replication session that, after a valid command, sends junk messages."""
     first = pg_message(b"Q", b"IDENTIFY_SYSTEM\0") if identify_first else b""
-    send(target, admitted_prefix() + first, *messages)
+    send_admitted(target, first, *messages)
     counter["session"] += 1
 
 
@@ -125,7 +143,7 @@ def test_junk_mid_session(target, guard, messages, identify_first):
 @given(st.lists(st.text(max_size=60), min_size=1, max_size=3))
 def test_query_texts(target, guard, texts):
     queries = [pg_message(b"Q", t.replace("\0", "").encode() + b"\0") for t in texts]
-    send(target, admitted_prefix(), *queries)
+    send_admitted(target, *queries)
     counter["queries"] += 1
 
 
@@ -144,31 +162,47 @@ SPECIFIC = [
     startup_packet({"user": "x" * 100_000}),
     startup_packet(dict.fromkeys(map(str, range(2000)), "v")),
     startup_packet({"user": "u"})[:-1],  # missing the final NUL
-    admitted_prefix() + b"Q" + struct.pack(">I", 0x7FFFFFF0) + b"IDENT",
-    admitted_prefix() + b"Q" + struct.pack(">I", 2),
-    admitted_prefix() + b"Q" + struct.pack(">I", 0xFFFFFFFF),
-    admitted_prefix() + pg_message(b"Q", b"IDENTIFY_SYSTEM"),  # no NUL terminator
-    admitted_prefix() + pg_message(b"d", b"r" + b"\0" * 33),  # standby status outside COPY
-    admitted_prefix() + pg_message(b"c", b"") + pg_message(b"f", b"no\0"),
-    admitted_prefix() + pg_message(b"Q", b"START_REPLICATION SLOT \"nope\" LOGICAL 0/0\0")
-    + pg_message(b"d", b"zzzz"),
-    admitted_prefix() + pg_message(b"Q", b"START_REPLICATION SLOT pg_a LOGICAL ZZ/ZZ\0"),
-    admitted_prefix() + pg_message(b"Q", b"START_REPLICATION SLOT pg_a LOGICAL 0/0 "
-                                        b"(proto_version '99', publication_names '\"\0"),
-    admitted_prefix() + pg_message(b"P", b"\0\0\0\0") + pg_message(b"S", b"") * 50,
-    admitted_prefix() + pg_message(b"X", b"") + b"after terminate",
-    admitted_prefix() + pg_message(b"Q", b"SELECT " + b"1," * 200_000 + b"1\0"),
+    # the password exchange: plain-text password, garbage SASL, queries instead of a password
     startup_packet({"user": "u", "database": "d"}) + pg_message(b"p", b"password\0"),
+    startup_packet(REPLICATION) + pg_message(b"p", b"SCRAM-SHA-256\0\xff\xff\xff\xff"),
+    startup_packet(REPLICATION) + pg_message(b"p", b"SCRAM-SHA-256\0\0\0\0\x05n,,n="),
+    startup_packet(REPLICATION) + pg_message(b"p", b"MD5\0\0\0\0\0"),
+    startup_packet(REPLICATION) + pg_message(b"Q", b"IDENTIFY_SYSTEM\0"),
+    startup_packet(REPLICATION) + pg_message(b"p", b"") * 3,
     startup_packet({"user": "u", "replication": "true", "application_name": SLOT}),
     startup_packet({"user": "u", "replication": "database", "application_name": "\xff" * 3}),
+]
+
+# Sent after a successful password exchange and admission.
+SPECIFIC_ADMITTED = [
+    b"Q" + struct.pack(">I", 0x7FFFFFF0) + b"IDENT",
+    b"Q" + struct.pack(">I", 2),
+    b"Q" + struct.pack(">I", 0xFFFFFFFF),
+    pg_message(b"Q", b"IDENTIFY_SYSTEM"),  # no NUL terminator
+    pg_message(b"d", b"r" + b"\0" * 33),  # standby status outside COPY
+    pg_message(b"c", b"") + pg_message(b"f", b"no\0"),
+    pg_message(b"Q", b"START_REPLICATION SLOT \"nope\" LOGICAL 0/0\0") + pg_message(b"d", b"zz"),
+    pg_message(b"Q", b"START_REPLICATION SLOT pg_a LOGICAL ZZ/ZZ\0"),
+    pg_message(b"Q", b"START_REPLICATION SLOT pg_a LOGICAL 0/0 "
+                     b"(proto_version '99', publication_names '\"\0"),
+    pg_message(b"P", b"\0\0\0\0") + pg_message(b"S", b"") * 50,
+    pg_message(b"X", b"") + b"after terminate",
+    pg_message(b"Q", b"SELECT " + b"1," * 200_000 + b"1\0"),
+    pg_message(b"p", b"late password\0"),
 ]
 
 
 def test_specific_bad_inputs(target, guard):
     for data in SPECIFIC:
         send(target, data)
-    guard.after_batch(len(SPECIFIC))
-    counter["specific"] += len(SPECIFIC)
+    for data in SPECIFIC_ADMITTED:
+        send_admitted(target, data)
+    # In the clear on a TLS port (or a plain one): refused or served, never a crash.
+    plaintext(target, startup_packet(REPLICATION))
+    plaintext(target, struct.pack(">II", 8, 80877103) + startup_packet(REPLICATION))
+    cases = len(SPECIFIC) + len(SPECIFIC_ADMITTED) + 2
+    guard.after_batch(cases)
+    counter["specific"] += cases
 
 
 def test_random_bytes(target, guard):
@@ -176,7 +210,10 @@ def test_random_bytes(target, guard):
     for _batch in range(3):
         for _ in range(40):
             blob = rng.randbytes(rng.randint(0, 3000))
-            send(target, admitted_prefix() + blob if rng.random() < 0.5 else blob)
+            if rng.random() < 0.5:
+                send_admitted(target, blob)
+            else:
+                send(target, blob)
         guard.after_batch(40)
         counter["random"] += 40
 
@@ -191,7 +228,8 @@ def test_real_subscriber_still_streams(target, guard):
     """A row written by a Satellite client reaches the Postgres subscribed to Electric."""
     rid = str(uuid.uuid4())
     ws = websocket.create_connection(
-        f"ws://127.0.0.1:{target.port('WEBSOCKET_PORT')}/ws", timeout=5)
+        target.electric.ws_url, timeout=5,
+        sslopt={"ca_certs": target.ca.ca} if target.ca else None)
     try:
         ws.send_binary(frames.encode(pb.SatAuthReq(id=f"pg-check-{rid}", token="u")))
         for _ in range(2):

@@ -2,7 +2,9 @@
 Electric: bad websocket frames, text frames, huge announced lengths, bad protobuf, bad type
 bytes, nonsense protocol sequences after auth — structured (hypothesis, fixed example counts)
 and random. After every batch: the process is up, an authenticated client opened before the
-first batch still answers, a fresh client is served, RSS has not run away."""
+first batch still answers, a fresh client is served, RSS has not run away. The whole suite
+runs twice: over ws:// and over wss:// (Electric with a certificate from a CA made for the
+run; every bad input then travels inside TLS)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from tests.chaos.listeners import (
     poke,
     ws_frame,
 )
+from tests.support.tls import make_ca
 
 BINARY, TEXT, CLOSE, PING, PONG, CONT = 2, 1, 8, 9, 10, 0
 EXAMPLES = 100
@@ -34,8 +37,10 @@ FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database
 class Client:
     """A well-formed Satellite client (websocket-client)."""
 
-    def __init__(self, port: int) -> None:
-        self.ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=5)
+    def __init__(self, target) -> None:
+        self.ws = websocket.create_connection(
+            target.electric.ws_url, timeout=5,
+            sslopt={"ca_certs": target.ca.ca} if target.ca else None)
         self.ws.send_binary(frames.encode(pb.SatAuthReq(id=f"ok-{uuid.uuid4()}", token="u")))
         assert isinstance(self.recv(), pb.SatAuthResp)
         assert isinstance(self.recv(), pb.SatInStartReplicationReq)
@@ -59,23 +64,24 @@ class Client:
         raise AssertionError("no SatPingResp")
 
 
-@pytest.fixture(scope="module")
-def target(pg_factory, tmp_path_factory):
-    t = ElectricUnderTest(pg_factory("malformed"), str(tmp_path_factory.mktemp("mal_ws")))
+@pytest.fixture(scope="module", params=["ws", "wss"])
+def target(request, pg_factory, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp(f"mal_{request.param}"))
+    ca = make_ca(f"{workdir}/ca") if request.param == "wss" else None
+    t = ElectricUnderTest(pg_factory("malformed"), workdir, tls=ca)
     yield t
     t.close()
 
 
 @pytest.fixture(scope="module")
 def guard(target):
-    port = target.port("WEBSOCKET_PORT")
     steady = {}
 
     def well_formed() -> None:
         if "client" not in steady:
-            steady["client"] = Client(port)
+            steady["client"] = Client(target)
         steady["client"].ping()  # a connection that lived through the whole batch
-        fresh = Client(port)
+        fresh = Client(target)
         fresh.ping()
         fresh.ws.close()
 
@@ -86,7 +92,7 @@ def guard(target):
 
 
 def send(target, *parts: bytes) -> bytes:
-    return poke(target.port("WEBSOCKET_PORT"), [WS_HANDSHAKE, *parts])
+    return poke(target.port("WEBSOCKET_PORT"), [WS_HANDSHAKE, *parts], tls=target.client_tls())
 
 
 def auth_frames(client_id: str | None = None) -> list[bytes]:
@@ -237,7 +243,7 @@ def test_bad_handshakes(target, guard):
         b"GET /ws HTTP/1.1 extra\r\n\r\n",
     ]
     for data in cases:
-        poke(port, data)
+        poke(port, data, tls=target.client_tls())
     guard.after_batch(len(cases))
     counter["handshakes"] += len(cases)
 
@@ -250,9 +256,9 @@ def test_random_bytes(target, guard):
         for _ in range(40):
             blob = rng.randbytes(rng.randint(0, 2000))
             if rng.random() < 0.7:
-                poke(port, [WS_HANDSHAKE, blob])
+                poke(port, [WS_HANDSHAKE, blob], tls=target.client_tls())
             else:
-                poke(port, blob)
+                poke(port, blob, tls=target.client_tls())
             n += 1
         guard.after_batch(40)
     counter["random"] += n

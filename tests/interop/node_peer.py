@@ -43,11 +43,12 @@ def ensure_node_client() -> str:
 
 
 class NodePeer:
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         node = ensure_node_client()
         self.proc = subprocess.Popen(
             [node, SCRIPT],
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

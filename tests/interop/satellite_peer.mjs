@@ -4,6 +4,7 @@
 //
 // Commands (one JSON object per line):
 //   {"cmd":"connect","address":"127.0.0.1","port":5133,"appId":"device-1","token":"user-1"}
+//       ("tls": true connects with wss://; the CA comes from NODE_EXTRA_CA_CERTS)
 //   {"cmd":"auth"}                      -> {"event":"ok","cmd":"auth","serverId":...}
 //   {"cmd":"start","lsn_hex":"30"}      -> start inbound replication from that lsn ("0" = 30)
 //   {"cmd":"stop"}
@@ -21,6 +22,14 @@ const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const hex = (u8) => Buffer.from(u8 ?? []).toString('hex')
 let client = null
 
+// The client builds ws://address:port/ws itself; an app serving it over TLS hands it a socket
+// that opens wss:// instead (the socket is the client's pluggable part).
+class SecureWebSocketNode extends WebSocketNode {
+  open(opts) {
+    return super.open({ ...opts, url: opts.url.replace(/^ws:/, 'wss:') })
+  }
+}
+
 function describeChange(c) {
   return {
     type: c.type,
@@ -34,7 +43,7 @@ function describeChange(c) {
 async function handle(msg) {
   switch (msg.cmd) {
     case 'connect': {
-      const socket = new WebSocketNode()
+      const socket = msg.tls ? new SecureWebSocketNode() : new WebSocketNode()
       client = new SatelliteClient(socket, {
         appId: msg.appId, token: msg.token, address: msg.address, port: msg.port,
         timeout: msg.timeout ?? 5000, pushPeriod: msg.pushPeriod ?? 50,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -45,8 +46,28 @@ class ElectricProcess:
         return os.path.join(self.workdir, "electric.log")
 
     @property
+    def tls(self) -> bool:
+        return bool(self.env.get("TLS_CERT_FILE"))
+
+    @property
     def status_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['STATUS_PORT']}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.env['STATUS_PORT']}"
+
+    @property
+    def ws_url(self) -> str:
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://127.0.0.1:{self.env['WEBSOCKET_PORT']}/ws"
+
+    def replication_password(self) -> str:
+        """What subscribers must give on POSTGRES_REPLICATION_PORT: the configured password,
+        else the one Electric generated beside its offset file."""
+        if self.env.get("POSTGRES_REPLICATION_PASSWORD"):
+            return self.env["POSTGRES_REPLICATION_PASSWORD"]
+        path = os.path.join(os.path.dirname(self.env["OFFSET_STORAGE_FILE"]),
+                            "replication_password")
+        with open(path) as f:
+            return f.read().strip()
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> ElectricProcess:
         os.makedirs(self.workdir, exist_ok=True)
@@ -74,7 +95,10 @@ class ElectricProcess:
         raise AssertionError(f"electric did not answer /api/status in {timeout}s\n{self.log()}")
 
     def get_json(self, path: str) -> dict:
-        with urllib.request.urlopen(self.status_url + path, timeout=5) as response:
+        # Tests that check the certificate do so explicitly; this helper only needs answers.
+        context = ssl._create_unverified_context() if self.tls else None
+        with urllib.request.urlopen(self.status_url + path, timeout=5,
+                                    context=context) as response:
             return json.loads(response.read())
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
@@ -111,5 +135,8 @@ _SETTING_NAMES = {
     "ELECTRIC_HOST", "CONNECTORS", "POSTGRES_REPLICATION_PORT", "STATUS_PORT", "WEBSOCKET_PORT",
     "OFFSET_STORAGE_FILE", "MIGRATIONS_DIR", "MIGRATIONS_FILE_NAME_SUFFIX",
     "POSTGRES_PUBLICATION", "POSTGRES_SLOT", "GLOBAL_CLUSTER_ID", "LOG_LEVEL", "LOG_FILE",
-    "LOG_FORMAT",
+    "LOG_FORMAT", "POSTGRES_REPLICATION_PASSWORD", "TLS_CERT_FILE", "TLS_KEY_FILE",
+    "STATUS_API_TOKEN", "LISTEN_ADDRESS", "MAX_CONNECTIONS", "SATELLITE_AUTH_MODE",
+    "SATELLITE_AUTH_SIGNING_KEY", "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS", "SATELLITE_AUTH_ISSUER",
+    "SATELLITE_AUTH_LEEWAY",
 }

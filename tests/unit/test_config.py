@@ -1,5 +1,6 @@
 import base64
 
+import psycopg2.extensions
 import pytest
 
 from electric import config
@@ -58,7 +59,8 @@ def test_connectors_parse_with_timeout_and_escapes():
     ("a=postgresql://u@h:5432/", "one database"),
     ("a=postgresql://h:5432/db", "no user"),
     ("a=postgresql://u@h/db?timeout=abc", "timeout"),
-    ("a=postgresql://u@h/db?sslmode=require", "unknown URL parameter"),
+    ("a=postgresql://u@h/db?sslmod=require", "unknown URL parameter(s) sslmod"),
+    ("a=postgresql://u@h/db?sslmode=sometimes", "sslmode must be one of"),
     ("postgresql://u@h/db", "must look like"),
     ("bad-name=postgresql://u@h/db", "must look like"),
 ])
@@ -128,3 +130,42 @@ def test_shipped_ini_documents_every_setting_and_loads():
         assert f"[{env}]" in text and f"\n{flag[2:]} =" in text, env
     s = config.load(["--config", path], env={})
     assert [c.name for c in s.connectors] == ["postgres_1", "postgres_2"]
+
+
+def test_connector_urls_pass_libpq_parameters_through():
+    (c,) = parse_connectors(
+        "pg=postgresql://u:pw@db.example:5432/app?sslmode=verify-full&sslrootcert=/ca.pem"
+        "&options=-c%20statement_timeout%3D5s&application_name=mine&connect_timeout=7"
+        "&sslpassword=keypass&timeout=9000")
+    dsn = psycopg2.extensions.parse_dsn(c.dsn(replication="database"))
+    assert dsn["sslmode"] == "verify-full" and dsn["sslrootcert"] == "/ca.pem"
+    assert dsn["options"] == "-c statement_timeout=5s" and dsn["application_name"] == "mine"
+    assert dsn["connect_timeout"] == "7"  # the explicit libpq value wins over timeout=ms
+    assert c.timeout_ms == 9000 and dsn["replication"] == "database"
+    shown = c.redacted_url()
+    assert "keypass" not in shown and "pw@" not in shown and "sslmode=verify-full" in shown
+
+
+@pytest.mark.parametrize("env, setting", [
+    ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
+    ({"LISTEN_ADDRESS": "everywhere"}, "LISTEN_ADDRESS"),
+    ({"TLS_KEY_FILE": "/k.pem"}, "TLS_CERT_FILE"),
+    ({"TLS_CERT_FILE": "/nonexistent.pem", "TLS_KEY_FILE": "/k.pem"}, "TLS_CERT_FILE"),
+    ({"SATELLITE_AUTH_MODE": "jwt",
+      "SATELLITE_AUTH_SIGNING_KEY": base64.b64encode(b"k" * 32).decode(),
+      "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS": "c2hvcnQ="}, "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS"),
+])
+def test_new_settings_are_checked(env, setting):
+    with pytest.raises(ConfigError) as exc:
+        load(env=env)
+    assert exc.value.setting == setting
+
+
+def test_new_secrets_are_redacted_and_listeners_default_open():
+    s = load(env={"POSTGRES_REPLICATION_PASSWORD": "pw-1", "STATUS_API_TOKEN": "tok-1",
+                  "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS": "prev-1"})
+    assert (s.listen_address, s.max_connections, s.satellite_auth_leeway) == ("0.0.0.0", 10000, 30)
+    printed = dict(config.printable(s))
+    assert printed["POSTGRES_REPLICATION_PASSWORD"] == config.REDACTED
+    assert printed["STATUS_API_TOKEN"] == config.REDACTED
+    assert printed["SATELLITE_AUTH_SIGNING_KEY_PREVIOUS"] == config.REDACTED

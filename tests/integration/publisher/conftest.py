@@ -17,6 +17,7 @@ from electric.schema import SchemaRegistry
 from tests.support.waiting import wait_until as wait_for
 
 PUBLICATION = "all_tables"
+PASSWORD = "subscriber-secret"  # what the in-process publisher asks subscribers for
 
 SUBSCRIBER_SQL = """
 DROP TABLE IF EXISTS public.items, public.full_items, public.audit CASCADE;
@@ -102,10 +103,16 @@ class Setup:
             host="127.0.0.1",
             port=port,
             keepalive_interval=1.0,
+            password=PASSWORD,
             **kwargs,
         )
         publisher.start()
         return publisher
+
+    def conninfo(self, **extra: str) -> str:
+        """How a subscriber reaches the publisher, password included."""
+        return electric_conninfo("127.0.0.1", self.publisher.port, user="electric",
+                                 password=PASSWORD, **extra)
 
     def sql(self, query: str, params=None) -> list[tuple]:
         with self.conn.cursor() as cur:
@@ -116,9 +123,7 @@ class Setup:
         return subscribe(
             self.conn,
             name=self.name,
-            conninfo=electric_conninfo(
-                "127.0.0.1", self.publisher.port, dbname="test", user="electric"
-            ),
+            conninfo=self.conninfo(dbname="test"),
             publication=PUBLICATION,
             relations=relations or [ITEMS.relation, FULL_ITEMS.relation],
             gate=self.publisher,

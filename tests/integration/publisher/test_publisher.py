@@ -10,7 +10,7 @@ from electric.changes import DeletedRecord, UpdatedRecord
 from electric.postgres import upsert
 from tests.support.pgwire import RawClient, error_fields
 
-from .conftest import FULL_ITEMS, ITEMS, wait_for
+from .conftest import FULL_ITEMS, ITEMS, PASSWORD, wait_for
 
 IDS = [str(uuid.UUID(int=i + 1)) for i in range(50)]
 
@@ -133,20 +133,19 @@ def test_admission_and_unsupported_commands(setup):
     port = setup.publisher.port
     # not a replication connection
     c = RawClient(port)
-    c.startup(user="x", database="test", application_name=setup.name)
-    tag, body = c.read_message()
+    (tag, body), = c.login(PASSWORD, user="x", database="test", application_name=setup.name)
     assert tag == b"E" and error_fields(body)["C"] == "08004"
     assert c.read_message() is None
     # connector not ready
     c = RawClient(port)
-    c.startup(user="x", database="test", replication="database", application_name="nobody")
-    tag, body = c.read_message()
+    (tag, body), = c.login(PASSWORD, user="x", database="test", replication="database",
+                           application_name="nobody")
     assert tag == b"E" and "not ready" in error_fields(body)["M"]
     assert c.read_message() is None
 
     c = RawClient(port)
-    c.startup(user="x", database="test", replication="database", application_name=setup.name)
-    msgs = c.read_until(b"Z")
+    msgs = c.login(PASSWORD, user="x", database="test", replication="database",
+                   application_name=setup.name)
     params = dict(tuple(b.rstrip(b"\0").decode().split("\0")) for t, b in msgs if t == b"S")
     assert params["server_version"] == "electric-0.0.1"
     for text in [
@@ -195,8 +194,8 @@ def test_malformed_input_costs_only_that_connection(setup):
     # a second "subscriber" that goes mad mid-stream on another slot name it is allowed to use
     setup.registry.set_ready("other")
     mad = RawClient(port)
-    mad.startup(user="x", database="test", replication="database", application_name="other")
-    mad.read_until(b"Z")
+    mad.login(PASSWORD, user="x", database="test", replication="database",
+              application_name="other")
     mad.query('START_REPLICATION SLOT "other" LOGICAL 0/0')
     assert mad.read_message()[0] == b"W"
     mad.send(b"d\x00\x00\x00\x09zzzzz")  # not a status update
@@ -303,7 +302,7 @@ def test_subscribe_when_ready_retries_until_admitted(setup):
     from gevent.event import Event
 
     from electric.postgres import green
-    from electric.postgres.subscription import electric_conninfo, subscribe_when_ready
+    from electric.postgres.subscription import subscribe_when_ready
 
     from .conftest import PUBLICATION
 
@@ -321,7 +320,7 @@ def test_subscribe_when_ready_retries_until_admitted(setup):
         name=setup.name,
         ready=ready,
         connect=connect,
-        conninfo=electric_conninfo("127.0.0.1", setup.publisher.port, user="electric"),
+        conninfo=setup.conninfo(),
         publication=PUBLICATION,
         relations=lambda: [ITEMS.relation, FULL_ITEMS.relation],
         gate=setup.publisher,
@@ -390,7 +389,7 @@ def test_apply_error_loop_is_reported_and_skip_recovers(setup):
 
 def test_two_subscribers_stream_independently(setup):
     from electric.postgres import green
-    from electric.postgres.subscription import electric_conninfo, subscribe
+    from electric.postgres.subscription import subscribe
 
     from .conftest import PUBLICATION, SUBSCRIBER_SQL
 
@@ -407,7 +406,7 @@ def test_two_subscribers_stream_independently(setup):
         subscribe(
             other,
             name=name_b,
-            conninfo=electric_conninfo("127.0.0.1", setup.publisher.port, user="electric"),
+            conninfo=setup.conninfo(),
             publication=PUBLICATION,
             relations=[ITEMS.relation, FULL_ITEMS.relation],
             gate=setup.publisher,

@@ -141,3 +141,44 @@ def test_build_provider():
     assert SECRET_B64 not in repr(p) and "secret" not in repr(p)
     urlsafe = base64.urlsafe_b64encode(SECRET).decode().rstrip("=")
     assert build_provider("jwt", urlsafe, None, CLUSTER).signing_key == p.signing_key
+
+
+def test_previous_key_still_accepted_for_rotation_other_keys_refused():
+    previous = b"p" * 32
+    old = JwtAuth(secret_key=previous, global_cluster_id=CLUSTER)
+    token, _ = old.mint(USER)
+    rotated = JwtAuth(secret_key=SECRET, global_cluster_id=CLUSTER, previous_secret_key=previous)
+    assert rotated.validate(token) == USER
+    fresh, _ = rotated.mint(USER)  # new tokens use the current key
+    assert JwtAuth(secret_key=SECRET, global_cluster_id=CLUSTER).validate(fresh) == USER
+    with pytest.raises(AuthError, match="Signature verification failed"):
+        JwtAuth(secret_key=SECRET, global_cluster_id=CLUSTER).validate(token)
+    stranger, _ = JwtAuth(secret_key=b"s" * 32, global_cluster_id=CLUSTER).mint(USER)
+    with pytest.raises(AuthError):
+        rotated.validate(stranger)
+
+
+def test_clock_skew_leeway_on_exp_and_nbf():
+    auth = JwtAuth(secret_key=SECRET, global_cluster_id=CLUSTER, leeway=30)
+    now = time.time()
+    token, _ = auth.mint(USER, ttl=60, now=now)
+    assert auth.validate(token, now=now + 60 + 20) == USER  # 20 s late: within the leeway
+    with pytest.raises(AuthError) as exc:
+        auth.validate(token, now=now + 60 + 40)
+    assert exc.value.expired
+    assert auth.validate(token) == USER  # the real-clock path uses the same leeway
+    claims = {**auth.claims_for(USER, now=now), "nbf": int(now) + 20}
+    early = jwt.encode(claims, auth.signing_key, algorithm="HS256")
+    assert auth.validate(early, now=now) == USER
+    claims["nbf"] = int(now) + 120
+    too_early = jwt.encode(claims, auth.signing_key, algorithm="HS256")
+    with pytest.raises(AuthError):
+        auth.validate(too_early, now=now)
+
+
+def test_provider_reads_rotation_and_leeway_settings():
+    auth = build_provider("jwt", SECRET_B64, None, CLUSTER,
+                          previous_signing_key=base64.b64encode(b"p" * 32).decode(), leeway=5)
+    assert auth.leeway == 5 and len(auth._accepted_keys) == 2
+    with pytest.raises(AuthConfigError, match="SATELLITE_AUTH_SIGNING_KEY_PREVIOUS"):
+        build_provider("jwt", SECRET_B64, None, CLUSTER, previous_signing_key="c2hvcnQ=")
