@@ -33,6 +33,7 @@ from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream
+from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
 SHUTDOWN_TIMEOUT = 4.0
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
@@ -157,6 +158,8 @@ class Application:
             "connectors": connectors,
             "satellite": {"clients_connected": satellite["clients_connected"],
                           "clients": satellite["clients"]},
+            # Log readers held at a transaction they cannot read (never skipped).
+            "blocked": wal_blocked_readers() + satellite.get("streams_held", []),
             "vaxine": {"mode": "embedded" if self.embedded_vaxine else "external",
                        "host": self.vaxine_host, "api_port": self.settings.vaxine_api_port,
                        "replication_port": self.settings.vaxine_replication_port},
