@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from electric import metrics
 from electric.changes import (
     DeletedRecord,
     NewRecord,
@@ -148,6 +149,9 @@ class SlotEncoder:
                 continue
             changes.append(message)
         if skipped:
+            # Not a loss: the change stays in the log for every other reader; this subscriber
+            # has no such table (or no key to apply it by) and could not apply it. Counted.
+            metrics.skipped("table_not_at_subscriber", skipped)
             self._log.warning(
                 "skipped {} change(s) of a log transaction: table unknown to the registry "
                 "or without a primary key",
