@@ -129,3 +129,27 @@ def test_reader_dying_wakes_the_consumer(monkeypatch):
     finally:
         s.close()
         server.stop()
+
+
+def test_lost_row_frame_is_delivered_through_the_stream_client():
+    """The frame a Vaxine sends when its stream runs ahead of its state (the row's state
+    empty, its effects complete) reaches the consumer with the row, over a real socket."""
+    from electric.vaxine.embedded import crdt
+
+    term = etf.decode(_good_txn_body())
+    ops = [((key, bucket), ctype,
+            crdt.to_term(crdt.MAP_RR, {}) if key.startswith(b"rows:") else state, effects)
+           for (key, bucket), ctype, state, effects in term[4]]
+    lost = etf.encode(term[:4] + (ops,))
+    server = _serve([lost])
+    s = WalStream("127.0.0.1", server.server_port, 0, name="t")
+    try:
+        with gevent.Timeout(5):
+            tx, offset = s.get()
+        stream._decoded._entries.clear()
+        expected, _ = stream.decode_wal_frame(_good_txn_body())[1:]
+        assert offset == (0, 4949) and tx.changes == expected.changes
+        assert tx.changes[0].record["id"]
+    finally:
+        s.close()
+        server.stop()
