@@ -313,7 +313,8 @@ class WalStream:
                 self.log.warning("Vaxine closed the replication stream; reconnecting")
             except rows.UnreadableTransaction as exc:
                 # Stop before it (last_offset has not moved past it) and read it again later.
-                self._block(exc, blocked_backoff)
+                if self._block(exc):
+                    blocked_backoff = BLOCKED_RETRY_MIN_S  # a new one: start over
                 self.connected = False
                 self._drop_socket()
                 gevent.sleep(blocked_backoff)
@@ -335,7 +336,7 @@ class WalStream:
     def _decode_in_place(self, body: bytes, exc: rows.UnreadableTransaction) -> tuple:
         delay = BLOCKED_RETRY_MIN_S
         while True:
-            self._block(exc, delay)
+            self._block(exc)
             gevent.sleep(delay)
             delay = min(delay * 2, BLOCKED_RETRY_MAX_S)
             try:
@@ -343,14 +344,16 @@ class WalStream:
             except rows.UnreadableTransaction as again:
                 exc = again
 
-    def _block(self, exc: rows.UnreadableTransaction, retry_in: float) -> None:
+    def _block(self, exc: rows.UnreadableTransaction) -> bool:
+        """Record (and on the first attempt, report) being held at ``exc``'s transaction;
+        ``True`` when it is a different transaction than the one held at before."""
         offset = list(exc.offset) if isinstance(exc.offset, tuple | list) else exc.offset
         key = exc.key.decode("utf-8", "replace") if exc.key is not None else None
         if self.blocked is not None and self.blocked["offset"] == offset:
             self.blocked["attempts"] += 1
             self.log.debug(f"log transaction at {offset} still unreadable "
                            f"(attempt {self.blocked['attempts']}): {exc.reason}")
-            return
+            return False
         self._unblock()
         self.blocked = {"reader": self.name, "offset": offset, "key": key,
                         "reason": exc.reason, "since": time.time(), "attempts": 1}
@@ -359,8 +362,9 @@ class WalStream:
         self.log.error(
             f"log transaction at offset {offset} (object {key}) cannot be read: {exc.reason}; "
             f"this {self.name} reader is held at it (nothing after it is delivered) and "
-            f"re-reads it, at most every {BLOCKED_RETRY_MAX_S:.0f}s (next in {retry_in:.0f}s)"
+            f"re-reads it, at most every {BLOCKED_RETRY_MAX_S:.0f}s"
         )
+        return True
 
     def _unblock(self) -> None:
         if self.blocked is None:
