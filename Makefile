@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/*.proto)
 PB_OUT := electric/pb
 
-.PHONY: help deps compile tests dev lint chaos bench start_dev_env stop_dev_env reset_dev_env shell apply_migration
+.PHONY: help deps compile tests tests-vaxine dev lint chaos bench start_dev_env stop_dev_env reset_dev_env shell apply_migration
 
 help:
-	@grep -E '^[a-z_]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 STAMP := $(VENV)/.installed
 
@@ -25,6 +25,10 @@ compile: $(STAMP) ## generate protobuf modules from proto/ into electric/pb/
 
 tests: compile ## run the test suite (real Postgres, embedded Vaxine, Electric as a process)
 	$(PY) -m pytest -q -m "not chaos" $(PYTEST_ARGS)
+
+tests-vaxine: compile ## the wire golden script and Postgres/Satellite end-to-end scenarios against a Vaxine: make tests-vaxine VAXINE=host:api_port:replication_port
+	@test -n "$(VAXINE)" || { echo "usage: make tests-vaxine VAXINE=host:api_port:replication_port"; exit 2; }
+	ELECTRIC_TEST_VAXINE=$(VAXINE) $(PY) -m pytest -q -m vaxine_suite $(PYTEST_ARGS)
 
 dev: deps start_dev_env shell ## everything: venv, two dev Postgres clusters, Electric in the foreground
 

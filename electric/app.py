@@ -33,6 +33,7 @@ from electric.supervisor import Supervisor, backoff_delays
 from electric.vaxine import rows
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
 SHUTDOWN_TIMEOUT = 4.0
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
@@ -195,6 +196,8 @@ class Application:
             "satellite": {"clients_connected": satellite["clients_connected"],
                           "clients": satellite["clients"]},
             "listeners": self._listener_statuses(),
+            # Log readers held at a transaction they cannot read (never skipped).
+            "blocked": wal_blocked_readers() + satellite.get("streams_held", []),
             "vaxine": self._store_detail(),
         }
 

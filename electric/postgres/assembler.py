@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from electric import metrics
 from electric.changes import (
     Change,
     DeletedRecord,
@@ -258,6 +259,10 @@ class TransactionAssembler:
         rel = self._relation(msg.relation_id)
         accepted, table = self._accept(rel)
         if not accepted or self._skip:
+            # Bookkeeping tables are Electric's own; an echo (self._skip) is already in the
+            # log. Anything else left out is counted (and warned about once per table).
+            if not accepted and not self._skip and rel.namespace not in self.bookkeeping_schemas:
+                metrics.skipped("table_not_replicated")
             return
         relation = rel.relation
         if isinstance(msg, po.Insert):

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from loguru import logger
 
+from electric import metrics
 from electric.changes import (
     DeletedRecord,
     NewRecord,
@@ -150,6 +151,9 @@ class SlotEncoder:
                 continue
             changes.append(message)
         if skipped:
+            # Not a loss: the change stays in the log for every other reader; this subscriber
+            # has no such table (or no key to apply it by) and could not apply it. Counted.
+            metrics.skipped("table_not_at_subscriber", skipped)
             self._log.warning(
                 "skipped {} change(s) of a log transaction for {}: table unknown to this "
                 "Postgres' publication or without a primary key",
@@ -223,8 +227,9 @@ class SlotEncoder:
             out.append((end_lsn, encode(pgoutput.Commit(final_lsn, end_lsn, ts, flags=0))))
             if skipped:
                 header.skipped = skipped
+                metrics.skipped("table_not_at_subscriber", skipped)
                 self._log.warning("skipped {} change(s) of a log transaction: table unknown to "
-                                  "the registry or without a primary key", skipped)
+                                  "this subscriber's Postgres or without a primary key", skipped)
             yield out
 
         return header, pieces()

@@ -64,6 +64,16 @@ class StreamLost(Exception):
     """The replication stream stopped answering (watchdog) — reconnect."""
 
 
+def _stream_options(publication: str, server_version: int, drop_all_origins: bool) -> dict:
+    """pgoutput options. From Postgres 16 on, ``origin 'none'`` makes the server leave out
+    what a subscription applied (Electric's own echo) before it is sent; the assembler's
+    Origin check still drops it on 15 (and stays as a guard on 16+)."""
+    options = {"proto_version": "1", "publication_names": _publication_option(publication)}
+    if drop_all_origins and server_version >= 160000:
+        options["origin"] = "none"
+    return options
+
+
 def _publication_option(names: str) -> str:
     """pgoutput parses ``publication_names`` as an identifier list: quote when needed."""
     parts = []
@@ -356,10 +366,8 @@ class SourceReader:
                 decode=False,
                 start_lsn=0,
                 status_interval=self.status_interval,
-                options={
-                    "proto_version": "1",
-                    "publication_names": _publication_option(self.publication),
-                },
+                options=_stream_options(self.publication, conn.server_version,
+                                        self.drop_origin is None),
             )
             green.wait_callback(conn)  # cooperative wait for CopyBoth
             self._set_connected()

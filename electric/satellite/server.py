@@ -41,7 +41,8 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
-from electric.changes import Transaction
+from electric import metrics
+from electric.changes import Transaction, TruncatedRelation
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
 from electric.listeners import GuardedWSGIServer
@@ -239,6 +240,9 @@ class _Connection:
         self.drained.set()
         self.send_failed = False
         self.sender: gevent.Greenlet | None = None
+        # Set while the outgoing stream is held at a transaction whose table the schema
+        # registry does not know (yet): offset, tables, since.
+        self.stream_held: dict[str, Any] | None = None
 
     # -- the handler greenlet --------------------------------------------------------------
 
@@ -422,6 +426,7 @@ class _Connection:
                 if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
                     if tuple(tx_offset) == offset:
                         continue  # the resume position itself was already delivered
+                self._hold_for_tables(tx, tx_offset)
                 self._handle(self.session.vaxine_transaction, subscription, tx, tx_offset)
                 if subscription not in self.streams:
                     return
@@ -486,6 +491,45 @@ class _Connection:
                     return f"{relation[0]}.{relation[1]}"
                 gevent.sleep(0.05)
         return None
+
+    def _hold_for_tables(self, tx: Transaction, offset: Any) -> None:
+        """Hold the outgoing stream at ``tx`` until the schema registry knows its tables.
+
+        Right after a start the registry is empty until the connectors have described their
+        tables, while a reconnecting client already resumes from its offset. A change the
+        session cannot describe would go out as an empty transaction whose lsn the client
+        then acknowledges: a delete lost for good (the chaos run's "1 extra" row). So the
+        stream waits here; past ``table_wait`` seconds it says so once at ERROR (a table
+        that never comes is a real problem), shows it in the status and metrics, and keeps
+        waiting with a capped back-off: never skipped.
+        """
+        lookup = self.server.lookup_table
+        missing = sorted({c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)
+                          and lookup(c.relation) is None})
+        if not missing:
+            return
+        where = str(list(offset) if isinstance(offset, tuple) else offset)
+        deadline = time.monotonic() + self.server.table_wait
+        delay = 0.05
+        try:
+            while missing:
+                if self.stream_held is None and time.monotonic() >= deadline:
+                    names = ", ".join(f"{s}.{t}" for s, t in missing)
+                    self.stream_held = {"offset": where, "tables": names,
+                                        "since": time.time()}
+                    metrics.log_reader_blocked("satellite", True)
+                    self.log.error(
+                        "log transaction at {} changes {}, unknown to the schema registry; "
+                        "the stream to this client is held at it until the table is known",
+                        where, names)
+                gevent.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                missing = [r for r in missing if lookup(r) is None]
+        finally:  # released, or the socket went away (GreenletExit) while held
+            if self.stream_held is not None:
+                self.log.info("stream to this client released at {}", where)
+                self.stream_held = None
+                metrics.log_reader_blocked("satellite", False)
 
     def _write_with_retry(self, tx: Transaction) -> None:
         if not tx.changes:
@@ -716,6 +760,8 @@ class SatelliteServer:
             "sockets_open": len(connections),
             "shared_tail": self.tail.status() if self.tail is not None else None,
             "clients": [c.session.status() for c in connections[:max_clients]],
+            "streams_held": [{"client": c.client_id, **c.stream_held}
+                             for c in connections if c.stream_held is not None],
             "clients_truncated": len(connections) > max_clients,
         }
 

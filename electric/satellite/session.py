@@ -37,6 +37,7 @@ from typing import Any
 from google.protobuf.message import Message
 from loguru import logger
 
+from electric import metrics
 from electric.changes import (
     DeletedRecord,
     NewRecord,
@@ -661,6 +662,10 @@ class Session:
             if not isinstance(change, TruncatedRelation):  # no representation in 0.3.0
                 table = self._lookup_table(change.relation)
                 if table is None:
+                    # Unreachable from the server, which holds the stream until the registry
+                    # knows every table of the transaction (server._hold_for_tables); a
+                    # caller that does not is told, and the change is counted.
+                    metrics.skipped("satellite_unknown_table")
                     self.log.warning(
                         "skipping change to {}.{}: not in the schema registry", *change.relation
                     )

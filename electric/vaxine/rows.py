@@ -24,8 +24,11 @@ Writing (satellite.md §2.2–2.3): one Vaxine transaction per Electric transact
   transaction with nothing else to write writes nothing (``write_transaction`` → ``None``).
 
 Reading (§2.7): metadata is taken from ``metadata:0``'s effects, rows from the materialised
-states; ``deleted?`` is read with token lists treated as sets (real Vaxine may repeat tokens).
-Readers emit ``UpdatedRecord``/``DeletedRecord`` of the full merged row, never ``NewRecord``.
+states with the transaction's own effects applied on top (a Vaxine may stream a transaction
+before its state includes it); ``deleted?`` is read with token lists treated as sets (real
+Vaxine may repeat tokens). Readers emit ``UpdatedRecord``/``DeletedRecord`` of the full merged
+row, never ``NewRecord``. Nothing is skipped: a transaction that still cannot be read raises
+:class:`UnreadableTransaction` and its reader stops there.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 
 from loguru import logger
 
+from electric import metrics
 from electric.changes import (
     Change,
     DeletedRecord,
@@ -227,8 +231,11 @@ def change_op_bytes(change: Change, pk_columns: list[str]) -> list[bytes]:
         keys = {col: change.old_record[col] for col in pk_columns}
         return _row_ops(change.relation, rid, True, keys)
     if isinstance(change, TruncatedRelation):
+        # A documented limit of the external-Vaxine path (the embedded store deletes the rows
+        # present): the log has no representation for it. Counted, and said once per call.
+        metrics.skipped("truncate")
         log.warning(f"TRUNCATE of {change.relation[0]}.{change.relation[1]} is not replicated "
-                    "through Vaxine; skipped")
+                    "through an external Vaxine; skipped")
         return []
     raise RowMappingError(f"unknown change {type(change).__name__}")
 
@@ -324,66 +331,151 @@ def _text(raw: Any) -> str:
     return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
 
 
+def _metadata_fields(effects: list) -> dict[str, str]:
+    meta = {}
+    for effect in effects:
+        for (field, ftype), nested in effect[0]:
+            if ftype == crdt.LWW and isinstance(nested, tuple) and len(nested) == 2:
+                meta[_text(field)] = _text(nested[1][1])
+    return meta
+
+
 def wal_metadata(ops: list) -> dict[str, str] | None:
     """``metadata:0`` fields from its *effects* (the state may hold a later writer's)."""
     for (key, _bucket), _ctype, _state, effects in ops:
-        if key != METADATA_KEY:
-            continue
-        meta = {}
-        for effect in effects:
-            for (field, ftype), nested in effect[0]:
-                if ftype == crdt.LWW and isinstance(nested, tuple) and len(nested) == 2:
-                    meta[_text(field)] = _text(nested[1][1])
-        return meta
+        if key == METADATA_KEY:
+            return _metadata_fields(effects)
     return None
 
 
-def _seen_flag_tokens(effects: list, field: bytes) -> set:
+class UnreadableTransaction(ValueError):
+    """A log transaction Electric cannot materialise, even with its own effects.
+
+    Never skipped: the reader that met it stops at ``offset`` and retries (see
+    :class:`electric.vaxine.stream.WalStream`). ``key`` names the object at fault (``None``
+    when the transaction as a whole is malformed)."""
+
+    def __init__(self, offset: Any, key: bytes | None, reason: str):
+        super().__init__(f"log transaction at {offset!r}"
+                         + (f", object {key!r}" if key is not None else "") + f": {reason}")
+        self.offset = offset
+        self.key = key
+        self.reason = reason
+
+
+def _merge_register(fields: dict, name: bytes, effect: Any) -> None:
+    current = fields.get(name)
+    if current is None or tuple(effect) > tuple(current):
+        fields[name] = effect
+
+
+def _row_fields(state_term: Any, effects: list) -> tuple[dict, dict, tuple[set, set]]:
+    """A row object's top-level LWW fields, its columns (``{name: (ts, raw)}``) and its
+    ``deleted?`` tokens ``(enable, disable)``: the materialised state with the transaction's
+    own effects applied on top.
+
+    The state a WAL frame carries should already include those effects, and re-applying them
+    changes nothing then (registers keep the larger ``(ts, value)``, flag tokens are sets).
+    But a Vaxine whose stream runs ahead of its materialiser (electric-sql/vaxine before
+    7700ffb0) sends the state from *before* the transaction: a new row without ``id``,
+    ``schema`` and ``table``, an updated row with its old values. The effects are what the
+    transaction wrote, so merging them is exact in both cases.
+    """
+    fields: dict = {}
+    columns: dict = {}
+    enable: set = set()
+    disable: set = set()
+    for (name, _t), value in crdt.dict_to_list(state_term):
+        if name == b"row":
+            for (col, _ct), register in crdt.dict_to_list(value):
+                columns[col] = register
+        elif name == b"deleted?":
+            enable.update(value[0])
+            disable.update(value[1])
+        else:
+            fields[name] = value
     seen: set = set()
     for effect in effects:
         for (name, ftype), nested in effect[0]:
-            if name == field and ftype == crdt.FLAG_DW and isinstance(nested, tuple):
-                seen.update(nested[1][0])
-    return seen
+            inner = nested[1]
+            if name == b"row" and ftype == crdt.MAP_RR:
+                for (col, _ct), col_nested in inner[0]:
+                    _merge_register(columns, col, col_nested[1])
+            elif name == b"deleted?" and ftype == crdt.FLAG_DW:
+                seen.update(inner[0])
+                enable.update(inner[1])
+                disable.update(inner[2])
+            elif ftype == crdt.LWW:
+                _merge_register(fields, name, inner)
+    # A token this transaction's own flag effect saw is gone, whatever the state says (real
+    # Vaxine can replay stale tokens).
+    return fields, columns, (enable - seen, disable - seen)
 
 
-def row_change(key: bytes, state_term: Any, effects: list) -> Change | None:
-    """One row object's materialised state → Updated/DeletedRecord (None if unusable)."""
-    fields = {name: value for (name, _t), value in crdt.dict_to_list(state_term)}
-    if b"id" not in fields or b"schema" not in fields or b"table" not in fields:
-        log.warning(f"row {key!r} in the log has no id/schema/table; skipped")
-        return None
+def row_change(key: bytes, state_term: Any, effects: list, offset: Any = None) -> Change:
+    """One row object (materialised state + this transaction's effects) →
+    Updated/DeletedRecord. Raises :class:`UnreadableTransaction` when neither holds the
+    row's ``id``, ``schema`` and ``table``."""
+    fields, columns, (enable, disable) = _row_fields(state_term, effects)
+    missing = [f.decode() for f in (b"id", b"schema", b"table") if f not in fields]
+    if missing:
+        raise UnreadableTransaction(
+            offset, key, f"row has no {'/'.join(missing)} in its state or its effects")
     relation = (_text(fields[b"schema"][1]), _text(fields[b"table"][1]))
-    record: Record = {}
-    if b"row" in fields:
-        for (col, _t), (_ts, raw) in crdt.dict_to_list(fields[b"row"]):
-            record[_text(col)] = decode_value(raw)
-    enable, disable = fields.get(b"deleted?", ([], []))
-    # A token this transaction's own flag effect saw is gone, whatever the state says
-    # (real Vaxine can replay stale tokens); tokens are compared as sets.
-    live_disables = set(disable) - set(enable) - _seen_flag_tokens(effects, b"deleted?")
-    if not live_disables:
+    record: Record = {_text(col): decode_value(raw) for col, (_ts, raw) in columns.items()}
+    if not disable - enable:
         return DeletedRecord(relation, record)
     return UpdatedRecord(relation, record, None)
 
 
+def _writer_clock(ops: list) -> datetime | None:
+    """The largest register timestamp the transaction wrote (Vaxine's clock, microseconds)."""
+    latest = 0
+    for _key, _ctype, _state, effects in ops:
+        for effect in effects:
+            for (_name, ftype), nested in effect[0]:
+                if ftype == crdt.LWW:
+                    latest = max(latest, nested[1][0])
+                elif ftype == crdt.MAP_RR:
+                    for _col, col_nested in nested[1][0]:
+                        latest = max(latest, col_nested[1][0])
+    return datetime.fromtimestamp(latest / 1e6, UTC) if latest else None
+
+
 def transaction_from_wal(wal_txn: Any) -> Transaction | None:
-    """A decoded ``vx_wal_txn`` term → Transaction, or ``None`` if it is not Electric's."""
+    """A decoded ``vx_wal_txn`` term → Transaction; ``None`` when it touches no object of
+    Electric's (no ``metadata:0``, no ``rows:`` key: someone else's data in the same Vaxine,
+    nothing of Electric's is lost by passing over it).
+
+    Raises :class:`UnreadableTransaction` for a transaction of Electric's that cannot be
+    materialised: the caller stops there and retries, it never skips it.
+    """
+    offset = wal_txn[3] if isinstance(wal_txn, tuple) and len(wal_txn) == 5 else None
+    key = None
     try:
         _tag, _txid, _dc, offset, ops = wal_txn
-        meta = wal_metadata(ops)
-        if meta is None:
-            log.warning(f"log transaction at {offset} has no metadata:0; skipped")
-            return None
-        commit_ts = parse_commit_timestamp(meta.get("commit_timestamp", ""))
+        meta = None
         changes = []
         for (key, _bucket), ctype, state, effects in ops:
-            if key.startswith(ROW_PREFIX) and ctype == crdt.MAP_RR:
-                change = row_change(key, state, effects)
-                if change is not None:
-                    changes.append(change)
+            if key == METADATA_KEY:
+                meta = _metadata_fields(effects)
+            elif key.startswith(ROW_PREFIX) and ctype == crdt.MAP_RR:
+                changes.append(row_change(key, state, effects, offset))
+        key = None
+        if meta is None:
+            if not changes:
+                log.debug(f"log transaction at {offset} holds none of Electric's objects")
+                return None
+            # Rows written straight into Vaxine without Electric's metadata (a static write
+            # by another client): still data every replica must see. Their commit time is
+            # the writer's clock from the effects.
+            commit_ts = _writer_clock(ops) or datetime.now(UTC)
+        else:
+            commit_ts = parse_commit_timestamp(meta.get("commit_timestamp", ""))
+    except UnreadableTransaction:
+        raise
     # Any shape the mapping does not expect (a missing map key, a non-bytes key, a short
-    # tuple...) makes the transaction unreadable, not the stream: skip it, keep tailing.
+    # tuple...) makes the transaction unreadable: its reader stops at it (never skips it).
     except (
         ValueError,
         TypeError,
@@ -392,6 +484,6 @@ def transaction_from_wal(wal_txn: Any) -> Transaction | None:
         crdt.CrdtError,
         etf.ETFError,
     ) as exc:
-        log.warning(f"log transaction could not be read ({exc!r}); skipped")
-        return None
+        raise UnreadableTransaction(offset, key if isinstance(key, bytes) else None,
+                                    f"unexpected shape ({exc!r})") from exc
     return Transaction(changes=changes, commit_timestamp=commit_ts)

@@ -13,6 +13,12 @@ consumer sees no duplicate and no gap. (With ``"eof"``, commits made while no co
 had yet delivered a first transaction cannot be recovered: there is no position to resume
 from. Consumers that need exactness start from an offset.)
 
+A transaction the reader cannot materialise (:class:`~electric.vaxine.rows.
+UnreadableTransaction`) is never skipped: the reader stops right before it, logs one ERROR
+naming its offset and object, shows it in :func:`blocked_readers` (``/api/status``) and the
+metrics, and re-reads it with a back-off (1 s doubling to 30 s) until it reads, e.g. once the
+server's state has caught up or Electric has been fixed.
+
 Offsets are Python tuples ``(L, R)``; :func:`offset_to_bytes` gives the
 ``term_to_binary({L, R})`` form handed to Satellite clients.
 """
@@ -20,6 +26,7 @@ Offsets are Python tuples ``(L, R)``; :func:`offset_to_bytes` gives the
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,6 +37,7 @@ from gevent import socket
 from gevent.queue import Empty, Queue
 from loguru import logger
 
+from electric import metrics
 from electric.changes import Transaction
 from electric.vaxine import etf, rows
 from electric.vaxine.etf import Atom, Reference
@@ -51,7 +59,19 @@ STREAM_MAX_FRAME = 256 * 1024 * 1024 + (1 << 20)
 _CLOSED = object()
 _FAILED = object()  # queued when the reader greenlet died of an unexpected exception
 
+# Back-off between re-reads of a transaction that could not be materialised.
+BLOCKED_RETRY_MIN_S = 1.0
+BLOCKED_RETRY_MAX_S = 30.0
+
 log = logger.bind(origin="vaxine_stream")
+
+# Every reader currently stopped at an unreadable transaction: id(stream) -> its report.
+_blocked: dict[int, dict[str, Any]] = {}
+
+
+def blocked_readers() -> list[dict[str, Any]]:
+    """Readers of the log stopped at a transaction they cannot read (for /api/status)."""
+    return [dict(report) for report in _blocked.values()]
 
 
 class StreamProtocolError(RuntimeError):
@@ -222,6 +242,9 @@ class WalStream:
         self.last_offset: Offset | None = (
             self.start_offset if isinstance(self.start_offset, tuple) else None)
         self.reconnects = 0
+        self.name = name
+        # Set while stopped at an unreadable transaction: offset, key, reason, since, attempts.
+        self.blocked: dict[str, Any] | None = None
         self._queue: Queue = Queue(maxsize=buffer_size)
         self._sock = None
         self._closed = False
@@ -258,6 +281,7 @@ class WalStream:
         if self._closed:
             return
         self._closed = True
+        self._unblock()
         self._reader.kill()
         self._drop_socket()
         while True:  # nobody will read what is buffered; make room for the wake-up
@@ -293,10 +317,21 @@ class WalStream:
 
     def _run_loop(self) -> None:
         backoff = self.min_backoff_s
+        blocked_backoff = BLOCKED_RETRY_MIN_S
         while not self._closed:
             try:
                 self._stream_once()
                 self.log.warning("Vaxine closed the replication stream; reconnecting")
+            except rows.UnreadableTransaction as exc:
+                # Stop before it (last_offset has not moved past it) and read it again later.
+                if self._block(exc):
+                    blocked_backoff = BLOCKED_RETRY_MIN_S  # a new one: start over
+                self.connected = False
+                self._drop_socket()
+                gevent.sleep(blocked_backoff)
+                blocked_backoff = min(blocked_backoff * 2, BLOCKED_RETRY_MAX_S)
+                self.reconnects += 1
+                continue
             except (OSError, etf.ETFError, StreamProtocolError, ValueError) as exc:
                 reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) \
                     else f"{type(exc).__name__}: {exc}"
@@ -310,6 +345,49 @@ class WalStream:
             gevent.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff_s)
             self.reconnects += 1
+
+    def _decode_in_place(self, body: bytes, exc: rows.UnreadableTransaction) -> tuple:
+        delay = BLOCKED_RETRY_MIN_S
+        while True:
+            self._block(exc)
+            gevent.sleep(delay)
+            delay = min(delay * 2, BLOCKED_RETRY_MAX_S)
+            try:
+                return decode_wal_frame(body)
+            except rows.UnreadableTransaction as again:
+                exc = again
+
+    def _block(self, exc: rows.UnreadableTransaction) -> bool:
+        """Record (and on the first attempt, report) being held at ``exc``'s transaction;
+        ``True`` when it is a different transaction than the one held at before."""
+        offset = list(exc.offset) if isinstance(exc.offset, tuple | list) else exc.offset
+        key = exc.key.decode("utf-8", "replace") if exc.key is not None else None
+        if self.blocked is not None and self.blocked["offset"] == offset:
+            self.blocked["attempts"] += 1
+            self.log.debug(f"log transaction at {offset} still unreadable "
+                           f"(attempt {self.blocked['attempts']}): {exc.reason}")
+            return False
+        self._unblock()
+        self.blocked = {"reader": self.name, "offset": offset, "key": key,
+                        "reason": exc.reason, "since": time.time(), "attempts": 1}
+        _blocked[id(self)] = self.blocked
+        metrics.log_reader_blocked(self.name, True)
+        self.log.error(
+            f"log transaction at offset {offset} (object {key}) cannot be read: {exc.reason}; "
+            f"this {self.name} reader is held at it (nothing after it is delivered) and "
+            f"re-reads it, at most every {BLOCKED_RETRY_MAX_S:.0f}s"
+        )
+        return True
+
+    def _unblock(self) -> None:
+        if self.blocked is None:
+            return
+        report, self.blocked = self.blocked, None
+        _blocked.pop(id(self), None)
+        metrics.log_reader_blocked(self.name, False)
+        if not self._closed:
+            self.log.info(f"log transaction at offset {report['offset']} read after "
+                          f"{report['attempts']} failed attempt(s); {self.name} reader moves on")
 
     def _drop_socket(self) -> None:
         sock, self._sock = self._sock, None
@@ -345,11 +423,20 @@ class WalStream:
                 self._on_frame(body)
 
     def _on_frame(self, body: bytes) -> None:
-        _term, tx, offset = decode_wal_frame(body)
+        try:
+            _term, tx, offset = decode_wal_frame(body)
+        except rows.UnreadableTransaction as exc:
+            if self.last_offset is not None:
+                raise  # _run_loop re-reads it from the log, resuming after last_offset
+            # Started at "eof" and nothing delivered yet: there is no position to resume
+            # from, so hold this connection (unread: back-pressure) and retry in place.
+            _term, tx, offset = self._decode_in_place(body, exc)
         if self.last_offset is not None and offset[1] <= self.last_offset[1]:
             return  # already delivered (resume overlap)
         # Advance before a possibly blocking put: if the connection dies meanwhile, the
         # transaction is already ours and the reconnect resumes after it.
         self.last_offset = offset
+        if self.blocked is not None:
+            self._unblock()
         if tx is not None:
             self._queue.put((tx, offset))

@@ -264,3 +264,6 @@ class ChaosRun:
             w.quit()
         log = self.electric.log(tail=1_000_000)
         assert "Traceback" not in log, log[-4000:]
+        # Nothing dropped on the way: no change skipped, no reader held for good.
+        skips = [line for line in log.splitlines() if "skipping change" in line]
+        assert not skips, skips[:5]

@@ -723,3 +723,36 @@ def test_table_learned_shortly_after_the_write_arrives(tmp_path):
         assert srv.writer.written[0].changes[0].relation == ("public", "late")
     finally:
         srv.stop()
+
+
+def test_resumed_stream_is_held_until_the_registry_knows_the_table(tmp_path):
+    """The chaos flake ("chaos-sat-1 ... 1 extra"): right after Electric restarts, a client
+    resumes from its offset before the connectors have described their tables. The delete it
+    had not received yet used to go out as an empty transaction (change skipped with a
+    warning) whose lsn the client then stored: the row stayed in its view for good. Now the
+    stream is held at that transaction (reported in the status) until the table is known."""
+    from electric.changes import DeletedRecord
+
+    tables: dict = {}  # a registry that has not heard from any connector yet
+    srv = ServerThread(str(tmp_path / "o.dat"), tables=tables,
+                       server_kwargs={"table_wait": 0.2}).start()
+    try:
+        srv.stream.push(tx_insert(1), (1, 1))
+        srv.stream.push(Transaction([DeletedRecord(TABLE.relation, {"id": "id-1"})], TS), (2, 2))
+        c = SatClient(srv.url)
+        c.auth()
+        c.send(pb.SatInStartReplicationReq(lsn=encode_offset((1, 1))))  # it saw the insert
+        c.recv_until(pb.SatInStartReplicationResp)
+        assert wait_for(lambda: srv.status()["streams_held"])
+        held = srv.status()["streams_held"]
+        assert [(h["tables"], h["offset"]) for h in held] == [("public.entries", "[2, 2]")]
+        tables[TABLE.relation] = TABLE  # the connector describes it
+        log, before = c.recv_until(pb.SatOpLog)
+        assert not any(isinstance(m, pb.SatOpLog) for m in before)
+        assert log.ops[0].begin.lsn == encode_offset((2, 2))
+        assert [op.WhichOneof("op") for op in log.ops] == ["begin", "delete", "commit"]
+        assert list(log.ops[1].delete.old_row_data)[0] == b"id-1"
+        assert wait_for(lambda: srv.status()["streams_held"] == [])
+        c.close()
+    finally:
+        srv.stop()

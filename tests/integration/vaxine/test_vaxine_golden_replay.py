@@ -101,7 +101,10 @@ def compare_api(recorded: bytes, ours: bytes):
 
 
 class Replayer:
-    def __init__(self, server: EmbeddedVaxine):
+    """Replays the transcripts against ``server``: anything with ``host``, ``api_port`` and
+    ``replication_port`` (the embedded server here, any Vaxine in the ``vaxine_suite``)."""
+
+    def __init__(self, server):
         self.server = server
         self.socks: dict[str, socket.socket] = {}
         self.descriptors: dict[bytes, bytes] = {}  # recorded → ours
@@ -158,7 +161,8 @@ class Replayer:
             conn = entry["conn"]
             event = entry.get("event")
             if event == "client_connected":
-                self.socks[conn] = socket.create_connection(("127.0.0.1", self.port(entry["port"])))
+                self.socks[conn] = socket.create_connection(
+                    (getattr(self.server, "host", "127.0.0.1"), self.port(entry["port"])))
             elif event == "client_closed":
                 self.socks.pop(conn).close()
             elif event == "closed_by_server":
@@ -197,28 +201,39 @@ class Replayer:
         self.socks.clear()
 
 
+def replay_s1_to_s7(replayer: Replayer) -> list:
+    """S1–S7 in file order (as recorded against a fresh real Vaxine); returns the offsets
+    streamed from 0."""
+    for name in ["s1_insert", "s2_update", "s3_delete", "s4_multi_row", "s5_static",
+                 "s6_errors", "s7_replication"]:
+        replayer.run(name)
+    from_zero = replayer.streamed["vx_a"]
+    assert len(from_zero) == 5  # S1–S5; the aborted S6 txn is never streamed
+    assert len(replayer.streamed["vx_b"]) == 3  # resumed after S2: S3, S4, S5
+    assert len(replayer.streamed["vx_c"]) == 1  # eof, then the live S7 txn
+    assert [r for _l, r in from_zero] == sorted(r for _l, r in from_zero)
+    return from_zero
+
+
+def replay_s8_after_restart(replayer: Replayer, from_zero: list) -> None:
+    replayer.streamed.clear()
+    replayer.run("s8_restart")
+    # offsets are unchanged across the restart
+    assert replayer.streamed["vx_a"][:5] == from_zero
+    assert len(replayer.streamed["vx_a"]) == 6
+    assert len(replayer.streamed["vx_b"]) == 1  # resumed from S7's offset: only the new txn
+
+
 def test_golden_transcripts_against_embedded_server(tmp_path):
     server = EmbeddedVaxine(str(tmp_path), api_port=0, replication_port=0).start()
     replayer = Replayer(server)
     try:
-        for name in ["s1_insert", "s2_update", "s3_delete", "s4_multi_row", "s5_static",
-                     "s6_errors", "s7_replication"]:
-            replayer.run(name)
-        from_zero = replayer.streamed["vx_a"]
-        assert len(from_zero) == 5  # S1–S5; the aborted S6 txn is never streamed
-        assert len(replayer.streamed["vx_b"]) == 3  # resumed after S2: S3, S4, S5
-        assert len(replayer.streamed["vx_c"]) == 1  # eof, then the live S7 txn
-        assert [r for _l, r in from_zero] == sorted(r for _l, r in from_zero)
+        from_zero = replay_s1_to_s7(replayer)
     finally:
         server.stop()
     server = EmbeddedVaxine(str(tmp_path), api_port=0, replication_port=0).start()
     try:
         replayer.server = server
-        replayer.streamed.clear()
-        replayer.run("s8_restart")
-        # offsets are unchanged across the restart
-        assert replayer.streamed["vx_a"][:5] == from_zero
-        assert len(replayer.streamed["vx_a"]) == 6
-        assert len(replayer.streamed["vx_b"]) == 1  # resumed from S7's offset: only the new txn
+        replay_s8_after_restart(replayer, from_zero)
     finally:
         server.stop()

@@ -61,3 +61,13 @@ def test_connector_status_before_start():
     assert status["reader_connected"] is False and status["last_acked_lsn"] is None
     assert status["tables_without_pk"] == [] and status["publication"] == "all_tables"
     assert not c.is_ready() and not c.ready.is_set()
+
+
+def test_origin_none_asked_from_postgres_16_on():
+    from electric.postgres.source import _stream_options
+
+    assert "origin" not in _stream_options("all_tables", 150004, True)
+    assert _stream_options("all_tables", 160002, True)["origin"] == "none"
+    assert _stream_options("all_tables", 180006, True)["origin"] == "none"
+    # a narrower drop_origin predicate needs every origin's changes to reach it
+    assert "origin" not in _stream_options("all_tables", 180006, False)

@@ -10,6 +10,7 @@ from electric.changes import (
     UpdatedRecord,
 )
 from electric.vaxine import antidote, etf, rows
+from electric.vaxine.embedded import crdt
 from tests.fixtures.vaxine.golden import frames, json_to_term, load
 
 PKS = {("public", "entries"): ["id"], ("public", "items"): ["id"]}
@@ -144,7 +145,10 @@ def test_transaction_from_real_vaxine_stream(name):
         view = frame["summary"]["electric_view"]
         tx = rows.transaction_from_wal(term)
         if view["metadata_from_effects"] is None:
-            assert tx is None  # S5's static write carries no metadata
+            # S5's static write carries no metadata: its rows are still delivered, stamped
+            # with the writer's clock (the largest register timestamp it wrote).
+            assert [c.record for c in tx.changes] == [record_of(r) for r in view["rows"]]
+            assert tx.commit_timestamp == datetime.fromtimestamp(1795771229136130 / 1e6, UTC)
             continue
         assert tx.commit_timestamp == rows.parse_commit_timestamp(
             view["metadata_from_effects"]["commit_timestamp"])
@@ -168,9 +172,91 @@ def test_metadata_comes_from_effects():
                                       "publication": "all_tables"}
 
 
-def test_garbage_wal_term_is_skipped_not_raised():
-    assert rows.transaction_from_wal(("nope",)) is None
-    assert rows.transaction_from_wal(load("s1_insert")["scenario"]) is None
+def test_garbage_wal_term_raises_never_skipped():
+    with pytest.raises(rows.UnreadableTransaction):
+        rows.transaction_from_wal(("nope",))
+    with pytest.raises(rows.UnreadableTransaction):
+        rows.transaction_from_wal(load("s1_insert")["scenario"])
+
+
+def test_transaction_without_electric_objects_is_not_electrics():
+    term = (etf.Atom("vx_wal_txn"), 1, etf.Atom("dc"), (0, 10),
+            [((b"other:key", b"bucket"), crdt.LWW, (1, b"v"), [(1, b"v")])])
+    assert rows.transaction_from_wal(term) is None
+
+
+# -- the lost-row replay (issue: Vaxine streaming a transaction before its state has it) ----
+
+
+def _with_row_state(term, key_prefix, state):
+    """The same vx_wal_txn with the materialised state of every row object replaced."""
+    tag, txid, dc, offset, ops = term
+    ops = [((key, bucket), ctype, state if key.startswith(key_prefix) else st, effects)
+           for (key, bucket), ctype, st, effects in ops]
+    return (tag, txid, dc, offset, ops)
+
+
+def _frame_tx(term):
+    from electric.vaxine import stream
+
+    stream._decoded._entries.clear()
+    _term, tx, offset = stream.decode_wal_frame(etf.encode(term))
+    return tx, offset
+
+
+def test_row_missing_from_the_state_is_read_from_the_effects():
+    """A WAL frame whose row state lacks id/schema/table (empty: the state from before the
+    insert) but whose effects carry them yields the row, byte-level through the decoder."""
+    views = electric_views("s7_replication")
+    term = json_to_term(views[4]["decoded"])
+    expected = rows.transaction_from_wal(term)
+    lost = _with_row_state(term, b"rows:", crdt.to_term(crdt.MAP_RR, {}))
+    tx, offset = _frame_tx(lost)
+    assert offset == tuple(term[3])
+    assert tx.changes == expected.changes
+    assert isinstance(tx.changes[0], UpdatedRecord)
+    assert tx.changes[0].record == record_of(views[4]["summary"]["electric_view"]["rows"][0])
+
+
+def test_stale_state_is_overridden_by_the_transactions_own_effects():
+    """An update streamed with the row's state from before it: the new values win."""
+    views = electric_views("s7_replication")
+    insert_term = json_to_term(views[4]["decoded"])
+    update_term = json_to_term(views[5]["decoded"])
+    old_state = next(st for (k, _b), _c, st, _e in insert_term[4] if k.startswith(b"rows:"))
+    stale = _with_row_state(update_term, b"rows:", old_state)
+    tx, _offset = _frame_tx(stale)
+    assert tx.changes == rows.transaction_from_wal(update_term).changes
+    assert tx.changes != rows.transaction_from_wal(insert_term).changes
+
+
+def test_delete_streamed_before_its_state_is_still_a_delete():
+    views = electric_views("s7_replication")
+    delete_seq = next(seq for seq, f in views.items()
+                      if any(r["deleted?"] for r in f["summary"]["electric_view"]["rows"]))
+    term = json_to_term(views[delete_seq]["decoded"])
+    # the state from before the delete: after the update that preceded it
+    before = next(st for (k, _b), _c, st, _e in json_to_term(views[delete_seq - 1]["decoded"])[4]
+                  if k.startswith(b"rows:"))
+    tx, _offset = _frame_tx(_with_row_state(term, b"rows:", before))
+    assert [type(c) for c in tx.changes] == [DeletedRecord]
+
+
+def test_row_without_id_anywhere_stops_the_reader_with_its_offset_and_key():
+    term = json_to_term(electric_views("s7_replication")[4]["decoded"])
+    tag, txid, dc, offset, ops = term
+    stripped = []
+    for (key, bucket), ctype, state, effects in ops:
+        if key.startswith(b"rows:"):
+            state = crdt.to_term(crdt.MAP_RR, {})
+            effects = [e for e in effects
+                       if not any(f in (b"id", b"schema", b"table") for (f, _t), _n in e[0])]
+        stripped.append(((key, bucket), ctype, state, effects))
+    with pytest.raises(rows.UnreadableTransaction) as info:
+        _frame_tx((tag, txid, dc, offset, stripped))
+    assert info.value.offset == offset
+    assert info.value.key.startswith(b"rows:public:entries:")
+    assert "id/schema/table" in info.value.reason
 
 
 def test_raw_encoders_match_protobuf_builders():

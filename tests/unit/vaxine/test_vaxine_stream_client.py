@@ -25,13 +25,23 @@ def _good_txn_body() -> bytes:
     return bytes.fromhex(body)  # a real transaction at offset (0, 4949)
 
 
+def _good_later_txn_body(r) -> bytes:
+    """A readable transaction at offset (0, r) (the real one, renumbered)."""
+    term = etf.decode(_good_txn_body())
+    return etf.encode(term[:3] + ((0, r),) + term[4:])
+
+
 def _malformed_txn_body(offset) -> bytes:
     # A metadata:0 object whose effect is a map, not a list: reading it raises KeyError.
     ops = [((METADATA_KEY, b"bucket"), Atom("antidote_crdt_map_rr"), [], [{}])]
     return etf.encode((VX_WAL_TXN, 1, Atom("dc"), offset, ops))
 
 
-def _serve(bodies):
+def _serve(bodies, later=None):
+    """A scripted stream server: the first connection gets ``bodies``, later ones ``later``
+    (default: the same) after the transaction the client asked to resume from."""
+    connections = []
+
     def handle(sock, _addr):
         decoder = FrameDecoder()
         request = []
@@ -40,30 +50,66 @@ def _serve(bodies):
             if not data:
                 return
             request = decoder.feed(data)
-        ref = etf.decode(request[0])[1]
+        req = etf.decode(request[0])
+        ref = req[1]
+        connections.append(req[2][1][0][1])  # the start offset asked for
         sock.sendall(encode_frame(etf.encode((VX_SRV_RES, ref, (START_RES, ref)))))
-        for body in bodies:
+        for body in bodies if len(connections) == 1 or later is None else later:
             sock.sendall(encode_frame(body))
         gevent.sleep(30)  # keep the connection open: an idle log
 
     server = StreamServer(("127.0.0.1", 0), handle)
     server.start()
+    server.connections = connections
     return server
 
 
-def test_malformed_transaction_is_skipped_and_stream_continues():
-    good = _good_txn_body()
-    server = _serve([_malformed_txn_body((0, 100)), good])
+def test_unreadable_transaction_holds_the_reader_until_it_reads(monkeypatch):
+    """Never skipped: the reader stops at it (ERROR, status, metric), re-reads it with a
+    back-off, and delivers it once it reads; nothing after it overtakes it."""
+    from electric import metrics
+
+    monkeypatch.setattr(stream, "BLOCKED_RETRY_MIN_S", 0.05)
+    good = _good_txn_body()  # offset (0, 4949)
+    bad = _malformed_txn_body((0, 4949))
+    server = _serve([_good_later_txn_body(1), bad, good], later=[good])
+    blocks = metrics.log_reader_blocks.labels("t")._value.get()
     s = WalStream("127.0.0.1", server.server_port, 0, name="t")
     try:
         with gevent.Timeout(5):
+            _tx, first = s.get()
+            assert first == (0, 1)
+            while s.blocked is None:
+                gevent.sleep(0.01)
+        assert s.blocked["offset"] == [0, 4949] and s.blocked["key"] == "metadata:0"
+        assert [r["offset"] for r in stream.blocked_readers()] == [[0, 4949]]
+        assert metrics.log_reader_blocks.labels("t")._value.get() == blocks + 1
+        assert metrics.log_readers_blocked.labels("t")._value.get() == 1
+        with gevent.Timeout(5):  # re-read from (0, 1): now it reads
             tx, offset = s.get()
-        assert offset == (0, 4949)
-        assert tx.changes
-        assert not s._reader.dead
+        assert offset == (0, 4949) and tx.changes
+        assert server.connections[1:] and all(c == (0, 1) for c in server.connections[1:])
+        assert s.blocked is None and stream.blocked_readers() == []
+        assert metrics.log_readers_blocked.labels("t")._value.get() == 0
     finally:
         s.close()
         server.stop()
+
+
+def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place(monkeypatch):
+    monkeypatch.setattr(stream, "BLOCKED_RETRY_MIN_S", 0.05)
+    server = _serve([_malformed_txn_body((0, 100)), _good_txn_body()])
+    s = WalStream("127.0.0.1", server.server_port, "eof", name="t")
+    try:
+        with gevent.Timeout(5):
+            while s.blocked is None or s.blocked["attempts"] < 2:
+                gevent.sleep(0.01)
+        assert s._queue.empty()  # the later transaction did not overtake it
+        assert server.connections == [Atom("eof")]  # held on its connection
+    finally:
+        s.close()
+        server.stop()
+    assert stream.blocked_readers() == []
 
 
 def test_reader_dying_wakes_the_consumer(monkeypatch):
@@ -80,6 +126,30 @@ def test_reader_dying_wakes_the_consumer(monkeypatch):
             assert isinstance(info.value.__cause__, RuntimeError)
             with pytest.raises(StreamFailed):  # iteration too, and it stays failed
                 list(s)
+    finally:
+        s.close()
+        server.stop()
+
+
+def test_lost_row_frame_is_delivered_through_the_stream_client():
+    """The frame a Vaxine sends when its stream runs ahead of its state (the row's state
+    empty, its effects complete) reaches the consumer with the row, over a real socket."""
+    from electric.vaxine.embedded import crdt
+
+    term = etf.decode(_good_txn_body())
+    ops = [((key, bucket), ctype,
+            crdt.to_term(crdt.MAP_RR, {}) if key.startswith(b"rows:") else state, effects)
+           for (key, bucket), ctype, state, effects in term[4]]
+    lost = etf.encode(term[:4] + (ops,))
+    server = _serve([lost])
+    s = WalStream("127.0.0.1", server.server_port, 0, name="t")
+    try:
+        with gevent.Timeout(5):
+            tx, offset = s.get()
+        stream._decoded._entries.clear()
+        expected, _ = stream.decode_wal_frame(_good_txn_body())[1:]
+        assert offset == (0, 4949) and tx.changes == expected.changes
+        assert tx.changes[0].record["id"]
     finally:
         s.close()
         server.stop()
