@@ -39,7 +39,9 @@ def test_fresh_database_is_provisioned_and_idempotent(source_db):
     assert set(by_name) == {"items", "composite"}  # electric.migrations is bookkeeping
 
     items = by_name["items"]
-    assert items.primary_keys == ("id",) and items.replica_identity == "d"
+    # Created with the default identity; provisioning made it FULL (per-column merge).
+    assert items.primary_keys == ("id",) and items.replica_identity == "f"
+    assert db.query("SELECT relreplident FROM pg_class WHERE relname = 'items'") == [("f",)]
     cols = {c.name: c for c in items.columns}
     assert [c.name for c in items.columns] == ["id", "body", "n", "at", "tags", "doc", "m", "p"]
     assert (cols["id"].type_name, cols["id"].type_oid, cols["id"].part_of_identity) == (
