@@ -68,6 +68,8 @@ __all__ = ["Publisher", "OpenStream", "vaxine_stream_opener"]
 
 # Transactions with more changes than this are encoded and sent piece by piece.
 STREAMED_TRANSACTION = 5000
+# Changes read ahead of a subscriber at most (per session; see _Session.queued_changes).
+QUEUE_CHANGES = 20_000
 
 OpenStream = Callable[[bytes | None], Iterable[tuple[Transaction, bytes]]]
 """``open_stream(after_offset)``: the log from just after ``after_offset`` (``None`` = from the
@@ -111,6 +113,10 @@ class _Conn:
         self.session: _Session | None = None
         self.skip_until_sync = False
         self.last_recv = time.monotonic()
+        # When a send last completed: the peer is reading what we write, so it is alive even
+        # while it says nothing (Postgres' apply worker sends no status update while it
+        # works through one large transaction).
+        self.last_sent = time.monotonic()
 
     def send(self, data: bytes) -> None:
         if not data:
@@ -123,6 +129,7 @@ class _Conn:
             except OSError as exc:
                 self.close()
                 raise _Closed() from exc
+            self.last_sent = time.monotonic()
 
     def close(self) -> None:
         if self.closed:
@@ -169,6 +176,11 @@ class _Session:
         self.requested = Lsn(start_lsn)
         self.encoder = SlotEncoder(self._lookup, self.requested, name=self.slot)
         self.queue: Queue = Queue(maxsize=publisher.queue_size)
+        # The queue is also bounded in changes, so that large transactions read ahead of a
+        # slow subscriber cannot pile up in memory (a transaction count alone does not bound
+        # it); a transaction is always let in when the queue is empty.
+        self.queued_changes = 0
+        self.queue_room = Event()
         # (end_lsn, sent monotonic time) of transactions not confirmed yet; capped so a
         # subscriber that never confirms cannot grow it without bound (only lag gets coarser).
         self.unconfirmed: deque[tuple[int, float]] = deque(maxlen=100_000)
@@ -253,11 +265,11 @@ class _Session:
             self.backfill_sent = set(pending)
             self.log.info("sending the current rows of {} to {}",
                           ", ".join(f"{s}.{t}" for s, t in pending), self.slot)
-            self.queue.put((tx, after))
+            self._enqueue(tx, after)
         stream = self.publisher.open_stream(after)
         try:
             for tx, offset in stream:  # strictly after ``after``: the stream's contract
-                self.queue.put((tx, offset))
+                self._enqueue(tx, offset)
         except Exception as exc:  # the log went away: end the session, the subscriber retries
             self.log.warning("log stream for {} ended: {}: {}", self.slot, type(exc).__name__, exc)
         else:
@@ -269,6 +281,17 @@ class _Session:
                     close()
                 except Exception:  # noqa: BLE001 - best effort while tearing down
                     pass
+
+    def _enqueue(self, tx: Transaction, offset: bytes | None) -> None:
+        while self.queued_changes >= QUEUE_CHANGES:
+            self.queue_room.clear()
+            self.queue_room.wait()
+        self.queue.put((tx, offset))
+        self.queued_changes += len(tx.changes)
+
+    def _dequeued(self, batch: list) -> None:
+        self.queued_changes -= sum(len(tx.changes) for tx, _ in batch)
+        self.queue_room.set()
 
     # -- socket side -------------------------------------------------------------------
 
@@ -300,6 +323,7 @@ class _Session:
                         batch.append(self.queue.get_nowait())
                     except Empty:
                         break
+                self._dequeued(batch)
                 self._send_batch(batch)
         except _Closed:
             pass
@@ -603,12 +627,18 @@ class Publisher:
             raise _Closed() from exc
         conn.proto.tls_established()
 
-    def _recv(self, conn: _Conn, timeout: float | None) -> bytes:
-        try:
-            with gevent.Timeout(timeout, _Closed):
-                data = conn.sock.recv(RECV_SIZE)
-        except OSError as exc:
-            raise _Closed() from exc
+    def _recv(self, conn: _Conn, timeout: float | None, streaming: bool = False) -> bytes:
+        while True:
+            try:
+                with gevent.Timeout(timeout, _Closed):
+                    data = conn.sock.recv(RECV_SIZE)
+                break
+            except _Closed:
+                # A streaming subscriber that keeps reading what we send is busy, not gone.
+                if not (streaming and time.monotonic() - conn.last_sent < timeout):
+                    raise
+            except OSError as exc:
+                raise _Closed() from exc
         if not data:
             raise _Closed()
         conn.last_recv = time.monotonic()
@@ -623,7 +653,7 @@ class Publisher:
                 timeout = STREAM_IDLE_TIMEOUT
             else:
                 timeout = QUERY_IDLE_TIMEOUT
-            data = self._recv(conn, timeout)
+            data = self._recv(conn, timeout, streaming=proto.phase is wire.Phase.COPY_BOTH)
             try:
                 events = proto.receive_data(data)
             except wire.ProtocolError as exc:

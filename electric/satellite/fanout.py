@@ -36,6 +36,10 @@ StreamFactory = Callable[[Any], Iterator[Item]]
 
 RING_SIZE = 1024
 QUEUE_LIMIT = 1024
+# The ring and each subscriber's queue are bounded in changes too: 1,024 transactions of a
+# thousand rows each would otherwise keep a million rows in memory.
+RING_CHANGES = 20_000
+QUEUE_CHANGES = 20_000
 TAIL_RETRY_SECONDS = 1.0
 
 _DETACHED = object()
@@ -62,6 +66,7 @@ class SharedTail:
         self.queue_limit = queue_limit
         self.retry_seconds = retry_seconds
         self.ring: deque[tuple[int, Transaction, Any]] = deque(maxlen=ring_size)
+        self.ring_changes = 0
         self.index: dict[Any, int] = {}  # offset -> sequence number of ring entries
         self.seq = itertools.count()
         self.subscribers: set[Subscription] = set()
@@ -97,6 +102,7 @@ class SharedTail:
             self.stats["tail_restarts"] += 1
             self._detach_all()
             self.ring.clear()
+            self.ring_changes = 0
             self.index.clear()
             gevent.sleep(self.retry_seconds)
 
@@ -105,11 +111,15 @@ class SharedTail:
         if key in self.index:
             return  # already seen (e.g. the first item after a reconnect)
         seq = next(self.seq)
-        if len(self.ring) == self.ring.maxlen:
-            old_seq, _tx, old_offset = self.ring[0]
+        size = len(tx.changes)
+        while self.ring and (len(self.ring) == self.ring.maxlen
+                             or self.ring_changes + size > RING_CHANGES):
+            old_seq, old_tx, old_offset = self.ring.popleft()
+            self.ring_changes -= len(old_tx.changes)
             if self.index.get(_key(old_offset)) == old_seq:
                 del self.index[_key(old_offset)]
         self.ring.append((seq, tx, offset))
+        self.ring_changes += size
         self.index[key] = seq
         for sub in list(self.subscribers):
             sub._deliver((tx, offset))
@@ -138,9 +148,11 @@ class SharedTail:
         seq = self.index.get(_key(offset))
         if seq is not None:
             later = [(tx, off) for s, tx, off in self.ring if s > seq]
-            if len(later) >= self.queue_limit:
+            size = sum(len(tx.changes) for tx, _ in later)
+            if len(later) >= self.queue_limit or size >= QUEUE_CHANGES:
                 return False
             sub.queue.extend(later)
+            sub.queued_changes += size
             if later:
                 sub.ready.set()
         elif self.ring and _position(offset) > _position(self.ring[-1][2]):
@@ -173,6 +185,7 @@ class Subscription:
         self.start = start
         self.last: Any = start if isinstance(start, tuple) else None
         self.queue: deque = deque()
+        self.queued_changes = 0
         self.ready = Event()
         self.private: Any = None
         self.closed = False
@@ -186,12 +199,13 @@ class Subscription:
             if _position(item[1]) <= self.floor:
                 return  # already delivered by the private stream it switched from
             self.floor = None
-        if len(self.queue) >= self.tail.queue_limit:
+        if len(self.queue) >= self.tail.queue_limit or self.queued_changes >= QUEUE_CHANGES:
             # Too far behind: stop feeding it. It drains what it has, then reads privately.
             self.tail.stats["detached_slow"] += 1
             self._detach()
             return
         self.queue.append(item)
+        self.queued_changes += len(item[0].changes)
         self.ready.set()
 
     def _detach(self) -> None:
@@ -233,6 +247,8 @@ class Subscription:
                 if self.closed:
                     return
             item = self.queue.popleft()
+            if item is not _DETACHED:
+                self.queued_changes -= len(item[0].changes)
             if item is _DETACHED:
                 # Everything queued before the detach has been delivered: continue
                 # privately right after the last of it.

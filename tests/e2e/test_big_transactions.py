@@ -1,7 +1,7 @@
 """Transactions of any size through the embedded store, with Electric as a process: a
-200,000-row single transaction from one Postgres reaches the other (written into the store
-while it is read, sent to the subscriber piece by piece), and a kill -9 in the middle of
-writing it leaves nothing of it in the store; after the restart it arrives whole, once."""
+200,000-row single transaction from one Postgres reaches the other and a Satellite client
+(written into the store while it is read, sent piece by piece), and a kill -9 in the middle
+of writing one leaves nothing of it in the store; after the restart it arrives whole, once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tests.e2e.test_publisher_scenarios import dbs, ready  # noqa: F401 - fixtur
 from tests.support.postgres import query, wait_rows
 
 ROWS = 200_000
+KILLED_ROWS = 100_000  # still 20 pieces of 5,000: the kill lands while it is being written
 BULK = ("INSERT INTO entries (id, content) SELECT gen_random_uuid(), 'row ' || g "
         "FROM generate_series(1, %s) g")
 
@@ -34,40 +35,8 @@ def store_counts(electric) -> tuple[int, int, int]:
         db.close()
 
 
-def test_a_200k_row_transaction_reaches_the_other_postgres(dbs, electric_factory):  # noqa: F811
-    (a, b, _c), db = dbs
-    electric = start(electric_factory, a, b, db)
-    query(a, db, BULK, (ROWS,))
-    wait_rows(b, db, "SELECT count(*) FROM entries", [(ROWS,)], timeout=240)
-    assert query(b, db, "SELECT count(DISTINCT content) FROM entries") == [(ROWS,)]
-    _txns, rows, largest = store_counts(electric)
-    assert (rows, largest) == (ROWS, ROWS)  # one log transaction holding every row
-    assert "a large transaction is being written while it is read" in electric.log(400)
-
-
-def test_kill_9_while_a_big_transaction_is_written_leaves_nothing_then_it_arrives_once(
-        dbs, electric_factory, tmp_path):  # noqa: F811
-    (a, b, _c), db = dbs
-    workdir = str(tmp_path / "electric")
-    electric = start(electric_factory, a, b, db, workdir)
-    query(a, db, "INSERT INTO entries (id, content) VALUES (gen_random_uuid(), 'before')")
-    wait_rows(b, db, "SELECT count(*) FROM entries", [(1,)])
-    query(a, db, BULK, (ROWS,))
-    deadline = time.monotonic() + 60
-    while "a large transaction is being written" not in electric.log(400):
-        assert time.monotonic() < deadline, electric.log()
-        time.sleep(0.02)
-    electric.kill()
-    txns, rows, largest = store_counts(electric)
-    assert (txns, rows, largest) == (1, 1, 1), "part of the big transaction is in the store"
-
-    electric = start(electric_factory, a, b, db, workdir)
-    wait_rows(b, db, "SELECT count(*) FROM entries", [(ROWS + 1,)], timeout=240)
-    assert store_counts(electric) == (2, ROWS + 1, ROWS)
-    assert query(b, db, "SELECT count(DISTINCT content) FROM entries") == [(ROWS + 1,)]
-
-
-def test_a_200k_row_transaction_reaches_a_satellite_client_whole(dbs, electric_factory):  # noqa: F811
+def test_a_200k_row_transaction_reaches_the_other_postgres_and_a_satellite_client(
+        dbs, electric_factory):  # noqa: F811
     from electric.pb import satellite_pb2 as pb
     from electric.satellite import frames
     from tests.integration.satellite.sat_harness import SatClient
@@ -93,3 +62,31 @@ def test_a_200k_row_transaction_reaches_a_satellite_client_whole(dbs, electric_f
     assert ops[0].HasField("begin") and len(ops) == ROWS + 2
     assert messages > 1 and len(ids) == ROWS  # one transaction over several messages
     client.close()
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(ROWS,)], timeout=240)
+    assert query(b, db, "SELECT count(DISTINCT content) FROM entries") == [(ROWS,)]
+    _txns, rows, largest = store_counts(electric)
+    assert (rows, largest) == (ROWS, ROWS)  # one log transaction holding every row
+    assert "a large transaction is being written while it is read" in electric.log(400)
+
+
+def test_kill_9_while_a_big_transaction_is_written_leaves_nothing_then_it_arrives_once(
+        dbs, electric_factory, tmp_path):  # noqa: F811
+    (a, b, _c), db = dbs
+    workdir = str(tmp_path / "electric")
+    electric = start(electric_factory, a, b, db, workdir)
+    query(a, db, "INSERT INTO entries (id, content) VALUES (gen_random_uuid(), 'before')")
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(1,)])
+    query(a, db, BULK, (KILLED_ROWS,))
+    deadline = time.monotonic() + 60
+    while "a large transaction is being written" not in electric.log(400):
+        assert time.monotonic() < deadline, electric.log()
+        time.sleep(0.02)
+    electric.kill()
+    txns, rows, largest = store_counts(electric)
+    assert (txns, rows, largest) == (1, 1, 1), "part of the big transaction is in the store"
+
+    electric = start(electric_factory, a, b, db, workdir)
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(KILLED_ROWS + 1,)], timeout=240)
+    assert store_counts(electric) == (2, KILLED_ROWS + 1, KILLED_ROWS)
+    assert query(b, db, "SELECT count(DISTINCT content) FROM entries") == [(KILLED_ROWS + 1,)]
+

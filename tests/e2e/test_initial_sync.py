@@ -69,7 +69,7 @@ def test_writes_during_the_copy_and_a_kill_during_it_lose_and_double_nothing(
         two_dbs, electric_factory, tmp_path):
     (a, b), db = two_dbs
     query(a, db, "INSERT INTO entries (id, content) SELECT gen_random_uuid(), 'old ' || g "
-                 "FROM generate_series(1, 200000) g")
+                 "FROM generate_series(1, 100000) g")
     workdir = str(tmp_path / "electric")
     electric = start(electric_factory, a, b, db, workdir=workdir, wait=False)
 
@@ -95,6 +95,6 @@ def test_writes_during_the_copy_and_a_kill_during_it_lose_and_double_nothing(
                  "(SELECT id FROM entries WHERE content LIKE 'old %' LIMIT 5)")
     query(a, db, "DELETE FROM entries WHERE id IN "
                  "(SELECT id FROM entries WHERE content LIKE 'old %' LIMIT 7)")
-    wait_rows(b, db, "SELECT count(*) FROM entries", [(200_000 + 20 - 7,)], timeout=240)
+    wait_rows(b, db, "SELECT count(*) FROM entries", [(100_000 + 20 - 7,)], timeout=240)
     wait_rows(b, db, CHECKSUM, query(a, db, CHECKSUM), timeout=60)
     assert query(b, db, "SELECT count(*) FROM entries WHERE content = 'changed during'") == [(5,)]
