@@ -323,7 +323,7 @@ def readme_limits(results: dict) -> str:
         satellite = (f" Satellite clients get {_fmt(ingest[0]['acked_tx_per_s'])} "
                      f"single-row tx/s acknowledged with {ingest[0]['clients']} client.")
     return (
-        f"* **Throughput.** Through Electric with the embedded Vaxine, PG→PG bulk replication "
+        f"* **Throughput.** Through Electric with the embedded store, PG→PG bulk replication "
         f"runs at {_fmt(tp)} rows/s on {meta['cpus']} cores, {_fmt(100 * tp / native, ' %')} "
         f"of native logical replication on the same machine ({_fmt(native)} rows/s). Latency "
         f"at 200 tx/s: p99 {_fmt(at_200['p99_ms'], ' ms')} commit to visible; a "
