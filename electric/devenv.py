@@ -22,6 +22,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -86,8 +87,48 @@ def wheel_bindir(major: int) -> str | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    bindir = os.path.join(list(spec.submodule_search_locations)[0], sub)
-    return bindir if os.path.exists(os.path.join(bindir, "postgres")) else None
+    package_dir = list(spec.submodule_search_locations)[0]
+    bindir = os.path.join(package_dir, sub)
+    if not os.path.exists(os.path.join(bindir, "postgres")):
+        return None
+    if os.geteuid() == 0 and not reachable_by_others(bindir):
+        # The server runs as the postgres account, which cannot enter a virtualenv inside
+        # e.g. /root: use a copy where it can (the package and its bundled libraries, so
+        # relative library paths still hold).
+        return os.path.join(copy_where_reachable(package_dir), sub)
+    return bindir
+
+
+def reachable_by_others(path: str) -> bool:
+    """Whether an account other than the owner can reach ``path`` (every directory on the
+    way is searchable by others)."""
+    path = os.path.abspath(path)
+    while True:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def copy_where_reachable(package_dir: str, root: str | None = None) -> str:
+    """A copy of ``package_dir`` (and its ``<name>.libs`` sibling, if any) under a directory
+    every account can reach; made once, reused afterwards. Returns the copy's package dir."""
+    name = os.path.basename(package_dir.rstrip("/"))
+    root = root or os.path.join(tempfile.gettempdir(), f"electric-pg-wheels-{os.geteuid()}")
+    target = os.path.join(root, name)
+    done = target + ".complete"
+    if not os.path.exists(done):
+        os.makedirs(root, exist_ok=True)
+        os.chmod(root, 0o755)
+        for source in (package_dir, package_dir.rstrip("/") + ".libs"):
+            if os.path.isdir(source):
+                dest = os.path.join(root, os.path.basename(source.rstrip("/")))
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.copytree(source, dest, symlinks=True)
+        open(done, "w").close()
+    return target
 
 
 def bindir_for(major: int) -> str | None:
