@@ -147,10 +147,20 @@ def server_major(bindir: str) -> int:
     return int(out.split()[-1].split(".")[0])
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and not one this process handed out before: the
+    kernel may offer the same free port to consecutive calls, and a process asking for
+    several ports at once (Electric's five) must not get one twice."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _demote():

@@ -56,14 +56,17 @@ def _ts(commit_us: int) -> datetime:
 class ChunkedChanges:
     """The changes of a big logged transaction, read chunk by chunk when iterated."""
 
-    def __init__(self, store: LocalStore, head: TxnHead, first: list[Change]):
+    def __init__(self, store: LocalStore, head: TxnHead, first: list[Change] | None):
         self.store, self.head, self.first = store, head, first
 
     def __len__(self) -> int:
         return self.head.changes
 
     def __iter__(self) -> Iterator[Change]:
-        yield from self.first
+        first = self.first
+        if first is None:
+            first = self.store._read(lambda r: r.decode(r.chunk(self.head.pos, 0)))
+        yield from first
         for seq in range(1, self.head.chunks):
             yield from self.store._read(lambda r, s=seq: r.decode(r.chunk(self.head.pos, s)))
 
@@ -246,7 +249,8 @@ class LocalStore:
                                 r.chain.broken = True
                             r.result.set_exception(exc)
                         continue
-                self._settle(batch, results)
+                    # Still holding the writer: readers see positions in commit order.
+                    self._settle(batch, results)
                 batch = []
                 if self.engine.log_changes > self.retain_changes * 1.1:
                     self._compact()
@@ -493,15 +497,16 @@ class BigTransaction:
         try:
             pos, commit_us, n, chunks = self.store._in_thread(self.store.engine.commit_big,
                                                               origin, publication)
+            if pos:
+                # Published while the writer is still held: positions reach readers in
+                # commit order (a write waiting behind this one commits only after).
+                head = TxnHead(pos, commit_us, origin, publication, n, chunks)
+                self.store.stats["big_transactions"] += 1
+                self.store._published(pos, Transaction(ChunkedChanges(self.store, head, None),
+                                                       _ts(commit_us)), n)
         finally:
             self._close()
-        if pos:
-            self.store.stats["big_transactions"] += 1
-            head = TxnHead(pos, commit_us, origin, publication, n, chunks)
-            first = self.store._read(lambda r: r.decode(r.chunk(pos, 0)))
-            self.store._published(pos, Transaction(ChunkedChanges(self.store, head, first),
-                                                   _ts(commit_us)), n)
-        if self.on_written is not None:
+        if pos and self.on_written is not None:
             self.on_written()
         return pos
 
