@@ -363,6 +363,16 @@ def _convert(env: str, value: object, kind: object) -> object:
     return number
 
 
+def load_for_command(argv: list[str], parser: configargparse.ArgParser | None = None
+                     ) -> configargparse.Namespace:
+    """:func:`load` for an operator command: a bad setting prints one line and exits 2."""
+    try:
+        return load(argv, parser=parser)
+    except ConfigError as exc:
+        print(f"electric: invalid setting {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def load(argv: list[str] | None = None, env: dict[str, str] | None = None,
          parser: configargparse.ArgParser | None = None) -> configargparse.Namespace:
     """Parse and validate settings. Raises ConfigError; argparse errors exit(2) themselves

@@ -78,25 +78,18 @@ def compare(conns: dict[str, Any], publication: str) -> list[tuple[RelationName,
 
 def main(argv: list[str]) -> int:
     from electric import config
-    from electric.postgres.connector import plain_dsn
+    from electric.postgres.connector import Unreachable, connect_all
 
-    try:
-        settings = config.load(argv)
-    except config.ConfigError as exc:
-        print(f"electric: invalid setting {exc}", file=sys.stderr)
-        return 2
+    settings = config.load_for_command(argv)
     if len(settings.connectors) < 2:
         print("electric verify: needs at least two CONNECTORS to compare", file=sys.stderr)
         return 2
-    conns = {}
     try:
-        for connector in settings.connectors:
-            try:
-                conns[connector.name] = psycopg2.connect(plain_dsn(connector.dsn()))
-            except psycopg2.Error as exc:
-                print(f"{connector.name}: cannot connect: {str(exc).strip()}")
-                return 1
-            conns[connector.name].autocommit = True
+        conns = connect_all(settings.connectors)
+    except Unreachable as exc:
+        print(str(exc))
+        return 1
+    try:
         results = compare(conns, settings.postgres_publication)
     except psycopg2.Error as exc:
         print(f"electric verify: {str(exc).strip()}")

@@ -43,6 +43,31 @@ _REFRESH_NO_PK_EVERY = 60.0
 TABLE_WATCH_EVERY = 10.0
 
 
+class Unreachable(Exception):
+    """A connector's Postgres could not be reached (``name``: the connector)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: cannot connect: {reason}")
+        self.name = name
+
+
+def connect_all(connectors: list) -> dict[str, Any]:
+    """An autocommit psycopg2 connection to each configured connector's Postgres (operator
+    commands); raises :class:`Unreachable` naming the first one that fails (closing the
+    others)."""
+    conns: dict[str, Any] = {}
+    for connector in connectors:
+        try:
+            conn = psycopg2.connect(plain_dsn(connector.dsn()))
+        except psycopg2.Error as exc:
+            for opened in conns.values():
+                opened.close()
+            raise Unreachable(connector.name, str(exc).strip()) from None
+        conn.autocommit = True
+        conns[connector.name] = conn
+    return conns
+
+
 def plain_dsn(dsn: str) -> str:
     """The DSN without ``replication=…`` (provisioning needs an ordinary session)."""
     params = ext.parse_dsn(dsn)

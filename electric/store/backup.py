@@ -42,13 +42,7 @@ def main(argv: list[str]) -> int:
 
     parser = config.build_parser(prog="electric backup-store")
     parser.add_argument("dest", help="file to write the copy to (must not exist)")
-    try:
-        settings = config.load(argv, parser=parser)
-    except config.ConfigError as exc:
-        print(f"electric: invalid setting {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # argparse already printed what is wrong
-        return int(exc.code or 2)
+    settings = config.load_for_command(argv, parser=parser)
     try:
         size = backup(settings.vaxine_data_dir, settings.dest)
     except (OSError, sqlite3.Error) as exc:
@@ -56,4 +50,3 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"backed up {db_path(settings.vaxine_data_dir)} to {settings.dest} ({size} bytes)")
     return 0
-

@@ -110,53 +110,41 @@ SELECT a.attname
 def main(argv: list[str]) -> int:
     """``electric import-store [settings]``: read primary keys from the connectors, import."""
     from electric import config
-    from electric.postgres.connector import plain_dsn
+    from electric.postgres.connector import Unreachable, connect_all
 
-    try:
-        settings = config.load(argv)
-    except config.ConfigError as exc:
-        print(f"electric: invalid setting {exc}", file=sys.stderr)
-        return 2
+    settings = config.load_for_command(argv)
     data_dir = settings.vaxine_data_dir
     if not needs_import(data_dir):
         print(f"electric import-store: nothing to import in {data_dir}", file=sys.stderr)
         return 2
-    import psycopg2
-
-    conns = []
     try:
-        for connector in settings.connectors:
-            try:
-                conn = psycopg2.connect(plain_dsn(connector.dsn()))
-            except psycopg2.Error as exc:
-                print(f"electric import-store: cannot reach {connector.name}: "
-                      f"{str(exc).strip()}", file=sys.stderr)
-                return 1
-            conn.autocommit = True
-            conns.append(conn)
-        known: dict[RelationName, list[str]] = {}
+        conns = list(connect_all(settings.connectors).values())
+    except Unreachable as exc:
+        print(f"electric import-store: {exc}", file=sys.stderr)
+        return 1
+    known: dict[RelationName, list[str]] = {}
 
-        def primary_keys(relation: RelationName) -> list[str]:
-            """The table's primary key, in key order, from the first connector that has it."""
-            if relation not in known:
-                for conn in conns:
-                    with conn.cursor() as cur:
-                        cur.execute(_PRIMARY_KEY_SQL, relation)
-                        columns = [row[0] for row in cur.fetchall()]
-                    if columns:
-                        known[relation] = columns
-                        break
-                else:
-                    raise LegacyDataError(
-                        f"table {relation[0]}.{relation[1]} is in the old log but no connector "
-                        "has it with a primary key")
-            return known[relation]
+    def primary_keys(relation: RelationName) -> list[str]:
+        """The table's primary key, in key order, from the first connector that has it."""
+        if relation not in known:
+            for conn in conns:
+                with conn.cursor() as cur:
+                    cur.execute(_PRIMARY_KEY_SQL, relation)
+                    columns = [row[0] for row in cur.fetchall()]
+                if columns:
+                    known[relation] = columns
+                    break
+            else:
+                raise LegacyDataError(
+                    f"table {relation[0]}.{relation[1]} is in the old log but no connector "
+                    "has it with a primary key")
+        return known[relation]
 
-        try:
-            count = import_log(data_dir, primary_keys)
-        except LegacyDataError as exc:
-            print(f"electric import-store: {exc}", file=sys.stderr)
-            return 1
+    try:
+        count = import_log(data_dir, primary_keys)
+    except LegacyDataError as exc:
+        print(f"electric import-store: {exc}", file=sys.stderr)
+        return 1
     finally:
         for conn in conns:
             conn.close()

@@ -7,24 +7,10 @@ from __future__ import annotations
 import time
 import uuid
 
-import pytest
-
-from electric.devenv import DEV_SCHEMA_SQL
-from tests.support.postgres import drop_database, query, wait_rows
+from tests.e2e.test_replication import two_postgres  # noqa: F401 - fixture
+from tests.support.postgres import query, wait_rows
 
 CHECKSUM = "SELECT count(*), md5(string_agg(id::text || ':' || coalesce(content, ''), ',' ORDER BY id)) FROM entries"
-
-
-@pytest.fixture
-def two_dbs(pg_factory):
-    db = f"sync_{uuid.uuid4().hex[:8]}"
-    pgs = [pg_factory("e2e_a"), pg_factory("e2e_b")]
-    for pg in pgs:
-        pg.create_database(db)
-        pg.psql(DEV_SCHEMA_SQL, database=db)
-    yield pgs, db
-    for pg in pgs:
-        drop_database(pg, db)
 
 
 def start(electric_factory, a, b, db, workdir=None, wait=True):
@@ -41,8 +27,9 @@ def ids(n, prefix):
     return [str(uuid.UUID(int=(prefix << 64) + i)) for i in range(n)]
 
 
-def test_existing_rows_on_both_sides_reach_the_other_and_overlaps_merge(two_dbs, electric_factory):
-    (a, b), db = two_dbs
+def test_existing_rows_on_both_sides_reach_the_other_and_overlaps_merge(
+        two_postgres, electric_factory):  # noqa: F811
+    (a, b), db = two_postgres
     only_a, only_b, both = ids(90, 1), ids(40, 2), ids(10, 3)
     for i in only_a + both:
         query(a, db, "INSERT INTO entries (id, content) VALUES (%s, 'from a')", (i,))
@@ -66,8 +53,8 @@ def test_existing_rows_on_both_sides_reach_the_other_and_overlaps_merge(two_dbs,
 
 
 def test_writes_during_the_copy_and_a_kill_during_it_lose_and_double_nothing(
-        two_dbs, electric_factory, tmp_path):
-    (a, b), db = two_dbs
+        two_postgres, electric_factory, tmp_path):  # noqa: F811
+    (a, b), db = two_postgres
     query(a, db, "INSERT INTO entries (id, content) SELECT gen_random_uuid(), 'old ' || g "
                  "FROM generate_series(1, 100000) g")
     workdir = str(tmp_path / "electric")
