@@ -85,6 +85,7 @@ def test_electric_refuses_a_first_release_dir_then_import_store_upgrades_it(
     pg.psql(DEV_SCHEMA_SQL, database=db)
     env = {"VAXINE_DATA_DIR": data, "CONNECTORS": f"pg_a={pg.url(db)}",
            "POSTGRES_SLOT": f"slot_{db}"}
+    started = None
     try:
         refused = electric_factory(env=env, wait=False)
         assert refused.proc.wait(30) == 2
@@ -102,6 +103,8 @@ def test_electric_refuses_a_first_release_dir_then_import_store_upgrades_it(
                          what="the imported rows in the store")
         assert started.get_json("/api/status")["detail"]["vaxine"]["last_position"] == positions[-1]
     finally:
+        if started is not None:  # before the drop: it would hold the slot active again
+            started.kill()
         drop_database(pg, db)
 
 
