@@ -28,7 +28,7 @@ from electric.postgres.subscription import electric_conninfo, subscribe
 from electric.satellite.auth import AuthConfigError, provider_from_settings
 from electric.satellite.server import SatelliteServer
 from electric.schema import SchemaRegistry
-from electric.store import ChainedWriter, LocalStore, StoreFormatError, legacy
+from electric.store import ChainedWriter, LocalStore, StoreFormatError, UnmappableChange, legacy
 from electric.supervisor import Supervisor, backoff_delays
 from electric.vaxine import rows
 from electric.vaxine.pool import VaxinePool
@@ -248,7 +248,9 @@ class Application:
     def _primary_keys(self, relation: RelationName) -> list[str]:
         table = self.registry.table(relation)
         if table is None:
-            raise ValueError(f"table {relation[0]}.{relation[1]} is not replicated")
+            # Refuses that one transaction (permanent, reported by its writer), not the
+            # group commit it shares with others.
+            raise UnmappableChange(f"table {relation[0]}.{relation[1]} is not replicated")
         return list(table.primary_keys)
 
     def write_transaction(self, tx: Transaction, source: str) -> None:

@@ -28,6 +28,13 @@ class NewRecord:
 
 
 @dataclass(frozen=True)
+class SeedRecord(NewRecord):
+    """A row copied from a table that joined replication while its stream ran: written only
+    when the log has no state for its key (a row the stream carried, possibly newer than
+    the copy, is never overwritten by it)."""
+
+
+@dataclass(frozen=True)
 class UpdatedRecord:
     relation: RelationName
     record: Record

@@ -357,27 +357,49 @@ class Connector:
                              "it then joins replication by itself)", *relation)
         self.tables_without_pk = list(without_pk)
         if added and self.provisioned:
-            self._tables_added(added)
+            # Not inline: this may run inside the source reader (a lookup while a message is
+            # assembled, possibly with a large transaction holding the store's writer), and
+            # the copy writes into the store.
+            gevent.spawn(self._tables_added, added)
 
     def _tables_added(self, added: list[RelationName]) -> None:
-        """Tables that joined replication while running: copy their current rows into the
-        log (rows written while the table had no primary key, or before it was published,
-        never came through the stream; rows that did are simply written again, the same
-        values), then tell the application so other Postgres can subscribe to them."""
+        """Tables that joined replication while running (own greenlet): copy their current
+        rows into the log as seeds (rows written while the table had no primary key, or
+        before it was published, never came through the stream; a row the stream carried is
+        never overwritten by the copy), then tell the application so other Postgres can
+        subscribe to them. Retried with back-off until the copy succeeds."""
         if self.sync_state is not None:
-            conn = green.connect(plain_dsn(self.dsn))
-            try:
-                for relation in added:
-                    table = self.tables[relation]
-                    progress = initial_sync.Progress()
-                    initial_sync.copy_current(conn, table, self.sink, progress)
-                    self.backfilled[f"{relation[0]}.{relation[1]}"] = progress.rows_copied
-                    self.log.info("{} existing rows of {}.{} copied", progress.rows_copied,
-                                  *relation)
-            finally:
-                conn.close()
+            backoff = Backoff(1.0, 30.0)
+            attempt = 0
+            while not self._stopping:
+                try:
+                    self._copy_new_tables(added)
+                    break
+                except GreenletExit:
+                    raise
+                except Exception as exc:  # Postgres or the store away: try again
+                    attempt += 1
+                    delay = backoff.next()
+                    if attempt <= 3 or attempt % 10 == 0:
+                        self.log.warning("copying the rows of {} failed ({}); retrying in "
+                                         "{:.0f}s", ", ".join(f"{s}.{t}" for s, t in added),
+                                         _describe(exc), delay)
+                    gevent.sleep(delay)
         if self.on_tables_added is not None:
             self.on_tables_added(self, added)
+
+    def _copy_new_tables(self, added: list[RelationName]) -> None:
+        conn = green.connect(plain_dsn(self.dsn))
+        try:
+            for relation in added:
+                table = self.tables[relation]
+                progress = initial_sync.Progress()
+                initial_sync.copy_current(conn, table, self.sink, progress)
+                self.backfilled[f"{relation[0]}.{relation[1]}"] = progress.rows_copied
+                self.log.info("{} existing rows of {}.{} copied", progress.rows_copied,
+                              *relation)
+        finally:
+            conn.close()
 
     def refresh_tables(self) -> None:
         """Re-read the catalog now (another Postgres gained tables this one may have too)."""

@@ -27,7 +27,7 @@ import psycopg2.extras
 from loguru import logger
 from psycopg2 import sql
 
-from electric.changes import NewRecord, Table, Transaction, utc_now
+from electric.changes import NewRecord, SeedRecord, Table, Transaction, utc_now
 from electric.postgres import green
 
 BATCH_ROWS = 5000
@@ -111,7 +111,7 @@ def copy_tables(conn: Any, snapshot: str, tables: list[Table],
 
 
 def _copy_table(conn: Any, table: Table, write: Callable[[Transaction], None],
-                batch_rows: int, progress: Progress) -> int:
+                batch_rows: int, progress: Progress, record: type = NewRecord) -> int:
     columns = [c.name for c in table.columns]
     # ``::text`` is each type's output function: the same text pgoutput sends.
     query = sql.SQL("SELECT {} FROM ONLY {}").format(
@@ -125,7 +125,7 @@ def _copy_table(conn: Any, table: Table, write: Callable[[Transaction], None],
             rows = cur.fetchmany(batch_rows)
             if not rows:
                 return copied
-            changes = [NewRecord(table.relation, dict(zip(columns, row, strict=True)))
+            changes = [record(table.relation, dict(zip(columns, row, strict=True)))
                        for row in rows]
             write(Transaction(changes, utc_now(), origin=None, publication=None))
             copied += len(rows)
@@ -135,14 +135,15 @@ def _copy_table(conn: Any, table: Table, write: Callable[[Transaction], None],
 def copy_current(conn: Any, table: Table, write: Callable[[Transaction], None],
                  progress: Progress, batch_rows: int = BATCH_ROWS) -> None:
     """Copy a table's current rows (one REPEATABLE READ transaction, no slot snapshot): for a
-    table that joins replication while the stream runs. Rows the stream also carries are
-    written twice with the same values; the stream's later changes still come after."""
+    table that joins replication while the stream runs. The copy is not in step with the
+    stream, so its rows are seeds: written only for keys the log has no state of (rows that
+    never came through the stream); a row the stream carried is never overwritten."""
     conn.autocommit = False
     try:
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         progress.tables_total += 1
-        _copy_table(conn, table, write, batch_rows, progress)
+        _copy_table(conn, table, write, batch_rows, progress, record=SeedRecord)
         progress.tables_done += 1
         conn.commit()
     finally:

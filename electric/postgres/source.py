@@ -597,11 +597,12 @@ class SourceReader:
         (in order, up to the first failure) so it is not written twice after reconnecting;
         the rest is read again from the slot."""
         in_flight, self._in_flight = list(self._in_flight), deque()
-        for end, tx, result in in_flight:
+        for _end, _tx, result in in_flight:  # all settled before the chain is reset
             if result is not None:
                 result.wait()
-                if not result.successful():
-                    break
+        for end, tx, result in in_flight:
+            if result is not None and not result.successful():
+                break  # from here on nothing was stored (the chain refused the rest)
             if tx is not None:
                 self._delivered_lsn = end
                 self.transactions_written += 1

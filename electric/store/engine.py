@@ -33,6 +33,7 @@ from electric.changes import (
     DeletedRecord,
     NewRecord,
     RelationName,
+    SeedRecord,
     TruncatedRelation,
     UpdatedRecord,
 )
@@ -353,7 +354,7 @@ class Engine:
         big = self._require_big()
         try:
             if big.changes == 0:
-                self.db.execute("ROLLBACK")
+                self._rollback()  # also forgets relation ids the transaction had added
                 return 0, 0, 0, 0
             commit_us = self._now_us()
             self.db.execute("INSERT INTO txns VALUES (?, ?, ?, ?, ?, ?)",
@@ -491,7 +492,15 @@ class _Planner:
         states, dirty = self.states, self.dirty
         for change, (rel_id, keys) in zip(changes, keyed, strict=True):
             kind = type(change)
-            if kind is NewRecord or (kind is UpdatedRecord and len(keys) == 1):
+            if kind is SeedRecord:
+                k = (rel_id, keys[0])
+                if states[k] is not None:
+                    continue  # the store knows this row: the stream's state wins
+                state = states[k] = RowState(False, dict(change.record))
+                dirty[k] = pos
+                out.append(UpdatedRecord(change.relation, state.columns))
+                items.append((_UPSERT, rel_id, state.columns))
+            elif kind is NewRecord or (kind is UpdatedRecord and len(keys) == 1):
                 k = (rel_id, keys[0])
                 stored = states[k]
                 columns = change.record if kind is NewRecord else carried_columns(change, stored)

@@ -199,3 +199,27 @@ def test_compaction_keeps_the_newest_changes_and_the_rows(engine):
     reopened = Engine(str(engine.path.rsplit("/", 1)[0]))
     assert (reopened.compacted_through, reopened.log_changes, reopened.row_count) == (through, 6, 20)
     reopened.close()
+
+
+def test_seed_rows_fill_only_keys_the_store_has_no_state_of(engine):
+    from electric.changes import SeedRecord
+
+    engine.commit_batch([([NewRecord(REL, {"id": "1", "v": "streamed, newer"}),
+                           DeletedRecord(REL, {"id": "2"})], None, None, None)], pks)
+    engine.commit_batch([([SeedRecord(REL, {"id": "1", "v": "copied, older"}),
+                           SeedRecord(REL, {"id": "2", "v": "copied"}),
+                           SeedRecord(REL, {"id": "3", "v": "only in the copy"})],
+                          None, None, None)], pks)
+    log = read_all(engine.path)
+    assert log[-1][1] == [UpdatedRecord(REL, {"id": "3", "v": "only in the copy"})]
+    assert engine.row_count == 3
+
+
+def test_an_empty_big_transaction_forgets_the_relations_it_added(engine):
+    engine.begin_big()
+    engine.add_big([TruncatedRelation(("public", "never_seen"))], pks)
+    assert engine.commit_big(None, None) == (0, 0, 0, 0)
+    assert ("public", "never_seen") not in engine.relations
+    pos = engine.commit_batch([([NewRecord(OTHER, {"a": "1", "b": "2"})], None, None, None)],
+                              pks)[0][0]
+    assert read_all(engine.path) == [(pos, [UpdatedRecord(OTHER, {"a": "1", "b": "2"})])]
