@@ -34,7 +34,8 @@ from gevent.queue import Queue
 from loguru import logger
 
 from electric.changes import Change, Transaction, utc_now
-from electric.store.engine import ChainBroken, Engine, PrimaryKeys, Reader, TxnHead
+from electric.store.engine import ChainBroken, Engine, PrimaryKeys, TxnHead
+from electric.store.reader import Reader
 
 # Most transactions one group commit takes (and most changes), so one commit stays short.
 MAX_BATCH_TXNS = 512

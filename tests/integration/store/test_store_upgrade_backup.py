@@ -18,8 +18,9 @@ import pytest
 from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecord
 from electric.devenv import DEV_SCHEMA_SQL
 from electric.store import LocalStore
-from electric.store.engine import Engine, Reader
+from electric.store.engine import Engine
 from electric.store.legacy import LegacyDataError, check, import_log, read_legacy
+from electric.store.reader import Reader
 from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.pool import VaxinePool

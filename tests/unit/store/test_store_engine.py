@@ -13,11 +13,11 @@ from electric.store.engine import (
     CHUNK_CHANGES,
     ChainBroken,
     Engine,
-    Reader,
     StoreFormatError,
     db_path,
 )
 from electric.store.merge import UnmappableChange
+from electric.store.reader import Reader
 
 REL = ("public", "t")
 OTHER = ("s", "u")
