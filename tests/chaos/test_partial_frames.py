@@ -4,7 +4,8 @@ Each listener caps a single message (websocket 16 MiB, Vaxine API 64 MiB, Vaxine
 1 MiB, Postgres 1 MiB), and rejects a larger announced length before reading it. But a peer
 may announce a length under the cap and send most of it slowly: the bytes received so far are
 held until the message completes. The websocket listener reserves announced payloads against
-a process-wide budget (electric/limits.py), and so does the embedded Vaxine's API port.
+a process-wide budget (electric/limits.py), and so does the standalone store's Vaxine API
+port (``electric vaxine``; Electric's embedded store is in process and has no such port).
 This measures it: SOCKETS connections each send CHUNK_MB of a message and stall.
 """
 
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from tests.chaos.harness import rss_kb
+from tests.chaos.harness import StandaloneVaxine, rss_kb
 from tests.chaos.listeners import WS_HANDSHAKE, startup_packet, ws_frame
 from tests.support.electric import ElectricProcess
 
@@ -57,11 +58,21 @@ def electric(tmp_path_factory):
     e.kill()
 
 
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    v = StandaloneVaxine(str(tmp_path_factory.mktemp("partial_vx") / "data")).start()
+    yield v
+    v.kill()
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_stalled_partial_messages_are_bounded(electric, name):
+def test_stalled_partial_messages_are_bounded(electric, standalone, name):
     setting, prefix = CASES[name]
-    port = int(electric.env[setting])
-    pid = electric.proc.pid
+    if setting.startswith("VAXINE_"):
+        port, process = int(standalone.env()[setting]), standalone.proc
+    else:
+        port, process = int(electric.env[setting]), electric.proc
+    pid = process.pid
     before = rss_kb(pid)
     socks = []
     chunk = b"\x00" * (1 << 20)
@@ -81,5 +92,5 @@ def test_stalled_partial_messages_are_bounded(electric, name):
         for s in socks:
             s.close()
     print(f"\n{name}: {SOCKETS} stalled peers x {CHUNK_MB} MiB -> RSS +{grown} MiB")
-    assert electric.proc.poll() is None
+    assert process.poll() is None
     assert grown < LIMIT_MB[name], f"{name}: RSS grew {grown} MiB for {SOCKETS} stalled peers"
