@@ -150,16 +150,7 @@ class SlotEncoder:
                 skipped += 1
                 continue
             changes.append(message)
-        if skipped:
-            # Not a loss: the change stays in the log for every other reader; this subscriber
-            # has no such table (or no key to apply it by) and could not apply it. Counted.
-            metrics.skipped("table_not_at_subscriber", skipped)
-            self._log.warning(
-                "skipped {} change(s) of a log transaction for {}: table unknown to this "
-                "Postgres' publication or without a primary key",
-                skipped,
-                ", ".join(sorted(skipped_tables)) or "rows that cannot be identified",
-            )
+        self._report_skipped(skipped, skipped_tables)
         if not changes:
             return None
         self.announced.update(pending_announce)
@@ -204,6 +195,7 @@ class SlotEncoder:
             encode = pgoutput.encode
             out = [(base + LSN_STEP, encode(pgoutput.Begin(final_lsn, ts, self._next_xid())))]
             skipped = 0
+            skipped_tables: set[str] = set()
             for i, change in enumerate(tx.changes, start=1):
                 rel = tuple(change.relation)
                 table = self.announced.get(rel)
@@ -219,20 +211,31 @@ class SlotEncoder:
                     message = self._change_message(table, change)
                 if message is None:
                     skipped += 1
+                    if table is None or not table.primary_keys:
+                        skipped_tables.add(f"{rel[0]}.{rel[1]}")
                 else:
                     out.append((int.__new__(Lsn, int(base) + LSN_STEP * i), encode(message)))
                 if len(out) >= piece:
                     yield out
                     out = []
             out.append((end_lsn, encode(pgoutput.Commit(final_lsn, end_lsn, ts, flags=0))))
-            if skipped:
-                header.skipped = skipped
-                metrics.skipped("table_not_at_subscriber", skipped)
-                self._log.warning("skipped {} change(s) of a log transaction: table unknown to "
-                                  "this subscriber's Postgres or without a primary key", skipped)
+            header.skipped = skipped
+            self._report_skipped(skipped, skipped_tables)
             yield out
 
         return header, pieces()
+
+    def _report_skipped(self, skipped: int, tables: set[str]) -> None:
+        """Not a loss: the change stays in the log for every other reader; this subscriber
+        has no such table (or no key to apply it by) and could not apply it. A table it gets
+        later is sent to it whole (Publisher.backfill). Counted."""
+        if not skipped:
+            return
+        metrics.skipped("table_not_at_subscriber", skipped)
+        self._log.warning(
+            "skipped {} change(s) of a log transaction for {}: table unknown to this "
+            "Postgres' publication or without a primary key",
+            skipped, ", ".join(sorted(tables)) or "rows that cannot be identified")
 
     def _next_xid(self) -> int:
         # Distinct per session so the subscriber's error context names a transaction; 0 is

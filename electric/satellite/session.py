@@ -609,6 +609,17 @@ class Session:
 
     # server → client
 
+    def _outgoing_table(self, relation: Any) -> Any:
+        """The table of an outgoing change, or ``None`` when the registry does not know it.
+        Unreachable from the server, which holds the stream until the registry knows every
+        table of the transaction (server._hold_for_tables); a caller that does not is told,
+        and the change is counted."""
+        table = self._lookup_table(relation)
+        if table is None:
+            metrics.skipped("satellite_unknown_table")
+            self.log.warning("skipping change to {}.{}: not in the schema registry", *relation)
+        return table
+
     def _serialize_streamed(self, tx: Transaction, offset: Any) -> Iterator[Action]:
         """A transaction too big to hold as one message: several SatOpLogs, Begin in the
         first and Commit in the last (the client assembles a transaction across messages),
@@ -623,11 +634,8 @@ class Session:
                 continue  # no representation in the protocol
             relation = change.relation
             if relation not in tables:
-                table = tables[relation] = self._lookup_table(relation)
-                if table is None:
-                    self.log.warning("skipping changes to {}.{}: not in the schema registry",
-                                     *relation)
-                elif table.relation not in self.out.known_relations:
+                table = tables[relation] = self._outgoing_table(relation)
+                if table is not None and table.relation not in self.out.known_relations:
                     self.out.known_relations.add(table.relation)
                     yield Send(relation_message(table))
             table = tables[relation]
@@ -660,16 +668,8 @@ class Session:
         for change in tx.changes:
             table = None
             if not isinstance(change, TruncatedRelation):  # no representation in 0.3.0
-                table = self._lookup_table(change.relation)
-                if table is None:
-                    # Unreachable from the server, which holds the stream until the registry
-                    # knows every table of the transaction (server._hold_for_tables); a
-                    # caller that does not is told, and the change is counted.
-                    metrics.skipped("satellite_unknown_table")
-                    self.log.warning(
-                        "skipping change to {}.{}: not in the schema registry", *change.relation
-                    )
-                elif table.relation not in self.out.known_relations:
+                table = self._outgoing_table(change.relation)
+                if table is not None and table.relation not in self.out.known_relations:
                     self.out.known_relations.add(table.relation)
                     actions.append(Send(relation_message(table)))
             tables.append(table)

@@ -109,11 +109,3 @@ class Reader:
                 yield pos, piece
         finally:
             self.close_snapshot()
-
-    def stats(self) -> dict[str, int]:
-        db = self.db
-        return {
-            "rows": db.execute("SELECT count(*) FROM rows").fetchone()[0],
-            "transactions": db.execute("SELECT count(*) FROM txns").fetchone()[0],
-            "oldest_pos": self.oldest_pos(),
-        }

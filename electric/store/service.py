@@ -388,9 +388,6 @@ class LocalStore:
                 "compacted_through": self.compacted_through,
                 "last_position": self.committed, **self.stats}
 
-    def counts(self) -> dict[str, int]:
-        return self._read(lambda r: r.stats())
-
     def close(self) -> None:
         if self._closed:
             return
