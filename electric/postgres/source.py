@@ -169,7 +169,7 @@ class SourceReader:
         self.transactions_written = 0
         self.transactions_acked = 0
         self.reconnects = 0
-        self.server_wal_end: Lsn | None = None  # from keepalives / XLogData headers
+        self._wal_end = 0  # from keepalives / XLogData headers (raw: read per message)
 
         self._delivered_lsn: Lsn | None = None
         self._streamed = False  # this connection attempt reached streaming
@@ -197,6 +197,12 @@ class SourceReader:
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected_event.wait(timeout)
+
+    @property
+    def server_wal_end(self) -> Lsn | None:
+        """The server's WAL end as last reported (an ``Lsn`` built only when asked: the
+        reader sees a new value with every message)."""
+        return Lsn(self._wal_end) if self._wal_end else None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -416,7 +422,7 @@ class SourceReader:
             msg = green.without_callback(cur.read_message)
             self._last_read = time.monotonic()
             if cur.wal_end:
-                self.server_wal_end = Lsn(cur.wal_end)
+                self._wal_end = cur.wal_end
             if msg is None:
                 if self._in_flight:  # nothing to read: acknowledge what became durable
                     self._drain(cur, wait_all=True)
