@@ -60,6 +60,23 @@ MAX_IN_FLIGHT = 64
 _YIELD_EVERY = 0.005
 
 
+
+_BURST = 256  # messages read per switch of psycopg2's wait callback
+
+
+def _read_burst(cur: Any) -> list[bytes]:
+    """The payloads of up to :data:`_BURST` messages that libpq already has (none: nothing
+    to read now). Run without the wait callback (``green.without_callback``): one switch
+    per burst instead of per message, which was a measurable share of the reader's CPU."""
+    payloads = []
+    read = cur.read_message
+    while len(payloads) < _BURST:
+        msg = read()
+        if msg is None:
+            break
+        payloads.append(msg.payload)
+    return payloads
+
 class StreamLost(Exception):
     """The replication stream stopped answering (watchdog) — reconnect."""
 
@@ -419,11 +436,11 @@ class SourceReader:
         last_io = cur.io_timestamp
         last_activity = time.monotonic()
         while True:
-            msg = green.without_callback(cur.read_message)
+            burst = green.without_callback(_read_burst, cur)
             self._last_read = time.monotonic()
             if cur.wal_end:
                 self._wal_end = cur.wal_end
-            if msg is None:
+            if not burst:
                 if self._in_flight:  # nothing to read: acknowledge what became durable
                     self._drain(cur, wait_all=True)
                 self._ack_idle_position(cur, assembler)
@@ -442,9 +459,11 @@ class SourceReader:
                     pass
                 last_yield = time.monotonic()
                 continue
-            committed = assembler.feed_bytes(msg.payload)
-            if committed is not None:
-                self._finish(cur, committed)
+            feed = assembler.feed_bytes
+            for payload in burst:
+                committed = feed(payload)
+                if committed is not None:
+                    self._finish(cur, committed)
             last_activity = time.monotonic()
             if last_activity - last_yield > _YIELD_EVERY:
                 gevent.idle()  # NOT sleep(0): that starves timers and I/O (see the report)
