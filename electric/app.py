@@ -315,18 +315,15 @@ class Application:
         s = self.settings
         for cfg in s.connectors:
             reader_options = {}
-            copy_writer = None
             if self.store is not None:  # pipelined: the reader goes on while commits run
                 counter = metrics.transactions_in.labels(cfg.name)
                 reader_options["submit"] = ChainedWriter(self.store, counter.inc)
                 # Transactions too big for memory are written while they are read.
                 reader_options["begin_big"] = lambda c=counter: self.store.begin(c.inc)
-                # The initial copy, too, reads its next batch while the last one commits.
-                copy_writer = lambda c=counter: ChainedWriter(self.store, c.inc)  # noqa: E731
             connector = Connector(
                 cfg.name, cfg.dsn(), s.postgres_publication, s.postgres_slot, self.registry,
                 sink=lambda tx, name=cfg.name: self.write_transaction(tx, name),
-                reader_options=reader_options, copy_writer=copy_writer,
+                reader_options=reader_options,
                 sync_state=_StoreSyncState(self.store) if self.store is not None else None,
                 on_tables_added=self._tables_added,
             )

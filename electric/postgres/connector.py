@@ -93,7 +93,6 @@ class Connector:
         retry_min: float = 1.0,
         retry_max: float = 10.0,
         reader_options: dict[str, Any] | None = None,
-        copy_writer: Callable[[], initial_sync.Submit] | None = None,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -112,9 +111,6 @@ class Connector:
         self.backfilled: dict[str, int] = {}
         self.retry = Backoff(retry_min, retry_max)
         self.reader_options = dict(reader_options or {})
-        # Makes a fresh pipelined writer for each initial sync (reads overlap commits); a
-        # failed copy leaves its writer refusing later writes, so each copy gets a new one.
-        self.copy_writer = copy_writer
         self.log = logger.bind(origin=name)
 
         self.ready = gevent.event.Event()  # set once provisioned and streaming
@@ -210,8 +206,7 @@ class Connector:
             initial_sync.drop_slot(conn, self.slot)
         self.sync = initial_sync.Progress()
         initial_sync.run(plain_dsn(self.dsn), self.slot, list(self.tables.values()),
-                         self.sink, self.sync_state, self.name, self.sync,
-                         submit=self.copy_writer() if self.copy_writer is not None else None)
+                         self.sink, self.sync_state, self.name, self.sync)
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ written :data:`BATCH_ROWS` at a time.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,11 +31,6 @@ from electric.changes import NewRecord, SeedRecord, Table, Transaction, utc_now
 from electric.postgres import green
 
 BATCH_ROWS = 5000
-# Copy batches submitted and not yet durable: the next batch is read from Postgres while the
-# store commits the previous ones (reading and committing each take a core's worth of time).
-IN_FLIGHT = 3
-
-Submit = Callable[[Transaction], Any]  # returns a result whose ``get()`` waits for durability
 
 
 class SyncState(Protocol):
@@ -90,39 +84,14 @@ def drop_slot(conn: Any, slot: str) -> None:
                     "FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (slot,))
 
 
-class _Writes:
-    """``write`` each batch, or with ``submit`` keep up to :data:`IN_FLIGHT` of them
-    committing while the next is read; :meth:`drain` waits until all are durable (and
-    raises the first failure: the copy is then done again from scratch)."""
-
-    def __init__(self, write: Callable[[Transaction], None], submit: Submit | None):
-        self.write, self.submit = write, submit
-        self.pending: deque = deque()
-
-    def __call__(self, tx: Transaction) -> None:
-        if self.submit is None:
-            self.write(tx)
-            return
-        self.pending.append(self.submit(tx))
-        while len(self.pending) > IN_FLIGHT:
-            self.pending.popleft().get()
-
-    def drain(self) -> None:
-        while self.pending:
-            self.pending.popleft().get()
-
-
 def copy_tables(conn: Any, snapshot: str, tables: list[Table],
                 write: Callable[[Transaction], None], progress: Progress,
-                origin: str | None = None, batch_rows: int = BATCH_ROWS,
-                submit: Submit | None = None) -> None:
+                origin: str | None = None, batch_rows: int = BATCH_ROWS) -> None:
     """Read ``tables`` as of ``snapshot`` on ``conn`` (an ordinary connection, not in a
-    transaction) and ``write`` their rows as inserts, ``batch_rows`` per transaction (with
-    ``submit``, pipelined; either way every row is durable when this returns)."""
+    transaction) and ``write`` their rows as inserts, ``batch_rows`` per transaction."""
     log = logger.bind(origin=origin) if origin else logger
     conn.autocommit = False
     progress.tables_total = len(tables)
-    writes = _Writes(write, submit)
     try:
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -130,12 +99,11 @@ def copy_tables(conn: Any, snapshot: str, tables: list[Table],
         for table in tables:
             name = f"{table.schema}.{table.name}"
             progress.current_table = name
-            copied = _copy_table(conn, table, writes, batch_rows, progress)
+            copied = _copy_table(conn, table, write, batch_rows, progress)
             progress.tables[name] = copied
             progress.tables_done += 1
-            log.info("initial sync: {} rows of {} read ({} of {} tables)", copied, name,
+            log.info("initial sync: {} rows of {} copied ({} of {} tables)", copied, name,
                      progress.tables_done, progress.tables_total)
-        writes.drain()
         conn.commit()
     finally:
         progress.current_table = None
@@ -183,11 +151,9 @@ def copy_current(conn: Any, table: Table, write: Callable[[Transaction], None],
 
 
 def run(dsn: str, slot: str, tables: list[Table], write: Callable[[Transaction], None],
-        state: SyncState, connector: str, progress: Progress,
-        submit: Submit | None = None) -> None:
+        state: SyncState, connector: str, progress: Progress) -> None:
     """Create ``slot`` with a snapshot and copy ``tables`` as of it (see the module notes).
-    The caller has made sure the slot does not exist. ``submit`` (optional) queues a write
-    without waiting for it, so reading and committing overlap."""
+    The caller has made sure the slot does not exist."""
     log = logger.bind(origin=connector)
     progress.state = "copying"
     progress.started_at = time.monotonic()
@@ -198,8 +164,7 @@ def run(dsn: str, slot: str, tables: list[Table], write: Callable[[Transaction],
                  len(tables))
         conn = green.connect(dsn)
         try:
-            copy_tables(conn, snapshot, tables, write, progress, origin=connector,
-                        submit=submit)
+            copy_tables(conn, snapshot, tables, write, progress, origin=connector)
         finally:
             conn.close()
     finally:
