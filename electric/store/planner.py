@@ -97,6 +97,17 @@ class Planner:
                 append((rel_id, key))
                 want.append(key)
                 continue
+            if pk is not None and kind is UpdatedRecord:
+                # One key column, an update that keeps its key (the old row's key, when
+                # sent, is the same): one key, inline. A key change takes the general path.
+                value = change.record.get(pk)
+                old = change.old_record
+                if type(value) is str and (not old or old.get(pk) is None
+                                           or old.get(pk) == value):
+                    key = f"{len(value)}:{value}"
+                    append((rel_id, key))
+                    want.append(key)
+                    continue
             keys = change_keys(change, pks)
             append((rel_id, keys[0] if len(keys) == 1 else tuple(keys)))
             want.extend(keys)
