@@ -1,11 +1,12 @@
 import gevent
 
-from electric.supervisor import Supervisor, backoff_delays
+from electric.retry import Policy
+from electric.supervisor import Supervisor
 
 
-def test_backoff_doubles_up_to_the_cap():
-    delays = backoff_delays(0.5, 3.0)
-    assert [next(delays) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+def test_restart_policy_comes_from_the_settings():
+    assert Supervisor(initial=0.5, cap=3.0, healthy_after=20).policy == Policy(
+        0.5, 3.0, reset_after=20)
 
 
 def test_a_crashing_component_is_restarted_and_others_keep_running():
