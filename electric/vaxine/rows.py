@@ -40,7 +40,7 @@ from typing import Any
 
 from loguru import logger
 
-from electric import metrics
+from electric import errors, metrics
 from electric.changes import (
     Change,
     DeletedRecord,
@@ -79,7 +79,7 @@ log = logger.bind(origin="vaxine_rows")
 PrimaryKeys = Callable[[RelationName], list[str]]
 
 
-class RowMappingError(ValueError):
+class RowMappingError(errors.Permanent, ValueError):
     """A change that cannot be mapped (no primary key, key column missing or NULL)."""
 
 
