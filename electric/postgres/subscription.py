@@ -1,6 +1,6 @@
 """Subscription lifecycle of one connector: make its Postgres subscribe to Electric, losslessly.
 
-The order (postgres.md §2.3 steps 12–13, postgres15-subscriber.md §3 (B) and §6.3):
+The order (docs/protocols.md §2.7; why it must be this one: §2.6):
 
 1. ``CREATE SUBSCRIPTION "<name>" CONNECTION '<Electric>' PUBLICATION "<pub>"
    WITH (connect = false)`` when absent — no connection is made, the subscription starts

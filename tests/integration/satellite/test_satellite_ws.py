@@ -1,6 +1,6 @@
 """The websocket server over real sockets (fake Vaxine writer/stream, real offset file).
 
-Covers satellite.md §6.1-§6.3 and every malformed-input row of §6.6: each case checks the
+Covers docs/protocols.md §1.3-§1.6 and every kind of malformed input: each case checks the
 documented reply, that the process keeps serving, and that another session is unaffected.
 """
 
@@ -126,7 +126,7 @@ def test_offered_subprotocol_is_declined(server):
     s.close()
 
 
-# -- §6.1 session and auth --------------------------------------------------------------------
+# -- session and auth (§1.3, §1.6) ----------------------------------------------------------------
 
 
 def test_s1_s2_s6_auth_and_ping(client):
@@ -207,7 +207,7 @@ def test_s10_status_tracks_clients(server, client):
     assert wait_for(lambda: server.status()["clients_connected"] == 0, 2.0)
 
 
-# -- §6.6 malformed input ---------------------------------------------------------------------
+# -- malformed input --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("authenticated", [False, True])
@@ -408,7 +408,7 @@ def test_abrupt_disconnects_do_not_hurt(server):
     assert_still_serving(server)
 
 
-# -- §6.2 outgoing ----------------------------------------------------------------------------
+# -- outgoing (§1.4) ----------------------------------------------------------------------------
 
 
 def tx_insert(n):
@@ -494,7 +494,7 @@ def test_shared_tail_failure_is_invisible_to_clients(server, client):
     assert log.ops[0].begin.lsn == encode_offset((1, 1))
 
 
-# -- §6.3 incoming ----------------------------------------------------------------------------
+# -- incoming (§1.5) ----------------------------------------------------------------------------
 
 
 def test_i1_i2_write_ack_and_persisted_lsn(server, client):
