@@ -20,6 +20,7 @@ from electric.offsets import (
     OffsetFileVersionError,
     OffsetStore,
 )
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -611,8 +612,7 @@ def _kill_mid_fsync(monkeypatch, put) -> None:
     started = threading.Event()
     _slow_fsync(monkeypatch, started)
     g = gevent.spawn(put)
-    while not started.is_set():
-        gevent.sleep(0.001)
+    wait_until(started.is_set, 5, "the fsync under way", step=0.001)
     g.kill(block=True, timeout=5)
     assert g.dead
     monkeypatch.undo()
@@ -679,8 +679,7 @@ def test_repeated_kills_and_timeouts_do_not_cut_the_fsync_short(path, monkeypatc
             s.put_satellite_lsn("c", b"v" * 50)
 
     g = gevent.spawn(put)
-    while not started.is_set():
-        gevent.sleep(0.001)
+    wait_until(started.is_set, 5, "the fsync under way", step=0.001)
     g.kill(block=False)
     g.kill(block=False)
     g.join(timeout=5)
