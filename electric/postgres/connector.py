@@ -37,11 +37,11 @@ from electric.postgres.source import Sink, SourceReader
 from electric.retry import Backoff, Policy
 from electric.schema import SchemaRegistry
 
-# How often a change for an unknown table may trigger a re-read of the publication.
 # A crashed source reader is started again (its own reconnects have their own back-off).
 READER_RESTART = Policy(1.0, 10.0)
 # Copying the rows of tables that joined replication, until it succeeds.
 COPY_RETRY = Policy(1.0, 30.0)
+# How often a change for an unknown table may trigger a re-read of the publication.
 _REFRESH_UNKNOWN_EVERY = 10.0
 _REFRESH_NO_PK_EVERY = 60.0
 # Tables can be created (or get a primary key) by any means at any time: re-read the
