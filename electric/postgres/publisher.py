@@ -31,7 +31,7 @@ in ``upsert.py``, the message codec in ``wire.py``). This module is the thin gev
   keepalives, but no data until :meth:`Publisher.release`. Subscription setup holds the slot
   until ``REFRESH PUBLICATION`` has marked the tables ready, because a stock subscriber drops
   changes for tables it does not know yet and never asks for them again (the setup window of
-  postgres15-subscriber.md §3 (B)). Slots start held when ``hold_until_released`` is set.
+  docs/protocols.md §2.6). Slots start held when ``hold_until_released`` is set.
 
 Status (per slot): streaming or not, sent and confirmed (flushed) positions, how many sent
 transactions the subscriber has not confirmed yet and for how long (``lag_seconds``).
@@ -972,7 +972,7 @@ class Publisher:
         session.start()
 
     def _check_apply_loop(self, state: _SlotState, requested: int) -> None:
-        """Spot a subscriber stuck on one transaction (postgres15-subscriber.md §6.6).
+        """Spot a subscriber stuck on one transaction (docs/protocols.md §2.6).
 
         A transaction that fails to apply kills the apply worker; Postgres restarts it and it
         asks for the same position again, forever. Signature: the previous session started at

@@ -3,7 +3,7 @@
 A subscriber Postgres sees Electric as a publisher with one logical slot per subscription.
 There is no real WAL behind it, so the positions are synthetic and this module owns them:
 
-* **Numbering** (postgres.md §3.8). With ``C`` the current position and ``n`` changes, a
+* **Numbering** (docs/protocols.md §2.4). With ``C`` the current position and ``n`` changes, a
   transaction is ``Begin`` at ``C+10`` with ``final_lsn = C+10+10n``, Relation messages at 0/0,
   change ``i`` at ``C+10i``, ``Commit`` at ``C+10+10n+10`` with ``commit_lsn = final_lsn`` and
   ``end_lsn = C+10+10n+10``; the position then becomes ``end_lsn``. ``final_lsn`` values are

@@ -269,7 +269,7 @@ def _key(offset: Any) -> Any:
 
 def _position(offset: Any) -> int:
     """Commit position of an offset: ``R`` of ``(L, R)``, which grows in log order
-    (satellite.md §2.6.3). Bare integers (test streams) are their own position."""
+    (docs/protocols.md §4.3). Bare integers (test streams) are their own position."""
     if isinstance(offset, tuple | list):
         return int(offset[1])
     return int(offset)

@@ -5,9 +5,9 @@ transaction, a client transaction is durably written, the ping timer fired, …)
 method returns the list of :class:`Action` objects the I/O layer (``server.py``) must carry
 out, in order: frames to send, a close, a client id to claim, an outgoing stream to start or
 stop, a transaction to write. Nothing here touches sockets, greenlets or files, so the whole
-message-handling matrix of satellite.md §1.6 is unit-testable with plain calls.
+session rules of docs/protocols.md §1.3 are unit-testable with plain calls.
 
-Differences from the reference, on purpose (satellite.md §8.1):
+Differences from the reference, on purpose (ids of docs/gaps.md):
 
 * G1  FIRST_LSN is honoured; an lsn that is neither ``eof``/``0`` nor a valid ETF ``{L,R}``
       gets INVALID_REQUEST instead of a crash.
@@ -751,7 +751,7 @@ _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
 
 
 def start_offset(msg: pb.SatInStartReplicationReq) -> StartOffset:
-    """Map a client's start request to a WAL stream start (satellite.md §1.8.1, as fixed)."""
+    """Map a client's start request to a WAL stream start (docs/protocols.md §1.4)."""
     options = set(msg.options)
     if frames.OPT_FIRST_LSN in options:
         return 0

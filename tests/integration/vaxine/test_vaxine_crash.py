@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from electric.vaxine import rows
 from electric.vaxine.antidote import VaxineError
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -34,17 +34,19 @@ def start_standalone(data_dir, api, repl):
         [sys.executable, "-m", "electric.vaxine.embedded", "--data-dir", data_dir,
          "--api-port", str(api), "--replication-port", str(repl)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", api), timeout=0.2).close()
-            socket.create_connection(("127.0.0.1", repl), timeout=0.2).close()
-            return proc
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            gevent.sleep(0.05)
-    proc.kill()
-    raise AssertionError("standalone embedded Vaxine did not start")
+
+    def listening():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        socket.create_connection(("127.0.0.1", api), timeout=0.2).close()
+        socket.create_connection(("127.0.0.1", repl), timeout=0.2).close()
+        return True
+
+    try:
+        wait_until(listening, 20, "the standalone embedded Vaxine listening", ignore=(OSError,))
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def pk(_rel):
@@ -88,7 +90,8 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path):
     live = WalStream("127.0.0.1", repl, 0, min_backoff_s=0.05, max_backoff_s=0.2)
     writers = [gevent.spawn(writer, w) for w in range(4)]
     try:
-        gevent.sleep(0.7)
+        wait_until(lambda: len(acked) > 20, 20, "commits acknowledged before the kill",
+                   step=0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         gevent.joinall(writers, timeout=10)

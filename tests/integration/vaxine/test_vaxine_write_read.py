@@ -10,6 +10,7 @@ from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecor
 from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+from tests.support.waiting import wait_until
 
 REL = ("public", "entries")
 
@@ -52,7 +53,7 @@ def test_write_then_stream_from_zero_resume_and_eof(vaxine, pool):
         resumed.get(timeout=0.2)
 
     live = WalStream("127.0.0.1", vaxine.replication_port, "eof")
-    gevent.sleep(0.1)
+    wait_until(lambda: live.connected, 5, "the live stream started at the end of the log")
     rows.write_transaction(pool, tx(insert(9, content="live")), pk)
     (t, o), = take(live, 1)
     assert row_of(t.changes[0])["content"] == "live" and o > offsets[-1]

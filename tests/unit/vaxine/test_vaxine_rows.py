@@ -66,7 +66,7 @@ def test_update_and_delete_contain_the_recorded_ops_plus_id_fields():
     recorded = recorded_ops("s2_update")
     assert set(recorded) <= set(ours)
     fields = [antidote_field(op) for op in ours[4:]]
-    assert fields == [b"deleted?", b"id", b"row", b"schema", b"table"]  # G20: ids on update
+    assert fields == [b"deleted?", b"id", b"row", b"schema", b"table"]  # docs/gaps.md G20: ids on update
 
     del_view = views[6]["summary"]["electric_view"]
     delete = DeletedRecord(("public", "entries"), record_of(del_view["rows"][0]))
