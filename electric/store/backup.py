@@ -12,7 +12,8 @@ import os
 import sqlite3
 import sys
 
-from electric.store.engine import connect, db_path
+from electric.store.engine import db_path
+from electric.store.sqlite import connect
 
 
 def backup(data_dir: str, dest: str) -> int:
