@@ -46,6 +46,11 @@ CACHE_KIB = 8 * 1024
 # 16-byte head (commit time and two lengths).
 RECORD_OVERHEAD = 25
 HEADER_TAG = Atom("electric_vaxine_log")
+# Write-ahead log size at which the store starts a background checkpoint, and the size at
+# which the writer itself checkpoints before going on (bounds the WAL if the background
+# checkpoints cannot keep up).
+WAL_CHECKPOINT = 32 * 1024 * 1024
+WAL_HARD_LIMIT = 256 * 1024 * 1024
 
 _SCHEMA = META_SQL + """
 CREATE TABLE IF NOT EXISTS objects (
@@ -153,8 +158,13 @@ class Engine:
         os.makedirs(data_dir, exist_ok=True)
         self.path = db_path(data_dir)
         self.cache_kib = cache_kib
+        self._checkpointer: sqlite3.Connection | None = None
         try:
             self.db = connect(self.path, cache_kib=cache_kib)
+            # Checkpoints run beside the writer (checkpoint(), on their own connection), not
+            # inside a commit, where they would hold every commit waiting for them.
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_HARD_LIMIT}")
             self.db.executescript(_SCHEMA)
             self.opened = self._open(node)
         except sqlite3.DatabaseError as exc:
@@ -200,6 +210,21 @@ class Engine:
             except sqlite3.Error:
                 pass
             raise
+        if self.wal_bytes() > WAL_HARD_LIMIT:
+            db.execute("PRAGMA wal_checkpoint(RESTART)")
+
+    def wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database without holding up commits (own
+        connection; PASSIVE: whatever readers still use stays for the next one)."""
+        if self._checkpointer is None:
+            self._checkpointer = connect(self.path, cache_kib=256)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def import_records(self, records: Iterable[tuple[int, int, bytes, bytes, list]],
                        finish: Callable[[], tuple[Any, int]]) -> int:
@@ -234,6 +259,8 @@ class Engine:
         return count
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.db.close()
 
 

@@ -46,6 +46,7 @@ from electric.vaxine import etf
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.engine import (
     PLAIN_TYPE,
+    WAL_CHECKPOINT,
     Commit,
     Engine,
     EngineReader,
@@ -56,8 +57,13 @@ from electric.vaxine.etf import Atom, Pid
 
 DEFAULT_NODE = Atom("vaxine@127.0.0.1")
 TX_ID = Atom("tx_id")
-# Latest object states kept in memory (least recently used dropped first).
-CACHE_OBJECTS = 20_000
+# Latest object states kept in memory (least recently used dropped first). A row's state
+# costs about 2.5 KiB of Python objects: ~10 MiB. Electric reads back what it writes inside
+# the same transaction (its own view), so the cache mainly serves metadata:0 and rows that
+# are updated again soon.
+CACHE_OBJECTS = 4096
+# Page cache of each stream reader's connection (they read the log in order), KiB.
+READER_CACHE_KIB = 2048
 # Most commits one SQLite transaction takes, so one group commit stays short.
 MAX_BATCH = 512
 # Largest logged transaction (its ETF Ops): the stream's frame (a little larger) must stay
@@ -146,7 +152,7 @@ class Store:
         self._last_us = opened.last_commit_us
         self._hub_reader = EngineReader(self.path, self.engine.cache_kib)
         self._readers: ReaderPool[EngineReader] = ReaderPool(
-            lambda: EngineReader(self.path, self.engine.cache_kib), readers)
+            lambda: EngineReader(self.path, READER_CACHE_KIB), readers)
         self.cache_objects = cache_objects
         self.cache: OrderedDict[ObjKey, tuple[int, str | None, Any]] = OrderedDict()
         self._pending: dict[ObjKey, tuple[int, str, Any]] = {}
@@ -159,7 +165,8 @@ class Store:
         self._failed: BaseException | None = None
         self._closed = False
         self.live_streams = 0  # replication streams currently open (see replication.py)
-        self.stats = {"group_commits": 0, "cache_misses": 0}
+        self.stats = {"group_commits": 0, "cache_misses": 0, "checkpoints": 0}
+        self._checkpointing: gevent.Greenlet | None = None
         self._writer = gevent.spawn(self._run_writer)
 
     # ------------------------------------------------------------------ clocks
@@ -399,11 +406,21 @@ class Store:
                     continue
                 self._settle(batch)
                 batch = []
+                if (self._checkpointing is None or self._checkpointing.ready()) \
+                        and self.engine.wal_bytes() > WAL_CHECKPOINT:
+                    self._checkpointing = gevent.spawn(self._checkpoint)
         except gevent.GreenletExit:
             for q in batch:
                 if not q.result.ready():
                     q.result.set_exception(StoreFailed("the store is closing"))
             raise
+
+    def _checkpoint(self) -> None:
+        try:
+            in_thread(self.engine.checkpoint)
+            self.stats["checkpoints"] += 1
+        except Exception as exc:  # the WAL just stays longer; the next commit retries
+            log.warning(f"Vaxine store {self.path}: checkpoint failed: {exc}")
 
     def _settle(self, batch: list[_Queued]) -> None:
         self.stats["group_commits"] += 1
@@ -460,6 +477,8 @@ class Store:
         self._queue.put(None)
         self._writer.join(timeout=timeout)
         self._writer.kill()
+        if self._checkpointing is not None:
+            self._checkpointing.join(timeout=timeout)
         self._notify()
         self._readers.close()
         self._hub_reader.close()
