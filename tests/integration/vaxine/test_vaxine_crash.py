@@ -207,3 +207,38 @@ def raw_frames(port, count):
         return out[1:]  # after the start reply
     finally:
         sock.close()
+
+
+def test_backup_store_copies_a_running_standalone_server(tmp_path):
+    """``electric backup-store`` on the data directory of ``electric vaxine`` copies its
+    vaxine.db while it runs; the copy, put in place of a new data directory, serves the same
+    log at the same offsets."""
+    from electric.vaxine.embedded.server import EmbeddedVaxine
+
+    data = tmp_path / "vx"
+    server = EmbeddedVaxine(str(data), api_port=0, replication_port=0).start()
+    try:
+        pool = VaxinePool("127.0.0.1", server.api_port, size=1)
+        for i in range(3):
+            rows.write_transaction(pool, Transaction(
+                [NewRecord(("public", "t"), {"id": f"{i}.{k}"}) for k in range(ROWS_PER_TXN)],
+                datetime.now(UTC)), pk)
+        pool.close()
+        before = read_all(server.replication_port, 0, 3)
+        dest = tmp_path / "copy.db"
+        done = subprocess.run([sys.executable, "-m", "electric.cli", "backup-store",
+                               "--vaxine-data-dir", str(data), str(dest)],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "vaxine.db" in done.stdout
+    finally:
+        server.stop()
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    os.replace(dest, restored / "vaxine.db")
+    server = EmbeddedVaxine(str(restored), api_port=0, replication_port=0).start()
+    try:
+        assert read_all(server.replication_port, 0, 3) == before
+    finally:
+        server.stop()
