@@ -46,11 +46,13 @@ CACHE_KIB = 8 * 1024
 # 16-byte head (commit time and two lengths).
 RECORD_OVERHEAD = 25
 HEADER_TAG = Atom("electric_vaxine_log")
-# Write-ahead log size at which the store starts a background checkpoint, and the size at
-# which the writer itself checkpoints before going on (bounds the WAL if the background
-# checkpoints cannot keep up).
-WAL_CHECKPOINT = 32 * 1024 * 1024
-WAL_HARD_LIMIT = 256 * 1024 * 1024
+# Write-ahead log size at which the store starts a background checkpoint (PASSIVE: it copies
+# what it can while commits go on), and the size at which the writer itself checkpoints and
+# restarts the WAL before going on. Under steady load the background checkpoints never find
+# the WAL fully copied at the moment a commit starts, so the WAL only goes back to its start
+# through the writer's; by then it has little left to copy.
+WAL_CHECKPOINT = 16 * 1024 * 1024
+WAL_HARD_LIMIT = 64 * 1024 * 1024
 
 _SCHEMA = META_SQL + """
 CREATE TABLE IF NOT EXISTS objects (
@@ -164,7 +166,9 @@ class Engine:
             # Checkpoints run beside the writer (checkpoint(), on their own connection), not
             # inside a commit, where they would hold every commit waiting for them.
             self.db.execute("PRAGMA wal_autocheckpoint=0")
-            self.db.execute(f"PRAGMA journal_size_limit={WAL_HARD_LIMIT}")
+            # (after a reset the WAL file is cut back to the checkpoint size, so its size
+            # tells when the next checkpoint is due)
+            self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT}")
             self.db.executescript(_SCHEMA)
             self.opened = self._open(node)
         except sqlite3.DatabaseError as exc:

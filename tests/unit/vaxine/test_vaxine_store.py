@@ -273,3 +273,28 @@ def test_a_failed_commit_stops_further_commits_and_acknowledges_nothing(store):
     with pytest.raises(StoreFailed):
         store.begin()
     assert store.status()["failed"] is True
+
+
+def test_background_checkpoints_keep_the_wal_bounded(tmp_path, monkeypatch):
+    from electric.vaxine.embedded import engine
+    from electric.vaxine.embedded import store as store_mod
+
+    monkeypatch.setattr(engine, "WAL_CHECKPOINT", 64 * 1024)
+    monkeypatch.setattr(engine, "WAL_HARD_LIMIT", 256 * 1024)
+    monkeypatch.setattr(store_mod, "WAL_CHECKPOINT", 64 * 1024)
+    store = Store(str(tmp_path))
+    try:
+        for i in range(150):
+            txn = store.begin()
+            store.update(txn, b"rows:%d" % i, B, MAP_RR, row(v=b"x" * 20_000))
+            store.commit(txn)
+        assert store.stats["checkpoints"] > 0
+        # ~6 MB went through the WAL (the value is in the state and in the logged Ops)
+        assert store.engine.wal_bytes() < 1024 * 1024
+        offsets, after = [], 0
+        while batch := store.records_after(after):  # (about 1 MiB per read)
+            offsets += [o for o, _t, _ops in batch]
+            after = offsets[-1]
+        assert len(offsets) == 150
+    finally:
+        store.close()
