@@ -40,6 +40,8 @@ log = logger.bind(origin="vaxine_embedded")
 # largest frame (plus a read's worth of slack), so peers sending slowly cannot add up to
 # unbounded memory.
 API_BUDGET = ByteBudget(MAX_FRAME + (1 << 20), "vaxine api")
+# How often the store's figures (size, objects, log length) are logged.
+STATUS_LOG_S = 600.0
 
 
 class EmbeddedVaxine:
@@ -58,6 +60,7 @@ class EmbeddedVaxine:
         self._replication_port = replication_port
         self.max_frame = max_frame
         self.cache_objects = cache_objects
+        self._status_logger: gevent.Greenlet | None = None
         self.store: Store | None = None
         self._servers: list[StreamServer] = []
         self._connections: set = set()
@@ -89,6 +92,7 @@ class EmbeddedVaxine:
             self.store.close()
             raise
         self._servers = [api, repl]
+        self._status_logger = gevent.spawn(self._log_status_every, STATUS_LOG_S)
         st = self.store.status()
         log.info(
             f"embedded Vaxine serving {self.store.path}: API on {self.host}:{self.api_port}, "
@@ -105,7 +109,20 @@ class EmbeddedVaxine:
         return {**self.store.status(), "connections": len(self._connections),
                 "replication_streams": self.store.live_streams}
 
+    def _log_status_every(self, seconds: float) -> None:
+        """The server has no status port: its figures go to the log now and then."""
+        while True:
+            gevent.sleep(seconds)
+            st = self.status()
+            log.info(f"store {st['path']}: {st['bytes']} bytes, {st['objects']} objects, "
+                     f"{st['log_transactions']} transactions logged (log end {st['log_end']}), "
+                     f"{st['cached_objects']} states cached, {st['open_transactions']} open "
+                     f"transactions, {st['replication_streams']} streams, "
+                     f"{st['group_commits']} group commits")
+
     def stop(self, timeout: float = 5) -> None:
+        if self._status_logger is not None:
+            self._status_logger.kill()
         for server in self._servers:
             server.close()
         for sock in list(self._connections):
