@@ -14,6 +14,7 @@ Memory is bounded, not proportional to the data:
 * latest states live in SQLite and in a bounded LRU cache of recently used objects;
 * states committed but not yet durable are kept until their SQLite transaction commits
   (``_pending``; bounded by the commits in flight);
+* the newest logged transactions, for streams tailing the log (``recent``; 4 MiB);
 * a state replaced while transactions that may still read it are running is kept until the
   last of them ends (``_superseded``; empty whenever no transaction is open; objects created
   meanwhile cost nothing: a snapshot with no version kept did not have the object).
@@ -64,6 +65,10 @@ TX_ID = Atom("tx_id")
 CACHE_OBJECTS = 4096
 # Page cache of each stream reader's connection (they read the log in order), KiB.
 READER_CACHE_KIB = 2048
+# The newest logged transactions kept in memory for streams that tail the log (ETF bytes):
+# every live stream sends them without a read of its own.
+RECENT_LOG_BYTES = 4 * 1024 * 1024
+READ_BATCH_BYTES = 1 << 20
 # Most commits one SQLite transaction takes, so one group commit stays short.
 MAX_BATCH = 512
 # Largest logged transaction (its ETF Ops): the stream's frame (a little larger) must stay
@@ -134,6 +139,47 @@ class _OpsTerm:
                 for (obj, ctype, state), effects in zip(self.states, self.effects, strict=True)]
 
 
+class _RecentLog:
+    """The newest durable transactions ``(offset, txid ETF, ops ETF)``, oldest first, at most
+    ``limit`` bytes; holds every transaction after ``floor``."""
+
+    def __init__(self, limit: int, floor: int):
+        self.limit = limit
+        self.floor = floor
+        self.entries: deque[tuple[int, bytes, bytes]] = deque()
+        self.size = 0
+
+    def add(self, offset: int, txid_body: bytes, ops_body: bytes) -> None:
+        size = len(txid_body) + len(ops_body)
+        if size > self.limit:  # too big to keep: readers get it (and what came before) from disk
+            self.entries.clear()
+            self.size = 0
+            self.floor = offset
+            return
+        self.entries.append((offset, txid_body, ops_body))
+        self.size += size
+        while self.size > self.limit:
+            old = self.entries.popleft()
+            self.size -= len(old[1]) + len(old[2])
+            self.floor = old[0]
+
+    def after(self, after: int, max_bytes: int) -> list[tuple[int, bytes, bytes]] | None:
+        """What follows ``after`` (about ``max_bytes``), ``None`` if not all of it is here."""
+        if after < self.floor:
+            return None
+        out, size = [], 0
+        for entry in reversed(self.entries):  # tailing readers want the newest ones
+            if entry[0] <= after:
+                break
+            out.append(entry)
+        out.reverse()
+        for i, entry in enumerate(out):
+            size += len(entry[1]) + len(entry[2])
+            if size >= max_bytes:
+                return out[:i + 1]
+        return out
+
+
 class Store:
     def __init__(self, data_dir: str, node: Atom = DEFAULT_NODE,
                  cache_objects: int = CACHE_OBJECTS, readers: int = 4):
@@ -153,6 +199,7 @@ class Store:
         self._hub_reader = EngineReader(self.path, self.engine.cache_kib)
         self._readers: ReaderPool[EngineReader] = ReaderPool(
             lambda: EngineReader(self.path, READER_CACHE_KIB), readers)
+        self.recent = _RecentLog(RECENT_LOG_BYTES, self.durable)
         self.cache_objects = cache_objects
         self.cache: OrderedDict[ObjKey, tuple[int, str | None, Any]] = OrderedDict()
         self._pending: dict[ObjKey, tuple[int, str, Any]] = {}
@@ -435,6 +482,7 @@ class Store:
             self.objects += q.new_objects
             self.transactions += 1
             self.durable = c.offset
+            self.recent.add(c.offset, c.txid_body, c.ops_body)
             q.result.set(c.offset)
         self._notify()
 
@@ -465,9 +513,13 @@ class Store:
     # ------------------------------------------------------------------ the log
 
     def records_after(self, after: int) -> list[tuple[int, bytes, bytes]]:
-        """Durable transactions after offset ``after``: ``(offset, txid ETF, ops ETF)``,
-        read in the thread pool (a batch of about 1 MiB)."""
-        return self._readers.run(lambda r: r.records_after(after))
+        """Durable transactions after offset ``after``: ``(offset, txid ETF, ops ETF)``, a
+        batch of about 1 MiB: from memory for a reader near the end of the log, else read
+        from SQLite in the thread pool."""
+        recent = self.recent.after(after, READ_BATCH_BYTES)
+        if recent is not None:
+            return recent
+        return self._readers.run(lambda r: r.records_after(after, READ_BATCH_BYTES))
 
     def close(self, timeout: float = 10) -> None:
         if self._closed:

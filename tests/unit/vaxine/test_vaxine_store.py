@@ -298,3 +298,31 @@ def test_background_checkpoints_keep_the_wal_bounded(tmp_path, monkeypatch):
         assert len(offsets) == 150
     finally:
         store.close()
+
+
+def test_recent_log_serves_tailing_readers_and_only_what_it_holds_whole():
+    from electric.vaxine.embedded.store import _RecentLog
+
+    recent = _RecentLog(limit=10, floor=100)
+    assert recent.after(100, 1 << 20) == []  # nothing after the floor yet
+    assert recent.after(99, 1 << 20) is None  # older than what it holds: read from disk
+    recent.add(110, b"t", b"oooo")
+    recent.add(120, b"t", b"oooo")
+    assert [e[0] for e in recent.after(100, 1 << 20)] == [110, 120]
+    assert [e[0] for e in recent.after(110, 1 << 20)] == [120]
+    assert [e[0] for e in recent.after(100, 1)] == [110]  # bounded batches, at least one
+    recent.add(130, b"t", b"oooo")  # over 10 bytes: 110 goes, and the floor moves to it
+    assert recent.size <= 10 and recent.floor == 110
+    assert recent.after(100, 1 << 20) is None
+    assert [e[0] for e in recent.after(110, 1 << 20)] == [120, 130]
+    recent.add(140, b"t", b"o" * 20)  # larger than the whole budget: kept nowhere
+    assert recent.after(130, 1 << 20) is None and recent.after(140, 1 << 20) == []
+
+
+def test_streams_get_the_same_records_from_memory_and_from_sqlite(store):
+    for i in range(5):
+        commit_ops(store, [(b"rows:%d" % i, MAP_RR, row(v=b"x"))])
+    from_memory = store.records_after(0)
+    assert len(from_memory) == 5 and store.recent.after(0, 1 << 20) is not None
+    store.recent = type(store.recent)(limit=0, floor=store.durable)  # nothing in memory
+    assert store.records_after(0) == from_memory
