@@ -35,7 +35,7 @@ from loguru import logger
 from electric.changes import Change, Transaction, utc_now
 from electric.store.engine import ChainBroken, Engine, PrimaryKeys, TxnHead
 from electric.store.reader import Reader
-from electric.store.sqlite import ReaderPool, file_bytes, in_thread
+from electric.store.sqlite import ReaderPool, file_bytes, in_thread, take_batch
 
 # Most transactions one group commit takes (and most changes), so one commit stays short.
 MAX_BATCH_TXNS = 512
@@ -208,19 +208,15 @@ class LocalStore:
 
     def _take_batch(self) -> list[_Write]:
         """Every write waiting now (within the batch bounds), minus those of broken chains."""
-        batch: list[_Write] = []
-        size = 0
-        while True:
-            request = self._queue.get() if not batch else self._queue.get_nowait()
-            if request.chain is not None and request.chain.broken:
-                request.result.set_exception(ChainBroken("an earlier write of this source "
-                                                         "failed"))
-            else:
-                batch.append(request)
-                size += len(request.changes)
-            if batch and (self._queue.empty() or len(batch) >= MAX_BATCH_TXNS
-                          or size >= MAX_BATCH_CHANGES):
-                return batch
+        return take_batch(self._queue, MAX_BATCH_TXNS, MAX_BATCH_CHANGES,
+                          lambda r: len(r.changes), self._unbroken)
+
+    @staticmethod
+    def _unbroken(request: _Write) -> bool:
+        if request.chain is not None and request.chain.broken:
+            request.result.set_exception(ChainBroken("an earlier write of this source failed"))
+            return False
+        return True
 
     def _run_writer(self) -> None:
         batch: list[_Write] = []

@@ -2,8 +2,9 @@
 :mod:`electric.store.engine`, and the standalone Vaxine server,
 :mod:`electric.vaxine.embedded.engine`): one way to open a database (WAL journal,
 ``synchronous=FULL``, a bounded page cache), the ``meta`` table of small durable facts, the
-files that make up a database (for size reports and backups), and the gevent side: running
-blocking SQLite calls in the hub's thread pool, with a small pool of read-only connections.
+files that make up a database (for size reports and backups), and the gevent side of a
+group-committing writer: taking every write waiting as one batch, running blocking SQLite
+calls in the hub's thread pool, and a small pool of read-only connections.
 """
 
 from __future__ import annotations
@@ -61,7 +62,27 @@ def in_thread(fn: Callable, *args) -> Any:
     return gevent.get_hub().threadpool.apply(fn, args)
 
 
+T = TypeVar("T")
 R = TypeVar("R")
+
+
+def take_batch(queue: Queue, max_items: int, max_size: int | None = None,
+               size_of: Callable[[T], int] | None = None,
+               accept: Callable[[T], bool] | None = None) -> list[T]:
+    """A group commit's batch: waits for a first item, then takes every item waiting at that
+    moment, up to ``max_items`` (and ``max_size`` by ``size_of``). Items ``accept`` refuses
+    are left out (it is up to ``accept`` to answer them)."""
+    batch: list[T] = []
+    size = 0
+    while True:
+        item = queue.get() if not batch else queue.get_nowait()
+        if accept is None or accept(item):
+            batch.append(item)
+            if size_of is not None:
+                size += size_of(item)
+        if batch and (queue.empty() or len(batch) >= max_items
+                      or (max_size is not None and size >= max_size)):
+            return batch
 
 
 class ReaderPool(Generic[R]):
