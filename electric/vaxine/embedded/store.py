@@ -42,7 +42,7 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 from loguru import logger
 
-from electric.store.sqlite import ReaderPool, in_thread
+from electric.store.sqlite import ReaderPool, in_thread, take_batch
 from electric.vaxine import etf
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.engine import (
@@ -416,18 +416,12 @@ class Store:
         if self._closed:
             raise StoreFailed("the store is closed")
 
-    def _take_batch(self) -> list[_Queued | None]:
-        batch = [self._queue.get()]
-        while not self._queue.empty() and len(batch) < MAX_BATCH:
-            batch.append(self._queue.get_nowait())
-        return batch
-
     def _run_writer(self) -> None:
         batch: list[_Queued] = []
         stopping = False
         try:
             while not stopping:
-                taken = self._take_batch()
+                taken = take_batch(self._queue, MAX_BATCH)
                 batch = [q for q in taken if q is not None]
                 stopping = len(batch) < len(taken)  # close() queued None after the last commit
                 if not batch:

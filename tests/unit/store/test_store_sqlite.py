@@ -49,3 +49,31 @@ def test_reader_pool_opens_at_most_its_size_and_reuses_handles(tmp_path):
     assert len(opened) == 2
     pool.close()
     assert all(h.closed for h in opened)
+
+
+def test_take_batch_takes_what_waits_within_bounds_and_leaves_out_refused_items():
+    from gevent.queue import Queue
+
+    from electric.store.sqlite import take_batch
+
+    queue = Queue()
+    for item in [3, 4, -1, 5, 6, 7]:
+        queue.put(item)
+    refused = []
+
+    def accept(item):
+        if item < 0:
+            refused.append(item)
+            return False
+        return True
+
+    assert take_batch(queue, max_items=10, max_size=12, size_of=lambda i: i,
+                      accept=accept) == [3, 4, 5]  # 12 reached
+    assert refused == [-1]
+    assert take_batch(queue, max_items=1) == [6]
+    assert take_batch(queue, max_items=10) == [7]  # nothing else waits: no blocking
+    later = gevent.spawn(take_batch, queue, 10)  # an empty queue: waits for the first item
+    gevent.sleep(0)
+    assert not later.ready()
+    queue.put(8)
+    assert later.get(timeout=5) == [8]
