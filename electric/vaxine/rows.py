@@ -68,9 +68,9 @@ MAX_OPS_PER_REQUEST = 5000
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # One operation must fit in one frame with the message envelope around it.
 MAX_OP_BYTES = MAX_FRAME - 64 * 1024
-# Encoded operations per transaction. The embedded store commits a transaction as one log
-# record of up to 256 MiB, and that record (with the CRDT states and effects of every
-# object) measures 3-5.5x the operations' size; past that the commit fails on every retry.
+# Encoded operations per transaction. The standalone server (electric vaxine) logs a
+# transaction's Ops term, at most 256 MiB, and that term (with the CRDT states and effects of
+# every object) measures 3-5.5x the operations' size; past that the commit fails on every retry.
 # Refusing up front turns a silent retry loop into a permanent, reported error.
 MAX_TRANSACTION_BYTES = 32 * 1024 * 1024
 

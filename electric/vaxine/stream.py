@@ -52,8 +52,8 @@ VX_SRV_RES = Atom("vx_srv_res")
 VX_WAL_TXN = Atom("vx_wal_txn")
 START_RES = Atom("vx_srv_start_res")
 _CLIENT_NODE = Atom("nonode@nohost")
-# Largest vx_wal_txn frame accepted. A frame is built from one log record of the embedded
-# store (at most 256 MiB, and the frame is smaller than its record); the reference Vaxine
+# Largest vx_wal_txn frame accepted. A frame is built from one logged transaction of the
+# standalone server (its Ops at most 256 MiB, plus txid, DC id and offset); the reference Vaxine
 # sets no limit. A transaction the log accepted must be deliverable: a frame the reader
 # refused would be refused again on every reconnect, stalling every consumer behind it.
 STREAM_MAX_FRAME = 256 * 1024 * 1024 + (1 << 20)
