@@ -59,6 +59,29 @@ for _reader in ("publisher", "satellite"):
     log_readers_blocked.labels(_reader)
 
 
+# Encode once: a log transaction is serialised once per protocol (and per distinct table
+# description / client state), however many sockets receive it. ``encoded`` counts the
+# serialisations, ``reused`` the deliveries that took an existing one.
+transactions_encoded = Counter(
+    "electric_transactions_encoded",
+    "Log transactions serialised for sending, by protocol (once per transaction and view)",
+    ["protocol"], registry=REGISTRY)
+encodings_reused = Counter(
+    "electric_encodings_reused",
+    "Deliveries of a log transaction that reused its existing serialisation, by protocol",
+    ["protocol"], registry=REGISTRY)
+_ENCODED = {p: transactions_encoded.labels(p) for p in ("pgoutput", "satellite")}
+_REUSED = {p: encodings_reused.labels(p) for p in ("pgoutput", "satellite")}
+
+
+def transaction_encoded(protocol: str) -> None:
+    _ENCODED[protocol].inc()
+
+
+def encoding_reused(protocol: str) -> None:
+    _REUSED[protocol].inc()
+
+
 def skipped(reason: str, n: int = 1) -> None:
     """Count ``n`` changes left out for ``reason`` (one of :data:`SKIP_REASONS`)."""
     changes_skipped.labels(reason).inc(n)
