@@ -82,6 +82,16 @@ def encoding_reused(protocol: str) -> None:
     _REUSED[protocol].inc()
 
 
+slow_clients = Counter(
+    "electric_satellite_slow_disconnects",
+    "Satellite clients disconnected (close 1013) for not reading what they were sent",
+    registry=REGISTRY)
+
+
+def slow_client_disconnected() -> None:
+    slow_clients.inc()
+
+
 def skipped(reason: str, n: int = 1) -> None:
     """Count ``n`` changes left out for ``reason`` (one of :data:`SKIP_REASONS`)."""
     changes_skipped.labels(reason).inc(n)

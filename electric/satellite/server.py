@@ -46,10 +46,11 @@ from electric.changes import Transaction, TruncatedRelation
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
 from electric.listeners import GuardedWSGIServer
-from electric.satellite.fanout import SharedTail
+from electric.satellite.fanout import SharedTail, Subscription
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
     PING_INTERVAL,
+    STREAMED_TRANSACTION,
     Action,
     ClaimClient,
     Close,
@@ -72,7 +73,17 @@ WRITER_QUEUE = 64
 """Completed client transactions waiting for the Vaxine writer. When full, reading from the
 socket pauses: TCP back-pressure instead of unbounded memory (and never a stall)."""
 MAX_OUT_BUFFER = 1024 * 1024
-"""Bytes queued for one socket before the code producing them waits for the socket."""
+"""Bytes queued for one socket before its own stream greenlet (catch-up, big transactions)
+waits for the socket."""
+SLOW_CLIENT_BYTES = 4 * 1024 * 1024
+"""Bytes of live transactions queued for a socket that does not read them: past this the
+client is disconnected with CLOSE_TOO_SLOW (it reconnects and resumes from its lsn), so a
+stuck client never holds memory or anyone else up."""
+CLOSE_TOO_SLOW = 1013
+"""Close code for a client that fell too far behind (RFC 6455 "Try Again Later")."""
+READ_BUFFER = 2048
+"""Read buffer per socket (pywsgi's default is 8 KiB; frames larger than it are read
+straight into their message)."""
 SEND_TIMEOUT = 30.0
 """A peer that accepts no bytes for this long is disconnected."""
 STATUS_MAX_CLIENTS = 100
@@ -207,6 +218,35 @@ class _Write:
     transaction: Transaction
 
 
+class _Outgoing:
+    """One outgoing stream of a socket: the log iterator and, while it has work, the
+    greenlet reading it."""
+
+    __slots__ = ("iterator", "offset", "greenlet")
+
+    def __init__(self, iterator: Iterator[tuple[Transaction, Any]] | None,
+                 offset: StartOffset):
+        self.iterator = iterator
+        self.offset = offset
+        self.greenlet: gevent.Greenlet | None = None
+
+    def stop(self) -> None:
+        greenlet, self.greenlet = self.greenlet, None
+        if greenlet is not None and greenlet is not gevent.getcurrent():
+            greenlet.kill(block=False)
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - best effort while tearing down
+                pass
+
+
+def _binary_frame(payload: bytes) -> bytes:
+    return bytes(Header.encode_header(True, WebSocket.OPCODE_BINARY, b"", len(payload), 0)) \
+        + payload
+
+
 class _Connection:
     """Everything belonging to one websocket: the session, its lock and its greenlets."""
 
@@ -227,19 +267,26 @@ class _Connection:
         self.log = self.session.log
         self.client_id: str | None = None
         self.released = Event()
+        # Per socket memory matters at 10,000 sockets: greenlets (a few KiB of saved stack
+        # each) exist only while they have work. The writer starts with the first client
+        # transaction, the sender only while the kernel buffer is full, and the outgoing
+        # stream's greenlet only while catching up (a caught-up socket is written to by the
+        # shared tail directly, see _direct).
         self.greenlets: list[gevent.Greenlet] = []
-        self.streams: dict[int, gevent.Greenlet] = {}
-        self.writes: gevent.queue.Queue = gevent.queue.Queue(WRITER_QUEUE)
+        self.streams: dict[int, _Outgoing] = {}
+        self.writes: gevent.queue.Queue | None = None
         self.write_generation = 0
         self.writer: gevent.Greenlet | None = None
         self.closing = False
         self.out: list[bytes] = []
         self.out_bytes = 0
-        self.out_ready = Event()
-        self.drained = Event()
-        self.drained.set()
+        self._partial: bytes | None = None  # out[0] when it is the rest of a started frame
+        self._drained: Event | None = None
         self.send_failed = False
         self.sender: gevent.Greenlet | None = None
+        sock = getattr(ws.handler, "socket", None) if ws.handler is not None else None
+        # The plain socket for non-blocking writes; TLS goes through the sender greenlet.
+        self._raw = getattr(sock, "_sock", None) if type(sock) is gevent.socket.socket else None
         # Set while the outgoing stream is held at a transaction whose table the schema
         # registry does not know (yet): offset, tables, since.
         self.stream_held: dict[str, Any] | None = None
@@ -249,8 +296,6 @@ class _Connection:
     def run(self) -> None:
         self.log.info("client connected from {}", self.peer)
         self.ws.environ[_CONNECTION_KEY] = self
-        self.sender = gevent.spawn(self._sender_loop)
-        self.greenlets.append(self.sender)
         try:
             self._read_loop()
         finally:
@@ -296,7 +341,14 @@ class _Connection:
                     self._execute(action)
             generation = self.write_generation
         for write in writes:
-            self.writes.put(_Write(generation, write.transaction))
+            self._writer_queue().put(_Write(generation, write.transaction))
+
+    def _writer_queue(self) -> gevent.queue.Queue:
+        if self.writes is None:
+            self.writes = gevent.queue.Queue(WRITER_QUEUE)
+            self.writer = gevent.spawn(self._writer)
+            self.greenlets.append(self.writer)
+        return self.writes
 
     def _execute(self, action: Action) -> None:
         if isinstance(action, Send):
@@ -312,43 +364,82 @@ class _Connection:
 
     # -- outgoing bytes ---------------------------------------------------------------------
     #
-    # Frames are appended to a per-socket buffer and written by one sender greenlet. When the
-    # process is busy, several frames pile up between two writes and go out in one syscall
-    # (the send syscall is the dominant cost with many sockets); when idle, a frame leaves
-    # on the next loop iteration. A producer that gets ahead of the socket by more than
-    # MAX_OUT_BUFFER waits (back-pressure), and a peer that stops reading for SEND_TIMEOUT
-    # is cut off instead of pinning the buffer forever.
+    # A frame is written straight to the socket (non-blocking) when nothing is queued before
+    # it: the common case, one syscall, no greenlet switch. What the kernel does not take is
+    # queued and written by a sender greenlet that exists only until the queue is empty;
+    # frames produced meanwhile join the queue and leave in one syscall. A producer that is
+    # this socket's own greenlet waits when more than MAX_OUT_BUFFER is queued
+    # (back-pressure); the shared tail never waits: past SLOW_CLIENT_BYTES the client is
+    # disconnected (CLOSE_TOO_SLOW) and resumes from its lsn when it reconnects. A peer that
+    # accepts no bytes for SEND_TIMEOUT is cut off.
 
     def _send(self, data: bytes) -> None:
         if self.closing:
             return
         self._queue_frame(WebSocket.OPCODE_BINARY, data)
+        if self._direct_depth:  # the shared tail: never waits
+            if self.out_bytes > self.server.slow_client_bytes:
+                self._too_slow()
+            return
         if self.out_bytes > MAX_OUT_BUFFER and gevent.getcurrent() is not self.sender:
-            self.drained.clear()
-            self.drained.wait()
+            if self._drained is None:
+                self._drained = Event()
+            self._drained.clear()
+            self._drained.wait()
+
+    _direct_depth = 0
 
     def queue_pong(self, payload: bytes) -> None:
         """Called by the websocket reader for a ping: the pong joins the ordered stream."""
         self._queue_frame(WebSocket.OPCODE_PONG, payload)
 
     def _queue_frame(self, opcode: int, payload: bytes) -> None:
+        header = bytes(Header.encode_header(True, opcode, b"", len(payload), 0))
+        self._write_frame(header + payload)
+
+    def _write_frame(self, frame: bytes) -> None:
         if self.send_failed:
             return
-        header = bytes(Header.encode_header(True, opcode, b"", len(payload), 0))
-        self.out.append(header + payload)
-        self.out_bytes += len(header) + len(payload)
-        self.out_ready.set()
+        if not self.out and self._raw is not None:
+            try:
+                n = self._raw.send(frame)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self._fail_sending()
+                return
+            if n == len(frame):
+                return
+            if n:
+                frame = frame[n:]
+                self._partial = frame
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        if self.sender is None:
+            self.sender = gevent.spawn(self._sender_loop)
+
+    def _too_slow(self) -> None:
+        """The client has SLOW_CLIENT_BYTES of live transactions it does not read: drop
+        them (it resumes from its lsn), keep a started frame whole, and close."""
+        unsent = self.out_bytes
+        keep = [self._partial] if self.out and self.out[0] is self._partial else []
+        self.out[:] = keep
+        self.out_bytes = sum(map(len, keep))
+        metrics.slow_client_disconnected()
+        self.server.slow_disconnects += 1
+        self.log.warning("client is not reading: {} bytes of transactions unsent, "
+                         "disconnecting it (it resumes from its lsn)", unsent)
+        self._close(CLOSE_TOO_SLOW, "client too slow: reconnect and resume from your lsn")
 
     def _sender_loop(self) -> None:
         try:
-            while True:
-                self.out_ready.wait()
-                self.out_ready.clear()
-                while self.out:
-                    chunks, self.out, self.out_bytes = self.out, [], 0
-                    self.drained.set()
-                    with gevent.Timeout(self.server.send_timeout, _SendTimeout):
-                        self.ws.raw_write(b"".join(chunks))
+            while self.out:
+                chunks, self.out, self.out_bytes = self.out, [], 0
+                self._partial = None
+                if self._drained is not None:
+                    self._drained.set()
+                with gevent.Timeout(self.server.send_timeout, _SendTimeout):
+                    self.ws.raw_write(b"".join(chunks))
         except gevent.GreenletExit:
             raise
         except _SendTimeout:
@@ -356,12 +447,17 @@ class _Connection:
             self._fail_sending()
         except Exception:
             self._fail_sending()
+        finally:
+            if self.sender is gevent.getcurrent():
+                self.sender = None
 
     def _fail_sending(self) -> None:
         self.send_failed = True
         self.closing = True
         self.out.clear()
-        self.drained.set()
+        self.out_bytes = 0
+        if self._drained is not None:
+            self._drained.set()
         self._cut()
 
     def _close(self, code: int | None, reason: str) -> None:
@@ -396,54 +492,94 @@ class _Connection:
         except Exception as exc:
             self.log.error("cannot read the stored lsn of {}: {}", client_id, exc)
             stored = None
-        self.writer = gevent.spawn(self._writer)
-        self.greenlets.append(self.writer)
         self._run_actions(self.session.client_claimed(stored))
 
     def _run_actions(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, WriteTransaction):
-                self.writes.put_nowait(_Write(self.write_generation, action.transaction))
+                self._writer_queue().put_nowait(_Write(self.write_generation,
+                                                       action.transaction))
             else:
                 self._execute(action)
 
     # -- outgoing: Vaxine WAL stream → client ---------------------------------------------
 
     def _start_stream(self, subscription: int, offset: StartOffset) -> None:
-        greenlet = gevent.spawn(self._stream, subscription, offset)
-        self.streams[subscription] = greenlet
+        out = _Outgoing(None, offset)
+        self.streams[subscription] = out
+        self._pump(subscription, out)
+
+    def _open_stream(self, subscription: int, out: _Outgoing) -> Iterator:
+        iterator = out.iterator = self.server.subscribe(out.offset)
+        if isinstance(iterator, Subscription):
+            # Caught up, the shared tail hands each transaction to _direct; this socket's
+            # greenlet runs only to catch up, for big transactions and while held.
+            iterator.sink = lambda item: self._direct(subscription, out, item)
+            iterator.wake = lambda: self._pump(subscription, out)
+        return iterator
+
+    def _pump(self, subscription: int, out: _Outgoing) -> None:
+        if out.greenlet is None and self.streams.get(subscription) is out:
+            out.greenlet = gevent.spawn(self._stream, subscription, out)
 
     def _stop_stream(self, subscription: int) -> None:
-        greenlet = self.streams.pop(subscription, None)
-        if greenlet is not None and greenlet is not gevent.getcurrent():
-            greenlet.kill(block=False)
+        out = self.streams.pop(subscription, None)
+        if out is not None:
+            out.stop()
 
-    def _stream(self, subscription: int, offset: StartOffset) -> None:
-        iterator = None
+    def _direct(self, subscription: int, out: _Outgoing, item: tuple[Transaction, Any]) -> bool:
+        """Called by the shared tail for each new transaction while this socket is caught
+        up; must not block. Sends the shared frame (or the session's actions) now, or
+        returns False to have the transaction queued for this socket's greenlet (a big
+        transaction, a table the registry does not know yet, a busy session)."""
+        if self.streams.get(subscription) is not out or self.closing:
+            return True  # stopped: nothing more goes out on it
+        tx, offset = item
+        if self.lock.locked() or len(tx.changes) > STREAMED_TRANSACTION:
+            return False
+        session = self.session
+        shared = session.shared_oplog(subscription, tx, offset)
+        self._direct_depth += 1
         try:
-            iterator = self.server.subscribe(offset)
+            if shared is not None:
+                self._write_frame(self.server.oplog_cache.frame(shared, _binary_frame))
+                if self.out_bytes > self.server.slow_client_bytes:
+                    self._too_slow()
+                return True
+            if self._missing_tables(tx):
+                return False
+            with self.lock:
+                for action in session.vaxine_transaction(subscription, tx, offset):
+                    self._execute(action)
+            return True
+        finally:
+            self._direct_depth -= 1
+
+    def _stream(self, subscription: int, out: _Outgoing) -> None:
+        offset = out.offset
+        try:
+            iterator = out.iterator or self._open_stream(subscription, out)
             for tx, tx_offset in iterator:
                 if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
                     if tuple(tx_offset) == offset:
                         continue  # the resume position itself was already delivered
                 self._hold_for_tables(tx, tx_offset)
                 self._handle(self.session.vaxine_transaction, subscription, tx, tx_offset)
-                if subscription not in self.streams:
+                if self.streams.get(subscription) is not out:
                     return
+            if getattr(out.iterator, "handed_over", False):
+                return  # caught up: the shared tail delivers from here (_direct)
             reason = "stream ended"
         except gevent.GreenletExit:
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    pass
-        if self.streams.get(subscription) is gevent.getcurrent():
+            if out.greenlet is gevent.getcurrent():
+                out.greenlet = None
+        if self.streams.get(subscription) is out:
             del self.streams[subscription]
+            out.stop()
             self._handle(self.session.outgoing_failed, subscription, reason)
 
     # -- incoming: client transactions → Vaxine → offset file → ack -----------------------
@@ -492,6 +628,11 @@ class _Connection:
                 gevent.sleep(0.05)
         return None
 
+    def _missing_tables(self, tx: Transaction) -> list:
+        lookup = self.server.lookup_table
+        return sorted({c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)
+                       and lookup(c.relation) is None})
+
     def _hold_for_tables(self, tx: Transaction, offset: Any) -> None:
         """Hold the outgoing stream at ``tx`` until the schema registry knows its tables.
 
@@ -504,8 +645,7 @@ class _Connection:
         waiting with a capped back-off: never skipped.
         """
         lookup = self.server.lookup_table
-        missing = sorted({c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)
-                          and lookup(c.relation) is None})
+        missing = self._missing_tables(tx)
         if not missing:
             return
         where = str(list(offset) if isinstance(offset, tuple) else offset)
@@ -591,11 +731,12 @@ class _Connection:
             for action in self.session.connection_lost():
                 if isinstance(action, StopOutgoing):
                     self._stop_stream(action.subscription)
-        for greenlet in list(self.streams.values()):
-            greenlet.kill(block=False)
+        for out in list(self.streams.values()):
+            out.stop()
         self.streams.clear()
         current = gevent.getcurrent()
-        gevent.killall([g for g in self.greenlets if g is not current], block=False)
+        greenlets = [*self.greenlets, *([self.sender] if self.sender is not None else [])]
+        gevent.killall([g for g in greenlets if g is not current], block=False)
         if self.client_id is not None:
             self.server._release(self.client_id, self)
         self.released.set()
@@ -603,7 +744,13 @@ class _Connection:
 
 
 class _QuietWebSocketHandler(QuietClientErrors, WebSocketHandler):
-    """gevent-websocket's handler, with clean 400s for malformed requests."""
+    """gevent-websocket's handler, with clean 400s for malformed requests and a smaller
+    read buffer (READ_BUFFER)."""
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        if rfile is None:
+            rfile = sock.makefile("rb", READ_BUFFER)
+        super().__init__(sock, address, server, rfile)
 
     def upgrade_websocket(self):
         # gevent-websocket 0.10 answers a failed handshake with str bodies, which pywsgi
@@ -637,6 +784,7 @@ class SatelliteServer:
         write_retry_total: float = WRITE_RETRY_TOTAL,
         is_permanent: Callable[[BaseException], bool] | None = None,
         send_timeout: float = SEND_TIMEOUT,
+        slow_client_bytes: int = SLOW_CLIENT_BYTES,
         shared_tail: bool = True,
         table_wait: float = TABLE_WAIT,
         tls: Any = None,
@@ -658,6 +806,8 @@ class SatelliteServer:
         self.write_retry_max_sleep = write_retry_max_sleep
         self.write_retry_total = write_retry_total
         self.send_timeout = send_timeout
+        self.slow_client_bytes = slow_client_bytes
+        self.slow_disconnects = 0
         self.table_wait = table_wait
         self.oplog_cache = OplogCache()
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
@@ -759,6 +909,8 @@ class SatelliteServer:
             "clients_connected": len(self._clients),
             "sockets_open": len(connections),
             "shared_tail": self.tail.status() if self.tail is not None else None,
+            "oplog_cache": self.oplog_cache.status(),
+            "slow_disconnects": self.slow_disconnects,
             "clients": [c.session.status() for c in connections[:max_clients]],
             "streams_held": [{"client": c.client_id, **c.stream_held}
                              for c in connections if c.stream_held is not None],
