@@ -305,7 +305,7 @@ class _Connection:
         while True:
             try:
                 if self.closing:
-                    with gevent.Timeout(CLOSE_GRACE, False):
+                    with gevent.Timeout(self.server.close_grace, False):
                         data = self.ws.receive()
                         if data is not None:
                             continue
@@ -468,7 +468,7 @@ class _Connection:
         self._queue_frame(WebSocket.OPCODE_CLOSE, payload)
         self.closing = True
         # Cut the socket if the peer never answers our close.
-        self.greenlets.append(gevent.spawn_later(CLOSE_GRACE, self._cut))
+        self.greenlets.append(gevent.spawn_later(self.server.close_grace, self._cut))
 
     def _cut(self) -> None:
         sock = getattr(self.ws.handler, "socket", None) if self.ws.handler else None
@@ -785,6 +785,7 @@ class SatelliteServer:
         is_permanent: Callable[[BaseException], bool] | None = None,
         send_timeout: float = SEND_TIMEOUT,
         slow_client_bytes: int = SLOW_CLIENT_BYTES,
+        close_grace: float = CLOSE_GRACE,
         shared_tail: bool = True,
         table_wait: float = TABLE_WAIT,
         tls: Any = None,
@@ -807,6 +808,7 @@ class SatelliteServer:
         self.write_retry_total = write_retry_total
         self.send_timeout = send_timeout
         self.slow_client_bytes = slow_client_bytes
+        self.close_grace = close_grace
         self.slow_disconnects = 0
         self.table_wait = table_wait
         self.oplog_cache = OplogCache()
