@@ -61,25 +61,38 @@ for _reader in ("publisher", "satellite"):
 
 # Encode once: a log transaction is serialised once per protocol (and per distinct table
 # description / client state), however many sockets receive it. ``encoded`` counts the
-# serialisations, ``reused`` the deliveries that took an existing one.
-transactions_encoded = Counter(
-    "electric_transactions_encoded",
-    "Log transactions serialised for sending, by protocol (once per transaction and view)",
-    ["protocol"], registry=REGISTRY)
-encodings_reused = Counter(
-    "electric_encodings_reused",
-    "Deliveries of a log transaction that reused its existing serialisation, by protocol",
-    ["protocol"], registry=REGISTRY)
-_ENCODED = {p: transactions_encoded.labels(p) for p in ("pgoutput", "satellite")}
-_REUSED = {p: encodings_reused.labels(p) for p in ("pgoutput", "satellite")}
+# serialisations, ``reused`` the deliveries that took an existing one. Plain integers (the
+# reuse count grows once per socket per transaction, on the hot path), exported at scrape.
+ENCODED = {"pgoutput": 0, "satellite": 0}
+REUSED = {"pgoutput": 0, "satellite": 0}
+
+
+class _EncodeCollector:
+    def collect(self) -> Iterator[Metric]:
+        encoded = CounterMetricFamily(
+            "electric_transactions_encoded",
+            "Log transactions serialised for sending, by protocol (once per transaction and "
+            "table view)", labels=["protocol"])
+        reused = CounterMetricFamily(
+            "electric_encodings_reused",
+            "Deliveries of a log transaction that reused its existing serialisation, by "
+            "protocol", labels=["protocol"])
+        for protocol in ENCODED:
+            encoded.add_metric([protocol], float(ENCODED[protocol]))
+            reused.add_metric([protocol], float(REUSED[protocol]))
+        yield encoded
+        yield reused
+
+
+REGISTRY.register(_EncodeCollector())
 
 
 def transaction_encoded(protocol: str) -> None:
-    _ENCODED[protocol].inc()
+    ENCODED[protocol] += 1
 
 
 def encoding_reused(protocol: str) -> None:
-    _REUSED[protocol].inc()
+    REUSED[protocol] += 1
 
 
 slow_clients = Counter(

@@ -400,6 +400,15 @@ class _Connection:
     def _write_frame(self, frame: bytes) -> None:
         if self.send_failed:
             return
+        if self._direct_depth and self._raw is not None:
+            # From the shared tail: written when the tail next waits, together with the
+            # transactions it hands over before then (one syscall per socket per batch).
+            self.out.append(frame)
+            self.out_bytes += len(frame)
+            if self.sender is None and not self._flush_due:
+                self._flush_due = True
+                self.server._flush_later(self)
+            return
         if not self.out and self._raw is not None:
             try:
                 n = self._raw.send(frame)
@@ -415,8 +424,32 @@ class _Connection:
                 self._partial = frame
         self.out.append(frame)
         self.out_bytes += len(frame)
-        if self.sender is None:
+        if self.sender is None and not self._flush_due:
             self.sender = gevent.spawn(self._sender_loop)
+
+    _flush_due = False
+
+    def _flush(self) -> None:
+        """Write what the tail queued (see _write_frame) in one non-blocking send; what the
+        kernel does not take goes to the sender greenlet."""
+        self._flush_due = False
+        if self.sender is not None or not self.out or self.send_failed:
+            return
+        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        try:
+            n = self._raw.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._fail_sending()
+            return
+        if n == len(data):
+            self.out, self.out_bytes, self._partial = [], 0, None
+            return
+        rest = data[n:] if n else data
+        self.out, self.out_bytes = [rest], len(rest)
+        self._partial = rest if n else None
+        self.sender = gevent.spawn(self._sender_loop)
 
     def _too_slow(self) -> None:
         """The client has SLOW_CLIENT_BYTES of live transactions it does not read: drop
@@ -824,6 +857,8 @@ class SatelliteServer:
         )
         self._clients: dict[str, _Connection] = {}
         self._connections: set[_Connection] = set()
+        self._to_flush: list[_Connection] = []
+        self._flush_scheduled = False
         self._server: WSGIServer | None = None
         self._ticker: gevent.Greenlet | None = None
         self.log = logger.bind(origin="satellite")
@@ -896,6 +931,22 @@ class SatelliteServer:
             return {"tls": self.tls is not None, "open_connections": 0,
                     "max_connections": self.max_connections, "refused_connections": 0}
         return self._server.listener_status()
+
+    def _flush_later(self, conn: _Connection) -> None:
+        self._to_flush.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            gevent.get_hub().loop.run_callback(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_scheduled = False
+        conns, self._to_flush = self._to_flush, []
+        for conn in conns:
+            try:
+                conn._flush()
+            except Exception:  # one socket's failure must not cost the others theirs
+                conn.log.exception("writing to the socket failed")
+                conn._fail_sending()
 
     def subscribe(self, offset: StartOffset) -> Iterator[tuple[Transaction, Any]]:
         """The outgoing stream for one socket: via the shared tail, or a private stream."""
