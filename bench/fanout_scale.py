@@ -33,9 +33,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {
     # (clients, rate tx/s, seconds) per measurement, load-generator processes
-    "full": {"ceiling": (1000, 250, 8.0), "sustained": (1000, 100, 60.0),
+    "full": {"ceiling": (1000, 250, 4.0), "sustained": (1000, 100, 60.0),
              "idle": 10_000, "procs": 2},
-    "quick": {"ceiling": (500, 200, 4.0), "sustained": (500, 100, 10.0),
+    "quick": {"ceiling": (500, 250, 3.0), "sustained": (500, 100, 10.0),
               "idle": 2000, "procs": 2},
     "smoke": {"ceiling": (20, 50, 1.0), "sustained": (20, 20, 1.0), "idle": 50, "procs": 1},
 }
