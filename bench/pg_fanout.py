@@ -189,6 +189,22 @@ def run(rows: int = 50_000, subscribers: int = 10, batch: int = 1000) -> dict:
         out["electric"]["cpu_seconds"] = round(cpu, 2)
         out["electric"]["cpu_us_per_row_per_subscriber"] = round(
             cpu / (rows * (subscribers + 1)) * 1e6, 2)  # + the echo to the source
+        if subscribers > 1:
+            # The same rows with all but one subscriber switched off: the difference in
+            # Electric's CPU is what the other subscribers cost it, per row each.
+            for k, pg in enumerate(subs[1:], start=1):
+                pg.psql(f"ALTER SUBSCRIPTION s{k} DISABLE", database="fe")
+            deadline = time.monotonic() + 30
+            while any(electric.get_json("/api/status")["detail"]["connectors"][f"s{k}"]
+                      ["subscriber"].get("streaming") for k in range(1, subscribers)) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            cpu0 = _cpu_seconds(electric.proc.pid)
+            one = _deliver(a, "fan_electric", mine[:1], 20_000_000, rows, batch, 600)
+            one["cpu_seconds"] = round(_cpu_seconds(electric.proc.pid) - cpu0, 2)
+            out["electric_one_subscriber"] = one
+            out["electric"]["marginal_cpu_us_per_row_per_subscriber"] = round(
+                (cpu - one["cpu_seconds"]) / (rows * (subscribers - 1)) * 1e6, 2)
         n, e = out["native"]["rows_per_s"], out["electric"]["rows_per_s"]
         out["ratio"] = round(e / n, 2) if n and e else None
         out["encode"] = per_subscriber_encode_us(subscribers)
