@@ -363,6 +363,10 @@ def run(size: str) -> dict:
     out["ceiling_ratio"] = round(el_fps / raw_fps, 2) if raw_fps and el_fps else None
     n, rate, secs = s["sustained"]
     out["sustained"] = run_case("electric", n, rate, secs, s["procs"])
+    # The same offered load on the raw server, shorter: what this machine's scheduling and
+    # the load generators add to latency by themselves (Electric's latency also includes
+    # the store's fsync'ed commit: commit timestamps are taken before it).
+    out["raw_sustained"] = run_case("raw", n, rate, min(secs, 15.0), s["procs"])
     out["idle"] = run_case("electric", s["idle"], 1, 1, max(s["procs"], s["idle"] // 2500),
                            idle_only=True)
     out["raw_idle_kib_per_client"] = out["raw"]["kib_per_idle_client"]
