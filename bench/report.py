@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from bench import report_fanout
+
 TARGETS = {
     "throughput_ratio": 0.5,  # Electric ≥ 50% of native rows/s
     "p99_ms_at_200": 100.0,  # p99 commit-to-visible ≤ 100 ms at 200 tx/s
@@ -92,6 +94,7 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
                      f"{_fmt((st.get('wire_server') or st.get('first_release', {})).get('tx_per_s'))}"
                      " tx/s",
                      _verdict(st["store"]["tx_per_s"] >= TARGETS["store_tx_per_s"])))
+    rows += report_fanout.targets(results)
     return rows
 
 
@@ -217,6 +220,7 @@ def markdown(results: dict) -> str:
                        f"{_fmt(r['latency_ms_max'])} | {_fmt(r['server_rss_mb_end'])} | "
                        f"{_fmt(r['kb_per_client_end'])} |")
         out += ["", "![fan-out](fanout.png)"]
+    out += report_fanout.markdown(results)
     hs = results.get("hub_stall")
     if hs:
         out += ["", "## Offset-file fsync and the gevent hub (`bench/hub_stall.py`)", "",

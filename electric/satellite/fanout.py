@@ -192,6 +192,14 @@ class Subscription:
         # After switching from a private stream that was ahead of the tail: the commit
         # position up to which tail items were already delivered.
         self.floor: int | None = None
+        # Direct delivery (set by the consumer): once caught up, the tail calls
+        # ``sink(item)`` instead of queueing, so no greenlet waits per subscriber. ``sink``
+        # returns False for an item it cannot take now (it is queued), and ``wake()`` asks
+        # the consumer to iterate again (to drain the queue or to catch up privately).
+        self.sink: Callable[[Item], bool] | None = None
+        self.wake: Callable[[], None] | None = None
+        self.live = False  # attached to the tail
+        self.handed_over = False  # the consumer's iteration ended: the tail delivers now
 
     # called by the tail greenlet; must not block
     def _deliver(self, item: Item) -> None:
@@ -199,6 +207,10 @@ class Subscription:
             if _position(item[1]) <= self.floor:
                 return  # already delivered by the private stream it switched from
             self.floor = None
+        if self.handed_over and not self.queue:
+            if self.sink(item):
+                self.last = item[1]
+                return
         if len(self.queue) >= self.tail.queue_limit or self.queued_changes >= QUEUE_CHANGES:
             # Too far behind: stop feeding it. It drains what it has, then reads privately.
             self.tail.stats["detached_slow"] += 1
@@ -206,18 +218,31 @@ class Subscription:
             return
         self.queue.append(item)
         self.queued_changes += len(item[0].changes)
-        self.ready.set()
+        self._wake()
 
     def _detach(self) -> None:
         self.tail.subscribers.discard(self)
         self.queue.append(_DETACHED)
+        self._wake()
+
+    def _wake(self) -> None:
         self.ready.set()
+        if self.handed_over:
+            self.handed_over = False
+            if self.wake is not None:
+                self.wake()
 
     def __iter__(self) -> Iterator[Item]:
-        if self.start == "eof" and not self.closed:
+        """Iterate; with a ``sink`` the iteration ends once caught up (``handed_over``)
+        and is started again when ``wake()`` is called."""
+        self.handed_over = False
+        if self.start == "eof" and not self.live and self.last is None and not self.closed:
             self.tail.subscribers.add(self)
             self.tail.stats["attached"] += 1
-            yield from self._live()
+            self.live = True
+        if self.live:
+            if not (yield from self._live()):
+                return
         while not self.closed:
             # Private catch-up: from the start, or from the last delivered offset.
             resume = self.last if self.last is not None else self.start
@@ -237,24 +262,32 @@ class Subscription:
             finally:
                 _close(self.private)
                 self.private = None
-            yield from self._live()
+            self.live = True
+            if not (yield from self._live()):
+                return
 
     def _live(self) -> Iterator[Item]:
+        """Deliver from the queue; returns True when detached (continue privately), False
+        when closed or handed over to the sink."""
         while not self.closed:
             while not self.queue:
+                if self.sink is not None:
+                    self.handed_over = True
+                    return False
                 self.ready.clear()
                 self.ready.wait()
                 if self.closed:
-                    return
+                    return False
             item = self.queue.popleft()
-            if item is not _DETACHED:
-                self.queued_changes -= len(item[0].changes)
             if item is _DETACHED:
                 # Everything queued before the detach has been delivered: continue
                 # privately right after the last of it.
-                return
+                self.live = False
+                return True
+            self.queued_changes -= len(item[0].changes)
             self.last = item[1]
             yield item
+        return False
 
     def close(self) -> None:
         self.closed = True

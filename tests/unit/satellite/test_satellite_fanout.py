@@ -250,3 +250,62 @@ def test_random_mix_every_subscriber_sees_exact_sequence(log, seed):
         assert out == list(range(begin, begin + len(out))), (start, out)
         assert out[-1] == total - 1, (start, out[-5:])
     tail.close()
+
+
+def direct_subscriber(tail, start, out: list, refuse=lambda offset: False):
+    """A subscriber in direct mode, as the server drives it: iterated by a greenlet until it
+    hands over, then fed by the tail through ``sink``; ``wake`` starts the greenlet again."""
+    sub = tail.subscribe(start)
+    runs = [0]
+
+    def sink(item):
+        if refuse(item[1]):
+            return False
+        out.append(("direct", item[1][1]))
+        return True
+
+    def pump():
+        runs[0] += 1
+        for _tx, offset in sub:
+            out.append(("pumped", offset[1]))
+
+    sub.sink = sink
+    sub.wake = lambda: gevent.spawn(pump)
+    gevent.spawn(pump)
+    return sub, runs
+
+
+def test_caught_up_subscribers_are_fed_by_the_tail_without_a_greenlet_of_their_own(log):
+    log.push(3)
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    anchor: list = []
+    g = consume(tail.subscribe("eof"), anchor, 7)  # keeps the tail running from eof
+    gevent.sleep(0.01)
+    out: list = []
+    sub, runs = direct_subscriber(tail, 0, out)
+    gevent.sleep(0.05)
+    log.push(5)  # the private catch-up meets the tail in here
+    gevent.sleep(0.05)
+    assert sub.handed_over and runs[0] == 1
+    log.push(2)
+    g.join(timeout=2)
+    gevent.sleep(0.01)
+    assert [n for _, n in out] == list(range(10))  # no gap, no duplicate
+    assert out[-2:] == [("direct", 8), ("direct", 9)]  # straight from the tail
+    assert runs[0] == 1
+    tail.close()
+
+
+def test_an_item_the_sink_refuses_is_queued_and_pumped_in_order(log):
+    tail = SharedTail(log.open, retry_seconds=0.01)
+    out: list = []
+    sub, runs = direct_subscriber(tail, "eof", out, refuse=lambda offset: offset[1] == 2)
+    gevent.sleep(0.01)
+    for _ in range(5):
+        log.push()
+        gevent.sleep(0.01)
+    gevent.sleep(0.05)
+    assert [n for _, n in out] == [0, 1, 2, 3, 4]
+    assert ("pumped", 2) in out and out[0] == ("direct", 0)
+    assert runs[0] >= 2 and sub.handed_over  # woken for item 2, handed back afterwards
+    tail.close()
