@@ -30,6 +30,7 @@ from gevent.event import Event
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.retry import Backoff, Policy
 
 Item = tuple[Transaction, Any]
 StreamFactory = Callable[[Any], Iterator[Item]]
@@ -65,6 +66,7 @@ class SharedTail:
         self.open_stream = open_stream
         self.queue_limit = queue_limit
         self.retry_seconds = retry_seconds
+        self.reopen = Backoff(Policy(retry_seconds, retry_seconds))  # a fixed delay, as before
         self.ring: deque[tuple[int, Transaction, Any]] = deque(maxlen=ring_size)
         self.ring_changes = 0
         self.index: dict[Any, int] = {}  # offset -> sequence number of ring entries
@@ -104,7 +106,7 @@ class SharedTail:
             self.ring.clear()
             self.ring_changes = 0
             self.index.clear()
-            gevent.sleep(self.retry_seconds)
+            gevent.sleep(self.reopen.next())
 
     def _append(self, tx: Transaction, offset: Any) -> None:
         key = _key(offset)

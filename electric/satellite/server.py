@@ -24,7 +24,6 @@ Wiring (electric/app.py)::
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,11 +39,12 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
-from electric import metrics
+from electric import errors, metrics
 from electric.changes import Transaction, TruncatedRelation
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
 from electric.listeners import GuardedWSGIServer
+from electric.retry import Backoff, Policy, retry
 from electric.satellite.fanout import SharedTail, Subscription
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
@@ -87,6 +87,7 @@ TABLE_WAIT = 5.0
 WRITE_RETRY_FIRST = 0.01
 WRITE_RETRY_MAX_SLEEP = 1.0
 WRITE_RETRY_TOTAL = 10.0
+TABLE_WAIT_RETRY = Policy(0.05, 5.0)  # re-looking up a table the registry does not know yet
 
 
 class OffsetStore(Protocol):
@@ -514,7 +515,7 @@ class _Connection(SocketWriter):
             return
         where = str(list(offset) if isinstance(offset, tuple) else offset)
         deadline = time.monotonic() + self.server.table_wait
-        delay = 0.05
+        backoff = Backoff(TABLE_WAIT_RETRY)
         try:
             while missing:
                 if self.stream_held is None and time.monotonic() >= deadline:
@@ -526,8 +527,7 @@ class _Connection(SocketWriter):
                         "log transaction at {} changes {}, unknown to the schema registry; "
                         "the stream to this client is held at it until the table is known",
                         where, names)
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                gevent.sleep(backoff.next())
                 missing = [r for r in missing if lookup(r) is None]
         finally:  # released, or the socket went away (GreenletExit) while held
             if self.stream_held is not None:
@@ -538,26 +538,17 @@ class _Connection(SocketWriter):
     def _write_with_retry(self, tx: Transaction) -> None:
         if not tx.changes:
             return  # empty transactions are acked, nothing to store
-        delay, slept = self.server.write_retry_first, 0.0
-        while True:
-            try:
-                self.server.write_transaction(tx)
-                return
-            except gevent.GreenletExit:
-                raise
-            except Exception as exc:
-                if slept >= self.server.write_retry_total or self.server.is_permanent(exc):
-                    raise
-                self.log.warning(
-                    "writing transaction {} to Vaxine failed ({}: {}), retrying in {:.0f} ms",
-                    describe(tx.lsn),
-                    type(exc).__name__,
-                    exc,
-                    delay * 1000,
-                )
-                gevent.sleep(delay)
-                slept += delay
-                delay = min(self.server.write_retry_max_sleep, delay * 2 * random.uniform(0.8, 1.2))
+
+        def failed(exc: BaseException, _attempt: int, delay: float) -> None:
+            self.log.warning(
+                "writing transaction {} to Vaxine failed ({}: {}), retrying in {:.0f} ms",
+                describe(tx.lsn), type(exc).__name__, exc, delay * 1000,
+            )
+
+        retry(lambda: self.server.write_transaction(tx),
+              Policy(self.server.write_retry_first, self.server.write_retry_max_sleep,
+                     jitter=0.2, total=self.server.write_retry_total),
+              give_up=self.server.is_permanent, on_retry=failed)
 
     def _writer_failed(self, tx: Transaction, exc: Exception) -> None:
         self.log.error(
@@ -680,7 +671,7 @@ class SatelliteServer:
         # from an older offset still uses a private stream per socket.
         self.tail = SharedTail(open_stream) if shared_tail else None
         # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
-        self.is_permanent = is_permanent or (lambda exc: isinstance(exc, ValueError))
+        self.is_permanent = is_permanent or errors.is_permanent
         self._ws_class = type(
             "BoundedWebSocket",
             (_BoundedWebSocket,),
