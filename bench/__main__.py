@@ -1,7 +1,10 @@
 """``python -m bench [--quick|--smoke] [--only a,b] [--out DIR]`` — run the benchmarks.
 
 Sections (``--only`` picks some): ``throughput``, ``latency``, ``catch_up``, ``trigger``,
-``ingest``, ``big_tx``, ``scale``, ``profile``, ``whatif``, ``store``, ``fanout``. Full size fits in well under 15 minutes on 2 cores; ``--quick``
+``ingest``, ``big_tx``, ``scale``, ``profile``, ``whatif``, ``store``, ``vaxine_server``,
+``fanout``, ``fanout_scale`` (Satellite: raw-websocket ceiling ratio, sustained 1,000 × 100
+tx/s, idle memory), ``pg_fanout`` (10 Postgres subscribers: native vs Electric). Full size
+fits in well under 15 minutes on 2 cores; ``--quick``
 takes about two; ``--smoke`` is the toy size the test suite runs.
 
 Results: ``results.json`` (raw), ``results.md`` (tables, targets) and PNG plots in ``--out``
@@ -25,23 +28,24 @@ from bench.rig import Rig
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "big_tx", "scale",
-            "initial_sync", "profile", "whatif", "store", "fanout")
+            "initial_sync", "profile", "whatif", "store", "vaxine_server", "fanout",
+            "fanout_scale", "pg_fanout")
 
 SIZES = {
     "full": {"rows": 50_000, "rates": (50, 200, 1000), "lat_s": 8.0, "catch_rows": 1000,
              "ingest": ((1, 1000), (10, 200)), "fanout": (10, 100, 1000), "fanout_s": 5.0,
              "profile_rows": 10_000, "trigger_rows": 10_000, "stall_puts": 300,
              "big_tx_rows": 1_000_000, "scale_rows": 1_000_000, "store_s": 5.0,
-             "sync_rows": 1_000_000},
+             "sync_rows": 1_000_000, "vx_rows": 100_000, "pg_fanout": (50_000, 10)},
     "quick": {"rows": 5_000, "rates": (50, 200, 1000), "lat_s": 2.0, "catch_rows": 1000,
               "ingest": ((1, 200), (10, 30)), "fanout": (10, 100), "fanout_s": 2.0,
               "profile_rows": 3_000, "trigger_rows": 10_000, "stall_puts": 300,
               "big_tx_rows": 100_000, "scale_rows": 100_000, "store_s": 2.0,
-              "sync_rows": 100_000},
+              "sync_rows": 100_000, "vx_rows": 30_000, "pg_fanout": (10_000, 3)},
     "smoke": {"rows": 200, "rates": (50,), "lat_s": 0.3, "catch_rows": 10,
               "ingest": ((1, 10),), "fanout": (3,), "fanout_s": 0.5, "profile_rows": 0,
               "trigger_rows": 100, "stall_puts": 20, "big_tx_rows": 1000, "scale_rows": 1000,
-              "store_s": 0.3, "sync_rows": 1000},
+              "store_s": 0.3, "sync_rows": 1000, "vx_rows": 2_000, "pg_fanout": (1000, 2)},
 }
 
 
@@ -171,6 +175,16 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
                               text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
         results["store_alone"] = json.loads(proc.stdout.strip().splitlines()[-1])
         log(f"  {json.dumps(results['store_alone'])}")
+    if "vaxine_server" in only:
+        log(f"electric vaxine alone: {size['vx_rows']:,} rows through the Antidote API, "
+            "SQLite engine vs the first release's in-memory engine")
+        rounds = "1" if mode == "smoke" else "2"
+        proc = subprocess.run([sys.executable, "-m", "bench.vaxine_server", "--rows",
+                               str(size["vx_rows"]), "--rounds", rounds], cwd=ROOT, check=True,
+                              capture_output=True, text=True, timeout=1800,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+        results["vaxine_server"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        log(f"  {json.dumps(results['vaxine_server'])}")
     if "fanout" in only:
         results["satellite_fanout"] = []
         for clients in size["fanout"]:
@@ -179,6 +193,24 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
             log(f"  p50 {r['latency_ms_p50']} ms p99 {r['latency_ms_p99']} ms, "
                 f"{r['kb_per_client_end']} KiB/client")
             results["satellite_fanout"].append(r)
+    if "fanout_scale" in only:
+        log("satellite fan-out at scale: raw websocket ceiling vs Electric, sustained, idle")
+        cmd = [sys.executable, "-m", "bench.fanout_scale"] + ([f"--{mode}"] if mode != "full"
+                                                              else [])
+        proc = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True,
+                              timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
+        results["fanout_scale"] = json.loads(proc.stdout)
+        fs = results["fanout_scale"]
+        log(f"  ceiling ratio {fs['ceiling_ratio']}, sustained p99 "
+            f"{fs['sustained']['latency_ms_p99']} ms, idle "
+            f"{fs['idle']['kib_per_idle_client']} KiB/client")
+    if "pg_fanout" in only:
+        from bench import pg_fanout
+
+        rows, subscribers = size["pg_fanout"]
+        log(f"postgres fan-out: {rows:,} rows to {subscribers} subscribers, native vs Electric")
+        results["pg_fanout"] = pg_fanout.run(rows, subscribers)
+        log(f"  {json.dumps({k: results['pg_fanout'][k] for k in ('ratio', 'encode')})}")
     results["meta"]["seconds"] = time.monotonic() - started
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as fh:

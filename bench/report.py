@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from bench import report_fanout
+
 TARGETS = {
     "throughput_ratio": 0.5,  # Electric ≥ 50% of native rows/s
     "p99_ms_at_200": 100.0,  # p99 commit-to-visible ≤ 100 ms at 200 tx/s
@@ -87,9 +89,12 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
     if st:
         rows.append(("embedded store alone ≥ 20,000 ten-row tx/s (fsync on)",
                      f"{_fmt(st['store']['tx_per_s'])} tx/s",
-                     f"SQLite ceiling {_fmt(st['sqlite_ceiling']['tx_per_s'])} tx/s; first "
-                     f"release {_fmt(st['first_release']['tx_per_s'])} tx/s",
+                     f"SQLite ceiling {_fmt(st['sqlite_ceiling']['tx_per_s'])} tx/s; "
+                     f"`electric vaxine` over protobuf "
+                     f"{_fmt((st.get('wire_server') or st.get('first_release', {})).get('tx_per_s'))}"
+                     " tx/s",
                      _verdict(st["store"]["tx_per_s"] >= TARGETS["store_tx_per_s"])))
+    rows += report_fanout.targets(results)
     return rows
 
 
@@ -217,6 +222,7 @@ def markdown(results: dict) -> str:
                        f"{_fmt(r['latency_ms_max'])} | {_fmt(r['server_rss_mb_end'])} | "
                        f"{_fmt(r['kb_per_client_end'])} |")
         out += ["", "![fan-out](fanout.png)"]
+    out += report_fanout.markdown(results)
     hs = results.get("hub_stall")
     if hs:
         out += ["", "## Offset-file fsync and the gevent hub (`bench/hub_stall.py`)", "",
@@ -227,6 +233,28 @@ def markdown(results: dict) -> str:
         for r in hs:
             out.append(f"| {r['fsync']} | {_fmt(r['puts_per_s'])} | {r['ticker_wakeups']} | "
                        f"{_fmt(r['hub_stall_p99_ms'])} | {_fmt(r['hub_stall_max_ms'])} |")
+    vs = results.get("vaxine_server")
+    if vs:
+        out += ["", "## `electric vaxine` alone (`bench/vaxine_server.py`)", "",
+                f"{vs['rows']:,} rows in 100-row transactions through the Antidote API (4 "
+                "writers, Electric's client), into the standalone server of this checkout "
+                f"(SQLite engine) and of `{vs.get('old_ref', '?')}` (the first release's "
+                "in-memory engine), alternating rounds in one run; RSS of the server process.",
+                "", "| engine | rows/s | RSS start → end MiB | RSS at each quarter MiB | "
+                "MiB per 100k rows (second half) | data dir MiB |",
+                "|---|---:|---:|---|---:|---:|"]
+        for name in ("old", "new"):
+            r = vs.get(name)
+            if r:
+                out.append(f"| {name} | {_fmt(r['rows_per_s'])} | {_fmt(r['rss_start_mib'])} → "
+                           f"{_fmt(r['rss_end_mib'])} | "
+                           f"{', '.join(_fmt(m) for m in r.get('rss_quarters_mib', []))} | "
+                           f"{_fmt(r['rss_mib_per_100k_rows'])} "
+                           f"({_fmt(r.get('rss_mib_per_100k_rows_second_half'))}) | "
+                           f"{_fmt(r['data_dir_mib'])} |")
+        if "throughput_ratio" in vs:
+            out += ["", f"New / old: throughput {vs['throughput_ratio']}×, RSS growth "
+                        f"{vs['rss_growth_ratio']}×."]
     if results.get("profile_md"):
         out += ["", "## Profile (py-spy on the Electric process, PG→PG insert workload)", "",
                 results["profile_md"]]

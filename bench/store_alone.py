@@ -3,8 +3,9 @@
 Ten-row transactions from W concurrent writers (greenlets) into :class:`LocalStore`, fsync
 on (SQLite ``synchronous=FULL``), for S seconds; printed as one JSON line. Side by side, in the
 same process and run: the engine's ceiling (the same rows inserted by plain ``sqlite3``
-``executemany``, committed in batches of the size the group commit reached) and the first
-release's embedded Vaxine reached over loopback protobuf (what embedded mode did before).
+``executemany``, committed in batches of the size the group commit reached) and the
+standalone ``electric vaxine`` server reached over loopback protobuf (what embedded mode did
+before the in-process store, and what Electrics sharing one server do).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def sqlite_ceiling(transactions: int, per_commit: int) -> dict:
     return {"tx_per_s": round(transactions / elapsed)}
 
 
-def first_release(seconds: float, writers: int) -> dict:
+def wire_server(seconds: float, writers: int) -> dict:
     from electric.vaxine import rows
     from electric.vaxine.embedded.server import EmbeddedVaxine
     from electric.vaxine.pool import VaxinePool
@@ -111,7 +112,7 @@ def main() -> None:
               "store": store(args.seconds, args.writers)}
     per_commit = max(1, int(result["store"]["tx_per_commit"]))
     result["sqlite_ceiling"] = sqlite_ceiling(result["store"]["transactions"], per_commit)
-    result["first_release"] = first_release(min(args.seconds, 3.0), min(args.writers, 10))
+    result["wire_server"] = wire_server(min(args.seconds, 3.0), min(args.writers, 10))
     print(json.dumps(result))
 
 

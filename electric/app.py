@@ -11,25 +11,23 @@ import signal
 from collections.abc import Callable
 
 import gevent
-import psycopg2
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import metrics, replication_password, tls
+from electric import errors, metrics, replication_password, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
 from electric.offsets import OffsetFileError, OffsetStore
-from electric.postgres import errors as pg_errors
 from electric.postgres.connector import Connector, plain_dsn
 from electric.postgres.publisher import Publisher, vaxine_stream_opener
-from electric.postgres.subscription import electric_conninfo, subscribe
+from electric.postgres.subscription import electric_conninfo, subscribe, subscribe_when_ready
 from electric.satellite.auth import AuthConfigError, provider_from_settings
 from electric.satellite.server import SatelliteServer
 from electric.schema import SchemaRegistry
 from electric.store import ChainedWriter, LocalStore, StoreFormatError, UnmappableChange, legacy
-from electric.supervisor import Supervisor, backoff_delays
+from electric.supervisor import Supervisor
 from electric.vaxine import rows
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
@@ -307,6 +305,7 @@ class Application:
             write_transaction=lambda tx: self.write_transaction(tx, "satellite"),
             open_stream=self._open_wal_stream, offsets=self.offsets,
             tls=self.tls, max_connections=self.max_connections,
+            is_permanent=errors.is_permanent,
         )
         _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
         self.on_close(STAGE_LISTENERS, "satellite", self.satellite.stop)
@@ -373,25 +372,17 @@ class Application:
 
     def _subscribe_later(self, connector: Connector, after_migration: bool = False) -> None:
         """Set the subscription up once the connector is ready, retrying with back-off."""
-        log = logger.bind(origin=connector.name)
+
+        def attempt() -> None:
+            with self.connector_locks[connector.name]:
+                if after_migration:
+                    connector.reprovision()
+                self.subscribe(connector)
+                if after_migration:
+                    self.publisher.reset(connector.name)
 
         def run() -> None:
-            delays = backoff_delays(2.0, 10.0)
-            while True:
-                connector.ready.wait()
-                try:
-                    with self.connector_locks[connector.name]:
-                        if after_migration:
-                            connector.reprovision()
-                        self.subscribe(connector)
-                        if after_migration:
-                            self.publisher.reset(connector.name)
-                    return
-                except (psycopg2.Error, OSError) as exc:
-                    delay = next(delays)
-                    log.warning(f"setting up subscription {connector.name} failed: "
-                                f"{pg_errors.reason(exc)}; retrying in {delay:g} s")
-                    gevent.sleep(delay)
+            subscribe_when_ready(connector.name, connector.ready, attempt)
 
         self._subscribe_attempts += 1
         self.supervisor.spawn(f"subscribe-{connector.name}-{self._subscribe_attempts}", run)

@@ -59,6 +59,52 @@ for _reader in ("publisher", "satellite"):
     log_readers_blocked.labels(_reader)
 
 
+# Encode once: a log transaction is serialised once per protocol (and per distinct table
+# description / client state), however many sockets receive it. ``encoded`` counts the
+# serialisations, ``reused`` the deliveries that took an existing one. Plain integers (the
+# reuse count grows once per socket per transaction, on the hot path), exported at scrape.
+ENCODED = {"pgoutput": 0, "satellite": 0}
+REUSED = {"pgoutput": 0, "satellite": 0}
+
+
+class _EncodeCollector:
+    def collect(self) -> Iterator[Metric]:
+        encoded = CounterMetricFamily(
+            "electric_transactions_encoded",
+            "Log transactions serialised for sending, by protocol (once per transaction and "
+            "table view)", labels=["protocol"])
+        reused = CounterMetricFamily(
+            "electric_encodings_reused",
+            "Deliveries of a log transaction that reused its existing serialisation, by "
+            "protocol", labels=["protocol"])
+        for protocol in ENCODED:
+            encoded.add_metric([protocol], float(ENCODED[protocol]))
+            reused.add_metric([protocol], float(REUSED[protocol]))
+        yield encoded
+        yield reused
+
+
+REGISTRY.register(_EncodeCollector())
+
+
+def transaction_encoded(protocol: str) -> None:
+    ENCODED[protocol] += 1
+
+
+def encoding_reused(protocol: str) -> None:
+    REUSED[protocol] += 1
+
+
+slow_clients = Counter(
+    "electric_satellite_slow_disconnects",
+    "Satellite clients disconnected (close 1013) for not reading what they were sent",
+    registry=REGISTRY)
+
+
+def slow_client_disconnected() -> None:
+    slow_clients.inc()
+
+
 def skipped(reason: str, n: int = 1) -> None:
     """Count ``n`` changes left out for ``reason`` (one of :data:`SKIP_REASONS`)."""
     changes_skipped.labels(reason).inc(n)

@@ -1,6 +1,6 @@
 """Append-only, checksummed, fsynced offset file (``OFFSET_STORAGE_FILE``).
 
-What it stores (satellite.md §3, postgres.md §3.10):
+What it stores (docs/protocols.md §5 and §2.5):
 
 * per Satellite client: the opaque ``SatOpBegin.lsn`` of the last client transaction that is
   durably in Vaxine. Electric acks the client (``SatPingResp{lsn}``) only after
@@ -694,7 +694,7 @@ class OffsetStore:
         ``confirmed_lsn`` must be a position the subscriber can never ask to start below:
         the LSN of its ``START_REPLICATION`` (its replication origin, which never moves
         backwards) — *not* the ``flushed`` of a status update, which runs ahead of the origin
-        after transactions that wrote nothing locally (postgres15-subscriber.md §5). Only the
+        after transactions that wrote nothing locally (docs/protocols.md §2.5). Only the
         mapping at-or-before that position, and newer ones, can then ever be looked up again.
         Returns the number of entries dropped. The GC record is not fsynced on its own:
         losing it only brings back harmless old entries, and the next put's fsync covers it.

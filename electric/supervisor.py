@@ -14,13 +14,7 @@ import gevent
 from gevent.event import Event
 from loguru import logger
 
-
-def backoff_delays(initial: float = 0.5, cap: float = 30.0):
-    """0.5, 1, 2, 4, … capped: the delays between restarts (an endless generator)."""
-    delay = initial
-    while True:
-        yield delay
-        delay = min(cap, delay * 2)
+from electric.retry import Backoff, Policy
 
 
 @dataclass
@@ -41,8 +35,12 @@ class Supervisor:
         self._greenlets[name] = greenlet
         return greenlet
 
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.initial, self.cap, reset_after=self.healthy_after)
+
     def _run(self, name: str, target: Callable[[], object]) -> None:
-        delays = backoff_delays(self.initial, self.cap)
+        delays = Backoff(self.policy)
         log = logger.bind(component=name)
         while not self._stopping.is_set():
             started = gevent.get_hub().loop.now()
@@ -54,9 +52,8 @@ class Supervisor:
             except Exception as exc:
                 if self._stopping.is_set():
                     return
-                if gevent.get_hub().loop.now() - started >= self.healthy_after:
-                    delays = backoff_delays(self.initial, self.cap)
-                delay = next(delays)
+                delays.ran(gevent.get_hub().loop.now() - started)
+                delay = delays.next()
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 log.opt(exception=exc).warning(
                     f"component {name} crashed ({type(exc).__name__}: {exc}); "

@@ -29,12 +29,18 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import RelationName, Table
+from electric.errors import describe
 from electric.postgres import errors as pg_errors
 from electric.postgres import green, initial_sync
 from electric.postgres import provision as pv
-from electric.postgres.source import Backoff, Sink, SourceReader, _describe
+from electric.postgres.source import Sink, SourceReader
+from electric.retry import Backoff, Policy
 from electric.schema import SchemaRegistry
 
+# A crashed source reader is started again (its own reconnects have their own back-off).
+READER_RESTART = Policy(1.0, 10.0)
+# Copying the rows of tables that joined replication, until it succeeds.
+COPY_RETRY = Policy(1.0, 30.0)
 # How often a change for an unknown table may trigger a re-read of the publication.
 _REFRESH_UNKNOWN_EVERY = 10.0
 _REFRESH_NO_PK_EVERY = 60.0
@@ -109,7 +115,7 @@ class Connector:
         # created or given a primary key later), once their current rows are in the log.
         self.on_tables_added = on_tables_added
         self.backfilled: dict[str, int] = {}
-        self.retry = Backoff(retry_min, retry_max)
+        self.retry = Backoff(Policy(retry_min, retry_max))
         self.reader_options = dict(reader_options or {})
         self.log = logger.bind(origin=name)
 
@@ -221,7 +227,7 @@ class Connector:
                 except GreenletExit:
                     raise
                 except Exception as exc:
-                    self.log.warning("after-provision step failed: {}", _describe(exc))
+                    self.log.warning("after-provision step failed: {}", describe(exc))
             watcher = gevent.spawn(self.watch_tables)
             try:
                 self._run_reader()
@@ -238,7 +244,7 @@ class Connector:
             except GreenletExit:
                 raise
             except Exception as exc:
-                self.last_error = _describe(exc)
+                self.last_error = describe(exc)
                 delay = self.retry.next()
                 if isinstance(exc, pv.ProvisionError):
                     self.log.error("cannot provision: {}; retrying in {:.1f}s", exc, delay)
@@ -274,7 +280,7 @@ class Connector:
     def _run_reader(self) -> None:
         assert self.result is not None
         options = {"encoding": self.result.encoding, **self.reader_options}
-        backoff = Backoff(1.0, 10.0)
+        backoff = Backoff(READER_RESTART)
         while not self._stopping:
             self.reader = SourceReader(
                 self.name,
@@ -298,7 +304,7 @@ class Connector:
                 delay = backoff.next()
                 self.log.opt(exception=greenlet.exc_info).error(
                     "source reader crashed: {}; restarting in {:.1f}s",
-                    _describe(greenlet.exception),
+                    describe(greenlet.exception),
                     delay,
                 )
                 gevent.sleep(delay)
@@ -336,7 +342,7 @@ class Connector:
         try:
             self._refresh_tables()
         except psycopg2.Error as exc:
-            self.log.warning("could not re-read tables: {}", _describe(exc))
+            self.log.warning("could not re-read tables: {}", describe(exc))
         return self.tables.get(relation)
 
     def _refresh_tables(self) -> None:
@@ -369,7 +375,7 @@ class Connector:
         never overwritten by the copy), then tell the application so other Postgres can
         subscribe to them. Retried with back-off until the copy succeeds."""
         if self.sync_state is not None:
-            backoff = Backoff(1.0, 30.0)
+            backoff = Backoff(COPY_RETRY)
             attempt = 0
             while not self._stopping:
                 try:
@@ -383,7 +389,7 @@ class Connector:
                     if attempt <= 3 or attempt % 10 == 0:
                         self.log.warning("copying the rows of {} failed ({}); retrying in "
                                          "{:.0f}s", ", ".join(f"{s}.{t}" for s, t in added),
-                                         _describe(exc), delay)
+                                         describe(exc), delay)
                     gevent.sleep(delay)
         if self.on_tables_added is not None:
             self.on_tables_added(self, added)
@@ -410,7 +416,7 @@ class Connector:
         except GreenletExit:
             raise
         except Exception as exc:  # Postgres away: the watcher tries again
-            self.log.debug("could not re-read tables: {}", _describe(exc))
+            self.log.debug("could not re-read tables: {}", describe(exc))
 
     def watch_tables(self) -> None:
         """Re-read the catalog every TABLE_WATCH_EVERY seconds (runs in its own greenlet)."""

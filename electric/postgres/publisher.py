@@ -31,7 +31,7 @@ in ``upsert.py``, the message codec in ``wire.py``). This module is the thin gev
   keepalives, but no data until :meth:`Publisher.release`. Subscription setup holds the slot
   until ``REFRESH PUBLICATION`` has marked the tables ready, because a stock subscriber drops
   changes for tables it does not know yet and never asks for them again (the setup window of
-  postgres15-subscriber.md §3 (B)). Slots start held when ``hold_until_released`` is set.
+  docs/protocols.md §2.6). Slots start held when ``hold_until_released`` is set.
 
 Status (per slot): streaming or not, sent and confirmed (flushed) positions, how many sent
 transactions the subscriber has not confirmed yet and for how long (``lag_seconds``).
@@ -61,6 +61,8 @@ from electric.changes import RelationName, Table, Transaction
 from electric.postgres import wire
 from electric.postgres.lsn import Lsn
 from electric.postgres.scram import AuthenticationFailed, ScramExchange, ScramVerifier
+from electric.postgres.shared_encode import DEFAULT_MAX_BYTES as DEFAULT_ENCODE_CACHE_BYTES
+from electric.postgres.shared_encode import SharedEncodings
 from electric.postgres.slot import SlotEncoder, plan_resume
 from electric.schema import SchemaRegistry
 
@@ -174,7 +176,8 @@ class _Session:
         self.slot = state.name
         self.log = logger.bind(origin=self.slot, pg_slot=self.slot)
         self.requested = Lsn(start_lsn)
-        self.encoder = SlotEncoder(self._lookup, self.requested, name=self.slot)
+        self.encoder = SlotEncoder(self._lookup, self.requested, name=self.slot,
+                                   shared=publisher.encodings)
         self.queue: Queue = Queue(maxsize=publisher.queue_size)
         # The queue is also bounded in changes, so that large transactions read ahead of a
         # slow subscriber cannot pile up in memory (a transaction count alone does not bound
@@ -345,19 +348,19 @@ class _Session:
         encoded = []
         send_time = wire.pg_now_micros()  # one clock read per batch, not per message
         for tx, offset in batch:
-            out = self.encoder.encode(tx, offset)
+            # Row messages are encoded once for all sessions (shared_encode.py); this
+            # session only numbers and frames them.
+            out = self.encoder.encode_frames(tx, offset, send_time)
             if out is None:
                 continue
             encoded.append(out)
             mappings.append((int(out.end_lsn), out.offset))
-            for lsn, payload in out.messages:
-                frames.append(wire.xlog_data(lsn, lsn, payload, send_time))
+            frames.extend(out.frames)
         if not encoded:
             return
         # Durable before sent: any LSN the subscriber can report back is then mapped.
         self.publisher.offsets.put_pg_mappings(self.slot, mappings)
-        for out in encoded:
-            self.log.debug("Sending {} messages to the subscriber", len(out.messages))
+        self.log.debug("Sending {} transaction(s) to the subscriber", len(encoded))
         self.conn.send(b"".join(frames))
         self._sent(encoded)
 
@@ -448,6 +451,7 @@ class Publisher:
         password: str,
         tls: Any = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        encode_cache_bytes: int = DEFAULT_ENCODE_CACHE_BYTES,
     ) -> None:
         self.registry = registry
         # ``open_snapshot(relations)``: the log's current rows of those tables as one
@@ -473,6 +477,8 @@ class Publisher:
         # connector's own view after a migration); falls back to the global registry.
         self.table_lookup = table_lookup
         self._slots: dict[str, _SlotState] = {}
+        # Row messages of log transactions, encoded once for every subscriber session.
+        self.encodings = SharedEncodings(encode_cache_bytes)
         self._conns: set[_Conn] = set()
         self._server: StreamServer | None = None
         digest = hashlib.sha256(system_id.encode()).digest()
@@ -972,7 +978,7 @@ class Publisher:
         session.start()
 
     def _check_apply_loop(self, state: _SlotState, requested: int) -> None:
-        """Spot a subscriber stuck on one transaction (postgres15-subscriber.md §6.6).
+        """Spot a subscriber stuck on one transaction (docs/protocols.md §2.6).
 
         A transaction that fails to apply kills the apply worker; Postgres restarts it and it
         asks for the same position again, forever. Signature: the previous session started at

@@ -3,7 +3,7 @@
 A subscriber Postgres sees Electric as a publisher with one logical slot per subscription.
 There is no real WAL behind it, so the positions are synthetic and this module owns them:
 
-* **Numbering** (postgres.md §3.8). With ``C`` the current position and ``n`` changes, a
+* **Numbering** (docs/protocols.md §2.4). With ``C`` the current position and ``n`` changes, a
   transaction is ``Begin`` at ``C+10`` with ``final_lsn = C+10+10n``, Relation messages at 0/0,
   change ``i`` at ``C+10i``, ``Commit`` at ``C+10+10n+10`` with ``commit_lsn = final_lsn`` and
   ``end_lsn = C+10+10n+10``; the position then becomes ``end_lsn``. ``final_lsn`` values are
@@ -46,8 +46,15 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
-from electric.postgres import pgoutput
+from electric.postgres import pgoutput, wire
 from electric.postgres.lsn import Lsn
+from electric.postgres.shared_encode import (
+    ROW_HEAD,
+    ROW_HEAD_LEN,
+    Shape,
+    SharedEncodings,
+    table_shape,
+)
 
 LSN_STEP = 10
 KEY_FLAG = 1
@@ -93,6 +100,8 @@ class EncodedTransaction:
     offset: bytes  # log offset of the transaction (what the mapping stores)
     changes: int  # row changes sent (Begin/Relation/Commit excluded)
     skipped: int = 0  # changes left out (unknown table, or a table without a primary key)
+    # encode_frames: the CopyData(XLogData) bytes to write, in order, instead of messages
+    frames: list[bytes] | None = None
 
 
 @dataclass
@@ -108,9 +117,13 @@ class SlotEncoder:
     lookup: Callable[[RelationName], Table | None]
     start_lsn: Lsn = field(default_factory=Lsn)
     name: str = ""
+    # Row encodings shared with the other sessions of the publisher (see encode_frames).
+    shared: SharedEncodings | None = None
     current_lsn: Lsn = field(init=False)
     announced: dict[RelationName, Table] = field(default_factory=dict, init=False)
     _xids: Any = field(default_factory=lambda: count(1), init=False, repr=False)
+    _shapes: dict[RelationName, tuple[Table, Shape]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.current_lsn = Lsn(self.start_lsn)
@@ -174,6 +187,69 @@ class SlotEncoder:
         )
         self.current_lsn = end_lsn
         return EncodedTransaction(messages, final_lsn, end_lsn, bytes(offset), n, skipped)
+
+    def encode_frames(self, tx: Transaction, offset: bytes,
+                      send_time: int) -> EncodedTransaction | None:
+        """:meth:`encode`, straight to the CopyData(XLogData) frames to write (``frames``),
+        numbered exactly as :meth:`encode` numbers. The row messages come from
+        :attr:`shared` (encoded once for every session with the same view of the tables);
+        this session adds only the framing, Begin, Relations and Commit."""
+        changes = tx.changes
+        if self.shared is None or type(changes) is not list or not changes:
+            out = self.encode(tx, offset)
+            if out is not None:
+                out.frames = [wire.xlog_data(lsn, lsn, payload, send_time)
+                              for lsn, payload in out.messages]
+            return out
+        entry = self.shared.transaction((bytes(offset), len(changes), tx.commit_timestamp),
+                                        changes)
+        tables: list[Table | None] = []
+        shapes: list[Shape] = []
+        for rel in entry.relations:
+            table = self.announced.get(rel)
+            if table is None:
+                table = self.lookup(rel)
+            tables.append(table)
+            known = self._shapes.get(rel)
+            if known is None or known[0] is not table:
+                known = self._shapes[rel] = (table, table_shape(table))
+            shapes.append(known[1])
+        bodies = self.shared.bodies(entry, changes, tables, tuple(shapes),
+                                    self._change_message, pgoutput.encode)
+        self._report_skipped(bodies.skipped, bodies.skipped_tables)
+        rows = bodies.rows
+        if not rows:
+            return None
+        encode = pgoutput.encode
+        base = int(self.current_lsn)
+        n = len(rows)
+        final_lsn = Lsn(base + LSN_STEP * (n + 1))  # range-checked once
+        end_lsn = final_lsn + LSN_STEP
+        ts = tx.commit_timestamp
+        xlog = wire.xlog_data
+        frames = [xlog(base + LSN_STEP, base + LSN_STEP,
+                       encode(pgoutput.Begin(final_lsn, ts, self._next_xid())), send_time)]
+        for r, rel in enumerate(entry.relations):
+            table = tables[r]
+            if table is not None and rel not in self.announced and (
+                    table.primary_keys or r in entry.truncates):
+                self.announced[rel] = table
+                frames.append(xlog(0, 0, encode(relation_message(table)), send_time))
+        relids = [0 if t is None else t.oid for t in tables]
+        pack, append, lsn = ROW_HEAD.pack, frames.append, base
+        for r, tag, rest in rows:
+            lsn += LSN_STEP
+            if rest is None:  # Truncate: its relation id is inside the message
+                append(xlog(lsn, lsn, encode(pgoutput.Truncate((relids[r],), 0)), send_time))
+                continue
+            append(pack(b"d", ROW_HEAD_LEN + len(rest), b"w", lsn, lsn, send_time, tag,
+                        relids[r]))
+            append(rest)
+        frames.append(xlog(end_lsn, end_lsn,
+                           encode(pgoutput.Commit(final_lsn, end_lsn, ts, flags=0)), send_time))
+        self.current_lsn = end_lsn
+        return EncodedTransaction([], final_lsn, end_lsn, bytes(offset), n, bodies.skipped,
+                                  frames)
 
     def encode_streamed(
         self, tx: Transaction, offset: bytes, piece: int = 1000

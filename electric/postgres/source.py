@@ -1,7 +1,7 @@
 """The source reader: one logical replication stream from a source Postgres into a sink.
 
 One :class:`SourceReader` per connector runs in its own greenlet. It follows the measured
-recipe for psycopg2 under gevent (``psycopg2-gevent.md``): an async
+recipe for psycopg2 under gevent (docs/architecture.md §5): an async
 ``LogicalReplicationConnection``, ``start_replication``/``read_message`` called with the wait
 callback lifted (they never yield), ``wait_read`` with a 1 s timeout when idle so psycopg2
 can answer keepalives and send its periodic status, and ``gevent.idle()`` every ~5 ms while

@@ -1,6 +1,6 @@
 """Subscription lifecycle of one connector: make its Postgres subscribe to Electric, losslessly.
 
-The order (postgres.md §2.3 steps 12–13, postgres15-subscriber.md §3 (B) and §6.3):
+The order (docs/protocols.md §2.7; why it must be this one: §2.6):
 
 1. ``CREATE SUBSCRIPTION "<name>" CONNECTION '<Electric>' PUBLICATION "<pub>"
    WITH (connect = false)`` when absent — no connection is made, the subscription starts
@@ -27,15 +27,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-import gevent
 import psycopg2
 from loguru import logger
 from psycopg2.extensions import make_dsn
 
 from electric.changes import RelationName
+from electric.postgres import errors as pg_errors
 from electric.postgres import provision, upsert
+from electric.retry import Policy, retry
 
-__all__ = ["SlotGate", "electric_conninfo", "subscribe", "subscribe_when_ready"]
+__all__ = ["SUBSCRIBE_RETRY", "SlotGate", "electric_conninfo", "subscribe", "subscribe_when_ready"]
 
 
 class SlotGate(Protocol):
@@ -92,50 +93,29 @@ def subscribe(
     return created
 
 
+# Setting a subscription up waits for its connector; a failure is usually Postgres away.
+SUBSCRIBE_RETRY = Policy(2.0, 10.0)
+
+
 def subscribe_when_ready(
-    *,
     name: str,
     ready: Any,
-    connect: Callable[[], Any],
-    conninfo: str,
-    publication: str,
-    relations: Callable[[], Iterable[RelationName]],
-    gate: SlotGate,
-    retry_min: float = 2.0,
-    retry_max: float = 10.0,
+    attempt: Callable[[], object],
+    policy: Policy = SUBSCRIBE_RETRY,
 ) -> None:
-    """Wait until the connector is ready, then :func:`subscribe`, retrying with back-off.
+    """Wait until the connector is ready, then run ``attempt`` (which calls
+    :func:`subscribe`), again with back-off while Postgres fails it.
 
     Run it in its own greenlet per connector (it returns once the subscription is set up).
-    ``ready`` is a ``gevent.event.Event`` (e.g. ``Connector.ready``): REFRESH makes the
-    subscriber connect to Electric, which admits it only once the connector is ready, so
-    subscribing earlier would just fail. ``connect()`` returns an ordinary connection to the
-    connector's database (e.g. ``Connector.connect``); ``relations()`` the replicated tables
-    (read at each attempt, so tables added by a migration are covered when re-run).
+    ``ready`` is a ``gevent.event.Event`` (``Connector.ready``), waited for before every
+    attempt: REFRESH makes the subscriber connect to Electric, which admits it only once the
+    connector is ready, so subscribing earlier would just fail.
     """
     log = logger.bind(origin=name)
-    delay = retry_min
-    while True:
-        ready.wait()
-        try:
-            conn = connect()
-            try:
-                subscribe(
-                    conn,
-                    name=name,
-                    conninfo=conninfo,
-                    publication=publication,
-                    relations=list(relations()),
-                    gate=gate,
-                )
-            finally:
-                conn.close()
-            return
-        except (psycopg2.Error, OSError) as exc:
-            log.warning(
-                "subscription step failed: {}; retrying in {:.0f}s",
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                delay,
-            )
-        gevent.sleep(delay)
-        delay = min(delay * 2, retry_max)
+
+    def failed(exc: BaseException, _attempt: int, delay: float) -> None:
+        log.warning(f"setting up subscription {name} failed: {pg_errors.reason(exc)}; "
+                    f"retrying in {delay:g} s")
+
+    retry(attempt, policy, retry_on=(psycopg2.Error, OSError), before=ready.wait,
+          on_retry=failed)

@@ -29,7 +29,7 @@ class TypeInfo(NamedTuple):
     array_oid: int
 
 
-# name, oid, array oid (postgres.md §4.8; these OIDs are fixed in pg_type.dat).
+# name, oid, array oid (docs/protocols.md §3.2; these OIDs are fixed in pg_type.dat).
 _BUILTINS = [
     ("bool", 16, 1000),
     ("bytea", 17, 1001),

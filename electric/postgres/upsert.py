@@ -4,7 +4,7 @@ Why this exists
 ---------------
 Rows Electric rebuilds from the log are *upserts*: the merged state of a row, which the
 receiving Postgres may or may not have yet. A stock PostgreSQL 14+ subscriber cannot apply
-that on its own (postgres15-subscriber.md §3): an ``UPDATE`` of a missing row is skipped
+that on its own (docs/protocols.md §2.6): an ``UPDATE`` of a missing row is skipped
 silently (data loss), and an ``INSERT`` of an existing key fails with a duplicate-key error
 that blocks the subscription in a retry loop.
 

@@ -1,8 +1,8 @@
 """Backend (server) side of the Postgres frontend/backend protocol, sans-I/O.
 
 This is what Electric speaks on ``POSTGRES_REPLICATION_PORT`` (5433), where stock Postgres
-subscribers connect to it as if it were a publishing Postgres (postgres.md §3,
-postgres15-subscriber.md §2). Three parts, none of which touches a socket:
+subscribers connect to it as if it were a publishing Postgres (docs/protocols.md
+§2). Three parts, none of which touches a socket:
 
 * :class:`BackendConnection` — fed the bytes a client sends, returns typed events
   (:class:`SSLRequest`, :class:`StartupMessage`, :class:`Query`, :class:`StandbyStatusUpdate`,
@@ -924,7 +924,7 @@ def server_parameters(
 ) -> dict[str, str]:
     """ParameterStatus values to announce after authentication.
 
-    ``server_version`` must stay non-numeric (postgres.md §3.13): it pins subscribers to the
+    ``server_version`` must stay non-numeric (docs/protocols.md §2.3): it pins subscribers to the
     oldest query and option shapes, which are the ones :func:`parse_command` knows.
     ``client_encoding`` is echoed (UTF8 when absent, where the reference crashed).
     """
@@ -1123,7 +1123,7 @@ def unsupported_response(cmd: Unsupported, status: str = "I") -> bytes:
 
 
 def normalize_query(text: str) -> str:
-    """postgres.md §3.5: drop trailing NULs and ``;``, collapse whitespace outside quotes.
+    """docs/protocols.md §2.2: drop trailing NULs and ``;``, collapse whitespace outside quotes.
 
     Quoted strings (``'…'`` with ``''``, ``E'…'`` with backslash escapes, ``"…"``) are kept
     byte for byte, so literals such as publication names survive intact.
@@ -1268,7 +1268,7 @@ _RE_LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
 
 
 def parse_command(text: str) -> Command:
-    """Classify the text of a simple Query (postgres.md §3.6, postgres15-subscriber.md §2)."""
+    """Classify the text of a simple Query (docs/protocols.md §2.2)."""
     q = normalize_query(text)
     if not q:
         return EmptyQuery()

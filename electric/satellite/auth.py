@@ -1,4 +1,4 @@
-"""Satellite client authentication (satellite.md §4).
+"""Satellite client authentication (docs/protocols.md §1.6).
 
 Two providers, chosen by ``SATELLITE_AUTH_MODE``:
 
@@ -117,7 +117,7 @@ def decode_secret_key(value: str | bytes | None,
 
 @dataclass(frozen=True)
 class JwtAuth:
-    """The target-commit JWT scheme (satellite.md §4.2)."""
+    """The target-commit JWT scheme (docs/protocols.md §1.6)."""
 
     secret_key: bytes = field(repr=False)
     global_cluster_id: str

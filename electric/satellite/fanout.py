@@ -30,6 +30,7 @@ from gevent.event import Event
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.retry import Backoff, Policy
 
 Item = tuple[Transaction, Any]
 StreamFactory = Callable[[Any], Iterator[Item]]
@@ -65,6 +66,7 @@ class SharedTail:
         self.open_stream = open_stream
         self.queue_limit = queue_limit
         self.retry_seconds = retry_seconds
+        self.reopen = Backoff(Policy(retry_seconds, retry_seconds))  # a fixed delay, as before
         self.ring: deque[tuple[int, Transaction, Any]] = deque(maxlen=ring_size)
         self.ring_changes = 0
         self.index: dict[Any, int] = {}  # offset -> sequence number of ring entries
@@ -104,7 +106,7 @@ class SharedTail:
             self.ring.clear()
             self.ring_changes = 0
             self.index.clear()
-            gevent.sleep(self.retry_seconds)
+            gevent.sleep(self.reopen.next())
 
     def _append(self, tx: Transaction, offset: Any) -> None:
         key = _key(offset)
@@ -192,6 +194,14 @@ class Subscription:
         # After switching from a private stream that was ahead of the tail: the commit
         # position up to which tail items were already delivered.
         self.floor: int | None = None
+        # Direct delivery (set by the consumer): once caught up, the tail calls
+        # ``sink(item)`` instead of queueing, so no greenlet waits per subscriber. ``sink``
+        # returns False for an item it cannot take now (it is queued), and ``wake()`` asks
+        # the consumer to iterate again (to drain the queue or to catch up privately).
+        self.sink: Callable[[Item], bool] | None = None
+        self.wake: Callable[[], None] | None = None
+        self.live = False  # attached to the tail
+        self.handed_over = False  # the consumer's iteration ended: the tail delivers now
 
     # called by the tail greenlet; must not block
     def _deliver(self, item: Item) -> None:
@@ -199,6 +209,10 @@ class Subscription:
             if _position(item[1]) <= self.floor:
                 return  # already delivered by the private stream it switched from
             self.floor = None
+        if self.handed_over and not self.queue:
+            if self.sink(item):
+                self.last = item[1]
+                return
         if len(self.queue) >= self.tail.queue_limit or self.queued_changes >= QUEUE_CHANGES:
             # Too far behind: stop feeding it. It drains what it has, then reads privately.
             self.tail.stats["detached_slow"] += 1
@@ -206,18 +220,31 @@ class Subscription:
             return
         self.queue.append(item)
         self.queued_changes += len(item[0].changes)
-        self.ready.set()
+        self._wake()
 
     def _detach(self) -> None:
         self.tail.subscribers.discard(self)
         self.queue.append(_DETACHED)
+        self._wake()
+
+    def _wake(self) -> None:
         self.ready.set()
+        if self.handed_over:
+            self.handed_over = False
+            if self.wake is not None:
+                self.wake()
 
     def __iter__(self) -> Iterator[Item]:
-        if self.start == "eof" and not self.closed:
+        """Iterate; with a ``sink`` the iteration ends once caught up (``handed_over``)
+        and is started again when ``wake()`` is called."""
+        self.handed_over = False
+        if self.start == "eof" and not self.live and self.last is None and not self.closed:
             self.tail.subscribers.add(self)
             self.tail.stats["attached"] += 1
-            yield from self._live()
+            self.live = True
+        if self.live:
+            if not (yield from self._live()):
+                return
         while not self.closed:
             # Private catch-up: from the start, or from the last delivered offset.
             resume = self.last if self.last is not None else self.start
@@ -237,24 +264,32 @@ class Subscription:
             finally:
                 _close(self.private)
                 self.private = None
-            yield from self._live()
+            self.live = True
+            if not (yield from self._live()):
+                return
 
     def _live(self) -> Iterator[Item]:
+        """Deliver from the queue; returns True when detached (continue privately), False
+        when closed or handed over to the sink."""
         while not self.closed:
             while not self.queue:
+                if self.sink is not None:
+                    self.handed_over = True
+                    return False
                 self.ready.clear()
                 self.ready.wait()
                 if self.closed:
-                    return
+                    return False
             item = self.queue.popleft()
-            if item is not _DETACHED:
-                self.queued_changes -= len(item[0].changes)
             if item is _DETACHED:
                 # Everything queued before the detach has been delivered: continue
                 # privately right after the last of it.
-                return
+                self.live = False
+                return True
+            self.queued_changes -= len(item[0].changes)
             self.last = item[1]
             yield item
+        return False
 
     def close(self) -> None:
         self.closed = True
@@ -269,7 +304,7 @@ def _key(offset: Any) -> Any:
 
 def _position(offset: Any) -> int:
     """Commit position of an offset: ``R`` of ``(L, R)``, which grows in log order
-    (satellite.md §2.6.3). Bare integers (test streams) are their own position."""
+    (docs/protocols.md §4.3). Bare integers (test streams) are their own position."""
     if isinstance(offset, tuple | list):
         return int(offset[1])
     return int(offset)

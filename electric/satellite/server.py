@@ -24,8 +24,6 @@ Wiring (electric/app.py)::
 from __future__ import annotations
 
 import logging
-import random
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,15 +39,17 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
-from electric import metrics
+from electric import errors, metrics
 from electric.changes import Transaction, TruncatedRelation
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
 from electric.listeners import GuardedWSGIServer
-from electric.satellite.fanout import SharedTail
+from electric.retry import Backoff, Policy, retry
+from electric.satellite.fanout import SharedTail, Subscription
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
     PING_INTERVAL,
+    STREAMED_TRANSACTION,
     Action,
     ClaimClient,
     Close,
@@ -59,6 +59,11 @@ from electric.satellite.session import (
     StartOutgoing,
     StopOutgoing,
     WriteTransaction,
+)
+from electric.satellite.socket_writer import (
+    SLOW_CLIENT_BYTES,
+    SocketWriter,
+    binary_frame,
 )
 
 WS_PATH = "/ws"
@@ -71,8 +76,9 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 WRITER_QUEUE = 64
 """Completed client transactions waiting for the Vaxine writer. When full, reading from the
 socket pauses: TCP back-pressure instead of unbounded memory (and never a stall)."""
-MAX_OUT_BUFFER = 1024 * 1024
-"""Bytes queued for one socket before the code producing them waits for the socket."""
+READ_BUFFER = 2048
+"""Read buffer per socket (pywsgi's default is 8 KiB; frames larger than it are read
+straight into their message)."""
 SEND_TIMEOUT = 30.0
 """A peer that accepts no bytes for this long is disconnected."""
 STATUS_MAX_CLIENTS = 100
@@ -81,6 +87,7 @@ TABLE_WAIT = 5.0
 WRITE_RETRY_FIRST = 0.01
 WRITE_RETRY_MAX_SLEEP = 1.0
 WRITE_RETRY_TOTAL = 10.0
+TABLE_WAIT_RETRY = Policy(0.05, 5.0)  # re-looking up a table the registry does not know yet
 
 
 class OffsetStore(Protocol):
@@ -190,10 +197,6 @@ class _BoundedWebSocket(WebSocket):
         return bytes(payload)
 
 
-class _SendTimeout(Exception):
-    pass
-
-
 _CONNECTION_KEY = "electric.satellite.connection"
 
 
@@ -207,8 +210,33 @@ class _Write:
     transaction: Transaction
 
 
-class _Connection:
-    """Everything belonging to one websocket: the session, its lock and its greenlets."""
+class _Outgoing:
+    """One outgoing stream of a socket: the log iterator and, while it has work, the
+    greenlet reading it."""
+
+    __slots__ = ("iterator", "offset", "greenlet")
+
+    def __init__(self, iterator: Iterator[tuple[Transaction, Any]] | None,
+                 offset: StartOffset):
+        self.iterator = iterator
+        self.offset = offset
+        self.greenlet: gevent.Greenlet | None = None
+
+    def stop(self) -> None:
+        greenlet, self.greenlet = self.greenlet, None
+        if greenlet is not None and greenlet is not gevent.getcurrent():
+            greenlet.kill(block=False)
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - best effort while tearing down
+                pass
+
+
+class _Connection(SocketWriter):
+    """Everything belonging to one websocket: the session, its lock and its greenlets
+    (writing to the socket: :class:`~electric.satellite.socket_writer.SocketWriter`)."""
 
     def __init__(self, server: SatelliteServer, ws: WebSocket, peer: str) -> None:
         self.server = server
@@ -227,19 +255,19 @@ class _Connection:
         self.log = self.session.log
         self.client_id: str | None = None
         self.released = Event()
+        # Per socket memory matters at 10,000 sockets: greenlets (a few KiB of saved stack
+        # each) exist only while they have work. The writer starts with the first client
+        # transaction, the sender only while the kernel buffer is full, and the outgoing
+        # stream's greenlet only while catching up (a caught-up socket is written to by the
+        # shared tail directly, see _direct).
         self.greenlets: list[gevent.Greenlet] = []
-        self.streams: dict[int, gevent.Greenlet] = {}
-        self.writes: gevent.queue.Queue = gevent.queue.Queue(WRITER_QUEUE)
+        self.streams: dict[int, _Outgoing] = {}
+        self.writes: gevent.queue.Queue | None = None
         self.write_generation = 0
         self.writer: gevent.Greenlet | None = None
         self.closing = False
-        self.out: list[bytes] = []
-        self.out_bytes = 0
-        self.out_ready = Event()
-        self.drained = Event()
-        self.drained.set()
-        self.send_failed = False
-        self.sender: gevent.Greenlet | None = None
+        self._init_writer(getattr(ws.handler, "socket", None) if ws.handler is not None
+                          else None)
         # Set while the outgoing stream is held at a transaction whose table the schema
         # registry does not know (yet): offset, tables, since.
         self.stream_held: dict[str, Any] | None = None
@@ -249,8 +277,6 @@ class _Connection:
     def run(self) -> None:
         self.log.info("client connected from {}", self.peer)
         self.ws.environ[_CONNECTION_KEY] = self
-        self.sender = gevent.spawn(self._sender_loop)
-        self.greenlets.append(self.sender)
         try:
             self._read_loop()
         finally:
@@ -260,7 +286,7 @@ class _Connection:
         while True:
             try:
                 if self.closing:
-                    with gevent.Timeout(CLOSE_GRACE, False):
+                    with gevent.Timeout(self.server.close_grace, False):
                         data = self.ws.receive()
                         if data is not None:
                             continue
@@ -296,7 +322,14 @@ class _Connection:
                     self._execute(action)
             generation = self.write_generation
         for write in writes:
-            self.writes.put(_Write(generation, write.transaction))
+            self._writer_queue().put(_Write(generation, write.transaction))
+
+    def _writer_queue(self) -> gevent.queue.Queue:
+        if self.writes is None:
+            self.writes = gevent.queue.Queue(WRITER_QUEUE)
+            self.writer = gevent.spawn(self._writer)
+            self.greenlets.append(self.writer)
+        return self.writes
 
     def _execute(self, action: Action) -> None:
         if isinstance(action, Send):
@@ -309,78 +342,6 @@ class _Connection:
             self._start_stream(action.subscription, action.offset)
         elif isinstance(action, StopOutgoing):
             self._stop_stream(action.subscription)
-
-    # -- outgoing bytes ---------------------------------------------------------------------
-    #
-    # Frames are appended to a per-socket buffer and written by one sender greenlet. When the
-    # process is busy, several frames pile up between two writes and go out in one syscall
-    # (the send syscall is the dominant cost with many sockets); when idle, a frame leaves
-    # on the next loop iteration. A producer that gets ahead of the socket by more than
-    # MAX_OUT_BUFFER waits (back-pressure), and a peer that stops reading for SEND_TIMEOUT
-    # is cut off instead of pinning the buffer forever.
-
-    def _send(self, data: bytes) -> None:
-        if self.closing:
-            return
-        self._queue_frame(WebSocket.OPCODE_BINARY, data)
-        if self.out_bytes > MAX_OUT_BUFFER and gevent.getcurrent() is not self.sender:
-            self.drained.clear()
-            self.drained.wait()
-
-    def queue_pong(self, payload: bytes) -> None:
-        """Called by the websocket reader for a ping: the pong joins the ordered stream."""
-        self._queue_frame(WebSocket.OPCODE_PONG, payload)
-
-    def _queue_frame(self, opcode: int, payload: bytes) -> None:
-        if self.send_failed:
-            return
-        header = bytes(Header.encode_header(True, opcode, b"", len(payload), 0))
-        self.out.append(header + payload)
-        self.out_bytes += len(header) + len(payload)
-        self.out_ready.set()
-
-    def _sender_loop(self) -> None:
-        try:
-            while True:
-                self.out_ready.wait()
-                self.out_ready.clear()
-                while self.out:
-                    chunks, self.out, self.out_bytes = self.out, [], 0
-                    self.drained.set()
-                    with gevent.Timeout(self.server.send_timeout, _SendTimeout):
-                        self.ws.raw_write(b"".join(chunks))
-        except gevent.GreenletExit:
-            raise
-        except _SendTimeout:
-            self.log.info("client stopped reading for {}s, disconnecting", self.server.send_timeout)
-            self._fail_sending()
-        except Exception:
-            self._fail_sending()
-
-    def _fail_sending(self) -> None:
-        self.send_failed = True
-        self.closing = True
-        self.out.clear()
-        self.drained.set()
-        self._cut()
-
-    def _close(self, code: int | None, reason: str) -> None:
-        if self.closing:
-            return
-        self.log.info("closing connection: {}", reason or "done")
-        payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode()[:120]
-        self._queue_frame(WebSocket.OPCODE_CLOSE, payload)
-        self.closing = True
-        # Cut the socket if the peer never answers our close.
-        self.greenlets.append(gevent.spawn_later(CLOSE_GRACE, self._cut))
-
-    def _cut(self) -> None:
-        sock = getattr(self.ws.handler, "socket", None) if self.ws.handler else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     # -- auth: claim the client id ----------------------------------------------------------
 
@@ -396,54 +357,94 @@ class _Connection:
         except Exception as exc:
             self.log.error("cannot read the stored lsn of {}: {}", client_id, exc)
             stored = None
-        self.writer = gevent.spawn(self._writer)
-        self.greenlets.append(self.writer)
         self._run_actions(self.session.client_claimed(stored))
 
     def _run_actions(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, WriteTransaction):
-                self.writes.put_nowait(_Write(self.write_generation, action.transaction))
+                self._writer_queue().put_nowait(_Write(self.write_generation,
+                                                       action.transaction))
             else:
                 self._execute(action)
 
     # -- outgoing: Vaxine WAL stream → client ---------------------------------------------
 
     def _start_stream(self, subscription: int, offset: StartOffset) -> None:
-        greenlet = gevent.spawn(self._stream, subscription, offset)
-        self.streams[subscription] = greenlet
+        out = _Outgoing(None, offset)
+        self.streams[subscription] = out
+        self._pump(subscription, out)
+
+    def _open_stream(self, subscription: int, out: _Outgoing) -> Iterator:
+        iterator = out.iterator = self.server.subscribe(out.offset)
+        if isinstance(iterator, Subscription):
+            # Caught up, the shared tail hands each transaction to _direct; this socket's
+            # greenlet runs only to catch up, for big transactions and while held.
+            iterator.sink = lambda item: self._direct(subscription, out, item)
+            iterator.wake = lambda: self._pump(subscription, out)
+        return iterator
+
+    def _pump(self, subscription: int, out: _Outgoing) -> None:
+        if out.greenlet is None and self.streams.get(subscription) is out:
+            out.greenlet = gevent.spawn(self._stream, subscription, out)
 
     def _stop_stream(self, subscription: int) -> None:
-        greenlet = self.streams.pop(subscription, None)
-        if greenlet is not None and greenlet is not gevent.getcurrent():
-            greenlet.kill(block=False)
+        out = self.streams.pop(subscription, None)
+        if out is not None:
+            out.stop()
 
-    def _stream(self, subscription: int, offset: StartOffset) -> None:
-        iterator = None
+    def _direct(self, subscription: int, out: _Outgoing, item: tuple[Transaction, Any]) -> bool:
+        """Called by the shared tail for each new transaction while this socket is caught
+        up; must not block. Sends the shared frame (or the session's actions) now, or
+        returns False to have the transaction queued for this socket's greenlet (a big
+        transaction, a table the registry does not know yet, a busy session)."""
+        if self.streams.get(subscription) is not out or self.closing:
+            return True  # stopped: nothing more goes out on it
+        tx, offset = item
+        if self.lock.locked() or len(tx.changes) > STREAMED_TRANSACTION:
+            return False
+        session = self.session
+        shared = session.shared_oplog(subscription, tx, offset)
+        self._direct_depth += 1
         try:
-            iterator = self.server.subscribe(offset)
+            if shared is not None:
+                self._write_frame(self.server.oplog_cache.frame(shared, binary_frame))
+                if self.out_bytes > self.server.slow_client_bytes:
+                    self._too_slow()
+                return True
+            if self._missing_tables(tx):
+                return False
+            with self.lock:
+                for action in session.vaxine_transaction(subscription, tx, offset):
+                    self._execute(action)
+            return True
+        finally:
+            self._direct_depth -= 1
+
+    def _stream(self, subscription: int, out: _Outgoing) -> None:
+        offset = out.offset
+        try:
+            iterator = out.iterator or self._open_stream(subscription, out)
             for tx, tx_offset in iterator:
                 if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
                     if tuple(tx_offset) == offset:
                         continue  # the resume position itself was already delivered
                 self._hold_for_tables(tx, tx_offset)
                 self._handle(self.session.vaxine_transaction, subscription, tx, tx_offset)
-                if subscription not in self.streams:
+                if self.streams.get(subscription) is not out:
                     return
+            if getattr(out.iterator, "handed_over", False):
+                return  # caught up: the shared tail delivers from here (_direct)
             reason = "stream ended"
         except gevent.GreenletExit:
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    pass
-        if self.streams.get(subscription) is gevent.getcurrent():
+            if out.greenlet is gevent.getcurrent():
+                out.greenlet = None
+        if self.streams.get(subscription) is out:
             del self.streams[subscription]
+            out.stop()
             self._handle(self.session.outgoing_failed, subscription, reason)
 
     # -- incoming: client transactions → Vaxine → offset file → ack -----------------------
@@ -492,6 +493,11 @@ class _Connection:
                 gevent.sleep(0.05)
         return None
 
+    def _missing_tables(self, tx: Transaction) -> list:
+        lookup = self.server.lookup_table
+        return sorted({c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)
+                       and lookup(c.relation) is None})
+
     def _hold_for_tables(self, tx: Transaction, offset: Any) -> None:
         """Hold the outgoing stream at ``tx`` until the schema registry knows its tables.
 
@@ -504,13 +510,12 @@ class _Connection:
         waiting with a capped back-off: never skipped.
         """
         lookup = self.server.lookup_table
-        missing = sorted({c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)
-                          and lookup(c.relation) is None})
+        missing = self._missing_tables(tx)
         if not missing:
             return
         where = str(list(offset) if isinstance(offset, tuple) else offset)
         deadline = time.monotonic() + self.server.table_wait
-        delay = 0.05
+        backoff = Backoff(TABLE_WAIT_RETRY)
         try:
             while missing:
                 if self.stream_held is None and time.monotonic() >= deadline:
@@ -522,8 +527,7 @@ class _Connection:
                         "log transaction at {} changes {}, unknown to the schema registry; "
                         "the stream to this client is held at it until the table is known",
                         where, names)
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                gevent.sleep(backoff.next())
                 missing = [r for r in missing if lookup(r) is None]
         finally:  # released, or the socket went away (GreenletExit) while held
             if self.stream_held is not None:
@@ -534,26 +538,17 @@ class _Connection:
     def _write_with_retry(self, tx: Transaction) -> None:
         if not tx.changes:
             return  # empty transactions are acked, nothing to store
-        delay, slept = self.server.write_retry_first, 0.0
-        while True:
-            try:
-                self.server.write_transaction(tx)
-                return
-            except gevent.GreenletExit:
-                raise
-            except Exception as exc:
-                if slept >= self.server.write_retry_total or self.server.is_permanent(exc):
-                    raise
-                self.log.warning(
-                    "writing transaction {} to Vaxine failed ({}: {}), retrying in {:.0f} ms",
-                    describe(tx.lsn),
-                    type(exc).__name__,
-                    exc,
-                    delay * 1000,
-                )
-                gevent.sleep(delay)
-                slept += delay
-                delay = min(self.server.write_retry_max_sleep, delay * 2 * random.uniform(0.8, 1.2))
+
+        def failed(exc: BaseException, _attempt: int, delay: float) -> None:
+            self.log.warning(
+                "writing transaction {} to Vaxine failed ({}: {}), retrying in {:.0f} ms",
+                describe(tx.lsn), type(exc).__name__, exc, delay * 1000,
+            )
+
+        retry(lambda: self.server.write_transaction(tx),
+              Policy(self.server.write_retry_first, self.server.write_retry_max_sleep,
+                     jitter=0.2, total=self.server.write_retry_total),
+              give_up=self.server.is_permanent, on_retry=failed)
 
     def _writer_failed(self, tx: Transaction, exc: Exception) -> None:
         self.log.error(
@@ -591,11 +586,12 @@ class _Connection:
             for action in self.session.connection_lost():
                 if isinstance(action, StopOutgoing):
                     self._stop_stream(action.subscription)
-        for greenlet in list(self.streams.values()):
-            greenlet.kill(block=False)
+        for out in list(self.streams.values()):
+            out.stop()
         self.streams.clear()
         current = gevent.getcurrent()
-        gevent.killall([g for g in self.greenlets if g is not current], block=False)
+        greenlets = [*self.greenlets, *([self.sender] if self.sender is not None else [])]
+        gevent.killall([g for g in greenlets if g is not current], block=False)
         if self.client_id is not None:
             self.server._release(self.client_id, self)
         self.released.set()
@@ -603,7 +599,13 @@ class _Connection:
 
 
 class _QuietWebSocketHandler(QuietClientErrors, WebSocketHandler):
-    """gevent-websocket's handler, with clean 400s for malformed requests."""
+    """gevent-websocket's handler, with clean 400s for malformed requests and a smaller
+    read buffer (READ_BUFFER)."""
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        if rfile is None:
+            rfile = sock.makefile("rb", READ_BUFFER)
+        super().__init__(sock, address, server, rfile)
 
     def upgrade_websocket(self):
         # gevent-websocket 0.10 answers a failed handshake with str bodies, which pywsgi
@@ -637,6 +639,8 @@ class SatelliteServer:
         write_retry_total: float = WRITE_RETRY_TOTAL,
         is_permanent: Callable[[BaseException], bool] | None = None,
         send_timeout: float = SEND_TIMEOUT,
+        slow_client_bytes: int = SLOW_CLIENT_BYTES,
+        close_grace: float = CLOSE_GRACE,
         shared_tail: bool = True,
         table_wait: float = TABLE_WAIT,
         tls: Any = None,
@@ -658,13 +662,16 @@ class SatelliteServer:
         self.write_retry_max_sleep = write_retry_max_sleep
         self.write_retry_total = write_retry_total
         self.send_timeout = send_timeout
+        self.slow_client_bytes = slow_client_bytes
+        self.close_grace = close_grace
+        self.slow_disconnects = 0
         self.table_wait = table_wait
         self.oplog_cache = OplogCache()
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
         # from an older offset still uses a private stream per socket.
         self.tail = SharedTail(open_stream) if shared_tail else None
         # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
-        self.is_permanent = is_permanent or (lambda exc: isinstance(exc, ValueError))
+        self.is_permanent = is_permanent or errors.is_permanent
         self._ws_class = type(
             "BoundedWebSocket",
             (_BoundedWebSocket,),
@@ -672,6 +679,8 @@ class SatelliteServer:
         )
         self._clients: dict[str, _Connection] = {}
         self._connections: set[_Connection] = set()
+        self._to_flush: list[_Connection] = []
+        self._flush_scheduled = False
         self._server: WSGIServer | None = None
         self._ticker: gevent.Greenlet | None = None
         self.log = logger.bind(origin="satellite")
@@ -745,6 +754,22 @@ class SatelliteServer:
                     "max_connections": self.max_connections, "refused_connections": 0}
         return self._server.listener_status()
 
+    def _flush_later(self, conn: _Connection) -> None:
+        self._to_flush.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            gevent.get_hub().loop.run_callback(self._flush_all)
+
+    def _flush_all(self) -> None:
+        self._flush_scheduled = False
+        conns, self._to_flush = self._to_flush, []
+        for conn in conns:
+            try:
+                conn._flush()
+            except Exception:  # one socket's failure must not cost the others theirs
+                conn.log.exception("writing to the socket failed")
+                conn._fail_sending()
+
     def subscribe(self, offset: StartOffset) -> Iterator[tuple[Transaction, Any]]:
         """The outgoing stream for one socket: via the shared tail, or a private stream."""
         if self.tail is not None:
@@ -759,6 +784,8 @@ class SatelliteServer:
             "clients_connected": len(self._clients),
             "sockets_open": len(connections),
             "shared_tail": self.tail.status() if self.tail is not None else None,
+            "oplog_cache": self.oplog_cache.status(),
+            "slow_disconnects": self.slow_disconnects,
             "clients": [c.session.status() for c in connections[:max_clients]],
             "streams_held": [{"client": c.client_id, **c.stream_held}
                              for c in connections if c.stream_held is not None],

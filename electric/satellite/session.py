@@ -5,9 +5,9 @@ transaction, a client transaction is durably written, the ping timer fired, …)
 method returns the list of :class:`Action` objects the I/O layer (``server.py``) must carry
 out, in order: frames to send, a close, a client id to claim, an outgoing stream to start or
 stop, a transaction to write. Nothing here touches sockets, greenlets or files, so the whole
-message-handling matrix of satellite.md §1.6 is unit-testable with plain calls.
+session rules of docs/protocols.md §1.3 are unit-testable with plain calls.
 
-Differences from the reference, on purpose (satellite.md §8.1):
+Differences from the reference, on purpose (ids of docs/gaps.md):
 
 * G1  FIRST_LSN is honoured; an lsn that is neither ``eof``/``0`` nor a valid ETF ``{L,R}``
       gets INVALID_REQUEST instead of a crash.
@@ -50,6 +50,7 @@ from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
 from electric.satellite.auth import AuthError
 from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
+from electric.satellite.oplog_cache import OplogCache, SharedOplog
 
 PING_INTERVAL = 5.0
 """Seconds between liveness ticks (reference: 5 s, hard-coded)."""
@@ -306,6 +307,27 @@ class Session:
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
         self.out.sent_transactions += 1
         return actions
+
+    def shared_oplog(self, subscription: int, transaction: Transaction,
+                     offset: Any) -> SharedOplog | None:
+        """The caught-up fast path: when another socket already serialised this very
+        transaction and this socket needs nothing else before it (every table announced,
+        same table descriptions), the shared encoding to send as it is (counted as sent);
+        otherwise ``None`` and the caller goes through :meth:`vaxine_transaction`."""
+        cache = self.oplog_cache
+        if (cache is None or self.closed or not self.out.active
+                or subscription != self.out.subscription):
+            return None
+        hit = cache.get_tx(transaction, offset)
+        if hit is None:
+            return None
+        known, lookup = self.out.known_relations, self._lookup_table
+        for relation, table in hit.relations:
+            if table is None or relation not in known or lookup(relation) is not table:
+                return None
+        self.out.sent_transactions += 1
+        metrics.encoding_reused("satellite")
+        return hit
 
     def outgoing_failed(self, subscription: int, reason: str) -> list[Action]:
         """The outgoing stream gave up. Tell the client and let it start again (no close)."""
@@ -654,13 +676,14 @@ class Session:
             # Fast path for the shared tail: the very same Transaction object reaches every
             # live socket; only the relation announcements differ per socket.
             hit = cache.get_tx(tx, offset)
-            if hit is not None and all(self._lookup_table(r) is t for r, t in hit[0]):
+            if hit is not None and all(self._lookup_table(r) is t for r, t in hit.relations):
+                metrics.encoding_reused("satellite")
                 actions: list[Action] = []
-                for relation, table in hit[0]:
+                for relation, table in hit.relations:
                     if table is not None and relation not in self.out.known_relations:
                         self.out.known_relations.add(relation)
                         actions.append(Send(relation_message(table)))
-                actions.append(Send(hit[1], raw=hit[2]))
+                actions.append(Send(hit.msg, raw=hit.raw))
                 return actions
         actions = []
         ts = datetime_to_ms(tx.commit_timestamp)
@@ -692,46 +715,13 @@ class Session:
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
         msg = pb.SatOpLog(ops=ops)
         send = Send(msg, raw=frames.encode(msg))
+        metrics.transaction_encoded("satellite")
         if key is not None and cache is not None:
             cache.put(key, (msg, send.raw))
             relations = {c.relation: t for c, t in zip(tx.changes, tables, strict=True)}
             cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw)
         actions.append(send)
         return actions
-
-
-class OplogCache:
-    """Encoded SatOpLogs by Vaxine offset, shared by the sessions of one server (one Vaxine:
-    an offset names one transaction). Small FIFO: sockets streaming live are at most a few
-    transactions apart; a socket replaying history simply misses and encodes its own."""
-
-    def __init__(self, size: int = 1024) -> None:
-        self.size = size
-        self._entries: dict[Any, tuple[pb.SatOpLog, bytes]] = {}
-        self._by_tx: dict[int, tuple] = {}
-
-    def get(self, key: Any) -> tuple[pb.SatOpLog, bytes] | None:
-        return self._entries.get(key)
-
-    def put(self, key: Any, value: tuple[pb.SatOpLog, bytes]) -> None:
-        self._entries[key] = value
-        if len(self._entries) > self.size:
-            del self._entries[next(iter(self._entries))]
-
-    # By Transaction object: the entry keeps the object alive, so its id is not reused.
-
-    def get_tx(self, tx: Transaction, offset: Any) -> tuple[tuple, pb.SatOpLog, bytes] | None:
-        entry = self._by_tx.get(id(tx))
-        if entry is None or entry[0] is not tx or entry[1] != offset:
-            return None
-        return entry[2], entry[3], entry[4]
-
-    def put_tx(
-        self, tx: Transaction, offset: Any, relations: tuple, msg: pb.SatOpLog, raw: bytes
-    ) -> None:
-        self._by_tx[id(tx)] = (tx, offset, relations, msg, raw)
-        if len(self._by_tx) > self.size:
-            del self._by_tx[next(iter(self._by_tx))]
 
 
 _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
@@ -751,7 +741,7 @@ _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
 
 
 def start_offset(msg: pb.SatInStartReplicationReq) -> StartOffset:
-    """Map a client's start request to a WAL stream start (satellite.md §1.8.1, as fixed)."""
+    """Map a client's start request to a WAL stream start (docs/protocols.md §1.4)."""
     options = set(msg.options)
     if frames.OPT_FIRST_LSN in options:
         return 0

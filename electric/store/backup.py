@@ -1,9 +1,11 @@
-"""``electric backup-store [settings] DEST``: an online, consistent copy of the embedded store.
+"""``electric backup-store [settings] DEST``: an online, consistent copy of the embedded store
+(``store.db``), or of the standalone Vaxine server's (``vaxine.db``) when the data directory
+is one of ``electric vaxine``.
 
-Uses SQLite's backup API on a read-only connection, so it runs while Electric writes: the
-copy is the store as of one committed transaction. Restore (docs/store.md): stop Electric,
-put the copy in place as ``VAXINE_DATA_DIR/store.db`` (without any ``store.db-wal`` or
-``-shm`` beside it), start Electric.
+Uses SQLite's backup API on a read-only connection, so it runs while Electric (or the
+server) writes: the copy is the store as of one committed transaction. Restore
+(docs/store.md): stop the process, put the copy in place under its file name (without any
+``-wal`` or ``-shm`` file beside it), start it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,23 @@ import os
 import sqlite3
 import sys
 
-from electric.store.engine import connect, db_path
+from electric.store.engine import db_path
+from electric.store.sqlite import connect
+
+
+def source_path(data_dir: str) -> str:
+    """The database to copy: Electric's store, else the standalone Vaxine server's."""
+    from electric.vaxine.embedded.engine import db_path as vaxine_db_path
+
+    source = db_path(data_dir)
+    if not os.path.exists(source) and os.path.exists(vaxine_db_path(data_dir)):
+        return vaxine_db_path(data_dir)
+    return source
 
 
 def backup(data_dir: str, dest: str) -> int:
     """Copy the store in ``data_dir`` to ``dest`` (a new file); returns its size in bytes."""
-    source = db_path(data_dir)
+    source = source_path(data_dir)
     if not os.path.exists(source):
         raise FileNotFoundError(f"no store at {source}")
     if os.path.exists(dest):
@@ -48,5 +61,5 @@ def main(argv: list[str]) -> int:
     except (OSError, sqlite3.Error) as exc:
         print(f"electric backup-store: {exc}", file=sys.stderr)
         return 1
-    print(f"backed up {db_path(settings.vaxine_data_dir)} to {settings.dest} ({size} bytes)")
+    print(f"backed up {source_path(settings.vaxine_data_dir)} to {settings.dest} ({size} bytes)")
     return 0

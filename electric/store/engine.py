@@ -36,17 +36,15 @@ from electric.changes import (
 )
 from electric.store.merge import UnmappableChange
 from electric.store.planner import Planner
+from electric.store.sqlite import CACHE_KIB, META_SQL, connect, get_meta, put_meta
 
 FORMAT = 1
 DB_FILE = "store.db"
 CHUNK_CHANGES = 1000
-# SQLite's page cache per connection, in KiB (negative cache_size = KiB): bounds memory.
-CACHE_KIB = 16 * 1024
 
 _UPSERT, _DELETE = 0, 1  # kinds of log entries
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+_SCHEMA = META_SQL + """
 CREATE TABLE IF NOT EXISTS relations (
     id INTEGER PRIMARY KEY, schema_name TEXT NOT NULL, table_name TEXT NOT NULL,
     UNIQUE (schema_name, table_name));
@@ -88,19 +86,6 @@ class TxnHead:
 
 def db_path(data_dir: str) -> str:
     return os.path.join(data_dir, DB_FILE)
-
-
-def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    conn.execute("PRAGMA busy_timeout=60000")
-    return conn
 
 
 # --------------------------------------------------------------------------- chunks
@@ -372,11 +357,10 @@ class Engine:
         return self._big
 
     def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        return get_meta(self.db, key)
 
     def put_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        put_meta(self.db, key, value)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -420,4 +404,4 @@ class _BigTxn:
 
 
 __all__ = ["Engine", "StoreFormatError", "TxnHead", "UnmappableChange", "db_path",
-           "CHUNK_CHANGES", "FORMAT", "connect", "decode_chunk"]
+           "CACHE_KIB", "CHUNK_CHANGES", "FORMAT", "connect", "decode_chunk"]

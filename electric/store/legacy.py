@@ -6,19 +6,99 @@ therefore refuses to start on such a directory (``check``) and ``electric import
 the upgrade once (``import_log``): it replays every logged transaction into a new store at
 the same positions (so Satellite lsns and subscriber offsets stay valid), then renames the old
 log to ``vaxine.log.imported`` (kept, never deleted, until the operator removes it).
+
+The standalone Vaxine server (``electric vaxine``) wrote the same file and imports it on its
+own at first start (:mod:`electric.vaxine.embedded.upgrade`: it needs no primary keys). Both
+read it with :class:`FirstReleaseLog`.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
+import struct
 import sys
+import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
 
 from electric.changes import Change, RelationName
 from electric.store.engine import DB_FILE, Engine
 
 LEGACY_LOG = "vaxine.log"
 IMPORT_COMMAND = "bin/electric --config <your ini> import-store"
+
+# A first-release record: <u32 length><u32 crc32(payload)><payload>; its byte position was
+# the offset readers were given. Payloads: b"H" + ETF {electric_vaxine_log, 1, DcId} (first),
+# b"T" + >QII (commit µs, txid length, states length) + txid ETF + marshalled states + ops ETF.
+_RECORD = struct.Struct(">II")
+_TXN_HEAD = struct.Struct(">QII")
+_MAX_RECORD = 256 * 1024 * 1024
+
+log = logger.bind(origin="store_legacy")
+
+
+@dataclass(frozen=True)
+class FirstReleaseTxn:
+    offset: int
+    commit_us: int
+    txid_body: bytes
+    states_blob: bytes  # marshal: [(key, bucket, type name, plain state)] after the commit
+    ops_body: bytes
+
+    def states(self) -> list[tuple[bytes, bytes, str, Any]]:
+        return marshal.loads(self.states_blob)
+
+
+class FirstReleaseLog:
+    """Reads a first-release ``vaxine.log`` (never changes it). After :meth:`transactions`
+    is exhausted, ``dc_id`` holds the log's DC id and ``end`` the offset just after its last
+    intact record (where the first release would have written the next one)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.dc_id: Any = None
+        self.end = 0
+
+    def records(self) -> Iterator[tuple[int, bytes]]:
+        """Every intact ``(offset, payload)``. A damaged tail is what was being written when
+        the process died (never acknowledged): it ends the log, with a warning naming it."""
+        size = os.path.getsize(self.path)
+        pos = 0
+        with open(self.path, "rb", buffering=1 << 20) as f:
+            while pos < size:
+                header = f.read(_RECORD.size)
+                if len(header) < _RECORD.size:
+                    break
+                length, crc = _RECORD.unpack(header)
+                if length == 0 or length > _MAX_RECORD or pos + _RECORD.size + length > size:
+                    break
+                payload = f.read(length)
+                if zlib.crc32(payload) != crc:
+                    break
+                yield pos, payload
+                pos += _RECORD.size + length
+                self.end = pos
+        if pos < size:
+            log.warning(f"{self.path}: the {size - pos} bytes after byte {pos} are not an "
+                        "intact record (a write cut short by a crash); reading up to there")
+
+    def transactions(self) -> Iterator[FirstReleaseTxn]:
+        from electric.vaxine import etf
+
+        for offset, payload in self.records():
+            tag = payload[:1]
+            if tag == b"H":
+                self.dc_id = etf.decode(payload[1:])[2]
+            elif tag == b"T":
+                commit_us, tlen, slen = _TXN_HEAD.unpack_from(payload, 1)
+                at = 1 + _TXN_HEAD.size
+                yield FirstReleaseTxn(offset, commit_us, payload[at:at + tlen],
+                                      payload[at + tlen:at + tlen + slen],
+                                      payload[at + tlen + slen:])
 
 
 class LegacyDataError(RuntimeError):
@@ -45,24 +125,17 @@ def read_legacy(data_dir: str) -> Iterator[tuple[int, int, list[Change]]]:
     """``(position, commit µs, changes)`` of every logged transaction, in log order, as the
     first release's readers rebuilt them (whole merged rows)."""
     from electric.vaxine import etf
-    from electric.vaxine.embedded.log import TxnLog
     from electric.vaxine.embedded.replication import txn_frame
-    from electric.vaxine.embedded.store import data_file, parse_record
     from electric.vaxine.stream import decode_wal_frame
 
-    txn_log = TxnLog(data_file(data_dir))
-    dc_body = None
-    for offset, payload in txn_log.open():
-        if payload[:1] == b"H":
-            dc_body = etf.encode_body(etf.decode(payload[1:])[2])
+    old = FirstReleaseLog(legacy_log(data_dir))
+    for txn in old.transactions():
+        if old.dc_id is None:
             continue
-        record = parse_record(payload)
-        if record is None or dc_body is None:
-            continue
-        _term, tx, _offset = decode_wal_frame(txn_frame(offset, payload, dc_body))
+        frame = txn_frame(txn.offset, txn.txid_body, txn.ops_body, etf.encode_body(old.dc_id))
+        _term, tx, _offset = decode_wal_frame(frame)
         if tx is not None:
-            yield offset, record.commit_us, list(tx.changes)
-    txn_log.close()
+            yield txn.offset, txn.commit_us, list(tx.changes)
 
 
 def import_log(data_dir: str, primary_keys: Callable[[RelationName], list[str]]) -> int:

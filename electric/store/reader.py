@@ -8,7 +8,8 @@ import marshal
 from collections.abc import Iterator
 
 from electric.changes import Change, DeletedRecord, RelationName, UpdatedRecord
-from electric.store.engine import CHUNK_CHANGES, TxnHead, connect, decode_chunk
+from electric.store.engine import CHUNK_CHANGES, TxnHead, decode_chunk
+from electric.store.sqlite import connect
 
 
 class Reader:

@@ -20,7 +20,6 @@ protobuf, no Erlang terms on the data path):
 from __future__ import annotations
 
 import bisect
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from loguru import logger
 from electric.changes import Change, Transaction, utc_now
 from electric.store.engine import ChainBroken, Engine, PrimaryKeys, TxnHead
 from electric.store.reader import Reader
+from electric.store.sqlite import ReaderPool, file_bytes, in_thread, take_batch
 
 # Most transactions one group commit takes (and most changes), so one commit stays short.
 MAX_BATCH_TXNS = 512
@@ -168,8 +168,7 @@ class LocalStore:
         self._queue: Queue = Queue()
         self._commit_event = Event()
         self._write_lock = Semaphore()  # the writer greenlet vs. an open big transaction
-        self._readers: Queue = Queue()
-        self._reader_count = readers
+        self._readers: ReaderPool[Reader] = ReaderPool(lambda: Reader(self.path), readers)
         self._closed = False
         self.stats = {"transactions_written": 0, "group_commits": 0, "big_transactions": 0,
                       "snapshots_served": 0}
@@ -182,17 +181,10 @@ class LocalStore:
     # ------------------------------------------------------------------ threads
 
     def _in_thread(self, fn: Callable, *args) -> Any:
-        return gevent.get_hub().threadpool.apply(fn, args)
+        return in_thread(fn, *args)
 
     def _read(self, fn: Callable[[Reader], Any]) -> Any:
-        if self._readers.qsize() == 0 and self._reader_count > 0:
-            self._reader_count -= 1
-            self._readers.put(Reader(self.path))
-        reader = self._readers.get()
-        try:
-            return self._in_thread(fn, reader)
-        finally:
-            self._readers.put(reader)
+        return self._readers.run(fn)
 
     # ------------------------------------------------------------------ writing
 
@@ -216,19 +208,15 @@ class LocalStore:
 
     def _take_batch(self) -> list[_Write]:
         """Every write waiting now (within the batch bounds), minus those of broken chains."""
-        batch: list[_Write] = []
-        size = 0
-        while True:
-            request = self._queue.get() if not batch else self._queue.get_nowait()
-            if request.chain is not None and request.chain.broken:
-                request.result.set_exception(ChainBroken("an earlier write of this source "
-                                                         "failed"))
-            else:
-                batch.append(request)
-                size += len(request.changes)
-            if batch and (self._queue.empty() or len(batch) >= MAX_BATCH_TXNS
-                          or size >= MAX_BATCH_CHANGES):
-                return batch
+        return take_batch(self._queue, MAX_BATCH_TXNS, MAX_BATCH_CHANGES,
+                          lambda r: len(r.changes), self._unbroken)
+
+    @staticmethod
+    def _unbroken(request: _Write) -> bool:
+        if request.chain is not None and request.chain.broken:
+            request.result.set_exception(ChainBroken("an earlier write of this source failed"))
+            return False
+        return True
 
     def _run_writer(self) -> None:
         batch: list[_Write] = []
@@ -376,11 +364,7 @@ class LocalStore:
     # ------------------------------------------------------------------ operator surface
 
     def status(self) -> dict[str, Any]:
-        try:
-            size = sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal")
-                       if os.path.exists(self.path + suffix))
-        except OSError:
-            size = None
+        size = file_bytes(self.path)
         engine = self.engine
         return {"mode": "embedded", "path": self.path, "bytes": size,
                 "rows": engine.row_count, "log_transactions": engine.log_transactions,
@@ -397,8 +381,7 @@ class LocalStore:
         self._commit_event.set()
         while not self._queue.empty():  # writes that will never be taken: tell their callers
             self._queue.get_nowait().result.set_exception(RuntimeError("the store is closed"))
-        while not self._readers.empty():
-            self._readers.get_nowait().close()
+        self._readers.close()
         self.engine.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from google.protobuf.message import DecodeError, Message
 
+from electric import errors
 from electric.pb import antidote_pb2 as pb
 from electric.vaxine import etf
 from electric.vaxine.framing import encode_frame
@@ -63,7 +64,7 @@ class AntidoteDecodeError(ValueError):
     """A frame body that is not a valid Antidote message (unknown code, bad protobuf, empty)."""
 
 
-class VaxineError(RuntimeError):
+class VaxineError(errors.Transient, RuntimeError):
     """Vaxine answered a request with a failure (``ApbErrorResp`` or ``success = false``)."""
 
     def __init__(self, message: str, errcode: int | None = None):

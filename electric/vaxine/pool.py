@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import errno
 import struct
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
-import gevent
 from gevent import select, socket
 from gevent.lock import BoundedSemaphore
 from gevent.queue import Empty, LifoQueue
@@ -35,7 +32,6 @@ DEFAULT_CHECKOUT_TIMEOUT_S = 10.0
 DEFAULT_REQUEST_TIMEOUT_S = 10.0  # antidotec's request timeout
 
 log = logger.bind(origin="vaxine_pool")
-T = TypeVar("T")
 
 
 class VaxineConnectionError(VaxineError):
@@ -269,24 +265,3 @@ class VaxinePool:
                 self._idle.get_nowait().close()
             except Empty:
                 return
-
-
-def retrying(fn: Callable[[], T], deadline_s: float = 10.0, first_delay_s: float = 0.01,
-             max_delay_s: float = 1.0, what: str = "Vaxine write") -> T:
-    """Run ``fn`` again after :class:`VaxineError` with capped exponential back-off.
-
-    Mirrors the reference writer's retry (10 ms doubling to ≤1 s, ~10 s in total). Only
-    use it for idempotent work: a whole Electric transaction rewritten is idempotent
-    (same rows, same values), a single request on a broken connection is not.
-    """
-    deadline = time.monotonic() + deadline_s
-    delay = first_delay_s
-    while True:
-        try:
-            return fn()
-        except VaxineError as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning(f"{what} failed ({exc}); retrying in {delay * 1000:.0f} ms")
-            gevent.sleep(delay)
-            delay = min(delay * 2, max_delay_s)

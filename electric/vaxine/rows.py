@@ -1,8 +1,8 @@
 """Electric's data model in Vaxine: change records ↔ CRDT map operations and states.
 
-Writing (satellite.md §2.2–2.3): one Vaxine transaction per Electric transaction holding
+Writing (docs/protocols.md §4.1–4.2): one Vaxine transaction per Electric transaction holding
 ``metadata:0`` (commit_timestamp, id, origin, publication) and one ``rows:<schema>:<table>:
-<pk…>`` RRMAP per change. Differences from the reference, on purpose:
+<pk…>`` RRMAP per change. Differences from the reference, on purpose (docs/gaps.md):
 
 * G20: ``id``, ``schema`` and ``table`` are written for every change (insert, update and
   delete), so a row that was never inserted through Electric still materialises with an id
@@ -23,7 +23,7 @@ Writing (satellite.md §2.2–2.3): one Vaxine transaction per Electric transact
 * Truncates have no representation in the log: they are skipped with a warning. A
   transaction with nothing else to write writes nothing (``write_transaction`` → ``None``).
 
-Reading (§2.7): metadata is taken from ``metadata:0``'s effects, rows from the materialised
+Reading (docs/protocols.md §4.4): metadata is taken from ``metadata:0``'s effects, rows from the materialised
 states with the transaction's own effects applied on top (a Vaxine may stream a transaction
 before its state includes it); ``deleted?`` is read with token lists treated as sets (real
 Vaxine may repeat tokens). Readers emit ``UpdatedRecord``/``DeletedRecord`` of the full merged
@@ -40,7 +40,7 @@ from typing import Any
 
 from loguru import logger
 
-from electric import metrics
+from electric import errors, metrics
 from electric.changes import (
     Change,
     DeletedRecord,
@@ -68,9 +68,9 @@ MAX_OPS_PER_REQUEST = 5000
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # One operation must fit in one frame with the message envelope around it.
 MAX_OP_BYTES = MAX_FRAME - 64 * 1024
-# Encoded operations per transaction. The embedded store commits a transaction as one log
-# record of up to 256 MiB, and that record (with the CRDT states and effects of every
-# object) measures 3-5.5x the operations' size; past that the commit fails on every retry.
+# Encoded operations per transaction. The standalone server (electric vaxine) logs a
+# transaction's Ops term, at most 256 MiB, and that term (with the CRDT states and effects of
+# every object) measures 3-5.5x the operations' size; past that the commit fails on every retry.
 # Refusing up front turns a silent retry loop into a permanent, reported error.
 MAX_TRANSACTION_BYTES = 32 * 1024 * 1024
 
@@ -79,7 +79,7 @@ log = logger.bind(origin="vaxine_rows")
 PrimaryKeys = Callable[[RelationName], list[str]]
 
 
-class RowMappingError(ValueError):
+class RowMappingError(errors.Permanent, ValueError):
     """A change that cannot be mapped (no primary key, key column missing or NULL)."""
 
 

@@ -39,6 +39,7 @@ from loguru import logger
 
 from electric import metrics
 from electric.changes import Transaction
+from electric.retry import Backoff, Policy
 from electric.vaxine import etf, rows
 from electric.vaxine.etf import Atom, Reference
 from electric.vaxine.framing import FrameDecoder, encode_frame
@@ -51,8 +52,8 @@ VX_SRV_RES = Atom("vx_srv_res")
 VX_WAL_TXN = Atom("vx_wal_txn")
 START_RES = Atom("vx_srv_start_res")
 _CLIENT_NODE = Atom("nonode@nohost")
-# Largest vx_wal_txn frame accepted. A frame is built from one log record of the embedded
-# store (at most 256 MiB, and the frame is smaller than its record); the reference Vaxine
+# Largest vx_wal_txn frame accepted. A frame is built from one logged transaction of the
+# standalone server (its Ops at most 256 MiB, plus txid, DC id and offset); the reference Vaxine
 # sets no limit. A transaction the log accepted must be deliverable: a frame the reader
 # refused would be refused again on every reconnect, stalling every consumer behind it.
 STREAM_MAX_FRAME = 256 * 1024 * 1024 + (1 << 20)
@@ -62,6 +63,12 @@ _FAILED = object()  # queued when the reader greenlet died of an unexpected exce
 # Back-off between re-reads of a transaction that could not be materialised.
 BLOCKED_RETRY_MIN_S = 1.0
 BLOCKED_RETRY_MAX_S = 30.0
+
+
+def _blocked_backoff() -> Backoff:
+    """Re-reading a transaction that could not be read: from about a second (a refusal that
+    depends on state elsewhere may clear soon) to every BLOCKED_RETRY_MAX_S."""
+    return Backoff(Policy(BLOCKED_RETRY_MIN_S, BLOCKED_RETRY_MAX_S))
 
 log = logger.bind(origin="vaxine_stream")
 
@@ -316,42 +323,42 @@ class WalStream:
                 self._queue.put(_FAILED if self._failure is not None else _CLOSED)
 
     def _run_loop(self) -> None:
-        backoff = self.min_backoff_s
-        blocked_backoff = BLOCKED_RETRY_MIN_S
+        backoff = Backoff(Policy(self.min_backoff_s, self.max_backoff_s))
+        blocked_backoff = _blocked_backoff()
         while not self._closed:
+            reason = None
             try:
                 self._stream_once()
                 self.log.warning("Vaxine closed the replication stream; reconnecting")
             except rows.UnreadableTransaction as exc:
                 # Stop before it (last_offset has not moved past it) and read it again later.
                 if self._block(exc):
-                    blocked_backoff = BLOCKED_RETRY_MIN_S  # a new one: start over
+                    blocked_backoff.reset()  # a new one: start over
                 self.connected = False
                 self._drop_socket()
-                gevent.sleep(blocked_backoff)
-                blocked_backoff = min(blocked_backoff * 2, BLOCKED_RETRY_MAX_S)
+                gevent.sleep(blocked_backoff.next())
                 self.reconnects += 1
                 continue
             except (OSError, etf.ETFError, StreamProtocolError, ValueError) as exc:
                 reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) \
                     else f"{type(exc).__name__}: {exc}"
-                self.log.warning(f"Vaxine replication stream from {self.host}:{self.port} "
-                                 f"interrupted ({reason}); retrying in {backoff:g} s")
             finally:
                 self.connected = False
                 self._drop_socket()
-            if self._was_streaming:
-                backoff = self.min_backoff_s
-            gevent.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff_s)
+            if self._was_streaming:  # it delivered: a new outage, not the same one
+                backoff.reset()
+            delay = backoff.next()
+            if reason is not None:
+                self.log.warning(f"Vaxine replication stream from {self.host}:{self.port} "
+                                 f"interrupted ({reason}); retrying in {delay:g} s")
+            gevent.sleep(delay)
             self.reconnects += 1
 
     def _decode_in_place(self, body: bytes, exc: rows.UnreadableTransaction) -> tuple:
-        delay = BLOCKED_RETRY_MIN_S
+        backoff = _blocked_backoff()
         while True:
             self._block(exc)
-            gevent.sleep(delay)
-            delay = min(delay * 2, BLOCKED_RETRY_MAX_S)
+            gevent.sleep(backoff.next())
             try:
                 return decode_wal_frame(body)
             except rows.UnreadableTransaction as again:

@@ -41,6 +41,7 @@ from electric.devenv import free_port
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
 from tests.support.electric import ROOT
+from tests.support.waiting import wait_until
 
 TABLES = ("entries", "entries_default")
 COLUMNS = ("id", "content", "content_b")
@@ -52,20 +53,6 @@ Row = tuple[str, str, str]  # (id, content, content_b)
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.2):
-    """Poll ``predicate`` until truthy; bounded. Returns its value or raises AssertionError."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except Exception as exc:  # noqa: BLE001 - the thing we poll may be restarting
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 # -- Postgres writer ------------------------------------------------------------------------

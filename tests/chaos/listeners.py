@@ -5,7 +5,9 @@ replication connection and the whole pipeline is live), an empty migrations dire
 fuzzed request can apply anything), and the embedded Vaxine. Each suite throws batches of
 bad input at one listener over fresh TCP connections and, after every batch, asks a
 :class:`Guard` to check that the process is still up, that its RSS has not grown beyond a
-bound, and that a well-formed client is still served on the same listener.
+bound, that it logged no traceback or ERROR line since the previous check, and that a
+well-formed client is still served on the same listener. Every test does its own batch and
+its own check, so each can run alone and in any order.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class Guard:
     cases: int = 0
     batches: int = 0
     samples: list[int] = field(default_factory=list)
+    log_checked: int = 0  # lines of the log already checked for problems
 
     def rss(self) -> int:
         return rss_kb(self.electric.proc.pid)
@@ -136,6 +139,8 @@ class Guard:
         self.peak_kb = max(self.peak_kb, rss)
         assert rss - self.baseline_kb < RSS_GROWTH_LIMIT_KB, (
             f"{self.listener}: RSS grew from {self.baseline_kb} kB to {rss} kB")
+        problems, self.log_checked = log_problems(self.electric, self.log_checked)
+        assert not problems, problems[:10]
 
     def summary(self) -> str:
         return (f"{self.listener}: {self.cases} malformed cases in {self.batches} batches; "
@@ -143,11 +148,20 @@ class Guard:
                 f"end {(self.samples[-1] if self.samples else 0) // 1024} MiB")
 
 
-def log_problems(electric: ElectricProcess) -> list[str]:
-    """Lines that must never appear because of bad input: tracebacks and ERROR-level lines."""
+def log_problems(electric: ElectricProcess, skip: int = 0) -> tuple[list[str], int]:
+    """Lines that must never appear because of bad input (tracebacks and ERROR-level lines)
+    after the first ``skip`` lines of the log, and the number of lines read in all."""
     with open(electric.log_path, errors="replace") as f:
-        return [line.rstrip() for line in f
-                if "Traceback" in line or "[ERROR]" in line or "[CRITICAL]" in line]
+        lines = f.readlines()
+    return [line.rstrip() for line in lines[skip:]
+            if "Traceback" in line or "[ERROR]" in line or "[CRITICAL]" in line], len(lines)
+
+
+def check_fuzzed(guard: Guard, cases: int, examples: int) -> None:
+    """After a hypothesis batch: most of its examples really ran (none filtered out or
+    skipped), and Electric came through it healthy."""
+    assert cases >= examples // 2, f"only {cases} of {examples} examples ran"
+    guard.after_batch(cases)
 
 
 class ElectricUnderTest:

@@ -22,9 +22,10 @@ import websocket
 from electric.devenv import DEV_SCHEMA_SQL
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from tests.chaos.harness import StandaloneVaxine, rss_kb, wait_until
+from tests.chaos.harness import StandaloneVaxine, rss_kb
 from tests.support.electric import ElectricProcess
 from tests.support.postgres import drop_database
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -254,7 +255,8 @@ def test_control_push_without_stuck_parties(env):
     low, high = measured_push(env, healthy)
     print(f"\ncontrol: RSS {low // 1024} MiB -> peak {high // 1024} MiB "
           f"(+{(high - low) // 1024} MiB) while {ROWS} rows went through")
-    wait_until(lambda: env.count(env.b) == env.pushed, 120, "Postgres B has every row")
+    wait_until(lambda: env.count(env.b) == env.pushed, 120, "Postgres B has every row",
+               step=0.2, ignore=(Exception,))
     healthy.close()
 
 
@@ -265,10 +267,12 @@ def test_stuck_satellite_client_is_bounded_then_resumes(env):
     stuck = StreamReader(env.ws_url, stuck_id, tiny_buffer=True)  # then never reads
     low, high = measured_push(env, healthy)
     report("stuck satellite client", low, high)
-    wait_until(lambda: env.count(env.b) == env.pushed, 120, "Postgres B has every row")
+    wait_until(lambda: env.count(env.b) == env.pushed, 120, "Postgres B has every row",
+               step=0.2, ignore=(Exception,))
     # The server cuts the silent socket (send timeout) rather than buffer for it forever.
     wait_until(lambda: stuck_id not in satellite_clients(env), 60,
-               "stuck client disconnected by the server")
+               "stuck client disconnected by the server",
+               step=0.2, ignore=(Exception,))
     # It resumes: reads what reached it, then reconnects from the last lsn it applied.
     stuck.read_until(env.pushed, timeout=30)
     stuck.close()
@@ -291,7 +295,8 @@ def test_paused_subscriber_is_bounded_then_resumes(env):
     finally:
         env.b.psql('ALTER SUBSCRIPTION "pg_b" ENABLE', database=env.db)
     report("paused subscriber", low, high)
-    wait_until(lambda: env.count(env.b) == env.pushed, 180, "Postgres B caught up")
+    wait_until(lambda: env.count(env.b) == env.pushed, 180, "Postgres B caught up",
+               step=0.2, ignore=(Exception,))
     healthy.close()
 
 
@@ -308,13 +313,15 @@ def test_stuck_subscriber_is_bounded_then_resumes(env):
         row = (str(uuid.uuid4()), "while B is stuck", "x")
         satellite_insert(env.ws_url, row)
         wait_until(lambda: entries_row(env.a, env.db, row[0]) == row, 60,
-                   "a Satellite row reaches Postgres A while B is stuck")
+                   "a Satellite row reaches Postgres A while B is stuck",
+                   step=0.2, ignore=(Exception,))
         time.sleep(2)  # let whatever would pile up pile up
         high = max(high, rss_kb(env.electric.proc.pid))
     finally:
         locker.rollback()
         locker.close()
     report("stuck subscriber", low, high)
-    wait_until(lambda: env.count(env.b) == env.pushed, 180, "Postgres B caught up")
+    wait_until(lambda: env.count(env.b) == env.pushed, 180, "Postgres B caught up",
+               step=0.2, ignore=(Exception,))
     assert entries_row(env.b, env.db, row[0]) == row
     healthy.close()

@@ -11,6 +11,7 @@ import time
 
 from tests.e2e.test_publisher_scenarios import dbs, ready  # noqa: F401 - fixtures
 from tests.support.postgres import query, wait_rows
+from tests.support.waiting import wait_until
 
 ROWS = 200_000
 KILLED_ROWS = 100_000  # still 20 pieces of 5,000: the kill lands while it is being written
@@ -77,10 +78,8 @@ def test_kill_9_while_a_big_transaction_is_written_leaves_nothing_then_it_arrive
     query(a, db, "INSERT INTO entries (id, content) VALUES (gen_random_uuid(), 'before')")
     wait_rows(b, db, "SELECT count(*) FROM entries", [(1,)])
     query(a, db, BULK, (KILLED_ROWS,))
-    deadline = time.monotonic() + 60
-    while "a large transaction is being written" not in electric.log(400):
-        assert time.monotonic() < deadline, electric.log()
-        time.sleep(0.02)
+    wait_until(lambda: "a large transaction is being written" in electric.log(400), 60,
+               "the large transaction being written", step=0.02, detail=electric.log)
     electric.kill()
     txns, rows, largest = store_counts(electric)
     assert (txns, rows, largest) == (1, 1, 1), "part of the big transaction is in the store"

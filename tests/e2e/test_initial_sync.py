@@ -4,11 +4,11 @@ the copy runs are neither lost nor doubled, and a copy cut short by kill -9 is d
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from tests.e2e.test_replication import two_postgres  # noqa: F401 - fixture
 from tests.support.postgres import query, wait_rows
+from tests.support.waiting import wait_until
 
 CHECKSUM = "SELECT count(*), md5(string_agg(id::text || ':' || coalesce(content, ''), ',' ORDER BY id)) FROM entries"
 
@@ -61,15 +61,8 @@ def test_writes_during_the_copy_and_a_kill_during_it_lose_and_double_nothing(
     electric = start(electric_factory, a, b, db, workdir=workdir, wait=False)
 
     def wait_copying():
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline, electric.log()
-            try:
-                if sync_of(electric, "pg_a")["rows_copied"] > 0:
-                    return
-            except (OSError, KeyError, ValueError):
-                pass
-            time.sleep(0.02)
+        wait_until(lambda: sync_of(electric, "pg_a")["rows_copied"] > 0, 60, "copy under way",
+                   step=0.02, ignore=(OSError, KeyError, ValueError), detail=electric.log)
 
     wait_copying()
     electric.kill()  # in the middle of the copy: it is done again after the restart

@@ -24,14 +24,12 @@ from electric.vaxine import antidote, etf, stream
 from electric.vaxine.etf import Atom
 from electric.vaxine.framing import MAX_FRAME, encode_frame
 from tests.chaos.harness import StandaloneVaxine
-from tests.chaos.listeners import ElectricUnderTest, Guard, log_problems, poke
+from tests.chaos.listeners import ElectricUnderTest, Guard, check_fuzzed, poke
 
 EXAMPLES = 100
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 
-counter: dict[str, int] = {k: 0 for k in ("api_frames", "api_mutated", "api_sequences",
-                                          "repl_terms", "repl_mutated", "specific", "random")}
 
 
 class Framed:
@@ -168,24 +166,36 @@ VALID_API = [
 ]
 
 
-@FUZZ
-@given(st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=120)), min_size=1,
-                max_size=4))
-def test_api_frames(target, guard, items):
-    poke(target.port("VAXINE_API_PORT"), b"".join(frame(bytes([c]) + b) for c, b in items))
-    counter["api_frames"] += 1
+def test_api_frames(target, guard):
+    cases = []
+
+    @FUZZ
+    @given(st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=120)), min_size=1,
+                    max_size=4))
+    def case(items):
+        poke(target.port("VAXINE_API_PORT"), b"".join(frame(bytes([c]) + b) for c, b in items))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
-@FUZZ
-@given(st.sampled_from(range(len(VALID_API))),
-       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
-       st.integers(1, 400))
-def test_api_mutated_requests(target, guard, which, flips, cut):
-    data = bytearray(antidote.encode_body(VALID_API[which]))
-    for pos, value in flips:
-        data[pos % len(data)] = value
-    poke(target.port("VAXINE_API_PORT"), frame(bytes(data[:cut])))
-    counter["api_mutated"] += 1
+def test_api_mutated_requests(target, guard):
+    cases = []
+
+    @FUZZ
+    @given(st.sampled_from(range(len(VALID_API))),
+           st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+           st.integers(1, 400))
+    def case(which, flips, cut):
+        data = bytearray(antidote.encode_body(VALID_API[which]))
+        for pos, value in flips:
+            data[pos % len(data)] = value
+        poke(target.port("VAXINE_API_PORT"), frame(bytes(data[:cut])))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
 crdt_type = st.sampled_from(sorted(apb.CRDT_type.values()))
@@ -214,17 +224,23 @@ api_message = st.one_of(
 )
 
 
-@FUZZ
-@given(st.lists(api_message, min_size=1, max_size=6), st.booleans())
-def test_api_request_sequences(target, guard, messages, with_txn):
+def test_api_request_sequences(target, guard):
     """Well-formed requests in nonsense order: bogus descriptors, type clashes on one key,
     unknown CRDT types, empty operations; optionally inside a real interactive transaction."""
-    prefix = b""
-    if with_txn:
-        prefix = frame(antidote.encode_body(antidote.start_transaction()))
-    poke(target.port("VAXINE_API_PORT"),
-         prefix + b"".join(frame(antidote.encode_body(m)) for m in messages))
-    counter["api_sequences"] += 1
+    cases = []
+
+    @FUZZ
+    @given(st.lists(api_message, min_size=1, max_size=6), st.booleans())
+    def case(messages, with_txn):
+        prefix = b""
+        if with_txn:
+            prefix = frame(antidote.encode_body(antidote.start_transaction()))
+        poke(target.port("VAXINE_API_PORT"),
+             prefix + b"".join(frame(antidote.encode_body(m)) for m in messages))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
 # -- replication port (8088) -----------------------------------------------------------------
@@ -243,25 +259,37 @@ start_like = st.builds(
     terms, terms)
 
 
-@FUZZ
-@given(st.one_of(terms, start_like), st.booleans())
-def test_replication_terms(target, guard, term, twice):
-    body = etf.encode(term)
-    poke(target.port("VAXINE_REPLICATION_PORT"), frame(body) * (2 if twice else 1))
-    counter["repl_terms"] += 1
+def test_replication_terms(target, guard):
+    cases = []
+
+    @FUZZ
+    @given(st.one_of(terms, start_like), st.booleans())
+    def case(term, twice):
+        body = etf.encode(term)
+        poke(target.port("VAXINE_REPLICATION_PORT"), frame(body) * (2 if twice else 1))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
-@FUZZ
-@given(st.sampled_from(["eof", 0, (1, 2)]),
-       st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 255)), max_size=6),
-       st.integers(1, 200))
-def test_replication_mutated_requests(target, guard, offset, flips, cut):
-    _ref, body = stream.start_request(offset)
-    data = bytearray(body)
-    for pos, value in flips:
-        data[pos % len(data)] = value
-    poke(target.port("VAXINE_REPLICATION_PORT"), frame(bytes(data[:cut])))
-    counter["repl_mutated"] += 1
+def test_replication_mutated_requests(target, guard):
+    cases = []
+
+    @FUZZ
+    @given(st.sampled_from(["eof", 0, (1, 2)]),
+           st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 255)), max_size=6),
+           st.integers(1, 200))
+    def case(offset, flips, cut):
+        _ref, body = stream.start_request(offset)
+        data = bytearray(body)
+        for pos, value in flips:
+            data[pos % len(data)] = value
+        poke(target.port("VAXINE_REPLICATION_PORT"), frame(bytes(data[:cut])))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
 # -- hand-written and random -----------------------------------------------------------------
@@ -314,7 +342,6 @@ def test_specific_bad_frames(target, guard):
         poke(target.port("VAXINE_REPLICATION_PORT"), data)
     n = len(SPECIFIC_API) + len(SPECIFIC_REPL)
     guard.after_batch(n)
-    counter["specific"] += n
 
 
 def test_random_bytes(target, guard):
@@ -327,25 +354,3 @@ def test_random_bytes(target, guard):
             port = "VAXINE_API_PORT" if rng.random() < 0.5 else "VAXINE_REPLICATION_PORT"
             poke(target.port(port), blob)
         guard.after_batch(40)
-        counter["random"] += 40
-
-
-@pytest.mark.parametrize("name", ["api_frames", "api_mutated", "api_sequences", "repl_terms",
-                                  "repl_mutated"])
-def test_structured_batches_left_electric_healthy(guard, name):
-    assert counter[name] >= EXAMPLES // 2, counter
-    guard.after_batch(counter[name])
-
-
-def test_report_cases(guard):
-    api = sum(v for k, v in counter.items() if k.startswith("api"))
-    repl = sum(v for k, v in counter.items() if k.startswith("repl"))
-    print(f"\nvaxine cases: {counter} total {sum(counter.values())} "
-          f"(api {api} + repl {repl} structured; specific {len(SPECIFIC_API)} api + "
-          f"{len(SPECIFIC_REPL)} repl; random 120 over both)")
-    assert sum(counter.values()) >= 400
-
-
-def test_log_has_no_tracebacks(target, guard):
-    problems = log_problems(target.electric)
-    assert not problems, problems[:10]

@@ -22,7 +22,7 @@ from tests.chaos.listeners import (
     WS_HANDSHAKE,
     ElectricUnderTest,
     Guard,
-    log_problems,
+    check_fuzzed,
     poke,
     ws_frame,
 )
@@ -109,20 +109,32 @@ raw_frame = st.builds(
     st.binary(max_size=200))
 
 
-@FUZZ
-@given(st.lists(raw_frame, min_size=1, max_size=4))
-def test_raw_websocket_frames(target, guard, frame_list):
-    reply = send(target, *frame_list)
-    assert reply.startswith(b"HTTP/1.1 101"), reply[:80]
-    counter["raw"] += 1
+def test_raw_websocket_frames(target, guard):
+    cases = []
+
+    @FUZZ
+    @given(st.lists(raw_frame, min_size=1, max_size=4))
+    def case(frame_list):
+        reply = send(target, *frame_list)
+        assert reply.startswith(b"HTTP/1.1 101"), reply[:80]
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
-@FUZZ
-@given(st.integers(0, 255), st.binary(max_size=300), st.booleans())
-def test_type_byte_and_body(target, guard, type_byte, body, authenticated):
-    parts = auth_frames() if authenticated else []
-    send(target, *parts, ws_frame(BINARY, bytes([type_byte]) + body))
-    counter["typed"] += 1
+def test_type_byte_and_body(target, guard):
+    cases = []
+
+    @FUZZ
+    @given(st.integers(0, 255), st.binary(max_size=300), st.booleans())
+    def case(type_byte, body, authenticated):
+        parts = auth_frames() if authenticated else []
+        send(target, *parts, ws_frame(BINARY, bytes([type_byte]) + body))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
 VALID = [
@@ -137,16 +149,22 @@ VALID = [
 ]
 
 
-@FUZZ
-@given(st.sampled_from(range(len(VALID))), st.lists(st.tuples(st.integers(0, 10_000),
-                                                               st.integers(0, 255)), max_size=6),
-       st.integers(0, 400))
-def test_mutated_valid_messages_after_auth(target, guard, which, flips, cut):
-    data = bytearray(frames.encode(VALID[which]))
-    for pos, value in flips:
-        data[pos % len(data)] = value
-    send(target, *auth_frames(), ws_frame(BINARY, bytes(data[:max(1, cut)])))
-    counter["mutated"] += 1
+def test_mutated_valid_messages_after_auth(target, guard):
+    cases = []
+
+    @FUZZ
+    @given(st.sampled_from(range(len(VALID))), st.lists(st.tuples(st.integers(0, 10_000),
+                                                                   st.integers(0, 255)), max_size=6),
+           st.integers(0, 400))
+    def case(which, flips, cut):
+        data = bytearray(frames.encode(VALID[which]))
+        for pos, value in flips:
+            data[pos % len(data)] = value
+        send(target, *auth_frames(), ws_frame(BINARY, bytes(data[:max(1, cut)])))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
 op = st.one_of(
@@ -183,13 +201,19 @@ message = st.one_of(
 )
 
 
-@FUZZ
-@given(st.lists(message, min_size=1, max_size=6))
-def test_protocol_sequences_after_auth(target, guard, messages):
+def test_protocol_sequences_after_auth(target, guard):
     """Well-formed protobuf, nonsense order and content (relations name no real table, so
     nothing reaches the Postgres behind Electric)."""
-    send(target, *auth_frames(), *(ws_frame(BINARY, frames.encode(m)) for m in messages))
-    counter["sequences"] += 1
+    cases = []
+
+    @FUZZ
+    @given(st.lists(message, min_size=1, max_size=6))
+    def case(messages):
+        send(target, *auth_frames(), *(ws_frame(BINARY, frames.encode(m)) for m in messages))
+        cases.append(1)
+
+    case()
+    check_fuzzed(guard, len(cases), EXAMPLES)
 
 
 # -- hand-written and random -----------------------------------------------------------------
@@ -225,7 +249,6 @@ def test_specific_bad_frames(target, guard):
         send(target, *parts)
         send(target, *auth_frames(), *parts)
     guard.after_batch(2 * len(SPECIFIC))
-    counter["specific"] += 2 * len(SPECIFIC)
 
 
 def test_bad_handshakes(target, guard):
@@ -245,13 +268,11 @@ def test_bad_handshakes(target, guard):
     for data in cases:
         poke(port, data, tls=target.client_tls())
     guard.after_batch(len(cases))
-    counter["handshakes"] += len(cases)
 
 
 def test_random_bytes(target, guard):
     rng = random.Random(5133)
     port = target.port("WEBSOCKET_PORT")
-    n = 0
     for _batch in range(3):
         for _ in range(40):
             blob = rng.randbytes(rng.randint(0, 2000))
@@ -259,27 +280,4 @@ def test_random_bytes(target, guard):
                 poke(port, [WS_HANDSHAKE, blob], tls=target.client_tls())
             else:
                 poke(port, blob, tls=target.client_tls())
-            n += 1
         guard.after_batch(40)
-    counter["random"] += n
-
-
-counter: dict[str, int] = {k: 0 for k in ("raw", "typed", "mutated", "sequences", "specific",
-                                          "handshakes", "random")}
-
-
-@pytest.mark.parametrize("name", ["raw", "typed", "mutated", "sequences"])
-def test_structured_batches_left_electric_healthy(guard, name):
-    """Each hypothesis test above is one batch: check after it (in file order)."""
-    assert counter[name] >= EXAMPLES // 2, counter
-    guard.after_batch(counter[name])
-
-
-def test_report_cases(guard):
-    print(f"\nwebsocket cases: {counter} total {sum(counter.values())}")
-    assert sum(counter.values()) >= 300
-
-
-def test_log_has_no_tracebacks(target, guard):
-    problems = log_problems(target.electric)
-    assert not problems, problems[:10]

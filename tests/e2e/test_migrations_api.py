@@ -1,4 +1,4 @@
-"""Migrations through Electric's API against two real Postgres (postgres.md §9.2 #14, #15)."""
+"""Migrations through Electric's API against two real Postgres (docs/protocols.md §2.8)."""
 
 import json
 import re

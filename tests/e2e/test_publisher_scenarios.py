@@ -1,4 +1,4 @@
-"""The reference's Postgres scenarios (postgres.md §9.2) with Electric as a process."""
+"""The reference's Postgres scenarios (docs/protocols.md §2.8) with Electric as a process."""
 
 import os
 import subprocess

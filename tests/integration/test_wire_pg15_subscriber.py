@@ -1,6 +1,6 @@
 """A stock Postgres subscriber against a minimal publisher built only from ``electric.postgres.wire``.
 
-Checks the wire layer against the real thing (postgres15-subscriber.md §2): every query the
+Checks the wire layer against the real thing (docs/protocols.md §2.2): every query the
 subscriber sends while creating, running, disabling and dropping a subscription is parsed
 into a known command (none is ``Unsupported``), the replies are accepted, and a streamed
 transaction is applied. The publisher's real logic (slots, offsets, Vaxine) is not involved.

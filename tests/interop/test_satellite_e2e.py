@@ -2,7 +2,7 @@
 
 * the real npm electric-sql@0.1.3 client receives rows inserted in Postgres, and its own
   inserts/updates/deletes reach both Postgres instances;
-* the reference ``sysbench_ws`` scenario (postgres.md §9.2 #10) with the Python client;
+* the reference ``sysbench_ws`` scenario (docs/protocols.md §2.8) with the Python client;
 * Electric restarted between a client's writes: acked transactions are never lost, the
   server's start request tells the client where to resume, re-sent ones apply once.
 """

@@ -7,7 +7,6 @@ Postgres instances is in test_satellite_node_e2e.py.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -17,6 +16,7 @@ from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecor
 from electric.satellite.lsn import encode_offset
 from tests.integration.satellite.sat_harness import TABLE, ServerThread
 from tests.interop.node_peer import NodePeer
+from tests.support.waiting import wait_until
 
 NODE_RELATION = {
     "id": 0,
@@ -44,15 +44,6 @@ def peer():
     p = NodePeer()
     yield p
     p.close()
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def connect(peer, server, app_id="device-1"):
@@ -148,7 +139,7 @@ def test_real_client_stop_start_resume_and_reconnect(server, peer):
     second = NodePeer()
     try:
         connect(second, server)
-        assert wait_for(lambda: server.status()["clients_connected"] == 1)
+        wait_until(lambda: server.status()["clients_connected"] == 1, 5.0, step=0.01)
         assert server.offsets.get_satellite_lsn("device-1") == b"7"
     finally:
         second.close()

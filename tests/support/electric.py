@@ -8,12 +8,12 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
 from electric.devenv import free_port
+from tests.support.waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -84,15 +84,14 @@ class ElectricProcess:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def status() -> dict:
             if self.proc.poll() is not None:
                 raise AssertionError(f"electric exited with {self.proc.returncode}\n{self.log()}")
-            try:
-                return self.get_json("/api/status")
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.1)
-        raise AssertionError(f"electric did not answer /api/status in {timeout}s\n{self.log()}")
+            return self.get_json("/api/status")
+
+        return wait_until(status, timeout, "electric to answer /api/status", step=0.1,
+                          ignore=(urllib.error.URLError, ConnectionError, OSError),
+                          detail=self.log)
 
     def get_json(self, path: str) -> dict:
         # Tests that check the certificate do so explicitly; this helper only needs answers.
@@ -102,14 +101,8 @@ class ElectricProcess:
             return json.loads(response.read())
 
     def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{self.log()}")
+        """:func:`~tests.support.waiting.wait_until` with this process's log on failure."""
+        return wait_until(predicate, timeout, what, step=0.1, detail=self.log)
 
     def log(self, tail: int = 80) -> str:
         try:

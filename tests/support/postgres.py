@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import psycopg2
 
 from electric.devenv import PgCluster
+from tests.support.waiting import wait_until
 
 
 def query(pg: PgCluster, db: str, sql: str, args=None):
@@ -23,14 +22,15 @@ def query(pg: PgCluster, db: str, sql: str, args=None):
 
 def wait_rows(pg: PgCluster, db: str, sql: str, expected, timeout: float = 30.0, args=None):
     """Poll ``sql`` until it returns ``expected``; fail with the last rows seen."""
-    deadline = time.monotonic() + timeout
-    rows = None
-    while time.monotonic() < deadline:
-        rows = query(pg, db, sql, args)
-        if rows == expected:
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"expected {expected!r}, last saw {rows!r}")
+    seen = []
+
+    def matches():
+        seen[:] = [query(pg, db, sql, args)]
+        return seen[0] == expected
+
+    wait_until(matches, timeout, f"{sql!r} to return {expected!r}", step=0.1,
+               detail=lambda: f"last saw {seen[0] if seen else None!r}")
+    return seen[0]
 
 
 def drop_database(pg: PgCluster, db: str) -> None:

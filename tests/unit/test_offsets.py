@@ -1,4 +1,4 @@
-"""Offset file: durability, recovery rules and lookup semantics (satellite.md §3, §6.5)."""
+"""Offset file: durability, recovery rules and lookup semantics (docs/protocols.md §5, §2.5)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from electric.offsets import (
     OffsetFileVersionError,
     OffsetStore,
 )
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_satellite_round_trip_and_overwrite(path):
 
 
 def test_os1_put_then_get(path):
-    # satellite.md §6.5 OS1: None; 1; 2
+    # nothing, then a mapping, then the same position mapped again: the last one wins
     s = OffsetStore(path)
     assert s.get_pg_offset_at_or_before("slot", 1) is None
     s.put_pg_mapping("slot", 1, b"1")
@@ -81,7 +82,7 @@ def test_os1_put_then_get(path):
 
 
 def test_lookup_semantics_multiples_of_three(path):
-    # satellite.md §6.5 OS2/OS3.
+    # greatest position at or below the one asked for, bound included
     s = OffsetStore(path)
     for lsn in range(0, 100, 3):
         s.put_pg_mapping("slot", lsn, str(lsn).encode())
@@ -611,8 +612,7 @@ def _kill_mid_fsync(monkeypatch, put) -> None:
     started = threading.Event()
     _slow_fsync(monkeypatch, started)
     g = gevent.spawn(put)
-    while not started.is_set():
-        gevent.sleep(0.001)
+    wait_until(started.is_set, 5, "the fsync under way", step=0.001)
     g.kill(block=True, timeout=5)
     assert g.dead
     monkeypatch.undo()
@@ -679,8 +679,7 @@ def test_repeated_kills_and_timeouts_do_not_cut_the_fsync_short(path, monkeypatc
             s.put_satellite_lsn("c", b"v" * 50)
 
     g = gevent.spawn(put)
-    while not started.is_set():
-        gevent.sleep(0.001)
+    wait_until(started.is_set, 5, "the fsync under way", step=0.001)
     g.kill(block=False)
     g.kill(block=False)
     g.join(timeout=5)

@@ -1,11 +1,13 @@
 import gevent
 
-from electric.supervisor import Supervisor, backoff_delays
+from electric.retry import Policy
+from electric.supervisor import Supervisor
+from tests.support.waiting import wait_until
 
 
-def test_backoff_doubles_up_to_the_cap():
-    delays = backoff_delays(0.5, 3.0)
-    assert [next(delays) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+def test_restart_policy_comes_from_the_settings():
+    assert Supervisor(initial=0.5, cap=3.0, healthy_after=20).policy == Policy(
+        0.5, 3.0, reset_after=20)
 
 
 def test_a_crashing_component_is_restarted_and_others_keep_running():
@@ -23,13 +25,14 @@ def test_a_crashing_component_is_restarted_and_others_keep_running():
             ticks.append(1)
             gevent.sleep(0.005)
 
-    supervisor.spawn("flaky", flaky)
+    flaky_greenlet = supervisor.spawn("flaky", flaky)
     supervisor.spawn("steady", steady)
-    gevent.sleep(0.2)
+    flaky_greenlet.join(timeout=5)  # ends once flaky returns normally
     assert len(runs) == 3  # two crashes, then a normal return ends it
     assert supervisor.restarts["flaky"] == 2
     assert not supervisor.alive("flaky") and supervisor.alive("steady")
-    assert len(ticks) > 10
+    seen = len(ticks)
+    wait_until(lambda: len(ticks) > seen, 5, "the steady component still running")
     supervisor.stop(timeout=1)
     assert not supervisor.alive("steady")
 
@@ -37,7 +40,7 @@ def test_a_crashing_component_is_restarted_and_others_keep_running():
 def test_stop_interrupts_a_back_off_wait():
     supervisor = Supervisor(initial=60, cap=60)
     supervisor.spawn("crashes", lambda: 1 / 0)
-    gevent.sleep(0.01)
+    wait_until(lambda: supervisor.restarts.get("crashes") == 1, 5, "the first crash")
     with gevent.Timeout(2):
         supervisor.stop(timeout=1)
     assert not supervisor.alive("crashes")

@@ -22,8 +22,13 @@ from loguru import logger
 from electric.pb import antidote_pb2 as pb
 from electric.vaxine import antidote, etf
 from electric.vaxine.embedded import crdt
-from electric.vaxine.embedded.log import LogError
-from electric.vaxine.embedded.store import Store, Txn, UnknownTransaction
+from electric.vaxine.embedded.store import (
+    CommitRefused,
+    Store,
+    StoreFailed,
+    Txn,
+    UnknownTransaction,
+)
 
 TYPE_ATOM = {pb.RRMAP: crdt.MAP_RR, pb.LWWREG: crdt.LWW, pb.FLAG_DW: crdt.FLAG_DW}
 TYPE_ENUM = {atom: enum for enum, atom in TYPE_ATOM.items()}
@@ -97,7 +102,7 @@ class ApiSession:
             return handler(self, request)
         except RequestFailed as exc:
             return antidote.error_resp(str(exc))
-        except (crdt.CrdtError, etf.ETFError, LogError) as exc:
+        except (crdt.CrdtError, etf.ETFError, StoreFailed, CommitRefused) as exc:
             return antidote.error_resp(f"error: {exc}")
 
     def close(self) -> None:

@@ -8,10 +8,11 @@ position > R). ``{vx_cli_stop_req, RepId}`` with the right id stops the stream a
 ``{vx_srv_res, Ref, {vx_srv_stop_res}}``; anything else gets a bare ``{error, bad_proto}``
 and the connection is closed, as on the real server.
 
-Offsets: both numbers are the byte position of the transaction's log record (our record
-is the transaction's start and its commit at once), so ``L == R``, monotone, and identical
-across restarts. Back-pressure: the sender blocks in ``sendall``; nothing is queued beyond
-one read chunk. Live tailing waits on the log's durability event, no polling.
+Offsets: both numbers are the transaction's log offset (see
+:mod:`electric.vaxine.embedded.engine`; one record is the transaction's start and its commit
+at once), so ``L == R``, monotone, and identical across restarts. Only durable transactions
+are sent. Back-pressure: the sender blocks in ``sendall``; nothing is queued beyond one read
+batch. Live tailing waits on the store's durability event, no polling.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from gevent.lock import Semaphore
 from loguru import logger
 
 from electric.vaxine import etf
-from electric.vaxine.embedded.log import HEADER_SIZE
-from electric.vaxine.embedded.store import Store, parse_record
+from electric.vaxine.embedded.store import Store
 from electric.vaxine.etf import Atom, Reference
 from electric.vaxine.framing import FrameDecoder, FrameTooLarge, encode_frame
 
@@ -69,13 +69,10 @@ def parse_start_offset(opts) -> int | Atom | tuple[int, int]:
     raise BadOffset(f"unsupported offset {offset!r}")
 
 
-def txn_frame(offset: int, payload: bytes, dc_id_body: bytes) -> bytes | None:
-    """The ETF ``vx_wal_txn`` for a log record (``None`` if it is not a transaction)."""
-    record = parse_record(payload)
-    if record is None:
-        return None
-    return b"".join((_TXN_PREFIX, record.txid_body, dc_id_body,
-                     etf.encode_body((offset, offset)), record.ops_body))
+def txn_frame(offset: int, txid_body: bytes, ops_body: bytes, dc_id_body: bytes) -> bytes:
+    """The ETF ``{vx_wal_txn, TxId, DcId, {Offset, Offset}, Ops}`` of a logged transaction."""
+    return b"".join((_TXN_PREFIX, txid_body, dc_id_body, etf.encode_body((offset, offset)),
+                     ops_body))
 
 
 class _Stream:
@@ -162,16 +159,16 @@ class ReplicationConnection:
             self._send(etf.encode((VX_SRV_RES, ref, (ERROR, Atom("unknown_error")))))
             return False
         if offset == 0:
-            position, skip_upto = 0, -1
+            after = 0
         elif offset == EOF:
-            position, skip_upto = self.store.log.durable_end, -1
+            after = self.store.durable
         else:
-            position, skip_upto = self.store.first_txn_after(offset[1]), offset[1]
+            after = offset[1]
         rep_id = Reference(self.store.node, self.store.creation,
                            (next(self._ref_ids), *struct.unpack(">II", os.urandom(8))))
         self._send(etf.encode((VX_SRV_RES, ref, (START_RES, rep_id))))
         stream = self._stream = _Stream(rep_id)
-        stream.greenlet = gevent.spawn(self._pump, stream, position, skip_upto)
+        stream.greenlet = gevent.spawn(self._pump, stream, after)
         return True
 
     def _stop_stream(self, kill: bool = False) -> None:
@@ -185,26 +182,23 @@ class ReplicationConnection:
 
     # ------------------------------------------------------------------ streaming
 
-    def _pump(self, stream: _Stream, position: int, skip_upto: int) -> None:
-        txn_log = self.store.log
-        self.store.live_streams += 1
+    def _pump(self, stream: _Stream, after: int) -> None:
+        store = self.store
+        store.live_streams += 1
         try:
             while not stream.stop.is_set():
-                durable = txn_log.durable_event()
-                records = txn_log.read_records(position)
+                durable = store.durable_event()
+                records = store.records_after(after) if after < store.durable else []
                 if not records:
+                    if store.closed:
+                        return
                     gevent.wait([durable, stream.stop], count=1)
                     continue
-                for offset, payload in records:
-                    position = offset + HEADER_SIZE + len(payload)
-                    if offset <= skip_upto:
-                        continue
-                    frame = txn_frame(offset, payload, self._dc_id_body)
-                    if frame is None:
-                        continue
+                for offset, txid_body, ops_body in records:
+                    after = offset
                     if stream.stop.is_set():
                         return
-                    self._send(frame)
+                    self._send(txn_frame(offset, txid_body, ops_body, self._dc_id_body))
         except OSError:
             # The client went away; the reader side notices and cleans up.
             try:

@@ -1,9 +1,10 @@
 """The embedded Vaxine-compatible server: the store plus its two TCP endpoints.
 
-``EmbeddedVaxine(data_dir, host, api_port, replication_port)`` recovers the store from
-``data_dir/vaxine.log`` and serves the Antidote API and the WAL stream with gevent
-StreamServers. Port 0 picks a free port (see :attr:`api_port` / :attr:`replication_port`
-after :meth:`start`).
+``EmbeddedVaxine(data_dir, host, api_port, replication_port)`` opens the store in
+``data_dir/vaxine.db`` (SQLite; a first-release ``vaxine.log`` there is imported first, see
+:mod:`~electric.vaxine.embedded.upgrade`) and serves the Antidote API and the WAL stream with
+gevent StreamServers. Port 0 picks a free port (see :attr:`api_port` /
+:attr:`replication_port` after :meth:`start`).
 
 Malformed input on the API port is handled like the real Vaxine: an undecodable frame
 (unknown code, bad protobuf, empty, or longer than the frame limit) gets no reply and only
@@ -25,10 +26,11 @@ from loguru import logger
 
 from electric.limits import ByteBudget
 from electric.vaxine import antidote
+from electric.vaxine.embedded import upgrade
 from electric.vaxine.embedded.api import ApiSession
-from electric.vaxine.embedded.log import TxnLog
+from electric.vaxine.embedded.engine import EngineError
 from electric.vaxine.embedded.replication import ReplicationConnection
-from electric.vaxine.embedded.store import Store, data_file
+from electric.vaxine.embedded.store import DEFAULT_NODE, Store
 from electric.vaxine.framing import MAX_FRAME, FrameDecoder, FrameTooLarge
 
 log = logger.bind(origin="vaxine_embedded")
@@ -38,6 +40,8 @@ log = logger.bind(origin="vaxine_embedded")
 # largest frame (plus a read's worth of slack), so peers sending slowly cannot add up to
 # unbounded memory.
 API_BUDGET = ByteBudget(MAX_FRAME + (1 << 20), "vaxine api")
+# How often the store's figures (size, objects, log length) are logged.
+STATUS_LOG_S = 600.0
 
 
 class EmbeddedVaxine:
@@ -48,12 +52,15 @@ class EmbeddedVaxine:
         api_port: int = 8087,
         replication_port: int = 8088,
         max_frame: int = MAX_FRAME,
+        cache_objects: int | None = None,
     ):
         self.data_dir = data_dir
         self.host = host
         self._api_port = api_port
         self._replication_port = replication_port
         self.max_frame = max_frame
+        self.cache_objects = cache_objects
+        self._status_logger: gevent.Greenlet | None = None
         self.store: Store | None = None
         self._servers: list[StreamServer] = []
         self._connections: set = set()
@@ -68,26 +75,54 @@ class EmbeddedVaxine:
 
     def start(self) -> EmbeddedVaxine:
         os.makedirs(self.data_dir, exist_ok=True)
-        self.store = Store(TxnLog(data_file(self.data_dir)))
-        self.store.recover()
+        if upgrade.needs_import(self.data_dir):
+            log.info(f"importing the first release's log {self.data_dir}/vaxine.log")
+            count = upgrade.import_first_release(self.data_dir, DEFAULT_NODE)
+            log.info(f"imported {count} transactions at their offsets; the old log is kept as "
+                     f"{self.data_dir}/vaxine.log.imported")
+        kwargs = {} if self.cache_objects is None else {"cache_objects": self.cache_objects}
+        self.store = Store(self.data_dir, **kwargs)
         api = StreamServer((self.host, self._api_port), self._serve_api)
         repl = StreamServer((self.host, self._replication_port), self._serve_replication)
-        api.start()
         try:
+            api.start()
             repl.start()
         except Exception:
             api.stop()
-            self.store.log.close()
+            self.store.close()
             raise
         self._servers = [api, repl]
+        self._status_logger = gevent.spawn(self._log_status_every, STATUS_LOG_S)
+        st = self.store.status()
         log.info(
-            f"embedded Vaxine serving {self.data_dir}: API on {self.host}:{self.api_port}, "
-            f"replication on {self.host}:{self.replication_port}, "
-            f"{len(self.store.txn_offsets)} transactions recovered"
+            f"embedded Vaxine serving {self.store.path}: API on {self.host}:{self.api_port}, "
+            f"replication on {self.host}:{self.replication_port}; {st['objects']} objects, "
+            f"{st['log_transactions']} transactions logged (log end {st['log_end']}), "
+            f"{st['bytes']} bytes"
         )
         return self
 
+    def status(self) -> dict:
+        """Store size, objects, log length, cache and connections (logged at start and stop)."""
+        if self.store is None:
+            return {}
+        return {**self.store.status(), "connections": len(self._connections),
+                "replication_streams": self.store.live_streams}
+
+    def _log_status_every(self, seconds: float) -> None:
+        """The server has no status port: its figures go to the log now and then."""
+        while True:
+            gevent.sleep(seconds)
+            st = self.status()
+            log.info(f"store {st['path']}: {st['bytes']} bytes, {st['objects']} objects, "
+                     f"{st['log_transactions']} transactions logged (log end {st['log_end']}), "
+                     f"{st['cached_objects']} states cached, {st['open_transactions']} open "
+                     f"transactions, {st['replication_streams']} streams, "
+                     f"{st['group_commits']} group commits")
+
     def stop(self, timeout: float = 5) -> None:
+        if self._status_logger is not None:
+            self._status_logger.kill()
         for server in self._servers:
             server.close()
         for sock in list(self._connections):
@@ -99,8 +134,10 @@ class EmbeddedVaxine:
             server.stop(timeout=timeout)
         self._servers = []
         if self.store is not None:
-            self.store.log.close()
-        log.info("embedded Vaxine stopped")
+            st = self.store.status()
+            self.store.close()
+            log.info(f"embedded Vaxine stopped: {st['objects']} objects, "
+                     f"{st['log_transactions']} transactions logged, {st['bytes']} bytes")
 
     def serve_forever(self) -> None:
         self._servers[0].serve_forever()
@@ -177,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = config.build_parser(prog="electric vaxine")
     parser.description = "Run the embedded Vaxine-compatible store on its own."
     parser.add_argument("--data-dir", default=None,
-                        help="directory holding vaxine.log (default: VAXINE_DATA_DIR)")
+                        help="directory holding vaxine.db (default: VAXINE_DATA_DIR)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     parser.add_argument("--api-port", type=int, default=None,
                         help="Antidote API port (default: VAXINE_API_PORT)")
@@ -200,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     server = EmbeddedVaxine(args.data_dir, args.host, args.api_port, args.replication_port)
     try:
         server.start()
-    except OSError as exc:
+    except (OSError, EngineError) as exc:
         log.error(f"embedded Vaxine cannot start: {exc}")
         return 1
     done = Event()

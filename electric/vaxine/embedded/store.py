@@ -1,44 +1,86 @@
-"""Transactional CRDT store of the embedded Vaxine (one DC, one partition, txn_cert=false).
+"""Transactional CRDT store of the standalone Vaxine server (one DC, one partition,
+txn_cert=false), on the SQLite engine of :mod:`electric.vaxine.embedded.engine`.
 
 Interactive transactions get snapshot isolation the way Antidote's Clock-SI does for
 Electric's use: a transaction reads the state committed when it started plus its own
 writes, turns each operation into a CRDT effect against that view at update time, and at
 commit its effects are applied to the *latest* state. Because effects commute, concurrent
 transactions merge (column-level LWW, update beats a concurrent delete) instead of
-aborting. Commits are serialised in the hub (no yield between choosing the commit order
-and appending to the log), so log order = commit order = stream order.
+aborting. Commits are ordered in the hub (no yield between choosing a transaction's offset
+and queueing it for the writer), so offset order = commit order = stream order.
 
-Each committed transaction becomes one log record holding what the replication stream
-needs verbatim: the txid term, the commit time, and per touched key the materialised state
-after the commit plus the effects, pre-encoded as ETF (and the states once more in marshal
-form, which is what recovery reads to rebuild the latest state of every key).
+Memory is bounded, not proportional to the data:
+
+* latest states live in SQLite and in a bounded LRU cache of recently used objects;
+* states committed but not yet durable are kept until their SQLite transaction commits
+  (``_pending``; bounded by the commits in flight);
+* the newest logged transactions, for streams tailing the log (``recent``; 4 MiB);
+* a state replaced while transactions that may still read it are running is kept until the
+  last of them ends (``_superseded``; empty whenever no transaction is open; objects created
+  meanwhile cost nothing: a snapshot with no version kept did not have the object).
+
+Durability: the one writer greenlet takes every commit waiting and stores them in one SQLite
+transaction (one fsync) in the hub's thread pool; a commit is acknowledged only once its
+transaction is durable, and the WAL stream reads only what SQLite has committed.
+
+Each committed transaction is logged with what the replication stream needs verbatim: the
+txid term and, per touched key, the materialised state after the commit plus the effects,
+pre-encoded as ETF.
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
-import marshal
-import os
 import struct
 import time
-from array import array
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
+from gevent.event import AsyncResult, Event
+from gevent.queue import Queue
+from loguru import logger
+
+from electric.store.sqlite import ReaderPool, in_thread, take_batch
 from electric.vaxine import etf
 from electric.vaxine.embedded import crdt
-from electric.vaxine.embedded.log import TxnLog
+from electric.vaxine.embedded.engine import (
+    PLAIN_TYPE,
+    WAL_CHECKPOINT,
+    Commit,
+    Engine,
+    EngineReader,
+    record_size,
+    size_bytes,
+)
 from electric.vaxine.etf import Atom, Pid
 
 DEFAULT_NODE = Atom("vaxine@127.0.0.1")
 TX_ID = Atom("tx_id")
-_HEADER_TAG = Atom("electric_vaxine_log")
-_LOG_FORMAT = 1
-_TXN_HEAD = struct.Struct(">QII")  # commit µs, txid length, states length
+# Latest object states kept in memory (least recently used dropped first). A row's state
+# costs about 2.5 KiB of Python objects: ~10 MiB. Electric reads back what it writes inside
+# the same transaction (its own view), so the cache mainly serves metadata:0 and rows that
+# are updated again soon.
+CACHE_OBJECTS = 4096
+# Page cache of each stream reader's connection (they read the log in order), KiB.
+READER_CACHE_KIB = 2048
+# The newest logged transactions kept in memory for streams that tail the log (ETF bytes):
+# every live stream sends them without a read of its own.
+RECENT_LOG_BYTES = 4 * 1024 * 1024
+READ_BATCH_BYTES = 1 << 20
+# Most commits one SQLite transaction takes, so one group commit stays short.
+MAX_BATCH = 512
+# Largest logged transaction (its ETF Ops): the stream's frame (a little larger) must stay
+# under what stream readers accept (electric.vaxine.stream.STREAM_MAX_FRAME), or it would
+# be refused on every reconnect.
+MAX_OPS_BYTES = 256 * 1024 * 1024
 
 ObjKey = tuple[bytes, bytes]  # (key, bucket)
 _U32 = struct.Struct(">I")
+_ABSENT = (0, None, None)  # (ver, type name, state) of an object never written
+
+log = logger.bind(origin="vaxine_store")
 
 
 def _etf_bin(value: bytes) -> bytes:
@@ -47,6 +89,15 @@ def _etf_bin(value: bytes) -> bytes:
 
 class UnknownTransaction(LookupError):
     """Descriptor of a transaction that is not (or no longer) running."""
+
+
+class CommitRefused(ValueError):
+    """This transaction cannot be committed (too large to log); the store goes on."""
+
+
+class StoreFailed(RuntimeError):
+    """A commit could not be made durable; the store takes no further commits (restart the
+    server: SQLite's recovery brings back every acknowledged transaction)."""
 
 
 @dataclass
@@ -61,72 +112,16 @@ class _Write:
 class Txn:
     descriptor: bytes
     txid_body: bytes
-    snapshot: int
+    snapshot: int  # offset of the last commit it sees
     owner: Any = None
     writes: dict[ObjKey, _Write] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TxnRecord:
-    """A committed transaction as read back from the log.
-
-    ``ops_body`` is the ETF of the stream's ``Ops`` list, ready to splice into frames;
-    ``states_blob`` repeats the post-commit states in :mod:`marshal` form so that recovery
-    needs no Erlang-term decoding (it runs at C speed, ~20× faster).
-    """
-
-    commit_us: int
-    txid_body: bytes
-    states_blob: bytes
-    ops_body: bytes
-
-
-def parse_record(payload: bytes) -> TxnRecord | None:
-    """Log payload → transaction record (``None`` for non-transaction records)."""
-    if payload[:1] != b"T":
-        return None
-    commit_us, tlen, slen = _TXN_HEAD.unpack_from(payload, 1)
-    at = 1 + _TXN_HEAD.size
-    return TxnRecord(commit_us, payload[at : at + tlen], payload[at + tlen : at + tlen + slen],
-                     payload[at + tlen + slen :])
-
-
-_TYPES_BY_NAME = {t.name: t for t in crdt.TYPES}
-# Stored versions name their type with a plain str (see crdt.state_key: GC).
-_PLAIN_TYPE = {t: t.name for t in crdt.TYPES}
-
-
-def _states_blob(new_states: list) -> bytes:
-    """The post-commit states in marshal form (what recovery reads).
-
-    Stored states are already plain builtins (map keys name their type with a plain str,
-    see crdt.state_key), so they are dumped as they are; :func:`_plain` converts any state
-    that still holds an Atom (marshal refuses str subclasses).
-    """
-    try:
-        return marshal.dumps([(obj[0], obj[1], _PLAIN_TYPE[ctype], state)
-                              for obj, ctype, state in new_states])
-    except ValueError:
-        return marshal.dumps([(obj[0], obj[1], _PLAIN_TYPE[ctype], _plain(ctype, state))
-                              for obj, ctype, state in new_states])
-
-
-def _plain(ctype: Atom, state: Any) -> Any:
-    """State with atoms turned into str, for marshal (which only takes exact builtins)."""
-    if ctype == crdt.MAP_RR:
-        return {(f, str(t)): _plain(t, v) for (f, t), v in state.items()}
-    return state
-
-
-def _unplain(ctype: Atom, plain: Any) -> Any:
-    if ctype == crdt.MAP_RR:
-        out = {}
-        for key, v in plain.items():
-            out[crdt.state_key(key)] = _unplain(_TYPES_BY_NAME[key[1]], v)
-        return out
-    if ctype == crdt.FLAG_DW:
-        return (tuple(plain[0]), tuple(plain[1]))
-    return tuple(plain)
+@dataclass
+class _Queued:
+    commit: Commit
+    new_objects: int
+    result: AsyncResult = field(default_factory=AsyncResult)
 
 
 class _OpsTerm:
@@ -144,50 +139,84 @@ class _OpsTerm:
                 for (obj, ctype, state), effects in zip(self.states, self.effects, strict=True)]
 
 
+class _RecentLog:
+    """The newest durable transactions ``(offset, txid ETF, ops ETF)``, oldest first, at most
+    ``limit`` bytes; holds every transaction after ``floor``."""
+
+    def __init__(self, limit: int, floor: int):
+        self.limit = limit
+        self.floor = floor
+        self.entries: deque[tuple[int, bytes, bytes]] = deque()
+        self.size = 0
+
+    def add(self, offset: int, txid_body: bytes, ops_body: bytes) -> None:
+        size = len(txid_body) + len(ops_body)
+        if size > self.limit:  # too big to keep: readers get it (and what came before) from disk
+            self.entries.clear()
+            self.size = 0
+            self.floor = offset
+            return
+        self.entries.append((offset, txid_body, ops_body))
+        self.size += size
+        while self.size > self.limit:
+            old = self.entries.popleft()
+            self.size -= len(old[1]) + len(old[2])
+            self.floor = old[0]
+
+    def after(self, after: int, max_bytes: int) -> list[tuple[int, bytes, bytes]] | None:
+        """What follows ``after`` (about ``max_bytes``), ``None`` if not all of it is here."""
+        if after < self.floor:
+            return None
+        out, size = [], 0
+        for entry in reversed(self.entries):  # tailing readers want the newest ones
+            if entry[0] <= after:
+                break
+            out.append(entry)
+        out.reverse()
+        for i, entry in enumerate(out):
+            size += len(entry[1]) + len(entry[2])
+            if size >= max_bytes:
+                return out[:i + 1]
+        return out
+
+
 class Store:
-    def __init__(self, log: TxnLog, node: Atom = DEFAULT_NODE):
-        self.log = log
+    def __init__(self, data_dir: str, node: Atom = DEFAULT_NODE,
+                 cache_objects: int = CACHE_OBJECTS, readers: int = 4):
+        self.data_dir = data_dir
         self.node = node
-        self.dc_id: tuple | None = None
+        self.engine = Engine(data_dir, node)
+        self.path = self.engine.path
+        opened = self.engine.opened
+        self.dc_id = opened.dc_id
+        self.log_end = opened.log_end  # offset of the next commit
+        self.seq = opened.last_offset  # offset of the last commit (durable or not)
+        self.durable = opened.last_offset  # offset of the last durable commit
+        self.objects = opened.objects
+        self.transactions = opened.transactions
         self.creation = int(time.time()) & 0xFFFFFFFF  # changes per start, like a node's
-        self.seq = 0
-        # log position of every committed transaction (compact: one 8-byte slot each)
-        self.txn_offsets = array("q")
-        # Per object, the versions running transactions may read, oldest first. A tuple of
-        # tuples (immutable all the way down, see crdt.new) so stored states drop out of
-        # the cyclic GC's sight instead of making every full collection walk all rows.
-        self._versions: dict[ObjKey, tuple[tuple[int, Atom, Any], ...]] = {}
+        self._last_us = opened.last_commit_us
+        self._hub_reader = EngineReader(self.path, self.engine.cache_kib)
+        self._readers: ReaderPool[EngineReader] = ReaderPool(
+            lambda: EngineReader(self.path, READER_CACHE_KIB), readers)
+        self.recent = _RecentLog(RECENT_LOG_BYTES, self.durable)
+        self.cache_objects = cache_objects
+        self.cache: OrderedDict[ObjKey, tuple[int, str | None, Any]] = OrderedDict()
+        self._pending: dict[ObjKey, tuple[int, str, Any]] = {}
+        self._superseded: dict[ObjKey, list[tuple[int, int, str | None, Any]]] = {}
+        self._retired: deque[tuple[int, ObjKey]] = deque()
         self._active: dict[bytes, Txn] = {}
-        self._last_us = 0
         self._pid_ids = itertools.count(1)
+        self._queue: Queue = Queue()
+        self._durable_event = Event()
+        self._failed: BaseException | None = None
+        self._closed = False
         self.live_streams = 0  # replication streams currently open (see replication.py)
+        self.stats = {"group_commits": 0, "cache_misses": 0, "checkpoints": 0}
+        self._checkpointing: gevent.Greenlet | None = None
+        self._writer = gevent.spawn(self._run_writer)
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def recover(self) -> None:
-        """Open the log and rebuild the latest state of every key from it."""
-        latest: dict[ObjKey, tuple[int, str, Any]] = {}
-        for offset, payload in self.log.open():
-            if payload[:1] == b"H":
-                header = etf.decode(payload[1:])
-                self.dc_id = header[2]
-                continue
-            record = parse_record(payload)
-            if record is None:
-                continue
-            self.seq += 1
-            self.txn_offsets.append(offset)
-            self._last_us = max(self._last_us, record.commit_us)
-            for key, bucket, tname, plain in marshal.loads(record.states_blob):
-                latest[(key, bucket)] = (self.seq, tname, plain)
-        for obj, (seq, tname, plain) in latest.items():
-            self._versions[obj] = ((seq, _PLAIN_TYPE[tname], _unplain(_TYPES_BY_NAME[tname], plain)),)
-        if self.dc_id is None:
-            mega, rest = divmod(time.time_ns() // 1000, 10**12)
-            sec, micro = divmod(rest, 10**6)
-            self.dc_id = (self.node, (mega, sec, micro))
-            header = (_HEADER_TAG, _LOG_FORMAT, self.dc_id)
-            self.log.wait_durable(self.log.append(b"H" + etf.encode(header)))
+    # ------------------------------------------------------------------ clocks
 
     def now_us(self) -> int:
         """Wall-clock microseconds, strictly increasing within this store."""
@@ -201,6 +230,7 @@ class Store:
     # ------------------------------------------------------------------ transactions
 
     def begin(self, owner: Any = None) -> Txn:
+        self._check_usable()
         pid = Pid(self.node, next(self._pid_ids) & 0x7FFF, 0, self.creation)
         txid = (TX_ID, self.now_us(), pid)
         descriptor = etf.encode(txid)
@@ -217,11 +247,39 @@ class Store:
     def active_count(self) -> int:
         return len(self._active)
 
-    def _state_at(self, obj: ObjKey, snapshot: int) -> tuple[Atom, Any] | None:
-        for seq, ctype, state in reversed(self._versions.get(obj, ())):
-            if seq <= snapshot:
-                return ctype, state
-        return None
+    def _latest(self, obj: ObjKey) -> tuple[int, str | None, Any]:
+        """``(ver, type name, state)`` of the newest commit of ``obj`` (``_ABSENT`` if none).
+
+        Read in the hub, without yielding (a primary-key lookup), so that nothing commits
+        between looking and using what was found."""
+        found = self._pending.get(obj)
+        if found is not None:
+            return found
+        found = self.cache.get(obj)
+        if found is not None:
+            self.cache.move_to_end(obj)
+            return found
+        self.stats["cache_misses"] += 1
+        found = self._hub_reader.latest(obj[0], obj[1]) or _ABSENT
+        self._cache_put(obj, found)
+        return found
+
+    def _cache_put(self, obj: ObjKey, value: tuple[int, str | None, Any]) -> None:
+        self.cache[obj] = value
+        self.cache.move_to_end(obj)
+        while len(self.cache) > self.cache_objects:
+            self.cache.popitem(last=False)
+
+    def _state_at(self, obj: ObjKey, snapshot: int) -> tuple[str, Any] | None:
+        ver, tname, state = self._latest(obj)
+        if ver > snapshot:  # replaced since the snapshot: the version kept for it
+            for first, until, old_tname, old_state in self._superseded.get(obj, ()):
+                if first <= snapshot < until:
+                    return old_tname, old_state
+            # No version kept for the snapshot: only an object's absence is not kept (see
+            # _order), so it did not exist yet.
+            return None
+        return None if tname is None else (tname, state)
 
     def _view(self, txn: Txn, obj: ObjKey, crdt_type: Atom) -> Any:
         write = txn.writes.get(obj)
@@ -260,7 +318,8 @@ class Store:
         write.encoded.append(body)
 
     def abort(self, txn: Txn) -> None:
-        self._active.pop(txn.descriptor, None)
+        if self._active.pop(txn.descriptor, None) is not None:
+            self._prune()
 
     def abort_owned_by(self, owner: Any) -> None:
         for txn in [t for t in self._active.values() if t.owner is owner]:
@@ -269,33 +328,42 @@ class Store:
     def commit(self, txn: Txn) -> int:
         """Apply, log and sync the transaction; returns its commit time (µs).
 
-        Blocks the calling greenlet until the record is durable. Empty transactions are
-        not logged (Vaxine does not stream them either).
+        Blocks the calling greenlet until the transaction is durable. Empty transactions
+        are not logged (Vaxine does not stream them either).
         """
         if self._active.pop(txn.descriptor, None) is None:
             raise UnknownTransaction("transaction is not running")
-        commit_us = self.now_us()
-        if not txn.writes:
-            return commit_us
-        # Everything from here to log.append runs without yielding: commit order is fixed.
-        entries = []
-        new_states = []
+        try:
+            self._check_usable()
+            commit_us = self.now_us()
+            if not txn.writes:
+                return commit_us
+            queued = self._order(txn, commit_us)
+        finally:
+            self._prune()
+        queued.result.get()
+        return commit_us
+
+    def _order(self, txn: Txn, commit_us: int) -> _Queued:
+        """Everything from choosing the offset to queueing the commit runs without yielding:
+        commit order is fixed here."""
+        entries, new_states, previous = [], [], []
         for obj, write in txn.writes.items():
             ctype = write.crdt_type
-            versions = self._versions.get(obj)
-            if not versions or versions[-1][0] <= txn.snapshot:
+            latest = self._latest(obj)
+            ver, latest_type, latest_state = latest
+            if latest_type is not None and latest_type != ctype:
+                raise crdt.CrdtError(f"object became a {latest_type} concurrently")
+            if ver <= txn.snapshot:
                 # Nobody committed this object since our snapshot: latest state + our
                 # effects is exactly our view (always the case for static updates).
-                if versions and versions[-1][1] != ctype:
-                    raise crdt.CrdtError(f"object is a {versions[-1][1]}")
                 state = write.view
             else:
-                _seq, latest_type, state = versions[-1]
-                if latest_type != ctype:
-                    raise crdt.CrdtError(f"object became a {latest_type} concurrently")
+                state = latest_state
                 for effect in write.effects:
                     state = crdt.update(ctype, effect, state)
             new_states.append((obj, ctype, state))
+            previous.append(latest)
             # {{Key, Bucket}, Type, State, [Effect]} for the stream's Ops list
             effects = b"".join(write.encoded)
             entries.append(b"".join((
@@ -304,44 +372,160 @@ class Store:
                 b"l" + _U32.pack(len(write.effects)) + effects + b"j" if write.effects else b"j",
             )))
         ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
+        if len(ops_body) > MAX_OPS_BYTES:
+            raise CommitRefused(f"transaction of {len(ops_body)} bytes exceeds {MAX_OPS_BYTES}")
         if self.live_streams:
             # In-process stream readers get the term without decoding these bytes again
             # (with no stream open, nobody is about to read it: keep nothing alive).
             etf.memo.remember(ops_body,
                               _OpsTerm(new_states, [w.effects for w in txn.writes.values()]))
-        states_blob = _states_blob(new_states)
-        payload = b"".join((b"T", _TXN_HEAD.pack(commit_us, len(txn.txid_body), len(states_blob)),
-                            txn.txid_body, states_blob, ops_body))
-        offset = self.log.append(payload)
-        self.seq += 1
-        self.txn_offsets.append(offset)
-        oldest = min((t.snapshot for t in self._active.values()), default=self.seq)
-        for obj, ctype, state in new_states:
-            self._versions[obj] = (self._versions.get(obj, ())
-                                   + ((self.seq, _PLAIN_TYPE[ctype], state),))
-            self._prune(obj, oldest)
-        self.log.wait_durable(offset)
-        return commit_us
+        offset = self.log_end
+        self.log_end += record_size(txn.txid_body, ops_body)
+        self.seq = offset
+        keep_old = bool(self._active)  # transactions that started earlier may read them
+        states = []
+        for (obj, ctype, state), old in zip(new_states, previous, strict=True):
+            tname = PLAIN_TYPE[ctype]
+            self._pending[obj] = (offset, tname, state)
+            states.append((obj[0], obj[1], tname, state))
+            if keep_old and old[1] is not None:  # (an absence needs no copy: _state_at)
+                self._superseded.setdefault(obj, []).append((old[0], offset, old[1], old[2]))
+                self._retired.append((offset, obj))
+        queued = _Queued(Commit(offset, commit_us, txn.txid_body, ops_body, states),
+                         sum(1 for old in previous if old[1] is None))
+        self._queue.put(queued)
+        return queued
 
-    def _prune(self, obj: ObjKey, oldest: int) -> None:
-        """Keep only versions a running transaction (snapshots >= ``oldest``) may read."""
-        versions = self._versions[obj]
-        if len(versions) == 1:
+    def _prune(self) -> None:
+        """Forget replaced versions that no running transaction can read any more."""
+        if not self._retired:
             return
-        keep_from = 0
-        for i, (seq, _t, _s) in enumerate(versions):
-            if seq <= oldest:
-                keep_from = i
-        if keep_from:
-            self._versions[obj] = versions[keep_from:]
+        oldest = min((t.snapshot for t in self._active.values()), default=self.seq)
+        while self._retired and self._retired[0][0] <= oldest:
+            _until, obj = self._retired.popleft()
+            versions = self._superseded[obj]
+            versions.pop(0)
+            if not versions:
+                del self._superseded[obj]
 
-    # ------------------------------------------------------------------ stream positions
+    # ------------------------------------------------------------------ the writer
 
-    def first_txn_after(self, commit_position: int) -> int:
-        """Log position to start reading from to see every transaction after ``R``."""
-        i = bisect.bisect_right(self.txn_offsets, commit_position)
-        return self.txn_offsets[i] if i < len(self.txn_offsets) else self.log.end
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise StoreFailed(f"the store is unusable after a failed commit: {self._failed}")
+        if self._closed:
+            raise StoreFailed("the store is closed")
 
+    def _run_writer(self) -> None:
+        batch: list[_Queued] = []
+        stopping = False
+        try:
+            while not stopping:
+                taken = take_batch(self._queue, MAX_BATCH)
+                batch = [q for q in taken if q is not None]
+                stopping = len(batch) < len(taken)  # close() queued None after the last commit
+                if not batch:
+                    continue
+                if self._failed is not None:
+                    for q in batch:
+                        q.result.set_exception(StoreFailed("an earlier commit failed"))
+                    continue
+                try:
+                    in_thread(self.engine.write, [q.commit for q in batch],
+                              batch[-1].commit.offset + record_size(batch[-1].commit.txid_body,
+                                                                    batch[-1].commit.ops_body))
+                except gevent.GreenletExit:
+                    raise
+                except BaseException as exc:
+                    # Later commits were ordered on top of these states: none can be stored.
+                    self._failed = exc
+                    log.critical(f"Vaxine store {self.path}: commit failed, no further commits "
+                                 f"(restart to recover): {type(exc).__name__}: {exc}")
+                    for q in batch:
+                        q.result.set_exception(StoreFailed(str(exc)))
+                    self._notify()
+                    continue
+                self._settle(batch)
+                batch = []
+                if (self._checkpointing is None or self._checkpointing.ready()) \
+                        and self.engine.wal_bytes() > WAL_CHECKPOINT:
+                    self._checkpointing = gevent.spawn(self._checkpoint)
+        except gevent.GreenletExit:
+            for q in batch:
+                if not q.result.ready():
+                    q.result.set_exception(StoreFailed("the store is closing"))
+            raise
 
-def data_file(data_dir: str) -> str:
-    return os.path.join(data_dir, "vaxine.log")
+    def _checkpoint(self) -> None:
+        try:
+            in_thread(self.engine.checkpoint)
+            self.stats["checkpoints"] += 1
+        except Exception as exc:  # the WAL just stays longer; the next commit retries
+            log.warning(f"Vaxine store {self.path}: checkpoint failed: {exc}")
+
+    def _settle(self, batch: list[_Queued]) -> None:
+        self.stats["group_commits"] += 1
+        for q in batch:
+            c = q.commit
+            for key, bucket, _tname, _state in c.states:
+                obj = (key, bucket)
+                pending = self._pending.get(obj)
+                if pending is not None and pending[0] == c.offset:  # no later commit of it
+                    del self._pending[obj]
+                    self._cache_put(obj, pending)
+            self.objects += q.new_objects
+            self.transactions += 1
+            self.durable = c.offset
+            self.recent.add(c.offset, c.txid_body, c.ops_body)
+            q.result.set(c.offset)
+        self._notify()
+
+    def _notify(self) -> None:
+        event, self._durable_event = self._durable_event, Event()
+        event.set()
+
+    def durable_event(self) -> Event:
+        """An event set at the next durability advance (fetch it *before* checking)."""
+        return self._durable_event
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    # ------------------------------------------------------------------ operator surface
+
+    def status(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": size_bytes(self.data_dir), "objects": self.objects,
+                "log_transactions": self.transactions, "log_end": self.log_end,
+                "last_offset": self.durable, "cached_objects": len(self.cache),
+                "open_transactions": len(self._active), "failed": self.failed, **self.stats}
+
+    # ------------------------------------------------------------------ the log
+
+    def records_after(self, after: int) -> list[tuple[int, bytes, bytes]]:
+        """Durable transactions after offset ``after``: ``(offset, txid ETF, ops ETF)``, a
+        batch of about 1 MiB: from memory for a reader near the end of the log, else read
+        from SQLite in the thread pool."""
+        recent = self.recent.after(after, READ_BATCH_BYTES)
+        if recent is not None:
+            return recent
+        return self._readers.run(lambda r: r.records_after(after, READ_BATCH_BYTES))
+
+    def close(self, timeout: float = 10) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Commits already queued are written first (their callers wait for them).
+        self._queue.put(None)
+        self._writer.join(timeout=timeout)
+        self._writer.kill()
+        if self._checkpointing is not None:
+            self._checkpointing.join(timeout=timeout)
+        self._notify()
+        self._readers.close()
+        self._hub_reader.close()
+        self.engine.close()

@@ -86,6 +86,24 @@ def changes_of(sink):
     return [ch for tx in sink.transactions for ch in tx.changes]
 
 
+def fence(execute, sink,
+          sql="INSERT INTO entries_default VALUES (gen_random_uuid(), 'fence', NULL)"):
+    """Commit one more transaction (``execute(sql)``) and wait until it is delivered.
+    Delivery is in commit order, so a transaction delivered twice (replayed after a
+    reconnect) would show up before the fence: counting what precedes it is exact, with no
+    sleep. Returns what was delivered before the fence."""
+    count = len(sink.transactions)
+    execute(sql)
+    wait_until(lambda: len(sink.transactions) > count and _is_fence(sink.transactions[-1]),
+               what="the fence")
+    return sink.transactions[:-1]
+
+
+def _is_fence(tx):
+    record = getattr(tx.changes[0], "record", None) or {}
+    return record.get("content") == "fence" or record.get("id") == "-1"
+
+
 def test_changes_arrive_in_commit_order(source_db, connector_factory):
     db = source_db
     db.execute(SCHEMA)
@@ -214,11 +232,11 @@ def test_failing_sink_holds_the_ack_then_delivers_once(source_db, connector_fact
 
     sink.fail_until = 0
     wait_until(lambda: len(sink.transactions) == 3, timeout=20)
-    gevent.sleep(1.0)
-    assert len(sink.transactions) == 3  # exactly once
-    assert [len(tx.changes) for tx in sink.transactions] == [1, 1, 2]
-    assert sink.transactions[1].changes[0].record["content"] == "second"
-    assert {ch.record["content_b"] for ch in sink.transactions[2].changes} == {"third"}
+    delivered = fence(db.execute, sink)
+    assert len(delivered) == 3  # exactly once
+    assert [len(tx.changes) for tx in delivered] == [1, 1, 2]
+    assert delivered[1].changes[0].record["content"] == "second"
+    assert {ch.record["content_b"] for ch in delivered[2].changes} == {"third"}
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= sink.transactions[-1].lsn)
     assert not c.status()["sink_retrying"]
     assert Lsn.parse(before) < sink.transactions[1].lsn  # it never passed the failing one
@@ -248,8 +266,7 @@ def test_reader_resumes_after_terminate_backend(source_db, connector_factory):
     contents = [tx.changes[0].record["content"] for tx in sink.transactions]
     assert contents == ["before", "during 0", "during 1", "during 2"]
     assert c.status()["reconnects"] >= 3
-    gevent.sleep(0.5)
-    assert len(sink.transactions) == 4
+    assert len(fence(db.execute, sink)) == 4  # nothing delivered twice
 
 
 def test_postgres_down_at_start(pg_factory):
@@ -272,9 +289,9 @@ def test_postgres_down_at_start(pg_factory):
             reader_options=READER,
         )
         c.start()
-        gevent.sleep(1.0)
-        status = c.status()
-        assert not status["ready"] and not status["provisioned"] and status["last_error"]
+        status = wait_until(lambda: c.status()["last_error"] and c.status(),
+                            what="the provisioning failure reported")
+        assert not status["ready"] and not status["provisioned"]
         cluster.start()
         assert c.ready.wait(20), c.status()
         conn = c.connect()
@@ -299,8 +316,14 @@ def test_postgres_down_at_start(pg_factory):
             cur.execute("INSERT INTO public.t VALUES (2)")
         conn.close()
         wait_until(lambda: len(sink.transactions) == 2)
-        gevent.sleep(0.5)
-        assert [tx.changes[0].record["id"] for tx in sink.transactions] == ["1", "2"]
+        def run(sql):
+            conn = c.connect()
+            with conn.cursor() as cur:
+                cur.execute(sql)
+            conn.close()
+
+        delivered = fence(run, sink, "INSERT INTO public.t VALUES (-1)")
+        assert [tx.changes[0].record["id"] for tx in delivered] == ["1", "2"]
         c.stop()
         # One readable line per event, in an operator's words.
         assert any(line.startswith("Postgres pg_down unreachable (connection refused); "
@@ -423,8 +446,7 @@ def test_connection_lost_while_sink_retries_delivers_once(source_db, connector_f
         timeout=20,
     )
     wait_until(lambda: Lsn.parse(db.confirmed_flush_lsn()) >= sink.transactions[0].lsn)
-    gevent.sleep(0.5)
-    assert len(sink.transactions) == 1  # the resent copy was recognised, not written again
+    assert len(fence(db.execute, sink)) == 1  # the resent copy was recognised, not written again
     assert Lsn.parse(before) < sink.transactions[0].lsn
 
 

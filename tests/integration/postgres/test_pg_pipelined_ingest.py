@@ -5,7 +5,6 @@ middle of the pipeline is refused and later succeeds."""
 
 from __future__ import annotations
 
-import gevent
 import pytest
 
 from electric.postgres.connector import Connector
@@ -26,10 +25,11 @@ CREATE TABLE gated (id int PRIMARY KEY, v text);
 def pipeline(source_db, tmp_path):
     source_db.execute(SCHEMA)
     registry = SchemaRegistry()
-    gate = {"open": True}
+    gate = {"open": True, "refusals": 0}
 
     def primary_keys(relation):
         if relation[1] == "gated" and not gate["open"]:
+            gate["refusals"] += 1
             raise UnmappableChange("gated is closed (test)")
         return list(registry.table(relation).primary_keys)
 
@@ -76,7 +76,9 @@ def test_a_refused_write_in_the_pipeline_holds_everything_after_it(pipeline):
     for i in range(3, 8):
         db.execute("INSERT INTO items VALUES (%s, 'after')", (i,))
     wait_until(lambda: connector.status().get("blocked_lsn") is not None, what="blocked")
-    gevent.sleep(1.5)  # several retries and status intervals
+    refused = gate["refusals"]
+    # Several more refused retries (0.3 s apart, so status intervals pass too).
+    wait_until(lambda: gate["refusals"] >= refused + 5, what="several retries refused")
     assert stored(store) == [("items", 1)]  # nothing after the refused one got in
     assert db.confirmed_flush_lsn() == acked
 

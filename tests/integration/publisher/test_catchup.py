@@ -1,6 +1,6 @@
 """Catch-up: 10 sysbench-like tables x 1,000 rows already in the log reach a new subscriber.
 
-postgres.md §9.2 scenario 9 with our own data; the upsert trigger fires for every row.
+The reference's catch-up scenario with our own data; the upsert trigger fires for every row.
 """
 
 from __future__ import annotations

@@ -302,34 +302,32 @@ def test_subscribe_when_ready_retries_until_admitted(setup):
     from gevent.event import Event
 
     from electric.postgres import green
-    from electric.postgres.subscription import subscribe_when_ready
+    from electric.postgres.subscription import subscribe, subscribe_when_ready
+    from electric.retry import Policy
 
     from .conftest import PUBLICATION
 
     setup.registry.set_ready(setup.name, False)
     setup.log.append(up(ITEMS, 0, "waiting"))
     ready = Event()
+    attempts = []
 
-    def connect():
+    def attempt():  # what Application.subscribe does for a connector
+        attempts.append(1)
         conn = green.connect(setup.pg.dsn())
         conn.autocommit = True
-        return conn
+        try:
+            subscribe(conn, name=setup.name, conninfo=setup.conninfo(),
+                      publication=PUBLICATION,
+                      relations=[ITEMS.relation, FULL_ITEMS.relation], gate=setup.publisher)
+        finally:
+            conn.close()
 
-    g = gevent.spawn(
-        subscribe_when_ready,
-        name=setup.name,
-        ready=ready,
-        connect=connect,
-        conninfo=setup.conninfo(),
-        publication=PUBLICATION,
-        relations=lambda: [ITEMS.relation, FULL_ITEMS.relation],
-        gate=setup.publisher,
-        retry_min=0.2,
-    )
-    gevent.sleep(0.3)
-    assert not g.dead  # waiting for the connector
+    g = gevent.spawn(subscribe_when_ready, setup.name, ready, attempt, Policy(0.05, 0.2))
+    gevent.sleep(0)  # let it run until it blocks
+    assert not g.dead and attempts == []  # waiting for the connector
     ready.set()  # ...but the registry does not admit it yet: REFRESH fails, the step retries
-    gevent.sleep(0.5)
+    wait_for(lambda: len(attempts) >= 2, what="a failed attempt retried")
     assert not g.dead and rows(setup) == []
     setup.registry.set_ready(setup.name, True)
     g.get(timeout=20)

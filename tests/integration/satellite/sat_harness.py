@@ -38,6 +38,7 @@ class FakeStream:
         self.events: list[tuple[Transaction, Any]] = []
         self.lock = threading.Lock()
         self.opened: list[Any] = []
+        self.positions: list[int] = []  # where each opened stream starts in ``events``
         self.closed = 0
         self.fail_next: Exception | None = None
 
@@ -61,6 +62,7 @@ class FakeStream:
                 pos = next(
                     (i for i, (_, off) in enumerate(self.events) if off == start), len(self.events)
                 )
+            self.positions.append(pos)
 
         def gen():
             nonlocal pos

@@ -18,6 +18,7 @@ from tests.integration.satellite.sat_harness import (
     relation,
     update,
 )
+from tests.support.waiting import wait_until
 
 UID = "911fee88-2a0f-4fff-9d71-0c3eb7c9a380"
 
@@ -201,11 +202,15 @@ def test_o3_o4_full_history_resume_and_eof(full_server):
     # eof: a new socket sees only what is written after it subscribed
     d = SatClient(full_server.url)
     d.auth(client_id="late")
+    attached = full_server.status()["shared_tail"]["attached"]
     d.send(pb.SatInStartReplicationReq(lsn=b"eof"))
     d.recv_until(pb.SatInStartReplicationResp)
-    import time
-
-    time.sleep(0.3)  # let the stream connection reach the end of the log
+    # It follows the live log once attached to the shared tail, and the tail's stream has
+    # started (at the end of the log).
+    tail = full_server.server.tail
+    wait_until(lambda: full_server.status()["shared_tail"]["attached"] > attached
+               and tail.stream is not None and tail.stream.connected, 5,
+               "the late client on the shared tail", step=0.01)
     write(full_server, {"id": "c", "content": "3", "content_b": ""})
     new, _ = d.recv_until(pb.SatOpLog)
     assert new.ops[1].update.row_data[0] == b"c"

@@ -6,6 +6,7 @@ backup-store`` copies a running store consistently."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,15 +16,12 @@ from datetime import UTC, datetime
 import gevent
 import pytest
 
-from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecord
+from electric.changes import DeletedRecord, NewRecord, Transaction
 from electric.devenv import DEV_SCHEMA_SQL
 from electric.store import LocalStore
 from electric.store.engine import Engine
 from electric.store.legacy import LegacyDataError, check, import_log, read_legacy
 from electric.store.reader import Reader
-from electric.vaxine import rows
-from electric.vaxine.embedded.server import EmbeddedVaxine
-from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import offset_to_bytes
 from tests.support.electric import ROOT
 from tests.support.postgres import drop_database
@@ -31,24 +29,18 @@ from tests.support.postgres import drop_database
 REL = ("public", "entries")
 
 
-def first_release_dir(path: str) -> list[int]:
-    """Write a few transactions through the first release's embedded Vaxine; returns the
-    positions its readers handed out."""
-    server = EmbeddedVaxine(path, api_port=0, replication_port=0).start()
-    pool = VaxinePool("127.0.0.1", server.api_port, size=2, connect_timeout_ms=2000)
-    try:
-        def write(*changes):
-            tx = Transaction(list(changes), datetime.now(UTC), origin="pg_a", publication="p")
-            rows.write_transaction(pool, tx, lambda _rel: ["id"])
+FIRST_RELEASE_LOG = os.path.join(ROOT, "tests", "fixtures", "vaxine", "first_release",
+                                 "vaxine.log")
 
-        write(NewRecord(REL, {"id": "a1", "content": "one", "content_b": None}))
-        write(NewRecord(REL, {"id": "a2", "content": "two", "content_b": "x"}),
-              NewRecord(REL, {"id": "a3", "content": "three", "content_b": None}))
-        write(UpdatedRecord(REL, {"id": "a1", "content": "one!", "content_b": None}))
-        write(DeletedRecord(REL, {"id": "a2", "content": "two", "content_b": "x"}))
-    finally:
-        pool.close()
-        server.stop()
+
+def first_release_dir(path: str) -> list[int]:
+    """A data directory of the first release: the log its embedded Vaxine wrote for these
+    transactions (tests/fixtures/vaxine/first_release, see its README); returns the
+    positions its readers handed out.
+
+    a1, a2 + a3 inserted, a1 updated ("one!"), a2 deleted; table public.entries."""
+    os.makedirs(path, exist_ok=True)
+    shutil.copy(FIRST_RELEASE_LOG, os.path.join(path, "vaxine.log"))
     return [pos for pos, _us, _changes in read_legacy(path)]
 
 

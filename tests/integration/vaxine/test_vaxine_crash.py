@@ -1,10 +1,10 @@
-"""kill -9 the standalone embedded Vaxine during a stream of commits, restart on the same data."""
+"""kill -9 the standalone embedded Vaxine during a stream of commits, restart on the same data;
+and its first start on a data directory of the first release."""
 
 import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from electric.vaxine import rows
 from electric.vaxine.antidote import VaxineError
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -34,24 +35,30 @@ def start_standalone(data_dir, api, repl):
         [sys.executable, "-m", "electric.vaxine.embedded", "--data-dir", data_dir,
          "--api-port", str(api), "--replication-port", str(repl)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", api), timeout=0.2).close()
-            socket.create_connection(("127.0.0.1", repl), timeout=0.2).close()
-            return proc
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            gevent.sleep(0.05)
-    proc.kill()
-    raise AssertionError("standalone embedded Vaxine did not start")
+
+    def listening():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        socket.create_connection(("127.0.0.1", api), timeout=0.2).close()
+        socket.create_connection(("127.0.0.1", repl), timeout=0.2).close()
+        return True
+
+    try:
+        wait_until(listening, 20, "the standalone embedded Vaxine listening", ignore=(OSError,))
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def pk(_rel):
     return ["id"]
 
 
+ROWS_PER_TXN = 5
+
+
 def read_all(port, start, expect_at_least):
+    """``(transaction id, offset)`` of everything streamed; every transaction must be whole."""
     stream = WalStream("127.0.0.1", port, start)
     out = []
     try:
@@ -60,7 +67,11 @@ def read_all(port, start, expect_at_least):
                 tx, off = stream.get(timeout=0.5 if len(out) >= expect_at_least else 10)
             except gevent.queue.Empty:
                 return out
-            out.append((tx.changes[0].record["id"], off))
+            ids = sorted(c.record["id"] for c in tx.changes)
+            tid = ids[0].rsplit(".", 1)[0]
+            assert ids == [f"{tid}.{k}" for k in range(len(ids))], "a half transaction"
+            assert len(ids) in (1, ROWS_PER_TXN)
+            out.append((tid, off))
     finally:
         stream.close()
 
@@ -76,8 +87,8 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path):
         i = 0
         while True:
             rid = f"{w}-{i}"
-            t = Transaction([NewRecord(("public", "t"), {"id": rid, "v": "x" * 50})],
-                            datetime.now(UTC))
+            t = Transaction([NewRecord(("public", "t"), {"id": f"{rid}.{k}", "v": "x" * 50})
+                             for k in range(ROWS_PER_TXN)], datetime.now(UTC))
             try:
                 rows.write_transaction(pool, t, pk)
             except VaxineError:
@@ -88,7 +99,8 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path):
     live = WalStream("127.0.0.1", repl, 0, min_backoff_s=0.05, max_backoff_s=0.2)
     writers = [gevent.spawn(writer, w) for w in range(4)]
     try:
-        gevent.sleep(0.7)
+        wait_until(lambda: len(acked) > 20, 20, "commits acknowledged before the kill",
+                   step=0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         gevent.joinall(writers, timeout=10)
@@ -99,7 +111,7 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path):
                 tx, off = live.get(timeout=0.3)
             except gevent.queue.Empty:
                 break
-            seen_live[tx.changes[0].record["id"]] = off
+            seen_live[tx.changes[0].record["id"].rsplit(".", 1)[0]] = off
 
         proc = start_standalone(data, api, repl)
         after = read_all(repl, 0, len(acked))
@@ -117,7 +129,7 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path):
         # and the restarted server still takes writes, streamed after everything else
         pool.close()
         pool = VaxinePool("127.0.0.1", api, size=1)
-        rows.write_transaction(pool, Transaction([NewRecord(("public", "t"), {"id": "new"})],
+        rows.write_transaction(pool, Transaction([NewRecord(("public", "t"), {"id": "new.0"})],
                                                  datetime.now(UTC)), pk)
         (rid, off), = read_all(repl, after[-1][1], 1)
         assert rid == "new" and off > after[-1][1]
@@ -134,21 +146,102 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path):
             g.kill()
 
 
-@pytest.mark.parametrize("garbage", [b"\x00\x00\x00\x09partial", os.urandom(3000)])
-def test_garbage_tail_after_crash_is_tolerated(tmp_path, garbage):
+FIRST_RELEASE = REPO / "tests" / "fixtures" / "vaxine" / "first_release"
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00\x00\x00\x09partial", os.urandom(3000)])
+def test_first_release_data_dir_is_imported_at_first_start(tmp_path, garbage):
+    """A vaxine.log of the first release (the same four transactions written by that
+    release's server, tests/fixtures/vaxine/first_release; with a torn last write after
+    them, or not) is imported at first start: the stream sends byte for byte the frames that
+    release sent, at the same offsets, and new commits continue after them."""
+    import json
+
+    from electric.vaxine.embedded.server import EmbeddedVaxine
+
+    data = tmp_path / "vx"
+    data.mkdir()
+    (data / "vaxine.log").write_bytes((FIRST_RELEASE / "vaxine.log").read_bytes() + garbage)
+    recorded = [bytes.fromhex(h) for h in
+                json.loads((FIRST_RELEASE / "stream.json").read_text())["frames_from_0"]]
+    server = EmbeddedVaxine(str(data), api_port=0, replication_port=0).start()
+    try:
+        assert (data / "vaxine.log.imported").exists() and not (data / "vaxine.log").exists()
+        assert raw_frames(server.replication_port, len(recorded)) == recorded
+        pool = VaxinePool("127.0.0.1", server.api_port, size=1)
+        rows.write_transaction(pool, Transaction([NewRecord(("public", "t"), {"id": "b.0"})],
+                                                 datetime.now(UTC)), pk)
+        pool.close()
+        stream = WalStream("127.0.0.1", server.replication_port, 0)
+        try:
+            streamed = [stream.get(timeout=10) for _ in range(5)]
+        finally:
+            stream.close()
+        tx, offset = streamed[-1]
+        assert [c.record["id"] for c in tx.changes] == ["b.0"]
+        # where the first release would have written its next record: the end of its file
+        assert offset[1] == (FIRST_RELEASE / "vaxine.log").stat().st_size
+    finally:
+        server.stop()
+    # a second start opens the imported store as it is
+    server = EmbeddedVaxine(str(data), api_port=0, replication_port=0).start()
+    try:
+        assert raw_frames(server.replication_port, len(recorded)) == recorded
+    finally:
+        server.stop()
+
+
+def raw_frames(port, count):
+    """The first ``count`` vx_wal_txn frames streamed from offset 0, as sent."""
+    import struct
+
+    from electric.vaxine import etf
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        req = etf.encode((etf.Atom("vx_cli_req"),
+                          etf.Reference(etf.Atom("nonode@nohost"), 0, (1, 2, 3)),
+                          (etf.Atom("vx_cli_start_req"), [(etf.Atom("offset"), 0)])))
+        sock.sendall(struct.pack(">I", len(req)) + req)
+        out = []
+        for _ in range(count + 1):
+            n = struct.unpack(">I", sock.recv(4, socket.MSG_WAITALL))[0]
+            out.append(sock.recv(n, socket.MSG_WAITALL))
+        return out[1:]  # after the start reply
+    finally:
+        sock.close()
+
+
+def test_backup_store_copies_a_running_standalone_server(tmp_path):
+    """``electric backup-store`` on the data directory of ``electric vaxine`` copies its
+    vaxine.db while it runs; the copy, put in place of a new data directory, serves the same
+    log at the same offsets."""
     from electric.vaxine.embedded.server import EmbeddedVaxine
 
     data = tmp_path / "vx"
     server = EmbeddedVaxine(str(data), api_port=0, replication_port=0).start()
-    pool = VaxinePool("127.0.0.1", server.api_port, size=1)
-    rows.write_transaction(pool, Transaction([NewRecord(("public", "t"), {"id": "a"})],
-                                             datetime.now(UTC)), pk)
-    pool.close()
-    server.stop()
-    with open(data / "vaxine.log", "ab") as f:
-        f.write(garbage)
-    server = EmbeddedVaxine(str(data), api_port=0, replication_port=0).start()
     try:
-        assert [rid for rid, _ in read_all(server.replication_port, 0, 1)] == ["a"]
+        pool = VaxinePool("127.0.0.1", server.api_port, size=1)
+        for i in range(3):
+            rows.write_transaction(pool, Transaction(
+                [NewRecord(("public", "t"), {"id": f"{i}.{k}"}) for k in range(ROWS_PER_TXN)],
+                datetime.now(UTC)), pk)
+        pool.close()
+        before = read_all(server.replication_port, 0, 3)
+        dest = tmp_path / "copy.db"
+        done = subprocess.run([sys.executable, "-m", "electric.cli", "backup-store",
+                               "--vaxine-data-dir", str(data), str(dest)],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "vaxine.db" in done.stdout
+    finally:
+        server.stop()
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    os.replace(dest, restored / "vaxine.db")
+    server = EmbeddedVaxine(str(restored), api_port=0, replication_port=0).start()
+    try:
+        assert read_all(server.replication_port, 0, 3) == before
     finally:
         server.stop()

@@ -8,9 +8,10 @@ import gevent
 import pytest
 
 from electric.changes import NewRecord, Transaction
+from electric.retry import Policy, retry
 from electric.vaxine import rows
 from electric.vaxine.antidote import VaxineError
-from electric.vaxine.pool import AntidoteConnection, PoolTimeout, VaxinePool, retrying
+from electric.vaxine.pool import AntidoteConnection, PoolTimeout, VaxinePool
 from electric.vaxine.stream import WalStream
 
 WRITERS = 12
@@ -41,8 +42,9 @@ def test_more_writers_than_connections_with_connections_killed(vaxine, monkeypat
         for i in range(PER_WRITER):
             t = Transaction([NewRecord(("public", "t"), {"id": f"{w}-{i}", "v": "x"})],
                             datetime.now(UTC), origin=f"w{w}", publication="")
-            retrying(lambda t=t: rows.write_transaction(pool, t, pk), deadline_s=20,
-                     first_delay_s=0.001)
+            # As the writers do: the whole transaction again after a Vaxine failure.
+            retry(lambda t=t: rows.write_transaction(pool, t, pk),
+                  Policy(0.001, 1.0, jitter=0.2, total=20), retry_on=VaxineError)
 
     gevent.joinall([gevent.spawn(writer, w) for w in range(WRITERS)], raise_error=True)
     assert kills["killed"] > 0

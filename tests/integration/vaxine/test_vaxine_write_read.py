@@ -10,6 +10,7 @@ from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecor
 from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+from tests.support.waiting import wait_until
 
 REL = ("public", "entries")
 
@@ -52,7 +53,7 @@ def test_write_then_stream_from_zero_resume_and_eof(vaxine, pool):
         resumed.get(timeout=0.2)
 
     live = WalStream("127.0.0.1", vaxine.replication_port, "eof")
-    gevent.sleep(0.1)
+    wait_until(lambda: live.connected, 5, "the live stream started at the end of the log")
     rows.write_transaction(pool, tx(insert(9, content="live")), pk)
     (t, o), = take(live, 1)
     assert row_of(t.changes[0])["content"] == "live" and o > offsets[-1]
@@ -199,3 +200,23 @@ def test_transaction_larger_than_a_frame_limit_fraction_is_written_whole(vaxine,
     assert len(got.changes) == 300
     assert sorted((row_of(c)["id"], row_of(c)["content"]) for c in got.changes) == sorted(
         (str(i), f"{i:04d}" * 25_000) for i in range(300))
+
+
+def test_status_reports_size_objects_and_log_length(tmp_path):
+    from electric.vaxine.pool import VaxinePool
+
+    server = EmbeddedVaxine(str(tmp_path), api_port=0, replication_port=0).start()
+    try:
+        pool = VaxinePool("127.0.0.1", server.api_port, size=1)
+        tx = Transaction([NewRecord(("public", "t"), {"id": str(i)}) for i in range(3)],
+                         datetime.now(UTC))
+        rows.write_transaction(pool, tx, lambda _r: ["id"])
+        pool.close()
+        status = server.status()
+        assert status["objects"] == 4  # three rows and metadata:0
+        assert status["log_transactions"] == 1
+        assert status["last_offset"] > 0 and status["log_end"] > status["last_offset"]
+        assert status["bytes"] > 0 and status["failed"] is False
+        assert status["open_transactions"] == 0
+    finally:
+        server.stop()

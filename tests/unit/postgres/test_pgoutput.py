@@ -1,4 +1,4 @@
-"""pgoutput codec: the postgres.md §4.4 vectors round-trip byte-exactly, bad input is rejected."""
+"""pgoutput codec: the docs/protocols.md §3.1 vectors round-trip byte-exactly, bad input is rejected."""
 
 from datetime import UTC, datetime
 

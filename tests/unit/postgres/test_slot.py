@@ -57,7 +57,7 @@ def row(content="Hello from a", content_b=None):
 
 
 def test_worked_example_of_the_spec():
-    """postgres.md §3.8: fresh subscriber, one upserted row (sent as an INSERT)."""
+    """docs/protocols.md §2.4: fresh subscriber, one upserted row (sent as an INSERT)."""
     enc = encoder()
     out = enc.encode(Transaction([UpdatedRecord(("public", "entries"), row())], TS), b"off1")
     assert out is not None

@@ -9,6 +9,7 @@ from electric.changes import NewRecord, Transaction
 from electric.postgres.lsn import Lsn
 from electric.postgres.source import SourceReader
 from electric.vaxine.rows import RowMappingError
+from tests.support.waiting import wait_until
 
 
 def test_permanent_sink_error_is_reported_once_exposed_and_retried_until_fixed():
@@ -30,8 +31,7 @@ def test_permanent_sink_error_is_reported_once_exposed_and_retried_until_fixed()
         writer = gevent.spawn(reader._write, tx)
         deadline = gevent.Timeout(5)
         deadline.start()
-        while state["calls"] < 5:
-            gevent.sleep(0.01)
+        wait_until(lambda: state["calls"] >= 5, 5, "five write attempts", step=0.01)
         status = reader.status()
         assert status["blocked_lsn"] == "0/16B3748"
         assert status["sink_retrying"]

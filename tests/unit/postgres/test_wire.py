@@ -1,4 +1,4 @@
-"""Backend wire protocol: byte vectors from postgres.md §3 and postgres15-subscriber.md §2."""
+"""Backend wire protocol: byte vectors of docs/protocols.md §2."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def test_unsupported_protocol_sqlstate():
 
 
 def test_apply_worker_conversation():
-    """postgres15-subscriber.md §2.2, apply worker, as the parser sees it."""
+    """What an apply worker sends (docs/protocols.md §2.2), as the parser sees it."""
     c = BackendConnection()
     assert c.receive_data(SSL_REQUEST) == [SSLRequest()]
     [st_] = c.receive_data(startup(**PG15_STARTUP))
@@ -385,7 +385,7 @@ def test_row_description_and_data_row_bytes():
 
 
 def test_text_result_set_config_vector():
-    # §3.6 row 1: T(set_config text) D("") C("SELECT 1")
+    # the set_config answer: T(set_config text) D("") C("SELECT 1")
     out = wire.text_result([("set_config", "text")], [[""]])
     assert out == (
         wire.row_description([Field("set_config", 25, -1)])
@@ -454,7 +454,7 @@ SEND_TIME = wire.to_pg_micros(datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC))
 
 
 def test_pg_epoch_time():
-    assert SEND_TIME == 0x0002911F1ED96A40  # postgres.md §3.8 worked example
+    assert SEND_TIME == 0x0002911F1ED96A40  # the send time of the test_slot worked example
     assert wire.to_pg_micros(datetime(2000, 1, 1)) == 0
     assert wire.from_pg_micros(SEND_TIME) == datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC)
     now = wire.pg_now_micros()

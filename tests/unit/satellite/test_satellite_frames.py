@@ -1,4 +1,4 @@
-"""Byte vectors of satellite.md §1.4 (recomputed and checked with the real npm decoder)."""
+"""Byte vectors of docs/protocols.md §1.2 (recomputed and checked with the real npm decoder)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""The §1.6 message-handling matrix and §6.6 malformed-input rows, driven without sockets."""
+"""The session rules of docs/protocols.md §1.3 and malformed input, driven without sockets."""
 
 from datetime import UTC, datetime
 
@@ -376,7 +376,7 @@ def test_o1_eleven_transactions_one_relation():
 
 
 def test_outgoing_vector_bytes():
-    """The §1.4 SatOpLog example, produced from a Transaction."""
+    """A SatOpLog's bytes (docs/protocols.md §1.2), produced from a Transaction."""
     s = authed()
     sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
     uuid = "911fee88-2a0f-4fff-9d71-0c3eb7c9a380"

@@ -10,6 +10,7 @@ from electric.vaxine.framing import FrameDecoder, encode_frame
 from electric.vaxine.rows import METADATA_KEY
 from electric.vaxine.stream import START_RES, VX_SRV_RES, VX_WAL_TXN, StreamFailed, WalStream
 from tests.fixtures.vaxine.golden import frames
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -79,8 +80,7 @@ def test_unreadable_transaction_holds_the_reader_until_it_reads(monkeypatch):
         with gevent.Timeout(5):
             _tx, first = s.get()
             assert first == (0, 1)
-            while s.blocked is None:
-                gevent.sleep(0.01)
+            wait_until(lambda: s.blocked is not None, 5, "the reader blocked", step=0.01)
         assert s.blocked["offset"] == [0, 4949] and s.blocked["key"] == "metadata:0"
         assert [r["offset"] for r in stream.blocked_readers()] == [[0, 4949]]
         assert metrics.log_reader_blocks.labels("t")._value.get() == blocks + 1
@@ -101,9 +101,8 @@ def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place(monkeypa
     server = _serve([_malformed_txn_body((0, 100)), _good_txn_body()])
     s = WalStream("127.0.0.1", server.server_port, "eof", name="t")
     try:
-        with gevent.Timeout(5):
-            while s.blocked is None or s.blocked["attempts"] < 2:
-                gevent.sleep(0.01)
+        wait_until(lambda: s.blocked is not None and s.blocked["attempts"] >= 2, 5,
+                   "two attempts at the unreadable transaction", step=0.01)
         assert s._queue.empty()  # the later transaction did not overtake it
         assert server.connections == [Atom("eof")]  # held on its connection
     finally:
