@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 
+from bench.pgpg import cpu_seconds
 from bench.rig import Pipeline, connect, scalar
 
 
@@ -127,6 +128,8 @@ def initial_sync(rig, rows: int) -> dict:
                      "table_mib": round(table_bytes / 2**20, 1)}
         if electric is not None:
             out[name]["peak_rss_mib"] = round(_status(electric.proc.pid)["VmHWM"] / 2**20, 1)
+            # Its whole life (start, copy, publishing): robust to a busy machine.
+            out[name]["electric_cpu_s"] = round(cpu_seconds(electric.proc.pid), 2)
             electric.terminate(timeout=10)
         if name == "native":
             rig.b.psql("ALTER SUBSCRIPTION sync_sub DISABLE", database=db)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 import time
 
@@ -42,7 +43,10 @@ def throughput(p: Pipeline, rows: int, batch: int = 100, timeout: float = 300.0,
     results: dict[str, dict] = {}
     lo, hi = base, base + per_table  # ids [lo, hi) in every table
 
+    pid = getattr(getattr(p.electric, "proc", None), "pid", None)
+
     def run_phase(name: str, statements, n_rows: int, where: str, expected: int) -> None:
+        cpu0 = cpu_seconds(pid)
         start = time.monotonic()
         for sql in statements:
             cur.execute(sql)
@@ -56,6 +60,10 @@ def throughput(p: Pipeline, rows: int, batch: int = 100, timeout: float = 300.0,
             "source_commit_seconds": round(written - start, 3),
             "converged": ok, "seen_on_b": seen,
         }
+        if pid is not None:  # Electric's own CPU (all threads): robust to a busy machine
+            cpu = cpu_seconds(pid) - cpu0
+            results[name]["electric_cpu_s"] = round(cpu, 3)
+            results[name]["electric_cpu_us_per_row"] = round(cpu / n_rows * 1e6, 1)
 
     def inserts():
         for t in TABLES:
@@ -88,7 +96,20 @@ def throughput(p: Pipeline, rows: int, batch: int = 100, timeout: float = 300.0,
     results["total"] = {"rows": all_rows, "seconds": round(all_secs, 3),
                         "rows_per_s": round(all_rows / all_secs) if ok else None,
                         "converged": ok}
+    if pid is not None:
+        cpu = sum(r["electric_cpu_s"] for k, r in results.items() if k != "total")
+        results["total"]["electric_cpu_s"] = round(cpu, 3)
+        results["total"]["electric_cpu_us_per_row"] = round(cpu / all_rows * 1e6, 1)
     return results
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (0 without a pid)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- latency ------------------------------------------------------------------------------

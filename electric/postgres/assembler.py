@@ -32,6 +32,7 @@ Behaviour, decided here and relied on by the rest of Electric:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -76,6 +77,8 @@ class Committed:
 
 TableLookup = Callable[[RelationName], Table | None]
 _ROW_MESSAGES = (b"I", b"U", b"D")
+_U32_AT = struct.Struct(">I").unpack_from
+_text_record = po.text_record
 
 
 class TransactionAssembler:
@@ -105,6 +108,7 @@ class TransactionAssembler:
         self.drop_origin = drop_origin or (lambda _name: True)
         self.bookkeeping_schemas = frozenset(bookkeeping_schemas)
         self.relations: dict[int, po.Relation] = {}
+        self._names: dict[int, tuple[str, ...]] = {}  # column names per relation id
         self._log = logger.bind(origin=origin)
         self._warned: set[RelationName] = set()
         self._begin: po.Begin | None = None
@@ -128,9 +132,61 @@ class TransactionAssembler:
         return self._begin is not None and self._skip is not None
 
     def feed_bytes(self, payload: bytes) -> Committed | None:
-        if self.dropping and payload[:1] in _ROW_MESSAGES:
-            return None
+        if self._begin is not None and payload[:1] in _ROW_MESSAGES:
+            if self._skip is not None:
+                return None  # an echo: its rows are not even decoded
+            if self._fast_row(payload):
+                return None
         return self.feed(po.decode(payload))
+
+    def _fast_row(self, data: bytes) -> bool:
+        """A row message decoded straight into its change (no message object, no TupleData;
+        one record dict per tuple): True when done. False for anything unusual (unknown or
+        skipped relation, 'K' tuples, binary or invalid values, malformed bytes): the caller
+        then takes the general path, which handles it or raises the precise error."""
+        if type(data) is not bytes or len(data) < 6:
+            return False
+        rel_id = _U32_AT(data, 1)[0]
+        names = self._names.get(rel_id)
+        if names is None:
+            rel = self.relations.get(rel_id)
+            if rel is None:
+                return False
+            names = self._names[rel_id] = tuple(c.name for c in rel.columns)
+        rel = self.relations[rel_id]
+        tag, marker, enc, size = data[0], data[5], self.encoding, len(data)
+        old = None
+        if tag == 0x49 or tag == 0x44:  # I, D: one tuple, N or O
+            if marker != (0x4E if tag == 0x49 else 0x4F):
+                return False
+            got = _text_record(data, 6, names, enc)
+            if got is None or got[1] != size:
+                return False
+            record = got[0]
+        else:  # U: [O tuple] N tuple
+            pos = 5
+            if marker == 0x4F:
+                got = _text_record(data, 6, names, enc)
+                if got is None:
+                    return False
+                old, pos = got
+            if pos >= size or data[pos] != 0x4E:
+                return False
+            got = _text_record(data, pos + 1, names, enc)
+            if got is None or got[1] != size:
+                return False
+            record = got[0]
+        accepted, table = self._accept(rel)
+        if not accepted:
+            return False  # the general path leaves it out (and counts it)
+        if tag == 0x49:
+            self._changes.append(NewRecord(rel.relation, record))
+        elif tag == 0x44:
+            self._changes.append(DeletedRecord(rel.relation, record))
+        else:
+            self._update(rel, table, record, old, old)
+        self._spill_if_due()
+        return True
 
     def feed(self, message: po.Message) -> Committed | None:
         if isinstance(message, po.Begin):
@@ -148,6 +204,7 @@ class TransactionAssembler:
             return self._commit(message)
         if isinstance(message, po.Relation):
             self.relations[message.relation_id] = message
+            self._names.pop(message.relation_id, None)
             self._checked.discard(message.relation_id)
             return None
         if isinstance(message, po.Origin):
@@ -158,10 +215,7 @@ class TransactionAssembler:
         if isinstance(message, po.Insert | po.Update | po.Delete):
             self._require_tx(type(message).__name__)
             self._change(message)
-            if self.on_spill is not None and len(self._changes) >= self.spill_after:
-                changes, self._changes = self._changes, []
-                self._spilled = True
-                self.on_spill(changes)
+            self._spill_if_due()
             return None
         if isinstance(message, po.Truncate):
             self._require_tx("Truncate")
@@ -174,6 +228,12 @@ class TransactionAssembler:
         return None
 
     # -- internals ----------------------------------------------------------------------
+
+    def _spill_if_due(self) -> None:
+        if self.on_spill is not None and len(self._changes) >= self.spill_after:
+            changes, self._changes = self._changes, []
+            self._spilled = True
+            self.on_spill(changes)
 
     def _require_tx(self, what: str) -> None:
         if self._begin is None:
@@ -277,13 +337,19 @@ class TransactionAssembler:
             return
         new = self._record(rel, msg.new)
         old = self._record(rel, msg.old) if msg.old is not None else None
+        before = old
+        if before is None and msg.key is not None:
+            before = self._record(rel, msg.key, keys_only=True)
+        self._update(rel, table, new, old, before)
+
+    def _update(self, rel: po.Relation, table: Table | None, new: Record, old: Record | None,
+                before: Record | None) -> None:
+        """An update's change(s): ``before`` is the old row or its key, when sent."""
+        relation = rel.relation
         if old is not None:
             # Unchanged TOAST in the new row = the old value; fill it in when we know it.
             for name, value in old.items():
                 new.setdefault(name, value)
-        before = old
-        if before is None and msg.key is not None:
-            before = self._record(rel, msg.key, keys_only=True)
         pks = table.primary_keys if table is not None else self._key_columns(rel)
         if before is not None and pks and _key_changed(before, new, pks):
             self._changes.append(DeletedRecord(relation, before))

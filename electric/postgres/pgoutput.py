@@ -342,6 +342,48 @@ def _tuple(r: _Reader) -> TupleData:
     return tuple(values)
 
 
+_U32_AT = struct.Struct(">I").unpack_from
+
+
+def text_record(data: bytes, pos: int, names: tuple[str, ...],
+                encoding: str) -> tuple[dict[str, str | None], int] | None:
+    """The tuple at ``pos`` straight into a record (column → text, ``None`` for NULL,
+    unchanged TOAST columns left out) and the offset after it; the row fast path of
+    :class:`~electric.postgres.assembler.TransactionAssembler`, with no TupleData, bytes
+    chunks or message object in between.
+
+    Returns ``None`` for anything that is not a plain, well-formed text tuple of exactly
+    ``names`` columns (binary values, bad lengths, invalid text, truncation): the caller then
+    decodes the message with :func:`decode`, which raises the precise error or handles the
+    unusual case, so both paths agree by construction."""
+    size = len(data)
+    if pos + 2 > size or _U16_AT(data, pos)[0] != len(names):
+        return None
+    pos += 2
+    record: dict[str, str | None] = {}
+    try:
+        for name in names:
+            kind = data[pos]
+            if kind == 0x74:  # t
+                (length,) = _S32_AT(data, pos + 1)
+                pos += 5
+                end = pos + length
+                if length < 0 or end > size:
+                    return None
+                record[name] = data[pos:end].decode(encoding)
+                pos = end
+            elif kind == 0x6E:  # n
+                record[name] = None
+                pos += 1
+            elif kind == 0x75:  # u: unchanged TOAST, never a value
+                pos += 1
+            else:
+                return None
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+    return record, pos
+
+
 def _decode_begin(r: _Reader) -> Begin:
     return Begin(final_lsn=r.lsn(), commit_timestamp=r.timestamp(), xid=r.int32u())
 

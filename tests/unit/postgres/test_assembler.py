@@ -293,3 +293,55 @@ def test_changed_columns_trigger_one_refresh_per_relation_message():
     c = run(a, po.Insert(100, (b"2", b"b", b"x")), po.Insert(100, (b"3", b"c", b"y")))
     assert calls == [("public", "items")]
     assert c.transaction.changes[0].record == {"id": "2", "body": "b", "extra": "x"}
+
+
+def _outcome(feed, messages):
+    """The committed transaction (and what was skipped), or the error, of one stream."""
+    try:
+        c = None
+        for m in messages:
+            c = feed(m)
+        return ("ok", c.transaction.changes, c.skipped, c.truncated)
+    except ProtocolError as exc:
+        return ("error", str(exc))
+
+
+ROWS = [
+    po.Insert(100, (b"1", b"a")),
+    po.Insert(100, (b"1", None)),
+    po.Insert(100, (b"1", po.UNCHANGED_TOAST)),
+    po.Insert(100, (b"1", b"\xc3\xa9")),
+    po.Insert(100, (b"1", b"\xff")),  # not UTF-8
+    po.Insert(100, (b"1", po.Binary(b"x"))),  # binary was not requested
+    po.Insert(100, (b"1",)),  # fewer columns than the relation
+    po.Insert(999, (b"1",)),  # relation never described
+    po.Insert(102, (b"x",)),  # no primary key: left out
+    po.Insert(103, (b"1", b"v")),  # bookkeeping: left out
+    po.Update(101, (b"1", b"b"), old=(b"1", b"a")),
+    po.Update(101, (b"2", b"b"), old=(b"1", b"a")),  # key changed: delete + insert
+    po.Update(101, (b"1", po.UNCHANGED_TOAST), old=(b"1", b"a")),  # TOAST from the old row
+    po.Update(100, (b"1", b"b")),
+    po.Update(100, (b"2", b"b"), key=(b"1", None)),  # 'K' tuple
+    po.Delete(101, old=(b"1", b"a")),
+    po.Delete(100, key=(b"1", None)),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(ROWS), max_size=6), st.booleans())
+def test_fast_row_path_equals_the_general_path(rows, echo):
+    """``feed_bytes`` decodes plain rows straight into records; for every mix of plain and
+    unusual row messages it must give exactly what decoding each message and ``feed`` give
+    (the same changes, or the same error; an echo's rows are not decoded by either)."""
+    messages = [po.Begin(FINAL, TS, 7)] + ([po.Origin(Lsn(5), "pg_x")] if echo else [])
+    payloads = [po.encode(m) for m in messages + rows + [po.Commit(FINAL, END, TS)]]
+    general = make()
+
+    def decode_then_feed(payload: bytes):
+        if general.dropping and payload[:1] in (b"I", b"U", b"D"):
+            return None
+        return general.feed(po.decode(payload))
+
+    expected = _outcome(decode_then_feed, payloads)
+    got = _outcome(make().feed_bytes, payloads)
+    assert got == expected

@@ -231,3 +231,40 @@ tuples = st.lists(values, max_size=5).map(tuple)
 def test_update_messages_round_trip(rel, new, old, key):
     msg = po.Update(rel, new, key=old) if key else po.Update(rel, new, old=old)
     assert po.decode(po.encode(msg)) == msg
+
+
+# --- the row fast path: a tuple straight into a record ---------------------------------------
+
+NAMES = ("id", "body", "big")
+
+
+@pytest.mark.parametrize(
+    "hexdata, expected",
+    [
+        # 3 columns: t "1", n, u (unchanged TOAST: left out) — then the offset after it
+        ("0003 74 00000001 31 6e 75", ({"id": "1", "body": None}, 10)),
+        # UTF-8 text; trailing bytes after the tuple are the caller's business
+        ("0003 74 00000002 c3a9 74 00000000 6e ff", ({"id": "é", "body": "", "big": None}, 15)),
+    ],
+)
+def test_text_record_vectors(hexdata, expected):
+    assert po.text_record(bytes.fromhex(hexdata.replace(" ", "")), 0, NAMES, "utf-8") == expected
+
+
+@pytest.mark.parametrize(
+    "hexdata",
+    [
+        "0002 74 00000001 31 6e",  # column count differs from the relation's
+        "0003 62 00000001 31 6e 6e",  # binary value: the general path refuses it
+        "0003 74 00000001 ff 6e 6e",  # not UTF-8
+        "0003 74 00000009 31 6e 6e",  # length past the end
+        "0003 74 ffffffff 31 6e 6e",  # negative length
+        "0003 74 00000001 31 6e",  # truncated: a column missing
+        "0003 78 6e 6e",  # unknown kind
+        "00",  # no column count
+    ],
+)
+def test_text_record_declines_what_decode_must_judge(hexdata):
+    """Anything unusual gives None: the assembler then decodes the whole message with
+    ``decode``, which raises the precise error (or handles the case)."""
+    assert po.text_record(bytes.fromhex(hexdata.replace(" ", "")), 0, NAMES, "utf-8") is None
