@@ -40,11 +40,13 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.errors import describe, is_permanent
 from electric.postgres import errors as pg_errors
 from electric.postgres import green, provision
 from electric.postgres import pgoutput as po
 from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
 from electric.postgres.lsn import Lsn
+from electric.retry import Backoff, Policy
 
 Sink = Callable[[Transaction], None]
 Submit = Callable[[Transaction], Any]
@@ -103,22 +105,6 @@ def _publication_option(names: str) -> str:
     return ",".join(parts)
 
 
-class Backoff:
-    """Capped exponential back-off: min, 2·min, 4·min, … max, max, …"""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self.minimum, self.maximum = minimum, maximum
-        self.current = minimum
-
-    def next(self) -> float:
-        delay = self.current
-        self.current = min(self.current * 2, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.minimum
-
-
 class SourceReader:
     """Streams a slot, hands durable-required transactions to ``sink``, acknowledges them."""
 
@@ -169,7 +155,7 @@ class SourceReader:
         self.status_interval = max(1.0, status_interval)  # psycopg2 rejects < 1
         self.heartbeat_interval = heartbeat_interval
         self.dead_after = dead_after
-        self.reconnect = Backoff(reconnect_min, reconnect_max)
+        self.reconnect = Backoff(Policy(reconnect_min, reconnect_max))
         self.sink_retry_min, self.sink_retry_max = sink_retry_min, sink_retry_max
         self.sink_blocked_retry = sink_blocked_retry
         self.tcp_user_timeout_ms = tcp_user_timeout_ms
@@ -255,7 +241,7 @@ class SourceReader:
                 raise
             except (psycopg2.Error, po.ProtocolError, StreamLost, OSError) as exc:
                 self._set_disconnected()
-                self.last_error = _describe(exc)
+                self.last_error = describe(exc)
                 if self._stopping:
                     break
                 # A stream that ran a while is a fresh failure: start again from the minimum.
@@ -344,7 +330,7 @@ class SourceReader:
                 made.append(f"slot {self.slot}")
             return " and ".join(made)
         except (psycopg2.Error, provision.ProvisionError) as exc:
-            self.log.warning("could not recreate slot/publication: {}", _describe(exc))
+            self.log.warning("could not recreate slot/publication: {}", describe(exc))
             return ""
         finally:
             conn.close()
@@ -544,8 +530,8 @@ class SourceReader:
             except Exception as abort_exc:  # the store is failing anyway: report, go on
                 self.log.warning("aborting the large transaction failed: {}", abort_exc)
         what = f"large transaction {end}" if end is not None else "a large transaction"
-        self.last_error = f"{what} cannot be written: {_describe(exc)}"
-        if isinstance(exc, ValueError):
+        self.last_error = f"{what} cannot be written: {describe(exc)}"
+        if is_permanent(exc):
             self.blocked_lsn = end or self.blocked_lsn or self.last_acked_lsn
             self.log.error("{}; ingestion from this source is held at it (not "
                            "acknowledged; read again and retried)", self.last_error)
@@ -655,15 +641,16 @@ class SourceReader:
     def _write(self, tx: Transaction) -> None:
         """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up).
 
-        A ``ValueError`` (e.g. the Vaxine row mapping refusing a row) is not an outage and
+        A permanent error (``errors.is_permanent``: e.g. the row mapping refusing a row) is not an outage and
         will not heal by itself; the transaction is still never skipped (acknowledging it
         would lose it), but it is reported once at error level, exposed as ``blocked_lsn``
         in the status, and retried with a back-off capped at ``sink_blocked_retry`` seconds.
         """
-        backoff = Backoff(self.sink_retry_min, self.sink_retry_max)
+        backoff = Backoff(Policy(self.sink_retry_min, self.sink_retry_max))
         # Slower, but starting at about a second: a refusal that depends on state elsewhere
         # (e.g. a table the schema registry does not know yet) may still clear quickly.
-        blocked_backoff = Backoff(min(1.0, self.sink_blocked_retry), self.sink_blocked_retry)
+        blocked_backoff = Backoff(Policy(min(1.0, self.sink_blocked_retry),
+                                         self.sink_blocked_retry))
         attempts = 0
         while True:
             try:
@@ -673,8 +660,8 @@ class SourceReader:
             except Exception as exc:  # the sink's failure modes are its own business
                 attempts += 1
                 self.sink_retrying = True
-                self.last_error = f"write failed: {_describe(exc)}"
-                if isinstance(exc, ValueError):
+                self.last_error = f"write failed: {describe(exc)}"
+                if is_permanent(exc):
                     if self.blocked_lsn != tx.lsn:
                         self.blocked_lsn = tx.lsn
                         self.log.error(
@@ -683,10 +670,10 @@ class SourceReader:
                             "most every {:.0f}s) until the cause is fixed",
                             tx.lsn,
                             _relations(tx),
-                            _describe(exc),
+                            describe(exc),
                             self.sink_blocked_retry,
                         )
-                    self.last_error = f"transaction {tx.lsn} cannot be written: {_describe(exc)}"
+                    self.last_error = f"transaction {tx.lsn} cannot be written: {describe(exc)}"
                     gevent.sleep(blocked_backoff.next())
                     continue
                 delay = backoff.next()
@@ -694,7 +681,7 @@ class SourceReader:
                     self.log.warning(
                         "could not write transaction {} ({}); attempt {}, retrying in {:.2f}s",
                         tx.lsn,
-                        _describe(exc),
+                        describe(exc),
                         attempts,
                         delay,
                     )
@@ -739,8 +726,3 @@ def _relations(tx: Transaction, limit: int = 5) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -4,7 +4,8 @@ import psycopg2.extensions as ext
 
 from electric.postgres import green
 from electric.postgres.connector import Connector, plain_dsn
-from electric.postgres.source import Backoff, SourceReader, _publication_option
+from electric.postgres.source import SourceReader, _publication_option
+from electric.retry import Backoff, Policy
 from electric.schema import SchemaRegistry
 
 
@@ -15,7 +16,7 @@ def test_publication_option_quotes_only_when_needed():
 
 
 def test_backoff_is_capped_and_resets():
-    b = Backoff(0.1, 0.5)
+    b = Backoff(Policy(0.1, 0.5))
     assert [b.next() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
     b.reset()
     assert b.next() == 0.1
