@@ -245,7 +245,7 @@ class SourceReader:
                 if self._stopping:
                     break
                 # A stream that ran a while is a fresh failure: start again from the minimum.
-                if time.monotonic() - started > self.reconnect.maximum:
+                if time.monotonic() - started > self.reconnect.policy.max:
                     self.reconnect.reset()
                 delay = self.reconnect.next()
                 if isinstance(exc, po.ProtocolError):
