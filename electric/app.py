@@ -134,6 +134,7 @@ class Application:
             ) from None
         self.on_close(STAGE_FILES, "offsets", self.offsets.close)
         self._load_secrets()
+        self._warn_without_sync_rules()
         self._start_vaxine()
         self.http = HttpServer(self.listen_host, s.status_port, self.router, tls=self.tls,
                                max_connections=self.max_connections)
@@ -172,6 +173,15 @@ class Application:
             logger.info(f"replication password: generated, kept in {kept_in} "
                         f"(set POSTGRES_REPLICATION_PASSWORD to choose one)")
         _raise_open_files_limit(self.max_connections + 1024)
+
+    def _warn_without_sync_rules(self) -> None:
+        """JWT mode means clients are told apart; without sync rules each still gets every
+        row (docs/sync-rules.md)."""
+        s = self.settings
+        if s.satellite_auth_mode == "jwt" and getattr(s, "sync_rules", None) is None:
+            logger.warning("SYNC_RULES_FILE is not set: every Satellite client receives, and "
+                           "may write, every row of every replicated table "
+                           "(see docs/sync-rules.md)")
 
     def _listener_statuses(self) -> dict[str, dict]:
         """Per listener: TLS, open connections against the cap, refusals."""
