@@ -1,4 +1,4 @@
-"""Checking a rule set against the replicated tables (docs/sync-rules.md, "Validation").
+"""Checking a rule set against the replicated tables (docs/sync-rules.md §1.2).
 
 Called once the catalogs are known (every connector has reported its tables into the
 :class:`~electric.schema.SchemaRegistry`): a rule naming a table or column that does not

@@ -1,6 +1,6 @@
 """Applying a rule set to one client: its effective filter, what it receives, what it may write.
 
-Pure functions (docs/sync-rules.md). :func:`effective_filter` binds the rules to a client's
+Pure functions (docs/sync-rules.md §3 and §4). :func:`effective_filter` binds the rules to a client's
 token claims once, at authentication; the result is hashable and equal for clients whose
 claims select the same rows, so a fan-out can encode a transaction once per distinct filter
 rather than once per client. Values are compared in their text form (the change model keeps
@@ -234,7 +234,7 @@ def may_write(flt: EffectiveFilter, change: Change) -> str | None:
 
     A write must stay inside the writer's scope: the row before (update, delete) and after
     (insert, update) must both satisfy the filter, so a client can neither touch rows it
-    cannot see nor hand rows to another scope (docs/sync-rules.md, "Writes")."""
+    cannot see nor hand rows to another scope (docs/sync-rules.md §4)."""
     label = ".".join(change.relation)
     table = flt.table(change.relation)
     if table is None:
