@@ -46,3 +46,14 @@ def test_mismatches_name_the_line(text, line, words):
 def test_none_rules_still_need_their_table():
     with pytest.raises(RulesError, match="no such replicated table"):
         check(rules('[tables.gone]\nrows = "none"\n'), TABLES)
+
+
+def test_checked_against_what_the_connectors_reported_to_the_registry():
+    from electric.schema import SchemaRegistry
+
+    registry = SchemaRegistry()
+    text = '[tables.items]\nrows = "owner_id = claims.sub"\n'
+    with pytest.raises(RulesError, match="replicated: none"):
+        check(rules(text), registry.tables())
+    registry.put_tables("all_tables", TABLES[:1])
+    check(rules(text), registry.tables())
