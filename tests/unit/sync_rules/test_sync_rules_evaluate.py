@@ -245,3 +245,21 @@ def test_random_histories_leave_each_replica_equal_to_its_scope_of_the_table():
                         if any(all(row.get(c.column) in c.values for c in conj)
                                for conj in table_filter.rows)}
             assert replica == expected, seed
+
+
+def test_claims_straight_from_authentication_in_both_modes():
+
+    from electric.satellite.auth import InsecureAuth, JwtAuth
+
+    rules = parse('[claims]\nuser_id = "string"\nteams = "string[]"\n\n'
+                  '[tables.items]\nrows = "owner_id = claims.user_id"\n\n'
+                  '[tables.projects]\nrows = "team_id IN claims.teams"\n')
+    plain = effective_filter(rules, InsecureAuth().authenticate("alice").claims)
+    assert classify(plain, NewRecord(ITEMS, item("alice"))) is Outcome.PASS
+    assert classify(plain, NewRecord(PROJECTS, {"team_id": "red"})) is Outcome.DROP
+    jwt_auth = JwtAuth(b"s" * 32, "cluster")
+    token, _exp = jwt_auth.mint("bob", claims={"teams": ["red"]})
+    signed = effective_filter(rules, jwt_auth.authenticate(token).claims)
+    assert classify(signed, NewRecord(ITEMS, item("bob"))) is Outcome.PASS
+    assert classify(signed, NewRecord(PROJECTS, {"team_id": "red"})) is Outcome.PASS
+    assert classify(signed, NewRecord(ITEMS, item("alice"))) is Outcome.DROP

@@ -79,3 +79,17 @@ def test_load_reads_a_file_and_reports_a_missing_one(tmp_path):
     assert load(str(path)).rule(("public", "items")).visible
     with pytest.raises(RulesError, match=r"nope.toml: cannot read: No such file"):
         load(str(tmp_path / "nope.toml"))
+
+
+def test_the_example_in_the_documentation_is_valid():
+    import os
+    import re
+
+    from tests.support.electric import ROOT
+
+    with open(os.path.join(ROOT, "docs", "sync-rules.md"), encoding="utf-8") as fh:
+        example = re.search(r"```toml\n(.*?)```", fh.read(), re.S).group(1)
+    rules = parse(example, "docs/sync-rules.md")
+    assert rules.rule(("app", "countries")).write is False
+    assert not rules.rule(("public", "audit_log")).visible
+    assert len(rules.rule(("public", "projects")).rows) == 2
