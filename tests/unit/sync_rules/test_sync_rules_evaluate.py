@@ -248,7 +248,6 @@ def test_random_histories_leave_each_replica_equal_to_its_scope_of_the_table():
 
 
 def test_claims_straight_from_authentication_in_both_modes():
-
     from electric.satellite.auth import InsecureAuth, JwtAuth
 
     rules = parse('[claims]\nuser_id = "string"\nteams = "string[]"\n\n'
