@@ -79,6 +79,9 @@ class Application:
         self._closers: list[tuple[int, str, Callable[[], None]]] = []
         self._stopped = Event()
         self._exit_code = 0
+        # SYNC_RULES_FILE once checked against the replicated tables (None until then, and
+        # without the setting): what Satellite sessions bind their clients' claims to.
+        self.sync_rules: sync_rules.RuleSet | None = None
         self._subscribe_attempts = 0
         self._install_routes()
 
@@ -200,7 +203,7 @@ class Application:
             for connector in list(self.connectors.values()):
                 connector.ready.wait()
             try:
-                sync_rules.check(rules, self.registry.tables())
+                self.sync_rules = sync_rules.check(rules, self.registry.tables())
             except sync_rules.RulesError as exc:
                 logger.critical(f"SYNC_RULES_FILE: {exc}")
                 self._exit_code = 2

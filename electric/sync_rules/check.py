@@ -8,6 +8,7 @@ exist, or comparing a claim with a column of another type, is refused with the f
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from electric.changes import Table
 from electric.sync_rules.model import ClaimType, RulesError, RuleSet
@@ -24,9 +25,12 @@ COMPATIBLE: dict[ClaimType, frozenset[str]] = {
 }
 
 
-def check(rules: RuleSet, tables: Iterable[Table]) -> None:
-    """Raise :class:`RulesError` for the first rule that does not fit ``tables``."""
+def check(rules: RuleSet, tables: Iterable[Table]) -> RuleSet:
+    """Raise :class:`RulesError` for the first rule that does not fit ``tables``; else the
+    rules with what the column types imply (UUID claims compared in lowercase). Bind claims
+    to the returned rule set."""
     catalog = {t.relation: t for t in tables}
+    checked = {}
     for relation, rule in rules.tables.items():
         table = catalog.get(relation)
         label = ".".join(relation)
@@ -34,7 +38,9 @@ def check(rules: RuleSet, tables: Iterable[Table]) -> None:
             known = ", ".join(sorted(".".join(r) for r in catalog)) or "none"
             raise RulesError(rules.path, rule.line or None,
                              f"{label}: no such replicated table (replicated: {known})")
+        alternatives = []
         for alternative in rule.rows:
+            conditions = []
             for cond in alternative:
                 column = table.column(cond.column)
                 if column is None:
@@ -47,6 +53,10 @@ def check(rules: RuleSet, tables: Iterable[Table]) -> None:
                                      f"{label}: column {cond.column} is {column.type_name}, "
                                      f"claims.{cond.claim} is {rules.claims[cond.claim].value}: "
                                      f"{_compatible_hint(kind)}")
+                conditions.append(replace(cond, lowercase=column.type_name.lower() == "uuid"))
+            alternatives.append(tuple(conditions))
+        checked[relation] = replace(rule, rows=tuple(alternatives))
+    return replace(rules, tables=checked)
 
 
 def _compatible_hint(kind: ClaimType) -> str:

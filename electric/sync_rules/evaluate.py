@@ -147,6 +147,8 @@ def _bind(rows: Expression, values: dict[str, frozenset[str]]) -> tuple[BoundCon
         bound: dict[str, frozenset[str]] = {}
         for cond in conjunction:
             allowed = values[cond.claim]
+            if cond.lowercase:
+                allowed = frozenset(v.lower() for v in allowed)
             # Two conditions on one column: the row's value must satisfy both.
             bound[cond.column] = bound[cond.column] & allowed if cond.column in bound else allowed
         if any(not v for v in bound.values()):

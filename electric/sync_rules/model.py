@@ -56,6 +56,9 @@ class Condition:
     op: Op
     claim: str
     line: int = field(default=0, compare=False)
+    # Set by check() for uuid columns: Postgres prints UUIDs in lowercase, so claims are
+    # lowercased before comparing.
+    lowercase: bool = False
 
 
 Conjunction = tuple[Condition, ...]

@@ -57,3 +57,20 @@ def test_checked_against_what_the_connectors_reported_to_the_registry():
         check(rules(text), registry.tables())
     registry.put_tables("all_tables", TABLES[:1])
     check(rules(text), registry.tables())
+
+
+def test_uuid_claims_are_compared_in_lowercase_after_the_check():
+    from electric.changes import NewRecord
+    from electric.sync_rules import Outcome, classify, effective_filter
+
+    text = '[tables.items]\nrows = "id IN claims.ids OR owner_id = claims.sub"\n'
+    checked = check(rules(text), TABLES)
+    claims = {"ids": ["A5408365-7BF4-48B1-AFE2-CB8171631D7C"], "sub": "Alice"}
+    row = {"id": "a5408365-7bf4-48b1-afe2-cb8171631d7c", "owner_id": "x"}
+    assert classify(effective_filter(checked, claims), NewRecord(("public", "items"), row)) \
+        is Outcome.PASS
+    # Text columns keep their case; unchecked rules know no column types.
+    assert classify(effective_filter(checked, claims), NewRecord(
+        ("public", "items"), {"id": "0", "owner_id": "alice"})) is Outcome.DROP
+    assert classify(effective_filter(rules(text), claims), NewRecord(("public", "items"), row)) \
+        is Outcome.DROP
