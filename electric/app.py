@@ -15,7 +15,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import errors, metrics, replication_password, tls
+from electric import errors, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
@@ -78,6 +78,10 @@ class Application:
         self.connector_locks: dict[str, BoundedSemaphore] = {}
         self._closers: list[tuple[int, str, Callable[[], None]]] = []
         self._stopped = Event()
+        self._exit_code = 0
+        # SYNC_RULES_FILE once checked against the replicated tables (None until then, and
+        # without the setting): what Satellite sessions bind their clients' claims to.
+        self.sync_rules: sync_rules.RuleSet | None = None
         self._subscribe_attempts = 0
         self._install_routes()
 
@@ -134,6 +138,7 @@ class Application:
             ) from None
         self.on_close(STAGE_FILES, "offsets", self.offsets.close)
         self._load_secrets()
+        self._warn_without_sync_rules()
         self._start_vaxine()
         self.http = HttpServer(self.listen_host, s.status_port, self.router, tls=self.tls,
                                max_connections=self.max_connections)
@@ -142,6 +147,7 @@ class Application:
         self._start_publisher()
         self._start_satellite()
         self._start_connectors()
+        self._check_sync_rules_when_ready()
         metrics.watch(metrics.StatusCollector(
             connectors=self._connector_statuses, subscribers=self.publisher.status,
             satellite=self.satellite.status, vaxine_up=self._vaxine_reachable,
@@ -172,6 +178,41 @@ class Application:
             logger.info(f"replication password: generated, kept in {kept_in} "
                         f"(set POSTGRES_REPLICATION_PASSWORD to choose one)")
         _raise_open_files_limit(self.max_connections + 1024)
+
+    def _warn_without_sync_rules(self) -> None:
+        """JWT mode means clients are told apart; without sync rules each still gets every
+        row (docs/sync-rules.md)."""
+        s = self.settings
+        if s.satellite_auth_mode == "jwt" and getattr(s, "sync_rules", None) is None:
+            logger.warning("SYNC_RULES_FILE is not set: every Satellite client receives, and "
+                           "may write, every row of every replicated table "
+                           "(see docs/sync-rules.md)")
+
+    def _check_sync_rules_when_ready(self) -> None:
+        """Check SYNC_RULES_FILE against the tables once every connector has reported them:
+        a rule naming a table or column that is not there, or comparing a claim with a column
+        of another type, stops Electric with exit code 2 and the file's line."""
+        rules = getattr(self.settings, "sync_rules", None)
+        if rules is None:
+            return
+        if not self.connectors:
+            logger.info(f"sync rules {rules.path}: no connectors, nothing to check them against")
+            return
+
+        def run() -> None:
+            for connector in list(self.connectors.values()):
+                connector.ready.wait()
+            try:
+                self.sync_rules = sync_rules.check(rules, self.registry.tables())
+            except sync_rules.RulesError as exc:
+                logger.critical(f"SYNC_RULES_FILE: {exc}")
+                self._exit_code = 2
+                self._stopped.set()
+                return
+            logger.info(f"sync rules {rules.path}: checked against "
+                        f"{len(self.registry.tables())} replicated table(s)")
+
+        self.supervisor.spawn("sync-rules-check", run)
 
     def _listener_statuses(self) -> dict[str, dict]:
         """Per listener: TLS, open connections against the cap, refusals."""
@@ -395,7 +436,7 @@ class Application:
         logger.info("Electric started")
         self._stopped.wait()
         self.shutdown()
-        return 0
+        return self._exit_code
 
     def _on_signal(self, signum: int) -> None:
         logger.info(f"received {signal.Signals(signum).name}, shutting down")

@@ -103,6 +103,10 @@ class SchemaRegistry:
 
         return self._wait_for(lookup, wait)
 
+    def tables(self) -> list[Table]:
+        """Every table any connector has reported (what sync rules are checked against)."""
+        return list(self._tables.values())
+
     def is_ready(self, origin: str) -> bool:
         return self._ready.get(origin, False)
 
