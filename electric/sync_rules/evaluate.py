@@ -10,7 +10,7 @@ matches ``"t"``. SQL NULL matches nothing, as in SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -214,8 +214,17 @@ def classify(flt: EffectiveFilter, change: Change) -> Outcome:
     return Outcome.AS_DELETE if was_in else Outcome.DROP
 
 
-def apply(flt: EffectiveFilter, change: Change) -> Change | None:
-    """The change to send to the client, rewritten when the row crossed its scope."""
+KeyColumns = Callable[[RelationName], Sequence[str]]
+"""A table's primary key columns (``relation -> names``)."""
+
+
+def apply(flt: EffectiveFilter, change: Change, keys: KeyColumns | None = None) -> Change | None:
+    """The change to send to the client, rewritten when the row crossed its scope.
+
+    An update without its old row whose new row is out of scope becomes a delete: with
+    ``keys`` it carries only the primary key columns, so a client that never had the row
+    learns no more than which key changed (Electric's log keeps rows after the change only,
+    see docs/sync-rules.md §3); without ``keys`` it carries the row."""
     if type(change) is NewRecord:  # the common case, decided without the general path
         table = flt.table(change.relation)
         return change if table is not None and row_in_scope(table, change.record) else None
@@ -228,14 +237,20 @@ def apply(flt: EffectiveFilter, change: Change) -> Change | None:
     new_row = {**(change.old_record or {}), **change.record}
     if outcome is Outcome.AS_INSERT:
         return NewRecord(change.relation, new_row)
-    return DeletedRecord(change.relation, change.old_record or new_row)
+    if change.old_record is not None:
+        return DeletedRecord(change.relation, change.old_record)
+    if keys is None:
+        return DeletedRecord(change.relation, new_row)
+    return DeletedRecord(change.relation,
+                         {k: new_row[k] for k in keys(change.relation) if k in new_row})
 
 
-def apply_all(flt: EffectiveFilter, changes: Iterable[Change]) -> list[Change]:
+def apply_all(flt: EffectiveFilter, changes: Iterable[Change],
+              keys: KeyColumns | None = None) -> list[Change]:
     """:func:`apply` over a transaction's changes, dropping what the client must not see."""
     out = []
     for change in changes:
-        sent = apply(flt, change)
+        sent = apply(flt, change, keys)
         if sent is not None:
             out.append(sent)
     return out

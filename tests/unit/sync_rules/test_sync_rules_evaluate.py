@@ -110,6 +110,15 @@ def test_update_without_old_row():
     assert apply(BOB, change) == DeletedRecord(ITEMS, item("alice"))
 
 
+def test_update_without_old_row_leaving_scope_is_a_delete_of_its_key_only():
+    # The log keeps rows after the change only: a client out of scope must not get the row.
+    change = UpdatedRecord(ITEMS, item("bob", secret="s"), None)
+    sent = apply(ALICE, change, keys=lambda relation: ["id"])
+    assert sent == DeletedRecord(ITEMS, {"id": "1"})
+    assert apply_all(ALICE, [change], lambda relation: ["id"]) == [sent]
+    assert apply(BOB, change, keys=lambda relation: ["id"]) is change
+
+
 def test_deletes():
     assert classify(ALICE, DeletedRecord(ITEMS, item("alice"))) is Outcome.PASS
     assert classify(ALICE, DeletedRecord(ITEMS, item("bob"))) is Outcome.DROP
