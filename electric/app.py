@@ -25,6 +25,7 @@ from electric.postgres.publisher import Publisher, vaxine_stream_opener
 from electric.postgres.subscription import electric_conninfo, subscribe, subscribe_when_ready
 from electric.satellite.auth import AuthConfigError, provider_from_settings
 from electric.satellite.server import SatelliteServer
+from electric.satellite.session import FilterUnavailable
 from electric.schema import SchemaRegistry
 from electric.store import ChainedWriter, LocalStore, StoreFormatError, UnmappableChange, legacy
 from electric.supervisor import Supervisor
@@ -34,6 +35,8 @@ from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
 from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
 SHUTDOWN_TIMEOUT = 4.0
+SYNC_RULES_WAIT = 30.0
+"""How long a Satellite client authenticating at start-up waits for the sync rules check."""
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
 
 
@@ -82,6 +85,7 @@ class Application:
         # SYNC_RULES_FILE once checked against the replicated tables (None until then, and
         # without the setting): what Satellite sessions bind their clients' claims to.
         self.sync_rules: sync_rules.RuleSet | None = None
+        self._sync_rules_checked = Event()
         self._subscribe_attempts = 0
         self._install_routes()
 
@@ -188,6 +192,15 @@ class Application:
                            "may write, every row of every replicated table "
                            "(see docs/sync-rules.md)")
 
+    def _rules_for_session(self) -> sync_rules.RuleSet:
+        """The checked rules for a Satellite client authenticating: a client arriving before
+        the connectors have described their tables waits for the check (up to
+        SYNC_RULES_WAIT seconds), then is refused and retries; it never gets an unfiltered
+        or unchecked view."""
+        if not self._sync_rules_checked.wait(SYNC_RULES_WAIT) or self.sync_rules is None:
+            raise FilterUnavailable("sync rules are not checked yet (connectors starting)")
+        return self.sync_rules
+
     def _check_sync_rules_when_ready(self) -> None:
         """Check SYNC_RULES_FILE against the tables once every connector has reported them:
         a rule naming a table or column that is not there, or comparing a claim with a column
@@ -197,6 +210,8 @@ class Application:
             return
         if not self.connectors:
             logger.info(f"sync rules {rules.path}: no connectors, nothing to check them against")
+            self.sync_rules = rules
+            self._sync_rules_checked.set()
             return
 
         def run() -> None:
@@ -211,6 +226,7 @@ class Application:
                 return
             logger.info(f"sync rules {rules.path}: checked against "
                         f"{len(self.registry.tables())} replicated table(s)")
+            self._sync_rules_checked.set()
 
         self.supervisor.spawn("sync-rules-check", run)
 
@@ -347,6 +363,8 @@ class Application:
             open_stream=self._open_wal_stream, offsets=self.offsets,
             tls=self.tls, max_connections=self.max_connections,
             is_permanent=errors.is_permanent,
+            sync_rules=(self._rules_for_session if getattr(s, "sync_rules", None) is not None
+                        else None),
         )
         _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
         self.on_close(STAGE_LISTENERS, "satellite", self.satellite.stop)

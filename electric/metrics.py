@@ -105,6 +105,17 @@ def slow_client_disconnected() -> None:
     slow_clients.inc()
 
 
+writes_refused = Counter(
+    "electric_satellite_writes_refused",
+    "Satellite client transactions refused by the sync rules, by the table of the first "
+    "change outside the client's rules (docs/sync-rules.md section 4)",
+    ["table"], registry=REGISTRY)
+
+
+def write_refused(table: str) -> None:
+    writes_refused.labels(table).inc()
+
+
 def skipped(reason: str, n: int = 1) -> None:
     """Count ``n`` changes left out for ``reason`` (one of :data:`SKIP_REASONS`)."""
     changes_skipped.labels(reason).inc(n)

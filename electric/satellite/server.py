@@ -65,6 +65,7 @@ from electric.satellite.socket_writer import (
     SocketWriter,
     binary_frame,
 )
+from electric.sync_rules import effective_filter
 
 WS_PATH = "/ws"
 CLAIM_GRACE = 1.0
@@ -100,6 +101,8 @@ class AuthProvider(Protocol):
     mode: str
 
     def validate(self, token: str) -> str: ...
+
+    def authenticate(self, token: str) -> Any: ...
 
 
 WriteFn = Callable[[Transaction], Any]
@@ -244,13 +247,14 @@ class _Connection(SocketWriter):
         self.peer = peer
         self.lock = gevent.lock.RLock()
         self.session = Session(
-            authenticate=server.auth.validate,
+            authenticate=server.auth.authenticate,
             lookup_table=server.lookup_table,
             cluster_id=server.cluster_id,
             now=time.monotonic(),
             peer=peer,
             ping_interval=server.ping_interval,
             oplog_cache=server.oplog_cache,
+            bind_filter=server.bind_filter if server.sync_rules is not None else None,
         )
         self.log = self.session.log
         self.client_id: str | None = None
@@ -645,6 +649,7 @@ class SatelliteServer:
         table_wait: float = TABLE_WAIT,
         tls: Any = None,
         max_connections: int = 10_000,
+        sync_rules: Callable[[], Any] | None = None,
     ) -> None:
         self.host = host
         self.tls = tls  # a server SSLContext: wss:// instead of ws://
@@ -667,6 +672,9 @@ class SatelliteServer:
         self.slow_disconnects = 0
         self.table_wait = table_wait
         self.oplog_cache = OplogCache()
+        # SYNC_RULES_FILE: returns the checked RuleSet (waiting for the check) or raises
+        # FilterUnavailable; None without the setting (no filter, today's path).
+        self.sync_rules = sync_rules
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
         # from an older offset still uses a private stream per socket.
         self.tail = SharedTail(open_stream) if shared_tail else None
@@ -769,6 +777,12 @@ class SatelliteServer:
             except Exception:  # one socket's failure must not cost the others theirs
                 conn.log.exception("writing to the socket failed")
                 conn._fail_sending()
+
+    def bind_filter(self, claims: Any) -> Any:
+        """A client's effective filter, the one object shared by every client with an equal
+        one (so they share encodings, see oplog_cache)."""
+        assert self.sync_rules is not None
+        return self.oplog_cache.intern(effective_filter(self.sync_rules(), claims))
 
     def subscribe(self, offset: StartOffset) -> Iterator[tuple[Transaction, Any]]:
         """The outgoing stream for one socket: via the shared tail, or a private stream."""

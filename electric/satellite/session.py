@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,8 +37,9 @@ from typing import Any
 from google.protobuf.message import Message
 from loguru import logger
 
-from electric import metrics
+from electric import metrics, sync_rules
 from electric.changes import (
+    Change,
     DeletedRecord,
     NewRecord,
     Record,
@@ -48,7 +49,7 @@ from electric.changes import (
 )
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from electric.satellite.auth import AuthError
+from electric.satellite.auth import AuthError, Identity
 from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
 
@@ -176,27 +177,42 @@ class InRep:
 TableLookup = Callable[[tuple[str, str]], Any]
 """``(schema, table) -> electric.changes.Table | None`` (usually ``SchemaRegistry.table``)."""
 
+BindFilter = Callable[[Mapping[str, Any]], "sync_rules.EffectiveFilter | None"]
+"""A client's claims -> its effective filter, ``None`` without sync rules (every row); raises
+:class:`FilterUnavailable` when the rules cannot be applied yet."""
+
+
+class FilterUnavailable(Exception):
+    """The sync rules are set but not checked yet: the client is refused, it retries."""
+
 
 class Session:
     """State machine for one Satellite socket.
 
-    ``authenticate(token) -> user_id`` raises :class:`AuthError`; ``lookup_table`` resolves
-    relations for both directions; ``now`` values are monotonic seconds supplied by the caller.
+    ``authenticate(token) -> Identity`` (or just the user id) raises :class:`AuthError`;
+    ``lookup_table`` resolves relations for both directions; ``bind_filter`` turns the
+    token's claims into the client's sync rules filter (docs/sync-rules.md); ``now`` values
+    are monotonic seconds supplied by the caller.
     """
 
     _subscription_ids = itertools.count(1)
 
     def __init__(
         self,
-        authenticate: Callable[[str], str],
+        authenticate: Callable[[str], Identity | str],
         lookup_table: TableLookup,
         cluster_id: str,
         now: float = 0.0,
         peer: str = "",
         ping_interval: float = PING_INTERVAL,
         oplog_cache: OplogCache | None = None,
+        bind_filter: BindFilter | None = None,
     ) -> None:
         self._authenticate = authenticate
+        self._bind_filter = bind_filter
+        # Bound at authentication from the token's claims; None: no rules, every row.
+        self.filter: sync_rules.EffectiveFilter | None = None
+        self.writes_refused = 0
         self._lookup_table = lookup_table
         self.cluster_id = cluster_id
         self.peer = peer
@@ -297,11 +313,16 @@ class Session:
         actions are an iterator: take them in order, each as it comes."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
+        changes = None
         if len(transaction.changes) > STREAMED_TRANSACTION:
-            self.out.sent_transactions += 1
-            return self._serialize_streamed(transaction, offset)
+            if self.filter is not None:
+                changes = self._visible(transaction)
+            if len(changes if changes is not None else transaction.changes) > \
+                    STREAMED_TRANSACTION:
+                self.out.sent_transactions += 1
+                return self._serialize_streamed(transaction, offset, changes)
         try:
-            actions = self._serialize_outgoing(transaction, offset)
+            actions = self._serialize_outgoing(transaction, offset, changes)
         except Exception as exc:
             self.log.exception("cannot serialise outgoing transaction at {}", offset)
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
@@ -318,7 +339,7 @@ class Session:
         if (cache is None or self.closed or not self.out.active
                 or subscription != self.out.subscription):
             return None
-        hit = cache.get_tx(transaction, offset)
+        hit = cache.get_tx(transaction, offset, self.filter)
         if hit is None:
             return None
         known, lookup = self.out.known_relations, self._lookup_table
@@ -398,6 +419,9 @@ class Session:
             "sent_transactions": self.out.sent_transactions,
             "written_transactions": self.inc.written,
             "unacked_transactions": len(self.inc.in_flight),
+            # Counts only, never claim or row values (docs/sync-rules.md).
+            "sync_rules": (None if self.filter is None
+                           else {**self.filter.summary(), "writes_refused": self.writes_refused}),
         }
 
     # -- internals ------------------------------------------------------------------------
@@ -443,15 +467,28 @@ class Session:
         if not msg.id or not msg.token:
             raise ProtocolViolation(frames.INVALID_REQUEST, "SatAuthReq needs an id and a token")
         try:
-            user_id = self._authenticate(msg.token)
+            identity = self._authenticate(msg.token)
         except AuthError as exc:
             if exc.expired:
                 self.log.warning("client {!r} presented an expired token", msg.id)
             raise ProtocolViolation(frames.AUTH_REQUIRED, exc.reason) from None
+        if isinstance(identity, str):
+            user_id, claims = identity, {"user_id": identity}
+        else:
+            user_id, claims = identity.user_id, identity.claims
+        if self._bind_filter is not None:
+            try:
+                self.filter = self._bind_filter(claims)
+            except FilterUnavailable as exc:
+                raise ProtocolViolation(frames.INTERNAL, str(exc)) from None
         self.client_id = msg.id
         self.user_id = user_id
         self.claim_pending = True
         self.log = self.log.bind(client_id=msg.id, user_id=user_id)
+        if self.filter is not None and self.filter.problems:
+            # The client sees fewer rows; worth one line, never the claim values.
+            self.log.info("sync rules for client {!r}: {}", msg.id,
+                          "; ".join(self.filter.problems))
         return [ClaimClient(msg.id, user_id)]
 
     # client → server, authenticated
@@ -539,6 +576,7 @@ class Session:
             done = self._apply_op(op)
             if done is not None:
                 self._validate_transaction(done)
+                self._check_rules(done)
                 self.log.debug(
                     "New transaction from satellite {} lsn {}: {}",
                     self.client_id,
@@ -629,7 +667,32 @@ class Session:
                     + ", ".join(missing),
                 )
 
+    def _check_rules(self, tx: Transaction) -> None:
+        """Refuse a client transaction with any change outside its sync rules, as a whole
+        and before anything is written (docs/sync-rules.md §4). The old row judged is the
+        one the client sends: the store offers no lookup of the current row to compare."""
+        if self.filter is None:
+            return
+        for change in tx.changes:
+            reason = sync_rules.may_write(self.filter, change)
+            if reason is not None:
+                self.writes_refused += 1
+                metrics.write_refused(".".join(change.relation))
+                raise ProtocolViolation(
+                    frames.INVALID_REQUEST,
+                    f"transaction {describe(tx.lsn)} refused by the sync rules: {reason}")
+
     # server → client
+
+    def _visible(self, tx: Transaction) -> list[Change]:
+        """What this client's filter lets through of ``tx`` (rows crossing its scope are
+        rewritten as inserts/deletes)."""
+        assert self.filter is not None
+        return sync_rules.apply_all(self.filter, tx.changes, self._key_columns)
+
+    def _key_columns(self, relation: Any) -> list[str]:
+        table = self._lookup_table(relation)
+        return list(table.primary_keys) if table is not None else []
 
     def _outgoing_table(self, relation: Any) -> Any:
         """The table of an outgoing change, or ``None`` when the registry does not know it.
@@ -642,7 +705,8 @@ class Session:
             self.log.warning("skipping change to {}.{}: not in the schema registry", *relation)
         return table
 
-    def _serialize_streamed(self, tx: Transaction, offset: Any) -> Iterator[Action]:
+    def _serialize_streamed(self, tx: Transaction, offset: Any,
+                            changes: list[Change] | None = None) -> Iterator[Action]:
         """A transaction too big to hold as one message: several SatOpLogs, Begin in the
         first and Commit in the last (the client assembles a transaction across messages),
         each built as the previous one is sent, so neither the transaction nor its encoding
@@ -651,7 +715,7 @@ class Session:
         lsn = encode_offset(offset)
         ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
         tables: dict[Any, Any] = {}
-        for change in tx.changes:
+        for change in tx.changes if changes is None else changes:
             if isinstance(change, TruncatedRelation):
                 continue  # no representation in the protocol
             relation = change.relation
@@ -670,12 +734,18 @@ class Session:
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
         yield Send(pb.SatOpLog(ops=ops))
 
-    def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
+    def _serialize_outgoing(self, tx: Transaction, offset: Any,
+                            changes: list[Change] | None = None) -> list[Action]:
+        """``tx`` as this client receives it; ``changes``: what its filter left of it, when
+        already known. A transaction the filter leaves empty still goes out (Begin and
+        Commit only) so that the client's lsn advances: its acks and resume position never
+        lag behind the log because of rows it does not see."""
         cache = self.oplog_cache
+        flt = self.filter
         if cache is not None:
             # Fast path for the shared tail: the very same Transaction object reaches every
             # live socket; only the relation announcements differ per socket.
-            hit = cache.get_tx(tx, offset)
+            hit = cache.get_tx(tx, offset, flt)
             if hit is not None and all(self._lookup_table(r) is t for r, t in hit.relations):
                 metrics.encoding_reused("satellite")
                 actions: list[Action] = []
@@ -686,9 +756,11 @@ class Session:
                 actions.append(Send(hit.msg, raw=hit.raw))
                 return actions
         actions = []
+        if changes is None:
+            changes = tx.changes if flt is None else self._visible(tx)
         ts = datetime_to_ms(tx.commit_timestamp)
         tables: list[Any] = []
-        for change in tx.changes:
+        for change in changes:
             table = None
             if not isinstance(change, TruncatedRelation):  # no representation in 0.3.0
                 table = self._outgoing_table(change.relation)
@@ -703,13 +775,16 @@ class Session:
         cache = self.oplog_cache
         if cache is not None and isinstance(offset, int | tuple):
             key = (offset, ts, len(tx.changes), tuple(map(id, tables)))
+            if flt is not None and changes:
+                # (Empty, the encoding is the same for every client: shared by all.)
+                key += (flt,)
             cached = cache.get(key)
             if cached is not None:
                 actions.append(Send(cached[0], raw=cached[1]))
                 return actions
         lsn = encode_offset(offset)
         ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
-        for change, table in zip(tx.changes, tables, strict=True):
+        for change, table in zip(changes, tables, strict=True):
             if table is not None:
                 ops.append(_change_op(table, change))
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
@@ -718,8 +793,8 @@ class Session:
         metrics.transaction_encoded("satellite")
         if key is not None and cache is not None:
             cache.put(key, (msg, send.raw))
-            relations = {c.relation: t for c, t in zip(tx.changes, tables, strict=True)}
-            cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw)
+            relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
+            cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw, flt)
         actions.append(send)
         return actions
 
