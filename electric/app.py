@@ -249,7 +249,9 @@ class Application:
         return {
             "connectors": connectors,
             "satellite": {"clients_connected": satellite["clients_connected"],
-                          "clients": satellite["clients"]},
+                          "clients": satellite["clients"],
+                          # Sync rules: clients sharing a filter share encodings.
+                          "distinct_filters": satellite["oplog_cache"]["distinct_filters"]},
             "listeners": self._listener_statuses(),
             # Log readers held at a transaction they cannot read (never skipped).
             "blocked": wal_blocked_readers() + satellite.get("streams_held", []),
