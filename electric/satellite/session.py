@@ -313,16 +313,15 @@ class Session:
         actions are an iterator: take them in order, each as it comes."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
-        changes = None
         if len(transaction.changes) > STREAMED_TRANSACTION:
+            self.out.sent_transactions += 1
+            changes: Iterable[Change] = transaction.changes
             if self.filter is not None:
-                changes = self._visible(transaction)
-            if len(changes if changes is not None else transaction.changes) > \
-                    STREAMED_TRANSACTION:
-                self.out.sent_transactions += 1
-                return self._serialize_streamed(transaction, offset, changes)
+                # Lazily: a big transaction (a snapshot) is never whole in memory.
+                changes = self._visible_lazily(transaction)
+            return self._serialize_streamed(transaction, offset, changes)
         try:
-            actions = self._serialize_outgoing(transaction, offset, changes)
+            actions = self._serialize_outgoing(transaction, offset)
         except Exception as exc:
             self.log.exception("cannot serialise outgoing transaction at {}", offset)
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
@@ -690,6 +689,14 @@ class Session:
         assert self.filter is not None
         return sync_rules.apply_all(self.filter, tx.changes, self._key_columns)
 
+    def _visible_lazily(self, tx: Transaction) -> Iterator[Change]:
+        assert self.filter is not None
+        flt, keys = self.filter, self._key_columns
+        for change in tx.changes:
+            sent = sync_rules.apply(flt, change, keys)
+            if sent is not None:
+                yield sent
+
     def _key_columns(self, relation: Any) -> list[str]:
         table = self._lookup_table(relation)
         return list(table.primary_keys) if table is not None else []
@@ -706,7 +713,7 @@ class Session:
         return table
 
     def _serialize_streamed(self, tx: Transaction, offset: Any,
-                            changes: list[Change] | None = None) -> Iterator[Action]:
+                            changes: Iterable[Change] | None = None) -> Iterator[Action]:
         """A transaction too big to hold as one message: several SatOpLogs, Begin in the
         first and Commit in the last (the client assembles a transaction across messages),
         each built as the previous one is sent, so neither the transaction nor its encoding
