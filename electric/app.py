@@ -367,6 +367,7 @@ class Application:
             is_permanent=errors.is_permanent,
             sync_rules=(self._rules_for_session if getattr(s, "sync_rules", None) is not None
                         else None),
+            current_rows=self.store.current_rows if self.store is not None else None,
         )
         _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
         self.on_close(STAGE_LISTENERS, "satellite", self.satellite.stop)

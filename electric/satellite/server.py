@@ -40,7 +40,7 @@ from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
 from electric import errors, metrics
-from electric.changes import Transaction, TruncatedRelation
+from electric.changes import DeletedRecord, Transaction, TruncatedRelation
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
 from electric.listeners import GuardedWSGIServer
@@ -466,6 +466,15 @@ class _Connection(SocketWriter):
                 )
                 return
             try:
+                allowed = self._stored_rows_allow(tx)
+            except gevent.GreenletExit:
+                raise
+            except Exception as exc:  # the store cannot be read: as a failed write
+                self._writer_failed(tx, exc)
+                continue
+            if not allowed:
+                return
+            try:
                 self._write_with_retry(tx)
             except gevent.GreenletExit:
                 raise
@@ -485,6 +494,22 @@ class _Connection(SocketWriter):
                 return
             self.log.debug("Saving lsn {} for satellite: {!r}", describe(tx.lsn), self.client_id)
             self._handle(self.session.transaction_written, tx.lsn)
+
+    def _stored_rows_allow(self, tx: Transaction) -> bool:
+        """Sync rules: judge the client's updates and deletes on the rows as stored (the
+        store's lookup; without one, on the old rows the client sent). This writer is the
+        client's only one, so its earlier transactions are already stored."""
+        lookup = self.server.current_rows
+        changes = self.session.rows_to_verify(tx) if lookup is not None else []
+        if not changes:
+            return True
+        stored = lookup([(c.relation, c.old_record if isinstance(c, DeletedRecord)
+                          else (c.old_record or c.record)) for c in changes])
+        with self.lock:
+            actions = self.session.verify_stored_rows(tx, changes, stored)
+            for action in actions:
+                self._execute(action)
+        return not actions
 
     def _wait_for_tables(self, tx: Transaction) -> str | None:
         """Give the schema registry ``table_wait`` seconds to learn the tables ``tx`` uses
@@ -650,6 +675,7 @@ class SatelliteServer:
         tls: Any = None,
         max_connections: int = 10_000,
         sync_rules: Callable[[], Any] | None = None,
+        current_rows: Callable[[list], list] | None = None,
     ) -> None:
         self.host = host
         self.tls = tls  # a server SSLContext: wss:// instead of ws://
@@ -675,6 +701,9 @@ class SatelliteServer:
         # SYNC_RULES_FILE: returns the checked RuleSet (waiting for the check) or raises
         # FilterUnavailable; None without the setting (no filter, today's path).
         self.sync_rules = sync_rules
+        # The store's rows by key (LocalStore.current_rows): what client writes are judged
+        # on under sync rules; None (Vaxine) judges on the old rows clients send.
+        self.current_rows = current_rows
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
         # from an older offset still uses a private stream per socket.
         self.tail = SharedTail(open_stream) if shared_tail else None

@@ -668,18 +668,54 @@ class Session:
 
     def _check_rules(self, tx: Transaction) -> None:
         """Refuse a client transaction with any change outside its sync rules, as a whole
-        and before anything is written (docs/sync-rules.md §4). The old row judged is the
-        one the client sends: the store offers no lookup of the current row to compare."""
+        and before anything is queued (docs/sync-rules.md §4), judged on the old rows the
+        client sends; the writer judges again on the stored rows (:meth:`rows_to_verify`)."""
         if self.filter is None:
             return
         for change in tx.changes:
             reason = sync_rules.may_write(self.filter, change)
             if reason is not None:
-                self.writes_refused += 1
-                metrics.write_refused(".".join(change.relation))
-                raise ProtocolViolation(
-                    frames.INVALID_REQUEST,
-                    f"transaction {describe(tx.lsn)} refused by the sync rules: {reason}")
+                raise ProtocolViolation(frames.INVALID_REQUEST, self._refused(tx, change, reason))
+
+    def _refused(self, tx: Transaction, change: Change, reason: str) -> str:
+        self.writes_refused += 1
+        metrics.write_refused(".".join(change.relation))
+        return f"transaction {describe(tx.lsn)} refused by the sync rules: {reason}"
+
+    def rows_to_verify(self, tx: Transaction) -> list[Change]:
+        """The updates and deletes of ``tx`` to filtered tables: the writer looks up their
+        stored rows and hands them to :meth:`verify_stored_rows` before writing."""
+        if self.filter is None:
+            return []
+        out = []
+        for change in tx.changes:
+            if isinstance(change, UpdatedRecord | DeletedRecord):
+                table = self.filter.table(change.relation)
+                if table is not None and not table.everything:
+                    out.append(change)
+        return out
+
+    def verify_stored_rows(self, tx: Transaction, changes: list[Change],
+                           stored: list[Record | None]) -> list[Action]:
+        """Judge ``changes`` (from :meth:`rows_to_verify`) again with the stored row as the
+        old row, so a client cannot reach another scope's row by sending a forged old row.
+        A row that is not stored is judged on what the client sent (already done). Returns
+        nothing when the transaction may be written, else the refusal (error + close)."""
+        if self.closed or self.filter is None:
+            return []
+        for change, row in zip(changes, stored, strict=True):
+            if row is None:
+                continue
+            if isinstance(change, UpdatedRecord):
+                judged: Change = UpdatedRecord(change.relation, change.record, row)
+            else:
+                judged = DeletedRecord(change.relation, row)
+            reason = sync_rules.may_write(self.filter, judged)
+            if reason is not None:
+                message = self._refused(tx, change, f"{reason} (as stored)")
+                self.log.warning("rejecting SatOpLog: {}", message)
+                return self._fail(frames.INVALID_REQUEST, message)
+        return []
 
     # server → client
 

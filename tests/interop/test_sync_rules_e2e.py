@@ -5,7 +5,8 @@ two real npm electric-sql@0.1.3 clients with different tokens.
   of its key, never with its values) and no invisible table;
 * a row moving between owners in Postgres disappears from one client and appears at the other;
 * a write outside the client's rules is refused with the protocol's error, is not in Postgres,
-  is counted in /metrics, while an in-scope write goes through;
+  is counted in /metrics, while an in-scope write goes through; so is an update of another
+  owner's row sent with a forged old row (judged on the stored row);
 * a client reconnecting resumes from its lsn with the same filter.
 """
 
@@ -165,6 +166,22 @@ def test_two_clients_with_different_tokens(electric_with_rules):
             "resumed from its lsn, not from the start"
         for peer, user in ((alice, "alice"), (bob, "bob")):
             assert_only_own_rows(peer, user)
+
+        # Alice forges the old row of bob's b1 (claims it is hers): judged on the stored row,
+        # refused, b1 unchanged.
+        stolen = {"id": ids["b1"], "owner_id": "alice", "title": "stolen"}
+        alice.call("tx", lsn="3", relation=TODOS,
+                   changes=[{"type": "UPDATE", "record": stolen,
+                             "oldRecord": {**stolen, "title": "bob one"}}])
+        alice.wait(lambda e: e["event"] == "error", timeout=15, what="the second refusal")
+        barrier = {"id": f"bob-{uuid.uuid4().hex[:6]}", "owner_id": "bob", "title": "b"}
+        bob.call("tx", lsn="2", relation=TODOS, changes=[{"type": "INSERT", "record": barrier}])
+        bob.wait(lambda e: e["event"] == "ack" and e["lsn"] == "2", timeout=15)
+        wait_rows(pg, db, "SELECT count(*) FROM todos WHERE id = %s", [(1,)],
+                  args=(barrier["id"],))
+        assert query(pg, db, "SELECT owner_id, title FROM todos WHERE id = %s",
+                     (ids["b1"],)) == [("bob", "bob one")]
+        assert "(as stored)" in electric.log(tail=100000)
         assert bob.errors() == []
     finally:
         for peer in peers:

@@ -233,3 +233,33 @@ def test_a_deleted_row_of_another_scope_is_not_sent_with_its_values():
     alice = session("alice")
     gone = tx(DeletedRecord(ITEMS.relation, row("9", "bob", "private")))
     assert received(alice, gone)[1] == []
+
+
+def test_the_writer_judges_updates_and_deletes_again_on_the_stored_rows():
+    alice = session("alice")
+    # A forged old row: bob's row claimed as alice's passes the first check...
+    actions = _client_tx(alice, b"1", _update(["1", "alice", "mine now"], ["1", "alice", "t"]),
+                         _insert(5, "2", "alice", "t"))
+    [write] = [a for a in actions if isinstance(a, WriteTransaction)]
+    tx_ = write.transaction
+    checked = alice.rows_to_verify(tx_)
+    assert checked == [tx_.changes[0]]  # inserts are judged on what they write
+    # ...and is refused on the row as stored, before anything is written.
+    refusal = alice.verify_stored_rows(tx_, checked, [row("1", "bob")])
+    assert "outside this client's rules (as stored)" in _refused(refusal)
+    assert alice.status()["sync_rules"]["writes_refused"] == 1
+
+
+def test_stored_rows_in_scope_or_absent_let_the_write_through():
+    alice = session("alice")
+    actions = _client_tx(alice, b"1", _update(["1", "alice", "u"], ["1", "alice", "t"]),
+                         _update(["2", "alice", "u"], ["2", "alice", "t"]))
+    [write] = [a for a in actions if isinstance(a, WriteTransaction)]
+    checked = alice.rows_to_verify(write.transaction)
+    assert alice.verify_stored_rows(write.transaction, checked, [row("1", "alice"), None]) == []
+
+
+def test_without_rules_nothing_is_looked_up():
+    s = Session(authenticate, TABLES.get, "cluster")
+    t = tx(UpdatedRecord(ITEMS.relation, row("1", "x"), row("1", "y")))
+    assert s.rows_to_verify(t) == []
