@@ -719,11 +719,12 @@ class Session:
 
     # server → client
 
-    def _visible(self, tx: Transaction) -> list[Change]:
+    def _visible(self, tx: Transaction) -> tuple[list[Change], tuple]:
         """What this client's filter lets through of ``tx`` (rows crossing its scope are
-        rewritten as inserts/deletes)."""
+        rewritten as inserts/deletes), and the outcome per change, which alone determines
+        it (the encoding's cache key)."""
         assert self.filter is not None
-        return sync_rules.apply_all(self.filter, tx.changes, self._key_columns)
+        return sync_rules.apply_traced(self.filter, tx.changes, self._key_columns)
 
     def _visible_lazily(self, tx: Transaction) -> Iterator[Change]:
         assert self.filter is not None
@@ -777,12 +778,10 @@ class Session:
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
         yield Send(pb.SatOpLog(ops=ops))
 
-    def _serialize_outgoing(self, tx: Transaction, offset: Any,
-                            changes: list[Change] | None = None) -> list[Action]:
-        """``tx`` as this client receives it; ``changes``: what its filter left of it, when
-        already known. A transaction the filter leaves empty still goes out (Begin and
-        Commit only) so that the client's lsn advances: its acks and resume position never
-        lag behind the log because of rows it does not see."""
+    def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
+        """``tx`` as this client receives it. A transaction its filter leaves empty still
+        goes out (Begin and Commit only) so that the client's lsn advances: its acks and
+        resume position never lag behind the log because of rows it does not see."""
         cache = self.oplog_cache
         flt = self.filter
         if cache is not None:
@@ -799,8 +798,7 @@ class Session:
                 actions.append(Send(hit.msg, raw=hit.raw))
                 return actions
         actions = []
-        if changes is None:
-            changes = tx.changes if flt is None else self._visible(tx)
+        changes, outcomes = (tx.changes, None) if flt is None else self._visible(tx)
         ts = datetime_to_ms(tx.commit_timestamp)
         tables: list[Any] = []
         for change in changes:
@@ -818,11 +816,16 @@ class Session:
         cache = self.oplog_cache
         if cache is not None and isinstance(offset, int | tuple):
             key = (offset, ts, len(tx.changes), tuple(map(id, tables)))
-            if flt is not None and changes:
-                # (Empty, the encoding is the same for every client: shared by all.)
-                key += (flt,)
+            if outcomes is not None and changes:
+                # Filters giving this transaction the same outcomes send the same changes,
+                # so they share an encoding (an empty one is everybody's).
+                key += (outcomes,)
             cached = cache.get(key)
             if cached is not None:
+                if flt is not None:  # the fast path for this filter's next sockets
+                    relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
+                    cache.put_tx(tx, offset, tuple(relations.items()), cached[0], cached[1],
+                                 flt)
                 actions.append(Send(cached[0], raw=cached[1]))
                 return actions
         lsn = encode_offset(offset)

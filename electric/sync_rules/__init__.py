@@ -12,6 +12,7 @@ from electric.sync_rules.evaluate import (
     TableFilter,
     apply,
     apply_all,
+    apply_traced,
     classify,
     effective_filter,
     first_refusal,
@@ -23,6 +24,6 @@ from electric.sync_rules.parse import load, parse
 
 __all__ = [
     "ClaimType", "EffectiveFilter", "Outcome", "RuleSet", "RulesError", "TableFilter",
-    "TableRule", "apply", "apply_all", "check", "classify", "effective_filter",
+    "TableRule", "apply", "apply_all", "apply_traced", "check", "classify", "effective_filter",
     "first_refusal", "load", "may_write", "parse", "row_in_scope",
 ]

@@ -225,10 +225,20 @@ def apply(flt: EffectiveFilter, change: Change, keys: KeyColumns | None = None) 
     ``keys`` it carries only the primary key columns, so a client that never had the row
     learns no more than which key changed (Electric's log keeps rows after the change only,
     see docs/sync-rules.md §3); without ``keys`` it carries the row."""
+    return _rewrite(change, _outcome(flt, change), keys)
+
+
+def _outcome(flt: EffectiveFilter, change: Change) -> Outcome:
     if type(change) is NewRecord:  # the common case, decided without the general path
         table = flt.table(change.relation)
-        return change if table is not None and row_in_scope(table, change.record) else None
-    outcome = classify(flt, change)
+        return Outcome.PASS if table is not None and row_in_scope(table, change.record) \
+            else Outcome.DROP
+    return classify(flt, change)
+
+
+def _rewrite(change: Change, outcome: Outcome, keys: KeyColumns | None) -> Change | None:
+    """What ``outcome`` makes of ``change``: a function of the two alone (so clients whose
+    filters give a transaction the same outcomes receive the same changes)."""
     if outcome is Outcome.PASS:
         return change
     if outcome is Outcome.DROP:
@@ -243,6 +253,21 @@ def apply(flt: EffectiveFilter, change: Change, keys: KeyColumns | None = None) 
         return DeletedRecord(change.relation, new_row)
     return DeletedRecord(change.relation,
                          {k: new_row[k] for k in keys(change.relation) if k in new_row})
+
+
+def apply_traced(flt: EffectiveFilter, changes: Iterable[Change],
+                 keys: KeyColumns | None = None) -> tuple[list[Change], tuple[Outcome, ...]]:
+    """:func:`apply_all`, and the outcome of every change: what the client receives is a
+    function of the changes and these outcomes alone, so clients with different filters but
+    equal outcomes for a transaction can share its encoding."""
+    out, outcomes = [], []
+    for change in changes:
+        outcome = _outcome(flt, change)
+        outcomes.append(outcome)
+        sent = _rewrite(change, outcome, keys)
+        if sent is not None:
+            out.append(sent)
+    return out, tuple(outcomes)
 
 
 def apply_all(flt: EffectiveFilter, changes: Iterable[Change],

@@ -263,3 +263,17 @@ def test_without_rules_nothing_is_looked_up():
     s = Session(authenticate, TABLES.get, "cluster")
     t = tx(UpdatedRecord(ITEMS.relation, row("1", "x"), row("1", "y")))
     assert s.rows_to_verify(t) == []
+
+
+def test_filters_with_the_same_outcome_for_a_transaction_share_its_encoding():
+    cache = OplogCache()
+    carol, dave = session("carol", cache), session("dave", cache)
+    assert carol.filter is not dave.filter
+    bobs = tx(UpdatedRecord(ITEMS.relation, row("1", "bob")))  # neither's: a key-only delete
+    first = list(carol.vaxine_transaction(carol.out.subscription, bobs, (2, 1)))
+    second = list(dave.vaxine_transaction(dave.out.subscription, bobs, (2, 1)))
+    assert first[-1].raw is second[-1].raw
+    # ...and dave's next socket takes the fast path with it.
+    dave2 = session("dave", cache)
+    dave2.out.known_relations.add(ITEMS.relation)
+    assert dave2.shared_oplog(dave2.out.subscription, bobs, (2, 1)).raw is first[-1].raw
