@@ -208,6 +208,11 @@ class StatusCollector:
         satellite = self.satellite()
         yield GaugeMetricFamily("electric_satellite_clients", "Connected Satellite clients",
                                 value=float(satellite.get("clients_connected", 0)))
+        yield GaugeMetricFamily(
+            "electric_satellite_sync_filters",
+            "Distinct sync rules filters among connected Satellite clients (each costs at most "
+            "one encoding per transaction)",
+            value=float((satellite.get("oplog_cache") or {}).get("distinct_filters", 0)))
         yield GaugeMetricFamily("electric_vaxine_up", "1 when a Vaxine API connection works",
                                 value=float(bool(self.vaxine_up())))
         open_ = GaugeMetricFamily("electric_listener_connections",
