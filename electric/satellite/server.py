@@ -506,10 +506,10 @@ class _Connection(SocketWriter):
         stored = lookup([(c.relation, c.old_record if isinstance(c, DeletedRecord)
                           else (c.old_record or c.record)) for c in changes])
         with self.lock:
-            actions = self.session.verify_stored_rows(tx, changes, stored)
-            for action in actions:
+            refusal = self.session.verify_stored_rows(tx, changes, stored)
+            for action in refusal or ():
                 self._execute(action)
-        return not actions
+        return refusal is None
 
     def _wait_for_tables(self, tx: Transaction) -> str | None:
         """Give the schema registry ``table_wait`` seconds to learn the tables ``tx`` uses

@@ -696,13 +696,14 @@ class Session:
         return out
 
     def verify_stored_rows(self, tx: Transaction, changes: list[Change],
-                           stored: list[Record | None]) -> list[Action]:
+                           stored: list[Record | None]) -> list[Action] | None:
         """Judge ``changes`` (from :meth:`rows_to_verify`) again with the stored row as the
         old row, so a client cannot reach another scope's row by sending a forged old row.
         A row that is not stored is judged on what the client sent (already done). Returns
-        nothing when the transaction may be written, else the refusal (error + close)."""
-        if self.closed or self.filter is None:
-            return []
+        ``None`` when the transaction may be written, else the refusal's actions (error +
+        close; none when the socket is closed already: still not written)."""
+        if self.filter is None:
+            return None
         for change, row in zip(changes, stored, strict=True):
             if row is None:
                 continue
@@ -714,8 +715,8 @@ class Session:
             if reason is not None:
                 message = self._refused(tx, change, f"{reason} (as stored)")
                 self.log.warning("rejecting SatOpLog: {}", message)
-                return self._fail(frames.INVALID_REQUEST, message)
-        return []
+                return [] if self.closed else self._fail(frames.INVALID_REQUEST, message)
+        return None
 
     # server → client
 
