@@ -29,6 +29,7 @@ from electric.satellite.session import FilterUnavailable
 from electric.schema import SchemaRegistry
 from electric.store import ChainedWriter, LocalStore, StoreFormatError, UnmappableChange, legacy
 from electric.supervisor import Supervisor
+from electric.sync_rules.watch import RulesWatch
 from electric.vaxine import rows
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
@@ -86,6 +87,7 @@ class Application:
         # without the setting): what Satellite sessions bind their clients' claims to.
         self.sync_rules: sync_rules.RuleSet | None = None
         self._sync_rules_checked = Event()
+        self._rules_watch: RulesWatch | None = None
         self._subscribe_attempts = 0
         self._install_routes()
 
@@ -204,7 +206,8 @@ class Application:
     def _check_sync_rules_when_ready(self) -> None:
         """Check SYNC_RULES_FILE against the tables once every connector has reported them:
         a rule naming a table or column that is not there, or comparing a claim with a column
-        of another type, stops Electric with exit code 2 and the file's line."""
+        of another type, stops Electric with exit code 2 and the file's line. Afterwards
+        every change of the tables re-checks them (RulesWatch: an ERROR, not an exit)."""
         rules = getattr(self.settings, "sync_rules", None)
         if rules is None:
             return
@@ -227,8 +230,13 @@ class Application:
             logger.info(f"sync rules {rules.path}: checked against "
                         f"{len(self.registry.tables())} replicated table(s)")
             self._sync_rules_checked.set()
+            self._rules_watch = RulesWatch(rules, self.registry, self._rules_rechecked)
+            self._rules_watch.run()
 
         self.supervisor.spawn("sync-rules-check", run)
+
+    def _rules_rechecked(self, checked: sync_rules.RuleSet) -> None:
+        self.sync_rules = checked
 
     def _listener_statuses(self) -> dict[str, dict]:
         """Per listener: TLS, open connections against the cap, refusals."""
@@ -255,6 +263,8 @@ class Application:
             "listeners": self._listener_statuses(),
             # Log readers held at a transaction they cannot read (never skipped).
             "blocked": wal_blocked_readers() + satellite.get("streams_held", []),
+            # SYNC_RULES_FILE and whether it still fits the tables (null without rules).
+            "sync_rules": self._rules_watch.status() if self._rules_watch else None,
             "vaxine": self._store_detail(),
         }
 

@@ -123,6 +123,7 @@ def test_two_clients_with_different_tokens(electric_with_rules):
         wait_change(alice, ids["moving"], "DELETE")
         wait_change(bob, ids["moving"], "UPDATE", "bob")
 
+        assert electric.get_json("/api/status")["detail"]["sync_rules"]["problem"] is None
         status = electric.get_json("/api/status")["detail"]["satellite"]
         scopes = [c["sync_rules"] for c in status["clients"] if c["authenticated"]]
         assert len(scopes) == 2 and all(s["visible_tables"] == 1 for s in scopes), status
