@@ -162,6 +162,9 @@ class OutRep:
     client_lsn: bytes | None = None
     sync_batch_size: int = 0
     sent_transactions: int = 0
+    # Started from the start of the log and nothing sent yet: the client holds no row, so
+    # a filtered client need not be sent deletes in its first transaction (a snapshot).
+    empty_client: bool = False
 
 
 @dataclass
@@ -313,15 +316,16 @@ class Session:
         actions are an iterator: take them in order, each as it comes."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
+        empty, self.out.empty_client = self.out.empty_client, False
         if len(transaction.changes) > STREAMED_TRANSACTION:
             self.out.sent_transactions += 1
             changes: Iterable[Change] = transaction.changes
             if self.filter is not None:
                 # Lazily: a big transaction (a snapshot) is never whole in memory.
-                changes = self._visible_lazily(transaction)
+                changes = self._visible_lazily(transaction, empty)
             return self._serialize_streamed(transaction, offset, changes)
         try:
-            actions = self._serialize_outgoing(transaction, offset)
+            actions = self._serialize_outgoing(transaction, offset, empty)
         except Exception as exc:
             self.log.exception("cannot serialise outgoing transaction at {}", offset)
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
@@ -336,7 +340,8 @@ class Session:
         otherwise ``None`` and the caller goes through :meth:`vaxine_transaction`."""
         cache = self.oplog_cache
         if (cache is None or self.closed or not self.out.active
-                or subscription != self.out.subscription):
+                or subscription != self.out.subscription
+                or (self.out.empty_client and self.filter is not None)):
             return None
         hit = cache.get_tx(transaction, offset, self.filter)
         if hit is None:
@@ -518,6 +523,7 @@ class Session:
             offset=offset,
             client_lsn=self.out.client_lsn,
             sync_batch_size=msg.sync_batch_size,
+            empty_client=offset == 0,
         )
         self.log.info("outgoing replication starting from {}", offset)
         actions += [StartOutgoing(sub, offset), Send(pb.SatInStartReplicationResp())]
@@ -720,18 +726,18 @@ class Session:
 
     # server → client
 
-    def _visible(self, tx: Transaction) -> tuple[list[Change], tuple]:
+    def _visible(self, tx: Transaction, empty: bool) -> tuple[list[Change], tuple]:
         """What this client's filter lets through of ``tx`` (rows crossing its scope are
         rewritten as inserts/deletes), and the outcome per change, which alone determines
-        it (the encoding's cache key)."""
+        it (the encoding's cache key). ``empty``: the client holds no row yet."""
         assert self.filter is not None
-        return sync_rules.apply_traced(self.filter, tx.changes, self._key_columns)
+        return sync_rules.apply_traced(self.filter, tx.changes, self._key_columns, empty)
 
-    def _visible_lazily(self, tx: Transaction) -> Iterator[Change]:
+    def _visible_lazily(self, tx: Transaction, empty: bool) -> Iterator[Change]:
         assert self.filter is not None
         flt, keys = self.filter, self._key_columns
         for change in tx.changes:
-            sent = sync_rules.apply(flt, change, keys)
+            sent = sync_rules.apply(flt, change, keys, empty)
             if sent is not None:
                 yield sent
 
@@ -779,13 +785,18 @@ class Session:
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
         yield Send(pb.SatOpLog(ops=ops))
 
-    def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
+    def _serialize_outgoing(self, tx: Transaction, offset: Any,
+                            empty: bool = False) -> list[Action]:
         """``tx`` as this client receives it. A transaction its filter leaves empty still
         goes out (Begin and Commit only) so that the client's lsn advances: its acks and
-        resume position never lag behind the log because of rows it does not see."""
+        resume position never lag behind the log because of rows it does not see.
+        ``empty``: the client holds no row yet (its outcomes differ from its filter's usual
+        ones, so the per-filter entry is neither read nor written; the outcome-keyed one is
+        safe)."""
         cache = self.oplog_cache
         flt = self.filter
-        if cache is not None:
+        per_filter = cache is not None and not (empty and flt is not None)
+        if per_filter:
             # Fast path for the shared tail: the very same Transaction object reaches every
             # live socket; only the relation announcements differ per socket.
             hit = cache.get_tx(tx, offset, flt)
@@ -799,7 +810,7 @@ class Session:
                 actions.append(Send(hit.msg, raw=hit.raw))
                 return actions
         actions = []
-        changes, outcomes = (tx.changes, None) if flt is None else self._visible(tx)
+        changes, outcomes = (tx.changes, None) if flt is None else self._visible(tx, empty)
         ts = datetime_to_ms(tx.commit_timestamp)
         tables: list[Any] = []
         for change in changes:
@@ -823,7 +834,7 @@ class Session:
                 key += (outcomes,)
             cached = cache.get(key)
             if cached is not None:
-                if flt is not None:  # the fast path for this filter's next sockets
+                if flt is not None and per_filter:  # this filter's next sockets' fast path
                     relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
                     cache.put_tx(tx, offset, tuple(relations.items()), cached[0], cached[1],
                                  flt)
@@ -840,8 +851,9 @@ class Session:
         metrics.transaction_encoded("satellite")
         if key is not None and cache is not None:
             cache.put(key, (msg, send.raw))
-            relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
-            cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw, flt)
+            if per_filter:
+                relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
+                cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw, flt)
         actions.append(send)
         return actions
 

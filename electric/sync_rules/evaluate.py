@@ -218,22 +218,30 @@ KeyColumns = Callable[[RelationName], Sequence[str]]
 """A table's primary key columns (``relation -> names``)."""
 
 
-def apply(flt: EffectiveFilter, change: Change, keys: KeyColumns | None = None) -> Change | None:
+def apply(flt: EffectiveFilter, change: Change, keys: KeyColumns | None = None,
+          empty: bool = False) -> Change | None:
     """The change to send to the client, rewritten when the row crossed its scope.
 
     An update without its old row whose new row is out of scope becomes a delete: with
     ``keys`` it carries only the primary key columns, so a client that never had the row
     learns no more than which key changed (Electric's log keeps rows after the change only,
-    see docs/sync-rules.md §3); without ``keys`` it carries the row."""
-    return _rewrite(change, _outcome(flt, change), keys)
+    see docs/sync-rules.md §3); without ``keys`` it carries the row.
+
+    ``empty``: the client holds no row yet (the first transaction of a sync from the start
+    of the log, a snapshot), so it is sent no delete at all."""
+    return _rewrite(change, _outcome(flt, change, empty), keys)
 
 
-def _outcome(flt: EffectiveFilter, change: Change) -> Outcome:
+def _outcome(flt: EffectiveFilter, change: Change, empty: bool = False) -> Outcome:
     if type(change) is NewRecord:  # the common case, decided without the general path
         table = flt.table(change.relation)
         return Outcome.PASS if table is not None and row_in_scope(table, change.record) \
             else Outcome.DROP
-    return classify(flt, change)
+    outcome = classify(flt, change)
+    if empty and (outcome is Outcome.AS_DELETE or (outcome is Outcome.PASS
+                                                   and isinstance(change, DeletedRecord))):
+        return Outcome.DROP  # nothing to delete at a client that holds nothing
+    return outcome
 
 
 def _rewrite(change: Change, outcome: Outcome, keys: KeyColumns | None) -> Change | None:
@@ -256,13 +264,14 @@ def _rewrite(change: Change, outcome: Outcome, keys: KeyColumns | None) -> Chang
 
 
 def apply_traced(flt: EffectiveFilter, changes: Iterable[Change],
-                 keys: KeyColumns | None = None) -> tuple[list[Change], tuple[Outcome, ...]]:
+                 keys: KeyColumns | None = None,
+                 empty: bool = False) -> tuple[list[Change], tuple[Outcome, ...]]:
     """:func:`apply_all`, and the outcome of every change: what the client receives is a
     function of the changes and these outcomes alone, so clients with different filters but
     equal outcomes for a transaction can share its encoding."""
     out, outcomes = [], []
     for change in changes:
-        outcome = _outcome(flt, change)
+        outcome = _outcome(flt, change, empty)
         outcomes.append(outcome)
         sent = _rewrite(change, outcome, keys)
         if sent is not None:

@@ -40,7 +40,9 @@ def authenticate(token: str) -> Identity:
     return Identity(token, {"user_id": token, "sub": token})
 
 
-def session(token: str, cache: OplogCache | None = None, bind=None) -> Session:
+def session(token: str, cache: OplogCache | None = None, bind=None,
+            start: bytes = b"eof") -> Session:
+    """An authenticated session streaming (by default live: a client that may hold rows)."""
     cache = cache if cache is not None else OplogCache()
 
     def bind_filter(claims):
@@ -52,7 +54,7 @@ def session(token: str, cache: OplogCache | None = None, bind=None) -> Session:
         ClaimClient(f"dev-{token}", token)]
     s.client_claimed(None)
     s.receive(frames.encode(pb.SatInStartReplicationResp()), 1.0)
-    s.receive(frames.encode(pb.SatInStartReplicationReq(lsn=b"0")), 1.0)
+    s.receive(frames.encode(pb.SatInStartReplicationReq(lsn=start)), 1.0)
     return s
 
 
@@ -280,3 +282,20 @@ def test_filters_with_the_same_outcome_for_a_transaction_share_its_encoding():
     dave2 = session("dave", cache)
     dave2.out.known_relations.add(ITEMS.relation)
     assert dave2.shared_oplog(dave2.out.subscription, bobs, (2, 1)).raw is first[-1].raw
+
+
+def test_a_client_syncing_from_the_start_gets_no_deletes_in_its_first_transaction():
+    cache = OplogCache()
+    fresh, live = session("alice", cache, start=b"0"), session("alice", cache)
+    snapshot = tx(UpdatedRecord(ITEMS.relation, row("1", "bob")),
+                  UpdatedRecord(ITEMS.relation, row("2", "alice")),
+                  DeletedRecord(ITEMS.relation, {"id": "3"}))
+    # It holds nothing: other owners' rows and tombstones are left out...
+    assert received(fresh, snapshot, (1, 1))[1] == [("update", ["2", "alice", "t"])]
+    # ...while a live client of the same filter, which may hold them, still gets the deletes
+    # (not the fresh client's encoding).
+    assert received(live, snapshot, (1, 1))[1] == [
+        ("delete", ["1", "", ""]), ("update", ["2", "alice", "t"]), ("delete", ["3", "", ""])]
+    # From its second transaction on, the fresh client may hold rows: deletes again.
+    later = tx(UpdatedRecord(ITEMS.relation, row("2", "bob")))
+    assert received(fresh, later, (1, 2))[1] == [("delete", ["2", "", ""])]

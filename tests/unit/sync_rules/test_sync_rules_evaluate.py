@@ -119,6 +119,17 @@ def test_update_without_old_row_leaving_scope_is_a_delete_of_its_key_only():
     assert apply(BOB, change, keys=lambda relation: ["id"]) is change
 
 
+def test_a_client_holding_nothing_is_sent_no_deletes():
+    others = UpdatedRecord(ITEMS, item("bob"), None)
+    moved = UpdatedRecord(ITEMS, {"owner_id": "bob"}, item("alice"))
+    gone = DeletedRecord(ITEMS, {"id": "1"})
+    mine = UpdatedRecord(ITEMS, item("alice"), None)
+    keys = lambda relation: ["id"]  # noqa: E731
+    assert [apply(ALICE, c, keys, empty=True) for c in (others, moved, gone, mine)] == [
+        None, None, None, mine]
+    assert apply(ALICE, others, keys) == DeletedRecord(ITEMS, {"id": "1"})
+
+
 def test_deletes():
     assert classify(ALICE, DeletedRecord(ITEMS, item("alice"))) is Outcome.PASS
     assert classify(ALICE, DeletedRecord(ITEMS, item("bob"))) is Outcome.DROP
