@@ -218,6 +218,9 @@ class Application:
             return
 
         def run() -> None:
+            if self._rules_watch is not None:  # restarted by the supervisor: watch on
+                self._rules_watch.run()
+                return
             for connector in list(self.connectors.values()):
                 connector.ready.wait()
             try:
