@@ -3,7 +3,9 @@
 Sections (``--only`` picks some): ``throughput``, ``latency``, ``catch_up``, ``trigger``,
 ``ingest``, ``big_tx``, ``scale``, ``profile``, ``whatif``, ``store``, ``vaxine_server``,
 ``fanout``, ``fanout_scale`` (Satellite: raw-websocket ceiling ratio, sustained 1,000 × 100
-tx/s, idle memory), ``pg_fanout`` (10 Postgres subscribers: native vs Electric). Full size
+tx/s, idle memory), ``pg_fanout`` (10 Postgres subscribers: native vs Electric),
+``sync_rules`` (Satellite fan-out to 1,000 clients over 100 distinct sync rules filters
+beside the same fan-out without rules, and the pure filtering cost). Full size
 fits in well under 15 minutes on 2 cores; ``--quick``
 takes about two; ``--smoke`` is the toy size the test suite runs.
 
@@ -29,23 +31,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SECTIONS = ("throughput", "latency", "catch_up", "trigger", "ingest", "big_tx", "scale",
             "initial_sync", "profile", "whatif", "store", "vaxine_server", "fanout",
-            "fanout_scale", "pg_fanout")
+            "fanout_scale", "pg_fanout", "sync_rules")
 
 SIZES = {
     "full": {"rows": 50_000, "rates": (50, 200, 1000), "lat_s": 8.0, "catch_rows": 1000,
              "ingest": ((1, 1000), (10, 200)), "fanout": (10, 100, 1000), "fanout_s": 5.0,
              "profile_rows": 10_000, "trigger_rows": 10_000, "stall_puts": 300,
              "big_tx_rows": 1_000_000, "scale_rows": 1_000_000, "store_s": 5.0,
-             "sync_rows": 1_000_000, "vx_rows": 100_000, "pg_fanout": (50_000, 10)},
+             "sync_rows": 1_000_000, "vx_rows": 100_000, "pg_fanout": (50_000, 10),
+             "rules": (1000, 100, 20.0, 10.0)},
     "quick": {"rows": 5_000, "rates": (50, 200, 1000), "lat_s": 2.0, "catch_rows": 1000,
               "ingest": ((1, 200), (10, 30)), "fanout": (10, 100), "fanout_s": 2.0,
               "profile_rows": 3_000, "trigger_rows": 10_000, "stall_puts": 300,
               "big_tx_rows": 100_000, "scale_rows": 100_000, "store_s": 2.0,
-              "sync_rows": 100_000, "vx_rows": 30_000, "pg_fanout": (10_000, 3)},
+              "sync_rows": 100_000, "vx_rows": 30_000, "pg_fanout": (10_000, 3),
+              "rules": (300, 30, 20.0, 3.0)},
     "smoke": {"rows": 200, "rates": (50,), "lat_s": 0.3, "catch_rows": 10,
               "ingest": ((1, 10),), "fanout": (3,), "fanout_s": 0.5, "profile_rows": 0,
               "trigger_rows": 100, "stall_puts": 20, "big_tx_rows": 1000, "scale_rows": 1000,
-              "store_s": 0.3, "sync_rows": 1000, "vx_rows": 2_000, "pg_fanout": (1000, 2)},
+              "store_s": 0.3, "sync_rows": 1000, "vx_rows": 2_000, "pg_fanout": (1000, 2),
+              "rules": (10, 2, 20.0, 0.5)},
 }
 
 
@@ -53,11 +58,13 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_fanout(clients: int, duration: float, rate: float = 20.0) -> dict:
+def run_fanout(clients: int, duration: float, rate: float = 20.0, mode: str = "vaxine",
+               filters: int = -1) -> dict:
     """``bench/satellite_fanout.py`` in its own process (it monkey-patches with gevent)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, "-m", "bench.satellite_fanout", "--clients", str(clients),
-                        "--rate", str(rate), "--duration", str(duration), "--mode", "vaxine",
+                        "--rate", str(rate), "--duration", str(duration), "--mode", mode,
+                        "--filters", str(filters),
                         "--json", out.name], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "PYTHONPATH": ROOT}, timeout=duration + 180)
         with open(out.name) as fh:
@@ -211,6 +218,14 @@ def run(mode: str, only: set[str], out_dir: str, fsync: bool = True) -> dict:
         log(f"postgres fan-out: {rows:,} rows to {subscribers} subscribers, native vs Electric")
         results["pg_fanout"] = pg_fanout.run(rows, subscribers)
         log(f"  {json.dumps({k: results['pg_fanout'][k] for k in ('ratio', 'encode')})}")
+    if "sync_rules" in only:
+        from bench import sync_rules as rules_bench
+
+        clients, filters, rate, seconds = size["rules"]
+        log(f"sync rules: {clients} clients over {filters} filters vs no rules, {rate:g} tx/s")
+        results["sync_rules"] = rules_bench.fanout_section(run_fanout, clients, filters, rate,
+                                                           seconds)
+        log(f"  {json.dumps(results['sync_rules']['summary'])}")
     results["meta"]["seconds"] = time.monotonic() - started
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as fh:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bench import report_fanout
+from bench import report_fanout, sync_rules
 
 TARGETS = {
     "throughput_ratio": 0.5,  # Electric ≥ 50% of native rows/s
@@ -223,6 +223,7 @@ def markdown(results: dict) -> str:
                        f"{_fmt(r['kb_per_client_end'])} |")
         out += ["", "![fan-out](fanout.png)"]
     out += report_fanout.markdown(results)
+    out += sync_rules.markdown(results)
     hs = results.get("hub_stall")
     if hs:
         out += ["", "## Offset-file fsync and the gevent hub (`bench/hub_stall.py`)", "",

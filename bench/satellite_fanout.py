@@ -15,6 +15,12 @@ Modes:
 * ``vaxine``: the embedded Vaxine in the server process; the producer writes real Vaxine
   transactions through the pool, and every client has its own WAL stream connection (the
   reference architecture: one Vaxine replication connection per socket).
+
+``--filters F`` (sync rules, docs/sync-rules.md): the table gets an ``owner_id``, transaction
+n changes a row of ``user{n % F}`` (an update without old row, as the store's log has them),
+and client i authenticates as ``user{i % F}`` under ``owner_id = claims.sub``: F distinct
+filters, each client receiving its own rows, key-only deletes of the others'.
+``--filters 0`` is the same table and changes without rules: the anchor.
 """
 
 from __future__ import annotations
@@ -49,19 +55,31 @@ def serve(args: argparse.Namespace) -> int:
     import gevent.pool
     from gevent.event import Event
 
-    from electric.changes import Column, NewRecord, Table, Transaction, utc_now
+    from electric.changes import Column, NewRecord, Table, Transaction, UpdatedRecord, utc_now
     from electric.offsets import OffsetStore
     from electric.satellite.auth import InsecureAuth
     from electric.satellite.server import SatelliteServer
 
-    table = Table(
-        "public", "items", 20000, (Column("id", "text"), Column("content", "text")), ("id",)
-    )
+    owned = args.filters >= 0
+    columns = (Column("id", "text"), Column("content", "text"))
+    if owned:
+        columns += (Column("owner_id", "text"),)
+    table = Table("public", "items", 20000, columns, ("id",))
     tables = {table.relation: table}
+    rules = None
+    if args.filters > 0:
+        from electric.sync_rules import parse
+
+        rules = parse('[claims]\nsub = "string"\n\n[tables.items]\n'
+                      'rows = "owner_id = claims.sub"\n', "bench-rules.toml")
     tmp = tempfile.mkdtemp(prefix="sat-bench-")
     offsets = OffsetStore(os.path.join(tmp, "offsets.dat"))
 
     def make_tx(n: int) -> Transaction:
+        if owned:
+            row = {"id": f"row-{n}", "content": "x" * 40,
+                   "owner_id": f"user{n % max(1, args.filters)}"}
+            return Transaction([UpdatedRecord(table.relation, row)], utc_now(), origin="bench")
         return Transaction(
             [NewRecord(table.relation, {"id": f"row-{n}", "content": "x" * 40})],
             utc_now(),
@@ -114,6 +132,7 @@ def serve(args: argparse.Namespace) -> int:
         write_transaction=lambda tx: None,
         open_stream=open_stream,
         offsets=offsets,
+        sync_rules=(lambda: rules) if rules is not None else None,
     )
     server.start()
     if os.environ.get("BENCH_PROFILE"):
@@ -128,6 +147,16 @@ def serve(args: argparse.Namespace) -> int:
             os._exit(0)
 
         gevent.signal_handler(signal.SIGTERM, dump)
+    else:
+        from electric import metrics
+
+        def report_encodings():
+            # How many SatOpLogs were serialised vs reused (one per transaction per filter).
+            print(f"ENCODINGS {metrics.ENCODED['satellite']} {metrics.REUSED['satellite']}",
+                  file=sys.stderr, flush=True)
+            os._exit(0)
+
+        gevent.signal_handler(signal.SIGTERM, report_encodings)
     print(f"READY {server.port}", flush=True)
 
     go = Event()
@@ -192,6 +221,8 @@ def run(args: argparse.Namespace) -> dict:
             str(args.rate),
             "--duration",
             str(args.duration),
+            "--filters",
+            str(args.filters),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -206,6 +237,7 @@ def run(args: argparse.Namespace) -> dict:
     latencies: list[float] = []
     received = [0]
     per_client = [0] * args.clients
+    own_rows = [0] * args.clients  # rows in the client's scope it received (update ops)
     ready = [0]
     failures: list[str] = []
 
@@ -229,7 +261,13 @@ def run(args: argparse.Namespace) -> dict:
             rfile = sock.makefile("rb")
             while rfile.readline() not in (b"\r\n", b""):
                 pass
-            send(sock, frames.encode(pb.SatAuthReq(id=f"bench-{i}", token="u")))
+            token = "u"
+            if args.filters > 0:
+                from electric.satellite.auth import InsecureAuth
+
+                user = f"user{i % args.filters}"
+                token = InsecureAuth().mint(user, claims={"sub": user})[0]
+            send(sock, frames.encode(pb.SatAuthReq(id=f"bench-{i}", token=token)))
             send(sock, frames.encode(pb.SatInStartReplicationReq(lsn=b"eof")))
             counted = False
             while True:
@@ -258,6 +296,7 @@ def run(args: argparse.Namespace) -> dict:
                     latencies.append(now_ms - msg.ops[0].begin.commit_timestamp)
                     received[0] += 1
                     per_client[i] += 1
+                    own_rows[i] += sum(1 for op in msg.ops if op.HasField("update"))
                     if i == 0 and os.environ.get("BENCH_TRACE"):
                         op = msg.ops[1]
                         row = getattr(op, op.WhichOneof("op"))
@@ -288,8 +327,11 @@ def run(args: argparse.Namespace) -> dict:
     latencies.sort()
     server_log.seek(0)
     producer_failures, producer_elapsed = [], None
+    encoded = reused = None
     for line in server_log:
-        if "PRODUCER-FAILED" in line:
+        if line.startswith("ENCODINGS"):
+            encoded, reused = (int(v) for v in line.split()[1:3])
+        elif "PRODUCER-FAILED" in line:
             producer_failures.append(line.strip())
         elif line.startswith("PRODUCER-DONE"):
             producer_elapsed = float(line.split()[1])
@@ -311,6 +353,10 @@ def run(args: argparse.Namespace) -> dict:
         "expected_deliveries": expected,
         "delivered": received[0],
         "per_client_min_max": [min(per_client), max(per_client)],
+        "filters": args.filters,
+        "encodings": encoded,
+        "encodings_reused": reused,
+        "own_rows_per_client_min_max": [min(own_rows), max(own_rows)],
         "latency_ms_p50": pct(0.50),
         "latency_ms_p99": pct(0.99),
         "latency_ms_max": round(latencies[-1], 1) if latencies else None,
@@ -333,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--mode", choices=("fake", "vaxine"), default="fake")
+    parser.add_argument("--filters", type=int, default=-1,
+                        help="sync rules with this many distinct filters (0: none, same rows)")
     parser.add_argument("--json", default=None, help="also write the result here")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)

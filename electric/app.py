@@ -15,7 +15,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import errors, metrics, replication_password, tls
+from electric import errors, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
@@ -25,15 +25,19 @@ from electric.postgres.publisher import Publisher, vaxine_stream_opener
 from electric.postgres.subscription import electric_conninfo, subscribe, subscribe_when_ready
 from electric.satellite.auth import AuthConfigError, provider_from_settings
 from electric.satellite.server import SatelliteServer
+from electric.satellite.session import FilterUnavailable
 from electric.schema import SchemaRegistry
 from electric.store import ChainedWriter, LocalStore, StoreFormatError, UnmappableChange, legacy
 from electric.supervisor import Supervisor
+from electric.sync_rules.watch import RulesWatch
 from electric.vaxine import rows
 from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
 from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
 SHUTDOWN_TIMEOUT = 4.0
+SYNC_RULES_WAIT = 30.0
+"""How long a Satellite client authenticating at start-up waits for the sync rules check."""
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
 
 
@@ -78,6 +82,12 @@ class Application:
         self.connector_locks: dict[str, BoundedSemaphore] = {}
         self._closers: list[tuple[int, str, Callable[[], None]]] = []
         self._stopped = Event()
+        self._exit_code = 0
+        # SYNC_RULES_FILE once checked against the replicated tables (None until then, and
+        # without the setting): what Satellite sessions bind their clients' claims to.
+        self.sync_rules: sync_rules.RuleSet | None = None
+        self._sync_rules_checked = Event()
+        self._rules_watch: RulesWatch | None = None
         self._subscribe_attempts = 0
         self._install_routes()
 
@@ -134,6 +144,7 @@ class Application:
             ) from None
         self.on_close(STAGE_FILES, "offsets", self.offsets.close)
         self._load_secrets()
+        self._warn_without_sync_rules()
         self._start_vaxine()
         self.http = HttpServer(self.listen_host, s.status_port, self.router, tls=self.tls,
                                max_connections=self.max_connections)
@@ -142,6 +153,7 @@ class Application:
         self._start_publisher()
         self._start_satellite()
         self._start_connectors()
+        self._check_sync_rules_when_ready()
         metrics.watch(metrics.StatusCollector(
             connectors=self._connector_statuses, subscribers=self.publisher.status,
             satellite=self.satellite.status, vaxine_up=self._vaxine_reachable,
@@ -173,6 +185,62 @@ class Application:
                         f"(set POSTGRES_REPLICATION_PASSWORD to choose one)")
         _raise_open_files_limit(self.max_connections + 1024)
 
+    def _warn_without_sync_rules(self) -> None:
+        """JWT mode means clients are told apart; without sync rules each still gets every
+        row (docs/sync-rules.md)."""
+        s = self.settings
+        if s.satellite_auth_mode == "jwt" and getattr(s, "sync_rules", None) is None:
+            logger.warning("SYNC_RULES_FILE is not set: every Satellite client receives, and "
+                           "may write, every row of every replicated table "
+                           "(see docs/sync-rules.md)")
+
+    def _rules_for_session(self) -> sync_rules.RuleSet:
+        """The checked rules for a Satellite client authenticating: a client arriving before
+        the connectors have described their tables waits for the check (up to
+        SYNC_RULES_WAIT seconds), then is refused and retries; it never gets an unfiltered
+        or unchecked view."""
+        if not self._sync_rules_checked.wait(SYNC_RULES_WAIT) or self.sync_rules is None:
+            raise FilterUnavailable("sync rules are not checked yet (connectors starting)")
+        return self.sync_rules
+
+    def _check_sync_rules_when_ready(self) -> None:
+        """Check SYNC_RULES_FILE against the tables once every connector has reported them:
+        a rule naming a table or column that is not there, or comparing a claim with a column
+        of another type, stops Electric with exit code 2 and the file's line. Afterwards
+        every change of the tables re-checks them (RulesWatch: an ERROR, not an exit)."""
+        rules = getattr(self.settings, "sync_rules", None)
+        if rules is None:
+            return
+        if not self.connectors:
+            logger.info(f"sync rules {rules.path}: no connectors, nothing to check them against")
+            self.sync_rules = rules
+            self._sync_rules_checked.set()
+            return
+
+        def run() -> None:
+            if self._rules_watch is not None:  # restarted by the supervisor: watch on
+                self._rules_watch.run()
+                return
+            for connector in list(self.connectors.values()):
+                connector.ready.wait()
+            try:
+                self.sync_rules = sync_rules.check(rules, self.registry.tables())
+            except sync_rules.RulesError as exc:
+                logger.critical(f"SYNC_RULES_FILE: {exc}")
+                self._exit_code = 2
+                self._stopped.set()
+                return
+            logger.info(f"sync rules {rules.path}: checked against "
+                        f"{len(self.registry.tables())} replicated table(s)")
+            self._sync_rules_checked.set()
+            self._rules_watch = RulesWatch(rules, self.registry, self._rules_rechecked)
+            self._rules_watch.run()
+
+        self.supervisor.spawn("sync-rules-check", run)
+
+    def _rules_rechecked(self, checked: sync_rules.RuleSet) -> None:
+        self.sync_rules = checked
+
     def _listener_statuses(self) -> dict[str, dict]:
         """Per listener: TLS, open connections against the cap, refusals."""
         return {"replication": self.publisher.listener_status(),
@@ -192,10 +260,14 @@ class Application:
         return {
             "connectors": connectors,
             "satellite": {"clients_connected": satellite["clients_connected"],
-                          "clients": satellite["clients"]},
+                          "clients": satellite["clients"],
+                          # Sync rules: clients sharing a filter share encodings.
+                          "distinct_filters": satellite["oplog_cache"]["distinct_filters"]},
             "listeners": self._listener_statuses(),
             # Log readers held at a transaction they cannot read (never skipped).
             "blocked": wal_blocked_readers() + satellite.get("streams_held", []),
+            # SYNC_RULES_FILE and whether it still fits the tables (null without rules).
+            "sync_rules": self._rules_watch.status() if self._rules_watch else None,
             "vaxine": self._store_detail(),
         }
 
@@ -306,6 +378,9 @@ class Application:
             open_stream=self._open_wal_stream, offsets=self.offsets,
             tls=self.tls, max_connections=self.max_connections,
             is_permanent=errors.is_permanent,
+            sync_rules=(self._rules_for_session if getattr(s, "sync_rules", None) is not None
+                        else None),
+            current_rows=self.store.current_rows if self.store is not None else None,
         )
         _listen("WEBSOCKET_PORT", s.websocket_port, self.satellite.start)
         self.on_close(STAGE_LISTENERS, "satellite", self.satellite.stop)
@@ -395,7 +470,7 @@ class Application:
         logger.info("Electric started")
         self._stopped.wait()
         self.shutdown()
-        return 0
+        return self._exit_code
 
     def _on_signal(self, signum: int) -> None:
         logger.info(f"received {signal.Signals(signum).name}, shutting down")

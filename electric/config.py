@@ -228,6 +228,9 @@ OPTIONS: list[tuple[str, str, object, object, str]] = [
      "expected 'iss' of Satellite JWTs"),
     ("--satellite-auth-leeway", "SATELLITE_AUTH_LEEWAY", 30, "int",
      "clock skew tolerated on Satellite JWT exp/nbf/iat, seconds"),
+    ("--sync-rules-file", "SYNC_RULES_FILE", "", "str",
+     "TOML file of sync rules: which tables and rows each Satellite client sees and may "
+     "write, by its token claims (docs/sync-rules.md); unset: every client sees everything"),
     ("--log-level", "LOG_LEVEL", "info", ("trace", "debug", "info", "warning", "error"),
      "minimum log level"),
     ("--log-file", "LOG_FILE", "", "str", "also log to this file (rotated; for tailing)"),
@@ -298,6 +301,7 @@ def validate(ns: configargparse.Namespace) -> configargparse.Namespace:
                                "SATELLITE_AUTH_SIGNING_KEY_PREVIOUS")
     if ns.max_connections < 1:
         raise ConfigError("MAX_CONNECTIONS", "must be at least 1")
+    ns.sync_rules = _load_sync_rules(ns.sync_rules_file)
     _check_listen_address(ns.listen_address)
     _check_tls(ns.tls_cert_file, ns.tls_key_file)
     if not ns.offset_storage_file:
@@ -322,6 +326,19 @@ def _check_signing_key(key: str, setting: str = "SATELLITE_AUTH_SIGNING_KEY") ->
         # The Satellite JWT scheme derives its HS256 key from exactly 32 secret bytes.
         raise ConfigError(
             setting, f"decodes to {len(raw)} bytes; the Satellite JWT scheme needs exactly 32")
+
+
+def _load_sync_rules(path: str):
+    """The compiled rules file, or None when unset. Checked against the tables later, once
+    the connectors have reported them (electric.sync_rules.check)."""
+    if not path:
+        return None
+    from electric import sync_rules
+
+    try:
+        return sync_rules.load(path)
+    except sync_rules.RulesError as exc:
+        raise ConfigError("SYNC_RULES_FILE", str(exc)) from None
 
 
 def _check_listen_address(address: str) -> None:

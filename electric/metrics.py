@@ -105,6 +105,17 @@ def slow_client_disconnected() -> None:
     slow_clients.inc()
 
 
+writes_refused = Counter(
+    "electric_satellite_writes_refused",
+    "Satellite client transactions refused by the sync rules, by the table of the first "
+    "change outside the client's rules (docs/sync-rules.md section 4)",
+    ["table"], registry=REGISTRY)
+
+
+def write_refused(table: str) -> None:
+    writes_refused.labels(table).inc()
+
+
 def skipped(reason: str, n: int = 1) -> None:
     """Count ``n`` changes left out for ``reason`` (one of :data:`SKIP_REASONS`)."""
     changes_skipped.labels(reason).inc(n)
@@ -197,6 +208,11 @@ class StatusCollector:
         satellite = self.satellite()
         yield GaugeMetricFamily("electric_satellite_clients", "Connected Satellite clients",
                                 value=float(satellite.get("clients_connected", 0)))
+        yield GaugeMetricFamily(
+            "electric_satellite_sync_filters",
+            "Distinct sync rules filters among connected Satellite clients (each costs at most "
+            "one encoding per transaction)",
+            value=float((satellite.get("oplog_cache") or {}).get("distinct_filters", 0)))
         yield GaugeMetricFamily("electric_vaxine_up", "1 when a Vaxine API connection works",
                                 value=float(bool(self.vaxine_up())))
         open_ = GaugeMetricFamily("electric_listener_connections",

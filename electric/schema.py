@@ -103,6 +103,15 @@ class SchemaRegistry:
 
         return self._wait_for(lookup, wait)
 
+    def next_change(self) -> Event:
+        """An event set at the next change of the tables (or readiness): take it *before*
+        reading what it guards, so a change made meanwhile is never missed."""
+        return self._changed
+
+    def tables(self) -> list[Table]:
+        """Every table any connector has reported (what sync rules are checked against)."""
+        return list(self._tables.values())
+
     def is_ready(self, origin: str) -> bool:
         return self._ready.get(origin, False)
 

@@ -67,5 +67,14 @@ class Supervisor:
         return greenlet is not None and not greenlet.dead
 
     def stop(self, timeout: float = 3.0) -> None:
+        """Kill every component, waiting up to ``timeout`` seconds. One still running then
+        (e.g. a libpq call that turned the kill into a database error and went on to retry)
+        is named in a WARNING and left behind: shutdown carries on rather than crashing."""
         self._stopping.set()
-        gevent.killall(list(self._greenlets.values()), timeout=timeout)
+        greenlets = list(self._greenlets.values())
+        try:
+            gevent.killall(greenlets, timeout=timeout)
+        except gevent.Timeout:
+            alive = sorted(g.name for g in greenlets if not g.dead)
+            logger.warning(f"still stopping after {timeout:g}s: {', '.join(alive)}; "
+                           f"shutting down without waiting for them")

@@ -9,6 +9,12 @@ Two providers, chosen by ``SATELLITE_AUTH_MODE``:
   claims (``exp``, ``nbf``, ``iat``, ``aud``) are checked only when present, and ``iss`` must
   equal the configured issuer when the token has one.
 
+Both providers also offer ``authenticate(token) -> Identity``: the user id plus the token's
+claims, which sync rules match rows against (docs/sync-rules.md). In JWT mode these are the
+verified claims. In insecure mode a plain token's claims are just ``{"user_id": token}``; a
+token shaped like a JWT (``electric gen-token --claim …`` in insecure mode mints unsigned
+ones) is read without any signature check, and its ``user_id`` claim is the user id.
+
 Unlike the reference, the secret, issuer and cluster id all come from configuration, and the
 secret is never logged or echoed (not even in error messages).
 
@@ -52,6 +58,14 @@ class AuthConfigError(ValueError):
     """Bad auth settings: start-up must stop with this one-line message."""
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a token stands for: the user id and every claim of the token."""
+
+    user_id: str
+    claims: dict[str, Any]
+
+
 class AuthProvider(Protocol):
     mode: str
 
@@ -59,19 +73,45 @@ class AuthProvider(Protocol):
         """Return the user id the token stands for, or raise :class:`AuthError`."""
         ...
 
+    def authenticate(self, token: str) -> Identity:
+        """The user id and claims of the token, or raise :class:`AuthError`."""
+        ...
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2 and token.startswith("eyJ")
+
 
 @dataclass(frozen=True)
 class InsecureAuth:
     mode: str = "insecure"
 
     def validate(self, token: str) -> str:
+        return self.authenticate(token).user_id
+
+    def authenticate(self, token: str) -> Identity:
         if not token:
             raise AuthError("empty token")
-        return token
+        if not _looks_like_jwt(token):
+            return Identity(token, {"user_id": token})
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False,
+                                                "verify_exp": False})
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token ({str(exc) or 'rejected'})") from None
+        user_id = claims.get("user_id")
+        if not isinstance(user_id, str) or not user_id:
+            raise AuthError("invalid token: no user_id claim")
+        return Identity(user_id, claims)
 
-    def mint(self, user_id: str, ttl: int | None = None) -> tuple[str, int | None]:
-        """In insecure mode the token *is* the user id and never expires."""
-        return user_id, None
+    def mint(self, user_id: str, ttl: int | None = None,
+             claims: dict[str, Any] | None = None) -> tuple[str, int | None]:
+        """In insecure mode the token *is* the user id and never expires; with ``claims`` it
+        is an unsigned JWT carrying them (read back by :meth:`authenticate`)."""
+        if not claims:
+            return user_id, None
+        token = jwt.encode({**claims, "user_id": user_id}, None, algorithm="none")
+        return token, None
 
 
 def derive_signing_key(secret_key: bytes, global_cluster_id: str) -> bytes:
@@ -143,6 +183,10 @@ class JwtAuth:
         return self._signing_key
 
     def validate(self, token: str, now: float | None = None) -> str:
+        return self.authenticate(token, now).user_id
+
+    def authenticate(self, token: str, now: float | None = None) -> Identity:
+        """The verified claims of ``token`` and its user id, or :class:`AuthError`."""
         if not token:
             raise AuthError("empty token")
         claims = None
@@ -163,7 +207,7 @@ class JwtAuth:
         user_id = claims.get("user_id")
         if not isinstance(user_id, str) or not user_id:
             raise AuthError("invalid access token: no user_id")
-        return user_id
+        return Identity(user_id, claims)
 
     def _decode(self, token: str, key: bytes, now: float | None) -> dict[str, Any]:
         """Claims of ``token`` if signed with ``key`` and in date (with the leeway).
@@ -214,9 +258,11 @@ class JwtAuth:
         ttl: int | None = DEFAULT_TTL_SECONDS,
         now: float | None = None,
         nonce: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         now = time.time() if now is None else now
         claims: dict[str, Any] = {
+            **(extra or {}),  # first: the scheme's own claims below always win
             "alg": "HS256",  # the reference's library copies the header into the claims
             "global_cluster_id": self.global_cluster_id,
             "nonce": nonce if nonce is not None else secrets.token_hex(16),
@@ -235,9 +281,11 @@ class JwtAuth:
         ttl: int | None = DEFAULT_TTL_SECONDS,
         now: float | None = None,
         nonce: str | None = None,
+        claims: dict[str, Any] | None = None,
     ) -> tuple[str, int | None]:
-        """Sign an access token for ``user_id``; returns ``(token, exp or None)``."""
-        claims = self.claims_for(user_id, ttl=ttl, now=now, nonce=nonce)
+        """Sign an access token for ``user_id`` with ``claims`` besides the scheme's own;
+        returns ``(token, exp or None)``."""
+        claims = self.claims_for(user_id, ttl=ttl, now=now, nonce=nonce, extra=claims)
         token = jwt.encode(claims, self._signing_key, algorithm="HS256", headers={"typ": "JWT"})
         return token, claims.get("exp")
 

@@ -8,10 +8,16 @@ caught up writes those very bytes (see ``server._Connection._direct``).
 
 Bounded in entries and in bytes, oldest out first: sockets streaming live are at most a few
 transactions apart, and a socket replaying history simply misses and encodes its own copy.
+
+With sync rules (docs/sync-rules.md) a client receives the transaction as its effective
+filter leaves it, so entries are per (transaction, filter): clients whose claims select the
+same rows share one filter object (:meth:`OplogCache.intern`) and so one encoding. Clients
+without rules use ``None`` and today's keys, unchanged.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from electric import metrics
@@ -26,12 +32,13 @@ class SharedOplog:
     """One transaction's encoding: ``relations`` (relation → table used), the message, its
     bytes, and ``frame`` (the websocket frame around them, filled in by the server)."""
 
-    __slots__ = ("tx", "offset", "relations", "msg", "raw", "frame")
+    __slots__ = ("tx", "offset", "relations", "msg", "raw", "frame", "flt")
 
     def __init__(self, tx: Transaction, offset: Any, relations: tuple, msg: pb.SatOpLog,
-                 raw: bytes) -> None:
+                 raw: bytes, flt: Any = None) -> None:
         self.tx, self.offset, self.relations, self.msg, self.raw = tx, offset, relations, msg, raw
         self.frame: bytes | None = None
+        self.flt = flt  # the effective filter it was built for (kept alive: its id is a key)
 
     def __iter__(self):  # (relations, msg, raw), as the first version's tuples
         return iter((self.relations, self.msg, self.raw))
@@ -49,7 +56,17 @@ class OplogCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: dict[Any, tuple[pb.SatOpLog, bytes]] = {}
-        self._by_tx: dict[int, SharedOplog] = {}
+        self._by_tx: dict[Any, SharedOplog] = {}
+        # One filter object per distinct effective filter of the connected clients.
+        self._filters: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def intern(self, flt: Any) -> Any:
+        """The shared object equal to ``flt`` (``flt`` itself the first time): equal filters
+        must be the same object for :meth:`get_tx` to share their encodings."""
+        return self._filters.setdefault(flt, flt)
+
+    def distinct_filters(self) -> int:
+        return len(self._filters)
 
     def get(self, key: Any) -> tuple[pb.SatOpLog, bytes] | None:
         found = self._entries.get(key)
@@ -64,16 +81,18 @@ class OplogCache:
 
     # By Transaction object: the entry keeps the object alive, so its id is not reused.
 
-    def get_tx(self, tx: Transaction, offset: Any) -> SharedOplog | None:
-        entry = self._by_tx.get(id(tx))
-        if entry is None or entry.tx is not tx or entry.offset != offset:
+    def get_tx(self, tx: Transaction, offset: Any, flt: Any = None) -> SharedOplog | None:
+        """The encoding of ``tx`` as seen through filter ``flt`` (``None``: no rules)."""
+        entry = self._by_tx.get(id(tx) if flt is None else (id(tx), id(flt)))
+        if entry is None or entry.tx is not tx or entry.offset != offset or entry.flt is not flt:
             return None
         return entry
 
     def put_tx(self, tx: Transaction, offset: Any, relations: tuple, msg: pb.SatOpLog,
-               raw: bytes) -> SharedOplog:
+               raw: bytes, flt: Any = None) -> SharedOplog:
         """(``raw`` is the object :meth:`put` holds too: counted once, there.)"""
-        entry = self._by_tx[id(tx)] = SharedOplog(tx, offset, relations, msg, raw)
+        key = id(tx) if flt is None else (id(tx), id(flt))
+        entry = self._by_tx[key] = SharedOplog(tx, offset, relations, msg, raw, flt)
         self._trim()
         return entry
 
@@ -95,4 +114,4 @@ class OplogCache:
 
     def status(self) -> dict[str, Any]:
         return {"transactions": len(self._by_tx), "bytes": self.bytes,
-                "max_bytes": self.max_bytes}
+                "max_bytes": self.max_bytes, "distinct_filters": len(self._filters)}

@@ -40,7 +40,7 @@ from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
 from electric import errors, metrics
-from electric.changes import Transaction, TruncatedRelation
+from electric.changes import DeletedRecord, Transaction, TruncatedRelation
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import ByteBudget
 from electric.listeners import GuardedWSGIServer
@@ -65,6 +65,7 @@ from electric.satellite.socket_writer import (
     SocketWriter,
     binary_frame,
 )
+from electric.sync_rules import effective_filter
 
 WS_PATH = "/ws"
 CLAIM_GRACE = 1.0
@@ -100,6 +101,8 @@ class AuthProvider(Protocol):
     mode: str
 
     def validate(self, token: str) -> str: ...
+
+    def authenticate(self, token: str) -> Any: ...
 
 
 WriteFn = Callable[[Transaction], Any]
@@ -244,13 +247,14 @@ class _Connection(SocketWriter):
         self.peer = peer
         self.lock = gevent.lock.RLock()
         self.session = Session(
-            authenticate=server.auth.validate,
+            authenticate=server.auth.authenticate,
             lookup_table=server.lookup_table,
             cluster_id=server.cluster_id,
             now=time.monotonic(),
             peer=peer,
             ping_interval=server.ping_interval,
             oplog_cache=server.oplog_cache,
+            bind_filter=server.bind_filter if server.sync_rules is not None else None,
         )
         self.log = self.session.log
         self.client_id: str | None = None
@@ -462,6 +466,15 @@ class _Connection(SocketWriter):
                 )
                 return
             try:
+                allowed = self._stored_rows_allow(tx)
+            except gevent.GreenletExit:
+                raise
+            except Exception as exc:  # the store cannot be read: as a failed write
+                self._writer_failed(tx, exc)
+                continue
+            if not allowed:
+                return
+            try:
                 self._write_with_retry(tx)
             except gevent.GreenletExit:
                 raise
@@ -481,6 +494,22 @@ class _Connection(SocketWriter):
                 return
             self.log.debug("Saving lsn {} for satellite: {!r}", describe(tx.lsn), self.client_id)
             self._handle(self.session.transaction_written, tx.lsn)
+
+    def _stored_rows_allow(self, tx: Transaction) -> bool:
+        """Sync rules: judge the client's updates and deletes on the rows as stored (the
+        store's lookup; without one, on the old rows the client sent). This writer is the
+        client's only one, so its earlier transactions are already stored."""
+        lookup = self.server.current_rows
+        changes = self.session.rows_to_verify(tx) if lookup is not None else []
+        if not changes:
+            return True
+        stored = lookup([(c.relation, c.old_record if isinstance(c, DeletedRecord)
+                          else (c.old_record or c.record)) for c in changes])
+        with self.lock:
+            refusal = self.session.verify_stored_rows(tx, changes, stored)
+            for action in refusal or ():
+                self._execute(action)
+        return refusal is None
 
     def _wait_for_tables(self, tx: Transaction) -> str | None:
         """Give the schema registry ``table_wait`` seconds to learn the tables ``tx`` uses
@@ -645,6 +674,8 @@ class SatelliteServer:
         table_wait: float = TABLE_WAIT,
         tls: Any = None,
         max_connections: int = 10_000,
+        sync_rules: Callable[[], Any] | None = None,
+        current_rows: Callable[[list], list] | None = None,
     ) -> None:
         self.host = host
         self.tls = tls  # a server SSLContext: wss:// instead of ws://
@@ -667,6 +698,12 @@ class SatelliteServer:
         self.slow_disconnects = 0
         self.table_wait = table_wait
         self.oplog_cache = OplogCache()
+        # SYNC_RULES_FILE: returns the checked RuleSet (waiting for the check) or raises
+        # FilterUnavailable; None without the setting (no filter, today's path).
+        self.sync_rules = sync_rules
+        # The store's rows by key (LocalStore.current_rows): what client writes are judged
+        # on under sync rules; None (Vaxine) judges on the old rows clients send.
+        self.current_rows = current_rows
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
         # from an older offset still uses a private stream per socket.
         self.tail = SharedTail(open_stream) if shared_tail else None
@@ -769,6 +806,12 @@ class SatelliteServer:
             except Exception:  # one socket's failure must not cost the others theirs
                 conn.log.exception("writing to the socket failed")
                 conn._fail_sending()
+
+    def bind_filter(self, claims: Any) -> Any:
+        """A client's effective filter, the one object shared by every client with an equal
+        one (so they share encodings, see oplog_cache)."""
+        assert self.sync_rules is not None
+        return self.oplog_cache.intern(effective_filter(self.sync_rules(), claims))
 
     def subscribe(self, offset: StartOffset) -> Iterator[tuple[Transaction, Any]]:
         """The outgoing stream for one socket: via the shared tail, or a private stream."""

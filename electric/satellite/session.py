@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,8 +37,9 @@ from typing import Any
 from google.protobuf.message import Message
 from loguru import logger
 
-from electric import metrics
+from electric import metrics, sync_rules
 from electric.changes import (
+    Change,
     DeletedRecord,
     NewRecord,
     Record,
@@ -48,7 +49,7 @@ from electric.changes import (
 )
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from electric.satellite.auth import AuthError
+from electric.satellite.auth import AuthError, Identity
 from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
 
@@ -161,6 +162,9 @@ class OutRep:
     client_lsn: bytes | None = None
     sync_batch_size: int = 0
     sent_transactions: int = 0
+    # Started from the start of the log and nothing sent yet: the client holds no row, so
+    # a filtered client need not be sent deletes in its first transaction (a snapshot).
+    empty_client: bool = False
 
 
 @dataclass
@@ -176,27 +180,42 @@ class InRep:
 TableLookup = Callable[[tuple[str, str]], Any]
 """``(schema, table) -> electric.changes.Table | None`` (usually ``SchemaRegistry.table``)."""
 
+BindFilter = Callable[[Mapping[str, Any]], "sync_rules.EffectiveFilter | None"]
+"""A client's claims -> its effective filter, ``None`` without sync rules (every row); raises
+:class:`FilterUnavailable` when the rules cannot be applied yet."""
+
+
+class FilterUnavailable(Exception):
+    """The sync rules are set but not checked yet: the client is refused, it retries."""
+
 
 class Session:
     """State machine for one Satellite socket.
 
-    ``authenticate(token) -> user_id`` raises :class:`AuthError`; ``lookup_table`` resolves
-    relations for both directions; ``now`` values are monotonic seconds supplied by the caller.
+    ``authenticate(token) -> Identity`` (or just the user id) raises :class:`AuthError`;
+    ``lookup_table`` resolves relations for both directions; ``bind_filter`` turns the
+    token's claims into the client's sync rules filter (docs/sync-rules.md); ``now`` values
+    are monotonic seconds supplied by the caller.
     """
 
     _subscription_ids = itertools.count(1)
 
     def __init__(
         self,
-        authenticate: Callable[[str], str],
+        authenticate: Callable[[str], Identity | str],
         lookup_table: TableLookup,
         cluster_id: str,
         now: float = 0.0,
         peer: str = "",
         ping_interval: float = PING_INTERVAL,
         oplog_cache: OplogCache | None = None,
+        bind_filter: BindFilter | None = None,
     ) -> None:
         self._authenticate = authenticate
+        self._bind_filter = bind_filter
+        # Bound at authentication from the token's claims; None: no rules, every row.
+        self.filter: sync_rules.EffectiveFilter | None = None
+        self.writes_refused = 0
         self._lookup_table = lookup_table
         self.cluster_id = cluster_id
         self.peer = peer
@@ -297,11 +316,16 @@ class Session:
         actions are an iterator: take them in order, each as it comes."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
+        empty, self.out.empty_client = self.out.empty_client, False
         if len(transaction.changes) > STREAMED_TRANSACTION:
             self.out.sent_transactions += 1
-            return self._serialize_streamed(transaction, offset)
+            changes: Iterable[Change] = transaction.changes
+            if self.filter is not None:
+                # Lazily: a big transaction (a snapshot) is never whole in memory.
+                changes = self._visible_lazily(transaction, empty)
+            return self._serialize_streamed(transaction, offset, changes)
         try:
-            actions = self._serialize_outgoing(transaction, offset)
+            actions = self._serialize_outgoing(transaction, offset, empty)
         except Exception as exc:
             self.log.exception("cannot serialise outgoing transaction at {}", offset)
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
@@ -316,9 +340,10 @@ class Session:
         otherwise ``None`` and the caller goes through :meth:`vaxine_transaction`."""
         cache = self.oplog_cache
         if (cache is None or self.closed or not self.out.active
-                or subscription != self.out.subscription):
+                or subscription != self.out.subscription
+                or (self.out.empty_client and self.filter is not None)):
             return None
-        hit = cache.get_tx(transaction, offset)
+        hit = cache.get_tx(transaction, offset, self.filter)
         if hit is None:
             return None
         known, lookup = self.out.known_relations, self._lookup_table
@@ -398,6 +423,9 @@ class Session:
             "sent_transactions": self.out.sent_transactions,
             "written_transactions": self.inc.written,
             "unacked_transactions": len(self.inc.in_flight),
+            # Counts only, never claim or row values (docs/sync-rules.md).
+            "sync_rules": (None if self.filter is None
+                           else {**self.filter.summary(), "writes_refused": self.writes_refused}),
         }
 
     # -- internals ------------------------------------------------------------------------
@@ -443,15 +471,28 @@ class Session:
         if not msg.id or not msg.token:
             raise ProtocolViolation(frames.INVALID_REQUEST, "SatAuthReq needs an id and a token")
         try:
-            user_id = self._authenticate(msg.token)
+            identity = self._authenticate(msg.token)
         except AuthError as exc:
             if exc.expired:
                 self.log.warning("client {!r} presented an expired token", msg.id)
             raise ProtocolViolation(frames.AUTH_REQUIRED, exc.reason) from None
+        if isinstance(identity, str):
+            user_id, claims = identity, {"user_id": identity}
+        else:
+            user_id, claims = identity.user_id, identity.claims
+        if self._bind_filter is not None:
+            try:
+                self.filter = self._bind_filter(claims)
+            except FilterUnavailable as exc:
+                raise ProtocolViolation(frames.INTERNAL, str(exc)) from None
         self.client_id = msg.id
         self.user_id = user_id
         self.claim_pending = True
         self.log = self.log.bind(client_id=msg.id, user_id=user_id)
+        if self.filter is not None and self.filter.problems:
+            # The client sees fewer rows; worth one line, never the claim values.
+            self.log.info("sync rules for client {!r}: {}", msg.id,
+                          "; ".join(self.filter.problems))
         return [ClaimClient(msg.id, user_id)]
 
     # client → server, authenticated
@@ -482,6 +523,7 @@ class Session:
             offset=offset,
             client_lsn=self.out.client_lsn,
             sync_batch_size=msg.sync_batch_size,
+            empty_client=offset == 0,
         )
         self.log.info("outgoing replication starting from {}", offset)
         actions += [StartOutgoing(sub, offset), Send(pb.SatInStartReplicationResp())]
@@ -539,6 +581,7 @@ class Session:
             done = self._apply_op(op)
             if done is not None:
                 self._validate_transaction(done)
+                self._check_rules(done)
                 self.log.debug(
                     "New transaction from satellite {} lsn {}: {}",
                     self.client_id,
@@ -629,7 +672,78 @@ class Session:
                     + ", ".join(missing),
                 )
 
+    def _check_rules(self, tx: Transaction) -> None:
+        """Refuse a client transaction with any change outside its sync rules, as a whole
+        and before anything is queued (docs/sync-rules.md §4), judged on the old rows the
+        client sends; the writer judges again on the stored rows (:meth:`rows_to_verify`)."""
+        if self.filter is None:
+            return
+        for change in tx.changes:
+            reason = sync_rules.may_write(self.filter, change)
+            if reason is not None:
+                raise ProtocolViolation(frames.INVALID_REQUEST, self._refused(tx, change, reason))
+
+    def _refused(self, tx: Transaction, change: Change, reason: str) -> str:
+        self.writes_refused += 1
+        metrics.write_refused(".".join(change.relation))
+        return f"transaction {describe(tx.lsn)} refused by the sync rules: {reason}"
+
+    def rows_to_verify(self, tx: Transaction) -> list[Change]:
+        """The updates and deletes of ``tx`` to filtered tables: the writer looks up their
+        stored rows and hands them to :meth:`verify_stored_rows` before writing."""
+        if self.filter is None:
+            return []
+        out = []
+        for change in tx.changes:
+            if isinstance(change, UpdatedRecord | DeletedRecord):
+                table = self.filter.table(change.relation)
+                if table is not None and not table.everything:
+                    out.append(change)
+        return out
+
+    def verify_stored_rows(self, tx: Transaction, changes: list[Change],
+                           stored: list[Record | None]) -> list[Action] | None:
+        """Judge ``changes`` (from :meth:`rows_to_verify`) again with the stored row as the
+        old row, so a client cannot reach another scope's row by sending a forged old row.
+        A row that is not stored is judged on what the client sent (already done). Returns
+        ``None`` when the transaction may be written, else the refusal's actions (error +
+        close; none when the socket is closed already: still not written)."""
+        if self.filter is None:
+            return None
+        for change, row in zip(changes, stored, strict=True):
+            if row is None:
+                continue
+            if isinstance(change, UpdatedRecord):
+                judged: Change = UpdatedRecord(change.relation, change.record, row)
+            else:
+                judged = DeletedRecord(change.relation, row)
+            reason = sync_rules.may_write(self.filter, judged)
+            if reason is not None:
+                message = self._refused(tx, change, f"{reason} (as stored)")
+                self.log.warning("rejecting SatOpLog: {}", message)
+                return [] if self.closed else self._fail(frames.INVALID_REQUEST, message)
+        return None
+
     # server → client
+
+    def _visible(self, tx: Transaction, empty: bool) -> tuple[list[Change], tuple]:
+        """What this client's filter lets through of ``tx`` (rows crossing its scope are
+        rewritten as inserts/deletes), and the outcome per change, which alone determines
+        it (the encoding's cache key). ``empty``: the client holds no row yet."""
+        assert self.filter is not None
+        return sync_rules.apply_traced(self.filter, tx.changes, self._key_columns, empty)
+
+    def _visible_lazily(self, tx: Transaction, empty: bool) -> Iterator[Change]:
+        assert self.filter is not None
+        flt, keys = self.filter, self._key_columns
+        for change in tx.changes:
+            sent = sync_rules.apply(flt, change, keys, empty)
+            if sent is not None:
+                yield sent
+
+    def _key_columns(self, relation: Any) -> list[str]:
+        table = self._lookup_table(relation)
+        return list(table.primary_keys) if table is not None else []
 
     def _outgoing_table(self, relation: Any) -> Any:
         """The table of an outgoing change, or ``None`` when the registry does not know it.
@@ -642,7 +756,8 @@ class Session:
             self.log.warning("skipping change to {}.{}: not in the schema registry", *relation)
         return table
 
-    def _serialize_streamed(self, tx: Transaction, offset: Any) -> Iterator[Action]:
+    def _serialize_streamed(self, tx: Transaction, offset: Any,
+                            changes: Iterable[Change] | None = None) -> Iterator[Action]:
         """A transaction too big to hold as one message: several SatOpLogs, Begin in the
         first and Commit in the last (the client assembles a transaction across messages),
         each built as the previous one is sent, so neither the transaction nor its encoding
@@ -651,7 +766,7 @@ class Session:
         lsn = encode_offset(offset)
         ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
         tables: dict[Any, Any] = {}
-        for change in tx.changes:
+        for change in tx.changes if changes is None else changes:
             if isinstance(change, TruncatedRelation):
                 continue  # no representation in the protocol
             relation = change.relation
@@ -670,12 +785,21 @@ class Session:
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
         yield Send(pb.SatOpLog(ops=ops))
 
-    def _serialize_outgoing(self, tx: Transaction, offset: Any) -> list[Action]:
+    def _serialize_outgoing(self, tx: Transaction, offset: Any,
+                            empty: bool = False) -> list[Action]:
+        """``tx`` as this client receives it. A transaction its filter leaves empty still
+        goes out (Begin and Commit only) so that the client's lsn advances: its acks and
+        resume position never lag behind the log because of rows it does not see.
+        ``empty``: the client holds no row yet (its outcomes differ from its filter's usual
+        ones, so the per-filter entry is neither read nor written; the outcome-keyed one is
+        safe)."""
         cache = self.oplog_cache
-        if cache is not None:
+        flt = self.filter
+        per_filter = cache is not None and not (empty and flt is not None)
+        if per_filter:
             # Fast path for the shared tail: the very same Transaction object reaches every
             # live socket; only the relation announcements differ per socket.
-            hit = cache.get_tx(tx, offset)
+            hit = cache.get_tx(tx, offset, flt)
             if hit is not None and all(self._lookup_table(r) is t for r, t in hit.relations):
                 metrics.encoding_reused("satellite")
                 actions: list[Action] = []
@@ -686,9 +810,10 @@ class Session:
                 actions.append(Send(hit.msg, raw=hit.raw))
                 return actions
         actions = []
+        changes, outcomes = (tx.changes, None) if flt is None else self._visible(tx, empty)
         ts = datetime_to_ms(tx.commit_timestamp)
         tables: list[Any] = []
-        for change in tx.changes:
+        for change in changes:
             table = None
             if not isinstance(change, TruncatedRelation):  # no representation in 0.3.0
                 table = self._outgoing_table(change.relation)
@@ -703,13 +828,21 @@ class Session:
         cache = self.oplog_cache
         if cache is not None and isinstance(offset, int | tuple):
             key = (offset, ts, len(tx.changes), tuple(map(id, tables)))
+            if outcomes is not None and changes:
+                # Filters giving this transaction the same outcomes send the same changes,
+                # so they share an encoding (an empty one is everybody's).
+                key += (outcomes,)
             cached = cache.get(key)
             if cached is not None:
+                if flt is not None and per_filter:  # this filter's next sockets' fast path
+                    relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
+                    cache.put_tx(tx, offset, tuple(relations.items()), cached[0], cached[1],
+                                 flt)
                 actions.append(Send(cached[0], raw=cached[1]))
                 return actions
         lsn = encode_offset(offset)
         ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
-        for change, table in zip(tx.changes, tables, strict=True):
+        for change, table in zip(changes, tables, strict=True):
             if table is not None:
                 ops.append(_change_op(table, change))
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
@@ -718,8 +851,9 @@ class Session:
         metrics.transaction_encoded("satellite")
         if key is not None and cache is not None:
             cache.put(key, (msg, send.raw))
-            relations = {c.relation: t for c, t in zip(tx.changes, tables, strict=True)}
-            cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw)
+            if per_filter:
+                relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
+                cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw, flt)
         actions.append(send)
         return actions
 

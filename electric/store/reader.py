@@ -55,6 +55,21 @@ class Reader:
             raise LookupError(f"log chunk {seq} of transaction {pos} is missing")
         return row[0]
 
+    def current_rows(self, wanted: list[tuple[RelationName, str]]) -> list[dict | None]:
+        """The stored columns of each ``(relation, key)``; ``None`` for a row that is not
+        stored or deleted."""
+        ids = {name: rid for rid, name in ((rid, (schema, table)) for rid, schema, table in
+                                           self.db.execute("SELECT id, schema_name, table_name "
+                                                           "FROM relations"))}
+        out: list[dict | None] = []
+        for relation, key in wanted:
+            rel_id = ids.get(tuple(relation))
+            row = None if rel_id is None else self.db.execute(
+                "SELECT deleted, columns FROM rows WHERE rel = ? AND key = ?",
+                (rel_id, key)).fetchone()
+            out.append(marshal.loads(row[1]) if row is not None and not row[0] else None)
+        return out
+
     def decode(self, data: bytes) -> list[Change]:
         return decode_chunk(data, self.relation)
 

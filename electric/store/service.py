@@ -32,8 +32,9 @@ from gevent.lock import Semaphore
 from gevent.queue import Queue
 from loguru import logger
 
-from electric.changes import Change, Transaction, utc_now
+from electric.changes import Change, Record, RelationName, Transaction, utc_now
 from electric.store.engine import ChainBroken, Engine, PrimaryKeys, TxnHead
+from electric.store.merge import row_key
 from electric.store.reader import Reader
 from electric.store.sqlite import ReaderPool, file_bytes, in_thread, take_batch
 
@@ -185,6 +186,14 @@ class LocalStore:
 
     def _read(self, fn: Callable[[Reader], Any]) -> Any:
         return self._readers.run(fn)
+
+    def current_rows(self, rows: list[tuple[RelationName, Record]]) -> list[Record | None]:
+        """The committed row with the primary key of each ``(relation, record)`` (``None``:
+        not stored, or deleted): what a Satellite client's write is judged on by the sync
+        rules instead of the old row it claims (docs/sync-rules.md §4)."""
+        wanted = [(relation, row_key(relation, record, self.primary_keys(relation)))
+                  for relation, record in rows]
+        return self._read(lambda reader: reader.current_rows(wanted))
 
     # ------------------------------------------------------------------ writing
 

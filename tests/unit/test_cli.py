@@ -84,3 +84,13 @@ def test_unknown_flag_is_one_line():
     result = run("--statusport", "1")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--statusport" in result.stderr
+
+
+def test_bad_sync_rules_file_is_one_line_naming_file_and_line(tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[claims]\nsub = "string"\n\n[tables.items]\nrows = "owner_id IN claims.sub"\n')
+    result = run("--sync-rules-file", str(rules), "--print-config")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"SYNC_RULES_FILE: {rules}:5: public.items: rows:" in result.stderr
+    assert "IN needs a list claim" in result.stderr and "Traceback" not in result.stderr

@@ -169,3 +169,17 @@ def test_new_secrets_are_redacted_and_listeners_default_open():
     assert printed["POSTGRES_REPLICATION_PASSWORD"] == config.REDACTED
     assert printed["STATUS_API_TOKEN"] == config.REDACTED
     assert printed["SATELLITE_AUTH_SIGNING_KEY_PREVIOUS"] == config.REDACTED
+
+
+def test_sync_rules_file_is_compiled_at_load(tmp_path):
+    assert load().sync_rules is None
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[claims]\nsub = "string"\n\n[tables.items]\nrows = "owner_id = claims.sub"\n')
+    s = load(env={"SYNC_RULES_FILE": str(rules)})
+    assert s.sync_rules.rule(("public", "items")).visible
+    assert ("SYNC_RULES_FILE", str(rules)) in config.printable(s)
+    with pytest.raises(ConfigError, match=r"^SYNC_RULES_FILE: .*nope.toml: cannot read"):
+        load(["--sync-rules-file", str(tmp_path / "nope.toml")])
+    rules.write_text("[tables.items\n")
+    with pytest.raises(ConfigError, match=rf"^SYNC_RULES_FILE: {rules}:1: not valid TOML"):
+        load(["--sync-rules-file", str(rules)])

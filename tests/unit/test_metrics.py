@@ -15,3 +15,11 @@ def test_blocked_and_retrying_sources_show_as_metrics():
     assert samples[("electric_source_blocked", "pb")] == 0.0
     assert samples[("electric_source_write_retrying", "pa")] == 1.0
     assert samples[("electric_source_write_retrying", "pb")] == 0.0
+
+
+def test_satellite_clients_and_distinct_sync_filters_show_as_metrics():
+    satellite = {"clients_connected": 3, "oplog_cache": {"distinct_filters": 2}}
+    collector = StatusCollector(dict, dict, lambda: satellite, lambda: True)
+    samples = {s.name: s.value for family in collector.collect() for s in family.samples}
+    assert samples["electric_satellite_clients"] == 3.0
+    assert samples["electric_satellite_sync_filters"] == 2.0

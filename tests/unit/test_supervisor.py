@@ -44,3 +44,33 @@ def test_stop_interrupts_a_back_off_wait():
     with gevent.Timeout(2):
         supervisor.stop(timeout=1)
     assert not supervisor.alive("crashes")
+
+
+def test_stop_names_a_component_that_outlives_its_kill_and_returns():
+    from loguru import logger
+
+    warnings = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    supervisor = Supervisor()
+    killed, done = [], []
+
+    def stubborn():
+        # What a libpq wait can do: the kill surfaces as another error, and the retry goes on.
+        while not done:
+            try:
+                gevent.sleep(60)
+            except gevent.GreenletExit:
+                killed.append(1)
+
+    try:
+        supervisor.spawn("stubborn", stubborn)
+        gevent.sleep(0)
+        with gevent.Timeout(5):
+            supervisor.stop(timeout=0.2)
+        assert killed and supervisor.alive("stubborn")
+        assert any("still stopping after 0.2s: stubborn" in w for w in warnings), warnings
+    finally:
+        logger.remove(sink)
+        done.append(1)
+        supervisor._greenlets["stubborn"].kill(timeout=1)  # now it lets itself end
+    assert not supervisor.alive("stubborn")

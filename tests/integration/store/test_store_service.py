@@ -179,3 +179,12 @@ def test_a_new_reader_gets_the_rows_instead_of_a_longer_history(store):
     # a reader with a position still gets the log itself
     [(nxt, nxt_pos)] = take(store.stream(positions[-2]), 1)
     assert nxt_pos == positions[-1] and nxt.changes[0].record["id"] == "2"
+
+
+def test_current_rows_by_primary_key_for_the_sync_rules_write_check(store):
+    store.write(tx(ins(1, owner="bob"), ins(2, owner="alice")))
+    store.write(tx(DeletedRecord(REL, {"id": "2"})))
+    # Looked up by the key of whatever record is given (a client's claimed old row).
+    assert store.current_rows([(REL, {"id": "1", "owner": "alice"}), (REL, {"id": "2"}),
+                               (REL, {"id": "3"}), (("public", "other"), {"id": "1"})]) == [
+        {"id": "1", "owner": "bob"}, None, None, None]

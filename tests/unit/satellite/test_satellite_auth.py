@@ -182,3 +182,34 @@ def test_provider_reads_rotation_and_leeway_settings():
     assert auth.leeway == 5 and len(auth._accepted_keys) == 2
     with pytest.raises(AuthConfigError, match="SATELLITE_AUTH_SIGNING_KEY_PREVIOUS"):
         build_provider("jwt", SECRET_B64, None, CLUSTER, previous_signing_key="c2hvcnQ=")
+
+
+def test_jwt_authenticate_exposes_the_verified_claims(auth):
+    token, _exp = auth.mint("alice", claims={"sub": "alice", "teams": ["a", "b"]})
+    identity = auth.authenticate(token)
+    assert identity.user_id == "alice" and auth.validate(token) == "alice"
+    assert identity.claims["sub"] == "alice" and identity.claims["teams"] == ["a", "b"]
+    assert identity.claims["global_cluster_id"] == CLUSTER
+    # The scheme's own claims cannot be overridden by extra ones.
+    token, _exp = auth.mint("alice", claims={"user_id": "mallory", "type": "refresh"})
+    assert auth.authenticate(token).user_id == "alice"
+    # Claims of a token signed with another key are never read.
+    forged = jwt.encode({**auth.authenticate(token).claims, "sub": "bob"}, b"x" * 32,
+                        algorithm="HS256")
+    with pytest.raises(AuthError):
+        auth.authenticate(forged)
+
+
+def test_insecure_claims_from_the_token():
+    a = InsecureAuth()
+    assert a.authenticate("user-1").claims == {"user_id": "user-1"}
+    token, exp = a.mint("alice", claims={"sub": "alice", "teams": ["a"]})
+    assert exp is None and token.count(".") == 2
+    identity = a.authenticate(token)
+    assert identity.user_id == "alice" and a.validate(token) == "alice"
+    assert identity.claims == {"sub": "alice", "teams": ["a"], "user_id": "alice"}
+    # A JWT-shaped token without a user id, or one that does not decode, is refused.
+    with pytest.raises(AuthError, match="no user_id"):
+        a.authenticate(jwt.encode({"sub": "x"}, None, algorithm="none"))
+    with pytest.raises(AuthError, match="invalid token"):
+        a.authenticate("eyJnope.eyJnope.x")

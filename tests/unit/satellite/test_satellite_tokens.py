@@ -65,3 +65,58 @@ def test_format_helpers():
     assert format_tokens([("u", token, None)], "csv") == f"u,{token},\n"
     with pytest.raises(ValueError):
         gen_token(provider, "")
+
+
+def test_claims_are_added_and_typed(tmp_path):
+    out = io.StringIO()
+    assert main([*JWT_ARGS, "--claim", "sub=alice", "--claim", "teams=a,b", "--claim", "x=",
+                 "u1"], out=out) == 0
+    token = json.loads(out.getvalue())["u1"]["token"]
+    claims = verifier().authenticate(token).claims
+    assert claims["sub"] == "alice" and claims["teams"] == ["a", "b"] and claims["x"] == ""
+    # A rules file types the claims it declares.
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[claims]\nteams = "string[]"\norg = "integer"\nadmin = "boolean"\n')
+    out = io.StringIO()
+    assert main([*JWT_ARGS, "--sync-rules-file", str(rules), "--claim", "teams=solo",
+                 "--claim", "org=7", "--claim", "admin=true", "u1"], out=out) == 0
+    claims = verifier().authenticate(json.loads(out.getvalue())["u1"]["token"]).claims
+    assert claims["teams"] == ["solo"] and claims["org"] == 7 and claims["admin"] is True
+
+
+def test_insecure_tokens_with_claims_are_unsigned_jwts():
+    from electric.satellite.auth import InsecureAuth
+
+    out = io.StringIO()
+    assert main(["--satellite-auth-mode", "insecure", "--claim", "sub=bob", "bob"], out=out) == 0
+    token = json.loads(out.getvalue())["bob"]["token"]
+    identity = InsecureAuth().authenticate(token)
+    assert identity.user_id == "bob" and identity.claims["sub"] == "bob"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--claim", "nonsense"], "must look like NAME=VALUE"),
+    (["--claim", "=x"], "must look like NAME=VALUE"),
+    (["--claim", "user_id=mallory"], "set by the token scheme itself"),
+    (["--claim", "exp=1"], "set by the token scheme itself"),
+    (["--claim", "a=1", "--claim", "a=2"], "given twice"),
+])
+def test_bad_claims_are_one_line_and_exit_2(capsys, args, words):
+    assert main([*JWT_ARGS, *args, "u1"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_claims_of_the_wrong_declared_type_are_refused(capsys, tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[claims]\norg = "integer"\nadmin = "boolean"\n')
+    assert main([*JWT_ARGS, "--sync-rules-file", str(rules), "--claim", "org=seven", "u"]) == 2
+    assert "'seven' is not an integer" in capsys.readouterr().err
+    assert main([*JWT_ARGS, "--sync-rules-file", str(rules), "--claim", "admin=yes", "u"]) == 2
+    assert "'yes' is not true or false" in capsys.readouterr().err
+
+
+def test_help_documents_claim(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--claim NAME=VALUE" in capsys.readouterr().out
