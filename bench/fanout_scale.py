@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from bench.common import emit, paced
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {
     # (clients, rate tx/s, seconds) per measurement, load-generator processes
@@ -89,15 +91,7 @@ def serve(args: argparse.Namespace) -> int:
 
     def producer() -> None:
         go.wait()
-        interval, start = 1.0 / args.rate, time.monotonic()
-        in_flight = gevent.pool.Pool(16)
-        for n in range(int(args.rate * args.duration)):
-            delay = start + n * interval - time.monotonic()
-            if delay > 0:
-                gevent.sleep(delay)
-            in_flight.spawn(produce, n)
-        in_flight.join()
-        print(f"PRODUCER-DONE {time.monotonic() - start:.2f}", file=sys.stderr, flush=True)
+        paced(args.rate, args.duration, produce)
 
     gevent.spawn(producer).join()
     gevent.sleep(3600)
@@ -401,12 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                           idle_only=args.idle)
     else:
         result = run("smoke" if args.smoke else "quick" if args.quick else "full")
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    return 0
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ alone by :func:`per_subscriber_encode_us`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
+
+from bench.common import emit
 
 SCHEMA = "CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL);"
 CONF = {"shared_buffers": "128MB", "max_wal_size": "1GB", "max_connections": "200",
@@ -231,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = (per_subscriber_encode_us(args.subscribers) if args.encode_only
               else run(args.rows, args.subscribers, args.batch))
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    return 0
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench.common import emit, paced
 
 
 def _rss_kb(pid: int) -> int:
@@ -162,29 +163,16 @@ def serve(args: argparse.Namespace) -> int:
     go = Event()
     gevent.signal_handler(signal.SIGUSR1, go.set)
 
+    def one(n: int) -> None:
+        try:
+            produce(n)
+        except Exception as exc:  # reported by the driver, the run goes on
+            print(f"PRODUCER-FAILED {n} {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+
     def producer():
         go.wait()  # the driver sends SIGUSR1 once every client is streaming
-        interval = 1.0 / args.rate
-        start = time.monotonic()
-        # Writes are issued on schedule, several in flight at once (as transactions from
-        # several Postgres sessions would be), so a slow round trip does not lower the rate.
-        in_flight = gevent.pool.Pool(16)
-
-        def one(n: int) -> None:
-            try:
-                produce(n)
-            except Exception as exc:  # reported by the driver, the run goes on
-                print(
-                    f"PRODUCER-FAILED {n} {type(exc).__name__}: {exc}", file=sys.stderr, flush=True
-                )
-
-        for n in range(int(args.rate * args.duration)):
-            delay = start + n * interval - time.monotonic()
-            if delay > 0:
-                gevent.sleep(delay)
-            in_flight.spawn(one, n)
-        in_flight.join()
-        print(f"PRODUCER-DONE {time.monotonic() - start:.2f}", file=sys.stderr, flush=True)
+        paced(args.rate, args.duration, one)
 
     gevent.spawn(producer).join()
     gevent.sleep(3600)
@@ -387,12 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "serve":
         return serve(args)
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    return 0
+    return emit(result, args.json, indent=2)
 
 
 if __name__ == "__main__":
