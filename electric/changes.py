@@ -10,7 +10,7 @@ NULL; no type conversion happens inside Electric. A column whose value Postgres 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,12 @@ class UpdatedRecord:
     record: Record
     # Full old row (REPLICA IDENTITY FULL) when known, else ``None``.
     old_record: Record | None = None
+    # Read from the embedded store's log: the whole row as the store had it before this
+    # change (``{}``: it had no live row), ``None`` when not known (an external Vaxine, a log
+    # written before this was recorded). Only sync rules read it, to tell whether a row a
+    # client may no longer see was visible to it before (docs/sync-rules.md §3); it is not
+    # part of the change's identity and is never sent on.
+    prior: Record | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -91,16 +91,22 @@ def db_path(data_dir: str) -> str:
 # --------------------------------------------------------------------------- chunks
 
 
-def encode_chunk(items: list[tuple[int, int, dict | None]]) -> bytes:
+def encode_chunk(items: list[tuple]) -> bytes:
     return marshal.dumps(items)
 
 
 def decode_chunk(data: bytes, relation_of: Callable[[int], RelationName]) -> list[Change]:
     out: list[Change] = []
-    for kind, rel, columns in marshal.loads(data):
+    for item in marshal.loads(data):
+        kind, rel, columns = item[0], item[1], item[2]
         relation = relation_of(rel)
         if kind == _UPSERT:
-            out.append(UpdatedRecord(relation, columns))
+            if len(item) == 3:  # written before the prior row was recorded: unknown
+                out.append(UpdatedRecord(relation, columns))
+                continue
+            changed = item[3]  # 0: no live row before; else the changed columns' old values
+            prior = {**columns, **changed} if type(changed) is dict else {}
+            out.append(UpdatedRecord(relation, columns, None, prior))
         elif kind == _DELETE:
             out.append(DeletedRecord(relation, columns))
         else:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from electric.store.engine import Engine, PrimaryKeys
 
 _UPSERT, _DELETE = 0, 1  # kinds of log entries (see engine.decode_chunk)
+_NO_ROW: dict = {}  # UpdatedRecord.prior of a row the store did not have (never mutated)
 
 
 _MISSING = object()
@@ -177,7 +178,8 @@ class Planner:
                 items_append((_DELETE, k[0], columns))
                 continue
             elif kind is SeedRecord:
-                if states[k] is not None:
+                stored = states[k]
+                if stored is not None:
                     continue  # the store knows this row: the stream's state wins
                 columns = dict(change.record)
             elif kind is TruncatedRelation:
@@ -188,8 +190,16 @@ class Planner:
                 continue
             states[k] = (False, columns)
             dirty[k] = pos
-            out_append(UpdatedRecord(change.relation, columns))
-            items_append((_UPSERT, k[0], columns))
+            # The row before (for sync rules, see changes.UpdatedRecord.prior): logged as the
+            # old values of the columns this change altered, 0 when there was no live row.
+            if stored is None or stored[0]:
+                out_append(UpdatedRecord(change.relation, columns, None, _NO_ROW))
+                items_append((_UPSERT, k[0], columns, 0))
+            else:
+                prior = stored[1]
+                out_append(UpdatedRecord(change.relation, columns, None, prior))
+                items_append((_UPSERT, k[0], columns,
+                              {c: v for c, v in prior.items() if columns[c] != v}))
 
     def _truncate(self, relation: RelationName, rel_id: int, pos: int, out: list,
                   items: list) -> None:

@@ -204,11 +204,15 @@ def classify(flt: EffectiveFilter, change: Change) -> Outcome:
     assert isinstance(change, UpdatedRecord)
     new_row = {**(change.old_record or {}), **change.record}
     now_in = row_in_scope(table, new_row)
-    if change.old_record is None:
+    before = change.old_record if change.old_record else change.prior
+    if before is not None and not before:
+        # The store had no live row: the client cannot have it (sent as it is when visible).
+        return Outcome.PASS if now_in else Outcome.DROP
+    if before is None:
         # Without the old row we cannot tell whether the client has it: an update of a row
         # in scope is sent as an update, one out of scope as a (possibly no-op) delete.
         return Outcome.PASS if now_in else Outcome.AS_DELETE
-    was_in = row_in_scope(table, change.old_record)
+    was_in = row_in_scope(table, before)
     if now_in:
         return Outcome.PASS if was_in else Outcome.AS_INSERT
     return Outcome.AS_DELETE if was_in else Outcome.DROP

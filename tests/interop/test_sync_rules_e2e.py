@@ -88,15 +88,18 @@ def _is(change: dict, id: str, kind: str, owner: str | None) -> bool:
             and (owner is None or row["owner_id"] == owner))
 
 
-def assert_only_own_rows(peer: NodePeer, user: str) -> None:
-    """Every change a client received is to todos; rows of others only as bare key deletes."""
+def assert_only_own_rows(peer: NodePeer, user: str, once_mine: set[str]) -> None:
+    """Every change a client received is to todos, of its own rows; a delete only of a row
+    it had (``once_mine``: a row that left its scope goes as a bare key delete), never of
+    a row of others it never saw."""
     for change in todo_changes(peer):
         assert change["table"] == "todos", change
         if change["type"] == "DELETE":
             old = change["oldRecord"]
+            assert old["id"] in once_mine, change
             assert old["owner_id"] in (user, ""), change
             if old["owner_id"] == "":
-                assert old["title"] == "", change  # another owner's row: its key only
+                assert old["title"] == "", change  # left its scope: its key only
         else:
             assert change["record"]["owner_id"] == user, change
 
@@ -121,7 +124,7 @@ def test_two_clients_with_different_tokens(electric_with_rules):
         # A row moving from alice to bob: gone at alice, there at bob.
         query(pg, db, "UPDATE todos SET owner_id = 'bob' WHERE id = %s", (ids["moving"],))
         wait_change(alice, ids["moving"], "DELETE")
-        wait_change(bob, ids["moving"], "UPDATE", "bob")
+        wait_change(bob, ids["moving"], "INSERT", "bob")  # entered its scope
 
         assert electric.get_json("/api/status")["detail"]["sync_rules"]["problem"] is None
         status = electric.get_json("/api/status")["detail"]["satellite"]
@@ -165,8 +168,11 @@ def test_two_clients_with_different_tokens(electric_with_rules):
         wait_change(bob, ids["b2"], "UPDATE", "bob")
         assert not any(_is(c, ids["a1"], "UPDATE", "alice") for c in todo_changes(alice)), \
             "resumed from its lsn, not from the start"
-        for peer, user in ((alice, "alice"), (bob, "bob")):
-            assert_only_own_rows(peer, user)
+        # bob's new row came in the same transaction as a2: alice got nothing of it, not
+        # even its key.
+        assert not any(ids["b2"] in str(c) for c in todo_changes(alice)), todo_changes(alice)
+        assert_only_own_rows(alice, "alice", {ids["a1"], ids["moving"], ids["a2"], own["id"]})
+        assert_only_own_rows(bob, "bob", {ids["b1"], ids["b2"], ids["moving"], barrier["id"]})
 
         # Alice forges the old row of bob's b1 (claims it is hers): judged on the stored row,
         # refused, b1 unchanged.

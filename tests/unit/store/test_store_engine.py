@@ -70,6 +70,28 @@ def test_batch_positions_results_and_what_readers_get(engine):
     ]
 
 
+def test_upserts_carry_the_row_the_store_had_before_to_readers_and_in_the_log(engine):
+    engine.commit_batch([([NewRecord(REL, {"id": "1", "x": "a", "y": "b"})], None, None, None)],
+                        pks)
+    engine.commit_batch([([UpdatedRecord(REL, {"id": "1", "x": "c"})], None, None, None)], pks)
+    engine.commit_batch([([DeletedRecord(REL, {"id": "1"})], None, None, None)], pks)
+    engine.commit_batch([([NewRecord(REL, {"id": "1", "x": "d"})], None, None, None)], pks)
+    logged = [changes[0] for _, changes in read_all(engine.path)]
+    priors = [c.prior for c in logged if isinstance(c, UpdatedRecord)]
+    # new row, changed row (whole old row rebuilt from the changed columns), row after a
+    # delete (a tombstone is no live row)
+    assert priors == [{}, {"id": "1", "x": "a", "y": "b"}, {}]
+    results = engine.commit_batch([([UpdatedRecord(REL, {"id": "1", "y": "e"})], None, None,
+                                     None)], pks)
+    assert results[0][2][0].prior == {"id": "1", "x": "d", "y": "b"}  # the stored row
+
+
+def test_a_log_written_before_priors_were_recorded_reads_as_unknown():
+    from electric.store.engine import decode_chunk, encode_chunk
+    changes = decode_chunk(encode_chunk([(0, 7, {"id": "1"})]), lambda rel: REL)
+    assert changes == [UpdatedRecord(REL, {"id": "1"})] and changes[0].prior is None
+
+
 def test_a_refused_transaction_leaves_no_trace_and_breaks_only_its_chain(engine):
     chain, other = object(), object()
     results = engine.commit_batch([

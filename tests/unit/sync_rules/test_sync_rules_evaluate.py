@@ -119,6 +119,21 @@ def test_update_without_old_row_leaving_scope_is_a_delete_of_its_key_only():
     assert apply(BOB, change, keys=lambda relation: ["id"]) is change
 
 
+def test_the_stores_prior_row_decides_old_scope_when_the_change_has_no_old_row():
+    # The embedded store's log gives the row as it had it before (prior): no key-only
+    # delete for rows a client never saw, an insert for a row entering its scope.
+    new_row = UpdatedRecord(ITEMS, item("bob"), None, prior={})
+    assert classify(ALICE, new_row) is Outcome.DROP
+    assert classify(BOB, new_row) is Outcome.PASS
+    others = UpdatedRecord(ITEMS, item("bob", title="u"), None, prior=item("bob"))
+    assert apply(ALICE, others, keys=lambda relation: ["id"]) is None
+    moved = UpdatedRecord(ITEMS, item("bob"), None, prior=item("alice"))
+    assert apply(ALICE, moved, keys=lambda relation: ["id"]) == DeletedRecord(ITEMS, {"id": "1"})
+    assert apply(BOB, moved) == NewRecord(ITEMS, item("bob"))
+    # prior is not part of the change's identity
+    assert moved == UpdatedRecord(ITEMS, item("bob"))
+
+
 def test_a_client_holding_nothing_is_sent_no_deletes():
     others = UpdatedRecord(ITEMS, item("bob"), None)
     moved = UpdatedRecord(ITEMS, {"owner_id": "bob"}, item("alice"))
