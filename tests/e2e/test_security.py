@@ -28,6 +28,7 @@ from tests.support.electric import ROOT
 from tests.support.pgwire import RawClient, error_fields, start_tls
 from tests.support.postgres import drop_database, query, wait_rows
 from tests.support.tls import make_ca
+from tests.support.waiting import wait_until
 
 SLOT = "pg_a"
 REPLICATION = {"user": "electric", "database": "electric", "replication": "database",
@@ -168,7 +169,10 @@ def test_explicit_password_wrong_refused_right_admitted_subscriptions_updated(
     ports = {k: v for k, v in first.env.items() if k.endswith("_PORT")}
     second = start(electric_factory, pg, db, workdir=workdir,
                    POSTGRES_REPLICATION_PASSWORD="second-secret", **ports)
-    assert subconninfo(pg, db)["password"] == "second-secret"  # brought up to date
+    # Brought up to date: the subscription is re-set in the background once the connector
+    # is ready, which may be just after the process reports ready.
+    wait_until(lambda: subconninfo(pg, db)["password"] == "second-secret", timeout=30,
+               what="the subscription's password to be updated")
     rid = satellite_write(second, "with the second password")
     wait_replicated(pg, db, rid, "with the second password")
     port = int(second.env["POSTGRES_REPLICATION_PORT"])
