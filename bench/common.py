@@ -39,3 +39,12 @@ def emit(result: Any, path: str | None, indent: int = 1) -> int:
         with open(path, "w") as fh:
             fh.write(text + "\n")
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB (0 when /proc does not say)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0

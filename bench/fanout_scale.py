@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import emit, paced
+from bench.common import emit, paced, rss_kib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {
@@ -43,12 +43,6 @@ SIZES = {
 }
 
 
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _raise_nofile(wanted: int) -> None:
@@ -285,7 +279,7 @@ def run_case(mode: str, n_clients: int, rate: float, duration: float, procs: int
         assert line and line[0] == "READY", line
         port = int(line[1])
         time.sleep(0.5)
-        rss0 = _rss_kb(server.pid)
+        rss0 = rss_kib(server.pid)
         per = [n_clients // procs + (1 if k < n_clients % procs else 0) for k in range(procs)]
         t0 = time.monotonic()
         for k, count in enumerate(per):
@@ -296,7 +290,7 @@ def run_case(mode: str, n_clients: int, rate: float, duration: float, procs: int
         started = sum(int(p.stdout.readline().split()[1]) for p in loaders)
         connect_s = time.monotonic() - t0
         time.sleep(2.0)
-        rss1 = _rss_kb(server.pid)
+        rss1 = rss_kib(server.pid)
         out: dict = {"mode": mode, "clients": n_clients, "clients_streaming": started,
                      "connect_seconds": round(connect_s, 1),
                      "server_rss_mb_before": round(rss0 / 1024, 1),
@@ -313,7 +307,7 @@ def run_case(mode: str, n_clients: int, rate: float, duration: float, procs: int
             time.sleep(0.5)
             log.seek(0)
         time.sleep(3.0)  # what is still in flight
-        rss2 = _rss_kb(server.pid)
+        rss2 = rss_kib(server.pid)
         results = []
         for p in loaders:
             p.stdin.close()

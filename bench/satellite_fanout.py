@@ -34,16 +34,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import emit, paced
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
+from bench.common import emit, paced, rss_kib
 
 # ------------------------------------------------------------------------------ server side
 
@@ -220,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
     assert line and line[0] == "READY", line
     port = int(line[1])
     gevent.sleep(0.5)
-    rss0 = _rss_kb(proc.pid)
+    rss0 = rss_kib(proc.pid)
 
     latencies: list[float] = []
     received = [0]
@@ -302,13 +293,13 @@ def run(args: argparse.Namespace) -> dict:
         gevent.sleep(0.1)
     connect_s = time.monotonic() - t0
     gevent.sleep(1.0)
-    rss1 = _rss_kb(proc.pid)
+    rss1 = rss_kib(proc.pid)
     proc.send_signal(signal.SIGUSR1)
     expected = int(args.rate * args.duration) * args.clients
     deadline = time.monotonic() + args.duration + 90
     while received[0] < expected and time.monotonic() < deadline:
         gevent.sleep(0.2)
-    rss2 = _rss_kb(proc.pid)
+    rss2 = rss_kib(proc.pid)
     proc.terminate()
     proc.wait()
     gevent.killall(greenlets, block=False)

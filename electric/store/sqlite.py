@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 import gevent
@@ -36,6 +37,22 @@ def connect(path: str, readonly: bool = False, cache_kib: int = CACHE_KIB) -> sq
     conn.execute(f"PRAGMA cache_size=-{cache_kib}")
     conn.execute("PRAGMA busy_timeout=60000")
     return conn
+
+
+@contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; on any error ``ROLLBACK`` (its own failure ignored:
+    the connection may already have rolled back) and the error raised."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
 
 
 def get_meta(db: sqlite3.Connection, key: str) -> str | None:

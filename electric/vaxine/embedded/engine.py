@@ -32,7 +32,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from electric.store.sqlite import META_SQL, connect, file_bytes, get_meta, put_meta
+from electric.store.sqlite import (
+    META_SQL,
+    connect,
+    file_bytes,
+    get_meta,
+    put_meta,
+    write_transaction,
+)
 from electric.vaxine import etf
 from electric.vaxine.embedded import crdt
 from electric.vaxine.etf import Atom
@@ -201,19 +208,11 @@ class Engine:
         db = self.db
         states = [(key, bucket, tname, dump_state(tname, state), c.offset)
                   for c in commits for key, bucket, tname, state in c.states]
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)",
                            [(c.offset, c.commit_us, c.txid_body, c.ops_body) for c in commits])
             db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)", states)
             put_meta(db, "log_end", str(log_end))
-            db.execute("COMMIT")
-        except BaseException:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
         if self.wal_bytes() > WAL_HARD_LIMIT:
             db.execute("PRAGMA wal_checkpoint(RESTART)")
 
@@ -239,8 +238,7 @@ class Engine:
         imported."""
         db = self.db
         count = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             if db.execute("SELECT count(*) FROM log").fetchone()[0]:
                 raise EngineError(f"{self.path} is not empty; nothing was imported")
             for offset, commit_us, txid, ops, states in records:
@@ -253,13 +251,6 @@ class Engine:
             if dc_id is not None:
                 put_meta(db, "dc_id", etf.encode(dc_id).hex())
             put_meta(db, "log_end", str(max(log_end, self.opened.log_end)))
-            db.execute("COMMIT")
-        except BaseException:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
         return count
 
     def close(self) -> None:
