@@ -31,8 +31,9 @@ from electric.store import ChainedWriter, LocalStore, StoreFormatError, Unmappab
 from electric.supervisor import Supervisor
 from electric.sync_rules.watch import RulesWatch
 from electric.vaxine import rows
+from electric.vaxine.offset import VaxineOffset
 from electric.vaxine.pool import VaxinePool
-from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+from electric.vaxine.stream import WalStream
 from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
 SHUTDOWN_TIMEOUT = 4.0
@@ -529,10 +530,10 @@ def _satellite_stream(store: LocalStore, start):
 
 def _publisher_stream(store: LocalStore, after: bytes | None):
     """The publisher keeps offsets as ``term_to_binary({L, R})`` bytes (see the offset file)."""
-    stream = store.stream(0 if after is None else offset_from_bytes(after)[1])
+    stream = store.stream(0 if after is None else VaxineOffset.from_bytes(after).right)
     try:
         for tx, pos in stream:
-            yield tx, offset_to_bytes((pos, pos))
+            yield tx, VaxineOffset(pos, pos).to_bytes()
     finally:
         stream.close()
 

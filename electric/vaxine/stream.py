@@ -19,8 +19,7 @@ naming its offset and object, shows it in :func:`blocked_readers` (``/api/status
 metrics, and re-reads it with a back-off (1 s doubling to 30 s) until it reads, e.g. once the
 server's state has caught up or Electric has been fixed.
 
-Offsets are Python tuples ``(L, R)``; :func:`offset_to_bytes` gives the
-``term_to_binary({L, R})`` form handed to Satellite clients.
+Offsets are :class:`~electric.vaxine.offset.VaxineOffset` (a ``NamedTuple`` ``(L, R)``).
 """
 
 from __future__ import annotations
@@ -43,9 +42,7 @@ from electric.retry import Backoff, Policy
 from electric.vaxine import etf, rows
 from electric.vaxine.etf import Atom, Reference
 from electric.vaxine.framing import FrameDecoder, encode_frame
-
-Offset = tuple[int, int]
-StartOffset = int | str | Offset | None
+from electric.vaxine.offset import StartOffset, VaxineOffset, describe_start, start_term
 
 VX_CLI_REQ = Atom("vx_cli_req")
 VX_SRV_RES = Atom("vx_srv_res")
@@ -100,42 +97,14 @@ class StreamFailed(RuntimeError):
 # --------------------------------------------------------------------------- sans-I/O
 
 
-def validate_offset(offset: Any) -> Offset:
-    if (isinstance(offset, tuple | list) and len(offset) == 2
-            and all(type(x) is int and x >= 0 for x in offset) and offset[0] <= offset[1]):
-        return (offset[0], offset[1])
-    raise ValueError(f"not a Vaxine offset {{L, R}} with 0 <= L <= R: {offset!r}")
+# electric/postgres/publisher.py imports these two from here; it moves to VaxineOffset with
+# the publisher's own refactor, then they go.
+def offset_to_bytes(offset: Any) -> bytes:
+    return VaxineOffset.of(offset).to_bytes()
 
 
-def describe_offset(offset: Any) -> str:
-    """A resume point in an operator's words (never ``Atom('eof')``)."""
-    if offset in (0, None):
-        return "from the start of the log"
-    if offset == "eof":
-        return "from the end of the log (new transactions only)"
-    if isinstance(offset, tuple) and len(offset) == 2:
-        return f"after log offset {offset[0]}/{offset[1]}"
-    return f"after log offset {offset}"
-
-
-def offset_to_bytes(offset: Offset) -> bytes:
-    """``term_to_binary({L, R})``, the lsn Electric hands to Satellite clients."""
-    return etf.encode(validate_offset(offset))
-
-
-def offset_from_bytes(data: bytes) -> Offset:
-    try:
-        return validate_offset(etf.decode(data))
-    except etf.ETFError as exc:
-        raise ValueError(f"not an encoded Vaxine offset: {exc}") from exc
-
-
-def _start_term(start: StartOffset) -> Any:
-    if start is None or start == 0:
-        return 0
-    if start == "eof" or start == Atom("eof"):
-        return Atom("eof")
-    return validate_offset(start)
+def offset_from_bytes(data: bytes) -> VaxineOffset:
+    return VaxineOffset.from_bytes(data)
 
 
 _refs = itertools.count(1)
@@ -149,7 +118,7 @@ def start_request(start: StartOffset, ref: Reference | None = None) -> tuple[Ref
     """The request ref and the ETF ``{vx_cli_req, Ref, {vx_cli_start_req, Opts}}``."""
     ref = ref or _new_ref()
     body = etf.encode((VX_CLI_REQ, ref,
-                       (Atom("vx_cli_start_req"), [(Atom("offset"), _start_term(start))])))
+                       (Atom("vx_cli_start_req"), [(Atom("offset"), start_term(start))])))
     return ref, body
 
 
@@ -177,15 +146,15 @@ class _DecodeCache:
 
     def __init__(self, size: int = 256):
         self.size = size
-        self._entries: OrderedDict[bytes, tuple[Transaction | None, Offset]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Transaction | None, VaxineOffset]] = OrderedDict()
 
-    def get(self, body: bytes) -> tuple[Transaction | None, Offset] | None:
+    def get(self, body: bytes) -> tuple[Transaction | None, VaxineOffset] | None:
         hit = self._entries.get(body)
         if hit is not None:
             self._entries.move_to_end(body)
         return hit
 
-    def put(self, body: bytes, value: tuple[Transaction | None, Offset]) -> None:
+    def put(self, body: bytes, value: tuple[Transaction | None, VaxineOffset]) -> None:
         self._entries[body] = value
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
@@ -213,7 +182,7 @@ def _decode_txn(body: bytes) -> Any:
     return (VX_WAL_TXN, txid, dc_id, offset, ops)
 
 
-def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, Offset] | None:
+def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, VaxineOffset] | None:
     """Frame body → (term or None, transaction or None, offset); ``None`` if not a txn.
 
     Raises :class:`StreamProtocolError` for anything that is not ``vx_wal_txn``.
@@ -225,7 +194,7 @@ def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, Offset] | No
     term = _decode_txn(body)
     if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
         raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
-    offset = validate_offset(term[3])
+    offset = VaxineOffset.of(term[3])
     tx = rows.transaction_from_wal(term)
     _decoded.put(body, (tx, offset))
     return term, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
@@ -240,13 +209,13 @@ class WalStream:
                  min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, name: str = "wal"):
         self.host = host
         self.port = port
-        self.start_offset = _start_term(start_offset)
+        self.start_offset = start_term(start_offset)
         self.connect_timeout_ms = connect_timeout_ms
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.log = log.bind(stream=name)
         self.connected = False
-        self.last_offset: Offset | None = (
+        self.last_offset: VaxineOffset | None = (
             self.start_offset if isinstance(self.start_offset, tuple) else None)
         self.reconnects = 0
         self.name = name
@@ -261,7 +230,7 @@ class WalStream:
 
     # ------------------------------------------------------------------ consumer side
 
-    def get(self, timeout: float | None = None) -> tuple[Transaction, Offset]:
+    def get(self, timeout: float | None = None) -> tuple[Transaction, VaxineOffset]:
         """Next ``(transaction, offset)``; raises ``gevent.queue.Empty`` on timeout and
         :class:`StreamClosed` once closed."""
         if self._closed and self._queue.empty():
@@ -277,7 +246,7 @@ class WalStream:
             )
         return item
 
-    def __iter__(self) -> Iterator[tuple[Transaction, Offset]]:
+    def __iter__(self) -> Iterator[tuple[Transaction, VaxineOffset]]:
         while True:
             try:
                 yield self.get()
@@ -425,7 +394,7 @@ class WalStream:
                     sock.settimeout(None)  # an idle log is silent for as long as it likes
                     parse_start_response(etf.decode(body), ref)
                     started = self.connected = self._was_streaming = True
-                    self.log.info(f"replication stream started {describe_offset(resume)}")
+                    self.log.info(f"replication stream started {describe_start(resume)}")
                     continue
                 self._on_frame(body)
 

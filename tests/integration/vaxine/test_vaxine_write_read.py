@@ -9,7 +9,8 @@ from gevent import socket
 from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecord
 from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
-from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+from electric.vaxine.offset import VaxineOffset
+from electric.vaxine.stream import WalStream
 from tests.support.waiting import wait_until
 
 REL = ("public", "entries")
@@ -45,7 +46,7 @@ def test_write_then_stream_from_zero_resume_and_eof(vaxine, pool):
         {"id": str(i), "content": f"c{i}", "other": None} for i in range(5)]
     offsets = [o for _, o in got]
     assert offsets == sorted(offsets) and len(set(offsets)) == 5
-    assert offset_from_bytes(offset_to_bytes(offsets[1])) == offsets[1]
+    assert VaxineOffset.from_bytes(VaxineOffset.of(offsets[1]).to_bytes()) == offsets[1]
 
     resumed = WalStream("127.0.0.1", vaxine.replication_port, offsets[1])
     assert [o for _, o in take(resumed, 3)] == offsets[2:]
