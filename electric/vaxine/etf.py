@@ -133,6 +133,14 @@ NIL_ATOM = Atom("nil")
 
 # --------------------------------------------------------------------------- encoding
 
+VERSION_BYTE = bytes((VERSION,))
+
+
+def tuple_head(n: int) -> bytes:
+    """The bytes that open an ``n``-tuple; its ``n`` encoded elements follow."""
+    return bytes((SMALL_TUPLE, n)) if n < 256 else struct.pack(">BI", LARGE_TUPLE, n)
+
+
 
 def encode(term: Any) -> bytes:
     """``term_to_binary(Term)``: version byte followed by the term."""

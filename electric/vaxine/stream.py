@@ -24,7 +24,6 @@ Offsets are :class:`~electric.vaxine.offset.VaxineOffset` (a ``NamedTuple`` ``(L
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -40,15 +39,16 @@ from electric import metrics
 from electric.changes import Transaction
 from electric.retry import Backoff, Policy
 from electric.vaxine import etf, rows
-from electric.vaxine.etf import Atom, Reference
 from electric.vaxine.framing import FrameDecoder, encode_frame
 from electric.vaxine.offset import StartOffset, VaxineOffset, describe_start, start_term
+from electric.vaxine.walproto import (
+    VX_WAL_TXN,
+    StreamProtocolError,
+    decode_txn,
+    parse_start_response,
+    start_request,
+)
 
-VX_CLI_REQ = Atom("vx_cli_req")
-VX_SRV_RES = Atom("vx_srv_res")
-VX_WAL_TXN = Atom("vx_wal_txn")
-START_RES = Atom("vx_srv_start_res")
-_CLIENT_NODE = Atom("nonode@nohost")
 # Largest vx_wal_txn frame accepted. A frame is built from one logged transaction of the
 # standalone server (its Ops at most 256 MiB, plus txid, DC id and offset); the reference Vaxine
 # sets no limit. A transaction the log accepted must be deliverable: a frame the reader
@@ -78,10 +78,6 @@ def blocked_readers() -> list[dict[str, Any]]:
     return [dict(report) for report in _blocked.values()]
 
 
-class StreamProtocolError(RuntimeError):
-    """The server said something the stream protocol does not allow."""
-
-
 class StreamClosed(Exception):
     """The stream was closed; no more transactions will come."""
 
@@ -105,35 +101,6 @@ def offset_to_bytes(offset: Any) -> bytes:
 
 def offset_from_bytes(data: bytes) -> VaxineOffset:
     return VaxineOffset.from_bytes(data)
-
-
-_refs = itertools.count(1)
-
-
-def _new_ref() -> Reference:
-    return Reference(_CLIENT_NODE, 0, (next(_refs) & 0x3FFFF, 0, 0))
-
-
-def start_request(start: StartOffset, ref: Reference | None = None) -> tuple[Reference, bytes]:
-    """The request ref and the ETF ``{vx_cli_req, Ref, {vx_cli_start_req, Opts}}``."""
-    ref = ref or _new_ref()
-    body = etf.encode((VX_CLI_REQ, ref,
-                       (Atom("vx_cli_start_req"), [(Atom("offset"), start_term(start))])))
-    return ref, body
-
-
-def stop_request(rep_id: Reference, ref: Reference | None = None) -> bytes:
-    ref = ref or _new_ref()
-    return etf.encode((VX_CLI_REQ, ref, (Atom("vx_cli_stop_req"), rep_id)))
-
-
-def parse_start_response(term: Any, ref: Reference) -> Reference:
-    """The replication id from ``{vx_srv_res, Ref, {vx_srv_start_res, RepId}}``."""
-    if (isinstance(term, tuple) and len(term) == 3 and term[0] == VX_SRV_RES
-            and term[1] == ref and isinstance(term[2], tuple) and len(term[2]) == 2
-            and term[2][0] == START_RES):
-        return term[2][1]
-    raise StreamProtocolError(f"start refused or unexpected reply: {term!r}")
 
 
 class _DecodeCache:
@@ -163,25 +130,6 @@ class _DecodeCache:
 _decoded = _DecodeCache()
 
 
-_TXN_HEAD = b"\x83h\x05" + etf.encode_body(VX_WAL_TXN)  # version, 5-tuple, the tag atom
-
-
-def _decode_txn(body: bytes) -> Any:
-    """``etf.decode(body)``, but a ``vx_wal_txn`` whose ``Ops`` list this process encoded
-    itself (the embedded store) is taken from :data:`etf.memo` instead of being decoded."""
-    if not body.startswith(_TXN_HEAD):
-        return etf.decode(body)
-    txid, pos = etf.decode_at(body, len(_TXN_HEAD))
-    dc_id, pos = etf.decode_at(body, pos)
-    offset, pos = etf.decode_at(body, pos)
-    found, ops = etf.memo.recall(memoryview(body)[pos:])
-    if not found:
-        ops, end = etf.decode_at(body, pos)
-        if end != len(body):
-            raise etf.ETFError(f"{len(body) - end} trailing bytes after the term")
-    return (VX_WAL_TXN, txid, dc_id, offset, ops)
-
-
 def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, VaxineOffset] | None:
     """Frame body → (term or None, transaction or None, offset); ``None`` if not a txn.
 
@@ -191,10 +139,8 @@ def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, VaxineOffset
     if hit is not None:
         tx, offset = hit
         return None, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
-    term = _decode_txn(body)
-    if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
-        raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
-    offset = VaxineOffset.of(term[3])
+    txid, dc_id, offset, ops = decode_txn(body)
+    term = (VX_WAL_TXN, txid, dc_id, offset, ops)
     tx = rows.transaction_from_wal(term)
     _decoded.put(body, (tx, offset))
     return term, (None if tx is None else replace(tx, changes=list(tx.changes))), offset

@@ -8,12 +8,12 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from electric.vaxine import etf, stream
+from electric.vaxine import etf, walproto
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.crdt import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded.engine import record_size
-from electric.vaxine.embedded.replication import txn_frame
 from electric.vaxine.embedded.store import Store, StoreFailed
+from electric.vaxine.walproto import txn_frame
 
 B = b"vax"
 
@@ -92,12 +92,12 @@ def test_stream_frame_decodes_the_same_with_and_without_the_memo(store):
     for offset, txid, ops_body in store.records_after(0):
         frame = txn_frame(offset, txid, ops_body, dc_id)
         hits = etf.memo.hits
-        via_memo = stream._decode_txn(frame)
+        via_memo = (walproto.VX_WAL_TXN, *walproto.decode_txn(frame))
         assert etf.memo.hits == hits + 1
         assert via_memo == etf.decode(frame)
     # bytes the memo does not know are decoded as usual
     etf.memo.clear()
-    assert stream._decode_txn(frame) == etf.decode(frame)
+    assert (walproto.VX_WAL_TXN, *walproto.decode_txn(frame)) == etf.decode(frame)
 
 
 def test_memo_is_bounded_and_exact():

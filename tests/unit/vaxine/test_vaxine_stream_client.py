@@ -8,7 +8,8 @@ from electric.vaxine import etf, stream
 from electric.vaxine.etf import Atom
 from electric.vaxine.framing import FrameDecoder, encode_frame
 from electric.vaxine.rows import METADATA_KEY
-from electric.vaxine.stream import START_RES, VX_SRV_RES, VX_WAL_TXN, StreamFailed, WalStream
+from electric.vaxine.stream import StreamFailed, WalStream
+from electric.vaxine.walproto import START_RES, VX_SRV_RES, VX_WAL_TXN
 from tests.fixtures.vaxine.golden import frames
 from tests.support.waiting import wait_until
 

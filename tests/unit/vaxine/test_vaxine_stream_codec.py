@@ -2,9 +2,9 @@ import pytest
 
 from electric.vaxine import etf
 from electric.vaxine.etf import Atom
-from electric.vaxine.stream import (
+from electric.vaxine.stream import decode_wal_frame
+from electric.vaxine.walproto import (
     StreamProtocolError,
-    decode_wal_frame,
     parse_start_response,
     start_request,
     stop_request,
