@@ -1,4 +1,4 @@
-"""Benchmark of the embedded Vaxine: ``python -m electric.vaxine.bench [--standalone]``.
+"""Benchmark of the embedded Vaxine: ``python -m bench.vaxine_embedded [--standalone]``.
 
 Measures committed 10-row transactions per second through the pool and row mapping, from
 one writer and from 8 concurrent writers, and the delivery latency of commits to 10

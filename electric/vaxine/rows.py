@@ -52,9 +52,8 @@ from electric.changes import (
     UpdatedRecord,
 )
 from electric.pb import antidote_pb2 as pb
-from electric.vaxine import antidote, etf
+from electric.vaxine import antidote, crdt_terms, etf
 from electric.vaxine.antidote import FLAG_DW, LWWREG, RRMAP
-from electric.vaxine.embedded import crdt
 from electric.vaxine.etf import NIL_ATOM, Atom
 from electric.vaxine.framing import MAX_FRAME
 
@@ -335,7 +334,7 @@ def _metadata_fields(effects: list) -> dict[str, str]:
     meta = {}
     for effect in effects:
         for (field, ftype), nested in effect[0]:
-            if ftype == crdt.LWW and isinstance(nested, tuple) and len(nested) == 2:
+            if ftype == crdt_terms.LWW and isinstance(nested, tuple) and len(nested) == 2:
                 meta[_text(field)] = _text(nested[1][1])
     return meta
 
@@ -385,9 +384,9 @@ def _row_fields(state_term: Any, effects: list) -> tuple[dict, dict, tuple[set, 
     columns: dict = {}
     enable: set = set()
     disable: set = set()
-    for (name, _t), value in crdt.dict_to_list(state_term):
+    for (name, _t), value in crdt_terms.dict_to_list(state_term):
         if name == b"row":
-            for (col, _ct), register in crdt.dict_to_list(value):
+            for (col, _ct), register in crdt_terms.dict_to_list(value):
                 columns[col] = register
         elif name == b"deleted?":
             enable.update(value[0])
@@ -398,14 +397,14 @@ def _row_fields(state_term: Any, effects: list) -> tuple[dict, dict, tuple[set, 
     for effect in effects:
         for (name, ftype), nested in effect[0]:
             inner = nested[1]
-            if name == b"row" and ftype == crdt.MAP_RR:
+            if name == b"row" and ftype == crdt_terms.MAP_RR:
                 for (col, _ct), col_nested in inner[0]:
                     _merge_register(columns, col, col_nested[1])
-            elif name == b"deleted?" and ftype == crdt.FLAG_DW:
+            elif name == b"deleted?" and ftype == crdt_terms.FLAG_DW:
                 seen.update(inner[0])
                 enable.update(inner[1])
                 disable.update(inner[2])
-            elif ftype == crdt.LWW:
+            elif ftype == crdt_terms.LWW:
                 _merge_register(fields, name, inner)
     # A token this transaction's own flag effect saw is gone, whatever the state says (real
     # Vaxine can replay stale tokens).
@@ -434,9 +433,9 @@ def _writer_clock(ops: list) -> datetime | None:
     for _key, _ctype, _state, effects in ops:
         for effect in effects:
             for (_name, ftype), nested in effect[0]:
-                if ftype == crdt.LWW:
+                if ftype == crdt_terms.LWW:
                     latest = max(latest, nested[1][0])
-                elif ftype == crdt.MAP_RR:
+                elif ftype == crdt_terms.MAP_RR:
                     for _col, col_nested in nested[1][0]:
                         latest = max(latest, col_nested[1][0])
     return datetime.fromtimestamp(latest / 1e6, UTC) if latest else None
@@ -459,7 +458,7 @@ def transaction_from_wal(wal_txn: Any) -> Transaction | None:
         for (key, _bucket), ctype, state, effects in ops:
             if key == METADATA_KEY:
                 meta = _metadata_fields(effects)
-            elif key.startswith(ROW_PREFIX) and ctype == crdt.MAP_RR:
+            elif key.startswith(ROW_PREFIX) and ctype == crdt_terms.MAP_RR:
                 changes.append(row_change(key, state, effects, offset))
         key = None
         if meta is None:
@@ -481,7 +480,7 @@ def transaction_from_wal(wal_txn: Any) -> Transaction | None:
         TypeError,
         LookupError,
         AttributeError,
-        crdt.CrdtError,
+        crdt_terms.CrdtError,
         etf.ETFError,
     ) as exc:
         raise UnreadableTransaction(offset, key if isinstance(key, bytes) else None,

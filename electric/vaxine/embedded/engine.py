@@ -40,12 +40,12 @@ from electric.store.sqlite import (
     put_meta,
     write_transaction,
 )
-from electric.vaxine import etf
+from electric.vaxine import crdt_terms, etf
+from electric.vaxine.datadir import db_path
 from electric.vaxine.embedded import crdt
 from electric.vaxine.etf import Atom
 
 FORMAT = 1
-DB_FILE = "vaxine.db"
 # Page cache of the writer and of each reader connection, KiB: with the object cache of
 # the store, what bounds the server's memory.
 CACHE_KIB = 8 * 1024
@@ -70,17 +70,13 @@ CREATE TABLE IF NOT EXISTS log (
     ops BLOB NOT NULL);
 """
 
-TYPES_BY_NAME = {t.name: t for t in crdt.TYPES}
+TYPES_BY_NAME = {t.name: t for t in crdt_terms.TYPES}
 # Stored states name their type with a plain str (see crdt.state_key: GC).
-PLAIN_TYPE = {t: t.name for t in crdt.TYPES}
+PLAIN_TYPE = {t: t.name for t in crdt_terms.TYPES}
 
 
 class EngineError(RuntimeError):
     """The data file cannot be used (one line for the operator)."""
-
-
-def db_path(data_dir: str) -> str:
-    return os.path.join(data_dir, DB_FILE)
 
 
 def record_size(txid_body: bytes, ops_body: bytes) -> int:
@@ -104,18 +100,18 @@ def new_dc_id(node: Atom) -> tuple:
 
 def _plain(ctype: Any, state: Any) -> Any:
     """State with atoms turned into str, for marshal (which only takes exact builtins)."""
-    if ctype == crdt.MAP_RR:
+    if ctype == crdt_terms.MAP_RR:
         return {(f, str(t)): _plain(t, v) for (f, t), v in state.items()}
     return state
 
 
 def _unplain(ctype: Any, plain: Any) -> Any:
-    if ctype == crdt.MAP_RR:
+    if ctype == crdt_terms.MAP_RR:
         out = {}
         for key, v in plain.items():
             out[crdt.state_key(key)] = _unplain(TYPES_BY_NAME[key[1]], v)
         return out
-    if ctype == crdt.FLAG_DW:
+    if ctype == crdt_terms.FLAG_DW:
         return (tuple(plain[0]), tuple(plain[1]))
     return tuple(plain)
 

@@ -43,7 +43,7 @@ from gevent.queue import Queue
 from loguru import logger
 
 from electric.store.sqlite import ReaderPool, in_thread, take_batch
-from electric.vaxine import etf
+from electric.vaxine import crdt_terms, etf
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.engine import (
     PLAIN_TYPE,
@@ -135,7 +135,7 @@ class _OpsTerm:
         self.effects = effects
 
     def __call__(self) -> list:
-        return [(obj, ctype, crdt.to_term(ctype, state), effects)
+        return [(obj, ctype, crdt_terms.to_term(ctype, state), effects)
                 for (obj, ctype, state), effects in zip(self.states, self.effects, strict=True)]
 
 
@@ -290,7 +290,7 @@ class Store:
         if found is None:
             return crdt.new(crdt_type)
         if found[0] != crdt_type:
-            raise crdt.CrdtError(f"object is a {found[0]}, not a {crdt_type}")
+            raise crdt_terms.CrdtError(f"object is a {found[0]}, not a {crdt_type}")
         return found[1]
 
     def read(self, txn: Txn, key: bytes, bucket: bytes, crdt_type: Atom) -> Any:
@@ -311,7 +311,7 @@ class Store:
             write = txn.writes[obj] = _Write(crdt_type, view)
         else:
             if write.crdt_type != crdt_type:
-                raise crdt.CrdtError(f"object is a {write.crdt_type}, not a {crdt_type}")
+                raise crdt_terms.CrdtError(f"object is a {write.crdt_type}, not a {crdt_type}")
             effect, body = crdt.downstream_encoded(crdt_type, op, write.view, self.now_us)
         write.view = crdt.update_in_place(crdt_type, effect, write.view)
         write.effects.append(effect)
@@ -353,7 +353,7 @@ class Store:
             latest = self._latest(obj)
             ver, latest_type, latest_state = latest
             if latest_type is not None and latest_type != ctype:
-                raise crdt.CrdtError(f"object became a {latest_type} concurrently")
+                raise crdt_terms.CrdtError(f"object became a {latest_type} concurrently")
             if ver <= txn.snapshot:
                 # Nobody committed this object since our snapshot: latest state + our
                 # effects is exactly our view (always the case for static updates).
@@ -368,7 +368,7 @@ class Store:
             effects = b"".join(write.encoded)
             entries.append(b"".join((
                 b"h\x04h\x02", _etf_bin(obj[0]), _etf_bin(obj[1]), etf.encode_body(ctype),
-                crdt.encode_state(ctype, state),
+                crdt_terms.encode_state(ctype, state),
                 b"l" + _U32.pack(len(write.effects)) + effects + b"j" if write.effects else b"j",
             )))
         ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"

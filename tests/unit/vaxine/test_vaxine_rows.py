@@ -9,8 +9,7 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
-from electric.vaxine import antidote, etf, rows
-from electric.vaxine.embedded import crdt
+from electric.vaxine import antidote, crdt_terms, etf, rows
 from tests.fixtures.vaxine.golden import frames, json_to_term, load
 
 PKS = {("public", "entries"): ["id"], ("public", "items"): ["id"]}
@@ -181,7 +180,7 @@ def test_garbage_wal_term_raises_never_skipped():
 
 def test_transaction_without_electric_objects_is_not_electrics():
     term = (etf.Atom("vx_wal_txn"), 1, etf.Atom("dc"), (0, 10),
-            [((b"other:key", b"bucket"), crdt.LWW, (1, b"v"), [(1, b"v")])])
+            [((b"other:key", b"bucket"), crdt_terms.LWW, (1, b"v"), [(1, b"v")])])
     assert rows.transaction_from_wal(term) is None
 
 
@@ -210,7 +209,7 @@ def test_row_missing_from_the_state_is_read_from_the_effects():
     views = electric_views("s7_replication")
     term = json_to_term(views[4]["decoded"])
     expected = rows.transaction_from_wal(term)
-    lost = _with_row_state(term, b"rows:", crdt.to_term(crdt.MAP_RR, {}))
+    lost = _with_row_state(term, b"rows:", crdt_terms.to_term(crdt_terms.MAP_RR, {}))
     tx, offset = _frame_tx(lost)
     assert offset == tuple(term[3])
     assert tx.changes == expected.changes
@@ -248,7 +247,7 @@ def test_row_without_id_anywhere_stops_the_reader_with_its_offset_and_key():
     stripped = []
     for (key, bucket), ctype, state, effects in ops:
         if key.startswith(b"rows:"):
-            state = crdt.to_term(crdt.MAP_RR, {})
+            state = crdt_terms.to_term(crdt_terms.MAP_RR, {})
             effects = [e for e in effects
                        if not any(f in (b"id", b"schema", b"table") for (f, _t), _n in e[0])]
         stripped.append(((key, bucket), ctype, state, effects))

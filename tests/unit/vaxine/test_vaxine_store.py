@@ -8,9 +8,9 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from electric.vaxine import etf, walproto
+from electric.vaxine import crdt_terms, etf, walproto
+from electric.vaxine.crdt_terms import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded import crdt
-from electric.vaxine.embedded.crdt import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded.engine import record_size
 from electric.vaxine.embedded.store import Store, StoreFailed
 from electric.vaxine.walproto import txn_frame
@@ -71,9 +71,9 @@ def test_to_term_is_exactly_what_decoding_the_state_gives(store):
     store.cache.clear()  # the states as read back from SQLite, too
     for key in (b"rows:a", b"rows:b", b"reg", b"flag"):
         _ver, tname, state = store._latest((key, B))
-        ctype = crdt.TYPES[[t.name for t in crdt.TYPES].index(tname)]
-        assert crdt.to_term(ctype, state) == etf.decode(b"\x83" + crdt.encode_state(ctype, state))
-    assert crdt.to_term(MAP_RR, {}) == etf.decode(b"\x83" + crdt.encode_state(MAP_RR, {}))
+        ctype = crdt_terms.TYPES[[t.name for t in crdt_terms.TYPES].index(tname)]
+        assert crdt_terms.to_term(ctype, state) == etf.decode(b"\x83" + crdt_terms.encode_state(ctype, state))
+    assert crdt_terms.to_term(MAP_RR, {}) == etf.decode(b"\x83" + crdt_terms.encode_state(MAP_RR, {}))
 
 
 def test_memo_gives_the_decoded_ops_of_every_commit(store):
@@ -115,7 +115,7 @@ def test_memo_is_bounded_and_exact():
 
 def test_concurrent_commits_merge_and_views_stay_private(store):
     commit_ops(store, [OPS[0]])  # rows:a exists
-    before = crdt.to_term(MAP_RR, latest_state(store, b"rows:a"))
+    before = crdt_terms.to_term(MAP_RR, latest_state(store, b"rows:a"))
     t1, t2 = store.begin(), store.begin()
     store.update(t1, b"rows:a", B, MAP_RR, row(x=b"1"))
     store.update(t1, b"rows:a", B, MAP_RR, ("batch", [field("deleted?", FLAG_DW, ("disable",))],
@@ -126,7 +126,7 @@ def test_concurrent_commits_merge_and_views_stay_private(store):
     # each sees its own writes only; the committed version is untouched by either
     assert (b"x", LWW) in store.read(t1, b"rows:a", B, MAP_RR)[(b"row", MAP_RR)]
     assert (b"x", LWW) not in store.read(t2, b"rows:a", B, MAP_RR)[(b"row", MAP_RR)]
-    assert crdt.to_term(MAP_RR, latest_state(store, b"rows:a")) == before
+    assert crdt_terms.to_term(MAP_RR, latest_state(store, b"rows:a")) == before
     store.commit(t1)  # nothing committed since its snapshot: its view becomes the state
     store.commit(t2)  # t1 committed meanwhile: t2's effects are applied to t1's result
     state = latest_state(store, b"rows:a")

@@ -134,11 +134,11 @@ def test_reader_dying_wakes_the_consumer(monkeypatch):
 def test_lost_row_frame_is_delivered_through_the_stream_client():
     """The frame a Vaxine sends when its stream runs ahead of its state (the row's state
     empty, its effects complete) reaches the consumer with the row, over a real socket."""
-    from electric.vaxine.embedded import crdt
+    from electric.vaxine import crdt_terms
 
     term = etf.decode(_good_txn_body())
     ops = [((key, bucket), ctype,
-            crdt.to_term(crdt.MAP_RR, {}) if key.startswith(b"rows:") else state, effects)
+            crdt_terms.to_term(crdt_terms.MAP_RR, {}) if key.startswith(b"rows:") else state, effects)
            for (key, bucket), ctype, state, effects in term[4]]
     lost = etf.encode(term[:4] + (ops,))
     server = _serve([lost])
