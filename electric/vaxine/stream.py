@@ -40,6 +40,7 @@ from electric.changes import Transaction
 from electric.retry import Backoff, Policy
 from electric.vaxine import etf, rows
 from electric.vaxine.framing import FrameDecoder, encode_frame
+from electric.vaxine.memo import EncodingMemo
 from electric.vaxine.offset import StartOffset, VaxineOffset, describe_start, start_term
 from electric.vaxine.walproto import (
     VX_WAL_TXN,
@@ -130,16 +131,18 @@ class _DecodeCache:
 _decoded = _DecodeCache()
 
 
-def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, VaxineOffset] | None:
+def decode_wal_frame(body: bytes, memo: EncodingMemo | None = None,
+                     ) -> tuple[Any, Transaction | None, VaxineOffset] | None:
     """Frame body → (term or None, transaction or None, offset); ``None`` if not a txn.
 
-    Raises :class:`StreamProtocolError` for anything that is not ``vx_wal_txn``.
+    Raises :class:`StreamProtocolError` for anything that is not ``vx_wal_txn``. ``memo``:
+    see :func:`~electric.vaxine.walproto.decode_txn`.
     """
     hit = _decoded.get(body)
     if hit is not None:
         tx, offset = hit
         return None, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
-    txid, dc_id, offset, ops = decode_txn(body)
+    txid, dc_id, offset, ops = decode_txn(body, memo)
     term = (VX_WAL_TXN, txid, dc_id, offset, ops)
     tx = rows.transaction_from_wal(term)
     _decoded.put(body, (tx, offset))
@@ -152,7 +155,8 @@ def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, VaxineOffset
 class WalStream:
     def __init__(self, host: str, port: int, start_offset: StartOffset = 0,
                  connect_timeout_ms: int = 5000, buffer_size: int = 50,
-                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, name: str = "wal"):
+                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, name: str = "wal",
+                 memo: EncodingMemo | None = None):
         self.host = host
         self.port = port
         self.start_offset = start_term(start_offset)
@@ -165,6 +169,9 @@ class WalStream:
             self.start_offset if isinstance(self.start_offset, tuple) else None)
         self.reconnects = 0
         self.name = name
+        # The memo of an embedded Vaxine in this same process (benchmarks): its commits are
+        # taken from it instead of being decoded again.
+        self.memo = memo
         # Set while stopped at an unreadable transaction: offset, key, reason, since, attempts.
         self.blocked: dict[str, Any] | None = None
         self._queue: Queue = Queue(maxsize=buffer_size)
@@ -275,7 +282,7 @@ class WalStream:
             self._block(exc)
             gevent.sleep(backoff.next())
             try:
-                return decode_wal_frame(body)
+                return decode_wal_frame(body, self.memo)
             except rows.UnreadableTransaction as again:
                 exc = again
 
@@ -346,7 +353,7 @@ class WalStream:
 
     def _on_frame(self, body: bytes) -> None:
         try:
-            _term, tx, offset = decode_wal_frame(body)
+            _term, tx, offset = decode_wal_frame(body, self.memo)
         except rows.UnreadableTransaction as exc:
             if self.last_offset is not None:
                 raise  # _run_loop re-reads it from the log, resuming after last_offset

@@ -27,6 +27,7 @@ from typing import Any
 
 from electric.vaxine import etf
 from electric.vaxine.etf import Atom, Reference
+from electric.vaxine.memo import EncodingMemo
 from electric.vaxine.offset import InvalidOffset, StartOffset, VaxineOffset, start_term
 
 VX_CLI_REQ = Atom("vx_cli_req")
@@ -80,14 +81,15 @@ def parse_start_response(term: Any, ref: Reference) -> Reference:
     raise StreamProtocolError(f"start refused or unexpected reply: {term!r}")
 
 
-def decode_txn(body: bytes) -> tuple[Any, Any, VaxineOffset, Any]:
+def decode_txn(body: bytes, memo: EncodingMemo | None = None,
+               ) -> tuple[Any, Any, VaxineOffset, Any]:
     """``(TxId, DcId, Offset, Ops)`` of a ``vx_wal_txn`` frame body.
 
     Raises :class:`StreamProtocolError` for any other term, ``ValueError`` for a bad offset.
-    A transaction whose ``Ops`` this process encoded itself (an in-process embedded
-    Vaxine) is taken from :data:`etf.memo` instead of being decoded.
+    With the ``memo`` of an embedded Vaxine running in this process, ``Ops`` it encoded
+    itself are taken from the memo instead of being decoded.
     """
-    if not body.startswith(TXN_HEAD):
+    if memo is None or not body.startswith(TXN_HEAD):
         term = etf.decode(body)
         if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
             raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
@@ -95,7 +97,7 @@ def decode_txn(body: bytes) -> tuple[Any, Any, VaxineOffset, Any]:
     txid, pos = etf.decode_at(body, len(TXN_HEAD))
     dc_id, pos = etf.decode_at(body, pos)
     offset, pos = etf.decode_at(body, pos)
-    found, ops = etf.memo.recall(memoryview(body)[pos:])
+    found, ops = memo.recall(memoryview(body)[pos:])
     if not found:
         ops, end = etf.decode_at(body, pos)
         if end != len(body):

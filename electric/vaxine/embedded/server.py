@@ -32,6 +32,7 @@ from electric.vaxine.embedded.engine import EngineError
 from electric.vaxine.embedded.replication import ReplicationConnection
 from electric.vaxine.embedded.store import DEFAULT_NODE, Store
 from electric.vaxine.framing import MAX_FRAME, FrameDecoder, FrameTooLarge
+from electric.vaxine.memo import EncodingMemo
 
 log = logger.bind(origin="vaxine_embedded")
 
@@ -53,6 +54,7 @@ class EmbeddedVaxine:
         replication_port: int = 8088,
         max_frame: int = MAX_FRAME,
         cache_objects: int | None = None,
+        memo: EncodingMemo | None = None,
     ):
         self.data_dir = data_dir
         self.host = host
@@ -60,6 +62,8 @@ class EmbeddedVaxine:
         self._replication_port = replication_port
         self.max_frame = max_frame
         self.cache_objects = cache_objects
+        # Shared with WalStreams of this same process (benchmarks, tests): see EncodingMemo.
+        self.memo = memo
         self._status_logger: gevent.Greenlet | None = None
         self.store: Store | None = None
         self._servers: list[StreamServer] = []
@@ -81,7 +85,7 @@ class EmbeddedVaxine:
             log.info(f"imported {count} transactions at their offsets; the old log is kept as "
                      f"{self.data_dir}/vaxine.log.imported")
         kwargs = {} if self.cache_objects is None else {"cache_objects": self.cache_objects}
-        self.store = Store(self.data_dir, **kwargs)
+        self.store = Store(self.data_dir, memo=self.memo, **kwargs)
         api = StreamServer((self.host, self._api_port), self._serve_api)
         repl = StreamServer((self.host, self._replication_port), self._serve_replication)
         try:

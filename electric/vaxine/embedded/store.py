@@ -55,6 +55,7 @@ from electric.vaxine.embedded.engine import (
     size_bytes,
 )
 from electric.vaxine.etf import Atom, Pid
+from electric.vaxine.memo import EncodingMemo
 
 DEFAULT_NODE = Atom("vaxine@127.0.0.1")
 TX_ID = Atom("tx_id")
@@ -182,8 +183,11 @@ class _RecentLog:
 
 class Store:
     def __init__(self, data_dir: str, node: Atom = DEFAULT_NODE,
-                 cache_objects: int = CACHE_OBJECTS, readers: int = 4):
+                 cache_objects: int = CACHE_OBJECTS, readers: int = 4,
+                 memo: EncodingMemo | None = None):
         self.data_dir = data_dir
+        # Given only when stream readers in this same process share it (see EncodingMemo).
+        self.memo = memo
         self.node = node
         self.engine = Engine(data_dir, node)
         self.path = self.engine.path
@@ -374,10 +378,10 @@ class Store:
         ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
         if len(ops_body) > MAX_OPS_BYTES:
             raise CommitRefused(f"transaction of {len(ops_body)} bytes exceeds {MAX_OPS_BYTES}")
-        if self.live_streams:
+        if self.memo is not None and self.live_streams:
             # In-process stream readers get the term without decoding these bytes again
             # (with no stream open, nobody is about to read it: keep nothing alive).
-            etf.memo.remember(ops_body,
+            self.memo.remember(ops_body,
                               _OpsTerm(new_states, [w.effects for w in txn.writes.values()]))
         offset = self.log_end
         self.log_end += record_size(txn.txid_body, ops_body)

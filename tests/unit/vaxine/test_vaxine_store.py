@@ -13,6 +13,7 @@ from electric.vaxine.crdt_terms import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.engine import record_size
 from electric.vaxine.embedded.store import Store, StoreFailed
+from electric.vaxine.memo import EncodingMemo
 from electric.vaxine.walproto import txn_frame
 
 B = b"vax"
@@ -20,8 +21,8 @@ B = b"vax"
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(str(tmp_path))
-    s.live_streams = 1  # as if a stream were open: commits are registered in etf.memo
+    s = Store(str(tmp_path), memo=EncodingMemo())
+    s.live_streams = 1  # as if a stream were open: commits are registered in its memo
     yield s
     s.close()
 
@@ -79,7 +80,7 @@ def test_to_term_is_exactly_what_decoding_the_state_gives(store):
 def test_memo_gives_the_decoded_ops_of_every_commit(store):
     for ops in (OPS, OPS[:2], OPS[2:4], OPS[4:]):
         _offset, ops_body = commit_ops(store, ops)
-        found, term = etf.memo.recall(ops_body)
+        found, term = store.memo.recall(ops_body)
         assert found
         assert term == etf.decode(b"\x83" + ops_body)
 
@@ -91,17 +92,18 @@ def test_stream_frame_decodes_the_same_with_and_without_the_memo(store):
     dc_id = etf.encode_body(store.dc_id)
     for offset, txid, ops_body in store.records_after(0):
         frame = txn_frame(offset, txid, ops_body, dc_id)
-        hits = etf.memo.hits
-        via_memo = (walproto.VX_WAL_TXN, *walproto.decode_txn(frame))
-        assert etf.memo.hits == hits + 1
+        hits = store.memo.hits
+        via_memo = (walproto.VX_WAL_TXN, *walproto.decode_txn(frame, store.memo))
+        assert store.memo.hits == hits + 1
         assert via_memo == etf.decode(frame)
     # bytes the memo does not know are decoded as usual
-    etf.memo.clear()
+    store.memo.clear()
+    assert (walproto.VX_WAL_TXN, *walproto.decode_txn(frame, store.memo)) == etf.decode(frame)
     assert (walproto.VX_WAL_TXN, *walproto.decode_txn(frame)) == etf.decode(frame)
 
 
 def test_memo_is_bounded_and_exact():
-    memo = etf.EncodingMemo(max_bytes=10)
+    memo = EncodingMemo(max_bytes=10)
     memo.remember(b"abcd", lambda: "t1")
     memo.remember(b"efgh", lambda: "t2")
     assert memo.recall(memoryview(b"xxabcd")[2:]) == (True, "t1")
@@ -138,7 +140,7 @@ def test_concurrent_commits_merge_and_views_stay_private(store):
 def test_no_memo_entries_while_no_stream_is_open(store):
     store.live_streams = 0
     _offset, ops_body = commit_ops(store, OPS[:1])
-    assert etf.memo.recall(ops_body) == (False, None)
+    assert store.memo.recall(ops_body) == (False, None)
 
 
 def test_stored_states_mostly_escape_the_cyclic_gc(store):

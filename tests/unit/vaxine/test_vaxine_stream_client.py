@@ -113,7 +113,7 @@ def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place(monkeypa
 
 
 def test_reader_dying_wakes_the_consumer(monkeypatch):
-    def boom(_body):
+    def boom(_body, _memo=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(stream, "decode_wal_frame", boom)
