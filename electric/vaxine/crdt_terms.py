@@ -18,11 +18,22 @@ Shapes, as :func:`electric.vaxine.etf.decode` returns them:
 
 from __future__ import annotations
 
-import struct
 import zlib
 from typing import Any
 
-from electric.vaxine.etf import Atom, ETFError, ImproperList, RawTerm, encode_body, split_cell
+from electric.vaxine.etf import (
+    Atom,
+    ETFError,
+    ImproperList,
+    RawTerm,
+    binary,
+    encode_body,
+    integer,
+    list_head,
+    list_of,
+    split_cell,
+    tuple_head,
+)
 
 MAP_RR = Atom("antidote_crdt_map_rr")
 LWW = Atom("antidote_crdt_register_lww")
@@ -95,7 +106,6 @@ def dict_to_list(term: Any) -> list[tuple[Any, Any]]:
 # every touched key's full state and effects, which dominated commit CPU when done through
 # to_term + the generic encoder. Output is identical (tests compare both).
 
-_pack_u32 = struct.Struct(">I").pack
 _key_cache: dict[tuple, bytes] = {}
 
 
@@ -109,45 +119,33 @@ def key_bytes(field: bytes, ftype: Atom) -> bytes:
     return cached
 
 
-def _bin(value: bytes) -> bytes:
-    return b"m" + _pack_u32(len(value)) + value
-
-
-def int_bytes(n: int) -> bytes:
-    if 0 <= n <= 255:
-        return bytes((97, n))
-    if 2**31 <= n < 2**64:  # µs timestamps: SMALL_BIG_EXT, positive
-        size = (n.bit_length() + 7) // 8
-        return bytes((110, size, 0)) + n.to_bytes(size, "little")
-    return encode_body(n)
-
-
 def _bin_list(items: list) -> bytes:
-    if not items:
-        return b"j"
-    return b"l" + _pack_u32(len(items)) + b"".join(_bin(i) for i in items) + b"j"
+    return list_of([binary(i) for i in items])
 
 
 _DICT_HEAD = encode_body(DICT)
 _DICT_CONSTS = b"".join(encode_body(n) for n in (16, 16, 8, 80, 48))
+_PAIR = tuple_head(2)
+_TRIPLE = tuple_head(3)
+_DICT_TUPLE = tuple_head(9)
+_SEGMENTS = tuple_head(1) + tuple_head(16)  # {{Bucket1, ..., Bucket16}}
+_CELL = list_head(1)  # [{Field, Type} | State]: one item, the state as the tail
 
 
 def encode_state(crdt_type: Atom, state: Any) -> bytes:
     """``encode_body(to_term(crdt_type, state))``, faster."""
     if crdt_type == LWW:
-        return b"h\x02" + int_bytes(state[0]) + _bin(state[1])
+        return _PAIR + integer(state[0]) + binary(state[1])
     if crdt_type == FLAG_DW:
-        return b"h\x02" + _bin_list(state[0]) + _bin_list(state[1])
+        return _PAIR + _bin_list(state[0]) + _bin_list(state[1])
     if crdt_type == MAP_RR:
         buckets: list[list[bytes]] = [[] for _ in range(16)]
         for (field, ftype), nested in state.items():
             buckets[zlib.crc32(field) % 16].append(
-                b"l\x00\x00\x00\x01" + key_bytes(field, ftype) + encode_state(ftype, nested))
-        segment = b"".join(
-            b"l" + _pack_u32(len(cells)) + b"".join(cells) + b"j" if cells else b"j"
-            for cells in buckets)
-        return (b"h\x09" + _DICT_HEAD + int_bytes(len(state)) + _DICT_CONSTS
-                + _EMPTY_SEGMENT.body + b"h\x01h\x10" + segment)
+                _CELL + key_bytes(field, ftype) + encode_state(ftype, nested))
+        segment = b"".join(list_of(cells) for cells in buckets)
+        return (_DICT_TUPLE + _DICT_HEAD + integer(len(state)) + _DICT_CONSTS
+                + _EMPTY_SEGMENT.body + _SEGMENTS + segment)
     raise CrdtError(f"unsupported CRDT type {crdt_type}")
 
 
@@ -158,21 +156,18 @@ NONE_BYTES = encode_body(NONE)
 def encode_effect(crdt_type: Atom, effect: Any) -> bytes:
     """``encode_body(effect)``, faster."""
     if crdt_type == LWW:
-        return b"h\x02" + int_bytes(effect[0]) + _bin(effect[1])
+        return _PAIR + integer(effect[0]) + binary(effect[1])
     if crdt_type == FLAG_DW:
-        return b"h\x03" + b"".join(_bin_list(tokens) for tokens in effect)
+        return _TRIPLE + b"".join(_bin_list(tokens) for tokens in effect)
     if crdt_type == MAP_RR:
         updates, removes = effect
         parts = []
         for items in (updates, removes):
-            if not items:
-                parts.append(b"j")
-                continue
             cells = []
             for (field, ftype), nested in items:
                 inner = (NONE_BYTES if nested == NONE
-                         else b"h\x02" + OK_BYTES + encode_effect(ftype, nested[1]))
-                cells.append(b"h\x02" + key_bytes(field, ftype) + inner)
-            parts.append(b"l" + _pack_u32(len(cells)) + b"".join(cells) + b"j")
-        return b"h\x02" + parts[0] + parts[1]
+                         else _PAIR + OK_BYTES + encode_effect(ftype, nested[1]))
+                cells.append(_PAIR + key_bytes(field, ftype) + inner)
+            parts.append(list_of(cells))
+        return _PAIR + parts[0] + parts[1]
     raise CrdtError(f"unsupported CRDT type {crdt_type}")

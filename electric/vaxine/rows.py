@@ -86,21 +86,21 @@ class RowMappingError(errors.Permanent, ValueError):
 
 
 _NIL_VALUE = etf.encode(NIL_ATOM)
-_pack_u32 = struct.Struct(">I").pack
+_BINARY_TERM = etf.encode(b"")[:2]  # version byte and BINARY_EXT tag; a u32 length follows
 _unpack_u32 = struct.Struct(">I").unpack_from
 
 
 def encode_value(value: str | None) -> bytes:
     """Column value as stored in the nested ``row`` map: ``term_to_binary`` of it
-    (``nil`` or a BINARY_EXT, written directly: this runs for every column written)."""
+    (``nil`` or a BINARY_EXT, built directly: this runs for every column written)."""
     if value is None:
         return _NIL_VALUE
     data = value.encode("utf-8", "surrogateescape")
-    return b"\x83m" + _pack_u32(len(data)) + data
+    return etf.VERSION_BYTE + etf.binary(data)
 
 
 def decode_value(raw: bytes) -> str | None:
-    if raw[:2] == b"\x83m" and len(raw) == 6 + _unpack_u32(raw, 2)[0]:  # a binary: the usual
+    if raw[:2] == _BINARY_TERM and len(raw) == 6 + _unpack_u32(raw, 2)[0]:  # a binary: the usual
         return raw[6:].decode("utf-8", "surrogateescape")
     term = etf.decode(raw)
     if isinstance(term, bytes):

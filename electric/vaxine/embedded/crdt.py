@@ -25,7 +25,6 @@ Operations accepted by :func:`downstream`:
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +39,9 @@ from electric.vaxine.crdt_terms import (
     CrdtError,
     dict_to_list,
     encode_effect,
-    int_bytes,
     key_bytes,
 )
-from electric.vaxine.etf import Atom
+from electric.vaxine.etf import NIL_BYTES, Atom, binary, integer, list_of, tuple_head
 
 TOKEN_BYTES = 20
 
@@ -219,8 +217,8 @@ def from_term(crdt_type: Atom, term: Any) -> Any:
 # its bytes come out of one walk, and the private view is updated in place instead of
 # being copied per operation. Tests check both routes give identical effects and states.
 
-_pack_u32 = struct.Struct(">I").pack
-_OK_HEAD = b"h\x02" + OK_BYTES
+_PAIR = tuple_head(2)
+_OK_HEAD = _PAIR + OK_BYTES
 
 
 def owned_copy(crdt_type: Atom, state: Any) -> Any:
@@ -239,7 +237,7 @@ def downstream_encoded(crdt_type: Atom, op: tuple, state: Any, now_us: Clock) ->
         if ts <= state[0]:
             ts = state[0] + 1
         value = op[1]
-        return (ts, value), b"h\x02" + int_bytes(ts) + b"m" + _pack_u32(len(value)) + value
+        return (ts, value), _PAIR + integer(ts) + binary(value)
     if crdt_type == MAP_RR and kind == "batch" and not op[2]:
         # Like downstream: every nested effect is generated against the state before the
         # batch, even when a field repeats in it (Electric's ``row`` field does).
@@ -253,10 +251,10 @@ def downstream_encoded(crdt_type: Atom, op: tuple, state: Any, now_us: Clock) ->
                 current = new(ftype)
             effect, body = downstream_encoded(ftype, nested_op, current, now_us)
             updates.append((key, (OK, effect)))
-            cells.append(b"h\x02" + key_bytes(key[0], ftype) + _OK_HEAD + body)
+            cells.append(_PAIR + key_bytes(key[0], ftype) + _OK_HEAD + body)
         if not cells:
-            return ([], []), b"h\x02jj"
-        return (updates, []), (b"h\x02l" + _pack_u32(len(cells)) + b"".join(cells) + b"jj")
+            return ([], []), _PAIR + NIL_BYTES + NIL_BYTES
+        return (updates, []), _PAIR + list_of(cells) + NIL_BYTES
     effect = downstream(crdt_type, op, state, now_us)
     return effect, encode_effect(crdt_type, effect)
 

@@ -31,7 +31,6 @@ pre-encoded as ETF.
 from __future__ import annotations
 
 import itertools
-import struct
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -78,14 +77,11 @@ MAX_BATCH = 512
 MAX_OPS_BYTES = 256 * 1024 * 1024
 
 ObjKey = tuple[bytes, bytes]  # (key, bucket)
-_U32 = struct.Struct(">I")
+# {{Key, Bucket}, Type, State, [Effect]}: the 4-tuple and its key pair open every stream op
+_OP_HEAD = etf.tuple_head(4) + etf.tuple_head(2)
 _ABSENT = (0, None, None)  # (ver, type name, state) of an object never written
 
 log = logger.bind(origin="vaxine_store")
-
-
-def _etf_bin(value: bytes) -> bytes:
-    return b"m" + _U32.pack(len(value)) + value
 
 
 class UnknownTransaction(LookupError):
@@ -371,11 +367,12 @@ class Store:
             # {{Key, Bucket}, Type, State, [Effect]} for the stream's Ops list
             effects = b"".join(write.encoded)
             entries.append(b"".join((
-                b"h\x04h\x02", _etf_bin(obj[0]), _etf_bin(obj[1]), etf.encode_body(ctype),
+                _OP_HEAD, etf.binary(obj[0]), etf.binary(obj[1]), etf.encode_body(ctype),
                 crdt_terms.encode_state(ctype, state),
-                b"l" + _U32.pack(len(write.effects)) + effects + b"j" if write.effects else b"j",
+                etf.list_head(len(write.effects)) + effects + etf.NIL_BYTES if write.effects
+                else etf.NIL_BYTES,
             )))
-        ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
+        ops_body = etf.list_of(entries)
         if len(ops_body) > MAX_OPS_BYTES:
             raise CommitRefused(f"transaction of {len(ops_body)} bytes exceeds {MAX_OPS_BYTES}")
         if self.memo is not None and self.live_streams:
