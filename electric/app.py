@@ -15,7 +15,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import errors, metrics, replication_password, sync_rules, tls
+from electric import errors, limits, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
@@ -286,7 +286,8 @@ class Application:
             return
         self.vaxine_host = s.vaxine_host
         self.pool = VaxinePool(self.vaxine_host, s.vaxine_api_port, s.vaxine_pool_size,
-                               connect_timeout_ms=s.vaxine_connection_timeout)
+                               connect_timeout_ms=s.vaxine_connection_timeout,
+                               limits=limits.DEFAULT.vaxine)
         self.on_close(STAGE_VAXINE, "vaxine pool", self.pool.close)
 
     def _open_store(self, data_dir: str) -> None:
@@ -330,7 +331,7 @@ class Application:
         if self.store is not None:
             self.store.write(tx)
         else:
-            rows.write_transaction(self.pool, tx, self._primary_keys)
+            rows.write_transaction(self.pool, tx, self._primary_keys, self.pool.limits)
         metrics.transactions_in.labels(source).inc()
 
     def _open_wal_stream(self, start):
@@ -339,7 +340,8 @@ class Application:
             return _satellite_stream(self.store, start)
         s = self.settings
         return WalStream(self.vaxine_host, s.vaxine_replication_port, start,
-                         connect_timeout_ms=s.vaxine_connection_timeout, name="satellite")
+                         connect_timeout_ms=s.vaxine_connection_timeout, name="satellite",
+                         limits=limits.DEFAULT.vaxine)
 
     def _publisher_stream_opener(self):
         if self.store is not None:

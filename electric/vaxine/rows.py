@@ -14,8 +14,8 @@ Writing (docs/protocols.md §4.1–4.2): one Vaxine transaction per Electric tra
   old key plus an upsert of the new one.
 * G21/G25: no read-backs; a transaction is written with one ``ApbStaticUpdateObjects``
   (start + all updates + commit in one round trip, atomic: nothing is left to abort on
-  failure), or, when it has more than MAX_OPS_PER_REQUEST operations or MAX_REQUEST_BYTES
-  of encoded operations, as an interactive transaction with chunked ``ApbUpdateObjects``
+  failure), or, when it has more operations or encoded bytes than one request may carry
+  (:class:`~electric.limits.VaxineLimits`), as an interactive transaction with chunked ``ApbUpdateObjects``
   that is aborted on any failure. Splitting by bytes too matters: a request larger than the
   frame limit makes the server close the connection, which looks retryable and would stall
   ingest forever. A single operation that cannot fit in one frame is refused up front with
@@ -51,27 +51,15 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT, VaxineLimits
 from electric.pb import antidote_pb2 as pb
 from electric.vaxine import antidote, crdt_terms, etf
 from electric.vaxine.antidote import FLAG_DW, LWWREG, RRMAP
 from electric.vaxine.etf import NIL_ATOM, Atom
-from electric.vaxine.framing import MAX_FRAME
 
 BUCKET = b"vax"
 METADATA_KEY = b"metadata:0"
 ROW_PREFIX = b"rows:"
-MAX_OPS_PER_REQUEST = 5000
-# Encoded operations per request. Well below the 64 MiB frame limit on purpose: the embedded
-# server bounds the incomplete requests it buffers across all connections (about one frame),
-# so several concurrent writers must fit in it at once.
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
-# One operation must fit in one frame with the message envelope around it.
-MAX_OP_BYTES = MAX_FRAME - 64 * 1024
-# Encoded operations per transaction. The standalone server (electric vaxine) logs a
-# transaction's Ops term, at most 256 MiB, and that term (with the CRDT states and effects of
-# every object) measures 3-5.5x the operations' size; past that the commit fails on every retry.
-# Refusing up front turns a silent retry loop into a permanent, reported error.
-MAX_TRANSACTION_BYTES = 32 * 1024 * 1024
 
 log = logger.bind(origin="vaxine_rows")
 
@@ -250,31 +238,31 @@ def metadata_op_bytes(tx: Transaction) -> list[bytes]:
             for name, v in values]
 
 
-def transaction_op_bytes(tx: Transaction, primary_keys: PrimaryKeys) -> list[bytes]:
+def transaction_op_bytes(tx: Transaction, primary_keys: PrimaryKeys,
+                         limits: VaxineLimits = DEFAULT.vaxine) -> list[bytes]:
     """Every serialized op of the Vaxine transaction for ``tx`` (empty if none)."""
+    max_op_bytes = limits.max_op_bytes
     ops: list[bytes] = []
     for change in tx.changes:
         pks = [] if isinstance(change, TruncatedRelation) else list(primary_keys(change.relation))
         change_ops_ = change_op_bytes(change, pks)
         for op in change_ops_:
-            if len(op) > MAX_OP_BYTES:
+            if len(op) > max_op_bytes:
                 schema, table = change.relation
                 raise RowMappingError(
                     f"a row of {schema}.{table} encodes to {len(op)} bytes, more than the "
-                    f"{MAX_OP_BYTES}-byte limit of one Vaxine request"
+                    f"{max_op_bytes}-byte limit of one Vaxine request"
                 )
         ops += change_ops_
     return metadata_op_bytes(tx) + ops if ops else []
 
 
 def request_chunks(
-    ops: list[bytes], max_ops: int | None = None, max_bytes: int | None = None
+    ops: list[bytes], max_ops: int = DEFAULT.vaxine.max_ops_per_request,
+    max_bytes: int = DEFAULT.vaxine.max_request_bytes,
 ) -> list[list[bytes]]:
     """Split ``ops`` in order into requests of at most ``max_ops`` operations and about
-    ``max_bytes`` encoded bytes (an operation larger than that goes alone). Defaults are the
-    module limits, read at call time."""
-    max_ops = MAX_OPS_PER_REQUEST if max_ops is None else max_ops
-    max_bytes = MAX_REQUEST_BYTES if max_bytes is None else max_bytes
+    ``max_bytes`` encoded bytes (an operation larger than that goes alone)."""
     chunks: list[list[bytes]] = []
     chunk: list[bytes] = []
     size = 0
@@ -295,23 +283,24 @@ def transaction_ops(tx: Transaction, primary_keys: PrimaryKeys) -> list[pb.ApbUp
     return _parsed(transaction_op_bytes(tx, primary_keys))
 
 
-def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys) -> bytes | None:
+def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys,
+                      limits: VaxineLimits = DEFAULT.vaxine) -> bytes | None:
     """Write ``tx`` as one Vaxine transaction; returns the commit clock bytes.
 
     ``None`` when there was nothing to write. Raises :class:`RowMappingError` before
     touching Vaxine for unmappable input (including a row or transaction too large to store), and :class:`~electric.vaxine.antidote.VaxineError`
     (after aborting the Vaxine transaction) when Vaxine fails; the caller may retry.
     """
-    ops = transaction_op_bytes(tx, primary_keys)
+    ops = transaction_op_bytes(tx, primary_keys, limits)
     if not ops:
         return None
     total = sum(len(op) for op in ops)
-    if total > MAX_TRANSACTION_BYTES:
+    if total > limits.max_transaction_bytes:
         raise RowMappingError(
             f"transaction of {len(tx.changes)} changes encodes to {total} bytes, more than "
-            f"the {MAX_TRANSACTION_BYTES}-byte limit of one Vaxine transaction"
+            f"the {limits.max_transaction_bytes}-byte limit of one Vaxine transaction"
         )
-    chunks = request_chunks(ops)
+    chunks = request_chunks(ops, limits.max_ops_per_request, limits.max_request_bytes)
     if len(chunks) == 1:
         # One round trip: a static transaction is still one atomic Vaxine transaction
         # (one vx_wal_txn), and a failure leaves nothing behind to abort.

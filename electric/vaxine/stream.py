@@ -37,6 +37,7 @@ from loguru import logger
 
 from electric import metrics
 from electric.changes import Transaction
+from electric.limits import DEFAULT, VaxineLimits
 from electric.retry import Backoff, Policy
 from electric.vaxine import etf, rows
 from electric.vaxine.framing import FrameDecoder, encode_frame
@@ -50,23 +51,13 @@ from electric.vaxine.walproto import (
     start_request,
 )
 
-# Largest vx_wal_txn frame accepted. A frame is built from one logged transaction of the
-# standalone server (its Ops at most 256 MiB, plus txid, DC id and offset); the reference Vaxine
-# sets no limit. A transaction the log accepted must be deliverable: a frame the reader
-# refused would be refused again on every reconnect, stalling every consumer behind it.
-STREAM_MAX_FRAME = 256 * 1024 * 1024 + (1 << 20)
 _CLOSED = object()
 _FAILED = object()  # queued when the reader greenlet died of an unexpected exception
 
-# Back-off between re-reads of a transaction that could not be materialised.
-BLOCKED_RETRY_MIN_S = 1.0
-BLOCKED_RETRY_MAX_S = 30.0
 
-
-def _blocked_backoff() -> Backoff:
-    """Re-reading a transaction that could not be read: from about a second (a refusal that
-    depends on state elsewhere may clear soon) to every BLOCKED_RETRY_MAX_S."""
-    return Backoff(Policy(BLOCKED_RETRY_MIN_S, BLOCKED_RETRY_MAX_S))
+def _blocked_backoff(limits: VaxineLimits) -> Backoff:
+    """Re-reading a transaction that could not be read (see VaxineLimits)."""
+    return Backoff(Policy(limits.stream_blocked_retry_min_s, limits.stream_blocked_retry_max_s))
 
 log = logger.bind(origin="vaxine_stream")
 
@@ -154,10 +145,13 @@ def decode_wal_frame(body: bytes, memo: EncodingMemo | None = None,
 
 class WalStream:
     def __init__(self, host: str, port: int, start_offset: StartOffset = 0,
-                 connect_timeout_ms: int = 5000, buffer_size: int = 50,
+                 connect_timeout_ms: int | None = None, buffer_size: int | None = None,
                  min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, name: str = "wal",
-                 memo: EncodingMemo | None = None):
+                 memo: EncodingMemo | None = None, limits: VaxineLimits = DEFAULT.vaxine):
         self.host = host
+        self.limits = limits
+        if connect_timeout_ms is None:
+            connect_timeout_ms = limits.connect_timeout_ms
         self.port = port
         self.start_offset = start_term(start_offset)
         self.connect_timeout_ms = connect_timeout_ms
@@ -174,7 +168,8 @@ class WalStream:
         self.memo = memo
         # Set while stopped at an unreadable transaction: offset, key, reason, since, attempts.
         self.blocked: dict[str, Any] | None = None
-        self._queue: Queue = Queue(maxsize=buffer_size)
+        self._queue: Queue = Queue(
+            maxsize=limits.stream_buffer if buffer_size is None else buffer_size)
         self._sock = None
         self._closed = False
         self._was_streaming = False
@@ -246,7 +241,7 @@ class WalStream:
 
     def _run_loop(self) -> None:
         backoff = Backoff(Policy(self.min_backoff_s, self.max_backoff_s))
-        blocked_backoff = _blocked_backoff()
+        blocked_backoff = _blocked_backoff(self.limits)
         while not self._closed:
             reason = None
             try:
@@ -277,7 +272,7 @@ class WalStream:
             self.reconnects += 1
 
     def _decode_in_place(self, body: bytes, exc: rows.UnreadableTransaction) -> tuple:
-        backoff = _blocked_backoff()
+        backoff = _blocked_backoff(self.limits)
         while True:
             self._block(exc)
             gevent.sleep(backoff.next())
@@ -304,7 +299,7 @@ class WalStream:
         self.log.error(
             f"log transaction at offset {offset} (object {key}) cannot be read: {exc.reason}; "
             f"this {self.name} reader is held at it (nothing after it is delivered) and "
-            f"re-reads it, at most every {BLOCKED_RETRY_MAX_S:.0f}s"
+            f"re-reads it, at most every {self.limits.stream_blocked_retry_max_s:.0f}s"
         )
         return True
 
@@ -336,7 +331,7 @@ class WalStream:
         resume = self._resume_point()
         ref, request = start_request(resume)
         sock.sendall(encode_frame(request))
-        decoder = FrameDecoder(max_frame=STREAM_MAX_FRAME)
+        decoder = FrameDecoder(max_frame=self.limits.stream_max_frame)
         started = False
         while True:
             data = sock.recv(256 * 1024)

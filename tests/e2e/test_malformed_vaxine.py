@@ -19,10 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from electric.limits import DEFAULT
 from electric.pb import antidote_pb2 as apb
 from electric.vaxine import antidote, etf, walproto
 from electric.vaxine.etf import Atom
-from electric.vaxine.framing import MAX_FRAME, encode_frame
+from electric.vaxine.framing import encode_frame
 from tests.chaos.harness import StandaloneVaxine
 from tests.chaos.listeners import ElectricUnderTest, Guard, check_fuzzed, poke
 
@@ -297,7 +298,7 @@ def test_replication_mutated_requests(target, guard):
 _, START_EOF = walproto.start_request("eof")
 SPECIFIC_API = [
     struct.pack(">I", 0xFFFFFFFF),
-    struct.pack(">I", MAX_FRAME + 1) + b"\x7b",
+    struct.pack(">I", DEFAULT.vaxine.max_frame + 1) + b"\x7b",
     struct.pack(">I", 0x7FFFFFFF) + b"x" * 1000,
     struct.pack(">I", 0),
     struct.pack(">I", 0) * 1000,

@@ -24,13 +24,11 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 from loguru import logger
 
+from electric.limits import DEFAULT, VaxineLimits
 from electric.vaxine import etf, walproto
 from electric.vaxine.embedded.store import Store
 from electric.vaxine.etf import Reference
 from electric.vaxine.framing import FrameDecoder, FrameTooLarge, encode_frame
-
-# Largest request a replication client sends is ~100 bytes; 1 MiB is generous.
-MAX_REQUEST = 1024 * 1024
 
 log = logger.bind(origin="vaxine_replication")
 
@@ -44,8 +42,9 @@ class _Stream:
 class ReplicationConnection:
     _ref_ids = itertools.count(1)
 
-    def __init__(self, store: Store, sock, peer=None):
+    def __init__(self, store: Store, sock, peer=None, limits: VaxineLimits = DEFAULT.vaxine):
         self.store = store
+        self.limits = limits
         self.sock = sock
         self.peer = peer
         self._send_lock = Semaphore()
@@ -54,7 +53,7 @@ class ReplicationConnection:
         self._dc_id_body = etf.encode_body(store.dc_id)
 
     def serve(self) -> None:
-        decoder = FrameDecoder(max_frame=MAX_REQUEST)
+        decoder = FrameDecoder(max_frame=self.limits.server_max_request)
         try:
             while True:
                 data = self.sock.recv(65536)

@@ -41,12 +41,12 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 from loguru import logger
 
+from electric.limits import DEFAULT, VaxineLimits
 from electric.store.sqlite import ReaderPool, in_thread, take_batch
 from electric.vaxine import crdt_terms, etf
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.engine import (
     PLAIN_TYPE,
-    WAL_CHECKPOINT,
     Commit,
     Engine,
     EngineReader,
@@ -58,23 +58,6 @@ from electric.vaxine.memo import EncodingMemo
 
 DEFAULT_NODE = Atom("vaxine@127.0.0.1")
 TX_ID = Atom("tx_id")
-# Latest object states kept in memory (least recently used dropped first). A row's state
-# costs about 2.5 KiB of Python objects: ~10 MiB. Electric reads back what it writes inside
-# the same transaction (its own view), so the cache mainly serves metadata:0 and rows that
-# are updated again soon.
-CACHE_OBJECTS = 4096
-# Page cache of each stream reader's connection (they read the log in order), KiB.
-READER_CACHE_KIB = 2048
-# The newest logged transactions kept in memory for streams that tail the log (ETF bytes):
-# every live stream sends them without a read of its own.
-RECENT_LOG_BYTES = 4 * 1024 * 1024
-READ_BATCH_BYTES = 1 << 20
-# Most commits one SQLite transaction takes, so one group commit stays short.
-MAX_BATCH = 512
-# Largest logged transaction (its ETF Ops): the stream's frame (a little larger) must stay
-# under what stream readers accept (electric.vaxine.stream.STREAM_MAX_FRAME), or it would
-# be refused on every reconnect.
-MAX_OPS_BYTES = 256 * 1024 * 1024
 
 ObjKey = tuple[bytes, bytes]  # (key, bucket)
 # {{Key, Bucket}, Type, State, [Effect]}: the 4-tuple and its key pair open every stream op
@@ -179,13 +162,14 @@ class _RecentLog:
 
 class Store:
     def __init__(self, data_dir: str, node: Atom = DEFAULT_NODE,
-                 cache_objects: int = CACHE_OBJECTS, readers: int = 4,
-                 memo: EncodingMemo | None = None):
+                 readers: int = 4,
+                 memo: EncodingMemo | None = None, limits: VaxineLimits = DEFAULT.vaxine):
         self.data_dir = data_dir
+        self.limits = limits
         # Given only when stream readers in this same process share it (see EncodingMemo).
         self.memo = memo
         self.node = node
-        self.engine = Engine(data_dir, node)
+        self.engine = Engine(data_dir, node, limits)
         self.path = self.engine.path
         opened = self.engine.opened
         self.dc_id = opened.dc_id
@@ -198,9 +182,12 @@ class Store:
         self._last_us = opened.last_commit_us
         self._hub_reader = EngineReader(self.path, self.engine.cache_kib)
         self._readers: ReaderPool[EngineReader] = ReaderPool(
-            lambda: EngineReader(self.path, READER_CACHE_KIB), readers)
-        self.recent = _RecentLog(RECENT_LOG_BYTES, self.durable)
-        self.cache_objects = cache_objects
+            lambda: EngineReader(self.path, limits.server_reader_cache_kib), readers)
+        self.recent = _RecentLog(limits.server_recent_log_bytes, self.durable)
+        # Latest object states kept in memory, least recently used dropped first. Electric
+        # reads back what it writes inside the same transaction (its own view), so the
+        # cache mainly serves metadata:0 and rows that are updated again soon.
+        self.cache_objects = limits.server_cache_objects
         self.cache: OrderedDict[ObjKey, tuple[int, str | None, Any]] = OrderedDict()
         self._pending: dict[ObjKey, tuple[int, str, Any]] = {}
         self._superseded: dict[ObjKey, list[tuple[int, int, str | None, Any]]] = {}
@@ -373,8 +360,9 @@ class Store:
                 else etf.NIL_BYTES,
             )))
         ops_body = etf.list_of(entries)
-        if len(ops_body) > MAX_OPS_BYTES:
-            raise CommitRefused(f"transaction of {len(ops_body)} bytes exceeds {MAX_OPS_BYTES}")
+        if len(ops_body) > self.limits.server_max_ops_bytes:
+            raise CommitRefused(f"transaction of {len(ops_body)} bytes exceeds "
+                                f"{self.limits.server_max_ops_bytes}")
         if self.memo is not None and self.live_streams:
             # In-process stream readers get the term without decoding these bytes again
             # (with no stream open, nobody is about to read it: keep nothing alive).
@@ -422,7 +410,7 @@ class Store:
         stopping = False
         try:
             while not stopping:
-                taken = take_batch(self._queue, MAX_BATCH)
+                taken = take_batch(self._queue, self.limits.server_max_batch)
                 batch = [q for q in taken if q is not None]
                 stopping = len(batch) < len(taken)  # close() queued None after the last commit
                 if not batch:
@@ -449,7 +437,7 @@ class Store:
                 self._settle(batch)
                 batch = []
                 if (self._checkpointing is None or self._checkpointing.ready()) \
-                        and self.engine.wal_bytes() > WAL_CHECKPOINT:
+                        and self.engine.wal_bytes() > self.limits.server_wal_checkpoint:
                     self._checkpointing = gevent.spawn(self._checkpoint)
         except gevent.GreenletExit:
             for q in batch:
@@ -511,10 +499,11 @@ class Store:
         """Durable transactions after offset ``after``: ``(offset, txid ETF, ops ETF)``, a
         batch of about 1 MiB: from memory for a reader near the end of the log, else read
         from SQLite in the thread pool."""
-        recent = self.recent.after(after, READ_BATCH_BYTES)
+        recent = self.recent.after(after, self.limits.server_read_batch_bytes)
         if recent is not None:
             return recent
-        return self._readers.run(lambda r: r.records_after(after, READ_BATCH_BYTES))
+        batch = self.limits.server_read_batch_bytes
+        return self._readers.run(lambda r: r.records_after(after, batch))
 
     def close(self, timeout: float = 10) -> None:
         if self._closed:

@@ -6,6 +6,7 @@ import struct
 import zlib
 from typing import Any
 
+from electric.limits import DEFAULT
 from electric.vaxine.etf.terms import (
     ATOM,
     ATOM_UTF8,
@@ -39,10 +40,9 @@ from electric.vaxine.etf.terms import (
     Reference,
 )
 
-# Deeply nested input must fail cleanly rather than blow Python's recursion limit.
-MAX_DEPTH = 256
-# A compressed term may claim any uncompressed size; refuse absurd ones before inflating.
-MAX_UNCOMPRESSED = 64 * 1024 * 1024
+# Read once: the decoder is a set of plain functions on the hot path (see VaxineLimits).
+MAX_DEPTH = DEFAULT.vaxine.etf_max_depth
+MAX_UNCOMPRESSED = DEFAULT.vaxine.etf_max_uncompressed
 
 def decode(data: bytes) -> Any:
     """``binary_to_term(Data)``; the whole input must be exactly one term."""

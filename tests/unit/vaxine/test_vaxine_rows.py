@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -9,6 +10,7 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT
 from electric.vaxine import antidote, crdt_terms, etf, rows
 from tests.fixtures.vaxine.golden import frames, json_to_term, load
 
@@ -290,7 +292,7 @@ def test_raw_static_update_matches_builder_and_recorded_frame():
     assert isinstance(msg, pb.ApbStaticUpdateObjects)
 
 
-def test_big_transactions_use_chunked_interactive_writes(monkeypatch):
+def test_big_transactions_use_chunked_interactive_writes():
     calls = []
 
     class Txn:
@@ -308,10 +310,10 @@ def test_big_transactions_use_chunked_interactive_writes(monkeypatch):
         def transaction(self):
             yield Txn()
 
-    monkeypatch.setattr(rows, "MAX_OPS_PER_REQUEST", 12)
     changes = [NewRecord(("public", "entries"), {"id": str(i)}) for i in range(3)]
     tx = Transaction(changes, datetime.now(UTC))
-    assert rows.write_transaction(Pool(), tx, pk) == b"clock"
+    limits = replace(DEFAULT.vaxine, max_ops_per_request=12)
+    assert rows.write_transaction(Pool(), tx, pk, limits) == b"clock"
     assert calls == [("update", 12), ("update", 7), ("commit",)]  # 4 metadata + 3 x 5 ops
 
 
@@ -324,7 +326,7 @@ def test_requests_are_split_by_encoded_size_too():
     assert rows.request_chunks([]) == []
 
 
-def test_big_rows_use_interactive_writes_split_by_size(monkeypatch):
+def test_big_rows_use_interactive_writes_split_by_size():
     calls = []
 
     class Txn:
@@ -344,39 +346,36 @@ def test_big_rows_use_interactive_writes_split_by_size(monkeypatch):
     changes = [NewRecord(("public", "entries"), {"id": str(i), "v": "z" * 100_000})
                for i in range(100)]
     assert rows.write_transaction(Pool(), Transaction(changes, datetime.now(UTC)), pk) == b"clock"
-    assert len(calls) >= 3 and max(calls) <= rows.MAX_REQUEST_BYTES
+    assert len(calls) >= 3 and max(calls) <= DEFAULT.vaxine.max_request_bytes
 
 
-def test_op_larger_than_a_frame_is_a_permanent_mapping_error(monkeypatch):
+def test_op_larger_than_a_frame_is_a_permanent_mapping_error():
     class NoPool:
         def connection(self):
             raise AssertionError("Vaxine must not be touched")
 
         transaction = connection
 
-    monkeypatch.setattr(rows, "MAX_OP_BYTES", 50_000)
+    limits = replace(DEFAULT.vaxine, max_frame=50_000 + 64 * 1024)  # ops up to 50,000 bytes
     change = NewRecord(("public", "entries"), {"id": "1", "v": "z" * 60_000})
     with pytest.raises(rows.RowMappingError, match="public.entries"):
-        rows.write_transaction(NoPool(), Transaction([change], datetime.now(UTC)), pk)
+        rows.write_transaction(NoPool(), Transaction([change], datetime.now(UTC)), pk, limits)
 
 
-def test_transaction_too_big_for_one_log_record_is_a_permanent_mapping_error(monkeypatch):
+def test_transaction_too_big_for_one_log_record_is_a_permanent_mapping_error():
     class NoPool:
         def connection(self):
             raise AssertionError("Vaxine must not be touched")
 
         transaction = connection
 
-    monkeypatch.setattr(rows, "MAX_TRANSACTION_BYTES", 200_000)
+    limits = replace(DEFAULT.vaxine, max_transaction_bytes=200_000)
     changes = [NewRecord(("public", "entries"), {"id": str(i), "v": "z" * 50_000})
                for i in range(5)]
     with pytest.raises(rows.RowMappingError, match="limit of one Vaxine transaction"):
-        rows.write_transaction(NoPool(), Transaction(changes, datetime.now(UTC)), pk)
+        rows.write_transaction(NoPool(), Transaction(changes, datetime.now(UTC)), pk, limits)
 
 
 def test_stream_accepts_any_frame_the_embedded_log_can_hold():
-    from electric.vaxine import stream
-    from electric.vaxine.embedded import store
-
     # a frame is the logged Ops plus txid, DC id and offset (well under 1 MiB)
-    assert stream.STREAM_MAX_FRAME >= store.MAX_OPS_BYTES + (1 << 20)
+    assert DEFAULT.vaxine.stream_max_frame >= DEFAULT.vaxine.server_max_ops_bytes + (1 << 20)

@@ -5,9 +5,12 @@ exactly what the slow, generic path gives)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gevent
 import pytest
 
+from electric.limits import DEFAULT
 from electric.vaxine import crdt_terms, etf, walproto
 from electric.vaxine.crdt_terms import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded import crdt
@@ -202,7 +205,7 @@ def test_a_transaction_reads_its_snapshot_while_others_commit_and_old_versions_g
 
 
 def test_memory_is_bounded_when_writing_many_distinct_keys(tmp_path):
-    store = Store(str(tmp_path), cache_objects=50)
+    store = Store(str(tmp_path), limits=replace(DEFAULT.vaxine, server_cache_objects=50))
     try:
         reader = store.begin()  # one long transaction open all along
         for t in range(40):
@@ -277,14 +280,10 @@ def test_a_failed_commit_stops_further_commits_and_acknowledges_nothing(store):
     assert store.status()["failed"] is True
 
 
-def test_background_checkpoints_keep_the_wal_bounded(tmp_path, monkeypatch):
-    from electric.vaxine.embedded import engine
-    from electric.vaxine.embedded import store as store_mod
-
-    monkeypatch.setattr(engine, "WAL_CHECKPOINT", 64 * 1024)
-    monkeypatch.setattr(engine, "WAL_HARD_LIMIT", 256 * 1024)
-    monkeypatch.setattr(store_mod, "WAL_CHECKPOINT", 64 * 1024)
-    store = Store(str(tmp_path))
+def test_background_checkpoints_keep_the_wal_bounded(tmp_path):
+    limits = replace(DEFAULT.vaxine, server_wal_checkpoint=64 * 1024,
+                     server_wal_hard_limit=256 * 1024)
+    store = Store(str(tmp_path), limits=limits)
     try:
         for i in range(150):
             txn = store.begin()

@@ -1,9 +1,12 @@
 """WalStream against a scripted loopback server: bad transactions and reader failures."""
 
+from dataclasses import replace
+
 import gevent
 import pytest
 from gevent.server import StreamServer
 
+from electric.limits import DEFAULT
 from electric.vaxine import etf, stream
 from electric.vaxine.etf import Atom
 from electric.vaxine.framing import FrameDecoder, encode_frame
@@ -12,6 +15,8 @@ from electric.vaxine.stream import StreamFailed, WalStream
 from electric.vaxine.walproto import START_RES, VX_SRV_RES, VX_WAL_TXN
 from tests.fixtures.vaxine.golden import frames
 from tests.support.waiting import wait_until
+
+FAST_RETRY = replace(DEFAULT.vaxine, stream_blocked_retry_min_s=0.05)
 
 
 @pytest.fixture(autouse=True)
@@ -66,17 +71,16 @@ def _serve(bodies, later=None):
     return server
 
 
-def test_unreadable_transaction_holds_the_reader_until_it_reads(monkeypatch):
+def test_unreadable_transaction_holds_the_reader_until_it_reads():
     """Never skipped: the reader stops at it (ERROR, status, metric), re-reads it with a
     back-off, and delivers it once it reads; nothing after it overtakes it."""
     from electric import metrics
 
-    monkeypatch.setattr(stream, "BLOCKED_RETRY_MIN_S", 0.05)
     good = _good_txn_body()  # offset (0, 4949)
     bad = _malformed_txn_body((0, 4949))
     server = _serve([_good_later_txn_body(1), bad, good], later=[good])
     blocks = metrics.log_reader_blocks.labels("t")._value.get()
-    s = WalStream("127.0.0.1", server.server_port, 0, name="t")
+    s = WalStream("127.0.0.1", server.server_port, 0, name="t", limits=FAST_RETRY)
     try:
         with gevent.Timeout(5):
             _tx, first = s.get()
@@ -97,10 +101,9 @@ def test_unreadable_transaction_holds_the_reader_until_it_reads(monkeypatch):
         server.stop()
 
 
-def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place(monkeypatch):
-    monkeypatch.setattr(stream, "BLOCKED_RETRY_MIN_S", 0.05)
+def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place():
     server = _serve([_malformed_txn_body((0, 100)), _good_txn_body()])
-    s = WalStream("127.0.0.1", server.server_port, "eof", name="t")
+    s = WalStream("127.0.0.1", server.server_port, "eof", name="t", limits=FAST_RETRY)
     try:
         wait_until(lambda: s.blocked is not None and s.blocked["attempts"] >= 2, 5,
                    "two attempts at the unreadable transaction", step=0.01)
