@@ -42,14 +42,8 @@ from electric.retry import Backoff, Policy
 from electric.vaxine import etf, rows
 from electric.vaxine.framing import FrameDecoder, encode_frame
 from electric.vaxine.memo import EncodingMemo
-from electric.vaxine.offset import StartOffset, VaxineOffset, describe_start, start_term
-from electric.vaxine.walproto import (
-    VX_WAL_TXN,
-    StreamProtocolError,
-    decode_txn,
-    parse_start_response,
-    start_request,
-)
+from electric.vaxine.offset import StartOffset, VaxineOffset, describe_start
+from electric.vaxine.walproto import VX_WAL_TXN, ClientSession, StreamProtocolError, decode_txn
 
 _CLOSED = object()
 _FAILED = object()  # queued when the reader greenlet died of an unexpected exception
@@ -153,14 +147,12 @@ class WalStream:
         if connect_timeout_ms is None:
             connect_timeout_ms = limits.connect_timeout_ms
         self.port = port
-        self.start_offset = start_term(start_offset)
+        self.session = ClientSession(start_offset)
         self.connect_timeout_ms = connect_timeout_ms
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.log = log.bind(stream=name)
         self.connected = False
-        self.last_offset: VaxineOffset | None = (
-            self.start_offset if isinstance(self.start_offset, tuple) else None)
         self.reconnects = 0
         self.name = name
         # The memo of an embedded Vaxine in this same process (benchmarks): its commits are
@@ -217,9 +209,6 @@ class WalStream:
 
     # ------------------------------------------------------------------ reader greenlet
 
-    def _resume_point(self) -> Any:
-        return self.last_offset if self.last_offset is not None else self.start_offset
-
     def _run(self) -> None:
         """Reader greenlet: whatever ends it, a waiting consumer is woken."""
         try:
@@ -248,7 +237,7 @@ class WalStream:
                 self._stream_once()
                 self.log.warning("Vaxine closed the replication stream; reconnecting")
             except rows.UnreadableTransaction as exc:
-                # Stop before it (last_offset has not moved past it) and read it again later.
+                # Stop before it (the session has not moved past it) and read it again later.
                 if self._block(exc):
                     blocked_backoff.reset()  # a new one: start over
                 self.connected = False
@@ -328,9 +317,8 @@ class WalStream:
         self._sock = sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        resume = self._resume_point()
-        ref, request = start_request(resume)
-        sock.sendall(encode_frame(request))
+        resume = self.session.resume_point
+        sock.sendall(encode_frame(self.session.connect()))
         decoder = FrameDecoder(max_frame=self.limits.stream_max_frame)
         started = False
         while True:
@@ -340,7 +328,7 @@ class WalStream:
             for body in decoder.feed(data):
                 if not started:
                     sock.settimeout(None)  # an idle log is silent for as long as it likes
-                    parse_start_response(etf.decode(body), ref)
+                    self.session.on_start_reply(body)
                     started = self.connected = self._was_streaming = True
                     self.log.info(f"replication stream started {describe_start(resume)}")
                     continue
@@ -350,16 +338,15 @@ class WalStream:
         try:
             _term, tx, offset = decode_wal_frame(body, self.memo)
         except rows.UnreadableTransaction as exc:
-            if self.last_offset is not None:
-                raise  # _run_loop re-reads it from the log, resuming after last_offset
+            if self.session.last is not None:
+                raise  # _run_loop re-reads it from the log, resuming after session.last
             # Started at "eof" and nothing delivered yet: there is no position to resume
             # from, so hold this connection (unread: back-pressure) and retry in place.
             _term, tx, offset = self._decode_in_place(body, exc)
-        if self.last_offset is not None and offset[1] <= self.last_offset[1]:
-            return  # already delivered (resume overlap)
-        # Advance before a possibly blocking put: if the connection dies meanwhile, the
+        # Accepted before a possibly blocking put: if the connection dies meanwhile, the
         # transaction is already ours and the reconnect resumes after it.
-        self.last_offset = offset
+        if not self.session.accept(offset):
+            return  # already delivered (resume overlap)
         if self.blocked is not None:
             self._unblock()
         if tx is not None:

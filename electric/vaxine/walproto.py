@@ -81,6 +81,48 @@ def parse_start_response(term: Any, ref: Reference) -> Reference:
     raise StreamProtocolError(f"start refused or unexpected reply: {term!r}")
 
 
+class ClientSession:
+    """One stream reader's protocol state, across its connections: where to resume, the
+    pending start request, and which transactions are new.
+
+    A resumed stream may send the transaction at its start offset again (docs/protocols.md
+    §4.3), and a reconnect resumes after the last transaction accepted, so :meth:`accept`
+    drops anything at or before it: the consumer sees no duplicate and no gap.
+    """
+
+    def __init__(self, start: StartOffset) -> None:
+        self.start = start_term(start)
+        # The last transaction accepted (where a new connection resumes), if any.
+        self.last: VaxineOffset | None = (
+            self.start if isinstance(self.start, VaxineOffset) else None)
+        self.rep_id: Reference | None = None
+        self._ref: Reference | None = None
+
+    @property
+    def resume_point(self) -> Any:
+        return self.last if self.last is not None else self.start
+
+    def connect(self) -> bytes:
+        """A new connection: the start request to send first."""
+        self.rep_id = None
+        self._ref, body = start_request(self.resume_point)
+        return body
+
+    def on_start_reply(self, body: bytes) -> Reference:
+        """The first frame of a connection; :class:`StreamProtocolError` unless it is the
+        start reply to our request."""
+        self.rep_id = parse_start_response(etf.decode(body), self._ref)
+        return self.rep_id
+
+    def accept(self, offset: VaxineOffset) -> bool:
+        """Whether the transaction at ``offset`` is new; if so, later connections resume
+        after it."""
+        if self.last is not None and offset.right <= self.last.right:
+            return False
+        self.last = offset
+        return True
+
+
 def decode_txn(body: bytes, memo: EncodingMemo | None = None,
                ) -> tuple[Any, Any, VaxineOffset, Any]:
     """``(TxId, DcId, Offset, Ops)`` of a ``vx_wal_txn`` frame body.

@@ -1,5 +1,7 @@
 """The WAL-stream protocol core, server side, against the golden s7 transcript."""
 
+import pytest
+
 from electric.vaxine import etf, walproto
 from electric.vaxine.etf import Atom
 from electric.vaxine.offset import VaxineOffset
@@ -62,3 +64,24 @@ def test_txn_frame_decodes_back():
     frame = walproto.txn_frame(4949, etf.encode_body(txid), etf.encode_body(ops),
                                etf.encode_body(dc_id))
     assert walproto.decode_txn(frame)[2] == (4949, 4949)
+
+
+def test_client_session_resumes_after_what_it_accepted():
+    session = walproto.ClientSession((5354, 8837))
+    # the recorded resume request (its ref aside)
+    assert etf.decode(session.connect())[2] == etf.decode(s7(15))[2]
+    with pytest.raises(walproto.StreamProtocolError):
+        session.on_start_reply(walproto.BAD_PROTO)
+    # the server may send the transaction at the start offset again: dropped
+    assert not session.accept(VaxineOffset(5354, 8837))
+    assert session.accept(VaxineOffset(8837, 9000))
+    assert not session.accept(VaxineOffset(8837, 9000))
+    assert session.resume_point == (8837, 9000)
+
+
+def test_client_session_from_eof_has_no_resume_offset_until_it_accepts():
+    session = walproto.ClientSession("eof")
+    assert session.last is None and session.resume_point == walproto.EOF
+    _ref, request = walproto.start_request("eof")
+    assert etf.decode(session.connect())[2] == etf.decode(request)[2]
+    assert session.accept(VaxineOffset(0, 10)) and session.resume_point == (0, 10)
