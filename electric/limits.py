@@ -56,6 +56,9 @@ class VaxineLimits:
     # Transactions a stream reader holds ahead of its consumer; past that it stops reading
     # the socket, so TCP back-pressure reaches the server and nothing grows without bound.
     stream_buffer: int = 50
+    # Decoded frames kept for all readers of the process (each tailing reader gets the same
+    # frames; decoding once serves them all).
+    stream_decoded_frames: int = 256
     # A transaction is written in one static request unless it has more operations or bytes
     # than this; then interactively, in requests of at most this size. Bytes well below
     # max_frame on purpose: the standalone server bounds the incomplete requests it buffers

@@ -97,7 +97,7 @@ class _DecodeCache:
     their own Transaction object (change records are immutable and shared).
     """
 
-    def __init__(self, size: int = 256):
+    def __init__(self, size: int = DEFAULT.vaxine.stream_decoded_frames):
         self.size = size
         self._entries: OrderedDict[bytes, tuple[Transaction | None, VaxineOffset]] = OrderedDict()
 
