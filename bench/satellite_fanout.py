@@ -102,15 +102,18 @@ def serve(args: argparse.Namespace) -> int:
     else:
         from electric.vaxine import rows
         from electric.vaxine.embedded.server import EmbeddedVaxine
+        from electric.vaxine.memo import EncodingMemo
         from electric.vaxine.pool import VaxinePool
         from electric.vaxine.stream import WalStream
 
-        vaxine = EmbeddedVaxine(os.path.join(tmp, "vaxine"), api_port=0, replication_port=0)
+        memo = EncodingMemo()  # server and streams share this process
+        vaxine = EmbeddedVaxine(os.path.join(tmp, "vaxine"), api_port=0, replication_port=0,
+                                memo=memo)
         vaxine.start()
         pool = VaxinePool("127.0.0.1", vaxine.api_port, size=4)
 
         def open_stream(start):
-            return WalStream("127.0.0.1", vaxine.replication_port, start)
+            return WalStream("127.0.0.1", vaxine.replication_port, start, memo=memo)
 
         def produce(n: int) -> None:
             rows.write_transaction(pool, make_tx(n), lambda rel: ["id"])

@@ -15,7 +15,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import errors, metrics, replication_password, sync_rules, tls
+from electric import errors, limits, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
@@ -31,8 +31,9 @@ from electric.store import ChainedWriter, LocalStore, StoreFormatError, Unmappab
 from electric.supervisor import Supervisor
 from electric.sync_rules.watch import RulesWatch
 from electric.vaxine import rows
+from electric.vaxine.offset import VaxineOffset
 from electric.vaxine.pool import VaxinePool
-from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+from electric.vaxine.stream import WalStream
 from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
 SHUTDOWN_TIMEOUT = 4.0
@@ -285,7 +286,8 @@ class Application:
             return
         self.vaxine_host = s.vaxine_host
         self.pool = VaxinePool(self.vaxine_host, s.vaxine_api_port, s.vaxine_pool_size,
-                               connect_timeout_ms=s.vaxine_connection_timeout)
+                               connect_timeout_ms=s.vaxine_connection_timeout,
+                               limits=limits.DEFAULT.vaxine)
         self.on_close(STAGE_VAXINE, "vaxine pool", self.pool.close)
 
     def _open_store(self, data_dir: str) -> None:
@@ -329,7 +331,7 @@ class Application:
         if self.store is not None:
             self.store.write(tx)
         else:
-            rows.write_transaction(self.pool, tx, self._primary_keys)
+            rows.write_transaction(self.pool, tx, self._primary_keys, self.pool.limits)
         metrics.transactions_in.labels(source).inc()
 
     def _open_wal_stream(self, start):
@@ -338,7 +340,8 @@ class Application:
             return _satellite_stream(self.store, start)
         s = self.settings
         return WalStream(self.vaxine_host, s.vaxine_replication_port, start,
-                         connect_timeout_ms=s.vaxine_connection_timeout, name="satellite")
+                         connect_timeout_ms=s.vaxine_connection_timeout, name="satellite",
+                         limits=limits.DEFAULT.vaxine)
 
     def _publisher_stream_opener(self):
         if self.store is not None:
@@ -529,10 +532,10 @@ def _satellite_stream(store: LocalStore, start):
 
 def _publisher_stream(store: LocalStore, after: bytes | None):
     """The publisher keeps offsets as ``term_to_binary({L, R})`` bytes (see the offset file)."""
-    stream = store.stream(0 if after is None else offset_from_bytes(after)[1])
+    stream = store.stream(0 if after is None else VaxineOffset.from_bytes(after).right)
     try:
         for tx, pos in stream:
-            yield tx, offset_to_bytes((pos, pos))
+            yield tx, VaxineOffset(pos, pos).to_bytes()
     finally:
         stream.close()
 

@@ -35,6 +35,85 @@ class SatelliteLimits:
 class VaxineLimits:
     """The Vaxine clients (Antidote API, WAL stream) and the standalone ``electric vaxine``."""
 
+    # -- both ports, both sides
+    # Largest {packet, 4} frame on the Antidote API: a 10-row transaction is a few KiB; 64 MiB
+    # leaves room for very large ones while bounding memory per peer.
+    max_frame: int = 64 * MIB
+    # Deepest ETF nesting decoded: hostile input fails cleanly before Python's recursion limit.
+    etf_max_depth: int = 256
+    # Largest size a compressed ETF term may claim: refused before inflating.
+    etf_max_uncompressed: int = 64 * MIB
+
+    # -- the client (Electric's writer and stream readers)
+    # Largest vx_wal_txn frame a stream reader accepts: the server logs Ops up to
+    # server_max_ops_bytes, plus txid, DC id and offset. A frame the reader refused would be
+    # refused again on every reconnect, stalling every consumer behind it.
+    stream_max_frame: int = 256 * MIB + MIB
+    # Re-reading a log transaction that could not be materialised: from about a second (a
+    # refusal that depends on state elsewhere may clear soon) up to every 30 s.
+    stream_blocked_retry_min_s: float = 1.0
+    stream_blocked_retry_max_s: float = 30.0
+    # Transactions a stream reader holds ahead of its consumer; past that it stops reading
+    # the socket, so TCP back-pressure reaches the server and nothing grows without bound.
+    stream_buffer: int = 50
+    # Decoded frames kept for all readers of the process (each tailing reader gets the same
+    # frames; decoding once serves them all).
+    stream_decoded_frames: int = 256
+    # A transaction is written in one static request unless it has more operations or bytes
+    # than this; then interactively, in requests of at most this size. Bytes well below
+    # max_frame on purpose: the standalone server bounds the incomplete requests it buffers
+    # across all connections (server_api_budget), so several writers must fit at once.
+    max_ops_per_request: int = 5000
+    max_request_bytes: int = 4 * MIB
+    # Encoded operations per transaction. The standalone server logs a transaction's Ops
+    # term (at most server_max_ops_bytes), which measures 3-5.5x the operations' size; past
+    # that the commit would fail on every retry, so it is refused up front (permanent error).
+    max_transaction_bytes: int = 32 * MIB
+    # API connections of a pool when the settings do not say (antidotec's pool default).
+    pool_size: int = 10
+    # Connecting to either port; a Vaxine that does not accept within this is down.
+    connect_timeout_ms: int = 5000
+    # Waiting for a free pool connection before the write is retried.
+    checkout_timeout_s: float = 10.0
+    # One API request's reply (antidotec's request timeout).
+    request_timeout_s: float = 10.0
+
+    # -- the standalone server (electric vaxine)
+    # Largest replication request: a client sends ~100 bytes; 1 MiB is generous.
+    server_max_request: int = MIB
+    # Largest logged transaction (its ETF Ops): its stream frame (a little larger) must stay
+    # under stream_max_frame, or readers would refuse it on every reconnect.
+    server_max_ops_bytes: int = 256 * MIB
+    # Bytes of incomplete API requests all connections together may hold: one maximal frame
+    # and a little more, so slow senders cannot pile up memory.
+    server_api_budget: int = 64 * MIB + MIB
+    # Latest object states kept in memory (a row's state is ~2.5 KiB of Python objects:
+    # ~10 MiB); mainly serves metadata:0 and rows updated again soon.
+    server_cache_objects: int = 4096
+    # SQLite page cache of the writer connection, KiB: with the object cache, what bounds
+    # the server's memory.
+    server_cache_kib: int = 8 * 1024
+    # SQLite page cache of each stream reader's connection, KiB (they read the log in order).
+    server_reader_cache_kib: int = 2048
+    # Newest logged transactions kept in memory for live streams (each sends them without a
+    # read of its own).
+    server_recent_log_bytes: int = 4 * MIB
+    # Log bytes one stream read fetches at a time.
+    server_read_batch_bytes: int = MIB
+    # Most commits one SQLite transaction takes, so one group commit stays short.
+    server_max_batch: int = 512
+    # SQLite WAL size that starts a background (passive) checkpoint, and the size at which
+    # the writer checkpoints and restarts the WAL itself before going on.
+    server_wal_checkpoint: int = 16 * MIB
+    server_wal_hard_limit: int = 64 * MIB
+    # How often the server logs its status line.
+    server_status_log_s: float = 600.0
+
+    @property
+    def max_op_bytes(self) -> int:
+        """Largest single update operation: it must fit one API frame with its envelope."""
+        return self.max_frame - 64 * 1024
+
 
 @dataclass(frozen=True)
 class StoreLimits:

@@ -20,7 +20,7 @@ from electric.store.sqlite import connect
 
 def source_path(data_dir: str) -> str:
     """The database to copy: Electric's store, else the standalone Vaxine server's."""
-    from electric.vaxine.embedded.engine import db_path as vaxine_db_path
+    from electric.vaxine.datadir import db_path as vaxine_db_path
 
     source = db_path(data_dir)
     if not os.path.exists(source) and os.path.exists(vaxine_db_path(data_dir)):

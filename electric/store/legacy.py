@@ -125,8 +125,8 @@ def read_legacy(data_dir: str) -> Iterator[tuple[int, int, list[Change]]]:
     """``(position, commit µs, changes)`` of every logged transaction, in log order, as the
     first release's readers rebuilt them (whole merged rows)."""
     from electric.vaxine import etf
-    from electric.vaxine.embedded.replication import txn_frame
     from electric.vaxine.stream import decode_wal_frame
+    from electric.vaxine.walproto import txn_frame
 
     old = FirstReleaseLog(legacy_log(data_dir))
     for txn in old.transactions():

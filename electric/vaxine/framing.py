@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import struct
 
-# Biggest frame either side accepts. Real traffic is far smaller (a 10-row transaction is a
-# few KiB); 64 MiB leaves room for very large transactions while bounding memory per peer.
-MAX_FRAME = 64 * 1024 * 1024
+from electric.limits import DEFAULT
 
 _HEADER = struct.Struct(">I")
 
@@ -29,7 +27,7 @@ def encode_frame(body: bytes) -> bytes:
 class FrameDecoder:
     """Incremental splitter of length-prefixed frames."""
 
-    def __init__(self, max_frame: int = MAX_FRAME):
+    def __init__(self, max_frame: int = DEFAULT.vaxine.max_frame):
         self.max_frame = max_frame
         self._buf = bytearray()
 

@@ -21,15 +21,11 @@ from gevent.queue import Empty, LifoQueue
 from google.protobuf.message import Message
 from loguru import logger
 
+from electric.limits import DEFAULT, VaxineLimits
 from electric.pb import antidote_pb2 as pb
 from electric.vaxine import antidote
 from electric.vaxine.antidote import VaxineError
-from electric.vaxine.framing import MAX_FRAME, encode_frame
-
-DEFAULT_POOL_SIZE = 10
-DEFAULT_CONNECT_TIMEOUT_MS = 5000
-DEFAULT_CHECKOUT_TIMEOUT_S = 10.0
-DEFAULT_REQUEST_TIMEOUT_S = 10.0  # antidotec's request timeout
+from electric.vaxine.framing import encode_frame
 
 log = logger.bind(origin="vaxine_pool")
 
@@ -45,10 +41,16 @@ class PoolTimeout(VaxineError):
 class AntidoteConnection:
     """One connection to the API port. Not shared between greenlets."""
 
-    def __init__(self, host: str, port: int, connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
-                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+    def __init__(self, host: str, port: int, connect_timeout_ms: int | None = None,
+                 request_timeout_s: float | None = None,
+                 limits: VaxineLimits = DEFAULT.vaxine):
         self.host = host
         self.port = port
+        self.limits = limits
+        if connect_timeout_ms is None:
+            connect_timeout_ms = limits.connect_timeout_ms
+        if request_timeout_s is None:
+            request_timeout_s = limits.request_timeout_s
         self.request_timeout_s = request_timeout_s
         self.broken = False
         try:
@@ -72,7 +74,7 @@ class AntidoteConnection:
             self.sock.sendall(encode_frame(body))
             header = self._recv_exact(4)
             (length,) = struct.unpack(">I", header)
-            if length > MAX_FRAME:
+            if length > self.limits.max_frame:
                 raise VaxineConnectionError(f"response frame of {length} bytes over the limit")
             return antidote.decode_body(self._recv_exact(length))
         except (OSError, antidote.AntidoteDecodeError) as exc:
@@ -190,10 +192,20 @@ class VaxineTransaction:
 class VaxinePool:
     """Fixed-size pool of API connections, opened lazily and replaced when they break."""
 
-    def __init__(self, host: str, port: int, size: int = DEFAULT_POOL_SIZE,
-                 connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
-                 checkout_timeout_s: float = DEFAULT_CHECKOUT_TIMEOUT_S,
-                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+    def __init__(self, host: str, port: int, size: int | None = None,
+                 connect_timeout_ms: int | None = None,
+                 checkout_timeout_s: float | None = None,
+                 request_timeout_s: float | None = None,
+                 limits: VaxineLimits = DEFAULT.vaxine):
+        """``None`` arguments take their value from ``limits``."""
+        self.limits = limits
+        size = limits.pool_size if size is None else size
+        connect_timeout_ms = (limits.connect_timeout_ms if connect_timeout_ms is None
+                              else connect_timeout_ms)
+        checkout_timeout_s = (limits.checkout_timeout_s if checkout_timeout_s is None
+                              else checkout_timeout_s)
+        request_timeout_s = (limits.request_timeout_s if request_timeout_s is None
+                             else request_timeout_s)
         if size < 1:
             raise ValueError("pool size must be at least 1")
         self.host = host
@@ -209,7 +221,7 @@ class VaxinePool:
 
     def _new_connection(self) -> AntidoteConnection:
         conn = AntidoteConnection(self.host, self.port, self.connect_timeout_ms,
-                                  self.request_timeout_s)
+                                  self.request_timeout_s, self.limits)
         self.opened += 1
         return conn
 

@@ -14,8 +14,8 @@ Writing (docs/protocols.md §4.1–4.2): one Vaxine transaction per Electric tra
   old key plus an upsert of the new one.
 * G21/G25: no read-backs; a transaction is written with one ``ApbStaticUpdateObjects``
   (start + all updates + commit in one round trip, atomic: nothing is left to abort on
-  failure), or, when it has more than MAX_OPS_PER_REQUEST operations or MAX_REQUEST_BYTES
-  of encoded operations, as an interactive transaction with chunked ``ApbUpdateObjects``
+  failure), or, when it has more operations or encoded bytes than one request may carry
+  (:class:`~electric.limits.VaxineLimits`), as an interactive transaction with chunked ``ApbUpdateObjects``
   that is aborted on any failure. Splitting by bytes too matters: a request larger than the
   frame limit makes the server close the connection, which looks retryable and would stall
   ingest forever. A single operation that cannot fit in one frame is refused up front with
@@ -51,28 +51,15 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT, VaxineLimits
 from electric.pb import antidote_pb2 as pb
-from electric.vaxine import antidote, etf
+from electric.vaxine import antidote, crdt_terms, etf
 from electric.vaxine.antidote import FLAG_DW, LWWREG, RRMAP
-from electric.vaxine.embedded import crdt
 from electric.vaxine.etf import NIL_ATOM, Atom
-from electric.vaxine.framing import MAX_FRAME
 
 BUCKET = b"vax"
 METADATA_KEY = b"metadata:0"
 ROW_PREFIX = b"rows:"
-MAX_OPS_PER_REQUEST = 5000
-# Encoded operations per request. Well below the 64 MiB frame limit on purpose: the embedded
-# server bounds the incomplete requests it buffers across all connections (about one frame),
-# so several concurrent writers must fit in it at once.
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
-# One operation must fit in one frame with the message envelope around it.
-MAX_OP_BYTES = MAX_FRAME - 64 * 1024
-# Encoded operations per transaction. The standalone server (electric vaxine) logs a
-# transaction's Ops term, at most 256 MiB, and that term (with the CRDT states and effects of
-# every object) measures 3-5.5x the operations' size; past that the commit fails on every retry.
-# Refusing up front turns a silent retry loop into a permanent, reported error.
-MAX_TRANSACTION_BYTES = 32 * 1024 * 1024
 
 log = logger.bind(origin="vaxine_rows")
 
@@ -87,21 +74,21 @@ class RowMappingError(errors.Permanent, ValueError):
 
 
 _NIL_VALUE = etf.encode(NIL_ATOM)
-_pack_u32 = struct.Struct(">I").pack
+_BINARY_TERM = etf.encode(b"")[:2]  # version byte and BINARY_EXT tag; a u32 length follows
 _unpack_u32 = struct.Struct(">I").unpack_from
 
 
 def encode_value(value: str | None) -> bytes:
     """Column value as stored in the nested ``row`` map: ``term_to_binary`` of it
-    (``nil`` or a BINARY_EXT, written directly: this runs for every column written)."""
+    (``nil`` or a BINARY_EXT, built directly: this runs for every column written)."""
     if value is None:
         return _NIL_VALUE
     data = value.encode("utf-8", "surrogateescape")
-    return b"\x83m" + _pack_u32(len(data)) + data
+    return etf.VERSION_BYTE + etf.binary(data)
 
 
 def decode_value(raw: bytes) -> str | None:
-    if raw[:2] == b"\x83m" and len(raw) == 6 + _unpack_u32(raw, 2)[0]:  # a binary: the usual
+    if raw[:2] == _BINARY_TERM and len(raw) == 6 + _unpack_u32(raw, 2)[0]:  # a binary: the usual
         return raw[6:].decode("utf-8", "surrogateescape")
     term = etf.decode(raw)
     if isinstance(term, bytes):
@@ -251,31 +238,31 @@ def metadata_op_bytes(tx: Transaction) -> list[bytes]:
             for name, v in values]
 
 
-def transaction_op_bytes(tx: Transaction, primary_keys: PrimaryKeys) -> list[bytes]:
+def transaction_op_bytes(tx: Transaction, primary_keys: PrimaryKeys,
+                         limits: VaxineLimits = DEFAULT.vaxine) -> list[bytes]:
     """Every serialized op of the Vaxine transaction for ``tx`` (empty if none)."""
+    max_op_bytes = limits.max_op_bytes
     ops: list[bytes] = []
     for change in tx.changes:
         pks = [] if isinstance(change, TruncatedRelation) else list(primary_keys(change.relation))
         change_ops_ = change_op_bytes(change, pks)
         for op in change_ops_:
-            if len(op) > MAX_OP_BYTES:
+            if len(op) > max_op_bytes:
                 schema, table = change.relation
                 raise RowMappingError(
                     f"a row of {schema}.{table} encodes to {len(op)} bytes, more than the "
-                    f"{MAX_OP_BYTES}-byte limit of one Vaxine request"
+                    f"{max_op_bytes}-byte limit of one Vaxine request"
                 )
         ops += change_ops_
     return metadata_op_bytes(tx) + ops if ops else []
 
 
 def request_chunks(
-    ops: list[bytes], max_ops: int | None = None, max_bytes: int | None = None
+    ops: list[bytes], max_ops: int = DEFAULT.vaxine.max_ops_per_request,
+    max_bytes: int = DEFAULT.vaxine.max_request_bytes,
 ) -> list[list[bytes]]:
     """Split ``ops`` in order into requests of at most ``max_ops`` operations and about
-    ``max_bytes`` encoded bytes (an operation larger than that goes alone). Defaults are the
-    module limits, read at call time."""
-    max_ops = MAX_OPS_PER_REQUEST if max_ops is None else max_ops
-    max_bytes = MAX_REQUEST_BYTES if max_bytes is None else max_bytes
+    ``max_bytes`` encoded bytes (an operation larger than that goes alone)."""
     chunks: list[list[bytes]] = []
     chunk: list[bytes] = []
     size = 0
@@ -296,23 +283,24 @@ def transaction_ops(tx: Transaction, primary_keys: PrimaryKeys) -> list[pb.ApbUp
     return _parsed(transaction_op_bytes(tx, primary_keys))
 
 
-def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys) -> bytes | None:
+def write_transaction(pool, tx: Transaction, primary_keys: PrimaryKeys,
+                      limits: VaxineLimits = DEFAULT.vaxine) -> bytes | None:
     """Write ``tx`` as one Vaxine transaction; returns the commit clock bytes.
 
     ``None`` when there was nothing to write. Raises :class:`RowMappingError` before
     touching Vaxine for unmappable input (including a row or transaction too large to store), and :class:`~electric.vaxine.antidote.VaxineError`
     (after aborting the Vaxine transaction) when Vaxine fails; the caller may retry.
     """
-    ops = transaction_op_bytes(tx, primary_keys)
+    ops = transaction_op_bytes(tx, primary_keys, limits)
     if not ops:
         return None
     total = sum(len(op) for op in ops)
-    if total > MAX_TRANSACTION_BYTES:
+    if total > limits.max_transaction_bytes:
         raise RowMappingError(
             f"transaction of {len(tx.changes)} changes encodes to {total} bytes, more than "
-            f"the {MAX_TRANSACTION_BYTES}-byte limit of one Vaxine transaction"
+            f"the {limits.max_transaction_bytes}-byte limit of one Vaxine transaction"
         )
-    chunks = request_chunks(ops)
+    chunks = request_chunks(ops, limits.max_ops_per_request, limits.max_request_bytes)
     if len(chunks) == 1:
         # One round trip: a static transaction is still one atomic Vaxine transaction
         # (one vx_wal_txn), and a failure leaves nothing behind to abort.
@@ -335,7 +323,7 @@ def _metadata_fields(effects: list) -> dict[str, str]:
     meta = {}
     for effect in effects:
         for (field, ftype), nested in effect[0]:
-            if ftype == crdt.LWW and isinstance(nested, tuple) and len(nested) == 2:
+            if ftype == crdt_terms.LWW and isinstance(nested, tuple) and len(nested) == 2:
                 meta[_text(field)] = _text(nested[1][1])
     return meta
 
@@ -385,9 +373,9 @@ def _row_fields(state_term: Any, effects: list) -> tuple[dict, dict, tuple[set, 
     columns: dict = {}
     enable: set = set()
     disable: set = set()
-    for (name, _t), value in crdt.dict_to_list(state_term):
+    for (name, _t), value in crdt_terms.dict_to_list(state_term):
         if name == b"row":
-            for (col, _ct), register in crdt.dict_to_list(value):
+            for (col, _ct), register in crdt_terms.dict_to_list(value):
                 columns[col] = register
         elif name == b"deleted?":
             enable.update(value[0])
@@ -398,14 +386,14 @@ def _row_fields(state_term: Any, effects: list) -> tuple[dict, dict, tuple[set, 
     for effect in effects:
         for (name, ftype), nested in effect[0]:
             inner = nested[1]
-            if name == b"row" and ftype == crdt.MAP_RR:
+            if name == b"row" and ftype == crdt_terms.MAP_RR:
                 for (col, _ct), col_nested in inner[0]:
                     _merge_register(columns, col, col_nested[1])
-            elif name == b"deleted?" and ftype == crdt.FLAG_DW:
+            elif name == b"deleted?" and ftype == crdt_terms.FLAG_DW:
                 seen.update(inner[0])
                 enable.update(inner[1])
                 disable.update(inner[2])
-            elif ftype == crdt.LWW:
+            elif ftype == crdt_terms.LWW:
                 _merge_register(fields, name, inner)
     # A token this transaction's own flag effect saw is gone, whatever the state says (real
     # Vaxine can replay stale tokens).
@@ -434,9 +422,9 @@ def _writer_clock(ops: list) -> datetime | None:
     for _key, _ctype, _state, effects in ops:
         for effect in effects:
             for (_name, ftype), nested in effect[0]:
-                if ftype == crdt.LWW:
+                if ftype == crdt_terms.LWW:
                     latest = max(latest, nested[1][0])
-                elif ftype == crdt.MAP_RR:
+                elif ftype == crdt_terms.MAP_RR:
                     for _col, col_nested in nested[1][0]:
                         latest = max(latest, col_nested[1][0])
     return datetime.fromtimestamp(latest / 1e6, UTC) if latest else None
@@ -459,7 +447,7 @@ def transaction_from_wal(wal_txn: Any) -> Transaction | None:
         for (key, _bucket), ctype, state, effects in ops:
             if key == METADATA_KEY:
                 meta = _metadata_fields(effects)
-            elif key.startswith(ROW_PREFIX) and ctype == crdt.MAP_RR:
+            elif key.startswith(ROW_PREFIX) and ctype == crdt_terms.MAP_RR:
                 changes.append(row_change(key, state, effects, offset))
         key = None
         if meta is None:
@@ -481,7 +469,7 @@ def transaction_from_wal(wal_txn: Any) -> Transaction | None:
         TypeError,
         LookupError,
         AttributeError,
-        crdt.CrdtError,
+        crdt_terms.CrdtError,
         etf.ETFError,
     ) as exc:
         raise UnreadableTransaction(offset, key if isinstance(key, bytes) else None,

@@ -19,13 +19,11 @@ naming its offset and object, shows it in :func:`blocked_readers` (``/api/status
 metrics, and re-reads it with a back-off (1 s doubling to 30 s) until it reads, e.g. once the
 server's state has caught up or Electric has been fixed.
 
-Offsets are Python tuples ``(L, R)``; :func:`offset_to_bytes` gives the
-``term_to_binary({L, R})`` form handed to Satellite clients.
+Offsets are :class:`~electric.vaxine.offset.VaxineOffset` (a ``NamedTuple`` ``(L, R)``).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -39,36 +37,21 @@ from loguru import logger
 
 from electric import metrics
 from electric.changes import Transaction
+from electric.limits import DEFAULT, VaxineLimits
 from electric.retry import Backoff, Policy
 from electric.vaxine import etf, rows
-from electric.vaxine.etf import Atom, Reference
 from electric.vaxine.framing import FrameDecoder, encode_frame
+from electric.vaxine.memo import EncodingMemo
+from electric.vaxine.offset import StartOffset, VaxineOffset, describe_start
+from electric.vaxine.walproto import VX_WAL_TXN, ClientSession, StreamProtocolError, decode_txn
 
-Offset = tuple[int, int]
-StartOffset = int | str | Offset | None
-
-VX_CLI_REQ = Atom("vx_cli_req")
-VX_SRV_RES = Atom("vx_srv_res")
-VX_WAL_TXN = Atom("vx_wal_txn")
-START_RES = Atom("vx_srv_start_res")
-_CLIENT_NODE = Atom("nonode@nohost")
-# Largest vx_wal_txn frame accepted. A frame is built from one logged transaction of the
-# standalone server (its Ops at most 256 MiB, plus txid, DC id and offset); the reference Vaxine
-# sets no limit. A transaction the log accepted must be deliverable: a frame the reader
-# refused would be refused again on every reconnect, stalling every consumer behind it.
-STREAM_MAX_FRAME = 256 * 1024 * 1024 + (1 << 20)
 _CLOSED = object()
 _FAILED = object()  # queued when the reader greenlet died of an unexpected exception
 
-# Back-off between re-reads of a transaction that could not be materialised.
-BLOCKED_RETRY_MIN_S = 1.0
-BLOCKED_RETRY_MAX_S = 30.0
 
-
-def _blocked_backoff() -> Backoff:
-    """Re-reading a transaction that could not be read: from about a second (a refusal that
-    depends on state elsewhere may clear soon) to every BLOCKED_RETRY_MAX_S."""
-    return Backoff(Policy(BLOCKED_RETRY_MIN_S, BLOCKED_RETRY_MAX_S))
+def _blocked_backoff(limits: VaxineLimits) -> Backoff:
+    """Re-reading a transaction that could not be read (see VaxineLimits)."""
+    return Backoff(Policy(limits.stream_blocked_retry_min_s, limits.stream_blocked_retry_max_s))
 
 log = logger.bind(origin="vaxine_stream")
 
@@ -79,10 +62,6 @@ _blocked: dict[int, dict[str, Any]] = {}
 def blocked_readers() -> list[dict[str, Any]]:
     """Readers of the log stopped at a transaction they cannot read (for /api/status)."""
     return [dict(report) for report in _blocked.values()]
-
-
-class StreamProtocolError(RuntimeError):
-    """The server said something the stream protocol does not allow."""
 
 
 class StreamClosed(Exception):
@@ -100,71 +79,14 @@ class StreamFailed(RuntimeError):
 # --------------------------------------------------------------------------- sans-I/O
 
 
-def validate_offset(offset: Any) -> Offset:
-    if (isinstance(offset, tuple | list) and len(offset) == 2
-            and all(type(x) is int and x >= 0 for x in offset) and offset[0] <= offset[1]):
-        return (offset[0], offset[1])
-    raise ValueError(f"not a Vaxine offset {{L, R}} with 0 <= L <= R: {offset!r}")
+# electric/postgres/publisher.py imports these two from here; it moves to VaxineOffset with
+# the publisher's own refactor, then they go.
+def offset_to_bytes(offset: Any) -> bytes:
+    return VaxineOffset.of(offset).to_bytes()
 
 
-def describe_offset(offset: Any) -> str:
-    """A resume point in an operator's words (never ``Atom('eof')``)."""
-    if offset in (0, None):
-        return "from the start of the log"
-    if offset == "eof":
-        return "from the end of the log (new transactions only)"
-    if isinstance(offset, tuple) and len(offset) == 2:
-        return f"after log offset {offset[0]}/{offset[1]}"
-    return f"after log offset {offset}"
-
-
-def offset_to_bytes(offset: Offset) -> bytes:
-    """``term_to_binary({L, R})``, the lsn Electric hands to Satellite clients."""
-    return etf.encode(validate_offset(offset))
-
-
-def offset_from_bytes(data: bytes) -> Offset:
-    try:
-        return validate_offset(etf.decode(data))
-    except etf.ETFError as exc:
-        raise ValueError(f"not an encoded Vaxine offset: {exc}") from exc
-
-
-def _start_term(start: StartOffset) -> Any:
-    if start is None or start == 0:
-        return 0
-    if start == "eof" or start == Atom("eof"):
-        return Atom("eof")
-    return validate_offset(start)
-
-
-_refs = itertools.count(1)
-
-
-def _new_ref() -> Reference:
-    return Reference(_CLIENT_NODE, 0, (next(_refs) & 0x3FFFF, 0, 0))
-
-
-def start_request(start: StartOffset, ref: Reference | None = None) -> tuple[Reference, bytes]:
-    """The request ref and the ETF ``{vx_cli_req, Ref, {vx_cli_start_req, Opts}}``."""
-    ref = ref or _new_ref()
-    body = etf.encode((VX_CLI_REQ, ref,
-                       (Atom("vx_cli_start_req"), [(Atom("offset"), _start_term(start))])))
-    return ref, body
-
-
-def stop_request(rep_id: Reference, ref: Reference | None = None) -> bytes:
-    ref = ref or _new_ref()
-    return etf.encode((VX_CLI_REQ, ref, (Atom("vx_cli_stop_req"), rep_id)))
-
-
-def parse_start_response(term: Any, ref: Reference) -> Reference:
-    """The replication id from ``{vx_srv_res, Ref, {vx_srv_start_res, RepId}}``."""
-    if (isinstance(term, tuple) and len(term) == 3 and term[0] == VX_SRV_RES
-            and term[1] == ref and isinstance(term[2], tuple) and len(term[2]) == 2
-            and term[2][0] == START_RES):
-        return term[2][1]
-    raise StreamProtocolError(f"start refused or unexpected reply: {term!r}")
+def offset_from_bytes(data: bytes) -> VaxineOffset:
+    return VaxineOffset.from_bytes(data)
 
 
 class _DecodeCache:
@@ -175,17 +97,17 @@ class _DecodeCache:
     their own Transaction object (change records are immutable and shared).
     """
 
-    def __init__(self, size: int = 256):
+    def __init__(self, size: int = DEFAULT.vaxine.stream_decoded_frames):
         self.size = size
-        self._entries: OrderedDict[bytes, tuple[Transaction | None, Offset]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Transaction | None, VaxineOffset]] = OrderedDict()
 
-    def get(self, body: bytes) -> tuple[Transaction | None, Offset] | None:
+    def get(self, body: bytes) -> tuple[Transaction | None, VaxineOffset] | None:
         hit = self._entries.get(body)
         if hit is not None:
             self._entries.move_to_end(body)
         return hit
 
-    def put(self, body: bytes, value: tuple[Transaction | None, Offset]) -> None:
+    def put(self, body: bytes, value: tuple[Transaction | None, VaxineOffset]) -> None:
         self._entries[body] = value
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
@@ -194,38 +116,19 @@ class _DecodeCache:
 _decoded = _DecodeCache()
 
 
-_TXN_HEAD = b"\x83h\x05" + etf.encode_body(VX_WAL_TXN)  # version, 5-tuple, the tag atom
-
-
-def _decode_txn(body: bytes) -> Any:
-    """``etf.decode(body)``, but a ``vx_wal_txn`` whose ``Ops`` list this process encoded
-    itself (the embedded store) is taken from :data:`etf.memo` instead of being decoded."""
-    if not body.startswith(_TXN_HEAD):
-        return etf.decode(body)
-    txid, pos = etf.decode_at(body, len(_TXN_HEAD))
-    dc_id, pos = etf.decode_at(body, pos)
-    offset, pos = etf.decode_at(body, pos)
-    found, ops = etf.memo.recall(memoryview(body)[pos:])
-    if not found:
-        ops, end = etf.decode_at(body, pos)
-        if end != len(body):
-            raise etf.ETFError(f"{len(body) - end} trailing bytes after the term")
-    return (VX_WAL_TXN, txid, dc_id, offset, ops)
-
-
-def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, Offset] | None:
+def decode_wal_frame(body: bytes, memo: EncodingMemo | None = None,
+                     ) -> tuple[Any, Transaction | None, VaxineOffset] | None:
     """Frame body → (term or None, transaction or None, offset); ``None`` if not a txn.
 
-    Raises :class:`StreamProtocolError` for anything that is not ``vx_wal_txn``.
+    Raises :class:`StreamProtocolError` for anything that is not ``vx_wal_txn``. ``memo``:
+    see :func:`~electric.vaxine.walproto.decode_txn`.
     """
     hit = _decoded.get(body)
     if hit is not None:
         tx, offset = hit
         return None, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
-    term = _decode_txn(body)
-    if not (isinstance(term, tuple) and len(term) == 5 and term[0] == VX_WAL_TXN):
-        raise StreamProtocolError(f"unexpected frame on the stream: {term!r:.200}")
-    offset = validate_offset(term[3])
+    txid, dc_id, offset, ops = decode_txn(body, memo)
+    term = (VX_WAL_TXN, txid, dc_id, offset, ops)
     tx = rows.transaction_from_wal(term)
     _decoded.put(body, (tx, offset))
     return term, (None if tx is None else replace(tx, changes=list(tx.changes))), offset
@@ -236,23 +139,29 @@ def decode_wal_frame(body: bytes) -> tuple[Any, Transaction | None, Offset] | No
 
 class WalStream:
     def __init__(self, host: str, port: int, start_offset: StartOffset = 0,
-                 connect_timeout_ms: int = 5000, buffer_size: int = 50,
-                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, name: str = "wal"):
+                 connect_timeout_ms: int | None = None, buffer_size: int | None = None,
+                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0, name: str = "wal",
+                 memo: EncodingMemo | None = None, limits: VaxineLimits = DEFAULT.vaxine):
         self.host = host
+        self.limits = limits
+        if connect_timeout_ms is None:
+            connect_timeout_ms = limits.connect_timeout_ms
         self.port = port
-        self.start_offset = _start_term(start_offset)
+        self.session = ClientSession(start_offset)
         self.connect_timeout_ms = connect_timeout_ms
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.log = log.bind(stream=name)
         self.connected = False
-        self.last_offset: Offset | None = (
-            self.start_offset if isinstance(self.start_offset, tuple) else None)
         self.reconnects = 0
         self.name = name
+        # The memo of an embedded Vaxine in this same process (benchmarks): its commits are
+        # taken from it instead of being decoded again.
+        self.memo = memo
         # Set while stopped at an unreadable transaction: offset, key, reason, since, attempts.
         self.blocked: dict[str, Any] | None = None
-        self._queue: Queue = Queue(maxsize=buffer_size)
+        self._queue: Queue = Queue(
+            maxsize=limits.stream_buffer if buffer_size is None else buffer_size)
         self._sock = None
         self._closed = False
         self._was_streaming = False
@@ -261,7 +170,7 @@ class WalStream:
 
     # ------------------------------------------------------------------ consumer side
 
-    def get(self, timeout: float | None = None) -> tuple[Transaction, Offset]:
+    def get(self, timeout: float | None = None) -> tuple[Transaction, VaxineOffset]:
         """Next ``(transaction, offset)``; raises ``gevent.queue.Empty`` on timeout and
         :class:`StreamClosed` once closed."""
         if self._closed and self._queue.empty():
@@ -277,7 +186,7 @@ class WalStream:
             )
         return item
 
-    def __iter__(self) -> Iterator[tuple[Transaction, Offset]]:
+    def __iter__(self) -> Iterator[tuple[Transaction, VaxineOffset]]:
         while True:
             try:
                 yield self.get()
@@ -300,9 +209,6 @@ class WalStream:
 
     # ------------------------------------------------------------------ reader greenlet
 
-    def _resume_point(self) -> Any:
-        return self.last_offset if self.last_offset is not None else self.start_offset
-
     def _run(self) -> None:
         """Reader greenlet: whatever ends it, a waiting consumer is woken."""
         try:
@@ -324,14 +230,14 @@ class WalStream:
 
     def _run_loop(self) -> None:
         backoff = Backoff(Policy(self.min_backoff_s, self.max_backoff_s))
-        blocked_backoff = _blocked_backoff()
+        blocked_backoff = _blocked_backoff(self.limits)
         while not self._closed:
             reason = None
             try:
                 self._stream_once()
                 self.log.warning("Vaxine closed the replication stream; reconnecting")
             except rows.UnreadableTransaction as exc:
-                # Stop before it (last_offset has not moved past it) and read it again later.
+                # Stop before it (the session has not moved past it) and read it again later.
                 if self._block(exc):
                     blocked_backoff.reset()  # a new one: start over
                 self.connected = False
@@ -355,12 +261,12 @@ class WalStream:
             self.reconnects += 1
 
     def _decode_in_place(self, body: bytes, exc: rows.UnreadableTransaction) -> tuple:
-        backoff = _blocked_backoff()
+        backoff = _blocked_backoff(self.limits)
         while True:
             self._block(exc)
             gevent.sleep(backoff.next())
             try:
-                return decode_wal_frame(body)
+                return decode_wal_frame(body, self.memo)
             except rows.UnreadableTransaction as again:
                 exc = again
 
@@ -382,7 +288,7 @@ class WalStream:
         self.log.error(
             f"log transaction at offset {offset} (object {key}) cannot be read: {exc.reason}; "
             f"this {self.name} reader is held at it (nothing after it is delivered) and "
-            f"re-reads it, at most every {BLOCKED_RETRY_MAX_S:.0f}s"
+            f"re-reads it, at most every {self.limits.stream_blocked_retry_max_s:.0f}s"
         )
         return True
 
@@ -411,10 +317,9 @@ class WalStream:
         self._sock = sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        resume = self._resume_point()
-        ref, request = start_request(resume)
-        sock.sendall(encode_frame(request))
-        decoder = FrameDecoder(max_frame=STREAM_MAX_FRAME)
+        resume = self.session.resume_point
+        sock.sendall(encode_frame(self.session.connect()))
+        decoder = FrameDecoder(max_frame=self.limits.stream_max_frame)
         started = False
         while True:
             data = sock.recv(256 * 1024)
@@ -423,26 +328,25 @@ class WalStream:
             for body in decoder.feed(data):
                 if not started:
                     sock.settimeout(None)  # an idle log is silent for as long as it likes
-                    parse_start_response(etf.decode(body), ref)
+                    self.session.on_start_reply(body)
                     started = self.connected = self._was_streaming = True
-                    self.log.info(f"replication stream started {describe_offset(resume)}")
+                    self.log.info(f"replication stream started {describe_start(resume)}")
                     continue
                 self._on_frame(body)
 
     def _on_frame(self, body: bytes) -> None:
         try:
-            _term, tx, offset = decode_wal_frame(body)
+            _term, tx, offset = decode_wal_frame(body, self.memo)
         except rows.UnreadableTransaction as exc:
-            if self.last_offset is not None:
-                raise  # _run_loop re-reads it from the log, resuming after last_offset
+            if self.session.last is not None:
+                raise  # _run_loop re-reads it from the log, resuming after session.last
             # Started at "eof" and nothing delivered yet: there is no position to resume
             # from, so hold this connection (unread: back-pressure) and retry in place.
             _term, tx, offset = self._decode_in_place(body, exc)
-        if self.last_offset is not None and offset[1] <= self.last_offset[1]:
-            return  # already delivered (resume overlap)
-        # Advance before a possibly blocking put: if the connection dies meanwhile, the
+        # Accepted before a possibly blocking put: if the connection dies meanwhile, the
         # transaction is already ours and the reconnect resumes after it.
-        self.last_offset = offset
+        if not self.session.accept(offset):
+            return  # already delivered (resume overlap)
         if self.blocked is not None:
             self._unblock()
         if tx is not None:

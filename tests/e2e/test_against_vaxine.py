@@ -24,7 +24,7 @@ from gevent import socket
 
 from electric.devenv import DEV_SCHEMA_SQL
 from electric.pb import satellite_pb2 as pb
-from electric.vaxine import etf, stream
+from electric.vaxine import etf, walproto
 from tests.e2e.test_replication import scrape
 from tests.integration.satellite.sat_harness import SatClient, delete, insert, oplog
 from tests.integration.vaxine.test_vaxine_golden_replay import (
@@ -50,9 +50,9 @@ def _log_is_empty(target) -> bool:
     """Nothing streams from offset 0 within a short wait: a Vaxine on an empty data dir."""
     sock = socket.create_connection((target.host, target.replication_port), timeout=5)
     try:
-        ref, request = stream.start_request(0)
+        ref, request = walproto.start_request(0)
         sock.sendall(struct.pack(">I", len(request)) + request)
-        stream.parse_start_response(etf.decode(recv_frame(sock)), ref)
+        walproto.parse_start_response(etf.decode(recv_frame(sock)), ref)
         try:
             recv_frame(sock, timeout=1.0)
         except TimeoutError:

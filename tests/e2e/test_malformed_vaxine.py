@@ -19,10 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from electric.limits import DEFAULT
 from electric.pb import antidote_pb2 as apb
-from electric.vaxine import antidote, etf, stream
+from electric.vaxine import antidote, etf, walproto
 from electric.vaxine.etf import Atom
-from electric.vaxine.framing import MAX_FRAME, encode_frame
+from electric.vaxine.framing import encode_frame
 from tests.chaos.harness import StandaloneVaxine
 from tests.chaos.listeners import ElectricUnderTest, Guard, check_fuzzed, poke
 
@@ -75,9 +76,9 @@ def static_read(conn: Framed, key: bytes) -> object:
 
 def start_stream(port: int, offset) -> Framed:
     conn = Framed(port)
-    ref, body = stream.start_request(offset)
+    ref, body = walproto.start_request(offset)
     conn.send(body)
-    stream.parse_start_response(etf.decode(conn.recv()), ref)
+    walproto.parse_start_response(etf.decode(conn.recv()), ref)
     return conn
 
 
@@ -281,7 +282,7 @@ def test_replication_mutated_requests(target, guard):
            st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 255)), max_size=6),
            st.integers(1, 200))
     def case(offset, flips, cut):
-        _ref, body = stream.start_request(offset)
+        _ref, body = walproto.start_request(offset)
         data = bytearray(body)
         for pos, value in flips:
             data[pos % len(data)] = value
@@ -294,10 +295,10 @@ def test_replication_mutated_requests(target, guard):
 
 # -- hand-written and random -----------------------------------------------------------------
 
-_, START_EOF = stream.start_request("eof")
+_, START_EOF = walproto.start_request("eof")
 SPECIFIC_API = [
     struct.pack(">I", 0xFFFFFFFF),
-    struct.pack(">I", MAX_FRAME + 1) + b"\x7b",
+    struct.pack(">I", DEFAULT.vaxine.max_frame + 1) + b"\x7b",
     struct.pack(">I", 0x7FFFFFFF) + b"x" * 1000,
     struct.pack(">I", 0),
     struct.pack(">I", 0) * 1000,

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from loguru import logger
 
 from electric.pb import antidote_pb2 as pb
-from electric.vaxine import antidote, etf
+from electric.vaxine import antidote, crdt_terms, etf
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.store import (
     CommitRefused,
@@ -29,8 +29,9 @@ from electric.vaxine.embedded.store import (
     Txn,
     UnknownTransaction,
 )
+from electric.vaxine.etf import Atom
 
-TYPE_ATOM = {pb.RRMAP: crdt.MAP_RR, pb.LWWREG: crdt.LWW, pb.FLAG_DW: crdt.FLAG_DW}
+TYPE_ATOM = {pb.RRMAP: crdt_terms.MAP_RR, pb.LWWREG: crdt_terms.LWW, pb.FLAG_DW: crdt_terms.FLAG_DW}
 TYPE_ENUM = {atom: enum for enum, atom in TYPE_ATOM.items()}
 ABORTED = 3
 
@@ -41,21 +42,21 @@ class RequestFailed(Exception):
     """Becomes an ApbErrorResp (errcode 0) carrying ``str(self)`` as errmsg."""
 
 
-def _type_atom(enum: int) -> crdt.Atom:
+def _type_atom(enum: int) -> Atom:
     try:
         return TYPE_ATOM[enum]
     except KeyError:
         name = pb.CRDT_type.Name(enum) if enum in pb.CRDT_type.values() else str(enum)
-        raise crdt.CrdtError(f"CRDT type {name} is not supported by the embedded store") from None
+        raise crdt_terms.CrdtError(f"CRDT type {name} is not supported by the embedded store") from None
 
 
-def to_op(ctype: crdt.Atom, operation: pb.ApbUpdateOperation) -> tuple:
+def to_op(ctype: Atom, operation: pb.ApbUpdateOperation) -> tuple:
     """Protobuf operation → :mod:`crdt` operation for an object of type ``ctype``."""
-    if ctype == crdt.LWW and operation.HasField("regop"):
+    if ctype == crdt_terms.LWW and operation.HasField("regop"):
         return ("assign", operation.regop.value)
-    if ctype == crdt.FLAG_DW and operation.HasField("flagop"):
+    if ctype == crdt_terms.FLAG_DW and operation.HasField("flagop"):
         return ("enable",) if operation.flagop.value else ("disable",)
-    if ctype == crdt.MAP_RR and operation.HasField("mapop"):
+    if ctype == crdt_terms.MAP_RR and operation.HasField("mapop"):
         # Each protobuf attribute access builds a wrapper object: touch each one once.
         mapop = operation.mapop
         updates = []
@@ -63,22 +64,22 @@ def to_op(ctype: crdt.Atom, operation: pb.ApbUpdateOperation) -> tuple:
             key = nested.key
             ftype = TYPE_ATOM.get(key.type) or _type_atom(key.type)
             update = nested.update
-            if ftype == crdt.LWW and update.HasField("regop"):  # the commonest nested op
+            if ftype == crdt_terms.LWW and update.HasField("regop"):  # the commonest nested op
                 updates.append(((key.key, ftype), ("assign", update.regop.value)))
             else:
                 updates.append(((key.key, ftype), to_op(ftype, update)))
         removed = mapop.removedKeys
         removes = [(k.key, _type_atom(k.type)) for k in removed] if removed else []
         return ("batch", updates, removes)
-    if ctype in (crdt.MAP_RR, crdt.FLAG_DW) and operation.HasField("resetop"):
+    if ctype in (crdt_terms.MAP_RR, crdt_terms.FLAG_DW) and operation.HasField("resetop"):
         return ("reset",)
-    raise crdt.CrdtError(f"operation not applicable to {ctype.name}")
+    raise crdt_terms.CrdtError(f"operation not applicable to {ctype.name}")
 
 
-def read_resp(ctype: crdt.Atom, state: Any) -> pb.ApbReadObjectResp:
-    if ctype == crdt.LWW:
+def read_resp(ctype: Atom, state: Any) -> pb.ApbReadObjectResp:
+    if ctype == crdt_terms.LWW:
         return pb.ApbReadObjectResp(reg=pb.ApbGetRegResp(value=state[1]))
-    if ctype == crdt.FLAG_DW:
+    if ctype == crdt_terms.FLAG_DW:
         return pb.ApbReadObjectResp(flag=pb.ApbGetFlagResp(value=crdt.value(ctype, state)))
     entries = [
         pb.ApbMapEntry(key=pb.ApbMapKey(key=field, type=TYPE_ENUM[ftype]),
@@ -102,7 +103,7 @@ class ApiSession:
             return handler(self, request)
         except RequestFailed as exc:
             return antidote.error_resp(str(exc))
-        except (crdt.CrdtError, etf.ETFError, StoreFailed, CommitRefused) as exc:
+        except (crdt_terms.CrdtError, etf.ETFError, StoreFailed, CommitRefused) as exc:
             return antidote.error_resp(f"error: {exc}")
 
     def close(self) -> None:
@@ -159,7 +160,7 @@ class ApiSession:
             return pb.ApbOperationResp(success=False, errorcode=ABORTED)
         try:
             self._apply(txn, req.updates)
-        except crdt.CrdtError as exc:
+        except crdt_terms.CrdtError as exc:
             log.warning(f"update refused, transaction aborted: {exc}")
             return pb.ApbOperationResp(success=False, errorcode=0)
         return pb.ApbOperationResp(success=True)
@@ -188,7 +189,7 @@ class ApiSession:
         txn = self.store.begin(owner=self)
         try:
             self._apply(txn, req.updates)
-        except crdt.CrdtError as exc:
+        except crdt_terms.CrdtError as exc:
             log.warning(f"static update refused: {exc}")
             return pb.ApbCommitResp(success=False, errorcode=0)
         commit_us = self.store.commit(txn)

@@ -25,26 +25,26 @@ Operations accepted by :func:`downstream`:
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from collections.abc import Callable
 from typing import Any
 
-from electric.vaxine.etf import Atom, ETFError, ImproperList, RawTerm, encode_body, split_cell
-
-MAP_RR = Atom("antidote_crdt_map_rr")
-LWW = Atom("antidote_crdt_register_lww")
-FLAG_DW = Atom("antidote_crdt_flag_dw")
-TYPES = (MAP_RR, LWW, FLAG_DW)
-
-OK = Atom("ok")
-NONE = Atom("none")
-DICT = Atom("dict")
+from electric.vaxine.crdt_terms import (
+    FLAG_DW,
+    LWW,
+    MAP_RR,
+    NONE,
+    OK,
+    OK_BYTES,
+    TYPE_ATOMS,
+    CrdtError,
+    dict_to_list,
+    encode_effect,
+    key_bytes,
+)
+from electric.vaxine.etf import NIL_BYTES, Atom, binary, integer, list_of, tuple_head
 
 TOKEN_BYTES = 20
 
-# Type name (Atom or plain str) → its Atom.
-_TYPE_ATOMS: dict[str, Atom] = {t: t for t in TYPES}
 _stored_keys: dict[tuple, tuple] = {}
 
 
@@ -63,10 +63,6 @@ def state_key(key: tuple) -> tuple:
         if len(_stored_keys) < 100_000:
             _stored_keys[stored] = stored
     return stored
-
-
-class CrdtError(ValueError):
-    """An operation that this type does not support, or a malformed state/effect."""
 
 
 Clock = Callable[[], int]
@@ -116,7 +112,7 @@ def downstream(crdt_type: Atom, op: tuple, state: Any, now_us: Clock) -> Any:
         raise CrdtError(f"flag does not support {kind}")
     if crdt_type == MAP_RR:
         if kind == "reset":
-            keys = [(f, _TYPE_ATOMS[t]) for f, t in sorted(state, key=lambda k: (k[0], str(k[1])))]
+            keys = [(f, TYPE_ATOMS[t]) for f, t in sorted(state, key=lambda k: (k[0], str(k[1])))]
             return downstream(MAP_RR, ("batch", [], keys), state, now_us)
         if kind != "batch":
             raise CrdtError(f"map does not support {kind}")
@@ -199,54 +195,6 @@ def _field_order(item):
     return (field, str(ftype))
 
 
-# --------------------------------------------------------------------------- terms
-#
-# map_rr states travel as Erlang ``dict`` terms. Readers (Electric uses dict:to_list) walk
-# every bucket, so placement does not matter for them; we use a fixed 16-bucket layout with
-# crc32 placement instead of erlang:phash/2.
-
-_NO_CELLS: list = []
-_EMPTY_TERM = (_NO_CELLS,) * 16
-_EMPTY_SEGMENT = RawTerm(encode_body(_EMPTY_TERM))
-
-
-def to_term(crdt_type: Atom, state: Any) -> Any:
-    """The state as an Erlang term, exactly as :func:`etf.decode` returns its encoding
-    (``decode(encode_state(t, s)) == to_term(t, s)``; read-only: parts are shared)."""
-    if crdt_type == LWW:
-        return tuple(state)
-    if crdt_type == FLAG_DW:
-        return (list(state[0]), list(state[1]))
-    if crdt_type == MAP_RR:
-        # Empty buckets share one [] (fewer allocations: this runs for every streamed row).
-        buckets: list[list] = [_NO_CELLS] * 16
-        for (field, ftype), nested in state.items():
-            slot = zlib.crc32(field) % 16
-            # [Key | Value]: Value is always a tuple, so the cell is improper
-            cell = ImproperList(((field, _TYPE_ATOMS.get(ftype, ftype)),), to_term(ftype, nested))
-            if buckets[slot] is _NO_CELLS:
-                buckets[slot] = [cell]
-            else:
-                buckets[slot].append(cell)
-        return (DICT, len(state), 16, 16, 8, 80, 48, _EMPTY_TERM, (tuple(buckets),))
-    raise CrdtError(f"unsupported CRDT type {crdt_type}")
-
-
-def dict_to_list(term: Any) -> list[tuple[Any, Any]]:
-    """``dict:to_list/1`` on an Erlang dict term (any layout)."""
-    if not (isinstance(term, tuple) and len(term) == 9 and term[0] == DICT):
-        raise CrdtError("not an Erlang dict term")
-    out = []
-    for segment in term[8]:
-        for bucket in segment:
-            for cell in bucket:
-                try:
-                    out.append(split_cell(cell))
-                except ETFError as exc:
-                    raise CrdtError("malformed dict bucket") from exc
-    return out
-
-
 def from_term(crdt_type: Atom, term: Any) -> Any:
     if crdt_type == LWW:
         ts, val = term
@@ -262,95 +210,6 @@ def from_term(crdt_type: Atom, term: Any) -> Any:
     raise CrdtError(f"unsupported CRDT type {crdt_type}")
 
 
-# --------------------------------------------------------------------------- fast encoding
-#
-# Straight to ETF bytes, without building the intermediate term: the commit path encodes
-# every touched key's full state and effects, which dominated commit CPU when done through
-# to_term + the generic encoder. Output is identical (tests compare both).
-
-_pack_u32 = struct.Struct(">I").pack
-_key_cache: dict[tuple, bytes] = {}
-
-
-def _key_bytes(field: bytes, ftype: Atom) -> bytes:
-    """ETF of ``{Field, Type}`` (cached: few distinct field names)."""
-    cached = _key_cache.get((field, ftype))
-    if cached is None:
-        cached = encode_body((field, _TYPE_ATOMS.get(ftype, ftype)))
-        if len(_key_cache) < 10_000:
-            _key_cache[(field, ftype)] = cached
-    return cached
-
-
-def _bin(value: bytes) -> bytes:
-    return b"m" + _pack_u32(len(value)) + value
-
-
-def _int(n: int) -> bytes:
-    if 0 <= n <= 255:
-        return bytes((97, n))
-    if 2**31 <= n < 2**64:  # µs timestamps: SMALL_BIG_EXT, positive
-        size = (n.bit_length() + 7) // 8
-        return bytes((110, size, 0)) + n.to_bytes(size, "little")
-    return encode_body(n)
-
-
-def _bin_list(items: list) -> bytes:
-    if not items:
-        return b"j"
-    return b"l" + _pack_u32(len(items)) + b"".join(_bin(i) for i in items) + b"j"
-
-
-_DICT_HEAD = encode_body(DICT)
-_DICT_CONSTS = b"".join(encode_body(n) for n in (16, 16, 8, 80, 48))
-
-
-def encode_state(crdt_type: Atom, state: Any) -> bytes:
-    """``encode_body(to_term(crdt_type, state))``, faster."""
-    if crdt_type == LWW:
-        return b"h\x02" + _int(state[0]) + _bin(state[1])
-    if crdt_type == FLAG_DW:
-        return b"h\x02" + _bin_list(state[0]) + _bin_list(state[1])
-    if crdt_type == MAP_RR:
-        buckets: list[list[bytes]] = [[] for _ in range(16)]
-        for (field, ftype), nested in state.items():
-            buckets[zlib.crc32(field) % 16].append(
-                b"l\x00\x00\x00\x01" + _key_bytes(field, ftype) + encode_state(ftype, nested))
-        segment = b"".join(
-            b"l" + _pack_u32(len(cells)) + b"".join(cells) + b"j" if cells else b"j"
-            for cells in buckets)
-        return (b"h\x09" + _DICT_HEAD + _int(len(state)) + _DICT_CONSTS
-                + _EMPTY_SEGMENT.body + b"h\x01h\x10" + segment)
-    raise CrdtError(f"unsupported CRDT type {crdt_type}")
-
-
-_OK = encode_body(OK)
-_NONE = encode_body(NONE)
-
-
-def encode_effect(crdt_type: Atom, effect: Any) -> bytes:
-    """``encode_body(effect)``, faster."""
-    if crdt_type == LWW:
-        return b"h\x02" + _int(effect[0]) + _bin(effect[1])
-    if crdt_type == FLAG_DW:
-        return b"h\x03" + b"".join(_bin_list(tokens) for tokens in effect)
-    if crdt_type == MAP_RR:
-        updates, removes = effect
-        parts = []
-        for items in (updates, removes):
-            if not items:
-                parts.append(b"j")
-                continue
-            cells = []
-            for (field, ftype), nested in items:
-                inner = (_NONE if nested == NONE
-                         else b"h\x02" + _OK + encode_effect(ftype, nested[1]))
-                cells.append(b"h\x02" + _key_bytes(field, ftype) + inner)
-            parts.append(b"l" + _pack_u32(len(cells)) + b"".join(cells) + b"j")
-        return b"h\x02" + parts[0] + parts[1]
-    raise CrdtError(f"unsupported CRDT type {crdt_type}")
-
-
 # --------------------------------------------------------------------------- commit path
 #
 # A transaction keeps a private copy of each object it writes (its read-your-writes view).
@@ -358,7 +217,8 @@ def encode_effect(crdt_type: Atom, effect: Any) -> bytes:
 # its bytes come out of one walk, and the private view is updated in place instead of
 # being copied per operation. Tests check both routes give identical effects and states.
 
-_OK_HEAD = b"h\x02" + _OK
+_PAIR = tuple_head(2)
+_OK_HEAD = _PAIR + OK_BYTES
 
 
 def owned_copy(crdt_type: Atom, state: Any) -> Any:
@@ -377,7 +237,7 @@ def downstream_encoded(crdt_type: Atom, op: tuple, state: Any, now_us: Clock) ->
         if ts <= state[0]:
             ts = state[0] + 1
         value = op[1]
-        return (ts, value), b"h\x02" + _int(ts) + b"m" + _pack_u32(len(value)) + value
+        return (ts, value), _PAIR + integer(ts) + binary(value)
     if crdt_type == MAP_RR and kind == "batch" and not op[2]:
         # Like downstream: every nested effect is generated against the state before the
         # batch, even when a field repeats in it (Electric's ``row`` field does).
@@ -391,10 +251,10 @@ def downstream_encoded(crdt_type: Atom, op: tuple, state: Any, now_us: Clock) ->
                 current = new(ftype)
             effect, body = downstream_encoded(ftype, nested_op, current, now_us)
             updates.append((key, (OK, effect)))
-            cells.append(b"h\x02" + _key_bytes(key[0], ftype) + _OK_HEAD + body)
+            cells.append(_PAIR + key_bytes(key[0], ftype) + _OK_HEAD + body)
         if not cells:
-            return ([], []), b"h\x02jj"
-        return (updates, []), (b"h\x02l" + _pack_u32(len(cells)) + b"".join(cells) + b"jj")
+            return ([], []), _PAIR + NIL_BYTES + NIL_BYTES
+        return (updates, []), _PAIR + list_of(cells) + NIL_BYTES
     effect = downstream(crdt_type, op, state, now_us)
     return effect, encode_effect(crdt_type, effect)
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from electric.limits import DEFAULT, VaxineLimits
 from electric.store.sqlite import (
     META_SQL,
     connect,
@@ -40,26 +41,21 @@ from electric.store.sqlite import (
     put_meta,
     write_transaction,
 )
-from electric.vaxine import etf
+from electric.vaxine import crdt_terms, etf
+from electric.vaxine.datadir import db_path
 from electric.vaxine.embedded import crdt
 from electric.vaxine.etf import Atom
 
 FORMAT = 1
-DB_FILE = "vaxine.db"
-# Page cache of the writer and of each reader connection, KiB: with the object cache of
-# the store, what bounds the server's memory.
-CACHE_KIB = 8 * 1024
 # Around txid and ops, a first-release record held an 8-byte frame header, a 1-byte tag and a
 # 16-byte head (commit time and two lengths).
 RECORD_OVERHEAD = 25
 HEADER_TAG = Atom("electric_vaxine_log")
-# Write-ahead log size at which the store starts a background checkpoint (PASSIVE: it copies
-# what it can while commits go on), and the size at which the writer itself checkpoints and
-# restarts the WAL before going on. Under steady load the background checkpoints never find
-# the WAL fully copied at the moment a commit starts, so the WAL only goes back to its start
-# through the writer's; by then it has little left to copy.
-WAL_CHECKPOINT = 16 * 1024 * 1024
-WAL_HARD_LIMIT = 64 * 1024 * 1024
+# The WAL sizes (VaxineLimits.server_wal_*): past the first the store starts a background
+# checkpoint (PASSIVE: it copies what it can while commits go on); past the second the writer
+# itself checkpoints and restarts the WAL before going on. Under steady load the background
+# checkpoints never find the WAL fully copied at the moment a commit starts, so the WAL only
+# goes back to its start through the writer's; by then it has little left to copy.
 
 _SCHEMA = META_SQL + """
 CREATE TABLE IF NOT EXISTS objects (
@@ -70,17 +66,13 @@ CREATE TABLE IF NOT EXISTS log (
     ops BLOB NOT NULL);
 """
 
-TYPES_BY_NAME = {t.name: t for t in crdt.TYPES}
+TYPES_BY_NAME = {t.name: t for t in crdt_terms.TYPES}
 # Stored states name their type with a plain str (see crdt.state_key: GC).
-PLAIN_TYPE = {t: t.name for t in crdt.TYPES}
+PLAIN_TYPE = {t: t.name for t in crdt_terms.TYPES}
 
 
 class EngineError(RuntimeError):
     """The data file cannot be used (one line for the operator)."""
-
-
-def db_path(data_dir: str) -> str:
-    return os.path.join(data_dir, DB_FILE)
 
 
 def record_size(txid_body: bytes, ops_body: bytes) -> int:
@@ -104,18 +96,18 @@ def new_dc_id(node: Atom) -> tuple:
 
 def _plain(ctype: Any, state: Any) -> Any:
     """State with atoms turned into str, for marshal (which only takes exact builtins)."""
-    if ctype == crdt.MAP_RR:
+    if ctype == crdt_terms.MAP_RR:
         return {(f, str(t)): _plain(t, v) for (f, t), v in state.items()}
     return state
 
 
 def _unplain(ctype: Any, plain: Any) -> Any:
-    if ctype == crdt.MAP_RR:
+    if ctype == crdt_terms.MAP_RR:
         out = {}
         for key, v in plain.items():
             out[crdt.state_key(key)] = _unplain(TYPES_BY_NAME[key[1]], v)
         return out
-    if ctype == crdt.FLAG_DW:
+    if ctype == crdt_terms.FLAG_DW:
         return (tuple(plain[0]), tuple(plain[1]))
     return tuple(plain)
 
@@ -163,10 +155,11 @@ class Opened:
 class Engine:
     """The writer connection. Not thread safe: one caller at a time."""
 
-    def __init__(self, data_dir: str, node: Atom, cache_kib: int = CACHE_KIB):
+    def __init__(self, data_dir: str, node: Atom, limits: VaxineLimits = DEFAULT.vaxine):
         os.makedirs(data_dir, exist_ok=True)
         self.path = db_path(data_dir)
-        self.cache_kib = cache_kib
+        self.limits = limits
+        self.cache_kib = cache_kib = limits.server_cache_kib
         self._checkpointer: sqlite3.Connection | None = None
         try:
             self.db = connect(self.path, cache_kib=cache_kib)
@@ -175,7 +168,7 @@ class Engine:
             self.db.execute("PRAGMA wal_autocheckpoint=0")
             # (after a reset the WAL file is cut back to the checkpoint size, so its size
             # tells when the next checkpoint is due)
-            self.db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT}")
+            self.db.execute(f"PRAGMA journal_size_limit={limits.server_wal_checkpoint}")
             self.db.executescript(_SCHEMA)
             self.opened = self._open(node)
         except sqlite3.DatabaseError as exc:
@@ -213,7 +206,7 @@ class Engine:
                            [(c.offset, c.commit_us, c.txid_body, c.ops_body) for c in commits])
             db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)", states)
             put_meta(db, "log_end", str(log_end))
-        if self.wal_bytes() > WAL_HARD_LIMIT:
+        if self.wal_bytes() > self.limits.server_wal_hard_limit:
             db.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def wal_bytes(self) -> int:
@@ -266,7 +259,7 @@ class EngineReader:
     """A read-only connection: latest object states and log records (only committed ones:
     a reader never sees a transaction before it is durable)."""
 
-    def __init__(self, path: str, cache_kib: int = CACHE_KIB):
+    def __init__(self, path: str, cache_kib: int = DEFAULT.vaxine.server_cache_kib):
         self.db = connect(path, readonly=True, cache_kib=cache_kib)
 
     def latest(self, key: bytes, bucket: bytes) -> tuple[int, str, Any] | None:

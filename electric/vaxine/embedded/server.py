@@ -24,24 +24,19 @@ from gevent.event import Event
 from gevent.server import StreamServer
 from loguru import logger
 
-from electric.limits import ByteBudget
+from electric.limits import DEFAULT, ByteBudget, VaxineLimits
 from electric.vaxine import antidote
 from electric.vaxine.embedded import upgrade
 from electric.vaxine.embedded.api import ApiSession
 from electric.vaxine.embedded.engine import EngineError
 from electric.vaxine.embedded.replication import ReplicationConnection
 from electric.vaxine.embedded.store import DEFAULT_NODE, Store
-from electric.vaxine.framing import MAX_FRAME, FrameDecoder, FrameTooLarge
+from electric.vaxine.framing import FrameDecoder, FrameTooLarge
+from electric.vaxine.memo import EncodingMemo
 
 log = logger.bind(origin="vaxine_embedded")
 
 
-# All API connections together may hold this much of requests still being received: one
-# largest frame (plus a read's worth of slack), so peers sending slowly cannot add up to
-# unbounded memory.
-API_BUDGET = ByteBudget(MAX_FRAME + (1 << 20), "vaxine api")
-# How often the store's figures (size, objects, log length) are logged.
-STATUS_LOG_S = 600.0
 
 
 class EmbeddedVaxine:
@@ -51,15 +46,19 @@ class EmbeddedVaxine:
         host: str = "127.0.0.1",
         api_port: int = 8087,
         replication_port: int = 8088,
-        max_frame: int = MAX_FRAME,
-        cache_objects: int | None = None,
+        memo: EncodingMemo | None = None,
+        limits: VaxineLimits = DEFAULT.vaxine,
     ):
         self.data_dir = data_dir
         self.host = host
         self._api_port = api_port
         self._replication_port = replication_port
-        self.max_frame = max_frame
-        self.cache_objects = cache_objects
+        self.limits = limits
+        # All API connections together may hold this much of requests still being received,
+        # so peers sending slowly cannot add up to unbounded memory.
+        self.api_budget = ByteBudget(limits.server_api_budget, "vaxine api")
+        # Shared with WalStreams of this same process (benchmarks, tests): see EncodingMemo.
+        self.memo = memo
         self._status_logger: gevent.Greenlet | None = None
         self.store: Store | None = None
         self._servers: list[StreamServer] = []
@@ -80,8 +79,7 @@ class EmbeddedVaxine:
             count = upgrade.import_first_release(self.data_dir, DEFAULT_NODE)
             log.info(f"imported {count} transactions at their offsets; the old log is kept as "
                      f"{self.data_dir}/vaxine.log.imported")
-        kwargs = {} if self.cache_objects is None else {"cache_objects": self.cache_objects}
-        self.store = Store(self.data_dir, **kwargs)
+        self.store = Store(self.data_dir, memo=self.memo, limits=self.limits)
         api = StreamServer((self.host, self._api_port), self._serve_api)
         repl = StreamServer((self.host, self._replication_port), self._serve_replication)
         try:
@@ -92,7 +90,8 @@ class EmbeddedVaxine:
             self.store.close()
             raise
         self._servers = [api, repl]
-        self._status_logger = gevent.spawn(self._log_status_every, STATUS_LOG_S)
+        self._status_logger = gevent.spawn(self._log_status_every,
+                                           self.limits.server_status_log_s)
         st = self.store.status()
         log.info(
             f"embedded Vaxine serving {self.store.path}: API on {self.host}:{self.api_port}, "
@@ -148,7 +147,8 @@ class EmbeddedVaxine:
         self._connections.add(sock)
         _no_delay(sock)
         session = ApiSession(self.store)
-        decoder = FrameDecoder(max_frame=self.max_frame)
+        decoder = FrameDecoder(max_frame=self.limits.max_frame)
+        budget = self.api_budget
         held = 0  # bytes of incomplete frames this connection holds against the budget
         try:
             while True:
@@ -156,12 +156,12 @@ class EmbeddedVaxine:
                 if not data:
                     return
                 bodies = decoder.feed(data)
-                if decoder.buffered > held and not API_BUDGET.try_reserve(decoder.buffered - held):
-                    log.warning(f"API client {address}: {API_BUDGET.used} bytes of incomplete "
-                                f"requests already held (budget {API_BUDGET.capacity}); "
+                if decoder.buffered > held and not budget.try_reserve(decoder.buffered - held):
+                    log.warning(f"API client {address}: {budget.used} bytes of incomplete "
+                                f"requests already held (budget {budget.capacity}); "
                                 "closing the connection")
                     return
-                API_BUDGET.release(max(0, held - decoder.buffered))
+                budget.release(max(0, held - decoder.buffered))
                 held = decoder.buffered
                 for body in bodies:
                     try:
@@ -177,7 +177,7 @@ class EmbeddedVaxine:
         except Exception:
             log.exception(f"API client {address}: unexpected failure; closing the connection")
         finally:
-            API_BUDGET.release(held)
+            budget.release(held)
             session.close()
             self._connections.discard(sock)
             sock.close()
@@ -186,7 +186,7 @@ class EmbeddedVaxine:
         self._connections.add(sock)
         _no_delay(sock)
         try:
-            ReplicationConnection(self.store, sock, address).serve()
+            ReplicationConnection(self.store, sock, address, self.limits).serve()
         except Exception:
             log.exception(f"replication client {address}: unexpected failure; closing")
         finally:

@@ -31,7 +31,6 @@ pre-encoded as ETF.
 from __future__ import annotations
 
 import itertools
-import struct
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -42,12 +41,12 @@ from gevent.event import AsyncResult, Event
 from gevent.queue import Queue
 from loguru import logger
 
+from electric.limits import DEFAULT, VaxineLimits
 from electric.store.sqlite import ReaderPool, in_thread, take_batch
-from electric.vaxine import etf
+from electric.vaxine import crdt_terms, etf
 from electric.vaxine.embedded import crdt
 from electric.vaxine.embedded.engine import (
     PLAIN_TYPE,
-    WAL_CHECKPOINT,
     Commit,
     Engine,
     EngineReader,
@@ -55,36 +54,17 @@ from electric.vaxine.embedded.engine import (
     size_bytes,
 )
 from electric.vaxine.etf import Atom, Pid
+from electric.vaxine.memo import EncodingMemo
 
 DEFAULT_NODE = Atom("vaxine@127.0.0.1")
 TX_ID = Atom("tx_id")
-# Latest object states kept in memory (least recently used dropped first). A row's state
-# costs about 2.5 KiB of Python objects: ~10 MiB. Electric reads back what it writes inside
-# the same transaction (its own view), so the cache mainly serves metadata:0 and rows that
-# are updated again soon.
-CACHE_OBJECTS = 4096
-# Page cache of each stream reader's connection (they read the log in order), KiB.
-READER_CACHE_KIB = 2048
-# The newest logged transactions kept in memory for streams that tail the log (ETF bytes):
-# every live stream sends them without a read of its own.
-RECENT_LOG_BYTES = 4 * 1024 * 1024
-READ_BATCH_BYTES = 1 << 20
-# Most commits one SQLite transaction takes, so one group commit stays short.
-MAX_BATCH = 512
-# Largest logged transaction (its ETF Ops): the stream's frame (a little larger) must stay
-# under what stream readers accept (electric.vaxine.stream.STREAM_MAX_FRAME), or it would
-# be refused on every reconnect.
-MAX_OPS_BYTES = 256 * 1024 * 1024
 
 ObjKey = tuple[bytes, bytes]  # (key, bucket)
-_U32 = struct.Struct(">I")
+# {{Key, Bucket}, Type, State, [Effect]}: the 4-tuple and its key pair open every stream op
+_OP_HEAD = etf.tuple_head(4) + etf.tuple_head(2)
 _ABSENT = (0, None, None)  # (ver, type name, state) of an object never written
 
 log = logger.bind(origin="vaxine_store")
-
-
-def _etf_bin(value: bytes) -> bytes:
-    return b"m" + _U32.pack(len(value)) + value
 
 
 class UnknownTransaction(LookupError):
@@ -135,7 +115,7 @@ class _OpsTerm:
         self.effects = effects
 
     def __call__(self) -> list:
-        return [(obj, ctype, crdt.to_term(ctype, state), effects)
+        return [(obj, ctype, crdt_terms.to_term(ctype, state), effects)
                 for (obj, ctype, state), effects in zip(self.states, self.effects, strict=True)]
 
 
@@ -182,10 +162,14 @@ class _RecentLog:
 
 class Store:
     def __init__(self, data_dir: str, node: Atom = DEFAULT_NODE,
-                 cache_objects: int = CACHE_OBJECTS, readers: int = 4):
+                 readers: int = 4,
+                 memo: EncodingMemo | None = None, limits: VaxineLimits = DEFAULT.vaxine):
         self.data_dir = data_dir
+        self.limits = limits
+        # Given only when stream readers in this same process share it (see EncodingMemo).
+        self.memo = memo
         self.node = node
-        self.engine = Engine(data_dir, node)
+        self.engine = Engine(data_dir, node, limits)
         self.path = self.engine.path
         opened = self.engine.opened
         self.dc_id = opened.dc_id
@@ -198,9 +182,12 @@ class Store:
         self._last_us = opened.last_commit_us
         self._hub_reader = EngineReader(self.path, self.engine.cache_kib)
         self._readers: ReaderPool[EngineReader] = ReaderPool(
-            lambda: EngineReader(self.path, READER_CACHE_KIB), readers)
-        self.recent = _RecentLog(RECENT_LOG_BYTES, self.durable)
-        self.cache_objects = cache_objects
+            lambda: EngineReader(self.path, limits.server_reader_cache_kib), readers)
+        self.recent = _RecentLog(limits.server_recent_log_bytes, self.durable)
+        # Latest object states kept in memory, least recently used dropped first. Electric
+        # reads back what it writes inside the same transaction (its own view), so the
+        # cache mainly serves metadata:0 and rows that are updated again soon.
+        self.cache_objects = limits.server_cache_objects
         self.cache: OrderedDict[ObjKey, tuple[int, str | None, Any]] = OrderedDict()
         self._pending: dict[ObjKey, tuple[int, str, Any]] = {}
         self._superseded: dict[ObjKey, list[tuple[int, int, str | None, Any]]] = {}
@@ -290,7 +277,7 @@ class Store:
         if found is None:
             return crdt.new(crdt_type)
         if found[0] != crdt_type:
-            raise crdt.CrdtError(f"object is a {found[0]}, not a {crdt_type}")
+            raise crdt_terms.CrdtError(f"object is a {found[0]}, not a {crdt_type}")
         return found[1]
 
     def read(self, txn: Txn, key: bytes, bucket: bytes, crdt_type: Atom) -> Any:
@@ -311,7 +298,7 @@ class Store:
             write = txn.writes[obj] = _Write(crdt_type, view)
         else:
             if write.crdt_type != crdt_type:
-                raise crdt.CrdtError(f"object is a {write.crdt_type}, not a {crdt_type}")
+                raise crdt_terms.CrdtError(f"object is a {write.crdt_type}, not a {crdt_type}")
             effect, body = crdt.downstream_encoded(crdt_type, op, write.view, self.now_us)
         write.view = crdt.update_in_place(crdt_type, effect, write.view)
         write.effects.append(effect)
@@ -353,7 +340,7 @@ class Store:
             latest = self._latest(obj)
             ver, latest_type, latest_state = latest
             if latest_type is not None and latest_type != ctype:
-                raise crdt.CrdtError(f"object became a {latest_type} concurrently")
+                raise crdt_terms.CrdtError(f"object became a {latest_type} concurrently")
             if ver <= txn.snapshot:
                 # Nobody committed this object since our snapshot: latest state + our
                 # effects is exactly our view (always the case for static updates).
@@ -367,17 +354,19 @@ class Store:
             # {{Key, Bucket}, Type, State, [Effect]} for the stream's Ops list
             effects = b"".join(write.encoded)
             entries.append(b"".join((
-                b"h\x04h\x02", _etf_bin(obj[0]), _etf_bin(obj[1]), etf.encode_body(ctype),
-                crdt.encode_state(ctype, state),
-                b"l" + _U32.pack(len(write.effects)) + effects + b"j" if write.effects else b"j",
+                _OP_HEAD, etf.binary(obj[0]), etf.binary(obj[1]), etf.encode_body(ctype),
+                crdt_terms.encode_state(ctype, state),
+                etf.list_head(len(write.effects)) + effects + etf.NIL_BYTES if write.effects
+                else etf.NIL_BYTES,
             )))
-        ops_body = b"l" + _U32.pack(len(entries)) + b"".join(entries) + b"j"
-        if len(ops_body) > MAX_OPS_BYTES:
-            raise CommitRefused(f"transaction of {len(ops_body)} bytes exceeds {MAX_OPS_BYTES}")
-        if self.live_streams:
+        ops_body = etf.list_of(entries)
+        if len(ops_body) > self.limits.server_max_ops_bytes:
+            raise CommitRefused(f"transaction of {len(ops_body)} bytes exceeds "
+                                f"{self.limits.server_max_ops_bytes}")
+        if self.memo is not None and self.live_streams:
             # In-process stream readers get the term without decoding these bytes again
             # (with no stream open, nobody is about to read it: keep nothing alive).
-            etf.memo.remember(ops_body,
+            self.memo.remember(ops_body,
                               _OpsTerm(new_states, [w.effects for w in txn.writes.values()]))
         offset = self.log_end
         self.log_end += record_size(txn.txid_body, ops_body)
@@ -421,7 +410,7 @@ class Store:
         stopping = False
         try:
             while not stopping:
-                taken = take_batch(self._queue, MAX_BATCH)
+                taken = take_batch(self._queue, self.limits.server_max_batch)
                 batch = [q for q in taken if q is not None]
                 stopping = len(batch) < len(taken)  # close() queued None after the last commit
                 if not batch:
@@ -448,7 +437,7 @@ class Store:
                 self._settle(batch)
                 batch = []
                 if (self._checkpointing is None or self._checkpointing.ready()) \
-                        and self.engine.wal_bytes() > WAL_CHECKPOINT:
+                        and self.engine.wal_bytes() > self.limits.server_wal_checkpoint:
                     self._checkpointing = gevent.spawn(self._checkpoint)
         except gevent.GreenletExit:
             for q in batch:
@@ -510,10 +499,11 @@ class Store:
         """Durable transactions after offset ``after``: ``(offset, txid ETF, ops ETF)``, a
         batch of about 1 MiB: from memory for a reader near the end of the log, else read
         from SQLite in the thread pool."""
-        recent = self.recent.after(after, READ_BATCH_BYTES)
+        recent = self.recent.after(after, self.limits.server_read_batch_bytes)
         if recent is not None:
             return recent
-        return self._readers.run(lambda r: r.records_after(after, READ_BATCH_BYTES))
+        batch = self.limits.server_read_batch_bytes
+        return self._readers.run(lambda r: r.records_after(after, batch))
 
     def close(self, timeout: float = 10) -> None:
         if self._closed:

@@ -18,7 +18,8 @@ import os
 import shutil
 
 from electric.store.legacy import FirstReleaseLog, legacy_log
-from electric.vaxine.embedded.engine import DB_FILE, Engine, EngineError
+from electric.vaxine.datadir import DB_FILE
+from electric.vaxine.embedded.engine import Engine, EngineError
 from electric.vaxine.etf import Atom
 
 WORK_DIR = "vaxine-import.tmp"

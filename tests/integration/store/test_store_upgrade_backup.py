@@ -22,7 +22,7 @@ from electric.store import LocalStore
 from electric.store.engine import Engine
 from electric.store.legacy import LegacyDataError, check, import_log, read_legacy
 from electric.store.reader import Reader
-from electric.vaxine.stream import offset_to_bytes
+from electric.vaxine.offset import VaxineOffset
 from tests.support.electric import ROOT
 from tests.support.postgres import drop_database
 
@@ -153,7 +153,8 @@ def test_offsets_of_imported_transactions_are_the_satellite_lsns_of_the_first_re
     import_log(data, lambda _rel: ["id"])
     # The first release handed Satellite clients term_to_binary({Pos, Pos}); the same
     # bytes resume at the same place now.
-    assert offset_to_bytes((positions[1], positions[1])) == offset_to_bytes((positions[1],) * 2)
+    lsn = VaxineOffset(positions[1], positions[1]).to_bytes()
+    assert VaxineOffset.from_bytes(lsn) == (positions[1], positions[1])
     store = LocalStore(data, lambda _rel: ["id"])
     try:
         stream = store.stream(positions[1])

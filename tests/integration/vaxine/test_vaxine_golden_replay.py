@@ -14,8 +14,7 @@ import pytest
 from gevent import socket
 
 from electric.pb import antidote_pb2 as pb
-from electric.vaxine import antidote, etf
-from electric.vaxine.embedded import crdt
+from electric.vaxine import antidote, crdt_terms, etf
 from electric.vaxine.embedded.server import EmbeddedVaxine
 from electric.vaxine.etf import Atom, Pid, Reference
 from tests.fixtures.vaxine.golden import load
@@ -44,18 +43,18 @@ def recv_frame(sock, timeout=5.0):
 
 
 def norm_state(ctype, term):
-    if ctype == crdt.LWW:
+    if ctype == crdt_terms.LWW:
         return ("LWW", term[1])
-    if ctype == crdt.FLAG_DW:
+    if ctype == crdt_terms.FLAG_DW:
         return "FLAG"  # real Vaxine's streamed flag states are unreliable (README §Surprises)
-    return {(f, t.name): norm_state(t, v) for (f, t), v in crdt.dict_to_list(term)}
+    return {(f, t.name): norm_state(t, v) for (f, t), v in crdt_terms.dict_to_list(term)}
 
 
 def norm_effect(ctype, eff):
-    if ctype == crdt.LWW:
+    if ctype == crdt_terms.LWW:
         assert isinstance(eff[0], int)
         return ("LWW", eff[1])
-    if ctype == crdt.FLAG_DW:
+    if ctype == crdt_terms.FLAG_DW:
         _seen, new_enable, new_disable = eff
         assert all(len(t) == 20 for t in new_enable + new_disable)
         return ("FLAG", len(new_enable), len(new_disable))

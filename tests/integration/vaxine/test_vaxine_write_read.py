@@ -9,7 +9,10 @@ from gevent import socket
 from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecord
 from electric.vaxine import rows
 from electric.vaxine.embedded.server import EmbeddedVaxine
-from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+from electric.vaxine.memo import EncodingMemo
+from electric.vaxine.offset import VaxineOffset
+from electric.vaxine.pool import VaxinePool
+from electric.vaxine.stream import WalStream
 from tests.support.waiting import wait_until
 
 REL = ("public", "entries")
@@ -45,7 +48,7 @@ def test_write_then_stream_from_zero_resume_and_eof(vaxine, pool):
         {"id": str(i), "content": f"c{i}", "other": None} for i in range(5)]
     offsets = [o for _, o in got]
     assert offsets == sorted(offsets) and len(set(offsets)) == 5
-    assert offset_from_bytes(offset_to_bytes(offsets[1])) == offsets[1]
+    assert VaxineOffset.from_bytes(VaxineOffset.of(offsets[1]).to_bytes()) == offsets[1]
 
     resumed = WalStream("127.0.0.1", vaxine.replication_port, offsets[1])
     assert [o for _, o in take(resumed, 3)] == offsets[2:]
@@ -218,5 +221,25 @@ def test_status_reports_size_objects_and_log_length(tmp_path):
         assert status["last_offset"] > 0 and status["log_end"] > status["last_offset"]
         assert status["bytes"] > 0 and status["failed"] is False
         assert status["open_transactions"] == 0
+    finally:
+        server.stop()
+
+
+def test_a_stream_sharing_the_servers_memo_takes_commits_from_it(tmp_path):
+    memo = EncodingMemo()
+    server = EmbeddedVaxine(str(tmp_path / "memo"), api_port=0, replication_port=0,
+                            memo=memo).start()
+    try:
+        stream = WalStream("127.0.0.1", server.replication_port, 0, memo=memo)
+        wait_until(lambda: stream.connected, what="stream started")
+        p = VaxinePool("127.0.0.1", server.api_port, size=1)
+        try:
+            assert rows.write_transaction(p, tx(insert(1, content="m", other=None)), pk)
+        finally:
+            p.close()
+        (got, _offset), = take(stream, 1)
+        stream.close()
+        assert row_of(got.changes[0]) == {"id": "1", "content": "m", "other": None}
+        assert memo.hits == 1
     finally:
         server.stop()

@@ -3,7 +3,7 @@ import pytest
 
 from electric.postgres import errors
 from electric.vaxine.etf import Atom
-from electric.vaxine.stream import describe_offset
+from electric.vaxine.offset import describe_start
 
 
 @pytest.mark.parametrize("text, words", [
@@ -22,6 +22,6 @@ def test_reason_in_operator_words(text, words):
 
 
 def test_offsets_in_operator_words():
-    assert describe_offset(0) == "from the start of the log"
-    assert describe_offset(Atom("eof")) == "from the end of the log (new transactions only)"
-    assert describe_offset((74, 80)) == "after log offset 74/80"
+    assert describe_start(0) == "from the start of the log"
+    assert describe_start(Atom("eof")) == "from the end of the log (new transactions only)"
+    assert describe_start((74, 80)) == "after log offset 74/80"

@@ -1,8 +1,8 @@
 import itertools
 
-from electric.vaxine import etf
+from electric.vaxine import crdt_terms, etf
+from electric.vaxine.crdt_terms import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded import crdt
-from electric.vaxine.embedded.crdt import FLAG_DW, LWW, MAP_RR
 from tests.fixtures.vaxine.golden import frames, json_to_term
 
 clock = itertools.count(1_000_000).__next__
@@ -72,7 +72,7 @@ def test_state_terms_roundtrip_through_etf():
     s = apply(MAP_RR, ("batch", [((b"deleted?", FLAG_DW), ("disable",)),
                                  ((b"id", LWW), ("assign", b"x"))], []), {})
     s = apply(MAP_RR, row_op(a="1", b="2"), s)
-    term = crdt.to_term(MAP_RR, s)
+    term = crdt_terms.to_term(MAP_RR, s)
     assert crdt.from_term(MAP_RR, etf.decode(etf.encode(term))) == s
 
 
@@ -101,10 +101,10 @@ def test_fast_encoders_match_generic_encoding():
                                       [(b"gone", FLAG_DW), (b"id", LWW)]), s, clock)
     for ctype, state in [(MAP_RR, s), (MAP_RR, {}), (LWW, (2**40, b"v")), (LWW, (3, b"")),
                          (FLAG_DW, ([b"a" * 20], [])), (FLAG_DW, ([], []))]:
-        assert crdt.encode_state(ctype, state) == etf.encode_body(crdt.to_term(ctype, state))
+        assert crdt_terms.encode_state(ctype, state) == etf.encode_body(crdt_terms.to_term(ctype, state))
     for ctype, eff in [(MAP_RR, effect), (MAP_RR, ([], [])), (LWW, (2**40, b"v")),
                        (FLAG_DW, ([b"t" * 20], [], [b"u" * 20]))]:
-        assert crdt.encode_effect(ctype, eff) == etf.encode_body(eff)
+        assert crdt_terms.encode_effect(ctype, eff) == etf.encode_body(eff)
 
 
 def _random_op(rng, ctype, depth=0):
@@ -141,7 +141,7 @@ def test_fused_commit_path_equals_downstream_update_encode(monkeypatch):
             ticks = itertools.count(1_000_000).__next__
             state = crdt.new(ctype)
             shared = crdt.update(ctype, crdt.downstream(ctype, ops[0], state, ticks), state)
-            frozen = etf.encode(crdt.to_term(ctype, shared))
+            frozen = etf.encode(crdt_terms.to_term(ctype, shared))
             out = []
             state = crdt.owned_copy(ctype, shared) if fused else shared
             for op in ops:
@@ -150,10 +150,10 @@ def test_fused_commit_path_equals_downstream_update_encode(monkeypatch):
                     state = crdt.update_in_place(ctype, effect, state)
                 else:
                     effect = crdt.downstream(ctype, op, state, ticks)
-                    body = crdt.encode_effect(ctype, effect)
+                    body = crdt_terms.encode_effect(ctype, effect)
                     state = crdt.update(ctype, effect, state)
-                out.append((effect, body, etf.encode(crdt.to_term(ctype, state))))
+                out.append((effect, body, etf.encode(crdt_terms.to_term(ctype, state))))
             # the state the owned copy was taken from is untouched
-            assert etf.encode(crdt.to_term(ctype, shared)) == frozen
+            assert etf.encode(crdt_terms.to_term(ctype, shared)) == frozen
             results.append(out)
         assert results[0] == results[1]

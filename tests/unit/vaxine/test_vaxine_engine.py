@@ -8,14 +8,13 @@ import sqlite3
 
 import pytest
 
-from electric.vaxine import etf
-from electric.vaxine.embedded import crdt
+from electric.vaxine import crdt_terms, etf
+from electric.vaxine.datadir import db_path
 from electric.vaxine.embedded.engine import (
     Commit,
     Engine,
     EngineError,
     EngineReader,
-    db_path,
     header_size,
     record_size,
 )
@@ -29,7 +28,7 @@ ROW = {(b"id", "antidote_crdt_register_lww"): (5, b"x"),
 
 def commit(offset, key, state=ROW, ops=b"ops"):
     return Commit(offset, 1000 + offset, b"txid%d" % offset, ops,
-                  [(key, B, crdt.MAP_RR.name, state)])
+                  [(key, B, crdt_terms.MAP_RR.name, state)])
 
 
 def test_a_new_store_starts_where_the_first_release_put_its_first_transaction(tmp_path):
@@ -58,7 +57,7 @@ def test_a_batch_is_stored_whole_and_read_back(tmp_path):
     assert reader.records_after(c2.offset) == []
     # bounded pieces, but never less than one transaction
     assert len(reader.records_after(0, max_bytes=1)) == 1
-    assert reader.latest(b"k2", B) == (c2.offset, crdt.MAP_RR.name, ROW)
+    assert reader.latest(b"k2", B) == (c2.offset, crdt_terms.MAP_RR.name, ROW)
     assert reader.latest(b"nope", B) is None
     reader.close()
     reopened = Engine(str(tmp_path), DEFAULT_NODE).opened
@@ -98,15 +97,15 @@ def test_import_keeps_offsets_dc_id_and_end_or_imports_nothing(tmp_path):
     import marshal
 
     dc_id = (etf.Atom("vaxine@127.0.0.1"), (1, 2, 3))
-    records = [(100, 1, b"t1", b"o1", [(b"k", B, crdt.MAP_RR.name, marshal.dumps(ROW))]),
-               (200, 2, b"t2", b"o2", [(b"k", B, crdt.MAP_RR.name, marshal.dumps({}))])]
+    records = [(100, 1, b"t1", b"o1", [(b"k", B, crdt_terms.MAP_RR.name, marshal.dumps(ROW))]),
+               (200, 2, b"t2", b"o2", [(b"k", B, crdt_terms.MAP_RR.name, marshal.dumps({}))])]
     engine = Engine(str(tmp_path / "a"), DEFAULT_NODE)
     assert engine.import_records(iter(records), lambda: (dc_id, 300)) == 2
     engine.close()
     opened = Engine(str(tmp_path / "a"), DEFAULT_NODE).opened
     assert (opened.dc_id, opened.log_end, opened.last_offset) == (dc_id, 300, 200)
     reader = EngineReader(db_path(str(tmp_path / "a")))
-    assert reader.latest(b"k", B) == (200, crdt.MAP_RR.name, {})
+    assert reader.latest(b"k", B) == (200, crdt_terms.MAP_RR.name, {})
 
     def broken():
         yield records[0]

@@ -188,3 +188,20 @@ def test_fuzz_never_crashes(raw):
         etf.decode(b"\x83" + raw)
     except ETFError:
         pass
+
+
+def test_builders_splice_what_the_encoder_would_write():
+    items = [b"a", b"", b"x" * 300]
+    for n in (0, 1, 255, 256, -1, 2**31 - 1, 2**31, 1_700_000_000_000_000, 2**64, -(2**70)):
+        assert etf.integer(n) == etf.encode_body(n)
+    assert etf.binary(b"xyz") == etf.encode_body(b"xyz")
+    assert etf.list_of([etf.binary(i) for i in items]) == etf.encode_body(items)
+    assert etf.list_of([]) == etf.NIL_BYTES == etf.encode_body([])
+    for n in (0, 2, 255, 256, 70_000):
+        term = tuple(i % 256 for i in range(n))
+        assert etf.tuple_head(len(term)) + b"".join(
+            etf.encode_body(t) for t in term) == etf.encode_body(term)
+    cell = etf.ImproperList((b"k",), (1, 2))  # [K | V]: a one-item list, V as its tail
+    assert (etf.list_head(1) + etf.binary(b"k") + etf.encode_body((1, 2))
+            == etf.encode_body(cell))
+    assert etf.VERSION_BYTE + etf.binary(b"v") == etf.encode(b"v")

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -9,8 +10,8 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
-from electric.vaxine import antidote, etf, rows
-from electric.vaxine.embedded import crdt
+from electric.limits import DEFAULT
+from electric.vaxine import antidote, crdt_terms, etf, rows
 from tests.fixtures.vaxine.golden import frames, json_to_term, load
 
 PKS = {("public", "entries"): ["id"], ("public", "items"): ["id"]}
@@ -181,7 +182,7 @@ def test_garbage_wal_term_raises_never_skipped():
 
 def test_transaction_without_electric_objects_is_not_electrics():
     term = (etf.Atom("vx_wal_txn"), 1, etf.Atom("dc"), (0, 10),
-            [((b"other:key", b"bucket"), crdt.LWW, (1, b"v"), [(1, b"v")])])
+            [((b"other:key", b"bucket"), crdt_terms.LWW, (1, b"v"), [(1, b"v")])])
     assert rows.transaction_from_wal(term) is None
 
 
@@ -210,7 +211,7 @@ def test_row_missing_from_the_state_is_read_from_the_effects():
     views = electric_views("s7_replication")
     term = json_to_term(views[4]["decoded"])
     expected = rows.transaction_from_wal(term)
-    lost = _with_row_state(term, b"rows:", crdt.to_term(crdt.MAP_RR, {}))
+    lost = _with_row_state(term, b"rows:", crdt_terms.to_term(crdt_terms.MAP_RR, {}))
     tx, offset = _frame_tx(lost)
     assert offset == tuple(term[3])
     assert tx.changes == expected.changes
@@ -248,7 +249,7 @@ def test_row_without_id_anywhere_stops_the_reader_with_its_offset_and_key():
     stripped = []
     for (key, bucket), ctype, state, effects in ops:
         if key.startswith(b"rows:"):
-            state = crdt.to_term(crdt.MAP_RR, {})
+            state = crdt_terms.to_term(crdt_terms.MAP_RR, {})
             effects = [e for e in effects
                        if not any(f in (b"id", b"schema", b"table") for (f, _t), _n in e[0])]
         stripped.append(((key, bucket), ctype, state, effects))
@@ -291,7 +292,7 @@ def test_raw_static_update_matches_builder_and_recorded_frame():
     assert isinstance(msg, pb.ApbStaticUpdateObjects)
 
 
-def test_big_transactions_use_chunked_interactive_writes(monkeypatch):
+def test_big_transactions_use_chunked_interactive_writes():
     calls = []
 
     class Txn:
@@ -309,10 +310,10 @@ def test_big_transactions_use_chunked_interactive_writes(monkeypatch):
         def transaction(self):
             yield Txn()
 
-    monkeypatch.setattr(rows, "MAX_OPS_PER_REQUEST", 12)
     changes = [NewRecord(("public", "entries"), {"id": str(i)}) for i in range(3)]
     tx = Transaction(changes, datetime.now(UTC))
-    assert rows.write_transaction(Pool(), tx, pk) == b"clock"
+    limits = replace(DEFAULT.vaxine, max_ops_per_request=12)
+    assert rows.write_transaction(Pool(), tx, pk, limits) == b"clock"
     assert calls == [("update", 12), ("update", 7), ("commit",)]  # 4 metadata + 3 x 5 ops
 
 
@@ -325,7 +326,7 @@ def test_requests_are_split_by_encoded_size_too():
     assert rows.request_chunks([]) == []
 
 
-def test_big_rows_use_interactive_writes_split_by_size(monkeypatch):
+def test_big_rows_use_interactive_writes_split_by_size():
     calls = []
 
     class Txn:
@@ -345,39 +346,36 @@ def test_big_rows_use_interactive_writes_split_by_size(monkeypatch):
     changes = [NewRecord(("public", "entries"), {"id": str(i), "v": "z" * 100_000})
                for i in range(100)]
     assert rows.write_transaction(Pool(), Transaction(changes, datetime.now(UTC)), pk) == b"clock"
-    assert len(calls) >= 3 and max(calls) <= rows.MAX_REQUEST_BYTES
+    assert len(calls) >= 3 and max(calls) <= DEFAULT.vaxine.max_request_bytes
 
 
-def test_op_larger_than_a_frame_is_a_permanent_mapping_error(monkeypatch):
+def test_op_larger_than_a_frame_is_a_permanent_mapping_error():
     class NoPool:
         def connection(self):
             raise AssertionError("Vaxine must not be touched")
 
         transaction = connection
 
-    monkeypatch.setattr(rows, "MAX_OP_BYTES", 50_000)
+    limits = replace(DEFAULT.vaxine, max_frame=50_000 + 64 * 1024)  # ops up to 50,000 bytes
     change = NewRecord(("public", "entries"), {"id": "1", "v": "z" * 60_000})
     with pytest.raises(rows.RowMappingError, match="public.entries"):
-        rows.write_transaction(NoPool(), Transaction([change], datetime.now(UTC)), pk)
+        rows.write_transaction(NoPool(), Transaction([change], datetime.now(UTC)), pk, limits)
 
 
-def test_transaction_too_big_for_one_log_record_is_a_permanent_mapping_error(monkeypatch):
+def test_transaction_too_big_for_one_log_record_is_a_permanent_mapping_error():
     class NoPool:
         def connection(self):
             raise AssertionError("Vaxine must not be touched")
 
         transaction = connection
 
-    monkeypatch.setattr(rows, "MAX_TRANSACTION_BYTES", 200_000)
+    limits = replace(DEFAULT.vaxine, max_transaction_bytes=200_000)
     changes = [NewRecord(("public", "entries"), {"id": str(i), "v": "z" * 50_000})
                for i in range(5)]
     with pytest.raises(rows.RowMappingError, match="limit of one Vaxine transaction"):
-        rows.write_transaction(NoPool(), Transaction(changes, datetime.now(UTC)), pk)
+        rows.write_transaction(NoPool(), Transaction(changes, datetime.now(UTC)), pk, limits)
 
 
 def test_stream_accepts_any_frame_the_embedded_log_can_hold():
-    from electric.vaxine import stream
-    from electric.vaxine.embedded import store
-
     # a frame is the logged Ops plus txid, DC id and offset (well under 1 MiB)
-    assert stream.STREAM_MAX_FRAME >= store.MAX_OPS_BYTES + (1 << 20)
+    assert DEFAULT.vaxine.stream_max_frame >= DEFAULT.vaxine.server_max_ops_bytes + (1 << 20)

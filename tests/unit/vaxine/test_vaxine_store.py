@@ -5,23 +5,27 @@ exactly what the slow, generic path gives)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gevent
 import pytest
 
-from electric.vaxine import etf, stream
+from electric.limits import DEFAULT
+from electric.vaxine import crdt_terms, etf, walproto
+from electric.vaxine.crdt_terms import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded import crdt
-from electric.vaxine.embedded.crdt import FLAG_DW, LWW, MAP_RR
 from electric.vaxine.embedded.engine import record_size
-from electric.vaxine.embedded.replication import txn_frame
 from electric.vaxine.embedded.store import Store, StoreFailed
+from electric.vaxine.memo import EncodingMemo
+from electric.vaxine.walproto import txn_frame
 
 B = b"vax"
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(str(tmp_path))
-    s.live_streams = 1  # as if a stream were open: commits are registered in etf.memo
+    s = Store(str(tmp_path), memo=EncodingMemo())
+    s.live_streams = 1  # as if a stream were open: commits are registered in its memo
     yield s
     s.close()
 
@@ -71,15 +75,15 @@ def test_to_term_is_exactly_what_decoding_the_state_gives(store):
     store.cache.clear()  # the states as read back from SQLite, too
     for key in (b"rows:a", b"rows:b", b"reg", b"flag"):
         _ver, tname, state = store._latest((key, B))
-        ctype = crdt.TYPES[[t.name for t in crdt.TYPES].index(tname)]
-        assert crdt.to_term(ctype, state) == etf.decode(b"\x83" + crdt.encode_state(ctype, state))
-    assert crdt.to_term(MAP_RR, {}) == etf.decode(b"\x83" + crdt.encode_state(MAP_RR, {}))
+        ctype = crdt_terms.TYPES[[t.name for t in crdt_terms.TYPES].index(tname)]
+        assert crdt_terms.to_term(ctype, state) == etf.decode(b"\x83" + crdt_terms.encode_state(ctype, state))
+    assert crdt_terms.to_term(MAP_RR, {}) == etf.decode(b"\x83" + crdt_terms.encode_state(MAP_RR, {}))
 
 
 def test_memo_gives_the_decoded_ops_of_every_commit(store):
     for ops in (OPS, OPS[:2], OPS[2:4], OPS[4:]):
         _offset, ops_body = commit_ops(store, ops)
-        found, term = etf.memo.recall(ops_body)
+        found, term = store.memo.recall(ops_body)
         assert found
         assert term == etf.decode(b"\x83" + ops_body)
 
@@ -91,17 +95,18 @@ def test_stream_frame_decodes_the_same_with_and_without_the_memo(store):
     dc_id = etf.encode_body(store.dc_id)
     for offset, txid, ops_body in store.records_after(0):
         frame = txn_frame(offset, txid, ops_body, dc_id)
-        hits = etf.memo.hits
-        via_memo = stream._decode_txn(frame)
-        assert etf.memo.hits == hits + 1
+        hits = store.memo.hits
+        via_memo = (walproto.VX_WAL_TXN, *walproto.decode_txn(frame, store.memo))
+        assert store.memo.hits == hits + 1
         assert via_memo == etf.decode(frame)
     # bytes the memo does not know are decoded as usual
-    etf.memo.clear()
-    assert stream._decode_txn(frame) == etf.decode(frame)
+    store.memo.clear()
+    assert (walproto.VX_WAL_TXN, *walproto.decode_txn(frame, store.memo)) == etf.decode(frame)
+    assert (walproto.VX_WAL_TXN, *walproto.decode_txn(frame)) == etf.decode(frame)
 
 
 def test_memo_is_bounded_and_exact():
-    memo = etf.EncodingMemo(max_bytes=10)
+    memo = EncodingMemo(max_bytes=10)
     memo.remember(b"abcd", lambda: "t1")
     memo.remember(b"efgh", lambda: "t2")
     assert memo.recall(memoryview(b"xxabcd")[2:]) == (True, "t1")
@@ -115,7 +120,7 @@ def test_memo_is_bounded_and_exact():
 
 def test_concurrent_commits_merge_and_views_stay_private(store):
     commit_ops(store, [OPS[0]])  # rows:a exists
-    before = crdt.to_term(MAP_RR, latest_state(store, b"rows:a"))
+    before = crdt_terms.to_term(MAP_RR, latest_state(store, b"rows:a"))
     t1, t2 = store.begin(), store.begin()
     store.update(t1, b"rows:a", B, MAP_RR, row(x=b"1"))
     store.update(t1, b"rows:a", B, MAP_RR, ("batch", [field("deleted?", FLAG_DW, ("disable",))],
@@ -126,7 +131,7 @@ def test_concurrent_commits_merge_and_views_stay_private(store):
     # each sees its own writes only; the committed version is untouched by either
     assert (b"x", LWW) in store.read(t1, b"rows:a", B, MAP_RR)[(b"row", MAP_RR)]
     assert (b"x", LWW) not in store.read(t2, b"rows:a", B, MAP_RR)[(b"row", MAP_RR)]
-    assert crdt.to_term(MAP_RR, latest_state(store, b"rows:a")) == before
+    assert crdt_terms.to_term(MAP_RR, latest_state(store, b"rows:a")) == before
     store.commit(t1)  # nothing committed since its snapshot: its view becomes the state
     store.commit(t2)  # t1 committed meanwhile: t2's effects are applied to t1's result
     state = latest_state(store, b"rows:a")
@@ -138,7 +143,7 @@ def test_concurrent_commits_merge_and_views_stay_private(store):
 def test_no_memo_entries_while_no_stream_is_open(store):
     store.live_streams = 0
     _offset, ops_body = commit_ops(store, OPS[:1])
-    assert etf.memo.recall(ops_body) == (False, None)
+    assert store.memo.recall(ops_body) == (False, None)
 
 
 def test_stored_states_mostly_escape_the_cyclic_gc(store):
@@ -200,7 +205,7 @@ def test_a_transaction_reads_its_snapshot_while_others_commit_and_old_versions_g
 
 
 def test_memory_is_bounded_when_writing_many_distinct_keys(tmp_path):
-    store = Store(str(tmp_path), cache_objects=50)
+    store = Store(str(tmp_path), limits=replace(DEFAULT.vaxine, server_cache_objects=50))
     try:
         reader = store.begin()  # one long transaction open all along
         for t in range(40):
@@ -275,14 +280,10 @@ def test_a_failed_commit_stops_further_commits_and_acknowledges_nothing(store):
     assert store.status()["failed"] is True
 
 
-def test_background_checkpoints_keep_the_wal_bounded(tmp_path, monkeypatch):
-    from electric.vaxine.embedded import engine
-    from electric.vaxine.embedded import store as store_mod
-
-    monkeypatch.setattr(engine, "WAL_CHECKPOINT", 64 * 1024)
-    monkeypatch.setattr(engine, "WAL_HARD_LIMIT", 256 * 1024)
-    monkeypatch.setattr(store_mod, "WAL_CHECKPOINT", 64 * 1024)
-    store = Store(str(tmp_path))
+def test_background_checkpoints_keep_the_wal_bounded(tmp_path):
+    limits = replace(DEFAULT.vaxine, server_wal_checkpoint=64 * 1024,
+                     server_wal_hard_limit=256 * 1024)
+    store = Store(str(tmp_path), limits=limits)
     try:
         for i in range(150):
             txn = store.begin()

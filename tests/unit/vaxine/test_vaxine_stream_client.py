@@ -1,16 +1,22 @@
 """WalStream against a scripted loopback server: bad transactions and reader failures."""
 
+from dataclasses import replace
+
 import gevent
 import pytest
 from gevent.server import StreamServer
 
+from electric.limits import DEFAULT
 from electric.vaxine import etf, stream
 from electric.vaxine.etf import Atom
 from electric.vaxine.framing import FrameDecoder, encode_frame
 from electric.vaxine.rows import METADATA_KEY
-from electric.vaxine.stream import START_RES, VX_SRV_RES, VX_WAL_TXN, StreamFailed, WalStream
+from electric.vaxine.stream import StreamFailed, WalStream
+from electric.vaxine.walproto import START_RES, VX_SRV_RES, VX_WAL_TXN
 from tests.fixtures.vaxine.golden import frames
 from tests.support.waiting import wait_until
+
+FAST_RETRY = replace(DEFAULT.vaxine, stream_blocked_retry_min_s=0.05)
 
 
 @pytest.fixture(autouse=True)
@@ -65,17 +71,16 @@ def _serve(bodies, later=None):
     return server
 
 
-def test_unreadable_transaction_holds_the_reader_until_it_reads(monkeypatch):
+def test_unreadable_transaction_holds_the_reader_until_it_reads():
     """Never skipped: the reader stops at it (ERROR, status, metric), re-reads it with a
     back-off, and delivers it once it reads; nothing after it overtakes it."""
     from electric import metrics
 
-    monkeypatch.setattr(stream, "BLOCKED_RETRY_MIN_S", 0.05)
     good = _good_txn_body()  # offset (0, 4949)
     bad = _malformed_txn_body((0, 4949))
     server = _serve([_good_later_txn_body(1), bad, good], later=[good])
     blocks = metrics.log_reader_blocks.labels("t")._value.get()
-    s = WalStream("127.0.0.1", server.server_port, 0, name="t")
+    s = WalStream("127.0.0.1", server.server_port, 0, name="t", limits=FAST_RETRY)
     try:
         with gevent.Timeout(5):
             _tx, first = s.get()
@@ -96,10 +101,9 @@ def test_unreadable_transaction_holds_the_reader_until_it_reads(monkeypatch):
         server.stop()
 
 
-def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place(monkeypatch):
-    monkeypatch.setattr(stream, "BLOCKED_RETRY_MIN_S", 0.05)
+def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place():
     server = _serve([_malformed_txn_body((0, 100)), _good_txn_body()])
-    s = WalStream("127.0.0.1", server.server_port, "eof", name="t")
+    s = WalStream("127.0.0.1", server.server_port, "eof", name="t", limits=FAST_RETRY)
     try:
         wait_until(lambda: s.blocked is not None and s.blocked["attempts"] >= 2, 5,
                    "two attempts at the unreadable transaction", step=0.01)
@@ -112,7 +116,7 @@ def test_unreadable_first_transaction_of_an_eof_stream_is_held_in_place(monkeypa
 
 
 def test_reader_dying_wakes_the_consumer(monkeypatch):
-    def boom(_body):
+    def boom(_body, _memo=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(stream, "decode_wal_frame", boom)
@@ -133,11 +137,11 @@ def test_reader_dying_wakes_the_consumer(monkeypatch):
 def test_lost_row_frame_is_delivered_through_the_stream_client():
     """The frame a Vaxine sends when its stream runs ahead of its state (the row's state
     empty, its effects complete) reaches the consumer with the row, over a real socket."""
-    from electric.vaxine.embedded import crdt
+    from electric.vaxine import crdt_terms
 
     term = etf.decode(_good_txn_body())
     ops = [((key, bucket), ctype,
-            crdt.to_term(crdt.MAP_RR, {}) if key.startswith(b"rows:") else state, effects)
+            crdt_terms.to_term(crdt_terms.MAP_RR, {}) if key.startswith(b"rows:") else state, effects)
            for (key, bucket), ctype, state, effects in term[4]]
     lost = etf.encode(term[:4] + (ops,))
     server = _serve([lost])

@@ -2,15 +2,12 @@ import pytest
 
 from electric.vaxine import etf
 from electric.vaxine.etf import Atom
-from electric.vaxine.stream import (
+from electric.vaxine.stream import decode_wal_frame
+from electric.vaxine.walproto import (
     StreamProtocolError,
-    decode_wal_frame,
-    offset_from_bytes,
-    offset_to_bytes,
     parse_start_response,
     start_request,
     stop_request,
-    validate_offset,
 )
 from tests.fixtures.vaxine.golden import frames
 
@@ -34,16 +31,6 @@ def test_stop_request_and_start_response():
     assert parse_start_response(response, response[1]) == response[2][1]
     with pytest.raises(StreamProtocolError):
         parse_start_response((Atom("error"), Atom("bad_proto")), response[1])
-
-
-def test_offsets():
-    assert offset_to_bytes((5354, 8837)) == bytes.fromhex("836802620000" "14ea6200002285")
-    assert offset_from_bytes(offset_to_bytes((0, 4949))) == (0, 4949)
-    for bad in [(2, 1), (-1, 3), (1,), "x", (1.0, 2)]:
-        with pytest.raises(ValueError):
-            validate_offset(bad)
-    with pytest.raises(ValueError):
-        offset_from_bytes(b"junk")
 
 
 def test_decode_wal_frame_real_frame_and_cache():

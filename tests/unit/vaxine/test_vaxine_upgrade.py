@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from electric.store.legacy import FirstReleaseLog
+from electric.vaxine.datadir import db_path
 from electric.vaxine.embedded import upgrade
-from electric.vaxine.embedded.engine import Engine, EngineReader, db_path
+from electric.vaxine.embedded.engine import Engine, EngineReader
 from electric.vaxine.embedded.store import DEFAULT_NODE
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "vaxine" / "first_release"

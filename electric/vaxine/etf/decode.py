@@ -1,340 +1,48 @@
-"""Erlang external term format (``term_to_binary`` / ``binary_to_term``), sans-I/O.
-
-Vaxine's replication port speaks nothing but ETF, and the Antidote API carries ETF blobs
-(transaction descriptors, commit clocks, column values) inside protobuf bytes fields.
-
-Python representation of Erlang terms:
-
-==================  =====================================================
-Erlang              Python
-==================  =====================================================
-atom                :class:`Atom` (``true``/``false``/``nil`` stay atoms)
-integer             ``int`` (any size)
-float               ``float``
-binary              ``bytes``
-tuple               ``tuple``
-proper list         ``list`` (``[]`` is NIL_EXT); STRING_EXT decodes to ``list[int]``
-improper list       :class:`ImproperList`
-map                 ``dict`` (keys must be hashable terms)
-pid                 :class:`Pid`
-reference           :class:`Reference`
-==================  =====================================================
-
-The encoder picks the same tags OTP 24/25 ``term_to_binary`` does for these terms (ATOM_EXT
-for latin-1 atoms, the smallest integer tag, STRING_EXT for short lists of bytes, NEW_PID_EXT,
-NEWER_REFERENCE_EXT), so terms Electric builds are byte-identical to what Erlang would send.
-Map entries are written in dict order (OTP sorts keys; callers building multi-key maps that
-must be byte-exact should insert keys in Erlang term order).
-"""
+"""``binary_to_term``: ETF bytes to Python terms, bounded against hostile input."""
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-VERSION = 131
-
-NEW_FLOAT = 70
-BIT_BINARY = 77
-COMPRESSED = 80
-NEW_PID = 88
-NEW_PORT = 89
-NEWER_REFERENCE = 90
-SMALL_INTEGER = 97
-INTEGER = 98
-FLOAT = 99
-ATOM = 100
-PID = 103
-SMALL_TUPLE = 104
-LARGE_TUPLE = 105
-NIL = 106
-STRING = 107
-LIST = 108
-BINARY = 109
-SMALL_BIG = 110
-LARGE_BIG = 111
-NEW_REFERENCE = 114
-SMALL_ATOM = 115
-MAP = 116
-ATOM_UTF8 = 118
-SMALL_ATOM_UTF8 = 119
-
-# Deeply nested input must fail cleanly rather than blow Python's recursion limit.
-MAX_DEPTH = 256
-# A compressed term may claim any uncompressed size; refuse absurd ones before inflating.
-MAX_UNCOMPRESSED = 64 * 1024 * 1024
-
-
-class ETFError(ValueError):
-    """The bytes are not a valid (supported) external term."""
-
-
-class Atom(str):
-    """An Erlang atom.
-
-    A ``str`` subclass so hashing and equality run at C speed (terms are compared and used
-    as dict keys constantly). Terms never contain plain ``str`` (binaries are ``bytes``),
-    so an atom is never confused with another term.
-    """
-
-    __slots__ = ()
-
-    @property
-    def name(self) -> str:
-        return str.__str__(self)
-
-    def __repr__(self) -> str:
-        return f"Atom({str.__repr__(self)})"
-
-    def __reduce__(self):
-        return (Atom, (self.name,))
-
-
-@dataclass(frozen=True, slots=True)
-class ImproperList:
-    """``[I1, I2, ... | Tail]`` where Tail is not ``[]`` (e.g. an Erlang dict cell ``[K | V]``)."""
-
-    items: tuple
-    tail: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Pid:
-    node: Atom
-    id: int
-    serial: int
-    creation: int
-
-
-@dataclass(frozen=True, slots=True)
-class Reference:
-    node: Atom
-    creation: int
-    ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RawTerm:
-    """An already encoded term body (no version byte), spliced verbatim when encoding.
-
-    Lets hot paths reuse constant sub-terms (e.g. an Erlang dict's empty segment).
-    """
-
-    body: bytes
-
-
-TRUE = Atom("true")
-FALSE = Atom("false")
-NIL_ATOM = Atom("nil")
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def encode(term: Any) -> bytes:
-    """``term_to_binary(Term)``: version byte followed by the term."""
-    out = bytearray([VERSION])
-    _encode(term, out)
-    return bytes(out)
-
-
-def encode_body(term: Any) -> bytes:
-    """The term without the version byte, for splicing into a larger term."""
-    out = bytearray()
-    _encode(term, out)
-    return bytes(out)
-
-
-def _encode(term: Any, out: bytearray) -> None:
-    encoder = _ENCODERS.get(type(term))
-    if encoder is not None:
-        encoder(term, out)
-        return
-    # Subclasses (and bool, which must become an atom rather than an int).
-    for base, encoder in _ENCODER_BASES:
-        if isinstance(term, base):
-            encoder(term, out)
-            return
-    raise ETFError(f"cannot encode {type(term).__name__} as an Erlang term")
-
-
-def _enc_bool(term: bool, out: bytearray) -> None:
-    out += _atom_bytes("true" if term else "false")
-
-
-def _enc_bytes(term, out: bytearray) -> None:
-    data = bytes(term)
-    out += _BINARY_HEAD.pack(BINARY, len(data))
-    out += data
-
-
-def _enc_atom(term: Atom, out: bytearray) -> None:
-    out += _atom_bytes(term)
-
-
-def _enc_tuple(term: tuple, out: bytearray) -> None:
-    n = len(term)
-    if n < 256:
-        out.append(SMALL_TUPLE)
-        out.append(n)
-    else:
-        out += struct.pack(">BI", LARGE_TUPLE, n)
-    _encode_items(term, out)
-
-
-def _encode_items(items, out: bytearray) -> None:
-    # The commonest children are inlined: this loop runs for every node of every state.
-    for item in items:
-        kind = type(item)
-        if kind is bytes:
-            out += _BINARY_HEAD.pack(BINARY, len(item))
-            out += item
-        elif kind is Atom:
-            cached = _atom_cache.get(item)
-            out += cached if cached is not None else _atom_bytes(item)
-        elif kind is list and not item:
-            out.append(NIL)
-        elif kind is int and 0 <= item <= 255:
-            out.append(SMALL_INTEGER)
-            out.append(item)
-        else:
-            encoder = _ENCODERS.get(kind)
-            if encoder is not None:
-                encoder(item, out)
-            else:
-                _encode(item, out)
-
-
-def _enc_improper(term: ImproperList, out: bytearray) -> None:
-    out += _BINARY_HEAD.pack(LIST, len(term.items))
-    _encode_items(term.items, out)
-    _encode_items((term.tail,), out)
-
-
-def _enc_map(term: dict, out: bytearray) -> None:
-    out += _BINARY_HEAD.pack(MAP, len(term))
-    for key, value in term.items():
-        _encode(key, out)
-        _encode(value, out)
-
-
-def _enc_float(term: float, out: bytearray) -> None:
-    out += struct.pack(">Bd", NEW_FLOAT, term)
-
-
-def _enc_pid(term: Pid, out: bytearray) -> None:
-    out.append(NEW_PID)
-    out += _atom_bytes(term.node.name)
-    out += struct.pack(">III", term.id, term.serial, term.creation)
-
-
-def _enc_ref(term: Reference, out: bytearray) -> None:
-    out += struct.pack(">BH", NEWER_REFERENCE, len(term.ids))
-    out += _atom_bytes(term.node.name)
-    out += struct.pack(">I", term.creation)
-    for i in term.ids:
-        out += struct.pack(">I", i)
-
-
-def _enc_raw(term: RawTerm, out: bytearray) -> None:
-    out += term.body
-
-
-_BINARY_HEAD = struct.Struct(">BI")
-_atom_cache: dict[str, bytes] = {}
-
-
-def _atom_bytes(name: str) -> bytes:
-    cached = _atom_cache.get(name)
-    if cached is None:
-        buf = bytearray()
-        _encode_atom(name, buf)
-        cached = bytes(buf)
-        if len(_atom_cache) < 10_000:
-            _atom_cache[name] = cached
-    return cached
-
-
-def _encode_atom(name: str, out: bytearray, prefix: bytes = b"") -> None:
-    out += prefix
-    try:
-        latin = name.encode("latin-1")
-    except UnicodeEncodeError:
-        latin = None
-    if latin is not None and len(latin) <= 255:
-        # OTP 24/25 write latin-1 atoms as ATOM_EXT; the fixtures were captured from OTP 25.
-        out += struct.pack(">BH", ATOM, len(latin))
-        out += latin
-        return
-    utf8 = name.encode("utf-8")
-    if len(utf8) < 256:
-        out += struct.pack(">BB", SMALL_ATOM_UTF8, len(utf8))
-    else:
-        out += struct.pack(">BH", ATOM_UTF8, len(utf8))
-    out += utf8
-
-
-def _encode_int(n: int, out: bytearray) -> None:
-    if 0 <= n <= 255:
-        out += struct.pack(">BB", SMALL_INTEGER, n)
-    elif -(2**31) <= n < 2**31:
-        out += struct.pack(">Bi", INTEGER, n)
-    else:
-        sign = 1 if n < 0 else 0
-        magnitude = -n if n < 0 else n
-        digits = magnitude.to_bytes((magnitude.bit_length() + 7) // 8, "little")
-        if len(digits) < 256:
-            out += struct.pack(">BBB", SMALL_BIG, len(digits), sign)
-        else:
-            out += struct.pack(">BIB", LARGE_BIG, len(digits), sign)
-        out += digits
-
-
-def _encode_list(items: list, out: bytearray) -> None:
-    if not items:
-        out.append(NIL)
-        return
-    # term_to_binary packs a list of bytes as STRING_EXT (e.g. "abc" in Erlang source).
-    if type(items[0]) is int and len(items) < 65536 and all(
-            type(i) is int and 0 <= i <= 255 for i in items):
-        out += struct.pack(">BH", STRING, len(items))
-        out += bytes(items)
-        return
-    out += _BINARY_HEAD.pack(LIST, len(items))
-    _encode_items(items, out)
-    out.append(NIL)
-
-
-_ENCODERS = {
-    bool: _enc_bool,
-    int: _encode_int,
-    bytes: _enc_bytes,
-    Atom: _enc_atom,
-    tuple: _enc_tuple,
-    list: _encode_list,
-    ImproperList: _enc_improper,
-    dict: _enc_map,
-    float: _enc_float,
-    Pid: _enc_pid,
-    Reference: _enc_ref,
-    RawTerm: _enc_raw,
-}
-_ENCODER_BASES = [
-    (bool, _enc_bool),
-    (int, _encode_int),
-    (bytes | bytearray | memoryview, _enc_bytes),
-    (tuple, _enc_tuple),
-    (list, _encode_list),
-    (dict, _enc_map),
-    (float, _enc_float),
-]
-
-
-# --------------------------------------------------------------------------- decoding
-
+from electric.limits import DEFAULT
+from electric.vaxine.etf.terms import (
+    ATOM,
+    ATOM_UTF8,
+    BINARY,
+    BIT_BINARY,
+    COMPRESSED,
+    FLOAT,
+    INTEGER,
+    LARGE_BIG,
+    LARGE_TUPLE,
+    LIST,
+    MAP,
+    NEW_FLOAT,
+    NEW_PID,
+    NEW_PORT,
+    NEW_REFERENCE,
+    NEWER_REFERENCE,
+    NIL,
+    PID,
+    SMALL_ATOM,
+    SMALL_ATOM_UTF8,
+    SMALL_BIG,
+    SMALL_INTEGER,
+    SMALL_TUPLE,
+    STRING,
+    VERSION,
+    Atom,
+    ETFError,
+    ImproperList,
+    Pid,
+    Reference,
+)
+
+# Read once: the decoder is a set of plain functions on the hot path (see VaxineLimits).
+MAX_DEPTH = DEFAULT.vaxine.etf_max_depth
+MAX_UNCOMPRESSED = DEFAULT.vaxine.etf_max_uncompressed
 
 def decode(data: bytes) -> Any:
     """``binary_to_term(Data)``; the whole input must be exactly one term."""
@@ -654,92 +362,3 @@ class _Decoder:
             except TypeError as exc:
                 raise ETFError("map key is not hashable in Python (list or map key)") from exc
         return result, pos
-
-
-# --------------------------------------------------------------------------- memo
-
-
-class EncodingMemo:
-    """Terms this process encoded itself, looked up by their encoded bytes.
-
-    The embedded Vaxine and its stream readers usually share a process: every committed
-    transaction is encoded once by the store and decoded again by each WAL stream client,
-    and decoding is by far the costlier half (pure Python, ~275 nodes per row). A producer
-    that still holds the Python values registers ``body → build`` where ``build()`` returns
-    exactly ``decode_at(body, 0)[0]`` (tests check this for every kind of term it
-    registers); a consumer holding bytes received from the wire asks :meth:`recall`
-    first. Keys are the exact bytes, so a hit can only return what decoding those bytes
-    would: the wire format is untouched, and bytes from anywhere else simply miss.
-
-    Bounded by the total size of the registered encodings (oldest dropped first). Live
-    readers fetch a commit within milliseconds, so the budget is small on purpose: every
-    entry keeps its effects alive, and a large population of long-lived containers makes
-    CPython's full collections costly (16 MiB made 8 writers + 2 live readers ~25% slower
-    than 2 MiB). A reader further behind simply decodes. Terms handed out are shared with
-    the producer: treat them as read-only.
-    """
-
-    def __init__(self, max_bytes: int = 2 * 1024 * 1024):
-        self.max_bytes = max_bytes
-        self._entries: dict[bytes, Any] = {}
-        # Age order kept apart: popping a plain dict's oldest key via next(iter(...)) gets
-        # slower with every deletion at its front (it skips the dead slots).
-        self._order: deque[bytes] = deque()
-        self._bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def remember(self, body: bytes, build: Any) -> None:
-        """Register ``build`` (a zero-argument callable) as the decoder of ``body``."""
-        if len(body) > self.max_bytes or body in self._entries:
-            return
-        self._entries[body] = build
-        self._order.append(body)
-        self._bytes += len(body)
-        while self._bytes > self.max_bytes:
-            oldest = self._order.popleft()
-            del self._entries[oldest]
-            self._bytes -= len(oldest)
-
-    def recall(self, body: bytes | memoryview) -> tuple[bool, Any]:
-        """``(True, term)`` if ``body`` was registered, else ``(False, None)``.
-
-        ``body`` may be a memoryview slice of a received frame (hashed without copying).
-        """
-        build = self._entries.get(body)
-        if build is None:
-            self.misses += 1
-            return False, None
-        self.hits += 1
-        return True, build()
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._order.clear()
-        self._bytes = 0
-
-
-memo = EncodingMemo()
-"""Process-wide memo shared by the embedded store (producer) and the stream (consumer)."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def cons_cell(head: Any, tail: Any) -> Any:
-    """``[Head | Tail]`` as Erlang builds it (a proper list when Tail is a list)."""
-    if isinstance(tail, list):
-        return [head, *tail]
-    if isinstance(tail, ImproperList):
-        return ImproperList((head, *tail.items), tail.tail)
-    return ImproperList((head,), tail)
-
-
-def split_cell(cell: Any) -> tuple[Any, Any]:
-    """Inverse of :func:`cons_cell`: ``[H | T]`` → (H, T)."""
-    if isinstance(cell, ImproperList) and cell.items:
-        rest = cell.items[1:]
-        return cell.items[0], (ImproperList(rest, cell.tail) if rest else cell.tail)
-    if isinstance(cell, list) and cell:
-        return cell[0], cell[1:]
-    raise ETFError("not a non-empty list cell")

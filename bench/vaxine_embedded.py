@@ -1,4 +1,4 @@
-"""Benchmark of the embedded Vaxine: ``python -m electric.vaxine.bench [--standalone]``.
+"""Benchmark of the embedded Vaxine: ``python -m bench.vaxine_embedded [--standalone]``.
 
 Measures committed 10-row transactions per second through the pool and row mapping, from
 one writer and from 8 concurrent writers, and the delivery latency of commits to 10
@@ -28,6 +28,7 @@ from loguru import logger  # noqa: E402
 from electric.changes import NewRecord, Transaction  # noqa: E402
 from electric.vaxine import rows  # noqa: E402
 from electric.vaxine.embedded.server import EmbeddedVaxine  # noqa: E402
+from electric.vaxine.memo import EncodingMemo  # noqa: E402
 from electric.vaxine.pool import VaxinePool  # noqa: E402
 from electric.vaxine.stream import WalStream  # noqa: E402
 
@@ -65,12 +66,13 @@ def commits_per_second(pool: VaxinePool, writers: int, seconds: float) -> tuple[
 
 
 def delivery_latency(pool: VaxinePool, port: int, readers: int, writers: int, count: int,
-                     rate: float | None = None):
+                     rate: float | None = None, memo: EncodingMemo | None = None):
     """p50/p99 ms from commit acknowledgement to ``get()`` in each of ``readers`` streams;
     ``rate`` paces each writer (transactions/s), ``None`` = as fast as possible."""
     acked: dict[str, float] = {}
     latencies: list[float] = []
-    streams = [WalStream("127.0.0.1", port, "eof", buffer_size=1000) for _ in range(readers)]
+    streams = [WalStream("127.0.0.1", port, "eof", buffer_size=1000, memo=memo)
+               for _ in range(readers)]
     gevent.sleep(0.3)  # let every stream start
 
     def reader(stream: WalStream) -> None:
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     with tempfile.TemporaryDirectory() as data_dir:
-        proc = None
+        proc = memo = None
         if args.standalone:
             api, repl = 18987, 18988
             proc = subprocess.Popen([sys.executable, "-m", "electric.vaxine.embedded",
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "--replication-port", str(repl)])
             time.sleep(2)
         else:
-            server = EmbeddedVaxine(data_dir, api_port=0, replication_port=0).start()
+            memo = EncodingMemo()  # server and streams share this process
+            server = EmbeddedVaxine(data_dir, api_port=0, replication_port=0, memo=memo).start()
             api, repl = server.api_port, server.replication_port
         pool = VaxinePool("127.0.0.1", api, size=10)
         try:
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({cpu_ms:.2f} ms CPU per transaction, {where})")
             for writers, rate in ((1, 20), (1, 50), (1, None), (8, None)):
                 p50, p99 = delivery_latency(pool, repl, readers=10, writers=writers,
-                                            count=400, rate=rate)
+                                            count=400, rate=rate, memo=memo)
                 pace = f"{rate} tx/s" if rate else "full speed"
                 print(f"delivery to 10 readers, {writers} writer(s) at {pace}: "
                       f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
