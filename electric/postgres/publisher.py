@@ -58,7 +58,7 @@ from loguru import logger
 
 from electric import tls as tls_settings
 from electric.changes import RelationName, Table, Transaction
-from electric.postgres import wire
+from electric.postgres import commands, pgtime, replies, wire
 from electric.postgres.lsn import Lsn
 from electric.postgres.scram import AuthenticationFailed, ScramExchange, ScramVerifier
 from electric.postgres.shared_encode import DEFAULT_MAX_BYTES as DEFAULT_ENCODE_CACHE_BYTES
@@ -346,7 +346,7 @@ class _Session:
         frames: list[bytes] = []
         mappings: list[tuple[int, bytes]] = []
         encoded = []
-        send_time = wire.pg_now_micros()  # one clock read per batch, not per message
+        send_time = pgtime.pg_now_micros()  # one clock read per batch, not per message
         for tx, offset in batch:
             # Row messages are encoded once for all sessions (shared_encode.py); this
             # session only numbers and frames them.
@@ -371,7 +371,7 @@ class _Session:
         self.publisher.offsets.put_pg_mappings(self.slot, [(int(out.end_lsn), out.offset)])
         self.log.info("Sending a transaction of {} changes to the subscriber", out.changes)
         for piece in pieces:
-            send_time = wire.pg_now_micros()
+            send_time = pgtime.pg_now_micros()
             self.conn.send(b"".join(wire.xlog_data(lsn, lsn, payload, send_time)
                                     for lsn, payload in piece))
         self._sent([out])
@@ -444,7 +444,7 @@ class Publisher:
         hold_until_released: bool = True,
         queue_size: int = 256,
         batch_size: int = 64,
-        server_version: str = wire.DEFAULT_SERVER_VERSION,
+        server_version: str = replies.DEFAULT_SERVER_VERSION,
         gc_interval: float = GC_INTERVAL,
         table_lookup: Callable[[str, RelationName], Table | None] | None = None,
         open_snapshot: Callable[[list[RelationName]], Transaction] | None = None,
@@ -612,7 +612,7 @@ class Publisher:
         _log.warning("refused a connection from {}: {} connections open (MAX_CONNECTIONS)",
                      address[0] if isinstance(address, tuple) else address, len(self._conns))
         try:
-            sock.sendall(wire.error_response("FATAL", "53300", "sorry, too many clients already"))
+            sock.sendall(replies.error_response("FATAL", "53300", "sorry, too many clients already"))
             sock.shutdown(socket.SHUT_WR)
             with gevent.Timeout(REFUSAL_LINGER, False):
                 while sock.recv(RECV_SIZE):
@@ -624,7 +624,7 @@ class Publisher:
 
     def _start_tls(self, conn: _Conn) -> None:
         """Answer an SSLRequest with ``S`` and run the handshake, bounded in time."""
-        conn.send(wire.encryption_accepted())
+        conn.send(replies.encryption_accepted())
         try:
             with gevent.Timeout(tls_settings.HANDSHAKE_TIMEOUT, _Closed):
                 conn.sock = self.tls.wrap_socket(conn.sock, server_side=True)
@@ -664,7 +664,7 @@ class Publisher:
                 events = proto.receive_data(data)
             except wire.ProtocolError as exc:
                 _log.warning("closing connection from {}: {}", conn.peer, exc)
-                self._fatal(conn, wire.fatal_for(exc))
+                self._fatal(conn, replies.fatal_for(exc))
                 return
             for event in events:
                 self._on_event(conn, event)
@@ -684,7 +684,7 @@ class Publisher:
         if isinstance(event, wire.SSLRequest) and self.tls is not None:
             self._start_tls(conn)
         elif isinstance(event, wire.SSLRequest | wire.GSSENCRequest):
-            conn.send(wire.encryption_denied())
+            conn.send(replies.encryption_denied())
         elif isinstance(event, wire.StartupMessage):
             conn.startup = event
             conn.send(conn.scram.start())
@@ -702,15 +702,15 @@ class Publisher:
             self._end_streaming(conn)
             conn.send(
                 wire.copy_done()
-                + wire.command_complete("COPY 0")
-                + wire.command_complete("START_REPLICATION")
-                + wire.ready_for_query("I")
+                + replies.command_complete("COPY 0")
+                + replies.command_complete("START_REPLICATION")
+                + replies.ready_for_query("I")
             )
         elif isinstance(event, wire.CopyFail):
             self._end_streaming(conn)
             conn.send(
-                wire.error_response("ERROR", "57014", f"COPY from client failed: {event.message}")
-                + wire.ready_for_query("I")
+                replies.error_response("ERROR", "57014", f"COPY from client failed: {event.message}")
+                + replies.ready_for_query("I")
             )
         elif isinstance(event, wire.Terminate | wire.CancelRequest):
             # Nothing runs long enough here to be worth cancelling; just close.
@@ -722,7 +722,7 @@ class Publisher:
             _log.warning("closing connection from {}: unexpected CopyData payload", conn.peer)
             self._fatal(
                 conn,
-                wire.error_response("FATAL", "08P01", "unexpected CopyData message from client"),
+                replies.error_response("FATAL", "08P01", "unexpected CopyData message from client"),
             )
         elif isinstance(event, wire.UnsupportedMessage):
             self._on_unsupported_message(conn, event)
@@ -742,20 +742,20 @@ class Publisher:
             # answered with ReadyForQuery — exactly how Postgres recovers from such an error.
             if event.tag == "S":
                 conn.skip_until_sync = False
-                conn.send(wire.ready_for_query("I"))
+                conn.send(replies.ready_for_query("I"))
                 return
             if event.tag in "PBDECH":
                 if not conn.skip_until_sync:
                     conn.skip_until_sync = True
                     conn.send(
-                        wire.error_response(
+                        replies.error_response(
                             "ERROR", "0A000", "extended query protocol is not supported by Electric"
                         )
                     )
                 return
             conn.send(
-                wire.error_response("ERROR", "0A000", f"{event.name} is not supported by Electric")
-                + wire.ready_for_query("I")
+                replies.error_response("ERROR", "0A000", f"{event.name} is not supported by Electric")
+                + replies.ready_for_query("I")
             )
             return
         _log.warning(
@@ -763,7 +763,7 @@ class Publisher:
         )
         self._fatal(
             conn,
-            wire.error_response(
+            replies.error_response(
                 "FATAL", "08P01", f"unexpected {event.name} message while streaming"
             ),
         )
@@ -781,7 +781,7 @@ class Publisher:
             self.failed_authentications += 1
             _log.warning("password authentication failed for a subscriber from {}: {}",
                          conn.peer, exc)
-            self._fatal(conn, wire.error_response(
+            self._fatal(conn, replies.error_response(
                 "FATAL", "28P01", f'password authentication failed for user "{user}"'))
             return
         conn.send(final)
@@ -796,7 +796,7 @@ class Publisher:
             _log.warning("refused connection from {}: not replication=database", conn.peer)
             self._fatal(
                 conn,
-                wire.error_response(
+                replies.error_response(
                     "FATAL",
                     "08004",
                     "Electric only accepts logical replication connections (replication=database)",
@@ -811,50 +811,50 @@ class Publisher:
             )
             self._fatal(
                 conn,
-                wire.error_response(
+                replies.error_response(
                     "FATAL",
                     "08004",
                     f"Electric replication is not ready, missing schema for {conn.app_name}",
                 ),
             )
             return
-        params_out = wire.server_parameters(params, self.server_version)
-        conn.send(wire.startup_response(params_out, conn.pid, conn.secret))
+        params_out = replies.server_parameters(params, self.server_version)
+        conn.send(replies.startup_response(params_out, conn.pid, conn.secret))
 
     # -- queries -------------------------------------------------------------------------
 
     def _reply(self, conn: _Conn, body: bytes, status: str = "I") -> None:
-        conn.send(body + wire.ready_for_query(status))
+        conn.send(body + replies.ready_for_query(status))
 
     def _error(self, conn: _Conn, code: str, message: str) -> None:
-        self._reply(conn, wire.error_response("ERROR", code, message))
+        self._reply(conn, replies.error_response("ERROR", code, message))
 
     def _on_query(self, conn: _Conn, text: str) -> None:
-        cmd = wire.parse_command(text)
+        cmd = commands.parse_command(text)
         log = logger.bind(origin=conn.app_name or "publisher")
         # Debug only: the session start is logged at info in words ("Starting replication
         # to ... from ..."), and the raw text would be a repr full of escaped quotes.
         log.debug("query received: {}", " ".join(text.split()))
-        if isinstance(cmd, wire.EmptyQuery):
-            self._reply(conn, wire.empty_query_response())
-        elif isinstance(cmd, wire.SetConfig):
-            self._reply(conn, wire.text_result([("set_config", "text")], [[cmd.value]]))
-        elif isinstance(cmd, wire.SetParameter):
-            self._reply(conn, wire.command_complete("SET"))
-        elif isinstance(cmd, wire.Show):
+        if isinstance(cmd, commands.EmptyQuery):
+            self._reply(conn, replies.empty_query_response())
+        elif isinstance(cmd, commands.SetConfig):
+            self._reply(conn, replies.text_result([("set_config", "text")], [[cmd.value]]))
+        elif isinstance(cmd, commands.SetParameter):
+            self._reply(conn, replies.command_complete("SET"))
+        elif isinstance(cmd, commands.Show):
             params = {
-                k.lower(): v for k, v in wire.server_parameters({}, self.server_version).items()
+                k.lower(): v for k, v in replies.server_parameters({}, self.server_version).items()
             }
             if cmd.name.lower() in params:
                 self._reply(
-                    conn, wire.text_result([(cmd.name, "text")], [[params[cmd.name.lower()]]])
+                    conn, replies.text_result([(cmd.name, "text")], [[params[cmd.name.lower()]]])
                 )
             else:
                 self._error(conn, "42704", f'unrecognized configuration parameter "{cmd.name}"')
-        elif isinstance(cmd, wire.IdentifySystem):
+        elif isinstance(cmd, commands.IdentifySystem):
             self._reply(
                 conn,
-                wire.text_result(
+                replies.text_result(
                     [
                         ("systemid", "text"),
                         ("timeline", "int4"),
@@ -865,42 +865,42 @@ class Publisher:
                     tag="IDENTIFY_SYSTEM",
                 ),
             )
-        elif isinstance(cmd, wire.ListPublicationTables):
+        elif isinstance(cmd, commands.ListPublicationTables):
             self._list_tables(conn, cmd)
-        elif isinstance(cmd, wire.ListPublications):
+        elif isinstance(cmd, commands.ListPublications):
             rows = [
                 [p] for p in cmd.publications if self.registry.publication_tables(p) is not None
             ]
-            self._reply(conn, wire.text_result([("pubname", "name")], rows))
-        elif isinstance(cmd, wire.RelationInfo):
+            self._reply(conn, replies.text_result([("pubname", "name")], rows))
+        elif isinstance(cmd, commands.RelationInfo):
             table = self.registry.table((cmd.schema, cmd.table))
             rows = [] if table is None else [[table.oid, table.replica_identity, "r"]]
             self._reply(
                 conn,
-                wire.text_result(
+                replies.text_result(
                     [("oid", "oid"), ("relreplident", "char"), ("relkind", "char")], rows
                 ),
             )
-        elif isinstance(cmd, wire.RelationColumns):
+        elif isinstance(cmd, commands.RelationColumns):
             self._relation_columns(conn, cmd)
-        elif isinstance(cmd, wire.TransactionControl):
-            self._reply(conn, wire.command_complete(cmd.kind), "T" if cmd.kind == "BEGIN" else "I")
-        elif isinstance(cmd, wire.CreateReplicationSlot):
+        elif isinstance(cmd, commands.TransactionControl):
+            self._reply(conn, replies.command_complete(cmd.kind), "T" if cmd.kind == "BEGIN" else "I")
+        elif isinstance(cmd, commands.CreateReplicationSlot):
             self._error(
                 conn,
                 "0A000",
                 "Electric does not create replication slots or export snapshots; "
                 "create subscriptions with connect = false or copy_data = false",
             )
-        elif isinstance(cmd, wire.DropReplicationSlot):
+        elif isinstance(cmd, commands.DropReplicationSlot):
             # Subscriptions own no server-side state here beyond offset mappings, which a new
             # subscription of the same name (asking for 0/0) supersedes.
-            self._reply(conn, wire.command_complete("DROP_REPLICATION_SLOT"))
-        elif isinstance(cmd, wire.StartReplication):
+            self._reply(conn, replies.command_complete("DROP_REPLICATION_SLOT"))
+        elif isinstance(cmd, commands.StartReplication):
             self._start_replication(conn, cmd)
         else:
             log.info("unsupported query from {}: {}", conn.peer, getattr(cmd, "reason", cmd))
-            conn.send(wire.unsupported_response(cmd))
+            conn.send(replies.unsupported_response(cmd))
 
     def _xlogpos(self, slot: str) -> Lsn:
         state = self._slots.get(slot)
@@ -909,7 +909,7 @@ class Publisher:
         last = self.offsets.last_pg_mapping(slot) if slot else None
         return Lsn(last[0]) if last else Lsn(1)
 
-    def _list_tables(self, conn: _Conn, cmd: wire.ListPublicationTables) -> None:
+    def _list_tables(self, conn: _Conn, cmd: commands.ListPublicationTables) -> None:
         rows: list[list[Any]] = []
         seen = set()
         for pub in cmd.publications:
@@ -928,9 +928,9 @@ class Publisher:
         columns: list[tuple[str, str]] = [("schemaname", "name"), ("tablename", "name")]
         if cmd.with_attnames:
             columns.append(("attnames", "_name"))
-        self._reply(conn, wire.text_result(columns, rows))
+        self._reply(conn, replies.text_result(columns, rows))
 
-    def _relation_columns(self, conn: _Conn, cmd: wire.RelationColumns) -> None:
+    def _relation_columns(self, conn: _Conn, cmd: commands.RelationColumns) -> None:
         table = self.registry.table_by_id(cmd.relid)
         rows: list[list[Any]] = []
         if table is not None:
@@ -946,11 +946,11 @@ class Publisher:
         ]
         if cmd.with_attnum:
             columns.insert(0, ("attnum", "int2"))
-        self._reply(conn, wire.text_result(columns, rows))
+        self._reply(conn, replies.text_result(columns, rows))
 
     # -- streaming -----------------------------------------------------------------------
 
-    def _start_replication(self, conn: _Conn, cmd: wire.StartReplication) -> None:
+    def _start_replication(self, conn: _Conn, cmd: commands.StartReplication) -> None:
         slot = cmd.slot
         if not self.registry.is_ready(slot):
             self._error(conn, "42704", f'replication slot "{slot}" does not exist')
