@@ -293,11 +293,13 @@ class BackendConnection:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_startup_size: int = MAX_STARTUP_SIZE,
+        max_auth_message_size: int = MAX_AUTH_MESSAGE_SIZE,
         auth_required: bool = False,
         tls_offered: bool = False,
     ) -> None:
         self.max_message_size = max_message_size
         self.max_startup_size = max_startup_size
+        self.max_auth_message_size = max_auth_message_size
         self.auth_required = auth_required
         self.tls_offered = tls_offered
         self.encrypted = False
@@ -448,7 +450,7 @@ class BackendConnection:
         (length,) = struct.unpack_from(">i", buf, pos + 1)
         if length < 4:
             raise ProtocolError(f"invalid message length {length}")
-        if self.phase is Phase.AUTHENTICATION and length > MAX_AUTH_MESSAGE_SIZE:
+        if self.phase is Phase.AUTHENTICATION and length > self.max_auth_message_size:
             raise ProtocolError(f"password message of {length} bytes is too long")
         if length > self.max_message_size:
             raise ProtocolError(
