@@ -15,7 +15,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import errors, metrics, replication_password, sync_rules, tls
+from electric import errors, limits, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
@@ -354,7 +354,7 @@ class Application:
             open_stream=self._publisher_stream_opener(),
             host=self.listen_host, port=s.postgres_replication_port,
             table_lookup=self._connector_table, password=self.replication_password,
-            tls=self.tls, max_connections=self.max_connections,
+            tls=self.tls, max_connections=self.max_connections, limits=limits.DEFAULT.postgres,
             open_snapshot=(lambda relations: self.store.snapshot(relations).transaction())
             if self.store is not None else None,
         )

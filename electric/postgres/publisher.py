@@ -42,13 +42,12 @@ from loguru import logger
 
 from electric import tls as tls_settings
 from electric.changes import RelationName, Table, Transaction
+from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import publisher_session as ps
 from electric.postgres import replies, wire
 from electric.postgres.lsn import Lsn
 from electric.postgres.publisher_session import PublisherSession, system_identifier
 from electric.postgres.publisher_stream import (
-    REGISTRY_WAIT,
-    STREAM_IDLE_TIMEOUT,
     Closed,
     Connection,
     SlotState,
@@ -56,7 +55,6 @@ from electric.postgres.publisher_stream import (
     check_apply_loop,
 )
 from electric.postgres.scram import ScramVerifier
-from electric.postgres.shared_encode import DEFAULT_MAX_BYTES as DEFAULT_ENCODE_CACHE_BYTES
 from electric.postgres.shared_encode import SharedEncodings
 from electric.schema import SchemaRegistry
 
@@ -66,13 +64,6 @@ OpenStream = Callable[[bytes | None], Iterable[tuple[Transaction, bytes]]]
 """``open_stream(after_offset)``: the log from just after ``after_offset`` (``None`` = from the
 start), as ``(Transaction, offset)`` in log order. It may block; it is read in its own greenlet."""
 
-DEFAULT_KEEPALIVE_INTERVAL = 10.0
-STARTUP_TIMEOUT = 10.0  # the reference used 100 ms, which is fragile on slow links
-QUERY_IDLE_TIMEOUT = 300.0
-DEFAULT_MAX_CONNECTIONS = 10_000
-REFUSAL_LINGER = 2.0  # how long a refused peer may take to read its FATAL before we close
-GC_INTERVAL = 30.0
-RECV_SIZE = 65536
 
 _log = logger.bind(origin="publisher")
 _conn_ids = itertools.count(1)
@@ -97,18 +88,14 @@ class Publisher:
         host: str = "0.0.0.0",
         port: int = 5433,
         system_id: str = "electric",
-        keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL,
         hold_until_released: bool = True,
-        queue_size: int = 256,
-        batch_size: int = 64,
         server_version: str = replies.DEFAULT_SERVER_VERSION,
-        gc_interval: float = GC_INTERVAL,
         table_lookup: Callable[[str, RelationName], Table | None] | None = None,
         open_snapshot: Callable[[list[RelationName]], Transaction] | None = None,
         password: str,
         tls: Any = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        encode_cache_bytes: int = DEFAULT_ENCODE_CACHE_BYTES,
+        max_connections: int | None = None,
+        limits: PostgresLimits = DEFAULT.postgres,
     ) -> None:
         self.registry = registry
         # ``open_snapshot(relations)``: the log's current rows of those tables as one
@@ -116,7 +103,10 @@ class Publisher:
         self.open_snapshot = open_snapshot
         self.verifier = ScramVerifier.from_password(password)
         self.tls = tls
-        self.max_connections = max_connections
+        self.limits = limits
+        # MAX_CONNECTIONS (a setting) overrides the default of the limits table.
+        self.max_connections = (limits.publisher_max_connections if max_connections is None
+                                else max_connections)
         self.refused_connections = 0
         self.failed_authentications = 0
         self.offsets = offsets
@@ -124,18 +114,14 @@ class Publisher:
         self.host = host
         self._port = port
         self.system_id = system_id
-        self.keepalive_interval = keepalive_interval
         self.hold_until_released = hold_until_released
-        self.queue_size = queue_size
-        self.batch_size = batch_size
         self.server_version = server_version
-        self.gc_interval = gc_interval
         # (slot, relation) -> the table as that subscriber's Postgres has it (e.g. its
         # connector's own view after a migration); falls back to the global registry.
         self.table_lookup = table_lookup
         self._slots: dict[str, SlotState] = {}
         # Row messages of log transactions, encoded once for every subscriber session.
-        self.encodings = SharedEncodings(encode_cache_bytes)
+        self.encodings = SharedEncodings(limits)
         self._conns: set[Connection] = set()
         self._server: StreamServer | None = None
         self._sysid = system_identifier(system_id)
@@ -252,6 +238,7 @@ class Publisher:
             server_version=self.server_version, sysid=self._sysid,
             pid=(os.getpid() << 12 | next(_conn_ids)) & 0x7FFFFFFF,
             secret=int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF,
+            limits=self.limits,
         )
         self._conns.add(conn)
         try:
@@ -277,8 +264,8 @@ class Publisher:
         try:
             sock.sendall(replies.error_response("FATAL", "53300", "sorry, too many clients already"))
             sock.shutdown(socket.SHUT_WR)
-            with gevent.Timeout(REFUSAL_LINGER, False):
-                while sock.recv(RECV_SIZE):
+            with gevent.Timeout(self.limits.publisher_refusal_linger, False):
+                while sock.recv(self.limits.publisher_recv_size):
                     pass
         except OSError:
             pass
@@ -299,7 +286,7 @@ class Publisher:
         while True:
             try:
                 with gevent.Timeout(timeout, Closed):
-                    data = conn.sock.recv(RECV_SIZE)
+                    data = conn.sock.recv(self.limits.publisher_recv_size)
                 break
             except Closed:
                 # A streaming subscriber that keeps reading what we send is busy, not gone.
@@ -315,11 +302,11 @@ class Publisher:
     def _serve(self, conn: Connection, proto: PublisherSession) -> None:
         while not conn.closed:
             if proto.phase in (wire.Phase.STARTUP, wire.Phase.AUTHENTICATION):
-                timeout = STARTUP_TIMEOUT
+                timeout = self.limits.publisher_startup_timeout
             elif proto.phase is wire.Phase.COPY_BOTH:
-                timeout = STREAM_IDLE_TIMEOUT
+                timeout = self.limits.publisher_stream_idle_timeout
             else:
-                timeout = QUERY_IDLE_TIMEOUT
+                timeout = self.limits.publisher_query_idle_timeout
             data = self._recv(conn, timeout, streaming=proto.phase is wire.Phase.COPY_BOTH)
             actions = proto.receive_data(data)
             answer: Any = None
@@ -342,7 +329,7 @@ class Publisher:
             return self.registry.is_ready(action.name)
         elif isinstance(action, ps.PublicationTables):
             return self.registry.publication_tables(
-                action.name, wait=REGISTRY_WAIT if action.wait else 0)
+                action.name, wait=self.limits.publisher_registry_wait if action.wait else 0)
         elif isinstance(action, ps.TableByName):
             return self.registry.table((action.schema, action.table))
         elif isinstance(action, ps.TableById):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from electric.changes import Table
+from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import commands, replies, wire
 from electric.postgres.scram import AuthenticationFailed, ScramExchange, ScramVerifier
 
@@ -177,13 +178,10 @@ class PublisherSession:
         sysid: str = "",
         pid: int = 0,
         secret: int = 0,
-        max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE,
-        max_startup_size: int = wire.MAX_STARTUP_SIZE,
-        max_auth_message_size: int = wire.MAX_AUTH_MESSAGE_SIZE,
+        limits: PostgresLimits = DEFAULT.postgres,
     ) -> None:
         self.codec = wire.BackendConnection(
-            auth_required=True, tls_offered=tls_offered, max_message_size=max_message_size,
-            max_startup_size=max_startup_size, max_auth_message_size=max_auth_message_size)
+            limits=limits, auth_required=True, tls_offered=tls_offered)
         self.scram: ScramExchange = verifier.exchange()
         self.peer = peer
         self.server_version = server_version

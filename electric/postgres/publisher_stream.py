@@ -8,7 +8,7 @@ when a subscriber sends ``START_REPLICATION`` it starts a :class:`StreamSession`
 * a *sender* greenlet encodes batches of transactions, stores their ``end_lsn → offset``
   mappings with one fsync per batch **before** sending them (so every LSN a subscriber can
   report is mapped), then writes the batch; keepalives at start, every
-  ``keepalive_interval`` and on request; a held slot (:class:`SlotState` ``released``
+  ``publisher_keepalive_interval`` and on request; a held slot (:class:`SlotState` ``released``
   cleared) gets keepalives only;
 * every write goes through the :class:`Connection`'s lock, because the connection greenlet
   (keepalive replies, CopyDone) writes to the same socket.
@@ -41,12 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Closed", "Connection", "SlotState", "StreamSession", "check_apply_loop"]
 
-# Transactions with more changes than this are encoded and sent piece by piece.
-STREAMED_TRANSACTION = 5000
-# Changes read ahead of a subscriber at most (per session; see StreamSession.queued_changes).
-QUEUE_CHANGES = 20_000
-STREAM_IDLE_TIMEOUT = 120.0  # subscribers send a status update at least every 10 s
-REGISTRY_WAIT = 3.0
 
 
 class Closed(Exception):
@@ -128,7 +122,8 @@ class StreamSession:
         self.requested = Lsn(start_lsn)
         self.encoder = SlotEncoder(self._lookup, self.requested, name=self.slot,
                                    shared=publisher.encodings)
-        self.queue: Queue = Queue(maxsize=publisher.queue_size)
+        self.limits = publisher.limits
+        self.queue: Queue = Queue(maxsize=self.limits.publisher_queue_transactions)
         # The queue is also bounded in changes, so that large transactions read ahead of a
         # slow subscriber cannot pile up in memory (a transaction count alone does not bound
         # it); a transaction is always let in when the queue is empty.
@@ -136,7 +131,8 @@ class StreamSession:
         self.queue_room = Event()
         # (end_lsn, sent monotonic time) of transactions not confirmed yet; capped so a
         # subscriber that never confirms cannot grow it without bound (only lag gets coarser).
-        self.unconfirmed: deque[tuple[int, float]] = deque(maxlen=100_000)
+        self.unconfirmed: deque[tuple[int, float]] = deque(
+            maxlen=self.limits.publisher_unconfirmed_transactions)
         self.greenlets: list[gevent.Greenlet] = []
         self.finished = Event()
         self.missing: set = set()
@@ -155,7 +151,7 @@ class StreamSession:
             table = custom(self.slot, relation)
             if table is not None:
                 return table
-        wait = 0 if relation in self.missing else REGISTRY_WAIT
+        wait = 0 if relation in self.missing else self.limits.publisher_registry_wait
         table = self.publisher.registry.table(relation, wait=wait)
         if table is None:
             self.missing.add(relation)
@@ -236,7 +232,7 @@ class StreamSession:
                     pass
 
     def _enqueue(self, tx: Transaction, offset: bytes | None) -> None:
-        while self.queued_changes >= QUEUE_CHANGES:
+        while self.queued_changes >= self.limits.publisher_queue_changes:
             self.queue_room.clear()
             self.queue_room.wait()
         self.queue.put((tx, offset))
@@ -251,14 +247,14 @@ class StreamSession:
     def keepalive(self, reply: bool = False) -> None:
         # Ask for a reply when the subscriber has been silent for a while, so a healthy but
         # quiet subscriber (status interval disabled) is not mistaken for a dead one.
-        if time.monotonic() - self.conn.last_recv > STREAM_IDLE_TIMEOUT / 3:
+        if time.monotonic() - self.conn.last_recv > self.limits.publisher_stream_idle_timeout / 3:
             reply = True
         self.conn.send(wire.primary_keepalive(self.encoder.current_lsn, reply_requested=reply))
 
     def _send_loop(self) -> None:
         try:
             self.keepalive()
-            interval = self.publisher.keepalive_interval
+            interval = self.limits.publisher_keepalive_interval
             released = self.state.released
             while True:
                 if not released.is_set():
@@ -271,7 +267,7 @@ class StreamSession:
                     self.keepalive()
                     continue
                 batch = [first]
-                while len(batch) < self.publisher.batch_size:
+                while len(batch) < self.limits.publisher_batch_transactions:
                     try:
                         batch.append(self.queue.get_nowait())
                     except Empty:
@@ -284,7 +280,7 @@ class StreamSession:
     def _send_batch(self, batch: list[tuple[Transaction, bytes]]) -> None:
         small: list[tuple[Transaction, bytes]] = []
         for tx, offset in batch:
-            if len(tx.changes) > STREAMED_TRANSACTION:
+            if len(tx.changes) > self.limits.publisher_streamed_transaction:
                 self._send_small(small)
                 small = []
                 self._send_streamed(tx, offset)
@@ -353,7 +349,7 @@ class StreamSession:
         if update.reply_requested:
             self.keepalive()
         now = time.monotonic()
-        if flushed > self.requested and now - self.last_gc >= self.publisher.gc_interval:
+        if flushed > self.requested and now - self.last_gc >= self.limits.publisher_gc_interval:
             # Everything up to `flushed` has been processed by the subscriber; plan_resume
             # copes with a later request below the oldest kept mapping.
             self.last_gc = now

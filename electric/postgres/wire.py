@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
+from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres.pgtime import pg_now_micros
 
 __all__ = [
@@ -62,14 +63,6 @@ SSL_REQUEST_CODE = 80877103  # 1234 << 16 | 5679
 GSSENC_REQUEST_CODE = 80877104  # 1234 << 16 | 5680
 CANCEL_REQUEST_CODE = 80877102  # 1234 << 16 | 5678
 
-# Postgres itself refuses startup packets above 10000 bytes (MAX_STARTUP_PACKET_LENGTH).
-MAX_STARTUP_SIZE = 10_000
-# A subscriber sends short queries and 34-byte status updates; 1 MiB is far beyond any
-# legitimate message here and small enough that a hostile length field costs nothing.
-DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
-
-# Postgres' PG_MAX_AUTH_TOKEN_LENGTH: SCRAM messages are a few hundred bytes.
-MAX_AUTH_MESSAGE_SIZE = 65_535
 _AUTH_TAGS = frozenset(b"pX")  # password messages and Terminate, before authentication
 
 # Every message type byte a frontend can legally send (protocol 3.0).
@@ -291,15 +284,14 @@ class BackendConnection:
     def __init__(
         self,
         *,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_startup_size: int = MAX_STARTUP_SIZE,
-        max_auth_message_size: int = MAX_AUTH_MESSAGE_SIZE,
+        limits: PostgresLimits = DEFAULT.postgres,
         auth_required: bool = False,
         tls_offered: bool = False,
     ) -> None:
-        self.max_message_size = max_message_size
-        self.max_startup_size = max_startup_size
-        self.max_auth_message_size = max_auth_message_size
+        # Size caps (the publisher_max_* limits), checked before a body is buffered.
+        self.max_message_size = limits.publisher_max_message_size
+        self.max_startup_size = limits.publisher_max_startup_size
+        self.max_auth_message_size = limits.publisher_max_auth_message_size
         self.auth_required = auth_required
         self.tls_offered = tls_offered
         self.encrypted = False

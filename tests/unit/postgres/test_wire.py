@@ -8,11 +8,13 @@ import socket
 import struct
 import subprocess
 import threading
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from electric.limits import DEFAULT
 from electric.postgres import pgtime, replies, wire
 from electric.postgres.commands import (
     EmptyQuery,
@@ -307,7 +309,7 @@ def test_malformed_tagged_messages(data, match):
 
 
 def test_oversize_error_uses_program_limit_sqlstate():
-    c = BackendConnection(max_message_size=100)
+    c = BackendConnection(limits=replace(DEFAULT.postgres, publisher_max_message_size=100))
     c.receive_data(startup(user="u"))
     c.receive_data(query("x" * 90))
     with pytest.raises(ProtocolError) as ei:
