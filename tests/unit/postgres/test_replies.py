@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import struct
-from datetime import UTC, datetime
 
 import pytest
 
-from electric.postgres import pgtime, replies, wire
+from electric.postgres import replies
 from electric.postgres.commands import (
     Unsupported,
 )
@@ -137,50 +136,6 @@ def test_fatal_for():
     assert out == replies.error_response("FATAL", "08P01", "bad")
 
 
-def test_copy_and_misc_bytes():
-    assert wire.copy_both_response() == h("57 00000007 00 0000")
-    assert wire.copy_done() == h("63 00000004")
-    assert wire.copy_data(b"xy") == h("64 00000006 7879")
+def test_empty_query_and_command_complete_bytes():
     assert replies.empty_query_response() == h("49 00000004")
     assert replies.command_complete("COPY 0") == h("43 0000000b") + b"COPY 0\0"
-
-
-SEND_TIME = pgtime.to_pg_micros(datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC))
-
-
-def test_pg_epoch_time():
-    assert SEND_TIME == 0x0002911F1ED96A40  # the send time of the test_slot worked example
-    assert pgtime.to_pg_micros(datetime(2000, 1, 1)) == 0
-    assert pgtime.from_pg_micros(SEND_TIME) == datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC)
-    now = pgtime.pg_now_micros()
-    assert abs(now - pgtime.to_pg_micros(datetime.now(UTC))) < 5_000_000
-
-
-def test_xlog_data_begin_vector():
-    begin = h("42 0000000000000014 0002911f1eca2800 00000000")
-    assert wire.xlog_data(0xA, 0xA, begin, SEND_TIME) == h(
-        "64 00000032 77 000000000000000a 000000000000000a 0002911f1ed96a40"
-        "42 0000000000000014 0002911f1eca2800 00000000"
-    )
-
-
-def test_xlog_data_commit_vector():
-    commit = h("43 00 0000000000000014 000000000000001e 0002911f1eca2800")
-    assert wire.xlog_data(0x1E, 0x1E, commit, SEND_TIME) == h(
-        "64 00000037 77 000000000000001e 000000000000001e 0002911f1ed96a40"
-        "43 00 0000000000000014 000000000000001e 0002911f1eca2800"
-    )
-
-
-def test_keepalive_vector():
-    assert wire.primary_keepalive(0, SEND_TIME) == h(
-        "64 00000016 6b 0000000000000000 0002911f1ed96a40 00"
-    )
-    assert wire.primary_keepalive(0x1E, SEND_TIME, reply_requested=True)[-1:] == b"\x01"
-    assert wire.primary_keepalive((1 << 64) - 1, 0)[6:14] == b"\xff" * 8
-
-
-def test_builders_default_send_time_is_now():
-    out = wire.primary_keepalive(5)
-    (t,) = struct.unpack(">q", out[14:22])
-    assert abs(t - pgtime.pg_now_micros()) < 5_000_000
