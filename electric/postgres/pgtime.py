@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_UNIX_US = 946_684_800_000_000
+_ONE_US = timedelta(microseconds=1)
 
 
 def pg_now_micros() -> int:
@@ -22,7 +23,7 @@ def to_pg_micros(ts: datetime) -> int:
     """A datetime (naive = UTC) as Postgres-epoch microseconds."""
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    return (ts - PG_EPOCH) // timedelta(microseconds=1)
+    return (ts - PG_EPOCH) // _ONE_US
 
 
 def from_pg_micros(micros: int) -> datetime:
