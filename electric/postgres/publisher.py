@@ -46,14 +46,9 @@ from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import publisher_session as ps
 from electric.postgres import replies, wire
 from electric.postgres.lsn import Lsn
+from electric.postgres.publisher_progress import SlotState, check_apply_loop
 from electric.postgres.publisher_session import PublisherSession, system_identifier
-from electric.postgres.publisher_stream import (
-    Closed,
-    Connection,
-    SlotState,
-    StreamSession,
-    check_apply_loop,
-)
+from electric.postgres.publisher_stream import Closed, Connection, StreamSession
 from electric.postgres.scram import ScramVerifier
 from electric.postgres.shared_encode import SharedEncodings
 from electric.schema import SchemaRegistry
@@ -389,7 +384,14 @@ class Publisher:
     def _start_replication(self, conn: Connection, action: ps.StartStreaming) -> None:
         slot = action.slot
         state = self._slot(slot)
-        check_apply_loop(state, action.lsn)
+        failing = check_apply_loop(state, action.lsn)
+        if failing is not None:
+            logger.bind(origin=slot).warning(
+                "subscriber {} keeps failing to apply the transaction finishing at {} "
+                "({} attempts); see its server log, fix the cause or skip it with "
+                "ALTER SUBSCRIPTION {} SKIP (lsn = '{}')",
+                slot, Lsn(failing), state.apply_failures, slot, Lsn(failing),
+            )
         if state.session is not None:
             logger.bind(origin=slot).warning(
                 "slot {} was still streaming to {}; handing it to {}",

@@ -8,21 +8,19 @@ when a subscriber sends ``START_REPLICATION`` it starts a :class:`StreamSession`
 * a *sender* greenlet encodes batches of transactions, stores their ``end_lsn → offset``
   mappings with one fsync per batch **before** sending them (so every LSN a subscriber can
   report is mapped), then writes the batch; keepalives at start, every
-  ``publisher_keepalive_interval`` and on request; a held slot (:class:`SlotState` ``released``
+  ``publisher_keepalive_interval`` and on request; a held slot (``SlotState.released``
   cleared) gets keepalives only;
 * every write goes through the :class:`Connection`'s lock, because the connection greenlet
   (keepalive replies, CopyDone) writes to the same socket.
 
-:class:`SlotState` is what ``status()`` reports for a slot and survives sessions;
-:func:`check_apply_loop` spots a subscriber stuck on one transaction.
+What was sent and confirmed, lag, and when to collect mappings are decided by the sans-I/O
+``publisher_progress.py``; this module only moves bytes and greenlets.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -34,12 +32,13 @@ from loguru import logger
 from electric.changes import Transaction
 from electric.postgres import pgtime, wire
 from electric.postgres.lsn import Lsn
+from electric.postgres.publisher_progress import SlotState, StreamProgress
 from electric.postgres.slot import SlotEncoder, plan_resume
 
 if TYPE_CHECKING:
     from electric.postgres.publisher import Publisher
 
-__all__ = ["Closed", "Connection", "SlotState", "StreamSession", "check_apply_loop"]
+__all__ = ["Closed", "Connection", "StreamSession"]
 
 
 
@@ -88,28 +87,6 @@ class Connection:
 
 
 
-@dataclass
-class SlotState:
-    """What status() reports for a slot; survives sessions."""
-
-    name: str
-    released: Event
-    session: StreamSession | None = None
-    sent_lsn: int = 0
-    flushed_lsn: int = 0
-    sent_transactions: int = 0
-    sessions: int = 0
-    last_reason: str = ""
-    # How the previous session ended: (requested lsn, final_lsn of the first transaction it
-    # sent or None, highest flushed position the subscriber reported).
-    previous: tuple[int, int | None, int] | None = None
-    apply_failures: int = 0  # consecutive sessions that died on the same transaction
-    failing_lsn: int | None = None
-    # Tables whose rows this subscriber must be sent whole (it got them after the log
-    # already went past their rows: tables added later); cleared once it confirmed them.
-    backfill: set = field(default_factory=set)
-
-
 class StreamSession:
     """One streaming session of one slot over one connection."""
 
@@ -129,19 +106,11 @@ class StreamSession:
         # it); a transaction is always let in when the queue is empty.
         self.queued_changes = 0
         self.queue_room = Event()
-        # (end_lsn, sent monotonic time) of transactions not confirmed yet; capped so a
-        # subscriber that never confirms cannot grow it without bound (only lag gets coarser).
-        self.unconfirmed: deque[tuple[int, float]] = deque(
-            maxlen=self.limits.publisher_unconfirmed_transactions)
         self.greenlets: list[gevent.Greenlet] = []
         self.finished = Event()
         self.missing: set = set()
-        self.first_final_lsn: int | None = None
-        self.max_flushed = 0
-        self.last_gc = time.monotonic()
+        self.progress = StreamProgress(int(self.requested), time.monotonic(), self.limits)
         self.started_at = time.time()
-        self.backfill_sent: set = set()
-        self.backfill_end: int | None = None
 
     def _lookup(self, relation):
         # The encoder asks once per table and session; an unknown table costs one wait for
@@ -200,7 +169,7 @@ class StreamSession:
         """Remember how this session ended (for error-loop detection); detach from the slot."""
         if self.state.session is self:
             self.state.session = None
-            self.state.previous = (int(self.requested), self.first_final_lsn, self.max_flushed)
+            self.state.previous = self.progress.ending()
 
     # -- log side ----------------------------------------------------------------------
 
@@ -211,7 +180,7 @@ class StreamSession:
         elif pending:
             # Positioned where the subscriber already is: applying it moves nothing in the log.
             tx = self.publisher.open_snapshot(pending)
-            self.backfill_sent = set(pending)
+            self.progress.backfill_started(set(pending))
             self.log.info("sending the current rows of {} to {}",
                           ", ".join(f"{s}.{t}" for s, t in pending), self.slot)
             self._enqueue(tx, after)
@@ -245,9 +214,7 @@ class StreamSession:
     # -- socket side -------------------------------------------------------------------
 
     def keepalive(self, reply: bool = False) -> None:
-        # Ask for a reply when the subscriber has been silent for a while, so a healthy but
-        # quiet subscriber (status interval disabled) is not mistaken for a dead one.
-        if time.monotonic() - self.conn.last_recv > self.limits.publisher_stream_idle_timeout / 3:
+        if self.progress.want_reply(time.monotonic() - self.conn.last_recv):
             reply = True
         self.conn.send(wire.primary_keepalive(self.encoder.current_lsn, reply_requested=reply))
 
@@ -323,78 +290,32 @@ class StreamSession:
         self._sent([out])
 
     def _sent(self, encoded: list) -> None:
-        if self.backfill_sent and self.backfill_end is None:
-            self.backfill_end = int(encoded[0].end_lsn)  # the backfill goes out first
-        now = time.monotonic()
-        if self.first_final_lsn is None:
-            self.first_final_lsn = int(encoded[0].final_lsn)
-        for out in encoded:
-            self.unconfirmed.append((int(out.end_lsn), now))
+        self.progress.sent([(int(out.final_lsn), int(out.end_lsn)) for out in encoded],
+                           time.monotonic())
         self.state.sent_lsn = int(self.encoder.current_lsn)
         self.state.sent_transactions += len(encoded)
 
     def on_status(self, update: wire.StandbyStatusUpdate) -> None:
-        # Only positions we actually sent count (a confused subscriber cannot confirm more).
-        flushed = min(int(update.flushed), int(self.encoder.current_lsn))
+        conf = self.progress.confirmed(int(update.flushed), int(self.encoder.current_lsn),
+                                       time.monotonic())
+        flushed = conf.flushed
         self.state.flushed_lsn = max(self.state.flushed_lsn, flushed)
-        self.max_flushed = max(self.max_flushed, flushed)
         if flushed > self.requested and self.state.apply_failures:
             self.state.apply_failures = 0  # it got past the failing transaction
             self.state.failing_lsn = None
-        while self.unconfirmed and self.unconfirmed[0][0] <= flushed:
-            self.unconfirmed.popleft()
-        if self.backfill_end is not None and flushed >= self.backfill_end:
-            self.state.backfill -= self.backfill_sent  # applied: not needed again
-            self.backfill_sent, self.backfill_end = set(), None
+        self.state.backfill -= conf.backfill_done
         if update.reply_requested:
             self.keepalive()
-        now = time.monotonic()
-        if flushed > self.requested and now - self.last_gc >= self.limits.publisher_gc_interval:
-            # Everything up to `flushed` has been processed by the subscriber; plan_resume
-            # copes with a later request below the oldest kept mapping.
-            self.last_gc = now
-            self.publisher.offsets.gc_pg_mappings(self.slot, flushed)
+        if conf.collect_upto is not None:
+            self.publisher.offsets.gc_pg_mappings(self.slot, conf.collect_upto)
 
     def status(self) -> dict[str, Any]:
-        lag = time.monotonic() - self.unconfirmed[0][1] if self.unconfirmed else 0.0
+        lag = self.progress.lag(time.monotonic())
         return {
             "client": self.conn.peer,
             "started_at": self.started_at,
             "start_lsn": str(self.requested),
-            "pending_transactions": len(self.unconfirmed),
+            "pending_transactions": len(self.progress.unconfirmed),
             "lag_seconds": round(lag, 3),
             "buffered_transactions": self.queue.qsize(),
         }
-
-
-
-def check_apply_loop(state: SlotState, requested: int) -> None:
-    """Spot a subscriber stuck on one transaction (docs/protocols.md §2.6).
-
-    A transaction that fails to apply kills the apply worker; Postgres restarts it and it
-    asks for the same position again, forever. Signature: the previous session started at
-    the same LSN, sent data, and the subscriber never confirmed anything past its start.
-    """
-    prev = state.previous
-    if (
-        prev is not None
-        and prev[0] == requested
-        and prev[1] is not None
-        and prev[2] <= requested
-    ):
-        state.apply_failures += 1
-        state.failing_lsn = prev[1]
-        if state.apply_failures >= 2:
-            logger.bind(origin=state.name).warning(
-                "subscriber {} keeps failing to apply the transaction finishing at {} "
-                "({} attempts); see its server log, fix the cause or skip it with "
-                "ALTER SUBSCRIPTION {} SKIP (lsn = '{}')",
-                state.name,
-                Lsn(prev[1]),
-                state.apply_failures,
-                state.name,
-                Lsn(prev[1]),
-            )
-    elif prev is None or prev[0] != requested:
-        state.apply_failures = 0
-        state.failing_lsn = None
