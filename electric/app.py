@@ -357,7 +357,7 @@ class Application:
             open_stream=self._publisher_stream_opener(),
             host=self.listen_host, port=s.postgres_replication_port,
             table_lookup=self._connector_table, password=self.replication_password,
-            tls=self.tls, max_connections=self.max_connections,
+            tls=self.tls, max_connections=self.max_connections, limits=limits.DEFAULT.postgres,
             open_snapshot=(lambda relations: self.store.snapshot(relations).transaction())
             if self.store is not None else None,
         )

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from electric.postgres.lsn import Lsn
+from electric.postgres.pgtime import from_pg_micros, to_pg_micros
 
 __all__ = [
     "Begin",
@@ -47,11 +48,6 @@ __all__ = [
 
 class ProtocolError(ValueError):
     """A pgoutput payload is malformed, truncated, or violates the protocol."""
-
-
-# Postgres timestamps: microseconds since 2000-01-01 00:00:00 UTC.
-PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 
 
 class _UnchangedToast:
@@ -272,7 +268,7 @@ class _Reader:
     def timestamp(self) -> datetime:
         micros = self.int64s()
         try:
-            return PG_EPOCH + timedelta(microseconds=micros)
+            return from_pg_micros(micros)
         except OverflowError:
             raise ProtocolError(f"{self.what}: timestamp out of range ({micros} us)") from None
 
@@ -520,9 +516,7 @@ def _b_string(text: str) -> bytes:
 
 
 def _b_timestamp(ts: datetime) -> bytes:
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)  # naive datetimes are taken to be UTC
-    return struct.pack(">q", (ts - PG_EPOCH) // _ONE_US)
+    return struct.pack(">q", to_pg_micros(ts))  # naive datetimes are taken to be UTC
 
 
 def _b_lsn(lsn: int) -> bytes:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from scramp import ScramException, ScramMechanism
 
-from electric.postgres import wire
+from electric.postgres import replies, wire
 
 MECHANISM = "SCRAM-SHA-256"
 ITERATIONS = 4096  # Postgres' default scram_iterations
@@ -62,7 +62,7 @@ class ScramExchange:
     def start(self) -> bytes:
         """AuthenticationSASL offering SCRAM-SHA-256: send right after the StartupMessage."""
         self._expect("start", "initial")
-        return wire.authentication_sasl([MECHANISM])
+        return replies.authentication_sasl([MECHANISM])
 
     def on_initial_response(self, event: wire.SASLInitialResponse) -> bytes:
         """Client-first → AuthenticationSASLContinue (server-first)."""
@@ -71,7 +71,7 @@ class ScramExchange:
             raise AuthenticationFailed(f"client chose SASL mechanism {event.mechanism!r}")
         try:
             self._server.set_client_first(event.data.decode("utf-8"))
-            return wire.authentication_sasl_continue(self._server.get_server_first().encode())
+            return replies.authentication_sasl_continue(self._server.get_server_first().encode())
         except (ScramException, UnicodeDecodeError) as exc:
             raise AuthenticationFailed(f"bad SCRAM client-first message ({exc})") from None
 
@@ -80,7 +80,7 @@ class ScramExchange:
         self._expect("final", "done")
         try:
             self._server.set_client_final(event.data.decode("utf-8"))
-            return wire.authentication_sasl_final(self._server.get_server_final().encode())
+            return replies.authentication_sasl_final(self._server.get_server_final().encode())
         except (ScramException, UnicodeDecodeError) as exc:
             raise AuthenticationFailed(f"wrong password or bad SCRAM proof ({exc})") from None
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from electric import metrics
 from electric.changes import RelationName, Table, TruncatedRelation
+from electric.limits import DEFAULT, PostgresLimits
 
-DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 # Bookkeeping per shared row message on top of its body (tuple + list slot), for the bound.
 _ENTRY_OVERHEAD = 96
 
@@ -77,8 +77,8 @@ class SharedTransaction:
 class SharedEncodings:
     """The publisher-wide cache (one per :class:`~electric.postgres.publisher.Publisher`)."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, limits: PostgresLimits = DEFAULT.postgres) -> None:
+        self.max_bytes = limits.publisher_encode_cache_bytes
         self.bytes = 0
         self._entries: OrderedDict[Any, SharedTransaction] = OrderedDict()
         self.stats = {"encoded": 0, "reused": 0, "evicted": 0}

@@ -15,29 +15,31 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
-from electric.postgres import pgoutput, wire
+from electric.postgres import pgoutput, replies, wire
+from electric.postgres.commands import (
+    DropReplicationSlot,
+    EmptyQuery,
+    IdentifySystem,
+    ListPublications,
+    ListPublicationTables,
+    SetConfig,
+    StartReplication,
+    TransactionControl,
+    Unsupported,
+    parse_command,
+)
 from electric.postgres.lsn import Lsn
 from electric.postgres.wire import (
     BackendConnection,
     CopyDone,
-    DropReplicationSlot,
-    EmptyQuery,
     GSSENCRequest,
-    IdentifySystem,
-    ListPublications,
-    ListPublicationTables,
     ProtocolError,
     Query,
-    SetConfig,
     SSLRequest,
     StandbyStatusUpdate,
-    StartReplication,
     StartupMessage,
     Terminate,
-    TransactionControl,
-    Unsupported,
     UnsupportedMessage,
-    parse_command,
 )
 from tests.support.waiting import wait_until as wait_for
 
@@ -108,16 +110,16 @@ class FakePublisher:
         return b"".join(wire.xlog_data(lsn, lsn, pgoutput.encode(m)) for lsn, m in msgs)
 
     def _reply(self, conn: BackendConnection, ev: object) -> bytes:
-        rfq = wire.ready_for_query()
+        rfq = replies.ready_for_query()
         if isinstance(ev, SSLRequest | GSSENCRequest):
-            return wire.encryption_denied()
+            return replies.encryption_denied()
         if isinstance(ev, StartupMessage):
-            return wire.startup_response(wire.server_parameters(ev.parameters), pid=4242)
+            return replies.startup_response(replies.server_parameters(ev.parameters), pid=4242)
         if isinstance(ev, CopyDone):
             return (
                 wire.copy_done()
-                + wire.command_complete("COPY 0")
-                + wire.command_complete("START_REPLICATION")
+                + replies.command_complete("COPY 0")
+                + replies.command_complete("START_REPLICATION")
                 + rfq
             )
         if isinstance(ev, StandbyStatusUpdate) and ev.reply_requested:
@@ -127,13 +129,13 @@ class FakePublisher:
         cmd = parse_command(ev.text)
         self._record(cmd)
         if isinstance(cmd, EmptyQuery):
-            return wire.empty_query_response() + rfq
+            return replies.empty_query_response() + rfq
         if isinstance(cmd, SetConfig):
-            return wire.text_result([("set_config", "text")], [[cmd.value]]) + rfq
+            return replies.text_result([("set_config", "text")], [[cmd.value]]) + rfq
         if isinstance(cmd, ListPublications):
-            return wire.text_result([("pubname", "name")], [[p] for p in cmd.publications]) + rfq
+            return replies.text_result([("pubname", "name")], [[p] for p in cmd.publications]) + rfq
         if isinstance(cmd, ListPublicationTables):
-            return wire.text_result([("schemaname", "name"), ("tablename", "name")], [TABLE]) + rfq
+            return replies.text_result([("schemaname", "name"), ("tablename", "name")], [TABLE]) + rfq
         if isinstance(cmd, IdentifySystem):
             cols = [
                 ("systemid", "text"),
@@ -142,7 +144,7 @@ class FakePublisher:
                 ("dbname", "text"),
             ]
             row = ["7000000000000000001", 1, "0/1", conn.parameters.get("database")]
-            return wire.text_result(cols, [row], tag="IDENTIFY_SYSTEM") + rfq
+            return replies.text_result(cols, [row], tag="IDENTIFY_SYSTEM") + rfq
         if isinstance(cmd, StartReplication):
             out = conn.start_copy_both() + wire.primary_keepalive(cmd.lsn)
             with self.lock:
@@ -151,12 +153,12 @@ class FakePublisher:
                     out += self._transaction(cmd.lsn)
             return out
         if isinstance(cmd, DropReplicationSlot):
-            return wire.command_complete("DROP_REPLICATION_SLOT") + rfq
+            return replies.command_complete("DROP_REPLICATION_SLOT") + rfq
         if isinstance(cmd, TransactionControl):
-            return wire.command_complete(cmd.kind) + rfq
+            return replies.command_complete(cmd.kind) + rfq
         if isinstance(cmd, Unsupported):
-            return wire.unsupported_response(cmd)
-        return wire.error_response("ERROR", "0A000", f"fake publisher: {cmd}") + rfq
+            return replies.unsupported_response(cmd)
+        return replies.error_response("ERROR", "0A000", f"fake publisher: {cmd}") + rfq
 
     def of(self, kind: type) -> list:
         with self.lock:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from gevent.event import Event
 
 from electric.changes import Column, Table, Transaction, utc_now
+from electric.limits import DEFAULT
 from electric.offsets import OffsetStore
 from electric.postgres import green
 from electric.postgres.publisher import Publisher
@@ -95,14 +97,16 @@ class Setup:
         self.conn.autocommit = True
         self.sql(SUBSCRIBER_SQL)
 
-    def new_publisher(self, port: int = 0, **kwargs) -> Publisher:
+    def new_publisher(self, port: int = 0, *, limits: dict | None = None, **kwargs) -> Publisher:
+        # Keepalives every second: the tests wait for a subscriber's confirmations.
+        section = replace(DEFAULT.postgres, publisher_keepalive_interval=1.0, **(limits or {}))
         publisher = Publisher(
             registry=self.registry,
             offsets=self.offsets,
             open_stream=self.log.open_stream,
             host="127.0.0.1",
             port=port,
-            keepalive_interval=1.0,
+            limits=section,
             password=PASSWORD,
             **kwargs,
         )

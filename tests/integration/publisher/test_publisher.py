@@ -267,7 +267,7 @@ def test_resume_after_collected_mappings_and_trailing_noops(setup):
     """Mappings below the subscriber's flushed position are collected; a subscriber whose
     origin stayed behind (its last transactions wrote nothing) still resumes without replay."""
     setup.publisher.stop()
-    setup.publisher = setup.new_publisher(gc_interval=0)
+    setup.publisher = setup.new_publisher(limits={"publisher_gc_interval": 0})
     setup.subscribe()
     setup.log.append(up(ITEMS, 0, "written"))
     for i in range(5):

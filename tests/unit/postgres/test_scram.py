@@ -8,9 +8,13 @@ import struct
 import pytest
 from scramp import ScramClient
 
-from electric.postgres import wire
+from electric.postgres import replies, wire
 from electric.postgres.scram import AuthenticationFailed, ScramVerifier
-from electric.postgres.wire import BackendConnection, Phase, ProtocolError
+from electric.postgres.wire import (
+    BackendConnection,
+    Phase,
+    ProtocolError,
+)
 
 VERIFIER = ScramVerifier.from_password("s3cret", iterations=4096)
 
@@ -124,7 +128,7 @@ def test_tls_offered_refuses_plaintext_after_ssl_request_and_plaintext_startup()
     conn.tls_established()
     (event,) = conn.receive_data(startup(user="u"))
     assert isinstance(event, wire.StartupMessage) and conn.encrypted
-    assert wire.encryption_accepted() == b"S"
+    assert replies.encryption_accepted() == b"S"
 
 
 def test_unauthenticated_peers_cannot_make_the_server_buffer():

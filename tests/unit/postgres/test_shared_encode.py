@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from electric import metrics
+from electric import limits, metrics
 from electric.changes import DeletedRecord, NewRecord, Transaction, TruncatedRelation
 from electric.postgres import wire
 from electric.postgres.lsn import Lsn
@@ -83,7 +83,8 @@ def test_other_oids_share_the_rows_but_not_other_columns():
 
 
 def test_the_cache_is_bounded_in_bytes():
-    shared = SharedEncodings(max_bytes=20_000)
+    shared = SharedEncodings(dataclasses.replace(limits.DEFAULT.postgres,
+                                                 publisher_encode_cache_bytes=20_000))
     enc = SlotEncoder(TABLES.get, shared=shared)
     for i in range(200):
         tx = Transaction([NewRecord(ENTRIES.relation, row("x" * 100))], TS)

@@ -8,45 +8,40 @@ import socket
 import struct
 import subprocess
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from electric.postgres import wire
+from electric.limits import DEFAULT
+from electric.postgres import pgtime, replies, wire
+from electric.postgres.commands import (
+    EmptyQuery,
+    IdentifySystem,
+    SetConfig,
+    Show,
+    StartReplication,
+    Unsupported,
+    parse_command,
+)
 from electric.postgres.wire import (
     BackendConnection,
     CancelRequest,
     CopyData,
     CopyDone,
     CopyFail,
-    CreateReplicationSlot,
-    DropReplicationSlot,
-    EmptyQuery,
-    Field,
     GSSENCRequest,
     HotStandbyFeedback,
-    IdentifySystem,
-    ListPublications,
-    ListPublicationTables,
     Phase,
     ProtocolError,
     Query,
-    RelationColumns,
-    RelationInfo,
-    SetConfig,
-    SetParameter,
-    Show,
     SSLRequest,
     StandbyStatusUpdate,
-    StartReplication,
     StartupMessage,
     Terminate,
-    TransactionControl,
-    Unsupported,
     UnsupportedMessage,
-    parse_command,
 )
 
 
@@ -102,7 +97,7 @@ def ready_conn() -> BackendConnection:
 def test_ssl_and_gss_requests_then_startup():
     c = BackendConnection()
     assert c.receive_data(SSL_REQUEST) == [SSLRequest()]
-    assert wire.encryption_denied() == b"N"
+    assert replies.encryption_denied() == b"N"
     assert c.receive_data(GSSENC_REQUEST) == [GSSENCRequest()]
     assert c.phase is Phase.STARTUP
     [ev] = c.receive_data(startup(**PG15_STARTUP))
@@ -172,7 +167,7 @@ def test_bad_startup_packets(packet, match):
     assert c.phase is Phase.CLOSED
     with pytest.raises(ProtocolError):  # stays failed
         c.receive_data(b"")
-    assert wire.fatal_for(ei.value).startswith(b"E")
+    assert replies.fatal_for(ei.value).startswith(b"E")
 
 
 def test_oversized_startup_length_is_rejected_from_the_header_alone():
@@ -315,7 +310,7 @@ def test_malformed_tagged_messages(data, match):
 
 
 def test_oversize_error_uses_program_limit_sqlstate():
-    c = BackendConnection(max_message_size=100)
+    c = BackendConnection(limits=replace(DEFAULT.postgres, publisher_max_message_size=100))
     c.receive_data(startup(user="u"))
     c.receive_data(query("x" * 90))
     with pytest.raises(ProtocolError) as ei:
@@ -330,135 +325,16 @@ def test_eof_mid_message():
     assert ready_conn().receive_eof() is False
 
 
-# ------------------------------------------------------------------ backend builders
+# ------------------------------------------------------------------ stream framing
 
 
-def test_startup_response_bytes():
-    assert wire.authentication_ok() == h("52 00000008 00000000")
-    assert wire.ready_for_query() == h("5a 00000005 49")
-    assert wire.ready_for_query("T") == h("5a 00000005 54")
-    assert wire.backend_key_data(42, 0) == h("4b 0000000c 0000002a 00000000")
-    assert wire.backend_key_data(0xFFFFFFFF, 1) == h("4b 0000000c ffffffff 00000001")
-    assert wire.parameter_status("server_version", "electric-0.0.1") == (
-        b"S" + struct.pack(">I", 4 + 15 + 15) + b"server_version\0electric-0.0.1\0"
-    )
-    params = wire.server_parameters({"application_name": "postgres_1"})
-    assert params["client_encoding"] == "UTF8"  # absent → default (reference crashed)
-    assert params["server_version"] == "electric-0.0.1"
-    assert params["application_name"] == "postgres_1"
-    out = wire.startup_response(params, pid=7)
-    assert out.startswith(wire.authentication_ok())
-    assert out.endswith(wire.backend_key_data(7, 0) + wire.ready_for_query("I"))
-    assert out.count(b"S\0\0\0") == len(params)
-
-
-def test_negotiate_protocol_version():
-    assert wire.negotiate_protocol_version() == h("76 0000000c 00000000 00000000")
-    assert (
-        wire.negotiate_protocol_version(0, ["_pq_.x"])
-        == h("76 00000013 00000000 00000001") + b"_pq_.x\0"
-    )
-    c = BackendConnection()
-    [ev] = c.receive_data(h("00000019 00030002") + b"user\0u\0_pq_.x\0y\0\0")
-    assert ev.protocol == (3, 2)
-    out = wire.startup_response({"a": "b"}, pid=1, startup=ev)
-    assert out.startswith(wire.negotiate_protocol_version(0, ["_pq_.x"]) + wire.authentication_ok())
-    plain = BackendConnection().receive_data(startup(user="u"))[0]
-    assert wire.startup_response({}, pid=1, startup=plain).startswith(wire.authentication_ok())
-
-
-def test_row_description_and_data_row_bytes():
-    rd = wire.row_description([Field.of("set_config", "text")])
-    assert rd == h("54 00000023 0001") + b"set_config\0" + h(
-        "00000000 0000 00000019 ffff ffffffff 0000"
-    )
-    assert wire.row_description([Field.of("relkind", "char")]).endswith(
-        h("00000000 0000 00000012 0001 ffffffff 0000")
-    )
-    assert wire.row_description([Field.of("tablename", "name")]).endswith(
-        h("00000000 0000 00000013 0040 ffffffff 0000")
-    )
-    assert wire.data_row([""]) == h("44 0000000a 0001 00000000")
-    assert wire.data_row([None, 1, True, False, b"\x01"]) == h(
-        "44 0000001e 0005 ffffffff 00000001 31 00000001 74 00000001 66 00000001 01"
-    )
-
-
-def test_text_result_set_config_vector():
-    # the set_config answer: T(set_config text) D("") C("SELECT 1")
-    out = wire.text_result([("set_config", "text")], [[""]])
-    assert out == (
-        wire.row_description([Field("set_config", 25, -1)])
-        + h("44 0000000a 0001 00000000")
-        + h("43 0000000d")
-        + b"SELECT 1\0"
-    )
-
-
-def test_text_result_identify_system_and_custom_tag():
-    out = wire.text_result(
-        [("systemid", "text"), ("timeline", "int4"), ("xlogpos", "text"), ("dbname", "text")],
-        [["7000000000000000001", 1, "0/1", "test"]],
-        tag="IDENTIFY_SYSTEM",
-    )
-    assert out.endswith(b"C\0\0\0\x14IDENTIFY_SYSTEM\0")
-    assert b"\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff" in out  # int4: oid 23, typlen 4
-    with pytest.raises(ValueError):
-        wire.text_result([("a", "text")], [["x", "y"]])
-
-
-def test_text_result_multiple_rows_counts():
-    out = wire.text_result(
-        [("schemaname", "name"), ("tablename", "name")], [["public", "a"], ["public", "b"]]
-    )
-    assert out.endswith(b"C\0\0\0\x0dSELECT 2\0")
-    assert out.count(b"D\0\0\0") == 2
-
-
-def test_error_and_notice_response_bytes():
-    body = b"SERROR\0VERROR\0C0A000\0Mnope\0\0"
-    assert (
-        wire.error_response("error", "0A000", "nope")
-        == b"E" + struct.pack(">I", 4 + len(body)) + body
-    )
-    body = b"SWARNING\0VWARNING\0C01000\0Mm\0Dd\0Hh\0\0"
-    assert wire.notice_response("WARNING", "01000", "m", detail="d", hint="h") == (
-        b"N" + struct.pack(">I", 4 + len(body)) + body
-    )
-    # A NUL inside the text would end the field early: it is dropped.
-    assert b"ab\0" in wire.error_response("FATAL", "08P01", "a\0b")
-
-
-def test_unsupported_response():
-    out = wire.unsupported_response(Unsupported("SHOW foo", "SHOW is not supported by Electric"))
-    assert out.startswith(b"E")
-    assert b"C0A000\0" in out and b"SERROR\0" in out
-    assert b"SHOW is not supported by Electric: SHOW foo" in out
-    assert out.endswith(wire.ready_for_query("I"))
-
-
-def test_fatal_for():
-    out = wire.fatal_for(ProtocolError("bad", "08P01"))
-    assert out == wire.error_response("FATAL", "08P01", "bad")
-
-
-def test_copy_and_misc_bytes():
+def test_copy_frames():
     assert wire.copy_both_response() == h("57 00000007 00 0000")
     assert wire.copy_done() == h("63 00000004")
     assert wire.copy_data(b"xy") == h("64 00000006 7879")
-    assert wire.empty_query_response() == h("49 00000004")
-    assert wire.command_complete("COPY 0") == h("43 0000000b") + b"COPY 0\0"
 
 
-SEND_TIME = wire.to_pg_micros(datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC))
-
-
-def test_pg_epoch_time():
-    assert SEND_TIME == 0x0002911F1ED96A40  # the send time of the test_slot worked example
-    assert wire.to_pg_micros(datetime(2000, 1, 1)) == 0
-    assert wire.from_pg_micros(SEND_TIME) == datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC)
-    now = wire.pg_now_micros()
-    assert abs(now - wire.to_pg_micros(datetime.now(UTC))) < 5_000_000
+SEND_TIME = pgtime.to_pg_micros(datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC))
 
 
 def test_xlog_data_begin_vector():
@@ -488,179 +364,7 @@ def test_keepalive_vector():
 def test_builders_default_send_time_is_now():
     out = wire.primary_keepalive(5)
     (t,) = struct.unpack(">q", out[14:22])
-    assert abs(t - wire.pg_now_micros()) < 5_000_000
-
-
-# ------------------------------------------------------------------ normalisation + commands
-
-
-def test_normalize_query():
-    assert wire.normalize_query("SELECT  1 ;;\0\0") == "SELECT 1"
-    assert wire.normalize_query("  a\n\t b  ") == "a b"
-    assert wire.normalize_query("x 'a  \n b' \"c  d\"") == "x 'a  \n b' \"c  d\""
-    assert wire.normalize_query("x 'it''s  ;' ;") == "x 'it''s  ;'"
-    assert wire.normalize_query("x E'a\\'  b'") == "x E'a\\'  b'"
-    assert wire.normalize_query("") == ""
-
-
-PG14_LIST = (
-    "SELECT DISTINCT t.schemaname, t.tablename\n  FROM pg_catalog.pg_publication_tables t\n"
-    " WHERE t.pubname IN ('all_tables')"
-)
-PG15_LIST = (
-    "SELECT DISTINCT t.schemaname, t.tablename \nFROM pg_catalog.pg_publication_tables t\n"
-    " WHERE t.pubname IN ('all_tables')"
-)
-PG15_NUMERIC_LIST = (
-    "SELECT DISTINCT t.schemaname, t.tablename \n, t.attnames\nFROM "
-    "pg_catalog.pg_publication_tables t\n WHERE t.pubname IN ('all_tables')"
-)
-PG14_ATTRS = (
-    "SELECT a.attname,       a.atttypid,       a.attnum = ANY(i.indkey)"
-    "  FROM pg_catalog.pg_attribute a"
-    "  LEFT JOIN pg_catalog.pg_index i"
-    "       ON (i.indexrelid = pg_get_replica_identity_index(20000))"
-    " WHERE a.attnum > 0::pg_catalog.int2"
-    "   AND NOT a.attisdropped AND a.attgenerated = ''"
-    "   AND a.attrelid = 20000"
-    " ORDER BY a.attnum"
-)
-PG15_ATTRS = (
-    "SELECT a.attnum,       a.attname,       a.atttypid,       a.attnum = ANY(i.indkey)"
-    "  FROM pg_catalog.pg_attribute a"
-    "  LEFT JOIN pg_catalog.pg_index i"
-    "       ON (i.indexrelid = pg_get_replica_identity_index(20000))"
-    " WHERE a.attnum > 0::pg_catalog.int2"
-    "   AND NOT a.attisdropped"
-    "   AND a.attrelid = 20000"
-    " ORDER BY a.attnum"
-)
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        (
-            "SELECT pg_catalog.set_config('search_path', '', false);",
-            SetConfig("search_path", "", False),
-        ),
-        ("select pg_catalog.set_config('x', 'it''s', true)", SetConfig("x", "it's", True)),
-        ("IDENTIFY_SYSTEM", IdentifySystem()),
-        ("identify_system;", IdentifySystem()),
-        (PG14_LIST, ListPublicationTables(["all_tables"], False)),
-        (PG15_LIST, ListPublicationTables(["all_tables"], False)),
-        (PG15_NUMERIC_LIST, ListPublicationTables(["all_tables"], True)),
-        (
-            "SELECT DISTINCT t.schemaname, t.tablename FROM pg_catalog.pg_publication_tables t "
-            "WHERE t.pubname IN ('a', 'b''c', E'd\\\\e')",
-            ListPublicationTables(["a", "b'c", "d\\e"], False),
-        ),
-        (
-            "SELECT t.pubname FROM\n pg_catalog.pg_publication t WHERE\n t.pubname IN ('all_tables')",
-            ListPublications(["all_tables"]),
-        ),
-        (
-            "SELECT c.oid, c.relreplident, c.relkind  FROM pg_catalog.pg_class c  INNER JOIN "
-            "pg_catalog.pg_namespace n        ON (c.relnamespace = n.oid) WHERE n.nspname = "
-            "'public'   AND c.relname = 'items'",
-            RelationInfo("public", "items"),
-        ),
-        (PG14_ATTRS, RelationColumns(20000, False)),
-        (PG15_ATTRS, RelationColumns(20000, True)),
-        ("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ", TransactionControl("BEGIN")),
-        ("START TRANSACTION", TransactionControl("BEGIN")),
-        ("COMMIT", TransactionControl("COMMIT")),
-        ("ROLLBACK", TransactionControl("ROLLBACK")),
-        ("DROP_REPLICATION_SLOT s WAIT", DropReplicationSlot("s", True)),
-        ('DROP_REPLICATION_SLOT "My Slot"', DropReplicationSlot("My Slot", False)),
-        (
-            'CREATE_REPLICATION_SLOT "pg_16518_sync_16385_7" LOGICAL pgoutput USE_SNAPSHOT',
-            CreateReplicationSlot("pg_16518_sync_16385_7", False, True, "pgoutput", "USE_SNAPSHOT"),
-        ),
-        (
-            "CREATE_REPLICATION_SLOT \"x\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'use')",
-            CreateReplicationSlot("x", True, True, "pgoutput", "(SNAPSHOT 'use')"),
-        ),
-        ("SHOW wal_segment_size", Show("wal_segment_size")),
-        ("SET search_path = ''", SetParameter("search_path", "")),
-        ("SET datestyle TO ISO", SetParameter("datestyle", "ISO")),
-        ("", EmptyQuery()),
-        (" ;; ", EmptyQuery()),
-    ],
-)
-def test_parse_command(text, expected):
-    assert parse_command(text) == expected
-
-
-def test_start_replication_forms():
-    cmd = parse_command(
-        "START_REPLICATION SLOT \"s\" LOGICAL 2/A7F4A880 (proto_version '3', streaming 'on', "
-        "two_phase 'on', publication_names '\"all_tables\",\"Other\"\"x\", plain', binary 'true')"
-    )
-    assert isinstance(cmd, StartReplication)
-    assert cmd.slot == "s"
-    assert cmd.lsn == 0x2A7F4A880
-    assert cmd.proto_version == 3
-    assert cmd.publication_names == ["all_tables", 'Other"x', "plain"]
-    assert cmd.options["streaming"] == "on" and cmd.options["binary"] == "true"
-    assert list(cmd.options) == [
-        "proto_version",
-        "streaming",
-        "two_phase",
-        "publication_names",
-        "binary",
-    ]
-
-    cmd = parse_command("START_REPLICATION SLOT postgres_1 LOGICAL 0/258")
-    assert cmd == StartReplication("postgres_1", 0x258, {})
-    assert cmd.proto_version is None and cmd.publication_names == []
-
-    cmd = parse_command('START_REPLICATION SLOT "s""q" LOGICAL 0/0 (messages, origin \'any\')')
-    assert cmd.slot == 's"q'
-    assert cmd.options == {"messages": None, "origin": "any"}
-
-
-@pytest.mark.parametrize(
-    "text, reason",
-    [
-        ("START_REPLICATION 0/0", "physical replication"),
-        ("START_REPLICATION SLOT s PHYSICAL 0/0", "physical replication"),
-        ("START_REPLICATION SLOT s LOGICAL zz", "could not parse"),
-        ("START_REPLICATION SLOT s LOGICAL 0/0 (proto_version", "could not parse"),
-        ("START_REPLICATION SLOT s LOGICAL 0/0 (a 'b') extra", "could not parse"),
-        ("START_REPLICATION SLOT s LOGICAL 123456789/0", "could not parse"),
-        ("START_REPLICATION SLOT", "could not parse"),
-        ("SELECT 1", "query not supported"),
-        (
-            "SELECT DISTINCT t.schemaname, t.tablename FROM pg_catalog.pg_publication_tables t WHERE t.pubname IN (1)",
-            "query not supported",
-        ),
-        ("COPY public.items (id) TO STDOUT", "COPY is not supported"),
-        ("TIMELINE_HISTORY 1", "TIMELINE_HISTORY is not supported"),
-        ("READ_REPLICATION_SLOT s", "READ_REPLICATION_SLOT"),
-        ("IDENTIFY_SYSTEM now", "syntax error"),
-        ("BEGIN; SELECT 1", "multiple statements"),
-        ("DROP_REPLICATION_SLOT s NOW", "could not parse"),
-        ("CREATE_REPLICATION_SLOT s", "could not parse"),
-    ],
-)
-def test_unsupported_commands(text, reason):
-    cmd = parse_command(text)
-    assert isinstance(cmd, Unsupported), cmd
-    assert reason in cmd.reason
-
-
-def test_semicolon_inside_quotes_is_not_a_second_statement():
-    cmd = parse_command("SELECT pg_catalog.set_config('a', 'x;y', false)")
-    assert cmd == SetConfig("a", "x;y", False)
-
-
-def test_split_identifier_list():
-    assert wire.split_identifier_list('"a", B ,"C""d"') == ["a", "b", 'C"d']
-    with pytest.raises(ValueError):
-        wire.split_identifier_list("a b")
-    with pytest.raises(ValueError):
-        wire.split_identifier_list("a,,b")
+    assert abs(t - pgtime.pg_now_micros()) < 5_000_000
 
 
 # ------------------------------------------------------------------ robustness (hypothesis)
@@ -712,65 +416,6 @@ def test_structured_message_streams_only_raise_protocol_error(messages, copy_mod
     if copy_mode:
         c.start_copy_both()
     _feed(c, b"".join(messages), cut)
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.text(max_size=200))
-def test_parse_command_never_raises(text):
-    cmd = parse_command(text)
-    assert cmd is not None
-
-
-_words = st.sampled_from(
-    [
-        "START_REPLICATION",
-        "SLOT",
-        "LOGICAL",
-        "0/0",
-        "1/FF",
-        '"s"',
-        "s",
-        "(",
-        ")",
-        ",",
-        "'1'",
-        "proto_version",
-        "publication_names",
-        "E'x\\\\'",
-        "'",
-        '"',
-        "DROP_REPLICATION_SLOT",
-        "CREATE_REPLICATION_SLOT",
-        "WAIT",
-        "TEMPORARY",
-        "pgoutput",
-        "SELECT",
-        "SHOW",
-        "SET",
-        "=",
-        "TO",
-        ";",
-        "IN",
-        "\n",
-        "pg_catalog.set_config",
-        "BEGIN",
-    ]
-)
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.lists(_words, max_size=14))
-def test_parse_command_on_command_like_text_never_raises(words):
-    parse_command(" ".join(words))
-    parse_command("".join(words))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(max_size=100))
-def test_normalize_is_idempotent(text):
-    once = wire.normalize_query(text)
-    assert wire.normalize_query(once) == once
-
 
 # ------------------------------------------------------------------ interop with real libpq clients
 #
@@ -832,26 +477,26 @@ class _FakePublisher:
 
     def _reply(self, conn: BackendConnection, ev: object) -> bytes:
         if isinstance(ev, SSLRequest | GSSENCRequest):
-            return wire.encryption_denied()
+            return replies.encryption_denied()
         if isinstance(ev, StartupMessage):
-            params = wire.server_parameters(ev.parameters, self.server_version)
-            return wire.startup_response(params, pid=4242)
+            params = replies.server_parameters(ev.parameters, self.server_version)
+            return replies.startup_response(params, pid=4242)
         if isinstance(ev, CopyDone):
             return (
                 wire.copy_done()
-                + wire.command_complete("COPY 0")
-                + wire.command_complete("START_REPLICATION")
-                + wire.ready_for_query()
+                + replies.command_complete("COPY 0")
+                + replies.command_complete("START_REPLICATION")
+                + replies.ready_for_query()
             )
         if not isinstance(ev, Query):
             return b""
         cmd = parse_command(ev.text)
         self.seen.append(cmd)
-        rfq = wire.ready_for_query()
+        rfq = replies.ready_for_query()
         if isinstance(cmd, EmptyQuery):
-            return wire.empty_query_response() + rfq
+            return replies.empty_query_response() + rfq
         if isinstance(cmd, SetConfig):
-            return wire.text_result([("set_config", "text")], [[cmd.value]]) + rfq
+            return replies.text_result([("set_config", "text")], [[cmd.value]]) + rfq
         if isinstance(cmd, IdentifySystem):
             cols = [
                 ("systemid", "text"),
@@ -860,9 +505,9 @@ class _FakePublisher:
                 ("dbname", "text"),
             ]
             row = ["7000000000000000001", 1, "0/1", conn.parameters.get("database")]
-            return wire.text_result(cols, [row], tag="IDENTIFY_SYSTEM") + rfq
+            return replies.text_result(cols, [row], tag="IDENTIFY_SYSTEM") + rfq
         if isinstance(cmd, StartReplication):
-            t = wire.pg_now_micros()
+            t = pgtime.pg_now_micros()
             return (
                 conn.start_copy_both()
                 + wire.primary_keepalive(cmd.lsn, t)
@@ -872,10 +517,10 @@ class _FakePublisher:
             )
         if isinstance(cmd, Show):
             value = {"wal_level": "logical", "data_directory_mode": "0700"}.get(cmd.name, "")
-            return wire.text_result([(cmd.name, "text")], [[value]], tag="SHOW") + rfq
+            return replies.text_result([(cmd.name, "text")], [[value]], tag="SHOW") + rfq
         if isinstance(cmd, Unsupported):
-            return wire.unsupported_response(cmd)
-        return wire.error_response("ERROR", "0A000", "not in this fake") + rfq
+            return replies.unsupported_response(cmd)
+        return replies.error_response("ERROR", "0A000", "not in this fake") + rfq
 
     def close(self) -> None:
         self.sock.close()
