@@ -429,10 +429,11 @@ def vaxine_stream_opener(
     Offsets are stored as ``term_to_binary({L, R})`` bytes; ``None`` starts from the beginning.
     The stream is closed when the session ends (the generator is closed by the feeder).
     """
-    from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
+    from electric.vaxine.offset import VaxineOffset
+    from electric.vaxine.stream import WalStream
 
     def open_stream(after: bytes | None) -> Iterator[tuple[Transaction, bytes]]:
-        start = 0 if after is None else offset_from_bytes(after)
+        start = 0 if after is None else VaxineOffset.from_bytes(after)
         stream = WalStream(
             host,
             port,
@@ -443,7 +444,7 @@ def vaxine_stream_opener(
         )
         try:
             for tx, offset in stream:
-                yield tx, offset_to_bytes(offset)
+                yield tx, VaxineOffset.of(offset).to_bytes()
         finally:
             stream.close()
 

@@ -79,16 +79,6 @@ class StreamFailed(RuntimeError):
 # --------------------------------------------------------------------------- sans-I/O
 
 
-# electric/postgres/publisher.py imports these two from here; it moves to VaxineOffset with
-# the publisher's own refactor, then they go.
-def offset_to_bytes(offset: Any) -> bytes:
-    return VaxineOffset.of(offset).to_bytes()
-
-
-def offset_from_bytes(data: bytes) -> VaxineOffset:
-    return VaxineOffset.from_bytes(data)
-
-
 class _DecodeCache:
     """Recently decoded frames, shared by every stream of the process.
 
