@@ -457,7 +457,8 @@ class Application:
                     self.publisher.reset(connector.name)
 
         def run() -> None:
-            subscribe_when_ready(connector.name, connector.ready, attempt)
+            subscribe_when_ready(connector.name, connector.ready, attempt,
+                                 state=connector.subscription)
 
         self._subscribe_attempts += 1
         self.supervisor.spawn(f"subscribe-{connector.name}-{self._subscribe_attempts}", run)

@@ -37,6 +37,7 @@ from electric.postgres import errors as pg_errors
 from electric.postgres import green, initial_sync
 from electric.postgres import provision as pv
 from electric.postgres.source import Sink, SourceReader
+from electric.postgres.subscription import SetupState
 from electric.retry import Backoff, Policy
 from electric.schema import SchemaRegistry
 from electric.supervisor import Supervisor
@@ -137,6 +138,8 @@ class Connector:
         self.tables_without_pk: list[RelationName] = []
         self.last_error: str | None = None
         self.reader: SourceReader | None = None
+        # This Postgres' subscription to Electric, as its set-up (by the application) goes.
+        self.subscription = SetupState()
 
         self._greenlet: Greenlet | None = None
         self._supervisor: Supervisor | None = None
@@ -185,6 +188,7 @@ class Connector:
             "blocked_lsn": reader.get("blocked_lsn"),
             "reconnects": reader.get("reconnects", 0),
             "last_error": reader.get("last_error") or self.last_error,
+            "subscription_blocked": self.subscription.blocked,
             "initial_sync": self.sync.as_dict(),
             "backfilled": dict(self.backfilled),
         }
