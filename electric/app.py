@@ -19,7 +19,8 @@ from electric import errors, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
-from electric.offsets import OffsetFileError, OffsetStore
+from electric.offsets.errors import OffsetFileError
+from electric.offsets.store import OffsetStore
 from electric.postgres.connector import Connector, plain_dsn
 from electric.postgres.publisher import Publisher, vaxine_stream_opener
 from electric.postgres.subscription import electric_conninfo, subscribe, subscribe_when_ready
