@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 
 import gevent
 from gevent.event import Event
@@ -19,6 +20,7 @@ from electric import errors, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
+from electric.limits import DEFAULT, Limits
 from electric.offsets.errors import OffsetFileError
 from electric.offsets.store import OffsetStore
 from electric.postgres.connector import Connector, plain_dsn
@@ -62,8 +64,9 @@ def _listen(setting: str, port: int, start: Callable[[], object]) -> None:
 
 
 class Application:
-    def __init__(self, settings):
+    def __init__(self, settings, limits: Limits = DEFAULT):
         self.settings = settings
+        self.limits = limits  # each component gets its section (electric/limits.py)
         self.listen_host = getattr(settings, "listen_address", "0.0.0.0")
         self.max_connections = getattr(settings, "max_connections", 10_000)
         self.tls = None  # server SSLContext when TLS_CERT_FILE/TLS_KEY_FILE are set
@@ -294,8 +297,8 @@ class Application:
         imported first: see electric/store/legacy.py)."""
         try:
             legacy.check(data_dir)
-            self.store = LocalStore(data_dir, self._primary_keys,
-                                    retain_changes=self.settings.store_retain_changes)
+            self.store = LocalStore(data_dir, self._primary_keys, limits=replace(
+                self.limits.store, retain_changes=self.settings.store_retain_changes))
         except (StoreFormatError, legacy.LegacyDataError) as exc:
             raise StartupError(f"VAXINE_DATA_DIR: {exc}") from None
         except OSError as exc:

@@ -24,6 +24,7 @@ from electric.cli_parser import (
     HelpFormatter,
     check_config_file,
 )
+from electric.limits import DEFAULT
 
 DEFAULT_CONNECTOR_TIMEOUT_MS = 5000
 # Connection parameters a CONNECTORS URL may carry besides ``timeout``: what libpq users set
@@ -178,7 +179,7 @@ OPTIONS: list[tuple[str, str, object, object, str]] = [
     ("--vaxine-pool-size", "VAXINE_POOL_SIZE", 10, "int", "connections in the shared Vaxine API pool"),
     ("--vaxine-data-dir", "VAXINE_DATA_DIR", "./vaxine_data", "str",
      "data directory of the embedded store (store.db: rows and log, SQLite)"),
-    ("--store-retain-changes", "STORE_RETAIN_CHANGES", 1_000_000, "int",
+    ("--store-retain-changes", "STORE_RETAIN_CHANGES", DEFAULT.store.retain_changes, "int",
      "changes the embedded store's log keeps; older readers get a snapshot of the rows"),
     ("--electric-host", "ELECTRIC_HOST", "localhost", "str",
      "host every Postgres uses to reach Electric's replication port (written into subscriptions)"),
