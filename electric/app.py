@@ -38,7 +38,6 @@ from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream, offset_from_bytes, offset_to_bytes
 from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
-SHUTDOWN_TIMEOUT = 4.0
 SYNC_RULES_WAIT = 30.0
 """How long a Satellite client authenticating at start-up waits for the sync rules check."""
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
@@ -73,7 +72,8 @@ class Application:
         self.replication_password = ""
         self.registry = SchemaRegistry()
         self.supervisor = Supervisor()
-        self.router = Router(admin_token=getattr(settings, "status_api_token", ""))
+        self.router = Router(admin_token=getattr(settings, "status_api_token", ""),
+                             limits=limits.service)
         self.http: HttpServer | None = None
         self.offsets: OffsetStore | None = None
         self.store: LocalStore | None = None  # embedded mode (no VAXINE_HOST)
@@ -139,7 +139,7 @@ class Application:
         """Bring every component up; raises StartupError with one line naming the cause."""
         s = self.settings
         try:
-            self.offsets = OffsetStore(s.offset_storage_file)
+            self.offsets = OffsetStore(s.offset_storage_file, limits=self.limits.service)
         except OffsetFileError as exc:
             raise StartupError(f"OFFSET_STORAGE_FILE: {exc}") from None
         except OSError as exc:
@@ -404,6 +404,7 @@ class Application:
                 reader_options=reader_options,
                 sync_state=_StoreSyncState(self.store) if self.store is not None else None,
                 on_tables_added=self._tables_added,
+                limits=self.limits.postgres,
             )
             self.connectors[cfg.name] = connector
             self.connector_locks[cfg.name] = BoundedSemaphore()
@@ -484,7 +485,7 @@ class Application:
     def shutdown(self) -> None:
         """Stop stage by stage; the closers of one stage run in parallel, and every stage but
         the last (files, which is quick and must happen) shares one overall deadline."""
-        deadline = gevent.get_hub().loop.now() + SHUTDOWN_TIMEOUT
+        deadline = gevent.get_hub().loop.now() + self.limits.service.shutdown_timeout
         self.supervisor.stop(timeout=1.0)
         for stage in sorted({stage for stage, _, _ in self._closers}):
             closers = [(name, closer) for st, name, closer in self._closers if st == stage]

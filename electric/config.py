@@ -26,7 +26,6 @@ from electric.cli_parser import (
 )
 from electric.limits import DEFAULT
 
-DEFAULT_CONNECTOR_TIMEOUT_MS = 5000
 # Connection parameters a CONNECTORS URL may carry besides ``timeout``: what libpq users set
 # for managed Postgres (TLS, session options, keepalives). They are handed to libpq as they
 # are; anything else is refused by name so a typo never goes unnoticed.
@@ -64,7 +63,7 @@ class Connector:
     user: str
     password: str = field(repr=False, default="")
     database: str = "postgres"
-    timeout_ms: int = DEFAULT_CONNECTOR_TIMEOUT_MS
+    timeout_ms: int = DEFAULT.postgres.connector_timeout_ms
     # libpq parameters from the URL (sslmode, options, ...), in URL order.
     params: tuple[tuple[str, str], ...] = ()
 
@@ -146,7 +145,7 @@ def _parse_connector_url(name: str, url: str) -> Connector:
     sslmode = dict(params).get("sslmode")
     if sslmode is not None and sslmode not in SSLMODES:
         raise ConfigError("CONNECTORS", f"{where}: sslmode must be one of {', '.join(SSLMODES)}")
-    timeout_ms = DEFAULT_CONNECTOR_TIMEOUT_MS
+    timeout_ms = DEFAULT.postgres.connector_timeout_ms
     if "timeout" in query:
         raw = query["timeout"][-1]
         if not raw.isdigit() or int(raw) <= 0:

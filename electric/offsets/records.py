@@ -28,10 +28,6 @@ HEADER_SIZE = HEADER.size  # 16
 # instead of looking like a record that runs past the end of the file (a torn write).
 REC_HEAD = struct.Struct(">III")
 REC_HEAD_SIZE = REC_HEAD.size  # 12
-# A single record is never anywhere near this; a larger length field is corruption, and the
-# cap keeps a garbage length from making us allocate gigabytes.
-MAX_RECORD_SIZE = 16 * 1024 * 1024
-
 KIND_SATELLITE_LSN = 1
 KIND_PG_MAPPINGS = 2
 KIND_PG_GC = 3

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from electric.offsets.errors import OffsetFileCorrupt
 from electric.offsets.records import (
     HEADER_SIZE,
-    MAX_RECORD_SIZE,
     REC_HEAD,
     REC_HEAD_SIZE,
     check_header,
@@ -30,12 +29,13 @@ from electric.offsets.records import (
 class Scan:
     """The records of ``data`` (a whole file, header included), in file order.
 
-    Iterate for ``(position, payload)`` pairs; once done, :attr:`end` is where the good
+    A length field over ``max_record_size`` is corruption (``ServiceLimits``). Iterate for
+    ``(position, payload)`` pairs; once done, :attr:`end` is where the good
     records end and :attr:`torn` says why anything after it is a torn write (``None``: the
     file ends with a complete record). Raises :class:`OffsetFileCorrupt` on damage.
     """
 
-    def __init__(self, data: bytes, path: str, max_record_size: int = MAX_RECORD_SIZE) -> None:
+    def __init__(self, data: bytes, path: str, max_record_size: int) -> None:
         check_header(data, path)
         self.data = data
         self.path = path

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable
 from gevent.lock import RLock
 from loguru import logger
 
+from electric.limits import DEFAULT, ServiceLimits
 from electric.offsets import disk
 from electric.offsets.errors import Malformed, OffsetFileCorrupt, OffsetFileError
 from electric.offsets.index import OffsetIndex
 from electric.offsets.records import (
-    MAX_RECORD_SIZE,
     encode_pg_gc,
     encode_pg_mappings,
     encode_satellite,
@@ -49,6 +49,7 @@ class OffsetStore:
         compact_ratio: float = 4.0,
         compact_min_bytes: int = 1 << 20,
         sync_in_threadpool: bool = True,
+        limits: ServiceLimits = DEFAULT.service,
     ) -> None:
         """Open (creating if missing) and load the file.
 
@@ -69,6 +70,7 @@ class OffsetStore:
         self.compact_ratio = compact_ratio
         self.compact_min_bytes = compact_min_bytes
         self.sync_in_threadpool = sync_in_threadpool
+        self.max_record_size = limits.offsets_max_record_size
         self._lock = RLock()
         self._fd: int | None = None
         self._size = 0
@@ -119,7 +121,7 @@ class OffsetStore:
             disk.write_at(self._fd, 0, header_bytes())
             os.fsync(self._fd)
             data = disk.read_all(self._fd)
-        scan = Scan(data, self.path, MAX_RECORD_SIZE)
+        scan = Scan(data, self.path, self.max_record_size)
         for pos, payload in scan:
             try:
                 self._index.apply(payload)
@@ -185,7 +187,7 @@ class OffsetStore:
         """
         self._check_usable()
         for p in payloads:
-            if len(p) > MAX_RECORD_SIZE:
+            if len(p) > self.max_record_size:
                 raise ValueError("offset record too large")
         blob = b"".join(frame(p) for p in payloads)
         start = self._size

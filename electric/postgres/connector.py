@@ -33,6 +33,7 @@ from loguru import logger
 
 from electric.changes import RelationName, Table
 from electric.errors import describe
+from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import errors as pg_errors
 from electric.postgres import green, initial_sync
 from electric.postgres import provision as pv
@@ -111,6 +112,7 @@ class Connector:
         retry_min: float = 1.0,
         retry_max: float = 10.0,
         reader_options: dict[str, Any] | None = None,
+        limits: PostgresLimits = DEFAULT.postgres,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -129,6 +131,7 @@ class Connector:
         self.backfilled: dict[str, int] = {}
         self.retry = Backoff(Policy(retry_min, retry_max))
         self.reader_options = dict(reader_options or {})
+        self.limits = limits
         self.log = logger.bind(origin=name)
 
         self.ready = gevent.event.Event()  # set once provisioned and streaming
@@ -230,7 +233,8 @@ class Connector:
             initial_sync.drop_slot(conn, self.slot)
         self.sync = initial_sync.Progress()
         initial_sync.run(plain_dsn(self.dsn), self.slot, list(self.tables.values()),
-                         self.sink, self.sync_state, self.name, self.sync)
+                         self.sink, self.sync_state, self.name, self.sync,
+                         batch_rows=self.limits.initial_sync_batch_rows)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -311,6 +315,7 @@ class Connector:
             sink=self.sink,
             table_lookup=self._lookup,
             refresh_table=self._refresh,
+            limits=self.limits,
             **options,
         )
         greenlet = self.reader.start()
@@ -413,7 +418,8 @@ class Connector:
             for relation in added:
                 table = self.tables[relation]
                 progress = initial_sync.Progress()
-                initial_sync.copy_current(conn, table, self.sink, progress)
+                initial_sync.copy_current(conn, table, self.sink, progress,
+                                          batch_rows=self.limits.initial_sync_batch_rows)
                 self.backfilled[f"{relation[0]}.{relation[1]}"] = progress.rows_copied
                 self.log.info("{} existing rows of {}.{} copied", progress.rows_copied,
                               *relation)

@@ -3,6 +3,7 @@ damage before it is corruption."""
 
 import pytest
 
+from electric.limits import DEFAULT
 from electric.offsets.errors import OffsetFileCorrupt
 from electric.offsets.records import HEADER_SIZE, encode_satellite, frame, header_bytes
 from electric.offsets.recovery import Scan
@@ -12,7 +13,7 @@ TWO = frame(encode_satellite("b", b"2"))
 
 
 def scan(data: bytes) -> tuple[list[bytes], int, str | None]:
-    s = Scan(data, "o.dat")
+    s = Scan(data, "o.dat", DEFAULT.service.offsets_max_record_size)
     payloads = [bytes(p) for _pos, p in s]
     return payloads, s.end, s.torn
 
@@ -38,6 +39,6 @@ def test_a_damaged_last_record_is_a_torn_write(tail, reason):
 def test_a_damaged_record_before_the_last_is_corruption():
     bad = ONE[:-1] + bytes([ONE[-1] ^ 1])
     with pytest.raises(OffsetFileCorrupt) as raised:
-        list(Scan(header_bytes() + bad + TWO, "o.dat"))
+        list(Scan(header_bytes() + bad + TWO, "o.dat", DEFAULT.service.offsets_max_record_size))
     assert str(raised.value) == f"offset file o.dat is corrupt at byte {HEADER_SIZE}: record " \
                                 "checksum mismatch"

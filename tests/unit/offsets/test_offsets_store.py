@@ -685,3 +685,17 @@ def test_repeated_kills_and_timeouts_do_not_cut_the_fsync_short(path, monkeypatc
     s = reopen(s)
     assert s.get_satellite_lsn("c") == b"w"
     s.close()
+
+
+def test_the_record_size_limit_is_the_one_it_was_given(path):
+    from dataclasses import replace
+
+    from electric.limits import DEFAULT
+
+    small = replace(DEFAULT.service, offsets_max_record_size=64)
+    with OffsetStore(path) as s:
+        s.put_satellite_lsn("c", b"x" * 100)  # fits the default limit
+    with pytest.raises(OffsetFileCorrupt, match="impossible record length"):
+        OffsetStore(path, limits=small)
+    with OffsetStore(path + ".2", limits=small) as s, pytest.raises(ValueError, match="too large"):
+        s.put_satellite_lsn("c", b"x" * 100)
