@@ -133,7 +133,7 @@ def _serve_raw():
 def _serve_electric():
     from electric.app import _satellite_stream
     from electric.changes import Column, NewRecord, Table, Transaction, utc_now
-    from electric.offsets import OffsetStore
+    from electric.offsets.store import OffsetStore
     from electric.satellite.auth import InsecureAuth
     from electric.satellite.server import SatelliteServer
     from electric.store.service import LocalStore

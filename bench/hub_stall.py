@@ -20,7 +20,7 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 
-from electric.offsets import OffsetStore  # noqa: E402
+from electric.offsets.store import OffsetStore  # noqa: E402
 
 
 def measure(threadpool: bool, puts: int = 300) -> dict:

@@ -48,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
     from gevent.event import Event
 
     from electric.changes import Column, NewRecord, Table, Transaction, UpdatedRecord, utc_now
-    from electric.offsets import OffsetStore
+    from electric.offsets.store import OffsetStore
     from electric.satellite.auth import InsecureAuth
     from electric.satellite.server import SatelliteServer
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 
 import gevent
 from gevent.event import Event
@@ -19,7 +20,9 @@ from electric import errors, limits, metrics, replication_password, sync_rules, 
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
-from electric.offsets import OffsetFileError, OffsetStore
+from electric.limits import DEFAULT, Limits
+from electric.offsets.errors import OffsetFileError
+from electric.offsets.store import OffsetStore
 from electric.postgres.connector import Connector, plain_dsn
 from electric.postgres.publisher import Publisher, vaxine_stream_opener
 from electric.postgres.subscription import electric_conninfo, subscribe, subscribe_when_ready
@@ -36,7 +39,6 @@ from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream
 from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
-SHUTDOWN_TIMEOUT = 4.0
 SYNC_RULES_WAIT = 30.0
 """How long a Satellite client authenticating at start-up waits for the sync rules check."""
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
@@ -62,15 +64,17 @@ def _listen(setting: str, port: int, start: Callable[[], object]) -> None:
 
 
 class Application:
-    def __init__(self, settings):
+    def __init__(self, settings, limits: Limits = DEFAULT):
         self.settings = settings
+        self.limits = limits  # each component gets its section (electric/limits.py)
         self.listen_host = getattr(settings, "listen_address", "0.0.0.0")
         self.max_connections = getattr(settings, "max_connections", 10_000)
         self.tls = None  # server SSLContext when TLS_CERT_FILE/TLS_KEY_FILE are set
         self.replication_password = ""
         self.registry = SchemaRegistry()
         self.supervisor = Supervisor()
-        self.router = Router(admin_token=getattr(settings, "status_api_token", ""))
+        self.router = Router(admin_token=getattr(settings, "status_api_token", ""),
+                             limits=limits.service)
         self.http: HttpServer | None = None
         self.offsets: OffsetStore | None = None
         self.store: LocalStore | None = None  # embedded mode (no VAXINE_HOST)
@@ -136,7 +140,7 @@ class Application:
         """Bring every component up; raises StartupError with one line naming the cause."""
         s = self.settings
         try:
-            self.offsets = OffsetStore(s.offset_storage_file)
+            self.offsets = OffsetStore(s.offset_storage_file, limits=self.limits.service)
         except OffsetFileError as exc:
             raise StartupError(f"OFFSET_STORAGE_FILE: {exc}") from None
         except OSError as exc:
@@ -295,8 +299,8 @@ class Application:
         imported first: see electric/store/legacy.py)."""
         try:
             legacy.check(data_dir)
-            self.store = LocalStore(data_dir, self._primary_keys,
-                                    retain_changes=self.settings.store_retain_changes)
+            self.store = LocalStore(data_dir, self._primary_keys, limits=replace(
+                self.limits.store, retain_changes=self.settings.store_retain_changes))
         except (StoreFormatError, legacy.LegacyDataError) as exc:
             raise StartupError(f"VAXINE_DATA_DIR: {exc}") from None
         except OSError as exc:
@@ -403,6 +407,7 @@ class Application:
                 reader_options=reader_options,
                 sync_state=_StoreSyncState(self.store) if self.store is not None else None,
                 on_tables_added=self._tables_added,
+                limits=self.limits.postgres,
             )
             self.connectors[cfg.name] = connector
             self.connector_locks[cfg.name] = BoundedSemaphore()
@@ -460,7 +465,8 @@ class Application:
                     self.publisher.reset(connector.name)
 
         def run() -> None:
-            subscribe_when_ready(connector.name, connector.ready, attempt)
+            subscribe_when_ready(connector.name, connector.ready, attempt,
+                                 state=connector.subscription)
 
         self._subscribe_attempts += 1
         self.supervisor.spawn(f"subscribe-{connector.name}-{self._subscribe_attempts}", run)
@@ -482,7 +488,7 @@ class Application:
     def shutdown(self) -> None:
         """Stop stage by stage; the closers of one stage run in parallel, and every stage but
         the last (files, which is quick and must happen) shares one overall deadline."""
-        deadline = gevent.get_hub().loop.now() + SHUTDOWN_TIMEOUT
+        deadline = gevent.get_hub().loop.now() + self.limits.service.shutdown_timeout
         self.supervisor.stop(timeout=1.0)
         for stage in sorted({stage for stage, _, _ in self._closers}):
             closers = [(name, closer) for st, name, closer in self._closers if st == stage]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 RelationName = tuple[str, str]
 """``(schema, table)``"""
@@ -61,17 +60,33 @@ class TruncatedRelation:
 
 Change = NewRecord | UpdatedRecord | DeletedRecord | TruncatedRelation
 
+Position = int | bytes | tuple[int, int] | None
+"""Where a transaction came from in its source, as that source counts:
 
-@dataclass
+* ``int``: a Postgres end LSN (``electric.postgres.lsn.Lsn``, an ``int``), set by the source
+  reader; acknowledged to the slot once the transaction is durable;
+* ``bytes``: the lsn a Satellite client sent with it (opaque to Electric, echoed back in the
+  acknowledgement);
+* ``tuple[int, int]``: a Vaxine offset (the log position it was read back at);
+* ``None``: not known (read back from the log without one, or built by Electric itself, e.g.
+  an initial-sync copy).
+"""
+
+
+@dataclass(frozen=True)
 class Transaction:
+    """One committed transaction. Frozen: a transaction is handed between greenlets (reader,
+    store writer, fan-out), so none of them may change it under another; build a new one
+    (``dataclasses.replace``) instead. ``changes`` is built completely before construction."""
+
     changes: list[Change]
     commit_timestamp: datetime
     # Connector name or Satellite client id that wrote it; ``None`` when read from the log.
     origin: str | None = None
     # Postgres publication name; ``""`` for Satellite transactions.
     publication: str | None = None
-    # Source position (Postgres end LSN, Satellite lsn bytes, or Vaxine offset): opaque here.
-    lsn: Any = None
+    # Source position; see :data:`Position` for which source uses which type.
+    lsn: Position = None
 
 
 def utc_now() -> datetime:

@@ -24,8 +24,8 @@ from electric.cli_parser import (
     HelpFormatter,
     check_config_file,
 )
+from electric.limits import DEFAULT
 
-DEFAULT_CONNECTOR_TIMEOUT_MS = 5000
 # Connection parameters a CONNECTORS URL may carry besides ``timeout``: what libpq users set
 # for managed Postgres (TLS, session options, keepalives). They are handed to libpq as they
 # are; anything else is refused by name so a typo never goes unnoticed.
@@ -63,7 +63,7 @@ class Connector:
     user: str
     password: str = field(repr=False, default="")
     database: str = "postgres"
-    timeout_ms: int = DEFAULT_CONNECTOR_TIMEOUT_MS
+    timeout_ms: int = DEFAULT.postgres.connector_timeout_ms
     # libpq parameters from the URL (sslmode, options, ...), in URL order.
     params: tuple[tuple[str, str], ...] = ()
 
@@ -145,7 +145,7 @@ def _parse_connector_url(name: str, url: str) -> Connector:
     sslmode = dict(params).get("sslmode")
     if sslmode is not None and sslmode not in SSLMODES:
         raise ConfigError("CONNECTORS", f"{where}: sslmode must be one of {', '.join(SSLMODES)}")
-    timeout_ms = DEFAULT_CONNECTOR_TIMEOUT_MS
+    timeout_ms = DEFAULT.postgres.connector_timeout_ms
     if "timeout" in query:
         raw = query["timeout"][-1]
         if not raw.isdigit() or int(raw) <= 0:
@@ -178,7 +178,7 @@ OPTIONS: list[tuple[str, str, object, object, str]] = [
     ("--vaxine-pool-size", "VAXINE_POOL_SIZE", 10, "int", "connections in the shared Vaxine API pool"),
     ("--vaxine-data-dir", "VAXINE_DATA_DIR", "./vaxine_data", "str",
      "data directory of the embedded store (store.db: rows and log, SQLite)"),
-    ("--store-retain-changes", "STORE_RETAIN_CHANGES", 1_000_000, "int",
+    ("--store-retain-changes", "STORE_RETAIN_CHANGES", DEFAULT.store.retain_changes, "int",
      "changes the embedded store's log keeps; older readers get a snapshot of the rows"),
     ("--electric-host", "ELECTRIC_HOST", "localhost", "str",
      "host every Postgres uses to reach Electric's replication port (written into subscriptions)"),

@@ -168,6 +168,11 @@ class StatusCollector:
                                      labels=["connector"])
         reconnects = CounterMetricFamily("electric_source_reconnects",
                                          "Source reader reconnections", labels=["connector"])
+        sub_blocked = GaugeMetricFamily(
+            "electric_subscription_blocked",
+            "1 while the connector's subscription set-up is held at a refusal (e.g. a table "
+            "missing there; retried, see subscription_blocked in /api/status)",
+            labels=["connector"])
         unreplicated = GaugeMetricFamily(
             "electric_source_tables_not_replicated",
             "Published tables that cannot replicate (no primary key; see tables_without_pk)",
@@ -180,7 +185,8 @@ class StatusCollector:
             reconnects.add_metric([name], float(st.get("reconnects") or 0))
             blocked.add_metric([name], float(st.get("blocked_lsn") is not None))
             retrying.add_metric([name], float(bool(st.get("sink_retrying"))))
-        yield from (up, reader, lag, reconnects, blocked, retrying, unreplicated)
+            sub_blocked.add_metric([name], float(st.get("subscription_blocked") is not None))
+        yield from (up, reader, lag, reconnects, blocked, retrying, unreplicated, sub_blocked)
 
         streaming = GaugeMetricFamily("electric_subscriber_streaming",
                                       "1 while the Postgres subscriber streams from Electric",

@@ -55,7 +55,7 @@ class Supervisor:
                 delays.ran(gevent.get_hub().loop.now() - started)
                 delay = delays.next()
                 self.restarts[name] = self.restarts.get(name, 0) + 1
-                log.opt(exception=exc).warning(
+                log.opt(exception=exc).error(
                     f"component {name} crashed ({type(exc).__name__}: {exc}); "
                     f"restarting in {delay:.1f}s"
                 )

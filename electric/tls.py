@@ -16,9 +16,11 @@ import ssl as stdlib_ssl
 
 from gevent import ssl
 
-# Enough for a slow mobile link; a peer that has not finished its handshake by then is
-# dropped so it cannot hold a connection slot.
-HANDSHAKE_TIMEOUT = 10.0
+from electric.limits import DEFAULT
+
+# The value lives in the table of limits (ServiceLimits.tls_handshake_timeout); this name
+# stays for the listeners and the publisher, which read it here.
+HANDSHAKE_TIMEOUT = DEFAULT.service.tls_handshake_timeout
 
 __all__ = ["HANDSHAKE_TIMEOUT", "TlsConfigError", "server_context", "is_loopback"]
 

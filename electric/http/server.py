@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from gevent.pywsgi import WSGIHandler
 from loguru import logger
 
+from electric.limits import DEFAULT, ServiceLimits
 from electric.listeners import GuardedWSGIServer
 from electric.tls import is_loopback
-
-MAX_BODY_BYTES = 1 << 20
 
 
 @dataclass
@@ -76,8 +75,9 @@ READ_ONLY_METHODS = ("GET", "HEAD")
 
 
 class Router:
-    def __init__(self, admin_token: str = "") -> None:
+    def __init__(self, admin_token: str = "", limits: ServiceLimits = DEFAULT.service) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.max_body_bytes = limits.http_max_body_bytes
         self.admin_token = admin_token
         self.refused_admin_requests = 0
 
@@ -143,8 +143,8 @@ class Router:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return error_response(400, "invalid_body", "bad Content-Length")
-        if length < 0 or length > MAX_BODY_BYTES:
-            return error_response(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+        if length < 0 or length > self.max_body_bytes:
+            return error_response(413, "too_large", f"body over {self.max_body_bytes} bytes")
         try:
             body = environ["wsgi.input"].read(length) if length else b""
         except (OSError, ValueError):

@@ -9,7 +9,10 @@ Lifecycle (one greenlet per connector, independent of every other connector):
    / enable the subscription in the order it needs; its failures are logged, not fatal).
 3. Run the :class:`~electric.postgres.source.SourceReader`; once it streams, ``ready`` is set
    and the origin is marked ready in the registry. The reader reconnects on its own after
-   connection loss; if it ever dies of an unexpected exception the connector restarts it.
+   connection loss. If it ever dies of an unexpected exception, :meth:`Connector.run` raises
+   it: restarting is the :class:`~electric.supervisor.Supervisor`'s job (the only place that
+   restarts a component, with its one back-off). The restarted ``run`` starts a new reader
+   at the slot's confirmed position and does not provision again.
 
 Tables that appear after start (created outside Electric's migrations) are picked up the
 first time a change for them arrives: the table lookup re-reads the publication's tables.
@@ -30,15 +33,16 @@ from loguru import logger
 
 from electric.changes import RelationName, Table
 from electric.errors import describe
+from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import errors as pg_errors
 from electric.postgres import green, initial_sync
 from electric.postgres import provision as pv
 from electric.postgres.source import Sink, SourceReader
+from electric.postgres.subscription import SetupState
 from electric.retry import Backoff, Policy
 from electric.schema import SchemaRegistry
+from electric.supervisor import Supervisor
 
-# A crashed source reader is started again (its own reconnects have their own back-off).
-READER_RESTART = Policy(1.0, 10.0)
 # Copying the rows of tables that joined replication, until it succeeds.
 COPY_RETRY = Policy(1.0, 30.0)
 # How often a change for an unknown table may trigger a re-read of the publication.
@@ -54,6 +58,15 @@ class Unreachable(Exception):
 
     def __init__(self, name: str, reason: str):
         super().__init__(f"{name}: cannot connect: {reason}")
+        self.name = name
+
+
+class ReaderCrashed(Exception):
+    """The source reader of connector ``name`` died of an unexpected exception (a bug: the
+    reader handles connection and write failures itself)."""
+
+    def __init__(self, name: str, exc: BaseException):
+        super().__init__(f"source reader of {name} crashed: {describe(exc)}")
         self.name = name
 
 
@@ -99,6 +112,7 @@ class Connector:
         retry_min: float = 1.0,
         retry_max: float = 10.0,
         reader_options: dict[str, Any] | None = None,
+        limits: PostgresLimits = DEFAULT.postgres,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -117,6 +131,7 @@ class Connector:
         self.backfilled: dict[str, int] = {}
         self.retry = Backoff(Policy(retry_min, retry_max))
         self.reader_options = dict(reader_options or {})
+        self.limits = limits
         self.log = logger.bind(origin=name)
 
         self.ready = gevent.event.Event()  # set once provisioned and streaming
@@ -126,19 +141,23 @@ class Connector:
         self.tables_without_pk: list[RelationName] = []
         self.last_error: str | None = None
         self.reader: SourceReader | None = None
+        # This Postgres' subscription to Electric, as its set-up (by the application) goes.
+        self.subscription = SetupState()
 
         self._greenlet: Greenlet | None = None
+        self._supervisor: Supervisor | None = None
         self._stopping = False
         self._refreshed_at: dict[RelationName, float] = {}
 
     # -- public API ---------------------------------------------------------------------
 
     def start(self) -> Greenlet:
-        """Spawn the connector greenlet (idempotent)."""
+        """Run the connector under a supervisor of its own (idempotent), for use without an
+        application (which spawns :meth:`run` under its own supervisor instead)."""
         if self._greenlet is None or self._greenlet.dead:
             self._stopping = False
-            self._greenlet = gevent.spawn(self.run)
-            self._greenlet.name = f"connector-{self.name}"
+            self._supervisor = Supervisor()
+            self._greenlet = self._supervisor.spawn(f"connector-{self.name}", self.run)
         return self._greenlet
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -146,8 +165,9 @@ class Connector:
         self._stopping = True
         if self.reader is not None:
             self.reader.stop(timeout)
-        if self._greenlet is not None and not self._greenlet.dead:
-            self._greenlet.kill(timeout=timeout)
+        if self._supervisor is not None:
+            self._supervisor.stop(timeout)
+            self._supervisor = None
         self._greenlet = None
 
     def is_ready(self) -> bool:
@@ -171,6 +191,7 @@ class Connector:
             "blocked_lsn": reader.get("blocked_lsn"),
             "reconnects": reader.get("reconnects", 0),
             "last_error": reader.get("last_error") or self.last_error,
+            "subscription_blocked": self.subscription.blocked,
             "initial_sync": self.sync.as_dict(),
             "backfilled": dict(self.backfilled),
         }
@@ -212,22 +233,25 @@ class Connector:
             initial_sync.drop_slot(conn, self.slot)
         self.sync = initial_sync.Progress()
         initial_sync.run(plain_dsn(self.dsn), self.slot, list(self.tables.values()),
-                         self.sink, self.sync_state, self.name, self.sync)
+                         self.sink, self.sync_state, self.name, self.sync,
+                         batch_rows=self.limits.initial_sync_batch_rows)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def run(self) -> None:
-        """The whole lifecycle; blocks until stopped. ``start()`` runs it in a greenlet, or
-        hand it to a supervisor. Killing this greenlet also stops the reader (acks flushed)."""
+        """The whole lifecycle; blocks until stopped, raises what crashed the source reader.
+        Run it under a supervisor (``start()`` makes one). Killing this greenlet also stops
+        the reader (acks flushed). Run again after a crash, it only starts a new reader."""
         try:
-            self._provision_until_done()
-            if self.after_provision is not None and not self._stopping:
-                try:
-                    self.after_provision(self)
-                except GreenletExit:
-                    raise
-                except Exception as exc:
-                    self.log.warning("after-provision step failed: {}", describe(exc))
+            if not self.provisioned:
+                self._provision_until_done()
+                if self.after_provision is not None and not self._stopping:
+                    try:
+                        self.after_provision(self)
+                    except GreenletExit:
+                        raise
+                    except Exception as exc:
+                        self.log.warning("after-provision step failed: {}", describe(exc))
             watcher = gevent.spawn(self.watch_tables)
             try:
                 self._run_reader()
@@ -278,36 +302,30 @@ class Connector:
         self.tables_without_pk = list(result.tables_without_pk)
 
     def _run_reader(self) -> None:
+        """One source reader until it stops; what crashed it is raised (to the supervisor)."""
+        if self._stopping:
+            return
         assert self.result is not None
         options = {"encoding": self.result.encoding, **self.reader_options}
-        backoff = Backoff(READER_RESTART)
-        while not self._stopping:
-            self.reader = SourceReader(
-                self.name,
-                self.dsn,
-                slot=self.slot,
-                publication=self.publication,
-                sink=self.sink,
-                table_lookup=self._lookup,
-                refresh_table=self._refresh,
-                **options,
-            )
-            greenlet = self.reader.start()
-            watcher = gevent.spawn(self._mark_ready, self.reader)
-            try:
-                greenlet.join()
-            finally:
-                watcher.kill(block=False)
-            if self._stopping:
-                return
-            if greenlet.exception is not None:
-                delay = backoff.next()
-                self.log.opt(exception=greenlet.exc_info).error(
-                    "source reader crashed: {}; restarting in {:.1f}s",
-                    describe(greenlet.exception),
-                    delay,
-                )
-                gevent.sleep(delay)
+        self.reader = SourceReader(
+            self.name,
+            self.dsn,
+            slot=self.slot,
+            publication=self.publication,
+            sink=self.sink,
+            table_lookup=self._lookup,
+            refresh_table=self._refresh,
+            limits=self.limits,
+            **options,
+        )
+        greenlet = self.reader.start()
+        watcher = gevent.spawn(self._mark_ready, self.reader)
+        try:
+            greenlet.join()
+        finally:
+            watcher.kill(block=False)
+        if greenlet.exception is not None and not self._stopping:
+            raise ReaderCrashed(self.name, greenlet.exception) from greenlet.exception
 
     def _mark_ready(self, reader: SourceReader) -> None:
         reader.wait_connected()
@@ -400,7 +418,8 @@ class Connector:
             for relation in added:
                 table = self.tables[relation]
                 progress = initial_sync.Progress()
-                initial_sync.copy_current(conn, table, self.sink, progress)
+                initial_sync.copy_current(conn, table, self.sink, progress,
+                                          batch_rows=self.limits.initial_sync_batch_rows)
                 self.backfilled[f"{relation[0]}.{relation[1]}"] = progress.rows_copied
                 self.log.info("{} existing rows of {}.{} copied", progress.rows_copied,
                               *relation)

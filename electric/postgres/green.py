@@ -21,9 +21,10 @@ import psycopg2
 import psycopg2.extensions as ext
 from gevent.socket import wait_read, wait_write
 
+from electric.limits import DEFAULT
+
 T = TypeVar("T")
 
-DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 def wait_callback(conn: Any, timeout: float | None = None) -> None:
@@ -56,14 +57,14 @@ def without_callback(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         ext.set_wait_callback(saved)
 
 
-def connect_timeout_of(dsn: str) -> float:
-    """The DSN's ``connect_timeout`` in seconds (libpq semantics), else our default."""
+def connect_timeout_of(dsn: str, default: float = DEFAULT.postgres.connect_timeout) -> float:
+    """The DSN's ``connect_timeout`` in seconds (libpq semantics), else ``default``."""
     try:
         value = ext.parse_dsn(dsn).get("connect_timeout")
         seconds = float(value) if value is not None else 0.0
     except (psycopg2.ProgrammingError, ValueError):
         seconds = 0.0
-    return seconds if seconds > 0 else DEFAULT_CONNECT_TIMEOUT
+    return seconds if seconds > 0 else default
 
 
 def connect(dsn: str, *, timeout: float | None = None, **kwargs: Any) -> Any:

@@ -12,7 +12,7 @@ The copy must finish before streaming, and a copy cut short (crash, kill, lost
 connection) is done again from scratch: the caller records "started" before and "done"
 after (see :class:`SyncState`), and a slot whose sync was started but not done is dropped
 and created again. Memory stays bounded: rows are read with a server-side cursor and
-written :data:`BATCH_ROWS` at a time.
+written ``PostgresLimits.initial_sync_batch_rows`` at a time.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from loguru import logger
 from psycopg2 import sql
 
 from electric.changes import NewRecord, SeedRecord, Table, Transaction, utc_now
+from electric.limits import DEFAULT
 from electric.postgres import green
-
-BATCH_ROWS = 5000
 
 
 class SyncState(Protocol):
@@ -86,7 +85,7 @@ def drop_slot(conn: Any, slot: str) -> None:
 
 def copy_tables(conn: Any, snapshot: str, tables: list[Table],
                 write: Callable[[Transaction], None], progress: Progress,
-                origin: str | None = None, batch_rows: int = BATCH_ROWS) -> None:
+                origin: str | None = None, batch_rows: int = DEFAULT.postgres.initial_sync_batch_rows) -> None:
     """Read ``tables`` as of ``snapshot`` on ``conn`` (an ordinary connection, not in a
     transaction) and ``write`` their rows as inserts, ``batch_rows`` per transaction."""
     log = logger.bind(origin=origin) if origin else logger
@@ -133,7 +132,7 @@ def _copy_table(conn: Any, table: Table, write: Callable[[Transaction], None],
 
 
 def copy_current(conn: Any, table: Table, write: Callable[[Transaction], None],
-                 progress: Progress, batch_rows: int = BATCH_ROWS) -> None:
+                 progress: Progress, batch_rows: int = DEFAULT.postgres.initial_sync_batch_rows) -> None:
     """Copy a table's current rows (one REPEATABLE READ transaction, no slot snapshot): for a
     table that joins replication while the stream runs. The copy is not in step with the
     stream, so its rows are seeds: written only for keys the log has no state of (rows that
@@ -151,7 +150,8 @@ def copy_current(conn: Any, table: Table, write: Callable[[Transaction], None],
 
 
 def run(dsn: str, slot: str, tables: list[Table], write: Callable[[Transaction], None],
-        state: SyncState, connector: str, progress: Progress) -> None:
+        state: SyncState, connector: str, progress: Progress,
+        batch_rows: int = DEFAULT.postgres.initial_sync_batch_rows) -> None:
     """Create ``slot`` with a snapshot and copy ``tables`` as of it (see the module notes).
     The caller has made sure the slot does not exist."""
     log = logger.bind(origin=connector)
@@ -164,7 +164,8 @@ def run(dsn: str, slot: str, tables: list[Table], write: Callable[[Transaction],
                  len(tables))
         conn = green.connect(dsn)
         try:
-            copy_tables(conn, snapshot, tables, write, progress, origin=connector)
+            copy_tables(conn, snapshot, tables, write, progress, origin=connector,
+                        batch_rows=batch_rows)
         finally:
             conn.close()
     finally:

@@ -350,7 +350,7 @@ def _text(value: str | None) -> bytes | None:
 
 
 class MappingStore(Protocol):
-    """The part of :class:`electric.offsets.OffsetStore` the slot needs."""
+    """The part of :class:`electric.offsets.store.OffsetStore` the slot needs."""
 
     def get_pg_offset_at_or_before(self, slot: str, lsn: int) -> tuple[int, bytes] | None: ...
 

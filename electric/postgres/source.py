@@ -41,6 +41,7 @@ from loguru import logger
 
 from electric.changes import Transaction
 from electric.errors import describe, is_permanent
+from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import errors as pg_errors
 from electric.postgres import green, provision
 from electric.postgres import pgoutput as po
@@ -54,9 +55,6 @@ Submit = Callable[[Transaction], Any]
 ``AsyncResult``-like object (``ready``/``successful``/``get``/``wait``); submissions of one
 reader become durable in order, and after a failed one every later one fails too (see
 :class:`electric.store.service.WriteChain`)."""
-
-# Transactions submitted but not yet durable, at most (then the reader waits for the oldest).
-MAX_IN_FLIGHT = 64
 
 # How long the loop may drain a backlog before letting other greenlets run.
 _YIELD_EVERY = 0.005
@@ -132,6 +130,7 @@ class SourceReader:
         sink_retry_max: float = 5.0,
         sink_blocked_retry: float = 30.0,
         tcp_user_timeout_ms: int = 20000,
+        limits: PostgresLimits = DEFAULT.postgres,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -139,6 +138,8 @@ class SourceReader:
         self.publication = publication
         self.sink = sink
         self.submit = submit
+        # Submitted but not yet durable, at most; then the reader waits for the oldest.
+        self.max_in_flight = limits.max_in_flight
         # ``begin_big()`` opens a store transaction written in pieces (``add``/``commit``/
         # ``abort``): a source transaction of more than ``spill_after`` changes goes there
         # while it is read instead of being held in memory.
@@ -551,7 +552,7 @@ class SourceReader:
         else:
             tx = committed.transaction
             self._in_flight.append((end, tx, self.submit(tx)))
-        self._drain(cur, wait_all=len(self._in_flight) >= MAX_IN_FLIGHT)
+        self._drain(cur, wait_all=len(self._in_flight) >= self.max_in_flight)
 
     def _drain(self, cur: Any, wait_all: bool) -> None:
         """Acknowledge the durable head of the pipeline (with ``wait_all``, wait for the

@@ -5,9 +5,11 @@ The order (docs/protocols.md §2.7; why it must be this one: §2.6):
 1. ``CREATE SUBSCRIPTION "<name>" CONNECTION '<Electric>' PUBLICATION "<pub>"
    WITH (connect = false)`` when absent — no connection is made, the subscription starts
    disabled, its slot name is the subscription name, and nothing is copied.
-2. Install the upsert trigger on every replicated table (``upsert.py``), before any row can
-   arrive.
-3. **Hold** the slot on the publisher: the apply worker may connect, but gets no data.
+2. **Hold** the slot on the publisher: the apply worker may connect, but gets no data.
+3. Install the upsert trigger on every replicated table (``upsert.py``), before any row can
+   arrive. A table it cannot be installed on (not there) stops the set-up here, with the
+   slot held: one ERROR naming the table, ``subscription_blocked`` in the connector's
+   status and ``electric_subscription_blocked`` in the metrics, retried until it succeeds.
 4. ``ALTER SUBSCRIPTION … ENABLE`` — the launcher starts the apply worker, which connects to
    Electric (admitted because the connector is ready) and starts replication.
 5. ``ALTER SUBSCRIPTION … REFRESH PUBLICATION WITH (copy_data = false)`` — the subscriber
@@ -25,18 +27,21 @@ idempotent).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg2
 from loguru import logger
 from psycopg2.extensions import make_dsn
 
+from electric import errors
 from electric.changes import RelationName
 from electric.postgres import errors as pg_errors
 from electric.postgres import provision, upsert
 from electric.retry import Policy, retry
 
-__all__ = ["SUBSCRIBE_RETRY", "SlotGate", "electric_conninfo", "subscribe", "subscribe_when_ready"]
+__all__ = ["SUBSCRIBE_RETRY", "SetupState", "SlotGate", "electric_conninfo", "subscribe",
+           "subscribe_when_ready"]
 
 
 class SlotGate(Protocol):
@@ -83,9 +88,11 @@ def subscribe(
     created = provision.create_subscription(conn, name, conninfo, publication)
     if created:
         log.info("created subscription {} (connect = false)", name)
+    # Held first: a set-up that stops at the triggers (upsert.TablesMissing) leaves no
+    # stream sending upserts that the subscriber could not apply as such.
+    gate.hold(name)
     n = upsert.install(conn, relations)
     log.info("upsert trigger installed on {} table(s)", n)
-    gate.hold(name)
     provision.enable_subscription(conn, name)
     provision.refresh_subscription(conn, name)
     gate.release(name)
@@ -97,11 +104,22 @@ def subscribe(
 SUBSCRIBE_RETRY = Policy(2.0, 10.0)
 
 
+@dataclass
+class SetupState:
+    """How a connector's subscription set-up is going (shown in its status)."""
+
+    # The refusal holding the set-up (e.g. a table missing here), logged once as an ERROR;
+    # ``None`` while nothing permanent is in the way.
+    blocked: str | None = None
+    failures: int = 0
+
+
 def subscribe_when_ready(
     name: str,
     ready: Any,
     attempt: Callable[[], object],
     policy: Policy = SUBSCRIBE_RETRY,
+    state: SetupState | None = None,
 ) -> None:
     """Wait until the connector is ready, then run ``attempt`` (which calls
     :func:`subscribe`), again with back-off while Postgres fails it.
@@ -110,12 +128,31 @@ def subscribe_when_ready(
     ``ready`` is a ``gevent.event.Event`` (``Connector.ready``), waited for before every
     attempt: REFRESH makes the subscriber connect to Electric, which admits it only once the
     connector is ready, so subscribing earlier would just fail.
+
+    A permanent refusal (:func:`electric.errors.is_permanent`, e.g. ``upsert.TablesMissing``)
+    is not given up on: the set-up stays held at it (``state.blocked``), reported by one
+    ERROR, and is retried (a migration or the next catalog re-read may fix it).
     """
     log = logger.bind(origin=name)
+    state = state if state is not None else SetupState()
 
     def failed(exc: BaseException, _attempt: int, delay: float) -> None:
-        log.warning(f"setting up subscription {name} failed: {pg_errors.reason(exc)}; "
-                    f"retrying in {delay:g} s")
+        state.failures += 1
+        if not errors.is_permanent(exc):
+            log.warning(f"setting up subscription {name} failed: {pg_errors.reason(exc)}; "
+                        f"retrying in {delay:g} s")
+            return
+        line = str(exc)
+        if state.blocked != line:
+            log.error(f"subscription {name} cannot be set up: {line}; its stream is held "
+                      f"(nothing is lost) and the set-up retried until the cause is fixed")
+        state.blocked = line
 
-    retry(attempt, policy, retry_on=(psycopg2.Error, OSError), before=ready.wait,
-          on_retry=failed)
+    def run() -> None:
+        attempt()
+        if state.blocked is not None:
+            log.info(f"subscription {name} set up; no longer held ({state.blocked})")
+            state.blocked = None
+
+    retry(run, policy, retry_on=(psycopg2.Error, OSError, upsert.TablesMissing),
+          give_up=lambda _exc: False, before=ready.wait, on_retry=failed)

@@ -88,6 +88,7 @@ from typing import Any
 import psycopg2.errors
 from loguru import logger
 
+from electric import errors
 from electric.changes import RelationName
 
 FUNCTION_SCHEMA = "electric"
@@ -328,6 +329,17 @@ def trigger_sql(
     )
 
 
+class TablesMissing(errors.Permanent):
+    """Replicated tables this Postgres does not have: their upsert trigger cannot be installed.
+    Permanent in the sense of :mod:`electric.errors` (waiting alone does not create them);
+    the set-up is still retried, since a migration or the next catalog re-read fixes it."""
+
+    def __init__(self, relations: list[RelationName]):
+        self.relations = list(relations)
+        names = ", ".join(f"{s}.{t}" for s, t in self.relations)
+        super().__init__(f"upsert trigger cannot be installed: table {names} not found")
+
+
 def install(
     conn: Any,
     relations: Iterable[RelationName],
@@ -342,8 +354,10 @@ def install(
     false or the DDL event trigger that keeps those functions current cannot be created
     (not a superuser): then every table gets the generic ``replication_upsert()``, which is
     slower but never stale. Functions of tables that no longer exist are dropped.
-    Returns the number of tables set up. Tables that do not exist locally are skipped with a
-    warning: the subscription's REFRESH would fail on them anyway, with a clearer message.
+    Returns the number of tables set up. A table that does not exist here raises
+    :class:`TablesMissing` naming it, and nothing is installed (the transaction rolls back):
+    an upsert for it could not be applied, so the subscription set-up is held at it and
+    retried (``subscription.subscribe_when_ready``) rather than going on without it.
     """
     relations = [tuple(r) for r in relations]
     autocommit = conn.autocommit
@@ -355,6 +369,7 @@ def install(
             if static:
                 static = _install_static_machinery(cur, schema)
             done = 0
+            missing = []
             for rel in relations:
                 cur.execute(
                     "SELECT c.oid FROM pg_catalog.pg_class c "
@@ -364,7 +379,7 @@ def install(
                 )
                 row = cur.fetchone()
                 if row is None:
-                    logger.warning("upsert trigger: table {}.{} not found, skipped", *rel)
+                    missing.append(rel)
                     continue
                 function = None
                 if static:
@@ -374,6 +389,8 @@ def install(
                     function = cur.fetchone()[0]
                 cur.execute(trigger_sql(rel, schema, function))
                 done += 1
+            if missing:
+                raise TablesMissing(missing)
             _drop_orphans(cur, schema)
         conn.commit()
         return done

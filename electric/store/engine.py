@@ -12,7 +12,7 @@ Layout (``VAXINE_DATA_DIR/store.db``, format 1; see docs/store.md):
 * ``txns`` + ``chunks`` — the log: one ``txns`` row per committed transaction (position,
   commit time, origin, publication, number of changes) and its changes, as readers receive
   them (the whole merged row after each change), in chunks of at most
-  :data:`CHUNK_CHANGES` so that a transaction of any size is written and read piece by piece.
+  ``StoreLimits.chunk_changes`` (``electric/limits.py``) so that a transaction of any size is written and read piece by piece.
 
 Durability is SQLite's: WAL journal, ``synchronous=FULL`` (a commit returns once it is on
 disk), and crash recovery by SQLite itself. A transaction is one SQLite transaction, so it
@@ -34,13 +34,13 @@ from electric.changes import (
     RelationName,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT, StoreLimits
 from electric.store.merge import UnmappableChange
 from electric.store.planner import Planner
 from electric.store.sqlite import CACHE_KIB, META_SQL, connect, get_meta, put_meta
 
 FORMAT = 1
 DB_FILE = "store.db"
-CHUNK_CHANGES = 1000
 
 _UPSERT, _DELETE = 0, 1  # kinds of log entries
 
@@ -120,7 +120,8 @@ def decode_chunk(data: bytes, relation_of: Callable[[int], RelationName]) -> lis
 class Engine:
     """One SQLite database; the writer side. Not thread safe: one caller at a time."""
 
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, limits: StoreLimits = DEFAULT.store):
+        self.chunk_changes = limits.chunk_changes
         os.makedirs(data_dir, exist_ok=True)
         self.path = db_path(data_dir)
         try:
@@ -195,9 +196,10 @@ class Engine:
     def _append_log(self, pos: int, items: list, first_seq: int = 0) -> int:
         """Write ``items`` as chunks starting at ``first_seq``; returns the next seq."""
         seq = first_seq
-        for start in range(0, len(items), CHUNK_CHANGES):
+        size = self.chunk_changes
+        for start in range(0, len(items), size):
             self.db.execute("INSERT INTO chunks VALUES (?, ?, ?)",
-                            (pos, seq, encode_chunk(items[start:start + CHUNK_CHANGES])))
+                            (pos, seq, encode_chunk(items[start:start + size])))
             seq += 1
         return seq
 
@@ -248,8 +250,9 @@ class Engine:
                     continue
                 commit_us = self._now_us()
                 seq = 0
-                for start in range(0, len(items), CHUNK_CHANGES):
-                    chunk_rows.append((pos, seq, encode_chunk(items[start:start + CHUNK_CHANGES])))
+                size = self.chunk_changes
+                for start in range(0, len(items), size):
+                    chunk_rows.append((pos, seq, encode_chunk(items[start:start + size])))
                     seq += 1
                 txns.append((pos, commit_us, origin, publication, len(items), seq))
                 self.last_pos = pos
@@ -410,4 +413,4 @@ class _BigTxn:
 
 
 __all__ = ["Engine", "StoreFormatError", "TxnHead", "UnmappableChange", "db_path",
-           "CACHE_KIB", "CHUNK_CHANGES", "FORMAT", "connect", "decode_chunk"]
+           "CACHE_KIB", "FORMAT", "connect", "decode_chunk"]

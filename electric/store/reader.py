@@ -8,14 +8,16 @@ import marshal
 from collections.abc import Iterator
 
 from electric.changes import Change, DeletedRecord, RelationName, UpdatedRecord
-from electric.store.engine import CHUNK_CHANGES, TxnHead, decode_chunk
+from electric.limits import DEFAULT, StoreLimits
+from electric.store.engine import TxnHead, decode_chunk
 from electric.store.sqlite import connect
 
 
 class Reader:
     """A read-only connection (WAL readers never block the writer, nor it them)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, limits: StoreLimits = DEFAULT.store):
+        self.chunk_changes = limits.chunk_changes
         self.db = connect(path, readonly=True)
         self.relation_names: dict[int, RelationName] = {}
 
@@ -101,8 +103,10 @@ class Reader:
         return [(rid, (schema, table)) for rid, schema, table in self.db.execute(
             "SELECT id, schema_name, table_name FROM relations")]
 
-    def snapshot_piece(self, size: int = CHUNK_CHANGES) -> list[Change]:
-        """The next rows of the snapshot (live rows as updates, tombstones as deletes)."""
+    def snapshot_piece(self, size: int | None = None) -> list[Change]:
+        """The next rows of the snapshot (live rows as updates, tombstones as deletes), at
+        most ``size`` (default: ``limits.chunk_changes``)."""
+        size = self.chunk_changes if size is None else size
         out: list[Change] = []
         for rel, deleted, columns in self._snapshot_cursor.fetchmany(size):
             relation = self.relation(rel)
@@ -114,7 +118,7 @@ class Reader:
         self._snapshot_cursor = None
         self.db.execute("COMMIT")
 
-    def snapshot(self, batch: int = CHUNK_CHANGES) -> Iterator[tuple[int, list[Change]]]:
+    def snapshot(self, batch: int | None = None) -> Iterator[tuple[int, list[Change]]]:
         """The whole snapshot in pieces, each with the position it is consistent with."""
         pos, _count = self.open_snapshot()
         try:

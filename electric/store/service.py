@@ -33,20 +33,11 @@ from gevent.queue import Queue
 from loguru import logger
 
 from electric.changes import Change, Record, RelationName, Transaction, utc_now
+from electric.limits import DEFAULT, StoreLimits
 from electric.store.engine import ChainBroken, Engine, PrimaryKeys, TxnHead
 from electric.store.merge import row_key
 from electric.store.reader import Reader
 from electric.store.sqlite import ReaderPool, file_bytes, in_thread, take_batch
-
-# Most transactions one group commit takes (and most changes), so one commit stays short.
-MAX_BATCH_TXNS = 512
-MAX_BATCH_CHANGES = 20_000
-# Decoded recent transactions kept for readers, counted in changes.
-CACHE_CHANGES = 50_000
-# Changes the log keeps (older entries are compacted away; a reader older than the log gets
-# a snapshot of the rows instead). Bounds the data directory for a given row size.
-RETAIN_CHANGES = 1_000_000
-READ_BATCH = 256
 
 log = logger.bind(origin="store")
 
@@ -155,21 +146,22 @@ class _Cache:
 
 
 class LocalStore:
-    def __init__(self, data_dir: str, primary_keys: PrimaryKeys,
-                 cache_changes: int = CACHE_CHANGES, readers: int = 4,
-                 retain_changes: int = RETAIN_CHANGES):
+    def __init__(self, data_dir: str, primary_keys: PrimaryKeys, readers: int = 4,
+                 limits: StoreLimits = DEFAULT.store):
         self.data_dir = data_dir
         self.primary_keys = primary_keys
-        self.engine = Engine(data_dir)
+        self.limits = limits
+        self.engine = Engine(data_dir, limits)
         self.path = self.engine.path
         self.committed = self.engine.last_pos
-        self.retain_changes = retain_changes
+        self.retain_changes = limits.retain_changes
         self.compacted_through = self.engine.compacted_through
-        self.cache = _Cache(cache_changes, self.committed)
+        self.cache = _Cache(limits.cache_changes, self.committed)
         self._queue: Queue = Queue()
         self._commit_event = Event()
         self._write_lock = Semaphore()  # the writer greenlet vs. an open big transaction
-        self._readers: ReaderPool[Reader] = ReaderPool(lambda: Reader(self.path), readers)
+        self._readers: ReaderPool[Reader] = ReaderPool(lambda: Reader(self.path, limits),
+                                                       readers)
         self._closed = False
         self.stats = {"transactions_written": 0, "group_commits": 0, "big_transactions": 0,
                       "snapshots_served": 0}
@@ -217,7 +209,8 @@ class LocalStore:
 
     def _take_batch(self) -> list[_Write]:
         """Every write waiting now (within the batch bounds), minus those of broken chains."""
-        return take_batch(self._queue, MAX_BATCH_TXNS, MAX_BATCH_CHANGES,
+        limits = self.limits
+        return take_batch(self._queue, limits.max_batch_txns, limits.max_batch_changes,
                           lambda r: len(r.changes), self._unbroken)
 
     @staticmethod
@@ -309,10 +302,13 @@ class LocalStore:
             out.append((head, changes))
         return out
 
-    def read_after(self, after: int, limit: int = READ_BATCH
+    def read_after(self, after: int, limit: int | None = None
                    ) -> list[tuple[int, Transaction]] | None:
-        """Up to ``limit`` committed transactions after position ``after``; ``None`` when
-        the log no longer holds all of them (compacted: the reader needs a snapshot)."""
+        """Up to ``limit`` (default ``limits.read_batch``) committed transactions after
+        position ``after``; ``None`` when the log no longer holds all of them (compacted: the
+        reader needs a snapshot)."""
+        if limit is None:
+            limit = self.limits.read_batch
         cached = self.cache.after(after, limit)
         if cached is not None:
             return cached
@@ -402,7 +398,7 @@ class Snapshot:
 
     def __init__(self, store: LocalStore, relations: list | None = None):
         self.store = store
-        self.reader = Reader(store.path)
+        self.reader = Reader(store.path, store.limits)
         self.pos, self.rows = store._in_thread(self.reader.open_snapshot, relations)
         self._done = False
 

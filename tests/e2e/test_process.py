@@ -90,7 +90,7 @@ def test_json_log_lines(electric_factory):
 
 
 def test_corrupt_offset_file_stops_start_up_with_exit_2(electric_factory, tmp_path):
-    from electric.offsets import OffsetStore
+    from electric.offsets.store import OffsetStore
 
     path = tmp_path / "offsets.dat"
     store = OffsetStore(str(path))

@@ -1,7 +1,7 @@
 """The offset file under real process death (os._exit at compaction stages, SIGKILL mid-put).
 
-Each case runs a child Python process that uses :class:`electric.offsets.OffsetStore` and dies
-abruptly; the parent then reopens the file and checks that nothing acknowledged was lost.
+Each case runs a child Python process that uses :class:`electric.offsets.store.OffsetStore` and
+dies abruptly; the parent then reopens the file and checks that nothing acknowledged was lost.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from electric.offsets import TEMP_SUFFIX, OffsetStore
+from electric.offsets.store import TEMP_SUFFIX, OffsetStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,7 +32,7 @@ def run_child(code: str, *args: str) -> subprocess.Popen:
 
 COMPACT_AND_DIE = """
     import os, sys
-    from electric.offsets import OffsetStore
+    from electric.offsets.store import OffsetStore
     path, stage = sys.argv[1], sys.argv[2]
     s = OffsetStore(path)
     for i in range(100):
@@ -66,7 +66,7 @@ def test_kill_during_compaction_keeps_data(tmp_path, stage):
 
 PUT_FOREVER = """
     import sys
-    from electric.offsets import OffsetStore
+    from electric.offsets.store import OffsetStore
     path, start = sys.argv[1], int(sys.argv[2])
     # Small compaction threshold so kills also land inside compactions.
     s = OffsetStore(path, compact_ratio=2.0, compact_min_bytes=2048)

@@ -7,6 +7,7 @@ import json
 import time
 
 import gevent
+import gevent.event
 import psycopg2
 import pytest
 from loguru import logger
@@ -495,3 +496,46 @@ def test_dropped_slot_and_publication_are_recreated(source_db):
         assert db.query("SELECT 1 FROM pg_publication WHERE pubname = 'gone_pub'") == [(1,)]
     finally:
         reader.stop()
+
+
+def test_a_crashed_reader_is_restarted_by_the_supervisor_and_nothing_is_lost(
+        source_db, connector_factory):
+    """A bug in the reader's path (here: the write submission raising something no layer
+    handles) kills the reader; the connector's run ends with it and the supervisor alone
+    starts it again. The transaction was never acknowledged, so the new reader reads it
+    again from the slot and it is delivered exactly once."""
+    source_db.execute(SCHEMA)
+    sink = CollectingSink()
+    crashes = []
+
+    def submit(tx):
+        if not crashes:
+            crashes.append(tx.lsn)
+            raise RuntimeError("bug in the write path (test)")
+        result = gevent.event.AsyncResult()
+        try:
+            sink(tx)
+        except Exception as exc:
+            result.set_exception(exc)
+        else:
+            result.set(None)
+        return result
+
+    errors = []
+    log_sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    try:
+        c = connector_factory(sink, submit=submit)
+        first_reader = c.reader
+        source_db.execute(f"INSERT INTO entries VALUES ('{U1}', 'crashes the reader', NULL)")
+        wait_until(lambda: crashes and c.reader is not first_reader and c.is_ready(),
+                   what="a new reader streaming after the crash")
+        delivered = fence(source_db.execute, sink)
+    finally:
+        logger.remove(log_sink)
+    assert [tx.changes[0].record["content"] for tx in delivered] == ["crashes the reader"]
+    assert delivered[0].lsn == crashes[0]
+    crash_lines = [e for e in errors if "crashed" in e]
+    assert len(crash_lines) == 1, errors
+    assert crash_lines[0].startswith("component connector-pg_1 crashed (ReaderCrashed: "
+                                     "source reader of pg_1 crashed: "), crash_lines
+    assert c.status()["provisioned"] and c.status()["last_error"] is None

@@ -11,7 +11,7 @@ from gevent.event import Event
 
 from electric.changes import Column, Table, Transaction, utc_now
 from electric.limits import DEFAULT
-from electric.offsets import OffsetStore
+from electric.offsets.store import OffsetStore
 from electric.postgres import green
 from electric.postgres.publisher import Publisher
 from electric.postgres.subscription import electric_conninfo, subscribe

@@ -7,6 +7,7 @@ exercise the trigger as a subscriber would (the publisher tests cover the real w
 
 from __future__ import annotations
 
+import gevent
 import psycopg2
 import pytest
 
@@ -91,8 +92,56 @@ def test_install_is_idempotent(conn):
     ]
 
 
-def test_missing_table_is_skipped(conn):
-    assert upsert.install(conn, [("ups", "items"), ("ups", "nope")]) == 1
+def test_a_missing_table_is_named_and_nothing_is_installed(conn):
+    run(conn, "DROP TRIGGER electric_upsert ON ups.items")
+    with pytest.raises(upsert.TablesMissing) as raised:
+        upsert.install(conn, [("ups", "items"), ("ups", "nope")])
+    assert raised.value.relations == [("ups", "nope")]
+    assert str(raised.value) == "upsert trigger cannot be installed: table ups.nope not found"
+    assert ("ups", "items") not in upsert.installed_tables(conn)  # rolled back as a whole
+
+
+def test_a_subscription_set_up_is_held_at_a_missing_table_until_it_exists(conn):
+    """One ERROR naming the table, the state (status, metrics) says so while it lasts, the
+    set-up is retried and completes once the table is there."""
+    from gevent.event import Event
+    from loguru import logger
+
+    from electric.metrics import StatusCollector
+    from electric.postgres.subscription import SetupState, subscribe_when_ready
+    from electric.retry import Policy
+    from tests.support.waiting import wait_until
+
+    relations = [("ups", "items"), ("ups", "later")]
+    state = SetupState()
+    ready = Event()
+    ready.set()
+    lines = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])),
+                      level="INFO")
+    try:
+        setup = gevent.spawn(subscribe_when_ready, "pg_1", ready,
+                             lambda: upsert.install(conn, relations),
+                             Policy(0.01, 0.05), state)
+        wait_until(lambda: state.failures >= 5, what="five attempts held at the table")
+        assert state.blocked == "upsert trigger cannot be installed: table ups.later not found"
+        collector = StatusCollector(lambda: {"pg_1": {"subscription_blocked": state.blocked}},
+                                    dict, lambda: {}, lambda: True)
+        gauge = next(m for m in collector.collect() if m.name == "electric_subscription_blocked")
+        assert [s.value for s in gauge.samples] == [1.0]
+        assert not setup.dead
+        run(conn, "CREATE TABLE ups.later (id int PRIMARY KEY)")
+        setup.join(timeout=15)
+        assert setup.successful()
+    finally:
+        logger.remove(sink)
+    assert state.blocked is None
+    assert set(relations) <= upsert.installed_tables(conn)
+    errors = [text for level, text in lines if level == "ERROR"]
+    assert errors == ["subscription pg_1 cannot be set up: upsert trigger cannot be installed: "
+                      "table ups.later not found; its stream is held (nothing is lost) and the "
+                      "set-up retried until the cause is fixed"]
+    assert any(level == "INFO" and "no longer held" in text for level, text in lines)
 
 
 def test_insert_of_existing_key_becomes_update(pg, conn):

@@ -129,7 +129,7 @@ class ServerThread:
     def _run(self) -> None:
         import gevent
 
-        from electric.offsets import OffsetStore
+        from electric.offsets.store import OffsetStore
         from electric.satellite.server import SatelliteServer
 
         self._calls: queue.Queue = queue.Queue()

@@ -3,12 +3,14 @@ thread pool: group commit, ordered chains, streaming (cache and disk), big trans
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gevent
 import pytest
 
 from electric.changes import DeletedRecord, NewRecord, Transaction, UpdatedRecord, utc_now
+from electric.limits import DEFAULT
 from electric.store import BigTransaction, ChainBroken, ChainedWriter, LocalStore, UnmappableChange
-from electric.store.engine import CHUNK_CHANGES
 from electric.store.service import ChunkedChanges
 
 REL = ("public", "items")
@@ -82,7 +84,7 @@ def test_an_unmappable_write_fails_alone_and_breaks_its_chain_until_reset(store)
 
 
 def test_readers_far_behind_read_from_disk(tmp_path):
-    store = LocalStore(str(tmp_path), pks, cache_changes=10)
+    store = LocalStore(str(tmp_path), pks, limits=replace(DEFAULT.store, cache_changes=10))
     for i in range(30):
         store.write(tx(ins(i)))
     assert store.cache.floor > 0  # the oldest ones are no longer in memory
@@ -92,11 +94,11 @@ def test_readers_far_behind_read_from_disk(tmp_path):
 
 
 def test_a_big_transaction_is_invisible_until_commit_and_streams_in_chunks(store):
-    n = 2 * CHUNK_CHANGES + 5
+    n = 2 * DEFAULT.store.chunk_changes + 5
     big: BigTransaction = store.begin()
-    big.add([ins(i) for i in range(CHUNK_CHANGES)])
+    big.add([ins(i) for i in range(DEFAULT.store.chunk_changes)])
     waiting = gevent.spawn(store.write, tx(ins("small")))  # waits for the big one
-    big.add([ins(i) for i in range(CHUNK_CHANGES, n)])
+    big.add([ins(i) for i in range(DEFAULT.store.chunk_changes, n)])
     gevent.sleep(0.05)
     assert store.committed == 0 and not waiting.ready()
     big_pos = big.commit(origin="pg_a")
@@ -123,7 +125,7 @@ def test_an_aborted_big_transaction_stores_nothing_and_frees_the_writer(store):
 
 
 def test_a_small_transaction_larger_than_a_chunk_reads_back_whole(store):
-    n = CHUNK_CHANGES * 2 + 1
+    n = DEFAULT.store.chunk_changes * 2 + 1
     assert store.write(tx(*[ins(i) for i in range(n)])) > 0
     store.cache.entries.clear()
     store.cache.positions.clear()
@@ -150,7 +152,8 @@ def test_closing_settles_every_pending_write_instead_of_hanging(tmp_path):
 
 
 def test_a_reader_older_than_the_compacted_log_gets_a_snapshot_then_the_rest(tmp_path):
-    store = LocalStore(str(tmp_path), pks, retain_changes=5, cache_changes=3)
+    store = LocalStore(str(tmp_path), pks,
+                       limits=replace(DEFAULT.store, retain_changes=5, cache_changes=3))
     for i in range(20):
         store.write(tx(ins(i, v="old")))
     store.write(tx(DeletedRecord(REL, {"id": "3"})))

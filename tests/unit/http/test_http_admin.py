@@ -40,3 +40,25 @@ def test_without_token_others_may_only_read(remote):
 def test_with_token_everyone_needs_it_even_loopback(authorization, status):
     assert call(router("s3cret"), "PUT", "127.0.0.1", authorization).status == status
     assert call(router("s3cret"), "GET", "192.0.2.7").status == 200
+
+
+def test_a_body_over_the_limit_it_was_given_is_refused_before_it_is_read():
+    from dataclasses import replace
+    from io import BytesIO
+
+    from electric.limits import DEFAULT
+
+    r = Router(limits=replace(DEFAULT.service, http_max_body_bytes=8))
+    r.add("PUT", r"/api/thing", lambda _req: Response(200, b"{}"))
+    statuses = []
+
+    def put(body: bytes) -> dict:
+        environ = {"REQUEST_METHOD": "PUT", "PATH_INFO": "/api/thing", "QUERY_STRING": "",
+                   "CONTENT_LENGTH": str(len(body)), "wsgi.input": BytesIO(body),
+                   "REMOTE_ADDR": "127.0.0.1"}
+        out = b"".join(r.wsgi(environ, lambda status, _headers: statuses.append(status)))
+        return json.loads(out)
+
+    assert put(b"12345678") == {}
+    assert put(b"123456789") == {"error": "too_large", "message": "body over 8 bytes"}
+    assert statuses == ["200 OK", "413 Payload Too Large"]

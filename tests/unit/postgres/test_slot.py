@@ -16,7 +16,7 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
-from electric.offsets import OffsetStore
+from electric.offsets.store import OffsetStore
 from electric.postgres import pgoutput
 from electric.postgres.lsn import Lsn
 from electric.postgres.slot import SlotEncoder, plan_resume, relation_message

@@ -23,8 +23,8 @@ def test_permanent_sink_error_is_reported_once_exposed_and_retried_until_fixed()
     reader = SourceReader(
         "pg_1", "host=h", slot="s", publication="p", sink=sink, sink_blocked_retry=0.02
     )
-    tx = Transaction([NewRecord(("public", "big"), {"id": "1"})], datetime.now(UTC))
-    tx.lsn = Lsn.parse("0/16B3748")
+    tx = Transaction([NewRecord(("public", "big"), {"id": "1"})], datetime.now(UTC),
+                     lsn=Lsn.parse("0/16B3748"))
     errors = []
     sink_id = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
     try:

@@ -2,6 +2,7 @@
 
 import psycopg2.extensions as ext
 
+from electric.limits import DEFAULT
 from electric.postgres import green
 from electric.postgres.connector import Connector, plain_dsn
 from electric.postgres.source import SourceReader, _publication_option
@@ -29,9 +30,9 @@ def test_plain_dsn_drops_replication():
 
 def test_connect_timeout_parsing():
     assert green.connect_timeout_of("host=h connect_timeout=3") == 3.0
-    assert green.connect_timeout_of("host=h") == green.DEFAULT_CONNECT_TIMEOUT
-    assert green.connect_timeout_of("host=h connect_timeout=0") == green.DEFAULT_CONNECT_TIMEOUT
-    assert green.connect_timeout_of("not a dsn ===") == green.DEFAULT_CONNECT_TIMEOUT
+    assert green.connect_timeout_of("host=h") == DEFAULT.postgres.connect_timeout
+    assert green.connect_timeout_of("host=h connect_timeout=0") == DEFAULT.postgres.connect_timeout
+    assert green.connect_timeout_of("not a dsn ===") == DEFAULT.postgres.connect_timeout
 
 
 def test_reader_application_name_and_initial_status():

@@ -16,8 +16,8 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT
 from electric.store.engine import (
-    CHUNK_CHANGES,
     ChainBroken,
     Engine,
     StoreFormatError,
@@ -148,7 +148,7 @@ def test_truncate_deletes_rows_present_then_and_later_inserts_survive(engine):
 
 def test_big_transaction_is_chunked_and_invisible_until_commit(engine):
     started = engine.begin_big()
-    n = CHUNK_CHANGES + 10
+    n = DEFAULT.store.chunk_changes + 10
     engine.add_big([NewRecord(REL, {"id": str(i)}) for i in range(n // 2)], pks)
     engine.add_big([NewRecord(REL, {"id": str(i)}) for i in range(n // 2, n)], pks)
     assert read_all(engine.path) == []  # other connections see nothing yet

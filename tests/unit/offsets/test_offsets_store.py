@@ -11,15 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
-from electric import offsets
-from electric.offsets import (
-    HEADER_SIZE,
-    TEMP_SUFFIX,
-    OffsetFileCorrupt,
-    OffsetFileLocked,
-    OffsetFileVersionError,
-    OffsetStore,
-)
+from electric.offsets import errors, records
+from electric.offsets.errors import OffsetFileCorrupt, OffsetFileLocked, OffsetFileVersionError
+from electric.offsets.records import HEADER_SIZE
+from electric.offsets.store import TEMP_SUFFIX, OffsetStore
 from tests.support.waiting import wait_until
 
 
@@ -373,7 +368,7 @@ def test_corrupted_middle_record_stops_startup(path, where):
 def test_valid_checksum_but_unknown_kind_is_corrupt(path):
     _fill(path)
     with open(path, "ab") as f:
-        f.write(offsets._frame(b"\x7fwhatever"))
+        f.write(records.frame(b"\x7fwhatever"))
     with pytest.raises(OffsetFileCorrupt, match="unknown record kind"):
         OffsetStore(path)
 
@@ -400,7 +395,7 @@ def test_bad_magic(path):
 
 
 def test_unknown_version(path):
-    head = struct.pack(">8sHH", offsets.MAGIC, 99, 0)
+    head = struct.pack(">8sHH", records.MAGIC, 99, 0)
     with open(path, "wb") as f:
         f.write(head + struct.pack(">I", zlib.crc32(head)))
     with pytest.raises(
@@ -420,7 +415,7 @@ def test_header_checksum(path):
 
 def test_short_file(path):
     with open(path, "wb") as f:
-        f.write(offsets.MAGIC[:5])
+        f.write(records.MAGIC[:5])
     with pytest.raises(OffsetFileVersionError, match="shorter than the header"):
         OffsetStore(path)
 
@@ -439,7 +434,7 @@ def test_new_file_has_header(path):
     with open(path, "rb") as f:
         data = f.read()
     assert data[:8] == b"ELOFFSET" and len(data) == HEADER_SIZE
-    assert struct.unpack(">H", data[8:10])[0] == offsets.FORMAT_VERSION
+    assert struct.unpack(">H", data[8:10])[0] == records.FORMAT_VERSION
 
 
 # --------------------------------------------------------------------- misc
@@ -465,7 +460,7 @@ def test_missing_parent_directory_is_created(tmp_path):
 
 def test_unopenable_path_is_one_clear_error(tmp_path):
     (tmp_path / "dir.dat").mkdir()
-    with pytest.raises(offsets.OffsetFileError, match="cannot open offset file .*dir.dat") as ei:
+    with pytest.raises(errors.OffsetFileError, match="cannot open offset file .*dir.dat") as ei:
         OffsetStore(str(tmp_path / "dir.dat"))
     assert "\n" not in str(ei.value)
 
@@ -474,7 +469,7 @@ def test_closed_store_refuses_writes(path):
     s = OffsetStore(path)
     s.close()
     s.close()  # idempotent
-    with pytest.raises(offsets.OffsetFileError, match="closed"):
+    with pytest.raises(errors.OffsetFileError, match="closed"):
         s.put_satellite_lsn("c", b"1")
 
 
@@ -492,7 +487,7 @@ def test_failed_write_is_rolled_back_and_store_refuses_further_writes(path, monk
     monkeypatch.undo()
     assert s.get_satellite_lsn("c") == b"ok"  # index not updated: caller must not ack
     assert os.path.getsize(path) == size  # partial record cut off
-    with pytest.raises(offsets.OffsetFileError, match="unusable"):
+    with pytest.raises(errors.OffsetFileError, match="unusable"):
         s.put_satellite_lsn("c", b"later")
     s = reopen(s)
     assert s.get_satellite_lsn("c") == b"ok"
@@ -532,8 +527,8 @@ _op = st.one_of(
 
 def _state(s: OffsetStore):
     return (
-        dict(s._satellite),
-        {k: list(zip(v.lsns, v.offsets, strict=True)) for k, v in s._slots.items() if v.lsns},
+        dict(s._index.satellite),
+        {k: list(zip(v.lsns, v.offsets, strict=True)) for k, v in s._index.slots.items() if v.lsns},
     )
 
 
@@ -690,3 +685,17 @@ def test_repeated_kills_and_timeouts_do_not_cut_the_fsync_short(path, monkeypatc
     s = reopen(s)
     assert s.get_satellite_lsn("c") == b"w"
     s.close()
+
+
+def test_the_record_size_limit_is_the_one_it_was_given(path):
+    from dataclasses import replace
+
+    from electric.limits import DEFAULT
+
+    small = replace(DEFAULT.service, offsets_max_record_size=64)
+    with OffsetStore(path) as s:
+        s.put_satellite_lsn("c", b"x" * 100)  # fits the default limit
+    with pytest.raises(OffsetFileCorrupt, match="impossible record length"):
+        OffsetStore(path, limits=small)
+    with OffsetStore(path + ".2", limits=small) as s, pytest.raises(ValueError, match="too large"):
+        s.put_satellite_lsn("c", b"x" * 100)
