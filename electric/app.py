@@ -15,7 +15,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from loguru import logger
 
-from electric import errors, metrics, replication_password, sync_rules, tls
+from electric import errors, limits, metrics, replication_password, sync_rules, tls
 from electric.changes import RelationName, Transaction
 from electric.http.migrations import MigrationsApi
 from electric.http.server import HttpServer, Request, Response, Router, json_response
@@ -377,7 +377,7 @@ class Application:
             write_transaction=lambda tx: self.write_transaction(tx, "satellite"),
             open_stream=self._open_wal_stream, offsets=self.offsets,
             tls=self.tls, max_connections=self.max_connections,
-            is_permanent=errors.is_permanent,
+            is_permanent=errors.is_permanent, limits=limits.DEFAULT.satellite,
             sync_rules=(self._rules_for_session if getattr(s, "sync_rules", None) is not None
                         else None),
             current_rows=self.store.current_rows if self.store is not None else None,

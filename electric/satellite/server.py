@@ -42,14 +42,12 @@ from loguru import logger
 from electric import errors, metrics
 from electric.changes import DeletedRecord, Transaction, TruncatedRelation
 from electric.http.server import LogWriter, QuietClientErrors
-from electric.limits import ByteBudget
+from electric.limits import DEFAULT, ByteBudget, SatelliteLimits
 from electric.listeners import GuardedWSGIServer
 from electric.retry import Backoff, Policy, retry
 from electric.satellite.fanout import SharedTail, Subscription
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.session import (
-    PING_INTERVAL,
-    STREAMED_TRANSACTION,
     Action,
     ClaimClient,
     Close,
@@ -60,35 +58,11 @@ from electric.satellite.session import (
     StopOutgoing,
     WriteTransaction,
 )
-from electric.satellite.socket_writer import (
-    SLOW_CLIENT_BYTES,
-    SocketWriter,
-    binary_frame,
-)
+from electric.satellite.socket_writer import SocketWriter, binary_frame
 from electric.sync_rules import effective_filter
 
 WS_PATH = "/ws"
-CLAIM_GRACE = 1.0
-"""Seconds a second socket with the same client id waits for the first one to go away."""
-CLOSE_GRACE = 2.0
-"""After we send a close frame, how long the peer gets to answer before the socket is cut."""
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""Largest websocket message accepted; checked on the frame header, before reading the body."""
-WRITER_QUEUE = 64
-"""Completed client transactions waiting for the Vaxine writer. When full, reading from the
-socket pauses: TCP back-pressure instead of unbounded memory (and never a stall)."""
-READ_BUFFER = 2048
-"""Read buffer per socket (pywsgi's default is 8 KiB; frames larger than it are read
-straight into their message)."""
-SEND_TIMEOUT = 30.0
-"""A peer that accepts no bytes for this long is disconnected."""
-STATUS_MAX_CLIENTS = 100
-TABLE_WAIT = 5.0
-"""How long a client transaction may wait for the schema registry to learn its tables."""
-WRITE_RETRY_FIRST = 0.01
-WRITE_RETRY_MAX_SLEEP = 1.0
-WRITE_RETRY_TOTAL = 10.0
-TABLE_WAIT_RETRY = Policy(0.05, 5.0)  # re-looking up a table the registry does not know yet
+TABLE_RETRY_FIRST = 0.05  # re-looking up a table the registry does not know yet
 
 
 class OffsetStore(Protocol):
@@ -112,18 +86,14 @@ StreamFactory = Callable[[StartOffset], Iterator[tuple[Transaction, Any]]]
 If the iterator has a ``close()`` method it is called when the stream is stopped."""
 
 
-# All sockets together may hold at most this much of messages still being received.
-INBOUND_BUDGET = ByteBudget(32 * 1024 * 1024, "websocket")
-
-
 class _BoundedWebSocket(WebSocket):
     """gevent-websocket's WebSocket with a size limit checked before a body is read
     (the library would otherwise try to allocate whatever a frame header claims), and a
     process-wide budget for payloads being received."""
 
     __slots__ = ()
-    max_message = MAX_MESSAGE_BYTES
-    budget = INBOUND_BUDGET
+    max_message = DEFAULT.satellite.max_message_bytes
+    budget: ByteBudget
 
     def read_message(self):
         reserved = [0]
@@ -252,7 +222,7 @@ class _Connection(SocketWriter):
             cluster_id=server.cluster_id,
             now=time.monotonic(),
             peer=peer,
-            ping_interval=server.ping_interval,
+            limits=server.limits,
             oplog_cache=server.oplog_cache,
             bind_filter=server.bind_filter if server.sync_rules is not None else None,
         )
@@ -290,7 +260,7 @@ class _Connection(SocketWriter):
         while True:
             try:
                 if self.closing:
-                    with gevent.Timeout(self.server.close_grace, False):
+                    with gevent.Timeout(self.server.limits.close_grace, False):
                         data = self.ws.receive()
                         if data is not None:
                             continue
@@ -330,7 +300,7 @@ class _Connection(SocketWriter):
 
     def _writer_queue(self) -> gevent.queue.Queue:
         if self.writes is None:
-            self.writes = gevent.queue.Queue(WRITER_QUEUE)
+            self.writes = gevent.queue.Queue(self.server.limits.writer_queue)
             self.writer = gevent.spawn(self._writer)
             self.greenlets.append(self.writer)
         return self.writes
@@ -404,7 +374,7 @@ class _Connection(SocketWriter):
         if self.streams.get(subscription) is not out or self.closing:
             return True  # stopped: nothing more goes out on it
         tx, offset = item
-        if self.lock.locked() or len(tx.changes) > STREAMED_TRANSACTION:
+        if self.lock.locked() or len(tx.changes) > self.server.limits.streamed_transaction:
             return False
         session = self.session
         shared = session.shared_oplog(subscription, tx, offset)
@@ -412,7 +382,7 @@ class _Connection(SocketWriter):
         try:
             if shared is not None:
                 self._write_frame(self.server.oplog_cache.frame(shared, binary_frame))
-                if self.out_bytes > self.server.slow_client_bytes:
+                if self.out_bytes > self.server.limits.slow_client_bytes:
                     self._too_slow()
                 return True
             if self._missing_tables(tx):
@@ -514,7 +484,7 @@ class _Connection(SocketWriter):
     def _wait_for_tables(self, tx: Transaction) -> str | None:
         """Give the schema registry ``table_wait`` seconds to learn the tables ``tx`` uses
         (connectors describe them at start-up); returns the first still unknown one."""
-        deadline = time.monotonic() + self.server.table_wait
+        deadline = time.monotonic() + self.server.limits.table_wait
         for relation in {change.relation for change in tx.changes}:
             while self.server.lookup_table(relation) is None:
                 if time.monotonic() >= deadline:
@@ -543,8 +513,8 @@ class _Connection(SocketWriter):
         if not missing:
             return
         where = str(list(offset) if isinstance(offset, tuple) else offset)
-        deadline = time.monotonic() + self.server.table_wait
-        backoff = Backoff(TABLE_WAIT_RETRY)
+        deadline = time.monotonic() + self.server.limits.table_wait
+        backoff = Backoff(Policy(TABLE_RETRY_FIRST, self.server.limits.table_retry_max))
         try:
             while missing:
                 if self.stream_held is None and time.monotonic() >= deadline:
@@ -575,8 +545,8 @@ class _Connection(SocketWriter):
             )
 
         retry(lambda: self.server.write_transaction(tx),
-              Policy(self.server.write_retry_first, self.server.write_retry_max_sleep,
-                     jitter=0.2, total=self.server.write_retry_total),
+              Policy(self.server.limits.write_retry_first, self.server.limits.write_retry_max_sleep,
+                     jitter=0.2, total=self.server.limits.write_retry_total),
               give_up=self.server.is_permanent, on_retry=failed)
 
     def _writer_failed(self, tx: Transaction, exc: Exception) -> None:
@@ -629,11 +599,11 @@ class _Connection(SocketWriter):
 
 class _QuietWebSocketHandler(QuietClientErrors, WebSocketHandler):
     """gevent-websocket's handler, with clean 400s for malformed requests and a smaller
-    read buffer (READ_BUFFER)."""
+    read buffer (limits.read_buffer)."""
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         if rfile is None:
-            rfile = sock.makefile("rb", READ_BUFFER)
+            rfile = sock.makefile("rb", server.read_buffer)
         super().__init__(sock, address, server, rfile)
 
     def upgrade_websocket(self):
@@ -660,18 +630,9 @@ class SatelliteServer:
         write_transaction: WriteFn,
         open_stream: StreamFactory,
         offsets: OffsetStore,
-        ping_interval: float = PING_INTERVAL,
-        claim_grace: float = CLAIM_GRACE,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        write_retry_first: float = WRITE_RETRY_FIRST,
-        write_retry_max_sleep: float = WRITE_RETRY_MAX_SLEEP,
-        write_retry_total: float = WRITE_RETRY_TOTAL,
+        limits: SatelliteLimits = DEFAULT.satellite,
         is_permanent: Callable[[BaseException], bool] | None = None,
-        send_timeout: float = SEND_TIMEOUT,
-        slow_client_bytes: int = SLOW_CLIENT_BYTES,
-        close_grace: float = CLOSE_GRACE,
         shared_tail: bool = True,
-        table_wait: float = TABLE_WAIT,
         tls: Any = None,
         max_connections: int = 10_000,
         sync_rules: Callable[[], Any] | None = None,
@@ -687,17 +648,13 @@ class SatelliteServer:
         self.write_transaction = write_transaction
         self.open_stream = open_stream
         self.offsets = offsets
-        self.ping_interval = ping_interval
-        self.claim_grace = claim_grace
-        self.write_retry_first = write_retry_first
-        self.write_retry_max_sleep = write_retry_max_sleep
-        self.write_retry_total = write_retry_total
-        self.send_timeout = send_timeout
-        self.slow_client_bytes = slow_client_bytes
-        self.close_grace = close_grace
+        self.limits = limits
+        self.ping_interval = limits.ping_interval
         self.slow_disconnects = 0
-        self.table_wait = table_wait
-        self.oplog_cache = OplogCache()
+        self.oplog_cache = OplogCache(limits)
+        # All sockets of this server together may hold at most this much of messages
+        # still being received.
+        self.inbound_budget = ByteBudget(limits.inbound_budget_bytes, "websocket")
         # SYNC_RULES_FILE: returns the checked RuleSet (waiting for the check) or raises
         # FilterUnavailable; None without the setting (no filter, today's path).
         self.sync_rules = sync_rules
@@ -706,13 +663,14 @@ class SatelliteServer:
         self.current_rows = current_rows
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
         # from an older offset still uses a private stream per socket.
-        self.tail = SharedTail(open_stream) if shared_tail else None
+        self.tail = SharedTail(open_stream, limits) if shared_tail else None
         # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
         self.is_permanent = is_permanent or errors.is_permanent
         self._ws_class = type(
             "BoundedWebSocket",
             (_BoundedWebSocket,),
-            {"__slots__": (), "max_message": max_message_bytes},
+            {"__slots__": (), "max_message": limits.max_message_bytes,
+             "budget": self.inbound_budget},
         )
         self._clients: dict[str, _Connection] = {}
         self._connections: set[_Connection] = set()
@@ -737,6 +695,7 @@ class SatelliteServer:
             name="satellite",
             **({"ssl_context": self.tls} if self.tls is not None else {}),
         )
+        server.read_buffer = self.limits.read_buffer  # for _QuietWebSocketHandler
         quiet = logging.getLogger("electric.satellite.geventwebsocket")
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
@@ -819,9 +778,11 @@ class SatelliteServer:
             return self.tail.subscribe(offset)
         return self.open_stream(offset)
 
-    def status(self, max_clients: int = STATUS_MAX_CLIENTS) -> dict[str, Any]:
+    def status(self, max_clients: int | None = None) -> dict[str, Any]:
         """Operator view: counts, the shared tail, and up to ``max_clients`` sessions."""
         connections = list(self._connections)
+        if max_clients is None:
+            max_clients = self.limits.status_max_clients
         return {
             "port": self.port,
             "clients_connected": len(self._clients),
@@ -868,7 +829,7 @@ class SatelliteServer:
     # -- client id registry (node-local) ---------------------------------------------------
 
     def _claim(self, client_id: str, conn: _Connection) -> bool:
-        deadline = time.monotonic() + self.claim_grace
+        deadline = time.monotonic() + self.limits.claim_grace
         while True:
             holder = self._clients.get(client_id)
             if holder is None or holder is conn:

@@ -47,16 +47,12 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT, SatelliteLimits
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
 from electric.satellite.auth import AuthError, Identity
 from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
-
-PING_INTERVAL = 5.0
-"""Seconds between liveness ticks (reference: 5 s, hard-coded)."""
-AUTH_TIMEOUT = 10.0
-"""A socket that has not authenticated this long after opening is closed."""
 
 CLOSE_UNSUPPORTED_DATA = 1003
 
@@ -64,12 +60,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- actions (what the I/O layer must do) ---------------------------------------------------
-
-
-# Outgoing transactions with more changes than this go out as several SatOpLogs of at most
-# STREAMED_PIECE operations each.
-STREAMED_TRANSACTION = 5000
-STREAMED_PIECE = 2000
 
 
 @dataclass(frozen=True)
@@ -207,7 +197,7 @@ class Session:
         cluster_id: str,
         now: float = 0.0,
         peer: str = "",
-        ping_interval: float = PING_INTERVAL,
+        limits: SatelliteLimits = DEFAULT.satellite,
         oplog_cache: OplogCache | None = None,
         bind_filter: BindFilter | None = None,
     ) -> None:
@@ -219,7 +209,8 @@ class Session:
         self._lookup_table = lookup_table
         self.cluster_id = cluster_id
         self.peer = peer
-        self.ping_interval = ping_interval
+        self.limits = limits
+        self.ping_interval = limits.ping_interval
         self.oplog_cache = oplog_cache
         self.opened_at = now
         self.authenticated = False
@@ -274,7 +265,7 @@ class Session:
         if self.closed:
             return []
         if not self.authenticated:
-            limit = AUTH_TIMEOUT * self.ping_interval / PING_INTERVAL
+            limit = self.limits.auth_timeout
             if not self.claim_pending and now - self.opened_at >= limit:
                 self.log.info("client did not authenticate within {:.1f}s, disconnecting", limit)
                 self.closed = True
@@ -317,7 +308,7 @@ class Session:
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
         empty, self.out.empty_client = self.out.empty_client, False
-        if len(transaction.changes) > STREAMED_TRANSACTION:
+        if len(transaction.changes) > self.limits.streamed_transaction:
             self.out.sent_transactions += 1
             changes: Iterable[Change] = transaction.changes
             if self.filter is not None:
@@ -779,7 +770,7 @@ class Session:
             if table is None:
                 continue
             ops.append(_change_op(table, change))
-            if len(ops) >= STREAMED_PIECE:
+            if len(ops) >= self.limits.streamed_piece:
                 yield Send(pb.SatOpLog(ops=ops))
                 ops = []
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))

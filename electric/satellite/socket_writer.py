@@ -6,10 +6,10 @@ the common case, one syscall, no greenlet switch. Frames the shared tail hands o
 written when the tail next waits, several transactions in one syscall per socket. What the
 kernel does not take is queued and written by a sender greenlet that exists only until the
 queue is empty; frames produced meanwhile join the queue and leave in one syscall. A
-producer that is this socket's own greenlet waits when more than MAX_OUT_BUFFER is queued
-(back-pressure); the shared tail never waits: past SLOW_CLIENT_BYTES the client is
+producer that is this socket's own greenlet waits when more than max_out_buffer (limits) is queued
+(back-pressure); the shared tail never waits: past slow_client_bytes (limits) the client is
 disconnected (CLOSE_TOO_SLOW) and resumes from its lsn when it reconnects. A peer that
-accepts no bytes for SEND_TIMEOUT is cut off.
+accepts no bytes for send_timeout (limits) is cut off.
 """
 
 from __future__ import annotations
@@ -24,13 +24,6 @@ from geventwebsocket.websocket import Header, WebSocket
 
 from electric import metrics
 
-MAX_OUT_BUFFER = 1024 * 1024
-"""Bytes queued for one socket before its own stream greenlet (catch-up, big transactions)
-waits for the socket."""
-SLOW_CLIENT_BYTES = 4 * 1024 * 1024
-"""Bytes of live transactions queued for a socket that does not read them: past this the
-client is disconnected with CLOSE_TOO_SLOW (it reconnects and resumes from its lsn), so a
-stuck client never holds memory or anyone else up."""
 CLOSE_TOO_SLOW = 1013
 """Close code for a client that fell too far behind (RFC 6455 "Try Again Later")."""
 
@@ -46,8 +39,7 @@ def binary_frame(payload: bytes) -> bytes:
 
 
 class SocketWriter:
-    """Needs from the connection: ``server`` (send_timeout, slow_client_bytes, close_grace,
-    slow_disconnects, _flush_later), ``ws``, ``log``, ``greenlets``, ``closing``, and the
+    """Needs from the connection: ``server`` (limits, slow_disconnects, _flush_later), ``ws``, ``log``, ``greenlets``, ``closing``, and the
     attributes set in :meth:`_init_writer`."""
 
     server: Any
@@ -74,10 +66,10 @@ class SocketWriter:
             return
         self._queue_frame(WebSocket.OPCODE_BINARY, data)
         if self._direct_depth:  # the shared tail: never waits
-            if self.out_bytes > self.server.slow_client_bytes:
+            if self.out_bytes > self.server.limits.slow_client_bytes:
                 self._too_slow()
             return
-        if self.out_bytes > MAX_OUT_BUFFER and gevent.getcurrent() is not self.sender:
+        if self.out_bytes > self.server.limits.max_out_buffer and gevent.getcurrent() is not self.sender:
             if self._drained is None:
                 self._drained = Event()
             self._drained.clear()
@@ -144,7 +136,7 @@ class SocketWriter:
         self.sender = gevent.spawn(self._sender_loop)
 
     def _too_slow(self) -> None:
-        """The client has SLOW_CLIENT_BYTES of live transactions it does not read: drop
+        """The client has slow_client_bytes (limits) of live transactions it does not read: drop
         them (it resumes from its lsn), keep a started frame whole, and close."""
         unsent = self.out_bytes
         keep = [self._partial] if self.out and self.out[0] is self._partial else []
@@ -163,12 +155,12 @@ class SocketWriter:
                 self._partial = None
                 if self._drained is not None:
                     self._drained.set()
-                with gevent.Timeout(self.server.send_timeout, _SendTimeout):
+                with gevent.Timeout(self.server.limits.send_timeout, _SendTimeout):
                     self.ws.raw_write(b"".join(chunks))
         except gevent.GreenletExit:
             raise
         except _SendTimeout:
-            self.log.info("client stopped reading for {}s, disconnecting", self.server.send_timeout)
+            self.log.info("client stopped reading for {}s, disconnecting", self.server.limits.send_timeout)
             self._fail_sending()
         except Exception:
             self._fail_sending()
@@ -193,7 +185,7 @@ class SocketWriter:
         self._queue_frame(WebSocket.OPCODE_CLOSE, payload)
         self.closing = True
         # Cut the socket if the peer never answers our close.
-        self.greenlets.append(gevent.spawn_later(self.server.close_grace, self._cut))
+        self.greenlets.append(gevent.spawn_later(self.server.limits.close_grace, self._cut))
 
     def _cut(self) -> None:
         sock = getattr(self.ws.handler, "socket", None) if self.ws.handler else None

@@ -15,12 +15,12 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
 from electric.satellite.auth import AuthError
 from electric.satellite.lsn import encode_offset
 from electric.satellite.session import (
-    AUTH_TIMEOUT,
     ClaimClient,
     Close,
     InStatus,
@@ -289,7 +289,8 @@ def test_stop_then_restart_no_stray_error_and_relations_reannounced():
 
 
 def test_a_big_transaction_goes_out_as_several_oplogs_built_one_at_a_time():
-    from electric.satellite.session import STREAMED_PIECE, STREAMED_TRANSACTION
+    STREAMED_PIECE = DEFAULT.satellite.streamed_piece
+    STREAMED_TRANSACTION = DEFAULT.satellite.streamed_transaction
 
     s = authed()
     sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
@@ -621,7 +622,7 @@ def test_any_message_counts_as_life():
 def test_unauthenticated_socket_times_out():
     s = new_session()
     assert s.tick(5.0) == []
-    assert s.tick(AUTH_TIMEOUT) == [Close(None, "authentication timeout")]
+    assert s.tick(DEFAULT.satellite.auth_timeout) == [Close(None, "authentication timeout")]
 
 
 def test_connection_lost_stops_stream():
