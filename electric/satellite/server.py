@@ -45,19 +45,19 @@ from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import DEFAULT, ByteBudget, SatelliteLimits
 from electric.listeners import GuardedWSGIServer
 from electric.retry import Backoff, Policy, retry
-from electric.satellite.fanout import SharedTail, Subscription
-from electric.satellite.lsn import StartOffset, describe
-from electric.satellite.session import (
+from electric.satellite.actions import (
     Action,
     ClaimClient,
     Close,
-    OplogCache,
     Send,
-    Session,
     StartOutgoing,
     StopOutgoing,
     WriteTransaction,
 )
+from electric.satellite.fanout import SharedTail, Subscription
+from electric.satellite.lsn import StartOffset, describe
+from electric.satellite.oplog_cache import OplogCache
+from electric.satellite.session import Session
 from electric.satellite.socket_writer import SocketWriter, binary_frame
 from electric.sync_rules import effective_filter
 

@@ -4,8 +4,10 @@ Events go in as method calls (a websocket payload arrived, the Vaxine stream pro
 transaction, a client transaction is durably written, the ping timer fired, …) and every
 method returns the list of :class:`Action` objects the I/O layer (``server.py``) must carry
 out, in order: frames to send, a close, a client id to claim, an outgoing stream to start or
-stop, a transaction to write. Nothing here touches sockets, greenlets or files, so the whole
-session rules of docs/protocols.md §1.3 are unit-testable with plain calls.
+stop, a transaction to write (:mod:`electric.satellite.actions`). Nothing here touches
+sockets, greenlets or files, so the whole session rules of docs/protocols.md §1.3 are
+unit-testable with plain calls. The SatOpLog codec is :mod:`electric.satellite.oplog`, the
+encoding of outgoing transactions for this client :mod:`electric.satellite.outgoing`.
 
 Differences from the reference, on purpose (ids of docs/gaps.md):
 
@@ -29,9 +31,8 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
@@ -41,82 +42,34 @@ from electric import metrics, sync_rules
 from electric.changes import (
     Change,
     DeletedRecord,
-    NewRecord,
     Record,
     Transaction,
-    TruncatedRelation,
     UpdatedRecord,
 )
 from electric.limits import DEFAULT, SatelliteLimits
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
+from electric.satellite.actions import (
+    Action,
+    ClaimClient,
+    Close,
+    Send,
+    StartOutgoing,
+    StopOutgoing,
+    WriteTransaction,
+)
 from electric.satellite.auth import AuthError, Identity
-from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
+from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe
+from electric.satellite.oplog import (
+    ClientRelation,
+    IncomingTransaction,
+    ProtocolViolation,
+    apply_op,
+)
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
+from electric.satellite.outgoing import OutgoingEncoder, OutRep, TableLookup
 
 CLOSE_UNSUPPORTED_DATA = 1003
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-# -- actions (what the I/O layer must do) ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    msg: Message
-    # Pre-encoded frame when the caller already has it (shared outgoing transactions).
-    raw: bytes | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def data(self) -> bytes:
-        return self.raw if self.raw is not None else frames.encode(self.msg)
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the websocket. ``code=None`` sends a close frame without a status code, which
-    is what the reference does after an error reply."""
-
-    code: int | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class ClaimClient:
-    """Take the node-wide lock on ``client_id`` (waiting up to 1 s for a dying previous
-    socket), read the client's persisted lsn, then call :meth:`Session.client_claimed` or
-    :meth:`Session.client_claim_failed`."""
-
-    client_id: str
-    user_id: str
-
-
-@dataclass(frozen=True)
-class StartOutgoing:
-    """Open a WAL stream from ``offset`` and feed it to :meth:`Session.vaxine_transaction`
-    tagged with ``subscription``."""
-
-    subscription: int
-    offset: StartOffset
-
-
-@dataclass(frozen=True)
-class StopOutgoing:
-    subscription: int
-
-
-@dataclass(frozen=True)
-class WriteTransaction:
-    """Write ``transaction`` to Vaxine (nothing to write if it has no changes), fsync
-    ``transaction.lsn`` as this client's offset, then call :meth:`Session.transaction_written`.
-    Transactions must be written in the order they are emitted."""
-
-    transaction: Transaction
-
-
-Action = Send | Close | ClaimClient | StartOutgoing | StopOutgoing | WriteTransaction
-
 
 class InStatus(enum.Enum):
     NONE = "none"
@@ -125,50 +78,15 @@ class InStatus(enum.Enum):
     PAUSED = "paused"
 
 
-class ProtocolViolation(Exception):
-    """Raised inside handlers; turned into ``SatErrorResp{code}`` + close."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-@dataclass
-class ClientRelation:
-    schema: str
-    table: str
-    columns: list[str]
-
-
-@dataclass
-class OutRep:
-    active: bool = False
-    subscription: int | None = None
-    offset: StartOffset | None = None
-    # Relations announced with SatRelation since the current start (cleared on every start).
-    known_relations: set[tuple[str, str]] = field(default_factory=set)
-    # Last lsn the client reported in a SatPingResp (informational).
-    client_lsn: bytes | None = None
-    sync_batch_size: int = 0
-    sent_transactions: int = 0
-    # Started from the start of the log and nothing sent yet: the client holds no row, so
-    # a filtered client need not be sent deletes in its first transaction (a snapshot).
-    empty_client: bool = False
-
-
 @dataclass
 class InRep:
     status: InStatus = InStatus.NONE
     relations: dict[int, ClientRelation] = field(default_factory=dict)
-    incomplete: Transaction | None = None
+    incomplete: IncomingTransaction | None = None
     # lsns handed to the writer and not yet acknowledged, oldest first.
     in_flight: list[bytes] = field(default_factory=list)
     written: int = 0
 
-
-TableLookup = Callable[[tuple[str, str]], Any]
-"""``(schema, table) -> electric.changes.Table | None`` (usually ``SchemaRegistry.table``)."""
 
 BindFilter = Callable[[Mapping[str, Any]], "sync_rules.EffectiveFilter | None"]
 """A client's claims -> its effective filter, ``None`` without sync rules (every row); raises
@@ -203,15 +121,12 @@ class Session:
     ) -> None:
         self._authenticate = authenticate
         self._bind_filter = bind_filter
-        # Bound at authentication from the token's claims; None: no rules, every row.
-        self.filter: sync_rules.EffectiveFilter | None = None
         self.writes_refused = 0
         self._lookup_table = lookup_table
         self.cluster_id = cluster_id
         self.peer = peer
         self.limits = limits
         self.ping_interval = limits.ping_interval
-        self.oplog_cache = oplog_cache
         self.opened_at = now
         self.authenticated = False
         self.claim_pending = False
@@ -223,6 +138,25 @@ class Session:
         self.out = OutRep()
         self.inc = InRep()
         self.log = logger.bind(origin="satellite", sq_client=peer, cluster_id=cluster_id)
+        self._encoder = OutgoingEncoder(lookup_table, oplog_cache, limits, self.log)
+
+    @property
+    def filter(self) -> sync_rules.EffectiveFilter | None:
+        """The client's sync rules filter, bound at authentication from the token's claims;
+        ``None``: no rules, every row."""
+        return self._encoder.filter
+
+    @filter.setter
+    def filter(self, value: sync_rules.EffectiveFilter | None) -> None:
+        self._encoder.filter = value
+
+    @property
+    def oplog_cache(self) -> OplogCache | None:
+        return self._encoder.oplog_cache
+
+    @oplog_cache.setter
+    def oplog_cache(self, cache: OplogCache | None) -> None:
+        self._encoder.oplog_cache = cache
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -313,10 +247,10 @@ class Session:
             changes: Iterable[Change] = transaction.changes
             if self.filter is not None:
                 # Lazily: a big transaction (a snapshot) is never whole in memory.
-                changes = self._visible_lazily(transaction, empty)
-            return self._serialize_streamed(transaction, offset, changes)
+                changes = self._encoder.visible_lazily(transaction, empty)
+            return self._encoder.streamed(self.out, transaction, offset, changes)
         try:
-            actions = self._serialize_outgoing(transaction, offset, empty)
+            actions = self._encoder.encode(self.out, transaction, offset, empty)
         except Exception as exc:
             self.log.exception("cannot serialise outgoing transaction at {}", offset)
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
@@ -329,21 +263,9 @@ class Session:
         transaction and this socket needs nothing else before it (every table announced,
         same table descriptions), the shared encoding to send as it is (counted as sent);
         otherwise ``None`` and the caller goes through :meth:`vaxine_transaction`."""
-        cache = self.oplog_cache
-        if (cache is None or self.closed or not self.out.active
-                or subscription != self.out.subscription
-                or (self.out.empty_client and self.filter is not None)):
+        if self.closed or not self.out.active or subscription != self.out.subscription:
             return None
-        hit = cache.get_tx(transaction, offset, self.filter)
-        if hit is None:
-            return None
-        known, lookup = self.out.known_relations, self._lookup_table
-        for relation, table in hit.relations:
-            if table is None or relation not in known or lookup(relation) is not table:
-                return None
-        self.out.sent_transactions += 1
-        metrics.encoding_reused("satellite")
-        return hit
+        return self._encoder.shared(self.out, transaction, offset)
 
     def outgoing_failed(self, subscription: int, reason: str) -> list[Action]:
         """The outgoing stream gave up. Tell the client and let it start again (no close)."""
@@ -479,7 +401,7 @@ class Session:
         self.client_id = msg.id
         self.user_id = user_id
         self.claim_pending = True
-        self.log = self.log.bind(client_id=msg.id, user_id=user_id)
+        self.log = self._encoder.log = self.log.bind(client_id=msg.id, user_id=user_id)
         if self.filter is not None and self.filter.problems:
             # The client sees fewer rows; worth one line, never the claim values.
             self.log.info("sync rules for client {!r}: {}", msg.id,
@@ -584,59 +506,9 @@ class Session:
         return actions
 
     def _apply_op(self, op: pb.SatTransOp) -> Transaction | None:
-        kind = op.WhichOneof("op")
-        tx = self.inc.incomplete
-        if kind is None:
-            raise ProtocolViolation(frames.INVALID_REQUEST, "empty SatTransOp")
-        if kind == "begin":
-            if tx is not None:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "begin inside an open transaction")
-            if not op.begin.lsn:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "begin with an empty lsn")
-            self.inc.incomplete = Transaction(
-                changes=[],
-                commit_timestamp=ms_to_datetime(op.begin.commit_timestamp),
-                origin=self.client_id,
-                publication="",
-                lsn=bytes(op.begin.lsn),
-            )
-            return None
-        if tx is None:
-            raise ProtocolViolation(frames.INVALID_REQUEST, f"{kind} outside a transaction")
-        if kind == "commit":
-            self.inc.incomplete = None
-            return tx
-        if kind == "insert":
-            rel = self._client_relation(op.insert.relation_id)
-            if not op.insert.row_data:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "insert with empty row_data")
-            tx.changes.append(NewRecord((rel.schema, rel.table), _zip(rel, op.insert.row_data)))
-        elif kind == "update":
-            rel = self._client_relation(op.update.relation_id)
-            if not op.update.row_data:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "update with empty row_data")
-            # The old row is what per-column merge compares with, so it is only taken when it
-            # has a value for every column: clients leave NULL columns out of old_row_data,
-            # which shifts the rest, and a shifted old row could hide a real change.
-            old = (_zip(rel, op.update.old_row_data)
-                   if len(op.update.old_row_data) == len(rel.columns) else None)
-            tx.changes.append(
-                UpdatedRecord((rel.schema, rel.table), _zip(rel, op.update.row_data), old)
-            )
-        elif kind == "delete":
-            rel = self._client_relation(op.delete.relation_id)
-            tx.changes.append(
-                DeletedRecord((rel.schema, rel.table), _zip(rel, op.delete.old_row_data))
-            )
-        return None
-
-    def _client_relation(self, relation_id: int) -> ClientRelation:
-        rel = self.inc.relations.get(relation_id)
-        if rel is None:
-            raise ProtocolViolation(
-                frames.INVALID_REQUEST, f"unknown relation id {relation_id} (no SatRelation sent)"
-            )
-        return rel
+        self.inc.incomplete, done = apply_op(op, self.inc.incomplete, self.inc.relations,
+                                             self.client_id)
+        return done
 
     def _validate_transaction(self, tx: Transaction) -> None:
         """Refuse before queueing what the writer could never store (reference: writer
@@ -717,136 +589,6 @@ class Session:
 
     # server → client
 
-    def _visible(self, tx: Transaction, empty: bool) -> tuple[list[Change], tuple]:
-        """What this client's filter lets through of ``tx`` (rows crossing its scope are
-        rewritten as inserts/deletes), and the outcome per change, which alone determines
-        it (the encoding's cache key). ``empty``: the client holds no row yet."""
-        assert self.filter is not None
-        return sync_rules.apply_traced(self.filter, tx.changes, self._key_columns, empty)
-
-    def _visible_lazily(self, tx: Transaction, empty: bool) -> Iterator[Change]:
-        assert self.filter is not None
-        flt, keys = self.filter, self._key_columns
-        for change in tx.changes:
-            sent = sync_rules.apply(flt, change, keys, empty)
-            if sent is not None:
-                yield sent
-
-    def _key_columns(self, relation: Any) -> list[str]:
-        table = self._lookup_table(relation)
-        return list(table.primary_keys) if table is not None else []
-
-    def _outgoing_table(self, relation: Any) -> Any:
-        """The table of an outgoing change, or ``None`` when the registry does not know it.
-        Unreachable from the server, which holds the stream until the registry knows every
-        table of the transaction (server._hold_for_tables); a caller that does not is told,
-        and the change is counted."""
-        table = self._lookup_table(relation)
-        if table is None:
-            metrics.skipped("satellite_unknown_table")
-            self.log.warning("skipping change to {}.{}: not in the schema registry", *relation)
-        return table
-
-    def _serialize_streamed(self, tx: Transaction, offset: Any,
-                            changes: Iterable[Change] | None = None) -> Iterator[Action]:
-        """A transaction too big to hold as one message: several SatOpLogs, Begin in the
-        first and Commit in the last (the client assembles a transaction across messages),
-        each built as the previous one is sent, so neither the transaction nor its encoding
-        is ever whole in memory. Relations go out before the first message using them."""
-        ts = datetime_to_ms(tx.commit_timestamp)
-        lsn = encode_offset(offset)
-        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
-        tables: dict[Any, Any] = {}
-        for change in tx.changes if changes is None else changes:
-            if isinstance(change, TruncatedRelation):
-                continue  # no representation in the protocol
-            relation = change.relation
-            if relation not in tables:
-                table = tables[relation] = self._outgoing_table(relation)
-                if table is not None and table.relation not in self.out.known_relations:
-                    self.out.known_relations.add(table.relation)
-                    yield Send(relation_message(table))
-            table = tables[relation]
-            if table is None:
-                continue
-            ops.append(_change_op(table, change))
-            if len(ops) >= self.limits.streamed_piece:
-                yield Send(pb.SatOpLog(ops=ops))
-                ops = []
-        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
-        yield Send(pb.SatOpLog(ops=ops))
-
-    def _serialize_outgoing(self, tx: Transaction, offset: Any,
-                            empty: bool = False) -> list[Action]:
-        """``tx`` as this client receives it. A transaction its filter leaves empty still
-        goes out (Begin and Commit only) so that the client's lsn advances: its acks and
-        resume position never lag behind the log because of rows it does not see.
-        ``empty``: the client holds no row yet (its outcomes differ from its filter's usual
-        ones, so the per-filter entry is neither read nor written; the outcome-keyed one is
-        safe)."""
-        cache = self.oplog_cache
-        flt = self.filter
-        per_filter = cache is not None and not (empty and flt is not None)
-        if per_filter:
-            # Fast path for the shared tail: the very same Transaction object reaches every
-            # live socket; only the relation announcements differ per socket.
-            hit = cache.get_tx(tx, offset, flt)
-            if hit is not None and all(self._lookup_table(r) is t for r, t in hit.relations):
-                metrics.encoding_reused("satellite")
-                actions: list[Action] = []
-                for relation, table in hit.relations:
-                    if table is not None and relation not in self.out.known_relations:
-                        self.out.known_relations.add(relation)
-                        actions.append(Send(relation_message(table)))
-                actions.append(Send(hit.msg, raw=hit.raw))
-                return actions
-        actions = []
-        changes, outcomes = (tx.changes, None) if flt is None else self._visible(tx, empty)
-        ts = datetime_to_ms(tx.commit_timestamp)
-        tables: list[Any] = []
-        for change in changes:
-            table = None
-            if not isinstance(change, TruncatedRelation):  # no representation in 0.3.0
-                table = self._outgoing_table(change.relation)
-                if table is not None and table.relation not in self.out.known_relations:
-                    self.out.known_relations.add(table.relation)
-                    actions.append(Send(relation_message(table)))
-            tables.append(table)
-        # Every socket streaming the same Vaxine transaction sends the same SatOpLog bytes:
-        # build and encode it once (the offset identifies the transaction; the tables used
-        # are part of the key so a schema change is never served from a stale entry).
-        key = None
-        cache = self.oplog_cache
-        if cache is not None and isinstance(offset, int | tuple):
-            key = (offset, ts, len(tx.changes), tuple(map(id, tables)))
-            if outcomes is not None and changes:
-                # Filters giving this transaction the same outcomes send the same changes,
-                # so they share an encoding (an empty one is everybody's).
-                key += (outcomes,)
-            cached = cache.get(key)
-            if cached is not None:
-                if flt is not None and per_filter:  # this filter's next sockets' fast path
-                    relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
-                    cache.put_tx(tx, offset, tuple(relations.items()), cached[0], cached[1],
-                                 flt)
-                actions.append(Send(cached[0], raw=cached[1]))
-                return actions
-        lsn = encode_offset(offset)
-        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
-        for change, table in zip(changes, tables, strict=True):
-            if table is not None:
-                ops.append(_change_op(table, change))
-        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
-        msg = pb.SatOpLog(ops=ops)
-        send = Send(msg, raw=frames.encode(msg))
-        metrics.transaction_encoded("satellite")
-        if key is not None and cache is not None:
-            cache.put(key, (msg, send.raw))
-            if per_filter:
-                relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
-                cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw, flt)
-        actions.append(send)
-        return actions
 
 
 _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
@@ -885,78 +627,3 @@ def start_offset(msg: pb.SatInStartReplicationReq) -> StartOffset:
         raise ProtocolViolation(
             frames.INVALID_REQUEST, f"lsn {describe(lsn)} is not a valid offset: {exc}"
         ) from None
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    try:
-        return _EPOCH + timedelta(milliseconds=ms)
-    except OverflowError:
-        raise ProtocolViolation(frames.INVALID_REQUEST, f"invalid commit_timestamp {ms}") from None
-
-
-def datetime_to_ms(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return max(0, (value - _EPOCH) // timedelta(milliseconds=1))
-
-
-def _zip(rel: ClientRelation, values: Any) -> Record:
-    """Column names ↔ values, truncated to the shorter list (as the reference does).
-
-    Values are stored as Postgres text, so they must be UTF-8."""
-    record: Record = {}
-    for name, value in zip(rel.columns, values, strict=False):
-        try:
-            record[name] = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolViolation(
-                frames.INVALID_REQUEST,
-                f"value of {rel.table}.{name} is not UTF-8 text (send the Postgres text form)",
-            ) from None
-    return record
-
-
-def _row(table: Any, record: Record | None) -> list[bytes]:
-    """Registry column order; NULL and absent columns both become empty bytes (no null
-    marker exists in this protocol version)."""
-    record = record or {}
-    out = []
-    for column in table.columns:
-        value = record.get(column.name)
-        if value is None:
-            out.append(b"")
-        elif isinstance(value, bytes):
-            out.append(value)
-        else:
-            out.append(str(value).encode("utf-8"))
-    return out
-
-
-def _change_op(table: Any, change: Any) -> pb.SatTransOp:
-    rel_id = table.oid
-    if isinstance(change, NewRecord):
-        return pb.SatTransOp(
-            insert=pb.SatOpInsert(relation_id=rel_id, row_data=_row(table, change.record))
-        )
-    if isinstance(change, UpdatedRecord):
-        old = _row(table, change.old_record) if change.old_record else []
-        return pb.SatTransOp(
-            update=pb.SatOpUpdate(
-                relation_id=rel_id, row_data=_row(table, change.record), old_row_data=old
-            )
-        )
-    if isinstance(change, DeletedRecord):
-        return pb.SatTransOp(
-            delete=pb.SatOpDelete(relation_id=rel_id, old_row_data=_row(table, change.old_record))
-        )
-    raise TypeError(f"unsupported change {type(change).__name__}")
-
-
-def relation_message(table: Any) -> pb.SatRelation:
-    return pb.SatRelation(
-        schema_name=table.schema,
-        table_type=pb.SatRelation.TABLE,
-        table_name=table.name,
-        relation_id=table.oid,
-        columns=[pb.SatRelationColumn(name=c.name, type=c.type_name) for c in table.columns],
-    )

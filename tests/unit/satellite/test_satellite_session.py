@@ -18,19 +18,18 @@ from electric.changes import (
 from electric.limits import DEFAULT
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from electric.satellite.auth import AuthError
-from electric.satellite.lsn import encode_offset
-from electric.satellite.session import (
+from electric.satellite.actions import (
     ClaimClient,
     Close,
-    InStatus,
-    OplogCache,
     Send,
-    Session,
     StartOutgoing,
     StopOutgoing,
     WriteTransaction,
 )
+from electric.satellite.auth import AuthError
+from electric.satellite.lsn import encode_offset
+from electric.satellite.oplog_cache import OplogCache
+from electric.satellite.session import InStatus, Session
 
 CLUSTER = "electric-development-cluster-0000"
 TABLE = Table(
@@ -60,8 +59,8 @@ def authenticate(token: str) -> str:
     return "user-" + token
 
 
-def new_session() -> Session:
-    return Session(authenticate, TABLES.get, CLUSTER, now=0.0, peer="127.0.0.1:1")
+def new_session(tables=None) -> Session:
+    return Session(authenticate, (tables or TABLES).get, CLUSTER, now=0.0, peer="127.0.0.1:1")
 
 
 def sent(actions):
@@ -83,8 +82,8 @@ def rx(session, msg, now=1.0):
     return session.receive(frames.encode(msg), now)
 
 
-def authed(stored_lsn=None, client_id="device-id-0000") -> Session:
-    s = new_session()
+def authed(stored_lsn=None, client_id="device-id-0000", tables=None) -> Session:
+    s = new_session(tables)
     actions = rx(s, pb.SatAuthReq(id=client_id, token="t"))
     assert actions == [ClaimClient(client_id, "user-t")]
     actions = s.client_claimed(stored_lsn)
@@ -378,13 +377,12 @@ def test_o1_eleven_transactions_one_relation():
 
 def test_outgoing_vector_bytes():
     """A SatOpLog's bytes (docs/protocols.md §1.2), produced from a Transaction."""
-    s = authed()
-    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
     uuid = "911fee88-2a0f-4fff-9d71-0c3eb7c9a380"
     table = Table(
         "public", "entries", 100001, (Column("id", "uuid"), Column("content", "varchar")), ("id",)
     )
-    s._lookup_table = {table.relation: table}.get
+    s = authed(tables={table.relation: table})
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
     tx = Transaction([UpdatedRecord(table.relation, {"id": uuid, "content": "hello"})], TS)
     data = [a.data for a in s.vaxine_transaction(sub, tx, (5159, 9941)) if isinstance(a, Send)]
     assert data[0] == bytes.fromhex(
@@ -662,9 +660,8 @@ def test_outgoing_oplog_shared_between_sessions_but_not_across_schema_changes():
         (*TABLE.columns, Column("extra", "text")),
         TABLE.primary_keys,
     )
-    c = authed(client_id="third")
+    c = authed(client_id="third", tables={wider.relation: wider})
     c.oplog_cache = cache
-    c._lookup_table = {wider.relation: wider}.get
     sub_c = rx(c, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
     (_, log) = sent(c.vaxine_transaction(sub_c, tx, (40, 41)))
     assert list(log.ops[1].update.row_data) == [b"1", b"x", b""]

@@ -7,17 +7,16 @@ from electric.changes import Column, DeletedRecord, NewRecord, Table, Transactio
 from electric.limits import DEFAULT
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from electric.satellite.auth import Identity
-from electric.satellite.lsn import encode_offset
-from electric.satellite.session import (
+from electric.satellite.actions import (
     ClaimClient,
     Close,
-    FilterUnavailable,
-    OplogCache,
     Send,
-    Session,
     WriteTransaction,
 )
+from electric.satellite.auth import Identity
+from electric.satellite.lsn import encode_offset
+from electric.satellite.oplog_cache import OplogCache
+from electric.satellite.session import FilterUnavailable, Session
 from electric.sync_rules import effective_filter, parse
 
 ITEMS = Table(schema="public", name="items", oid=200001,
