@@ -68,4 +68,17 @@ class WriteTransaction:
     transaction: Transaction
 
 
-Action = Send | Close | ClaimClient | StartOutgoing | StopOutgoing | WriteTransaction
+@dataclass(frozen=True)
+class AwaitTables:
+    """The outgoing transaction changes tables the schema registry does not know (yet), so
+    it cannot be described to the client; nothing past this point has been sent. Wait (a
+    back-off), report the time with :meth:`Session.tables_awaited`, then go on taking the
+    same actions: they resume where they stopped, once the tables are known. Nothing is
+    skipped (a skipped change whose lsn the client then acknowledged would be lost)."""
+
+    subscription: int
+    tables: tuple[str, ...]
+
+
+Action = (Send | Close | ClaimClient | StartOutgoing | StopOutgoing | WriteTransaction
+          | AwaitTables)

@@ -20,7 +20,7 @@ from electric.changes import Change, Transaction, TruncatedRelation
 from electric.limits import SatelliteLimits
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from electric.satellite.actions import Action, Send
+from electric.satellite.actions import Action, AwaitTables, Send
 from electric.satellite.lsn import StartOffset, encode_offset
 from electric.satellite.oplog import change_op, datetime_to_ms, relation_message
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
@@ -43,6 +43,41 @@ class OutRep:
     # Started from the start of the log and nothing sent yet: the client holds no row, so
     # a filtered client need not be sent deletes in its first transaction (a snapshot).
     empty_client: bool = False
+    # Set while the stream waits at a transaction whose tables the registry does not know.
+    held: HeldAt | None = None
+
+
+@dataclass
+class HeldAt:
+    """Where an outgoing stream waits for the schema registry, for the status and the log."""
+
+    offset: str
+    tables: str  # "schema.table, ..."
+    since: float | None = None  # monotonic; set by the first Session.tables_awaited
+    reported: bool = False  # the ERROR is logged and the blocked gauge raised
+
+
+def where(offset: Any) -> str:
+    return str(list(offset) if isinstance(offset, tuple) else offset)
+
+
+def hold(out: OutRep, offset: Any, missing: Iterable[tuple[str, str]]) -> AwaitTables:
+    """Mark ``out`` as waiting at ``offset`` for the ``missing`` tables."""
+    names = tuple(f"{s}.{t}" for s, t in sorted(missing))
+    if out.held is None:
+        out.held = HeldAt(where(offset), ", ".join(names))
+    else:  # some known meanwhile: the rest still wait
+        out.held.tables = ", ".join(names)
+    assert out.subscription is not None
+    return AwaitTables(out.subscription, names)
+
+
+def release(out: OutRep, log: Any, why: str = "the tables are known") -> None:
+    """``out`` no longer waits (its tables are known, or it stopped)."""
+    held, out.held = out.held, None
+    if held is not None and held.reported:
+        log.info("stream to this client released at {}: {}", held.offset, why)
+        metrics.log_reader_blocked("satellite", False)
 
 
 class OutgoingEncoder:
@@ -94,15 +129,20 @@ class OutgoingEncoder:
         table = self.lookup_table(relation)
         return list(table.primary_keys) if table is not None else []
 
+    def missing_tables(self, tx: Transaction) -> list[tuple[str, str]]:
+        """The relations of ``tx`` the schema registry does not know (yet)."""
+        lookup = self.lookup_table
+        relations = {c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)}
+        return [r for r in relations if lookup(r) is None]
+
     def _outgoing_table(self, relation: Any) -> Any:
-        """The table of an outgoing change, or ``None`` when the registry does not know it.
-        Unreachable from the server, which holds the stream until the registry knows every
-        table of the transaction (server._hold_for_tables); a caller that does not is told,
-        and the change is counted."""
+        """The table of an outgoing change. The session checked that the registry knows
+        every table of the transaction just before (and the registry never forgets one):
+        a missing one here is a bug, which fails the socket (the client resumes from its
+        lsn) rather than leaving the change out."""
         table = self.lookup_table(relation)
         if table is None:
-            metrics.skipped("satellite_unknown_table")
-            self.log.warning("skipping change to {}.{}: not in the schema registry", *relation)
+            raise LookupError(f"{relation[0]}.{relation[1]} vanished from the schema registry")
         return table
 
     def streamed(self, out: OutRep, tx: Transaction, offset: Any,
@@ -110,7 +150,9 @@ class OutgoingEncoder:
         """A transaction too big to hold as one message: several SatOpLogs, Begin in the
         first and Commit in the last (the client assembles a transaction across messages),
         each built as the previous one is sent, so neither the transaction nor its encoding
-        is ever whole in memory. Relations go out before the first message using them."""
+        is ever whole in memory. Relations go out before the first message using them. A
+        table the registry does not know yet holds the stream there (:class:`AwaitTables`,
+        the changes are read lazily so they are not checked ahead)."""
         ts = datetime_to_ms(tx.commit_timestamp)
         lsn = encode_offset(offset)
         ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
@@ -120,14 +162,17 @@ class OutgoingEncoder:
                 continue  # no representation in the protocol
             relation = change.relation
             if relation not in tables:
-                table = tables[relation] = self._outgoing_table(relation)
-                if table is not None and table.relation not in out.known_relations:
+                table = tables[relation] = self.lookup_table(relation)
+                while table is None:
+                    yield hold(out, offset, [relation])
+                    if not out.active:
+                        return  # stopped while held
+                    table = tables[relation] = self.lookup_table(relation)
+                release(out, self.log)
+                if table.relation not in out.known_relations:
                     out.known_relations.add(table.relation)
                     yield Send(relation_message(table))
-            table = tables[relation]
-            if table is None:
-                continue
-            ops.append(change_op(table, change))
+            ops.append(change_op(tables[relation], change))
             if len(ops) >= self.limits.streamed_piece:
                 yield Send(pb.SatOpLog(ops=ops))
                 ops = []

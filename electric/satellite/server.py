@@ -39,14 +39,15 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from loguru import logger
 
-from electric import errors, metrics
-from electric.changes import DeletedRecord, Transaction, TruncatedRelation
+from electric import errors
+from electric.changes import DeletedRecord, Transaction
 from electric.http.server import LogWriter, QuietClientErrors
 from electric.limits import DEFAULT, ByteBudget, SatelliteLimits
 from electric.listeners import GuardedWSGIServer
 from electric.retry import Backoff, Policy, retry
 from electric.satellite.actions import (
     Action,
+    AwaitTables,
     ClaimClient,
     Close,
     Send,
@@ -57,7 +58,7 @@ from electric.satellite.actions import (
 from electric.satellite.fanout import SharedTail, Subscription
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.oplog_cache import OplogCache
-from electric.satellite.session import Session
+from electric.satellite.session import HeldTransaction, Session
 from electric.satellite.socket_writer import SocketWriter, binary_frame
 from electric.sync_rules import effective_filter
 
@@ -242,9 +243,6 @@ class _Connection(SocketWriter):
         self.closing = False
         self._init_writer(getattr(ws.handler, "socket", None) if ws.handler is not None
                           else None)
-        # Set while the outgoing stream is held at a transaction whose table the schema
-        # registry does not know (yet): offset, tables, since.
-        self.stream_held: dict[str, Any] | None = None
 
     # -- the handler greenlet --------------------------------------------------------------
 
@@ -385,10 +383,11 @@ class _Connection(SocketWriter):
                 if self.out_bytes > self.server.limits.slow_client_bytes:
                     self._too_slow()
                 return True
-            if self._missing_tables(tx):
-                return False
             with self.lock:
-                for action in session.vaxine_transaction(subscription, tx, offset):
+                actions = session.vaxine_transaction(subscription, tx, offset)
+                if isinstance(actions, HeldTransaction):
+                    return False  # waits for the registry: in this socket's greenlet
+                for action in actions:
                     self._execute(action)
             return True
         finally:
@@ -402,8 +401,7 @@ class _Connection(SocketWriter):
                 if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
                     if tuple(tx_offset) == offset:
                         continue  # the resume position itself was already delivered
-                self._hold_for_tables(tx, tx_offset)
-                self._handle(self.session.vaxine_transaction, subscription, tx, tx_offset)
+                self._deliver(subscription, tx, tx_offset)
                 if self.streams.get(subscription) is not out:
                     return
             if getattr(out.iterator, "handed_over", False):
@@ -420,6 +418,26 @@ class _Connection(SocketWriter):
             del self.streams[subscription]
             out.stop()
             self._handle(self.session.outgoing_failed, subscription, reason)
+
+    def _deliver(self, subscription: int, tx: Transaction, offset: Any) -> None:
+        """Carry out the session's actions for one outgoing transaction; where it waits for
+        the schema registry (AwaitTables), wait outside the lock with a capped back-off and
+        go on with the same actions."""
+        backoff: Backoff | None = None
+        with self.lock:
+            actions = iter(self.session.vaxine_transaction(subscription, tx, offset))
+        while True:
+            with self.lock:
+                for action in actions:
+                    if isinstance(action, AwaitTables):
+                        self.session.tables_awaited(time.monotonic())
+                        break
+                    self._execute(action)
+                else:
+                    return
+            if backoff is None:
+                backoff = Backoff(Policy(TABLE_RETRY_FIRST, self.server.limits.table_retry_max))
+            gevent.sleep(backoff.next())
 
     # -- incoming: client transactions → Vaxine → offset file → ack -----------------------
 
@@ -492,48 +510,6 @@ class _Connection(SocketWriter):
                 gevent.sleep(0.05)
         return None
 
-    def _missing_tables(self, tx: Transaction) -> list:
-        lookup = self.server.lookup_table
-        return sorted({c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)
-                       and lookup(c.relation) is None})
-
-    def _hold_for_tables(self, tx: Transaction, offset: Any) -> None:
-        """Hold the outgoing stream at ``tx`` until the schema registry knows its tables.
-
-        Right after a start the registry is empty until the connectors have described their
-        tables, while a reconnecting client already resumes from its offset. A change the
-        session cannot describe would go out as an empty transaction whose lsn the client
-        then acknowledges: a delete lost for good (the chaos run's "1 extra" row). So the
-        stream waits here; past ``table_wait`` seconds it says so once at ERROR (a table
-        that never comes is a real problem), shows it in the status and metrics, and keeps
-        waiting with a capped back-off: never skipped.
-        """
-        lookup = self.server.lookup_table
-        missing = self._missing_tables(tx)
-        if not missing:
-            return
-        where = str(list(offset) if isinstance(offset, tuple) else offset)
-        deadline = time.monotonic() + self.server.limits.table_wait
-        backoff = Backoff(Policy(TABLE_RETRY_FIRST, self.server.limits.table_retry_max))
-        try:
-            while missing:
-                if self.stream_held is None and time.monotonic() >= deadline:
-                    names = ", ".join(f"{s}.{t}" for s, t in missing)
-                    self.stream_held = {"offset": where, "tables": names,
-                                        "since": time.time()}
-                    metrics.log_reader_blocked("satellite", True)
-                    self.log.error(
-                        "log transaction at {} changes {}, unknown to the schema registry; "
-                        "the stream to this client is held at it until the table is known",
-                        where, names)
-                gevent.sleep(backoff.next())
-                missing = [r for r in missing if lookup(r) is None]
-        finally:  # released, or the socket went away (GreenletExit) while held
-            if self.stream_held is not None:
-                self.log.info("stream to this client released at {}", where)
-                self.stream_held = None
-                metrics.log_reader_blocked("satellite", False)
-
     def _write_with_retry(self, tx: Transaction) -> None:
         if not tx.changes:
             return  # empty transactions are acked, nothing to store
@@ -595,6 +571,14 @@ class _Connection(SocketWriter):
             self.server._release(self.client_id, self)
         self.released.set()
         self.log.info("client disconnected")
+
+
+def _held_status(conn: _Connection) -> dict[str, Any]:
+    held = conn.session.held_at()
+    assert held is not None and held.since is not None
+    since = time.time() - (time.monotonic() - held.since)  # wall clock for operators
+    return {"client": conn.client_id, "offset": held.offset, "tables": held.tables,
+            "since": since}
 
 
 class _QuietWebSocketHandler(QuietClientErrors, WebSocketHandler):
@@ -791,8 +775,8 @@ class SatelliteServer:
             "oplog_cache": self.oplog_cache.status(),
             "slow_disconnects": self.slow_disconnects,
             "clients": [c.session.status() for c in connections[:max_clients]],
-            "streams_held": [{"client": c.client_id, **c.stream_held}
-                             for c in connections if c.stream_held is not None],
+            "streams_held": [_held_status(c) for c in connections
+                             if c.session.held_at() is not None],
             "clients_truncated": len(connections) > max_clients,
         }
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,14 @@ from electric.satellite.oplog import (
     apply_op,
 )
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
-from electric.satellite.outgoing import OutgoingEncoder, OutRep, TableLookup
+from electric.satellite.outgoing import (
+    HeldAt,
+    OutgoingEncoder,
+    OutRep,
+    TableLookup,
+    hold,
+    release,
+)
 
 CLOSE_UNSUPPORTED_DATA = 1003
 
@@ -91,6 +98,20 @@ class InRep:
 BindFilter = Callable[[Mapping[str, Any]], "sync_rules.EffectiveFilter | None"]
 """A client's claims -> its effective filter, ``None`` without sync rules (every row); raises
 :class:`FilterUnavailable` when the rules cannot be applied yet."""
+
+
+class HeldTransaction:
+    """The actions of an outgoing transaction that waits for the schema registry: nothing
+    of it has been produced yet, so a caller that cannot wait (the shared tail's direct
+    path) may drop this and hand the transaction to the socket's own greenlet."""
+
+    __slots__ = ("_actions",)
+
+    def __init__(self, actions: Iterator[Action]) -> None:
+        self._actions = actions
+
+    def __iter__(self) -> Iterator[Action]:
+        return self._actions
 
 
 class FilterUnavailable(Exception):
@@ -237,12 +258,24 @@ class Session:
     def vaxine_transaction(
         self, subscription: int, transaction: Transaction, offset: Any
     ) -> Iterable[Action]:
-        """The outgoing stream produced ``(transaction, offset)``. For a big transaction the
-        actions are an iterator: take them in order, each as it comes."""
+        """The outgoing stream produced ``(transaction, offset)``. For a big transaction, or
+        one the registry cannot describe yet (a :class:`HeldTransaction`), the actions are
+        an iterator: take them in order, each as it comes; on :class:`AwaitTables` wait and
+        go on with the same iterator."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
+        big = len(transaction.changes) > self.limits.streamed_transaction
+        if not big:
+            # Right after a start the registry is empty until the connectors have described
+            # their tables, while a reconnecting client already resumes from its offset. A
+            # change that cannot be described must not go out as an empty transaction whose
+            # lsn the client then acknowledges (a delete lost for good): the stream waits.
+            # (A big transaction is checked as it is read, see OutgoingEncoder.streamed.)
+            missing = self._encoder.missing_tables(transaction)
+            if missing:
+                return HeldTransaction(self._held(subscription, transaction, offset, missing))
         empty, self.out.empty_client = self.out.empty_client, False
-        if len(transaction.changes) > self.limits.streamed_transaction:
+        if big:
             self.out.sent_transactions += 1
             changes: Iterable[Change] = transaction.changes
             if self.filter is not None:
@@ -256,6 +289,41 @@ class Session:
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
         self.out.sent_transactions += 1
         return actions
+
+    def _held(self, subscription: int, transaction: Transaction, offset: Any,
+              missing: list) -> Iterator[Action]:
+        out = self.out
+        while missing:
+            yield hold(out, offset, missing)
+            if not out.active:
+                return  # stopped while held
+            missing = self._encoder.missing_tables(transaction)
+        release(out, self.log)
+        yield from self.vaxine_transaction(subscription, transaction, offset)
+
+    def tables_awaited(self, now: float) -> list[Action]:
+        """The outgoing stream has been waiting for the schema registry (see
+        :class:`AwaitTables`) until ``now``. Past ``table_wait`` seconds (connectors
+        describe their tables at start-up; longer is a real problem) it is reported once at
+        ERROR, in the status and the metrics; the stream keeps waiting, never skips."""
+        held = self.out.held
+        if held is None or self.closed:
+            return []
+        if held.since is None:
+            held.since = now
+        if not held.reported and now - held.since >= self.limits.table_wait:
+            held.reported = True
+            metrics.log_reader_blocked("satellite", True)
+            self.log.error(
+                "log transaction at {} changes {}, unknown to the schema registry; the stream "
+                "to client {!r} is held at it until the table is known",
+                held.offset, held.tables, self.client_id)
+        return []
+
+    def held_at(self) -> HeldAt | None:
+        """Where the outgoing stream waits for the registry, once reported (for the status)."""
+        held = self.out.held
+        return held if held is not None and held.reported else None
 
     def shared_oplog(self, subscription: int, transaction: Transaction,
                      offset: Any) -> SharedOplog | None:
@@ -272,7 +340,7 @@ class Session:
         if self.closed or subscription != self.out.subscription or not self.out.active:
             return []
         self.log.warning("outgoing replication stopped: {}", reason)
-        self.out = OutRep(client_lsn=self.out.client_lsn)
+        self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         return [StopOutgoing(subscription), Send(frames.error(frames.REPLICATION_FAILED))]
 
     def transaction_written(self, lsn: bytes) -> list[Action]:
@@ -319,7 +387,7 @@ class Session:
         actions: list[Action] = []
         if self.out.active and self.out.subscription is not None:
             actions.append(StopOutgoing(self.out.subscription))
-        self.out = OutRep()
+        self._replace_out(OutRep())
         self.closed = True
         return actions
 
@@ -349,9 +417,16 @@ class Session:
         actions: list[Action] = []
         if self.out.active and self.out.subscription is not None:
             actions.append(StopOutgoing(self.out.subscription))
-            self.out.active = False
+            self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         actions += [Send(frames.error(code)), Close(None, reason)]
         return actions
+
+    def _replace_out(self, new: OutRep) -> None:
+        """The outgoing stream stops (or restarts): a stream held for the registry is
+        released, and iterators still working on the old one stop."""
+        release(self.out, self.log, "the stream stopped")
+        self.out.active = False
+        self.out = new
 
     def _request_incoming(self, stored_lsn: bytes) -> list[Action]:
         actions: list[Action] = []
@@ -430,14 +505,14 @@ class Session:
             # A second start while streaming: restart cleanly from the new position.
             actions.append(StopOutgoing(self.out.subscription))
         sub = next(self._subscription_ids)
-        self.out = OutRep(
+        self._replace_out(OutRep(
             active=True,
             subscription=sub,
             offset=offset,
             client_lsn=self.out.client_lsn,
             sync_batch_size=msg.sync_batch_size,
             empty_client=offset == 0,
-        )
+        ))
         self.log.info("outgoing replication starting from {}", offset)
         actions += [StartOutgoing(sub, offset), Send(pb.SatInStartReplicationResp())]
         return actions
@@ -457,7 +532,7 @@ class Session:
                 frames.INVALID_REQUEST, "stop requested but outgoing replication is not active"
             )
         sub = self.out.subscription
-        self.out = OutRep(client_lsn=self.out.client_lsn)
+        self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         self.log.info("outgoing replication stopped by the client")
         return [StopOutgoing(sub), Send(pb.SatInStopReplicationResp())]
 
@@ -479,7 +554,7 @@ class Session:
         actions: list[Action] = []
         if self.out.active and self.out.subscription is not None:
             actions.append(StopOutgoing(self.out.subscription))
-            self.out.active = False
+            self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         self.closed = True
         return [*actions, Close(None, "client sent SatErrorResp")]
 
