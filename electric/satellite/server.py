@@ -1,6 +1,8 @@
 """Satellite websocket endpoint: the thin gevent layer around :mod:`electric.satellite.session`.
 
-One pywsgi handler greenlet per socket reads frames and feeds them to the socket's
+One pywsgi handler greenlet per socket parses the HTTP upgrade request, then reads the
+socket, feeds the bytes to its frame reader (:mod:`electric.satellite.websocket`, sans-I/O)
+and the messages to the socket's
 :class:`~electric.satellite.session.Session`; helper greenlets per socket run the 5 s liveness
 timer, the outgoing Vaxine WAL stream (one stream connection per client, opened on the
 client's start request) and the incoming writer (client transactions → one Vaxine
@@ -23,7 +25,6 @@ Wiring (electric/app.py)::
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,18 +34,16 @@ import gevent
 import gevent.lock
 import gevent.queue
 from gevent.event import Event
-from gevent.pywsgi import WSGIServer
-from geventwebsocket.exceptions import FrameTooLargeException, WebSocketError
-from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Header, WebSocket
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from loguru import logger
 
 from electric import errors
 from electric.changes import DeletedRecord, Transaction
 from electric.http.server import LogWriter, QuietClientErrors
-from electric.limits import DEFAULT, ByteBudget, SatelliteLimits
+from electric.limits import DEFAULT, MIB, ByteBudget, SatelliteLimits
 from electric.listeners import GuardedWSGIServer
 from electric.retry import Backoff, Policy, retry
+from electric.satellite import websocket
 from electric.satellite.actions import (
     Action,
     AwaitTables,
@@ -59,7 +58,16 @@ from electric.satellite.fanout import SharedTail, Subscription
 from electric.satellite.lsn import StartOffset, describe
 from electric.satellite.oplog_cache import OplogCache
 from electric.satellite.session import HeldTransaction, Session
-from electric.satellite.socket_writer import SocketWriter, binary_frame
+from electric.satellite.socket_writer import SocketWriter
+from electric.satellite.websocket import (
+    CloseReceived,
+    FrameReader,
+    Message,
+    Ping,
+    Pong,
+    binary_frame,
+    handshake,
+)
 from electric.sync_rules import effective_filter
 
 WS_PATH = "/ws"
@@ -85,97 +93,6 @@ WriteFn = Callable[[Transaction], Any]
 StreamFactory = Callable[[StartOffset], Iterator[tuple[Transaction, Any]]]
 """Open a WAL stream from ``"eof"``, ``0`` or ``(L, R)``; iterate ``(transaction, offset)``.
 If the iterator has a ``close()`` method it is called when the stream is stopped."""
-
-
-class _BoundedWebSocket(WebSocket):
-    """gevent-websocket's WebSocket with a size limit checked before a body is read
-    (the library would otherwise try to allocate whatever a frame header claims), and a
-    process-wide budget for payloads being received."""
-
-    __slots__ = ()
-    max_message = DEFAULT.satellite.max_message_bytes
-    budget: ByteBudget
-
-    def read_message(self):
-        reserved = [0]
-        try:
-            return self._read_message(reserved)
-        finally:
-            self.budget.release(reserved[0])
-
-    def _reserve(self, reserved: list[int], n: int) -> None:
-        if not self.budget.try_reserve(n):
-            logger.bind(origin="satellite").warning(
-                "closing connection: {} bytes of incoming messages are already in flight "
-                "(budget {} bytes)", self.budget.used, self.budget.capacity)
-            raise FrameTooLargeException("inbound memory budget exhausted")
-        reserved[0] += n
-
-    def _read_message(self, reserved: list[int]):  # noqa: C901 - the library's loop + checks
-        opcode = None
-        message = bytearray()
-        while True:
-            header = self._read_header()
-            if header.flags:
-                raise FrameTooLargeException("reserved bits set")
-            f_opcode = header.opcode
-            if f_opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
-                if opcode:
-                    raise FrameTooLargeException("new message inside a fragmented one")
-                opcode = f_opcode
-            elif f_opcode == self.OPCODE_CONTINUATION:
-                if not opcode:
-                    raise FrameTooLargeException("continuation without a message")
-            if f_opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
-                if len(message) + header.length > self.max_message:
-                    logger.bind(origin="satellite").warning(
-                        "closing connection: message larger than {} bytes", self.max_message
-                    )
-                    raise FrameTooLargeException(f"message larger than {self.max_message} bytes")
-            self._reserve(reserved, header.length)
-            payload = self._read_payload(header)
-            if f_opcode == self.OPCODE_PING:
-                conn = self.environ.get(_CONNECTION_KEY) if self.environ else None
-                if conn is not None:
-                    conn.queue_pong(payload)  # keeps frame order with our buffered sends
-                else:
-                    self.handle_ping(header, payload)
-                continue
-            if f_opcode == self.OPCODE_PONG:
-                self.handle_pong(header, payload)
-                continue
-            if f_opcode == self.OPCODE_CLOSE:
-                self.handle_close(header, payload)
-                return None
-            if f_opcode not in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
-                raise FrameTooLargeException(f"unexpected opcode {f_opcode}")
-            message += payload
-            if header.fin:
-                break
-        if opcode == self.OPCODE_TEXT:
-            # Do not validate or decode: the session rejects text frames whatever they hold.
-            return _TextMessage(message)
-        return bytes(message)
-
-    def _read_header(self):
-        return Header.decode_header(self.stream)
-
-    def _read_payload(self, header) -> bytes:
-        if not header.length:
-            return b""
-        payload = self.raw_read(header.length)
-        if len(payload) != header.length:
-            raise WebSocketError("Unexpected EOF reading frame payload")
-        if header.mask:
-            payload = header.unmask_payload(payload)
-        return bytes(payload)
-
-
-_CONNECTION_KEY = "electric.satellite.connection"
-
-
-class _TextMessage(bytes):
-    """Marks a message that arrived in text frames."""
 
 
 @dataclass
@@ -212,10 +129,11 @@ class _Connection(SocketWriter):
     """Everything belonging to one websocket: the session, its lock and its greenlets
     (writing to the socket: :class:`~electric.satellite.socket_writer.SocketWriter`)."""
 
-    def __init__(self, server: SatelliteServer, ws: WebSocket, peer: str) -> None:
+    def __init__(self, server: SatelliteServer, sock: Any, rfile: Any, peer: str) -> None:
         self.server = server
-        self.ws = ws
+        self.rfile = rfile  # buffered: may hold frames sent right behind the handshake
         self.peer = peer
+        self.frames = FrameReader(server.limits.max_message_bytes, server.inbound_budget)
         self.lock = gevent.lock.RLock()
         self.session = Session(
             authenticate=server.auth.authenticate,
@@ -241,41 +159,63 @@ class _Connection(SocketWriter):
         self.write_generation = 0
         self.writer: gevent.Greenlet | None = None
         self.closing = False
-        self._init_writer(getattr(ws.handler, "socket", None) if ws.handler is not None
-                          else None)
+        self._init_writer(sock)
 
     # -- the handler greenlet --------------------------------------------------------------
 
     def run(self) -> None:
         self.log.info("client connected from {}", self.peer)
-        self.ws.environ[_CONNECTION_KEY] = self
         try:
             self._read_loop()
         finally:
             self._teardown()
 
     def _read_loop(self) -> None:
+        """Read what the frame reader asks for, feed it, act on its events. Once we have
+        sent a close, the peer gets ``close_grace`` seconds to answer it."""
+        reader = self.frames
         while True:
+            for event in reader.events():
+                if not self._on_frame_event(event):
+                    return
             try:
                 if self.closing:
+                    data = None
                     with gevent.Timeout(self.server.limits.close_grace, False):
-                        data = self.ws.receive()
-                        if data is not None:
-                            continue
-                    return
-                data = self.ws.receive()
-            except FrameTooLargeException as exc:
-                self.log.warning("closing connection: {}", exc)
+                        data = self.rfile.read1(reader.wanted())
+                    if data is None:
+                        return
+                else:
+                    # At most what completes the frame, and at most 1 MiB at a time: an
+                    # idle socket waits in its small read buffer, a big payload (already
+                    # reserved in the budget) is read in large pieces.
+                    data = self.rfile.read1(min(reader.wanted(), MIB))
+            except (OSError, ValueError):
                 return
-            except (WebSocketError, OSError):
-                return
-            if data is None:
-                return
-            now = time.monotonic()
-            if isinstance(data, _TextMessage):
-                self._handle(self.session.receive_text, data, now)
-            else:
-                self._handle(self.session.receive, data, now)
+            if not data:
+                return  # the peer closed the TCP connection
+            reader.receive_data(data)
+
+    def _on_frame_event(self, event: websocket.Event) -> bool:
+        """False when the connection is done reading."""
+        if isinstance(event, Message):
+            if not self.closing:  # after our close, messages are no longer served
+                receive = self.session.receive_text if event.text else self.session.receive
+                self._handle(receive, event.data, time.monotonic())
+            return True
+        if isinstance(event, Ping):
+            if not self.closing:
+                self.queue_pong(event.payload)  # keeps frame order with our buffered sends
+            return True
+        if isinstance(event, Pong):
+            return True
+        if isinstance(event, CloseReceived):
+            if not self.closing:  # the peer closes first: answer, then we are done
+                self.closing = True
+                self._write_frame(event.reply())
+            return False
+        self._close(event.code, event.reason, "WARNING")  # the peer broke the protocol
+        return False
 
     # -- running the state machine --------------------------------------------------------
 
@@ -569,6 +509,7 @@ class _Connection(SocketWriter):
         gevent.killall([g for g in greenlets if g is not current], block=False)
         if self.client_id is not None:
             self.server._release(self.client_id, self)
+        self.frames.release()
         self.released.set()
         self.log.info("client disconnected")
 
@@ -581,22 +522,31 @@ def _held_status(conn: _Connection) -> dict[str, Any]:
             "since": since}
 
 
-class _QuietWebSocketHandler(QuietClientErrors, WebSocketHandler):
-    """gevent-websocket's handler, with clean 400s for malformed requests and a smaller
-    read buffer (limits.read_buffer)."""
+class _Handler(QuietClientErrors, WSGIHandler):
+    """pywsgi parses the HTTP request (clean 400s for malformed ones); the websocket
+    handshake is decided by :func:`electric.satellite.websocket.handshake`. After a 101 the
+    socket belongs to a :class:`_Connection`; ``application`` is
+    :meth:`SatelliteServer._serve`, not a WSGI application."""
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
-        if rfile is None:
+        if rfile is None:  # a small read buffer: 10,000 idle sockets each hold one
             rfile = sock.makefile("rb", server.read_buffer)
         super().__init__(sock, address, server, rfile)
 
-    def upgrade_websocket(self):
-        # gevent-websocket 0.10 answers a failed handshake with str bodies, which pywsgi
-        # refuses (TypeError and a traceback): hand it bytes.
-        result = super().upgrade_websocket()
-        if isinstance(result, list):
-            return [part.encode() if isinstance(part, str) else part for part in result]
-        return result
+    def run_application(self) -> None:
+        env = self.environ
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in env.items()
+                   if k.startswith("HTTP_")}
+        reply = handshake(env.get("REQUEST_METHOD", ""), env.get("PATH_INFO", ""),
+                          self.request_version or "", headers, WS_PATH)
+        self.start_response(reply.status, reply.headers)
+        if not reply.accepted:
+            self.result = [reply.body]
+            self.process_result()
+            return
+        self.write(b"")  # the 101 head, nothing after it
+        self.close_connection = True
+        self.application(env, self.socket, self.rfile)
 
 
 class SatelliteServer:
@@ -650,12 +600,6 @@ class SatelliteServer:
         self.tail = SharedTail(open_stream, limits) if shared_tail else None
         # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
         self.is_permanent = is_permanent or errors.is_permanent
-        self._ws_class = type(
-            "BoundedWebSocket",
-            (_BoundedWebSocket,),
-            {"__slots__": (), "max_message": limits.max_message_bytes,
-             "budget": self.inbound_budget},
-        )
         self._clients: dict[str, _Connection] = {}
         self._connections: set[_Connection] = set()
         self._to_flush: list[_Connection] = []
@@ -671,21 +615,15 @@ class SatelliteServer:
         # Over the cap a socket is answered 503 before any upgrade (GuardedWSGIServer).
         server = GuardedWSGIServer(
             (self.host, self.port),
-            self._app,
-            handler_class=_QuietWebSocketHandler,
+            self._serve,
+            handler_class=_Handler,
             log=None,
             error_log=LogWriter("satellite", "WARNING"),
             max_connections=self.max_connections,
             name="satellite",
             **({"ssl_context": self.tls} if self.tls is not None else {}),
         )
-        server.read_buffer = self.limits.read_buffer  # for _QuietWebSocketHandler
-        quiet = logging.getLogger("electric.satellite.geventwebsocket")
-        quiet.addHandler(logging.NullHandler())
-        quiet.propagate = False
-        server.logger = quiet
-        # Only /ws may upgrade: other paths are answered 404 without a handshake.
-        server.pre_start_hook = lambda handler: handler.environ.get("PATH_INFO") != WS_PATH
+        server.read_buffer = self.limits.read_buffer  # for _Handler
         server.start()
         self._server = server
         self._ticker = gevent.spawn(self._tick_all)
@@ -782,25 +720,10 @@ class SatelliteServer:
 
     # -- the WSGI application -------------------------------------------------------------
 
-    def _app(self, environ: dict, start_response: Callable) -> list[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path != WS_PATH:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found\n"]
-        ws = environ.get("wsgi.websocket")
-        if ws is None:
-            start_response(
-                "426 Upgrade Required",
-                [
-                    ("Connection", "upgrade"),
-                    ("Upgrade", "websocket"),
-                    ("Content-Type", "text/plain"),
-                ],
-            )
-            return [b"websocket upgrade required\n"]
-        ws.__class__ = self._ws_class
+    def _serve(self, environ: dict, sock: Any, rfile: Any) -> None:
+        """One upgraded socket, until it closes (run by its pywsgi handler greenlet)."""
         peer = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
-        conn = _Connection(self, ws, peer)
+        conn = _Connection(self, sock, rfile, peer)
         self._connections.add(conn)
         try:
             conn.run()
@@ -808,7 +731,6 @@ class SatelliteServer:
             conn.log.exception("websocket handler failed")
         finally:
             self._connections.discard(conn)
-        return []
 
     # -- client id registry (node-local) ---------------------------------------------------
 

@@ -20,9 +20,9 @@ from typing import Any
 import gevent
 import gevent.socket
 from gevent.event import Event
-from geventwebsocket.websocket import Header, WebSocket
 
 from electric import metrics
+from electric.satellite import websocket
 
 CLOSE_TOO_SLOW = 1013
 """Close code for a client that fell too far behind (RFC 6455 "Try Again Later")."""
@@ -30,12 +30,6 @@ CLOSE_TOO_SLOW = 1013
 
 class _SendTimeout(Exception):
     pass
-
-
-def binary_frame(payload: bytes) -> bytes:
-    """A whole unmasked binary websocket frame around ``payload``."""
-    return bytes(Header.encode_header(True, WebSocket.OPCODE_BINARY, b"", len(payload), 0)) \
-        + payload
 
 
 class SocketWriter:
@@ -52,6 +46,7 @@ class SocketWriter:
     _flush_due = False
 
     def _init_writer(self, sock: Any) -> None:
+        self.sock = sock
         self.out: list[bytes] = []
         self.out_bytes = 0
         self._partial: bytes | None = None  # out[0] when it is the rest of a started frame
@@ -64,7 +59,7 @@ class SocketWriter:
     def _send(self, data: bytes) -> None:
         if self.closing:
             return
-        self._queue_frame(WebSocket.OPCODE_BINARY, data)
+        self._write_frame(websocket.binary_frame(data))
         if self._direct_depth:  # the shared tail: never waits
             if self.out_bytes > self.server.limits.slow_client_bytes:
                 self._too_slow()
@@ -77,11 +72,7 @@ class SocketWriter:
 
     def queue_pong(self, payload: bytes) -> None:
         """Called by the websocket reader for a ping: the pong joins the ordered stream."""
-        self._queue_frame(WebSocket.OPCODE_PONG, payload)
-
-    def _queue_frame(self, opcode: int, payload: bytes) -> None:
-        header = bytes(Header.encode_header(True, opcode, b"", len(payload), 0))
-        self._write_frame(header + payload)
+        self._write_frame(websocket.frame(websocket.PONG, payload))
 
     def _write_frame(self, frame: bytes) -> None:
         if self.send_failed:
@@ -156,7 +147,7 @@ class SocketWriter:
                 if self._drained is not None:
                     self._drained.set()
                 with gevent.Timeout(self.server.limits.send_timeout, _SendTimeout):
-                    self.ws.raw_write(b"".join(chunks))
+                    self.sock.sendall(b"".join(chunks))
         except gevent.GreenletExit:
             raise
         except _SendTimeout:
@@ -177,20 +168,17 @@ class SocketWriter:
             self._drained.set()
         self._cut()
 
-    def _close(self, code: int | None, reason: str) -> None:
+    def _close(self, code: int | None, reason: str, level: str = "INFO") -> None:
         if self.closing:
             return
-        self.log.info("closing connection: {}", reason or "done")
-        payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode()[:120]
-        self._queue_frame(WebSocket.OPCODE_CLOSE, payload)
+        self.log.log(level, "closing connection: {}", reason or "done")
+        self._write_frame(websocket.close_frame(code, reason))
         self.closing = True
         # Cut the socket if the peer never answers our close.
         self.greenlets.append(gevent.spawn_later(self.server.limits.close_grace, self._cut))
 
     def _cut(self) -> None:
-        sock = getattr(self.ws.handler, "socket", None) if self.ws.handler else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
