@@ -1,7 +1,7 @@
 """What a Satellite session asks its I/O layer to do: the outputs of the sans-I/O core.
 
 Every event method of :class:`~electric.satellite.session.Session` returns these, in the
-order they must be carried out (``server.py`` and ``connection.py`` do so).
+order they must be carried out (``connection.py`` does so).
 """
 
 from __future__ import annotations

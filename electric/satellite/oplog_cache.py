@@ -4,7 +4,7 @@ Every socket following the log sends the same ``SatOplog`` for a transaction; on
 ``SatRelation`` announcements before it differ per socket (each socket announces a table
 once per outgoing start). So a transaction is serialised once, and the websocket frame around
 it (header + payload, the bytes that go on the wire) is built once too: a socket that is
-caught up writes those very bytes (see ``server._Connection._direct``).
+caught up writes those very bytes (see ``connection.Connection._direct``).
 
 Bounded in entries and in bytes, oldest out first: sockets streaming live are at most a few
 transactions apart, and a socket replaying history simply misses and encodes its own copy.

@@ -21,8 +21,13 @@ from electric.limits import SatelliteLimits
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
 from electric.satellite.actions import Action, AwaitTables, Send
-from electric.satellite.lsn import StartOffset, encode_offset
-from electric.satellite.oplog import change_op, datetime_to_ms, relation_message
+from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
+from electric.satellite.oplog import (
+    ProtocolViolation,
+    change_op,
+    datetime_to_ms,
+    relation_message,
+)
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
 
 TableLookup = Callable[[tuple[str, str]], Any]
@@ -78,6 +83,39 @@ def release(out: OutRep, log: Any, why: str = "the tables are known") -> None:
     if held is not None and held.reported:
         log.info("stream to this client released at {}: {}", held.offset, why)
         metrics.log_reader_blocked("satellite", False)
+
+
+def held_too_long(out: OutRep, now: float, limits: SatelliteLimits, log: Any,
+                  client_id: str | None) -> None:
+    """``out`` has been waiting for the schema registry until ``now``. Past ``table_wait``
+    seconds (connectors describe their tables at start-up; longer is a real problem) it is
+    reported once: at ERROR, in the status and the blocked-readers gauge. It keeps waiting,
+    it never skips."""
+    held = out.held
+    if held is None:
+        return
+    if held.since is None:
+        held.since = now
+    if not held.reported and now - held.since >= limits.table_wait:
+        held.reported = True
+        metrics.log_reader_blocked("satellite", True)
+        log.error("log transaction at {} changes {}, unknown to the schema registry; the "
+                  "stream to client {!r} is held at it until the table is known",
+                  held.offset, held.tables, client_id)
+
+
+class HeldTransaction:
+    """The actions of an outgoing transaction that waits for the schema registry: nothing
+    of it has been produced yet, so a caller that cannot wait (the shared tail's direct
+    path) may drop this and hand the transaction to the socket's own greenlet."""
+
+    __slots__ = ("_actions",)
+
+    def __init__(self, actions: Iterator[Action]) -> None:
+        self._actions = actions
+
+    def __iter__(self) -> Iterator[Action]:
+        return self._actions
 
 
 class OutgoingEncoder:
@@ -250,3 +288,25 @@ class OutgoingEncoder:
                 cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw, flt)
         actions.append(send)
         return actions
+
+
+def start_offset(msg: pb.SatInStartReplicationReq) -> StartOffset:
+    """Map a client's start request to a WAL stream start (docs/protocols.md §1.4)."""
+    options = set(msg.options)
+    if frames.OPT_FIRST_LSN in options:
+        return 0
+    if frames.OPT_LAST_LSN in options:
+        return "eof"
+    lsn = bytes(msg.lsn)
+    if lsn == b"eof":
+        return "eof"
+    if lsn == b"0":
+        return 0
+    if not lsn:
+        raise ProtocolViolation(frames.INVALID_REQUEST, "empty lsn without FIRST_LSN")
+    try:
+        return decode_offset(lsn)
+    except InvalidLsn as exc:
+        raise ProtocolViolation(
+            frames.INVALID_REQUEST, f"lsn {describe(lsn)} is not a valid offset: {exc}"
+        ) from None

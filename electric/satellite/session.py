@@ -2,7 +2,7 @@
 
 Events go in as method calls (a websocket payload arrived, the Vaxine stream produced a
 transaction, a client transaction is durably written, the ping timer fired, …) and every
-method returns the list of :class:`Action` objects the I/O layer (``server.py``) must carry
+method returns the list of :class:`Action` objects the I/O layer (``connection.py``) must carry
 out, in order: frames to send, a close, a client id to claim, an outgoing stream to start or
 stop, a transaction to write (:mod:`electric.satellite.actions`). Nothing here touches
 sockets, greenlets or files, so the whole session rules of docs/protocols.md §1.3 are
@@ -41,10 +41,8 @@ from loguru import logger
 from electric import metrics, sync_rules
 from electric.changes import (
     Change,
-    DeletedRecord,
     Record,
     Transaction,
-    UpdatedRecord,
 )
 from electric.limits import DEFAULT, SatelliteLimits
 from electric.pb import satellite_pb2 as pb
@@ -59,7 +57,7 @@ from electric.satellite.actions import (
     WriteTransaction,
 )
 from electric.satellite.auth import AuthError, Identity
-from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe
+from electric.satellite.lsn import describe
 from electric.satellite.oplog import (
     ClientRelation,
     IncomingTransaction,
@@ -69,11 +67,20 @@ from electric.satellite.oplog import (
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
 from electric.satellite.outgoing import (
     HeldAt,
+    HeldTransaction,
     OutgoingEncoder,
     OutRep,
     TableLookup,
+    held_too_long,
     hold,
     release,
+    start_offset,
+)
+from electric.satellite.write_checks import (
+    check_primary_keys,
+    refused_as_sent,
+    refused_as_stored,
+    rows_to_verify,
 )
 
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -98,20 +105,6 @@ class InRep:
 BindFilter = Callable[[Mapping[str, Any]], "sync_rules.EffectiveFilter | None"]
 """A client's claims -> its effective filter, ``None`` without sync rules (every row); raises
 :class:`FilterUnavailable` when the rules cannot be applied yet."""
-
-
-class HeldTransaction:
-    """The actions of an outgoing transaction that waits for the schema registry: nothing
-    of it has been produced yet, so a caller that cannot wait (the shared tail's direct
-    path) may drop this and hand the transaction to the socket's own greenlet."""
-
-    __slots__ = ("_actions",)
-
-    def __init__(self, actions: Iterator[Action]) -> None:
-        self._actions = actions
-
-    def __iter__(self) -> Iterator[Action]:
-        return self._actions
 
 
 class FilterUnavailable(Exception):
@@ -303,21 +296,9 @@ class Session:
 
     def tables_awaited(self, now: float) -> list[Action]:
         """The outgoing stream has been waiting for the schema registry (see
-        :class:`AwaitTables`) until ``now``. Past ``table_wait`` seconds (connectors
-        describe their tables at start-up; longer is a real problem) it is reported once at
-        ERROR, in the status and the metrics; the stream keeps waiting, never skips."""
-        held = self.out.held
-        if held is None or self.closed:
-            return []
-        if held.since is None:
-            held.since = now
-        if not held.reported and now - held.since >= self.limits.table_wait:
-            held.reported = True
-            metrics.log_reader_blocked("satellite", True)
-            self.log.error(
-                "log transaction at {} changes {}, unknown to the schema registry; the stream "
-                "to client {!r} is held at it until the table is known",
-                held.offset, held.tables, self.client_id)
+        :class:`AwaitTables`) until ``now``: past ``table_wait`` it is reported, once."""
+        if not self.closed:
+            held_too_long(self.out, now, self.limits, self.log, self.client_id)
         return []
 
     def held_at(self) -> HeldAt | None:
@@ -586,40 +567,15 @@ class Session:
         return done
 
     def _validate_transaction(self, tx: Transaction) -> None:
-        """Refuse before queueing what the writer could never store (reference: writer
-        crash, transaction silently lost).
-
-        A table the registry does not know (yet) is left to the writer: right after start-up
-        the Postgres connectors may still be describing their tables, so the I/O layer waits
-        a little for it before refusing the transaction."""
-        for change in tx.changes:
-            table = self._lookup_table(change.relation)
-            if table is None:
-                continue
-            if isinstance(change, DeletedRecord):
-                record = change.old_record
-            elif isinstance(change, UpdatedRecord) and change.old_record:
-                record = change.old_record
-            else:
-                record = change.record
-            missing = [pk for pk in table.primary_keys if record.get(pk) is None]
-            if missing:
-                raise ProtocolViolation(
-                    frames.INVALID_REQUEST,
-                    f"{table.schema}.{table.name} change without primary key column(s) "
-                    + ", ".join(missing),
-                )
+        check_primary_keys(tx, self._lookup_table)
 
     def _check_rules(self, tx: Transaction) -> None:
         """Refuse a client transaction with any change outside its sync rules, as a whole
-        and before anything is queued (docs/sync-rules.md §4), judged on the old rows the
-        client sends; the writer judges again on the stored rows (:meth:`rows_to_verify`)."""
-        if self.filter is None:
-            return
-        for change in tx.changes:
-            reason = sync_rules.may_write(self.filter, change)
-            if reason is not None:
-                raise ProtocolViolation(frames.INVALID_REQUEST, self._refused(tx, change, reason))
+        and before anything is queued (docs/sync-rules.md §4); the writer judges again on
+        the stored rows (:meth:`rows_to_verify`)."""
+        refusal = refused_as_sent(self.filter, tx) if self.filter is not None else None
+        if refusal is not None:
+            raise ProtocolViolation(frames.INVALID_REQUEST, self._refused(tx, *refusal))
 
     def _refused(self, tx: Transaction, change: Change, reason: str) -> str:
         self.writes_refused += 1
@@ -629,41 +585,22 @@ class Session:
     def rows_to_verify(self, tx: Transaction) -> list[Change]:
         """The updates and deletes of ``tx`` to filtered tables: the writer looks up their
         stored rows and hands them to :meth:`verify_stored_rows` before writing."""
-        if self.filter is None:
-            return []
-        out = []
-        for change in tx.changes:
-            if isinstance(change, UpdatedRecord | DeletedRecord):
-                table = self.filter.table(change.relation)
-                if table is not None and not table.everything:
-                    out.append(change)
-        return out
+        return rows_to_verify(self.filter, tx)
 
     def verify_stored_rows(self, tx: Transaction, changes: list[Change],
                            stored: list[Record | None]) -> list[Action] | None:
-        """Judge ``changes`` (from :meth:`rows_to_verify`) again with the stored row as the
-        old row, so a client cannot reach another scope's row by sending a forged old row.
-        A row that is not stored is judged on what the client sent (already done). Returns
+        """Judge ``changes`` (from :meth:`rows_to_verify`) again on the stored rows, so a
+        client cannot reach another scope's row by sending a forged old row. Returns
         ``None`` when the transaction may be written, else the refusal's actions (error +
         close; none when the socket is closed already: still not written)."""
         if self.filter is None:
             return None
-        for change, row in zip(changes, stored, strict=True):
-            if row is None:
-                continue
-            if isinstance(change, UpdatedRecord):
-                judged: Change = UpdatedRecord(change.relation, change.record, row)
-            else:
-                judged = DeletedRecord(change.relation, row)
-            reason = sync_rules.may_write(self.filter, judged)
-            if reason is not None:
-                message = self._refused(tx, change, f"{reason} (as stored)")
-                self.log.warning("rejecting SatOpLog: {}", message)
-                return [] if self.closed else self._fail(frames.INVALID_REQUEST, message)
-        return None
-
-    # server → client
-
+        refusal = refused_as_stored(self.filter, changes, stored)
+        if refusal is None:
+            return None
+        message = self._refused(tx, *refusal)
+        self.log.warning("rejecting SatOpLog: {}", message)
+        return [] if self.closed else self._fail(frames.INVALID_REQUEST, message)
 
 
 _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
@@ -677,28 +614,3 @@ _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
     pb.SatOpLog.DESCRIPTOR.full_name: Session._on_oplog,
     pb.SatErrorResp.DESCRIPTOR.full_name: Session._on_error,
 }
-
-
-# -- pure helpers ---------------------------------------------------------------------------
-
-
-def start_offset(msg: pb.SatInStartReplicationReq) -> StartOffset:
-    """Map a client's start request to a WAL stream start (docs/protocols.md §1.4)."""
-    options = set(msg.options)
-    if frames.OPT_FIRST_LSN in options:
-        return 0
-    if frames.OPT_LAST_LSN in options:
-        return "eof"
-    lsn = bytes(msg.lsn)
-    if lsn == b"eof":
-        return "eof"
-    if lsn == b"0":
-        return 0
-    if not lsn:
-        raise ProtocolViolation(frames.INVALID_REQUEST, "empty lsn without FIRST_LSN")
-    try:
-        return decode_offset(lsn)
-    except InvalidLsn as exc:
-        raise ProtocolViolation(
-            frames.INVALID_REQUEST, f"lsn {describe(lsn)} is not a valid offset: {exc}"
-        ) from None

@@ -1,5 +1,5 @@
 """Writing to one Satellite socket: the outgoing half of a connection (a mixin of
-``server._Connection``), kept apart because it is what decides who waits for whom.
+``connection.Connection``), kept apart because it is what decides who waits for whom.
 
 A frame is written straight to the socket (non-blocking) when nothing is queued before it:
 the common case, one syscall, no greenlet switch. Frames the shared tail hands over are

@@ -32,7 +32,8 @@ from electric.satellite.actions import (
 from electric.satellite.auth import AuthError
 from electric.satellite.lsn import encode_offset
 from electric.satellite.oplog_cache import OplogCache
-from electric.satellite.session import HeldTransaction, InStatus, Session
+from electric.satellite.outgoing import HeldTransaction
+from electric.satellite.session import InStatus, Session
 
 CLUSTER = "electric-development-cluster-0000"
 TABLE = Table(
