@@ -282,13 +282,9 @@ class Connection(SocketWriter, ClientWriter):
             self._direct_depth -= 1
 
     def _stream(self, subscription: int, out: _Outgoing) -> None:
-        offset = out.offset
         try:
             iterator = out.iterator or self._open_stream(subscription, out)
             for tx, tx_offset in iterator:
-                if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
-                    if tuple(tx_offset) == offset:
-                        continue  # the resume position itself was already delivered
                 self._deliver(subscription, tx, tx_offset)
                 if self.streams.get(subscription) is not out:
                     return

@@ -257,6 +257,9 @@ class Session:
         go on with the same iterator."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
+        start = self.out.offset
+        if isinstance(start, tuple) and isinstance(offset, tuple | list) and tuple(offset) == start:
+            return []  # the resume position itself (a stream starts there): the client has it
         big = len(transaction.changes) > self.limits.streamed_transaction
         if not big:
             # Right after a start the registry is empty until the connectors have described

@@ -813,3 +813,12 @@ def test_held_actions_produce_nothing_until_taken():
     tx = Transaction([NewRecord(("public", "never"), {"id": "1"})], TS)
     assert isinstance(s.vaxine_transaction(sub, tx, (5, 5)), HeldTransaction)
     assert s.out.held is None and s.out.empty_client and s.out.sent_transactions == 0
+
+
+def test_the_resume_position_itself_is_not_sent_again():
+    s = authed()
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=encode_offset((3, 4))))[0].subscription
+    tx = Transaction([UpdatedRecord(TABLE.relation, {"id": "1", "content": "x"})], TS)
+    assert list(s.vaxine_transaction(sub, tx, (3, 4))) == []  # a stream starts with it
+    assert [type(m).__name__ for m in sent(s.vaxine_transaction(sub, tx, (5, 6)))] == \
+        ["SatRelation", "SatOpLog"]
