@@ -137,19 +137,27 @@ class Connection(SocketWriter, ClientWriter):
                 if self.closing:
                     data = None
                     with gevent.Timeout(self.server.limits.close_grace, False):
-                        data = self.rfile.read1(reader.wanted())
+                        data = self._read(reader.wanted())
                     if data is None:
                         return
                 else:
-                    # At most what completes the frame, and at most 1 MiB at a time: an
-                    # idle socket waits in its small read buffer, a big payload (already
-                    # reserved in the budget) is read in large pieces.
-                    data = self.rfile.read1(min(reader.wanted(), MIB))
+                    data = self._read(reader.wanted())
             except (OSError, ValueError):
                 return
             if not data:
                 return  # the peer closed the TCP connection
             reader.receive_data(data)
+
+    def _read(self, wanted: int) -> bytes:
+        """Bytes from the socket toward ``wanted``. Small needs (headers, small frames) go
+        through the socket's read buffer: one recv brings every frame the peer pipelined,
+        and an idle socket waits holding nothing but that buffer. A big payload (already
+        reserved in the inbound budget) is read straight, at most 1 MiB at a time."""
+        rfile = self.rfile
+        if wanted <= self.server.limits.read_buffer:
+            buffered = rfile.peek(1)  # waits for data, fills the buffer; consumes nothing
+            return rfile.read1(len(buffered))
+        return rfile.read1(min(wanted, MIB))
 
     def _on_frame_event(self, event: websocket.Event) -> bool:
         """False when the connection is done reading."""
