@@ -216,6 +216,9 @@ class FrameReader:
     :class:`CloseReceived` nothing more is parsed. Call :meth:`release` when the connection
     ends (returns what is still reserved in the budget)."""
 
+    __slots__ = ("max_message", "budget", "reserved", "closed", "_buf", "_message",
+                 "_message_opcode", "_frame")  # one per socket, 10,000 sockets
+
     def __init__(self, max_message: int, budget: ByteBudget | None = None) -> None:
         self.max_message = max_message
         self.budget = budget
