@@ -39,11 +39,7 @@ from google.protobuf.message import Message
 from loguru import logger
 
 from electric import metrics, sync_rules
-from electric.changes import (
-    Change,
-    Record,
-    Transaction,
-)
+from electric.changes import Change, Record, Transaction
 from electric.limits import DEFAULT, SatelliteLimits
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
@@ -76,6 +72,7 @@ from electric.satellite.outgoing import (
     release,
     start_offset,
 )
+from electric.satellite.websocket import CLOSE_UNSUPPORTED_DATA
 from electric.satellite.write_checks import (
     check_primary_keys,
     refused_as_sent,
@@ -83,7 +80,6 @@ from electric.satellite.write_checks import (
     rows_to_verify,
 )
 
-CLOSE_UNSUPPORTED_DATA = 1003
 
 class InStatus(enum.Enum):
     NONE = "none"

@@ -24,8 +24,9 @@ from gevent.event import Event
 from electric import metrics
 from electric.satellite import websocket
 
-CLOSE_TOO_SLOW = 1013
-"""Close code for a client that fell too far behind (RFC 6455 "Try Again Later")."""
+# A client that fell too far behind is closed with "Try Again Later": it reconnects and
+# resumes from its lsn.
+CLOSE_TOO_SLOW = websocket.CLOSE_TRY_AGAIN_LATER
 
 
 class _SendTimeout(Exception):
