@@ -162,20 +162,18 @@ class Connection(SocketWriter, ClientWriter):
     def _on_frame_event(self, event: websocket.Event) -> bool:
         """False when the connection is done reading."""
         if isinstance(event, Message):
-            if not self.closing:  # after our close, messages are no longer served
-                receive = self.session.receive_text if event.text else self.session.receive
-                self._handle(receive, event.data, time.monotonic())
+            receive = self.session.receive_text if event.text else self.session.receive
+            self._handle(receive, event.data, time.monotonic())
             return True
         if isinstance(event, Ping):
-            if not self.closing:
-                self.queue_pong(event.payload)  # keeps frame order with our buffered sends
+            self.queue_pong(event.payload)  # keeps frame order with our buffered sends
             return True
         if isinstance(event, Pong):
             return True
         if isinstance(event, CloseReceived):
-            if not self.closing:  # the peer closes first: answer, then we are done
-                self.closing = True
-                self._write_frame(event.reply())
+            if event.reply:  # the peer closed first
+                self._write_frame(event.reply)
+            self.closing = True
             return False
         self._close(event.code, event.reason, "WARNING")  # the peer broke the protocol
         return False

@@ -34,11 +34,12 @@ class _SendTimeout(Exception):
 
 
 class SocketWriter:
-    """Needs from the connection: ``server`` (limits, slow_disconnects, _flush_later), ``ws``, ``log``, ``greenlets``, ``closing``, and the
-    attributes set in :meth:`_init_writer`."""
+    """Needs from the connection: ``server`` (limits, slow_disconnects, _flush_later),
+    ``frames``, ``log``, ``greenlets``, ``closing``, and the attributes set in
+    :meth:`_init_writer`."""
 
     server: Any
-    ws: Any
+    frames: Any  # the connection's websocket.FrameReader
     log: Any
     greenlets: list
     closing: bool
@@ -174,6 +175,7 @@ class SocketWriter:
             return
         self.log.log(level, "closing connection: {}", reason or "done")
         self._write_frame(websocket.close_frame(code, reason))
+        self.frames.sent_close()
         self.closing = True
         # Cut the socket if the peer never answers our close.
         self.greenlets.append(gevent.spawn_later(self.server.limits.close_grace, self._cut))

@@ -182,13 +182,12 @@ class Pong:
 
 @dataclass(frozen=True)
 class CloseReceived:
-    """The peer closes: answer with :meth:`reply` (unless we closed first), then end."""
+    """The peer closes: send ``reply`` (its code echoed; empty when we closed first and
+    this is the answer to our close), then end."""
 
     code: int | None
     reason: str
-
-    def reply(self) -> bytes:
-        return close_frame(self.code)
+    reply: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -216,7 +215,7 @@ class FrameReader:
     :class:`CloseReceived` nothing more is parsed. Call :meth:`release` when the connection
     ends (returns what is still reserved in the budget)."""
 
-    __slots__ = ("max_message", "budget", "reserved", "closed", "_buf", "_message",
+    __slots__ = ("max_message", "budget", "reserved", "closed", "close_sent", "_buf", "_message",
                  "_message_opcode", "_frame")  # one per socket, 10,000 sockets
 
     def __init__(self, max_message: int, budget: ByteBudget | None = None) -> None:
@@ -224,6 +223,7 @@ class FrameReader:
         self.budget = budget
         self.reserved = 0
         self.closed = False
+        self.close_sent = False  # we sent a close: the peer's data is no longer served
         self._buf = bytearray()
         self._message = bytearray()
         self._message_opcode: int | None = None  # TEXT/BINARY while a message is open
@@ -249,11 +249,20 @@ class FrameReader:
             self.budget.release(self.reserved)
         self.reserved = 0
 
+    def sent_close(self) -> None:
+        """We sent a close frame: from now on only the peer's close (or a failure) matters
+        (RFC 6455 §5.5.1); its close is the answer to ours and needs none."""
+        self.close_sent = True
+
     def events(self) -> Iterator[Event]:
         while not self.closed:
             event = self._next()
             if event is None:
                 return
+            if self.close_sent and isinstance(event, Message | Ping | Pong):
+                continue
+            if isinstance(event, CloseReceived) and not self.close_sent:
+                event = CloseReceived(event.code, event.reason, close_frame(event.code))
             if isinstance(event, Failure | CloseReceived):
                 self.closed = True
                 self._buf.clear()

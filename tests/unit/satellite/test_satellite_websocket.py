@@ -111,7 +111,7 @@ def test_fragmented_message_with_a_ping_in_between():
 def test_any_split_of_the_stream_gives_the_same_events(payloads, step):
     stream = b"".join(client(ws.BINARY, p) for p in payloads) + client(ws.CLOSE, b"\x03\xe8")
     chunks = [stream[i:i + step] for i in range(0, len(stream), step)]
-    expected = [Message(p) for p in payloads] + [CloseReceived(1000, "")]
+    expected = [Message(p) for p in payloads] + [CloseReceived(1000, "", ws.close_frame(1000))]
     assert read(*chunks) == expected
 
 
@@ -137,16 +137,27 @@ def test_text_is_delivered_unvalidated_for_the_session_to_refuse():
 
 
 def test_close_frames_and_replies():
-    assert read(client(ws.CLOSE)) == [CloseReceived(None, "")]
+    assert read(client(ws.CLOSE)) == [CloseReceived(None, "", b"\x88\x00")]
     (close,) = read(client(ws.CLOSE, b"\x03\xe9bye"))
-    assert close == CloseReceived(1001, "bye") and close.reply() == bytes.fromhex("880203e9")
+    assert close == CloseReceived(1001, "bye", bytes.fromhex("880203e9"))  # echoed
     assert ws.close_frame(None) == b"\x88\x00"
     assert ws.close_frame(1013, "slow") == b"\x88\x06\x03\xf5slow"
     assert len(ws.close_frame(1000, "é" * 100)) <= 2 + 125
 
 
 def test_nothing_after_close():
-    assert read(client(ws.CLOSE), client(ws.BINARY, b"late")) == [CloseReceived(None, "")]
+    assert read(client(ws.CLOSE), client(ws.BINARY, b"late")) == \
+        [CloseReceived(None, "", ws.close_frame(None))]
+
+
+def test_after_our_close_only_the_peers_close_counts_and_needs_no_answer():
+    reader = FrameReader(1 << 20)
+    reader.receive_data(client(ws.BINARY, b"before"))
+    assert list(reader.events()) == [Message(b"before")]
+    reader.sent_close()
+    reader.receive_data(client(ws.BINARY, b"late") + client(ws.PING, b"p")
+                        + client(ws.CLOSE, b"\x03\xe8"))
+    assert list(reader.events()) == [CloseReceived(1000, "", b"")]
 
 
 # -- broken protocol and limits -----------------------------------------------------------------
