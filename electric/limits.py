@@ -62,7 +62,9 @@ class SatelliteLimits:
     # How long a client transaction, or an outgoing one before it is reported at ERROR,
     # waits for the schema registry to learn its tables (connectors describe them at start).
     table_wait: float = 5.0
-    # Cap of the back-off while re-looking up a table the registry does not know yet.
+    # Re-looking up a table the registry does not know yet: first delay (connectors describe
+    # tables within moments at start-up) and the cap of the back-off after it.
+    table_retry_first: float = 0.05
     table_retry_max: float = 5.0
     # Writing a client transaction: first retry delay, largest delay, and the total time
     # before the writer gives up and pauses incoming replication (Vaxine restarts fit in it).

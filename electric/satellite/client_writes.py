@@ -118,7 +118,7 @@ class ClientWriter:
             while self.server.lookup_table(relation) is None:
                 if time.monotonic() >= deadline:
                     return f"{relation[0]}.{relation[1]}"
-                gevent.sleep(0.05)
+                gevent.sleep(self.server.limits.table_retry_first)
         return None
 
     def _write_with_retry(self, tx: Transaction) -> None:

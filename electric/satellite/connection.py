@@ -52,7 +52,6 @@ from electric.satellite.websocket import (
 if TYPE_CHECKING:
     from electric.satellite.server import SatelliteServer
 
-TABLE_RETRY_FIRST = 0.05  # re-looking up a table the registry does not know yet
 
 
 class _Outgoing:
@@ -326,7 +325,8 @@ class Connection(SocketWriter, ClientWriter):
                 else:
                     return
             if backoff is None:
-                backoff = Backoff(Policy(TABLE_RETRY_FIRST, self.server.limits.table_retry_max))
+                limits = self.server.limits
+                backoff = Backoff(Policy(limits.table_retry_first, limits.table_retry_max))
             gevent.sleep(backoff.next())
 
     # -- liveness -------------------------------------------------------------------------
