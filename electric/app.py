@@ -384,7 +384,7 @@ class Application:
             write_transaction=lambda tx: self.write_transaction(tx, "satellite"),
             open_stream=self._open_wal_stream, offsets=self.offsets,
             tls=self.tls, max_connections=self.max_connections,
-            is_permanent=errors.is_permanent,
+            is_permanent=errors.is_permanent, limits=limits.DEFAULT.satellite,
             sync_rules=(self._rules_for_session if getattr(s, "sync_rules", None) is not None
                         else None),
             current_rows=self.store.current_rows if self.store is not None else None,

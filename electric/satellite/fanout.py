@@ -30,18 +30,11 @@ from gevent.event import Event
 from loguru import logger
 
 from electric.changes import Transaction
+from electric.limits import DEFAULT, SatelliteLimits
 from electric.retry import Backoff, Policy
 
 Item = tuple[Transaction, Any]
 StreamFactory = Callable[[Any], Iterator[Item]]
-
-RING_SIZE = 1024
-QUEUE_LIMIT = 1024
-# The ring and each subscriber's queue are bounded in changes too: 1,024 transactions of a
-# thousand rows each would otherwise keep a million rows in memory.
-RING_CHANGES = 20_000
-QUEUE_CHANGES = 20_000
-TAIL_RETRY_SECONDS = 1.0
 
 _DETACHED = object()
 
@@ -59,15 +52,14 @@ class SharedTail:
     def __init__(
         self,
         open_stream: StreamFactory,
-        ring_size: int = RING_SIZE,
-        queue_limit: int = QUEUE_LIMIT,
-        retry_seconds: float = TAIL_RETRY_SECONDS,
+        limits: SatelliteLimits = DEFAULT.satellite,
     ) -> None:
         self.open_stream = open_stream
-        self.queue_limit = queue_limit
-        self.retry_seconds = retry_seconds
-        self.reopen = Backoff(Policy(retry_seconds, retry_seconds))  # a fixed delay, as before
-        self.ring: deque[tuple[int, Transaction, Any]] = deque(maxlen=ring_size)
+        self.limits = limits
+        self.queue_limit = limits.queue_limit
+        # a fixed delay, as before
+        self.reopen = Backoff(Policy(limits.tail_retry, limits.tail_retry))
+        self.ring: deque[tuple[int, Transaction, Any]] = deque(maxlen=limits.ring_size)
         self.ring_changes = 0
         self.index: dict[Any, int] = {}  # offset -> sequence number of ring entries
         self.seq = itertools.count()
@@ -115,7 +107,7 @@ class SharedTail:
         seq = next(self.seq)
         size = len(tx.changes)
         while self.ring and (len(self.ring) == self.ring.maxlen
-                             or self.ring_changes + size > RING_CHANGES):
+                             or self.ring_changes + size > self.limits.ring_changes):
             old_seq, old_tx, old_offset = self.ring.popleft()
             self.ring_changes -= len(old_tx.changes)
             if self.index.get(_key(old_offset)) == old_seq:
@@ -151,7 +143,7 @@ class SharedTail:
         if seq is not None:
             later = [(tx, off) for s, tx, off in self.ring if s > seq]
             size = sum(len(tx.changes) for tx, _ in later)
-            if len(later) >= self.queue_limit or size >= QUEUE_CHANGES:
+            if len(later) >= self.queue_limit or size >= self.limits.queue_changes:
                 return False
             sub.queue.extend(later)
             sub.queued_changes += size
@@ -213,7 +205,8 @@ class Subscription:
             if self.sink(item):
                 self.last = item[1]
                 return
-        if len(self.queue) >= self.tail.queue_limit or self.queued_changes >= QUEUE_CHANGES:
+        limits = self.tail.limits
+        if len(self.queue) >= limits.queue_limit or self.queued_changes >= limits.queue_changes:
             # Too far behind: stop feeding it. It drains what it has, then reads privately.
             self.tail.stats["detached_slow"] += 1
             self._detach()

@@ -4,7 +4,7 @@ Every socket following the log sends the same ``SatOplog`` for a transaction; on
 ``SatRelation`` announcements before it differ per socket (each socket announces a table
 once per outgoing start). So a transaction is serialised once, and the websocket frame around
 it (header + payload, the bytes that go on the wire) is built once too: a socket that is
-caught up writes those very bytes (see ``server._Connection._direct``).
+caught up writes those very bytes (see ``connection.Connection._direct``).
 
 Bounded in entries and in bytes, oldest out first: sockets streaming live are at most a few
 transactions apart, and a socket replaying history simply misses and encodes its own copy.
@@ -22,10 +22,8 @@ from typing import Any
 
 from electric import metrics
 from electric.changes import Transaction
+from electric.limits import DEFAULT, SatelliteLimits
 from electric.pb import satellite_pb2 as pb
-
-DEFAULT_ENTRIES = 1024
-DEFAULT_BYTES = 16 * 1024 * 1024
 
 
 class SharedOplog:
@@ -51,9 +49,9 @@ class OplogCache:
     """Encoded SatOpLogs by log offset, and by the very Transaction object the shared tail
     hands every socket (one Vaxine or store: an offset names one transaction)."""
 
-    def __init__(self, size: int = DEFAULT_ENTRIES, max_bytes: int = DEFAULT_BYTES) -> None:
-        self.size = size
-        self.max_bytes = max_bytes
+    def __init__(self, limits: SatelliteLimits = DEFAULT.satellite) -> None:
+        self.size = limits.oplog_cache_entries
+        self.max_bytes = limits.oplog_cache_bytes
         self.bytes = 0
         self._entries: dict[Any, tuple[pb.SatOpLog, bytes]] = {}
         self._by_tx: dict[Any, SharedOplog] = {}

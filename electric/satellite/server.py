@@ -1,12 +1,13 @@
-"""Satellite websocket endpoint: the thin gevent layer around :mod:`electric.satellite.session`.
+"""Satellite websocket listener: the gevent shell that accepts sockets and holds what they
+share.
 
-One pywsgi handler greenlet per socket reads frames and feeds them to the socket's
-:class:`~electric.satellite.session.Session`; helper greenlets per socket run the 5 s liveness
-timer, the outgoing Vaxine WAL stream (one stream connection per client, opened on the
-client's start request) and the incoming writer (client transactions → one Vaxine
-transaction each → fsync of the client's lsn in the offset file → ``SatPingResp{lsn}``).
-All session calls for one socket happen under one lock, so the state machine sees one event
-at a time and frames leave in the order it produced them.
+pywsgi parses each HTTP request (malformed ones get a 400, see ``QuietClientErrors``; over
+the connection cap a 503, see ``GuardedWSGIServer``); the answer, and whether the socket
+becomes a websocket, is :func:`electric.satellite.websocket.handshake`'s. An upgraded socket
+is served by a :class:`~electric.satellite.connection.Connection` in its handler greenlet.
+The server holds what all sockets share: the node-local client id registry, one ticker
+greenlet for every socket's liveness timer, the shared WAL tail (``fanout.py``), the shared
+encodings (``oplog_cache.py``), the inbound memory budget, and the operator status.
 
 Wiring (electric/app.py)::
 
@@ -23,72 +24,29 @@ Wiring (electric/app.py)::
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gevent
 import gevent.lock
 import gevent.queue
-from gevent.event import Event
-from gevent.pywsgi import WSGIServer
-from geventwebsocket.exceptions import FrameTooLargeException, WebSocketError
-from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Header, WebSocket
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from loguru import logger
 
-from electric import errors, metrics
-from electric.changes import DeletedRecord, Transaction, TruncatedRelation
+from electric import errors
+from electric.changes import Transaction
 from electric.http.server import LogWriter, QuietClientErrors
-from electric.limits import ByteBudget
+from electric.limits import DEFAULT, ByteBudget, SatelliteLimits
 from electric.listeners import GuardedWSGIServer
-from electric.retry import Backoff, Policy, retry
-from electric.satellite.fanout import SharedTail, Subscription
-from electric.satellite.lsn import StartOffset, describe
-from electric.satellite.session import (
-    PING_INTERVAL,
-    STREAMED_TRANSACTION,
-    Action,
-    ClaimClient,
-    Close,
-    OplogCache,
-    Send,
-    Session,
-    StartOutgoing,
-    StopOutgoing,
-    WriteTransaction,
-)
-from electric.satellite.socket_writer import (
-    SLOW_CLIENT_BYTES,
-    SocketWriter,
-    binary_frame,
-)
+from electric.satellite.connection import Connection
+from electric.satellite.fanout import SharedTail
+from electric.satellite.lsn import StartOffset
+from electric.satellite.oplog_cache import OplogCache
+from electric.satellite.websocket import handshake
 from electric.sync_rules import effective_filter
 
 WS_PATH = "/ws"
-CLAIM_GRACE = 1.0
-"""Seconds a second socket with the same client id waits for the first one to go away."""
-CLOSE_GRACE = 2.0
-"""After we send a close frame, how long the peer gets to answer before the socket is cut."""
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""Largest websocket message accepted; checked on the frame header, before reading the body."""
-WRITER_QUEUE = 64
-"""Completed client transactions waiting for the Vaxine writer. When full, reading from the
-socket pauses: TCP back-pressure instead of unbounded memory (and never a stall)."""
-READ_BUFFER = 2048
-"""Read buffer per socket (pywsgi's default is 8 KiB; frames larger than it are read
-straight into their message)."""
-SEND_TIMEOUT = 30.0
-"""A peer that accepts no bytes for this long is disconnected."""
-STATUS_MAX_CLIENTS = 100
-TABLE_WAIT = 5.0
-"""How long a client transaction may wait for the schema registry to learn its tables."""
-WRITE_RETRY_FIRST = 0.01
-WRITE_RETRY_MAX_SLEEP = 1.0
-WRITE_RETRY_TOTAL = 10.0
-TABLE_WAIT_RETRY = Policy(0.05, 5.0)  # re-looking up a table the registry does not know yet
 
 
 class OffsetStore(Protocol):
@@ -112,537 +70,39 @@ StreamFactory = Callable[[StartOffset], Iterator[tuple[Transaction, Any]]]
 If the iterator has a ``close()`` method it is called when the stream is stopped."""
 
 
-# All sockets together may hold at most this much of messages still being received.
-INBOUND_BUDGET = ByteBudget(32 * 1024 * 1024, "websocket")
+def _held_status(conn: Connection) -> dict[str, Any]:
+    held = conn.session.held_at()
+    assert held is not None and held.since is not None
+    since = time.time() - (time.monotonic() - held.since)  # wall clock for operators
+    return {"client": conn.client_id, "offset": held.offset, "tables": held.tables,
+            "since": since}
 
 
-class _BoundedWebSocket(WebSocket):
-    """gevent-websocket's WebSocket with a size limit checked before a body is read
-    (the library would otherwise try to allocate whatever a frame header claims), and a
-    process-wide budget for payloads being received."""
-
-    __slots__ = ()
-    max_message = MAX_MESSAGE_BYTES
-    budget = INBOUND_BUDGET
-
-    def read_message(self):
-        reserved = [0]
-        try:
-            return self._read_message(reserved)
-        finally:
-            self.budget.release(reserved[0])
-
-    def _reserve(self, reserved: list[int], n: int) -> None:
-        if not self.budget.try_reserve(n):
-            logger.bind(origin="satellite").warning(
-                "closing connection: {} bytes of incoming messages are already in flight "
-                "(budget {} bytes)", self.budget.used, self.budget.capacity)
-            raise FrameTooLargeException("inbound memory budget exhausted")
-        reserved[0] += n
-
-    def _read_message(self, reserved: list[int]):  # noqa: C901 - the library's loop + checks
-        opcode = None
-        message = bytearray()
-        while True:
-            header = self._read_header()
-            if header.flags:
-                raise FrameTooLargeException("reserved bits set")
-            f_opcode = header.opcode
-            if f_opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
-                if opcode:
-                    raise FrameTooLargeException("new message inside a fragmented one")
-                opcode = f_opcode
-            elif f_opcode == self.OPCODE_CONTINUATION:
-                if not opcode:
-                    raise FrameTooLargeException("continuation without a message")
-            if f_opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
-                if len(message) + header.length > self.max_message:
-                    logger.bind(origin="satellite").warning(
-                        "closing connection: message larger than {} bytes", self.max_message
-                    )
-                    raise FrameTooLargeException(f"message larger than {self.max_message} bytes")
-            self._reserve(reserved, header.length)
-            payload = self._read_payload(header)
-            if f_opcode == self.OPCODE_PING:
-                conn = self.environ.get(_CONNECTION_KEY) if self.environ else None
-                if conn is not None:
-                    conn.queue_pong(payload)  # keeps frame order with our buffered sends
-                else:
-                    self.handle_ping(header, payload)
-                continue
-            if f_opcode == self.OPCODE_PONG:
-                self.handle_pong(header, payload)
-                continue
-            if f_opcode == self.OPCODE_CLOSE:
-                self.handle_close(header, payload)
-                return None
-            if f_opcode not in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
-                raise FrameTooLargeException(f"unexpected opcode {f_opcode}")
-            message += payload
-            if header.fin:
-                break
-        if opcode == self.OPCODE_TEXT:
-            # Do not validate or decode: the session rejects text frames whatever they hold.
-            return _TextMessage(message)
-        return bytes(message)
-
-    def _read_header(self):
-        return Header.decode_header(self.stream)
-
-    def _read_payload(self, header) -> bytes:
-        if not header.length:
-            return b""
-        payload = self.raw_read(header.length)
-        if len(payload) != header.length:
-            raise WebSocketError("Unexpected EOF reading frame payload")
-        if header.mask:
-            payload = header.unmask_payload(payload)
-        return bytes(payload)
-
-
-_CONNECTION_KEY = "electric.satellite.connection"
-
-
-class _TextMessage(bytes):
-    """Marks a message that arrived in text frames."""
-
-
-@dataclass
-class _Write:
-    generation: int
-    transaction: Transaction
-
-
-class _Outgoing:
-    """One outgoing stream of a socket: the log iterator and, while it has work, the
-    greenlet reading it."""
-
-    __slots__ = ("iterator", "offset", "greenlet")
-
-    def __init__(self, iterator: Iterator[tuple[Transaction, Any]] | None,
-                 offset: StartOffset):
-        self.iterator = iterator
-        self.offset = offset
-        self.greenlet: gevent.Greenlet | None = None
-
-    def stop(self) -> None:
-        greenlet, self.greenlet = self.greenlet, None
-        if greenlet is not None and greenlet is not gevent.getcurrent():
-            greenlet.kill(block=False)
-        close = getattr(self.iterator, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - best effort while tearing down
-                pass
-
-
-class _Connection(SocketWriter):
-    """Everything belonging to one websocket: the session, its lock and its greenlets
-    (writing to the socket: :class:`~electric.satellite.socket_writer.SocketWriter`)."""
-
-    def __init__(self, server: SatelliteServer, ws: WebSocket, peer: str) -> None:
-        self.server = server
-        self.ws = ws
-        self.peer = peer
-        self.lock = gevent.lock.RLock()
-        self.session = Session(
-            authenticate=server.auth.authenticate,
-            lookup_table=server.lookup_table,
-            cluster_id=server.cluster_id,
-            now=time.monotonic(),
-            peer=peer,
-            ping_interval=server.ping_interval,
-            oplog_cache=server.oplog_cache,
-            bind_filter=server.bind_filter if server.sync_rules is not None else None,
-        )
-        self.log = self.session.log
-        self.client_id: str | None = None
-        self.released = Event()
-        # Per socket memory matters at 10,000 sockets: greenlets (a few KiB of saved stack
-        # each) exist only while they have work. The writer starts with the first client
-        # transaction, the sender only while the kernel buffer is full, and the outgoing
-        # stream's greenlet only while catching up (a caught-up socket is written to by the
-        # shared tail directly, see _direct).
-        self.greenlets: list[gevent.Greenlet] = []
-        self.streams: dict[int, _Outgoing] = {}
-        self.writes: gevent.queue.Queue | None = None
-        self.write_generation = 0
-        self.writer: gevent.Greenlet | None = None
-        self.closing = False
-        self._init_writer(getattr(ws.handler, "socket", None) if ws.handler is not None
-                          else None)
-        # Set while the outgoing stream is held at a transaction whose table the schema
-        # registry does not know (yet): offset, tables, since.
-        self.stream_held: dict[str, Any] | None = None
-
-    # -- the handler greenlet --------------------------------------------------------------
-
-    def run(self) -> None:
-        self.log.info("client connected from {}", self.peer)
-        self.ws.environ[_CONNECTION_KEY] = self
-        try:
-            self._read_loop()
-        finally:
-            self._teardown()
-
-    def _read_loop(self) -> None:
-        while True:
-            try:
-                if self.closing:
-                    with gevent.Timeout(self.server.close_grace, False):
-                        data = self.ws.receive()
-                        if data is not None:
-                            continue
-                    return
-                data = self.ws.receive()
-            except FrameTooLargeException as exc:
-                self.log.warning("closing connection: {}", exc)
-                return
-            except (WebSocketError, OSError):
-                return
-            if data is None:
-                return
-            now = time.monotonic()
-            if isinstance(data, _TextMessage):
-                self._handle(self.session.receive_text, data, now)
-            else:
-                self._handle(self.session.receive, data, now)
-
-    # -- running the state machine --------------------------------------------------------
-
-    def _handle(self, event: Callable[..., list[Action]], *args: Any) -> None:
-        """Feed one event to the session and carry out its actions.
-
-        Writes are queued after the lock is released so that a full writer queue (which
-        blocks) never holds up the writer's own acknowledgements."""
-        writes: list[WriteTransaction] = []
-        with self.lock:
-            actions = event(*args)
-            for action in actions:
-                if isinstance(action, WriteTransaction):
-                    writes.append(action)
-                else:
-                    self._execute(action)
-            generation = self.write_generation
-        for write in writes:
-            self._writer_queue().put(_Write(generation, write.transaction))
-
-    def _writer_queue(self) -> gevent.queue.Queue:
-        if self.writes is None:
-            self.writes = gevent.queue.Queue(WRITER_QUEUE)
-            self.writer = gevent.spawn(self._writer)
-            self.greenlets.append(self.writer)
-        return self.writes
-
-    def _execute(self, action: Action) -> None:
-        if isinstance(action, Send):
-            self._send(action.data)
-        elif isinstance(action, Close):
-            self._close(action.code, action.reason)
-        elif isinstance(action, ClaimClient):
-            self._claim(action.client_id)
-        elif isinstance(action, StartOutgoing):
-            self._start_stream(action.subscription, action.offset)
-        elif isinstance(action, StopOutgoing):
-            self._stop_stream(action.subscription)
-
-    # -- auth: claim the client id ----------------------------------------------------------
-
-    def _claim(self, client_id: str) -> None:
-        ok = self.server._claim(client_id, self)
-        if not ok:
-            self._run_actions(self.session.client_claim_failed())
-            return
-        self.client_id = client_id
-        self.log = self.session.log
-        try:
-            stored = self.server.offsets.get_satellite_lsn(client_id)
-        except Exception as exc:
-            self.log.error("cannot read the stored lsn of {}: {}", client_id, exc)
-            stored = None
-        self._run_actions(self.session.client_claimed(stored))
-
-    def _run_actions(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, WriteTransaction):
-                self._writer_queue().put_nowait(_Write(self.write_generation,
-                                                       action.transaction))
-            else:
-                self._execute(action)
-
-    # -- outgoing: Vaxine WAL stream → client ---------------------------------------------
-
-    def _start_stream(self, subscription: int, offset: StartOffset) -> None:
-        out = _Outgoing(None, offset)
-        self.streams[subscription] = out
-        self._pump(subscription, out)
-
-    def _open_stream(self, subscription: int, out: _Outgoing) -> Iterator:
-        iterator = out.iterator = self.server.subscribe(out.offset)
-        if isinstance(iterator, Subscription):
-            # Caught up, the shared tail hands each transaction to _direct; this socket's
-            # greenlet runs only to catch up, for big transactions and while held.
-            iterator.sink = lambda item: self._direct(subscription, out, item)
-            iterator.wake = lambda: self._pump(subscription, out)
-        return iterator
-
-    def _pump(self, subscription: int, out: _Outgoing) -> None:
-        if out.greenlet is None and self.streams.get(subscription) is out:
-            out.greenlet = gevent.spawn(self._stream, subscription, out)
-
-    def _stop_stream(self, subscription: int) -> None:
-        out = self.streams.pop(subscription, None)
-        if out is not None:
-            out.stop()
-
-    def _direct(self, subscription: int, out: _Outgoing, item: tuple[Transaction, Any]) -> bool:
-        """Called by the shared tail for each new transaction while this socket is caught
-        up; must not block. Sends the shared frame (or the session's actions) now, or
-        returns False to have the transaction queued for this socket's greenlet (a big
-        transaction, a table the registry does not know yet, a busy session)."""
-        if self.streams.get(subscription) is not out or self.closing:
-            return True  # stopped: nothing more goes out on it
-        tx, offset = item
-        if self.lock.locked() or len(tx.changes) > STREAMED_TRANSACTION:
-            return False
-        session = self.session
-        shared = session.shared_oplog(subscription, tx, offset)
-        self._direct_depth += 1
-        try:
-            if shared is not None:
-                self._write_frame(self.server.oplog_cache.frame(shared, binary_frame))
-                if self.out_bytes > self.server.slow_client_bytes:
-                    self._too_slow()
-                return True
-            if self._missing_tables(tx):
-                return False
-            with self.lock:
-                for action in session.vaxine_transaction(subscription, tx, offset):
-                    self._execute(action)
-            return True
-        finally:
-            self._direct_depth -= 1
-
-    def _stream(self, subscription: int, out: _Outgoing) -> None:
-        offset = out.offset
-        try:
-            iterator = out.iterator or self._open_stream(subscription, out)
-            for tx, tx_offset in iterator:
-                if isinstance(offset, tuple) and isinstance(tx_offset, tuple | list):
-                    if tuple(tx_offset) == offset:
-                        continue  # the resume position itself was already delivered
-                self._hold_for_tables(tx, tx_offset)
-                self._handle(self.session.vaxine_transaction, subscription, tx, tx_offset)
-                if self.streams.get(subscription) is not out:
-                    return
-            if getattr(out.iterator, "handed_over", False):
-                return  # caught up: the shared tail delivers from here (_direct)
-            reason = "stream ended"
-        except gevent.GreenletExit:
-            return
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        finally:
-            if out.greenlet is gevent.getcurrent():
-                out.greenlet = None
-        if self.streams.get(subscription) is out:
-            del self.streams[subscription]
-            out.stop()
-            self._handle(self.session.outgoing_failed, subscription, reason)
-
-    # -- incoming: client transactions → Vaxine → offset file → ack -----------------------
-
-    def _writer(self) -> None:
-        while True:
-            item: _Write = self.writes.get()
-            if item.generation != self.write_generation:
-                continue  # queued before a writer failure: the client will re-send it
-            tx = item.transaction
-            missing = self._wait_for_tables(tx)
-            if missing:
-                self._handle(
-                    self.session.transaction_rejected, tx.lsn, f"table {missing} is not replicated"
-                )
-                return
-            try:
-                allowed = self._stored_rows_allow(tx)
-            except gevent.GreenletExit:
-                raise
-            except Exception as exc:  # the store cannot be read: as a failed write
-                self._writer_failed(tx, exc)
-                continue
-            if not allowed:
-                return
-            try:
-                self._write_with_retry(tx)
-            except gevent.GreenletExit:
-                raise
-            except Exception as exc:
-                if self.server.is_permanent(exc):
-                    self._handle(self.session.transaction_rejected, tx.lsn, str(exc))
-                    return
-                self._writer_failed(tx, exc)
-                continue
-            try:
-                self.server.offsets.put_satellite_lsn(self.client_id, tx.lsn)
-            except Exception as exc:
-                # The offset file refuses writes (disk full, I/O failure): acking would
-                # promise durability we do not have. Drop this client; it will re-send.
-                self.log.error("cannot persist lsn of {!r}: {}", self.client_id, exc)
-                self._handle(self.session.transaction_rejected, tx.lsn, "offset storage failed")
-                return
-            self.log.debug("Saving lsn {} for satellite: {!r}", describe(tx.lsn), self.client_id)
-            self._handle(self.session.transaction_written, tx.lsn)
-
-    def _stored_rows_allow(self, tx: Transaction) -> bool:
-        """Sync rules: judge the client's updates and deletes on the rows as stored (the
-        store's lookup; without one, on the old rows the client sent). This writer is the
-        client's only one, so its earlier transactions are already stored."""
-        lookup = self.server.current_rows
-        changes = self.session.rows_to_verify(tx) if lookup is not None else []
-        if not changes:
-            return True
-        stored = lookup([(c.relation, c.old_record if isinstance(c, DeletedRecord)
-                          else (c.old_record or c.record)) for c in changes])
-        with self.lock:
-            refusal = self.session.verify_stored_rows(tx, changes, stored)
-            for action in refusal or ():
-                self._execute(action)
-        return refusal is None
-
-    def _wait_for_tables(self, tx: Transaction) -> str | None:
-        """Give the schema registry ``table_wait`` seconds to learn the tables ``tx`` uses
-        (connectors describe them at start-up); returns the first still unknown one."""
-        deadline = time.monotonic() + self.server.table_wait
-        for relation in {change.relation for change in tx.changes}:
-            while self.server.lookup_table(relation) is None:
-                if time.monotonic() >= deadline:
-                    return f"{relation[0]}.{relation[1]}"
-                gevent.sleep(0.05)
-        return None
-
-    def _missing_tables(self, tx: Transaction) -> list:
-        lookup = self.server.lookup_table
-        return sorted({c.relation for c in tx.changes if not isinstance(c, TruncatedRelation)
-                       and lookup(c.relation) is None})
-
-    def _hold_for_tables(self, tx: Transaction, offset: Any) -> None:
-        """Hold the outgoing stream at ``tx`` until the schema registry knows its tables.
-
-        Right after a start the registry is empty until the connectors have described their
-        tables, while a reconnecting client already resumes from its offset. A change the
-        session cannot describe would go out as an empty transaction whose lsn the client
-        then acknowledges: a delete lost for good (the chaos run's "1 extra" row). So the
-        stream waits here; past ``table_wait`` seconds it says so once at ERROR (a table
-        that never comes is a real problem), shows it in the status and metrics, and keeps
-        waiting with a capped back-off: never skipped.
-        """
-        lookup = self.server.lookup_table
-        missing = self._missing_tables(tx)
-        if not missing:
-            return
-        where = str(list(offset) if isinstance(offset, tuple) else offset)
-        deadline = time.monotonic() + self.server.table_wait
-        backoff = Backoff(TABLE_WAIT_RETRY)
-        try:
-            while missing:
-                if self.stream_held is None and time.monotonic() >= deadline:
-                    names = ", ".join(f"{s}.{t}" for s, t in missing)
-                    self.stream_held = {"offset": where, "tables": names,
-                                        "since": time.time()}
-                    metrics.log_reader_blocked("satellite", True)
-                    self.log.error(
-                        "log transaction at {} changes {}, unknown to the schema registry; "
-                        "the stream to this client is held at it until the table is known",
-                        where, names)
-                gevent.sleep(backoff.next())
-                missing = [r for r in missing if lookup(r) is None]
-        finally:  # released, or the socket went away (GreenletExit) while held
-            if self.stream_held is not None:
-                self.log.info("stream to this client released at {}", where)
-                self.stream_held = None
-                metrics.log_reader_blocked("satellite", False)
-
-    def _write_with_retry(self, tx: Transaction) -> None:
-        if not tx.changes:
-            return  # empty transactions are acked, nothing to store
-
-        def failed(exc: BaseException, _attempt: int, delay: float) -> None:
-            self.log.warning(
-                "writing transaction {} to Vaxine failed ({}: {}), retrying in {:.0f} ms",
-                describe(tx.lsn), type(exc).__name__, exc, delay * 1000,
-            )
-
-        retry(lambda: self.server.write_transaction(tx),
-              Policy(self.server.write_retry_first, self.server.write_retry_max_sleep,
-                     jitter=0.2, total=self.server.write_retry_total),
-              give_up=self.server.is_permanent, on_retry=failed)
-
-    def _writer_failed(self, tx: Transaction, exc: Exception) -> None:
-        self.log.error(
-            "giving up on transaction {} from {!r}: {}: {}",
-            describe(tx.lsn),
-            self.client_id,
-            type(exc).__name__,
-            exc,
-        )
-        with self.lock:
-            self.write_generation += 1
-            self._run_actions(self.session.writer_failed(f"{type(exc).__name__}: {exc}"))
-            while not self.writes.empty():
-                self.writes.get_nowait()
-            try:
-                stored = self.server.offsets.get_satellite_lsn(self.client_id)
-            except Exception:
-                stored = None
-            self._run_actions(self.session.writer_restarted(stored))
-
-    # -- liveness -------------------------------------------------------------------------
-
-    def tick(self) -> None:
-        """Liveness check, run for every socket by the server's single ticker greenlet
-        (one timer for all sockets instead of a greenlet each)."""
-        if self.closing or self.lock.locked():
-            return  # a socket busy sending is not silent; look again next round
-        self._handle(self.session.tick, time.monotonic())
-
-    # -- teardown -------------------------------------------------------------------------
-
-    def _teardown(self) -> None:
-        with self.lock:
-            self.closing = True
-            for action in self.session.connection_lost():
-                if isinstance(action, StopOutgoing):
-                    self._stop_stream(action.subscription)
-        for out in list(self.streams.values()):
-            out.stop()
-        self.streams.clear()
-        current = gevent.getcurrent()
-        greenlets = [*self.greenlets, *([self.sender] if self.sender is not None else [])]
-        gevent.killall([g for g in greenlets if g is not current], block=False)
-        if self.client_id is not None:
-            self.server._release(self.client_id, self)
-        self.released.set()
-        self.log.info("client disconnected")
-
-
-class _QuietWebSocketHandler(QuietClientErrors, WebSocketHandler):
-    """gevent-websocket's handler, with clean 400s for malformed requests and a smaller
-    read buffer (READ_BUFFER)."""
+class _Handler(QuietClientErrors, WSGIHandler):
+    """pywsgi parses the HTTP request (clean 400s for malformed ones); the websocket
+    handshake is decided by :func:`electric.satellite.websocket.handshake`. After a 101 the
+    socket belongs to a :class:`Connection`; ``application`` is
+    :meth:`SatelliteServer._serve`, not a WSGI application."""
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
-        if rfile is None:
-            rfile = sock.makefile("rb", READ_BUFFER)
+        if rfile is None:  # a small read buffer: 10,000 idle sockets each hold one
+            rfile = sock.makefile("rb", server.read_buffer)
         super().__init__(sock, address, server, rfile)
 
-    def upgrade_websocket(self):
-        # gevent-websocket 0.10 answers a failed handshake with str bodies, which pywsgi
-        # refuses (TypeError and a traceback): hand it bytes.
-        result = super().upgrade_websocket()
-        if isinstance(result, list):
-            return [part.encode() if isinstance(part, str) else part for part in result]
-        return result
+    def run_application(self) -> None:
+        env = self.environ
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in env.items()
+                   if k.startswith("HTTP_")}
+        reply = handshake(env.get("REQUEST_METHOD", ""), env.get("PATH_INFO", ""),
+                          self.request_version or "", headers, WS_PATH)
+        self.start_response(reply.status, reply.headers)
+        if not reply.accepted:
+            self.result = [reply.body]
+            self.process_result()
+            return
+        self.write(b"")  # the 101 head, nothing after it
+        self.close_connection = True
+        self.application(env, self.socket, self.rfile)
 
 
 class SatelliteServer:
@@ -660,18 +120,9 @@ class SatelliteServer:
         write_transaction: WriteFn,
         open_stream: StreamFactory,
         offsets: OffsetStore,
-        ping_interval: float = PING_INTERVAL,
-        claim_grace: float = CLAIM_GRACE,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        write_retry_first: float = WRITE_RETRY_FIRST,
-        write_retry_max_sleep: float = WRITE_RETRY_MAX_SLEEP,
-        write_retry_total: float = WRITE_RETRY_TOTAL,
+        limits: SatelliteLimits = DEFAULT.satellite,
         is_permanent: Callable[[BaseException], bool] | None = None,
-        send_timeout: float = SEND_TIMEOUT,
-        slow_client_bytes: int = SLOW_CLIENT_BYTES,
-        close_grace: float = CLOSE_GRACE,
         shared_tail: bool = True,
-        table_wait: float = TABLE_WAIT,
         tls: Any = None,
         max_connections: int = 10_000,
         sync_rules: Callable[[], Any] | None = None,
@@ -687,17 +138,13 @@ class SatelliteServer:
         self.write_transaction = write_transaction
         self.open_stream = open_stream
         self.offsets = offsets
-        self.ping_interval = ping_interval
-        self.claim_grace = claim_grace
-        self.write_retry_first = write_retry_first
-        self.write_retry_max_sleep = write_retry_max_sleep
-        self.write_retry_total = write_retry_total
-        self.send_timeout = send_timeout
-        self.slow_client_bytes = slow_client_bytes
-        self.close_grace = close_grace
+        self.limits = limits
+        self.ping_interval = limits.ping_interval
         self.slow_disconnects = 0
-        self.table_wait = table_wait
-        self.oplog_cache = OplogCache()
+        self.oplog_cache = OplogCache(limits)
+        # All sockets of this server together may hold at most this much of messages
+        # still being received.
+        self.inbound_budget = ByteBudget(limits.inbound_budget_bytes, "websocket")
         # SYNC_RULES_FILE: returns the checked RuleSet (waiting for the check) or raises
         # FilterUnavailable; None without the setting (no filter, today's path).
         self.sync_rules = sync_rules
@@ -706,17 +153,12 @@ class SatelliteServer:
         self.current_rows = current_rows
         # Sockets following the live log share one WAL stream (see fanout.py); catch-up
         # from an older offset still uses a private stream per socket.
-        self.tail = SharedTail(open_stream) if shared_tail else None
+        self.tail = SharedTail(open_stream, limits) if shared_tail else None
         # Errors that retrying cannot fix (bad input rather than an unavailable Vaxine).
         self.is_permanent = is_permanent or errors.is_permanent
-        self._ws_class = type(
-            "BoundedWebSocket",
-            (_BoundedWebSocket,),
-            {"__slots__": (), "max_message": max_message_bytes},
-        )
-        self._clients: dict[str, _Connection] = {}
-        self._connections: set[_Connection] = set()
-        self._to_flush: list[_Connection] = []
+        self._clients: dict[str, Connection] = {}
+        self._connections: set[Connection] = set()
+        self._to_flush: list[Connection] = []
         self._flush_scheduled = False
         self._server: WSGIServer | None = None
         self._ticker: gevent.Greenlet | None = None
@@ -729,20 +171,15 @@ class SatelliteServer:
         # Over the cap a socket is answered 503 before any upgrade (GuardedWSGIServer).
         server = GuardedWSGIServer(
             (self.host, self.port),
-            self._app,
-            handler_class=_QuietWebSocketHandler,
+            self._serve,
+            handler_class=_Handler,
             log=None,
             error_log=LogWriter("satellite", "WARNING"),
             max_connections=self.max_connections,
             name="satellite",
             **({"ssl_context": self.tls} if self.tls is not None else {}),
         )
-        quiet = logging.getLogger("electric.satellite.geventwebsocket")
-        quiet.addHandler(logging.NullHandler())
-        quiet.propagate = False
-        server.logger = quiet
-        # Only /ws may upgrade: other paths are answered 404 without a handshake.
-        server.pre_start_hook = lambda handler: handler.environ.get("PATH_INFO") != WS_PATH
+        server.read_buffer = self.limits.read_buffer  # for _Handler
         server.start()
         self._server = server
         self._ticker = gevent.spawn(self._tick_all)
@@ -791,7 +228,7 @@ class SatelliteServer:
                     "max_connections": self.max_connections, "refused_connections": 0}
         return self._server.listener_status()
 
-    def _flush_later(self, conn: _Connection) -> None:
+    def _flush_later(self, conn: Connection) -> None:
         self._to_flush.append(conn)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -819,9 +256,11 @@ class SatelliteServer:
             return self.tail.subscribe(offset)
         return self.open_stream(offset)
 
-    def status(self, max_clients: int = STATUS_MAX_CLIENTS) -> dict[str, Any]:
+    def status(self, max_clients: int | None = None) -> dict[str, Any]:
         """Operator view: counts, the shared tail, and up to ``max_clients`` sessions."""
         connections = list(self._connections)
+        if max_clients is None:
+            max_clients = self.limits.status_max_clients
         return {
             "port": self.port,
             "clients_connected": len(self._clients),
@@ -830,32 +269,17 @@ class SatelliteServer:
             "oplog_cache": self.oplog_cache.status(),
             "slow_disconnects": self.slow_disconnects,
             "clients": [c.session.status() for c in connections[:max_clients]],
-            "streams_held": [{"client": c.client_id, **c.stream_held}
-                             for c in connections if c.stream_held is not None],
+            "streams_held": [_held_status(c) for c in connections
+                             if c.session.held_at() is not None],
             "clients_truncated": len(connections) > max_clients,
         }
 
     # -- the WSGI application -------------------------------------------------------------
 
-    def _app(self, environ: dict, start_response: Callable) -> list[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path != WS_PATH:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found\n"]
-        ws = environ.get("wsgi.websocket")
-        if ws is None:
-            start_response(
-                "426 Upgrade Required",
-                [
-                    ("Connection", "upgrade"),
-                    ("Upgrade", "websocket"),
-                    ("Content-Type", "text/plain"),
-                ],
-            )
-            return [b"websocket upgrade required\n"]
-        ws.__class__ = self._ws_class
+    def _serve(self, environ: dict, sock: Any, rfile: Any) -> None:
+        """One upgraded socket, until it closes (run by its pywsgi handler greenlet)."""
         peer = f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
-        conn = _Connection(self, ws, peer)
+        conn = Connection(self, sock, rfile, peer)
         self._connections.add(conn)
         try:
             conn.run()
@@ -863,12 +287,11 @@ class SatelliteServer:
             conn.log.exception("websocket handler failed")
         finally:
             self._connections.discard(conn)
-        return []
 
     # -- client id registry (node-local) ---------------------------------------------------
 
-    def _claim(self, client_id: str, conn: _Connection) -> bool:
-        deadline = time.monotonic() + self.claim_grace
+    def _claim(self, client_id: str, conn: Connection) -> bool:
+        deadline = time.monotonic() + self.limits.claim_grace
         while True:
             holder = self._clients.get(client_id)
             if holder is None or holder is conn:
@@ -879,6 +302,6 @@ class SatelliteServer:
                 return False
             holder.released.wait(remaining)
 
-    def _release(self, client_id: str, conn: _Connection) -> None:
+    def _release(self, client_id: str, conn: Connection) -> None:
         if self._clients.get(client_id) is conn:
             del self._clients[client_id]

@@ -2,10 +2,12 @@
 
 Events go in as method calls (a websocket payload arrived, the Vaxine stream produced a
 transaction, a client transaction is durably written, the ping timer fired, …) and every
-method returns the list of :class:`Action` objects the I/O layer (``server.py``) must carry
+method returns the list of :class:`Action` objects the I/O layer (``connection.py``) must carry
 out, in order: frames to send, a close, a client id to claim, an outgoing stream to start or
-stop, a transaction to write. Nothing here touches sockets, greenlets or files, so the whole
-session rules of docs/protocols.md §1.3 are unit-testable with plain calls.
+stop, a transaction to write (:mod:`electric.satellite.actions`). Nothing here touches
+sockets, greenlets or files, so the whole session rules of docs/protocols.md §1.3 are
+unit-testable with plain calls. The SatOpLog codec is :mod:`electric.satellite.oplog`, the
+encoding of outgoing transactions for this client :mod:`electric.satellite.outgoing`.
 
 Differences from the reference, on purpose (ids of docs/gaps.md):
 
@@ -31,101 +33,52 @@ import enum
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
 from loguru import logger
 
 from electric import metrics, sync_rules
-from electric.changes import (
-    Change,
-    DeletedRecord,
-    NewRecord,
-    Record,
-    Transaction,
-    TruncatedRelation,
-    UpdatedRecord,
-)
+from electric.changes import Change, Record, Transaction
+from electric.limits import DEFAULT, SatelliteLimits
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
+from electric.satellite.actions import (
+    Action,
+    ClaimClient,
+    Close,
+    Send,
+    StartOutgoing,
+    StopOutgoing,
+    WriteTransaction,
+)
 from electric.satellite.auth import AuthError, Identity
-from electric.satellite.lsn import InvalidLsn, StartOffset, decode_offset, describe, encode_offset
+from electric.satellite.lsn import describe
+from electric.satellite.oplog import (
+    ClientRelation,
+    IncomingTransaction,
+    ProtocolViolation,
+    apply_op,
+)
 from electric.satellite.oplog_cache import OplogCache, SharedOplog
-
-PING_INTERVAL = 5.0
-"""Seconds between liveness ticks (reference: 5 s, hard-coded)."""
-AUTH_TIMEOUT = 10.0
-"""A socket that has not authenticated this long after opening is closed."""
-
-CLOSE_UNSUPPORTED_DATA = 1003
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-# -- actions (what the I/O layer must do) ---------------------------------------------------
-
-
-# Outgoing transactions with more changes than this go out as several SatOpLogs of at most
-# STREAMED_PIECE operations each.
-STREAMED_TRANSACTION = 5000
-STREAMED_PIECE = 2000
-
-
-@dataclass(frozen=True)
-class Send:
-    msg: Message
-    # Pre-encoded frame when the caller already has it (shared outgoing transactions).
-    raw: bytes | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def data(self) -> bytes:
-        return self.raw if self.raw is not None else frames.encode(self.msg)
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the websocket. ``code=None`` sends a close frame without a status code, which
-    is what the reference does after an error reply."""
-
-    code: int | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class ClaimClient:
-    """Take the node-wide lock on ``client_id`` (waiting up to 1 s for a dying previous
-    socket), read the client's persisted lsn, then call :meth:`Session.client_claimed` or
-    :meth:`Session.client_claim_failed`."""
-
-    client_id: str
-    user_id: str
-
-
-@dataclass(frozen=True)
-class StartOutgoing:
-    """Open a WAL stream from ``offset`` and feed it to :meth:`Session.vaxine_transaction`
-    tagged with ``subscription``."""
-
-    subscription: int
-    offset: StartOffset
-
-
-@dataclass(frozen=True)
-class StopOutgoing:
-    subscription: int
-
-
-@dataclass(frozen=True)
-class WriteTransaction:
-    """Write ``transaction`` to Vaxine (nothing to write if it has no changes), fsync
-    ``transaction.lsn`` as this client's offset, then call :meth:`Session.transaction_written`.
-    Transactions must be written in the order they are emitted."""
-
-    transaction: Transaction
-
-
-Action = Send | Close | ClaimClient | StartOutgoing | StopOutgoing | WriteTransaction
+from electric.satellite.outgoing import (
+    HeldAt,
+    HeldTransaction,
+    OutgoingEncoder,
+    OutRep,
+    TableLookup,
+    held_too_long,
+    hold,
+    release,
+    start_offset,
+)
+from electric.satellite.websocket import CLOSE_UNSUPPORTED_DATA
+from electric.satellite.write_checks import (
+    check_primary_keys,
+    refused_as_sent,
+    refused_as_stored,
+    rows_to_verify,
+)
 
 
 class InStatus(enum.Enum):
@@ -135,50 +88,15 @@ class InStatus(enum.Enum):
     PAUSED = "paused"
 
 
-class ProtocolViolation(Exception):
-    """Raised inside handlers; turned into ``SatErrorResp{code}`` + close."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-@dataclass
-class ClientRelation:
-    schema: str
-    table: str
-    columns: list[str]
-
-
-@dataclass
-class OutRep:
-    active: bool = False
-    subscription: int | None = None
-    offset: StartOffset | None = None
-    # Relations announced with SatRelation since the current start (cleared on every start).
-    known_relations: set[tuple[str, str]] = field(default_factory=set)
-    # Last lsn the client reported in a SatPingResp (informational).
-    client_lsn: bytes | None = None
-    sync_batch_size: int = 0
-    sent_transactions: int = 0
-    # Started from the start of the log and nothing sent yet: the client holds no row, so
-    # a filtered client need not be sent deletes in its first transaction (a snapshot).
-    empty_client: bool = False
-
-
 @dataclass
 class InRep:
     status: InStatus = InStatus.NONE
     relations: dict[int, ClientRelation] = field(default_factory=dict)
-    incomplete: Transaction | None = None
+    incomplete: IncomingTransaction | None = None
     # lsns handed to the writer and not yet acknowledged, oldest first.
     in_flight: list[bytes] = field(default_factory=list)
     written: int = 0
 
-
-TableLookup = Callable[[tuple[str, str]], Any]
-"""``(schema, table) -> electric.changes.Table | None`` (usually ``SchemaRegistry.table``)."""
 
 BindFilter = Callable[[Mapping[str, Any]], "sync_rules.EffectiveFilter | None"]
 """A client's claims -> its effective filter, ``None`` without sync rules (every row); raises
@@ -207,20 +125,18 @@ class Session:
         cluster_id: str,
         now: float = 0.0,
         peer: str = "",
-        ping_interval: float = PING_INTERVAL,
+        limits: SatelliteLimits = DEFAULT.satellite,
         oplog_cache: OplogCache | None = None,
         bind_filter: BindFilter | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._bind_filter = bind_filter
-        # Bound at authentication from the token's claims; None: no rules, every row.
-        self.filter: sync_rules.EffectiveFilter | None = None
         self.writes_refused = 0
         self._lookup_table = lookup_table
         self.cluster_id = cluster_id
         self.peer = peer
-        self.ping_interval = ping_interval
-        self.oplog_cache = oplog_cache
+        self.limits = limits
+        self.ping_interval = limits.ping_interval
         self.opened_at = now
         self.authenticated = False
         self.claim_pending = False
@@ -232,6 +148,25 @@ class Session:
         self.out = OutRep()
         self.inc = InRep()
         self.log = logger.bind(origin="satellite", sq_client=peer, cluster_id=cluster_id)
+        self._encoder = OutgoingEncoder(lookup_table, oplog_cache, limits, self.log)
+
+    @property
+    def filter(self) -> sync_rules.EffectiveFilter | None:
+        """The client's sync rules filter, bound at authentication from the token's claims;
+        ``None``: no rules, every row."""
+        return self._encoder.filter
+
+    @filter.setter
+    def filter(self, value: sync_rules.EffectiveFilter | None) -> None:
+        self._encoder.filter = value
+
+    @property
+    def oplog_cache(self) -> OplogCache | None:
+        return self._encoder.oplog_cache
+
+    @oplog_cache.setter
+    def oplog_cache(self, cache: OplogCache | None) -> None:
+        self._encoder.oplog_cache = cache
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -274,7 +209,7 @@ class Session:
         if self.closed:
             return []
         if not self.authenticated:
-            limit = AUTH_TIMEOUT * self.ping_interval / PING_INTERVAL
+            limit = self.limits.auth_timeout
             if not self.claim_pending and now - self.opened_at >= limit:
                 self.log.info("client did not authenticate within {:.1f}s, disconnecting", limit)
                 self.closed = True
@@ -312,25 +247,63 @@ class Session:
     def vaxine_transaction(
         self, subscription: int, transaction: Transaction, offset: Any
     ) -> Iterable[Action]:
-        """The outgoing stream produced ``(transaction, offset)``. For a big transaction the
-        actions are an iterator: take them in order, each as it comes."""
+        """The outgoing stream produced ``(transaction, offset)``. For a big transaction, or
+        one the registry cannot describe yet (a :class:`HeldTransaction`), the actions are
+        an iterator: take them in order, each as it comes; on :class:`AwaitTables` wait and
+        go on with the same iterator."""
         if self.closed or not self.out.active or subscription != self.out.subscription:
             return []  # stale event from a stopped stream
+        start = self.out.offset
+        if isinstance(start, tuple) and isinstance(offset, tuple | list) and tuple(offset) == start:
+            return []  # the resume position itself (a stream starts there): the client has it
+        big = len(transaction.changes) > self.limits.streamed_transaction
+        if not big:
+            # Right after a start the registry is empty until the connectors have described
+            # their tables, while a reconnecting client already resumes from its offset. A
+            # change that cannot be described must not go out as an empty transaction whose
+            # lsn the client then acknowledges (a delete lost for good): the stream waits.
+            # (A big transaction is checked as it is read, see OutgoingEncoder.streamed.)
+            missing = self._encoder.missing_tables(transaction)
+            if missing:
+                return HeldTransaction(self._held(subscription, transaction, offset, missing))
         empty, self.out.empty_client = self.out.empty_client, False
-        if len(transaction.changes) > STREAMED_TRANSACTION:
+        if big:
             self.out.sent_transactions += 1
             changes: Iterable[Change] = transaction.changes
             if self.filter is not None:
                 # Lazily: a big transaction (a snapshot) is never whole in memory.
-                changes = self._visible_lazily(transaction, empty)
-            return self._serialize_streamed(transaction, offset, changes)
+                changes = self._encoder.visible_lazily(transaction, empty)
+            return self._encoder.streamed(self.out, transaction, offset, changes)
         try:
-            actions = self._serialize_outgoing(transaction, offset, empty)
+            actions = self._encoder.encode(self.out, transaction, offset, empty)
         except Exception as exc:
             self.log.exception("cannot serialise outgoing transaction at {}", offset)
             return self._fail(frames.INTERNAL, f"internal failure: {type(exc).__name__}")
         self.out.sent_transactions += 1
         return actions
+
+    def _held(self, subscription: int, transaction: Transaction, offset: Any,
+              missing: list) -> Iterator[Action]:
+        out = self.out
+        while missing:
+            yield hold(out, offset, missing)
+            if not out.active:
+                return  # stopped while held
+            missing = self._encoder.missing_tables(transaction)
+        release(out, self.log)
+        yield from self.vaxine_transaction(subscription, transaction, offset)
+
+    def tables_awaited(self, now: float) -> list[Action]:
+        """The outgoing stream has been waiting for the schema registry (see
+        :class:`AwaitTables`) until ``now``: past ``table_wait`` it is reported, once."""
+        if not self.closed:
+            held_too_long(self.out, now, self.limits, self.log, self.client_id)
+        return []
+
+    def held_at(self) -> HeldAt | None:
+        """Where the outgoing stream waits for the registry, once reported (for the status)."""
+        held = self.out.held
+        return held if held is not None and held.reported else None
 
     def shared_oplog(self, subscription: int, transaction: Transaction,
                      offset: Any) -> SharedOplog | None:
@@ -338,28 +311,16 @@ class Session:
         transaction and this socket needs nothing else before it (every table announced,
         same table descriptions), the shared encoding to send as it is (counted as sent);
         otherwise ``None`` and the caller goes through :meth:`vaxine_transaction`."""
-        cache = self.oplog_cache
-        if (cache is None or self.closed or not self.out.active
-                or subscription != self.out.subscription
-                or (self.out.empty_client and self.filter is not None)):
+        if self.closed or not self.out.active or subscription != self.out.subscription:
             return None
-        hit = cache.get_tx(transaction, offset, self.filter)
-        if hit is None:
-            return None
-        known, lookup = self.out.known_relations, self._lookup_table
-        for relation, table in hit.relations:
-            if table is None or relation not in known or lookup(relation) is not table:
-                return None
-        self.out.sent_transactions += 1
-        metrics.encoding_reused("satellite")
-        return hit
+        return self._encoder.shared(self.out, transaction, offset)
 
     def outgoing_failed(self, subscription: int, reason: str) -> list[Action]:
         """The outgoing stream gave up. Tell the client and let it start again (no close)."""
         if self.closed or subscription != self.out.subscription or not self.out.active:
             return []
         self.log.warning("outgoing replication stopped: {}", reason)
-        self.out = OutRep(client_lsn=self.out.client_lsn)
+        self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         return [StopOutgoing(subscription), Send(frames.error(frames.REPLICATION_FAILED))]
 
     def transaction_written(self, lsn: bytes) -> list[Action]:
@@ -406,7 +367,7 @@ class Session:
         actions: list[Action] = []
         if self.out.active and self.out.subscription is not None:
             actions.append(StopOutgoing(self.out.subscription))
-        self.out = OutRep()
+        self._replace_out(OutRep())
         self.closed = True
         return actions
 
@@ -436,9 +397,16 @@ class Session:
         actions: list[Action] = []
         if self.out.active and self.out.subscription is not None:
             actions.append(StopOutgoing(self.out.subscription))
-            self.out.active = False
+            self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         actions += [Send(frames.error(code)), Close(None, reason)]
         return actions
+
+    def _replace_out(self, new: OutRep) -> None:
+        """The outgoing stream stops (or restarts): a stream held for the registry is
+        released, and iterators still working on the old one stop."""
+        release(self.out, self.log, "the stream stopped")
+        self.out.active = False
+        self.out = new
 
     def _request_incoming(self, stored_lsn: bytes) -> list[Action]:
         actions: list[Action] = []
@@ -488,7 +456,7 @@ class Session:
         self.client_id = msg.id
         self.user_id = user_id
         self.claim_pending = True
-        self.log = self.log.bind(client_id=msg.id, user_id=user_id)
+        self.log = self._encoder.log = self.log.bind(client_id=msg.id, user_id=user_id)
         if self.filter is not None and self.filter.problems:
             # The client sees fewer rows; worth one line, never the claim values.
             self.log.info("sync rules for client {!r}: {}", msg.id,
@@ -517,14 +485,14 @@ class Session:
             # A second start while streaming: restart cleanly from the new position.
             actions.append(StopOutgoing(self.out.subscription))
         sub = next(self._subscription_ids)
-        self.out = OutRep(
+        self._replace_out(OutRep(
             active=True,
             subscription=sub,
             offset=offset,
             client_lsn=self.out.client_lsn,
             sync_batch_size=msg.sync_batch_size,
             empty_client=offset == 0,
-        )
+        ))
         self.log.info("outgoing replication starting from {}", offset)
         actions += [StartOutgoing(sub, offset), Send(pb.SatInStartReplicationResp())]
         return actions
@@ -544,7 +512,7 @@ class Session:
                 frames.INVALID_REQUEST, "stop requested but outgoing replication is not active"
             )
         sub = self.out.subscription
-        self.out = OutRep(client_lsn=self.out.client_lsn)
+        self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         self.log.info("outgoing replication stopped by the client")
         return [StopOutgoing(sub), Send(pb.SatInStopReplicationResp())]
 
@@ -566,7 +534,7 @@ class Session:
         actions: list[Action] = []
         if self.out.active and self.out.subscription is not None:
             actions.append(StopOutgoing(self.out.subscription))
-            self.out.active = False
+            self._replace_out(OutRep(client_lsn=self.out.client_lsn))
         self.closed = True
         return [*actions, Close(None, "client sent SatErrorResp")]
 
@@ -593,95 +561,20 @@ class Session:
         return actions
 
     def _apply_op(self, op: pb.SatTransOp) -> Transaction | None:
-        kind = op.WhichOneof("op")
-        tx = self.inc.incomplete
-        if kind is None:
-            raise ProtocolViolation(frames.INVALID_REQUEST, "empty SatTransOp")
-        if kind == "begin":
-            if tx is not None:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "begin inside an open transaction")
-            if not op.begin.lsn:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "begin with an empty lsn")
-            self.inc.incomplete = Transaction(
-                changes=[],
-                commit_timestamp=ms_to_datetime(op.begin.commit_timestamp),
-                origin=self.client_id,
-                publication="",
-                lsn=bytes(op.begin.lsn),
-            )
-            return None
-        if tx is None:
-            raise ProtocolViolation(frames.INVALID_REQUEST, f"{kind} outside a transaction")
-        if kind == "commit":
-            self.inc.incomplete = None
-            return tx
-        if kind == "insert":
-            rel = self._client_relation(op.insert.relation_id)
-            if not op.insert.row_data:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "insert with empty row_data")
-            tx.changes.append(NewRecord((rel.schema, rel.table), _zip(rel, op.insert.row_data)))
-        elif kind == "update":
-            rel = self._client_relation(op.update.relation_id)
-            if not op.update.row_data:
-                raise ProtocolViolation(frames.INVALID_REQUEST, "update with empty row_data")
-            # The old row is what per-column merge compares with, so it is only taken when it
-            # has a value for every column: clients leave NULL columns out of old_row_data,
-            # which shifts the rest, and a shifted old row could hide a real change.
-            old = (_zip(rel, op.update.old_row_data)
-                   if len(op.update.old_row_data) == len(rel.columns) else None)
-            tx.changes.append(
-                UpdatedRecord((rel.schema, rel.table), _zip(rel, op.update.row_data), old)
-            )
-        elif kind == "delete":
-            rel = self._client_relation(op.delete.relation_id)
-            tx.changes.append(
-                DeletedRecord((rel.schema, rel.table), _zip(rel, op.delete.old_row_data))
-            )
-        return None
-
-    def _client_relation(self, relation_id: int) -> ClientRelation:
-        rel = self.inc.relations.get(relation_id)
-        if rel is None:
-            raise ProtocolViolation(
-                frames.INVALID_REQUEST, f"unknown relation id {relation_id} (no SatRelation sent)"
-            )
-        return rel
+        self.inc.incomplete, done = apply_op(op, self.inc.incomplete, self.inc.relations,
+                                             self.client_id)
+        return done
 
     def _validate_transaction(self, tx: Transaction) -> None:
-        """Refuse before queueing what the writer could never store (reference: writer
-        crash, transaction silently lost).
-
-        A table the registry does not know (yet) is left to the writer: right after start-up
-        the Postgres connectors may still be describing their tables, so the I/O layer waits
-        a little for it before refusing the transaction."""
-        for change in tx.changes:
-            table = self._lookup_table(change.relation)
-            if table is None:
-                continue
-            if isinstance(change, DeletedRecord):
-                record = change.old_record
-            elif isinstance(change, UpdatedRecord) and change.old_record:
-                record = change.old_record
-            else:
-                record = change.record
-            missing = [pk for pk in table.primary_keys if record.get(pk) is None]
-            if missing:
-                raise ProtocolViolation(
-                    frames.INVALID_REQUEST,
-                    f"{table.schema}.{table.name} change without primary key column(s) "
-                    + ", ".join(missing),
-                )
+        check_primary_keys(tx, self._lookup_table)
 
     def _check_rules(self, tx: Transaction) -> None:
         """Refuse a client transaction with any change outside its sync rules, as a whole
-        and before anything is queued (docs/sync-rules.md §4), judged on the old rows the
-        client sends; the writer judges again on the stored rows (:meth:`rows_to_verify`)."""
-        if self.filter is None:
-            return
-        for change in tx.changes:
-            reason = sync_rules.may_write(self.filter, change)
-            if reason is not None:
-                raise ProtocolViolation(frames.INVALID_REQUEST, self._refused(tx, change, reason))
+        and before anything is queued (docs/sync-rules.md §4); the writer judges again on
+        the stored rows (:meth:`rows_to_verify`)."""
+        refusal = refused_as_sent(self.filter, tx) if self.filter is not None else None
+        if refusal is not None:
+            raise ProtocolViolation(frames.INVALID_REQUEST, self._refused(tx, *refusal))
 
     def _refused(self, tx: Transaction, change: Change, reason: str) -> str:
         self.writes_refused += 1
@@ -691,171 +584,22 @@ class Session:
     def rows_to_verify(self, tx: Transaction) -> list[Change]:
         """The updates and deletes of ``tx`` to filtered tables: the writer looks up their
         stored rows and hands them to :meth:`verify_stored_rows` before writing."""
-        if self.filter is None:
-            return []
-        out = []
-        for change in tx.changes:
-            if isinstance(change, UpdatedRecord | DeletedRecord):
-                table = self.filter.table(change.relation)
-                if table is not None and not table.everything:
-                    out.append(change)
-        return out
+        return rows_to_verify(self.filter, tx)
 
     def verify_stored_rows(self, tx: Transaction, changes: list[Change],
                            stored: list[Record | None]) -> list[Action] | None:
-        """Judge ``changes`` (from :meth:`rows_to_verify`) again with the stored row as the
-        old row, so a client cannot reach another scope's row by sending a forged old row.
-        A row that is not stored is judged on what the client sent (already done). Returns
+        """Judge ``changes`` (from :meth:`rows_to_verify`) again on the stored rows, so a
+        client cannot reach another scope's row by sending a forged old row. Returns
         ``None`` when the transaction may be written, else the refusal's actions (error +
         close; none when the socket is closed already: still not written)."""
         if self.filter is None:
             return None
-        for change, row in zip(changes, stored, strict=True):
-            if row is None:
-                continue
-            if isinstance(change, UpdatedRecord):
-                judged: Change = UpdatedRecord(change.relation, change.record, row)
-            else:
-                judged = DeletedRecord(change.relation, row)
-            reason = sync_rules.may_write(self.filter, judged)
-            if reason is not None:
-                message = self._refused(tx, change, f"{reason} (as stored)")
-                self.log.warning("rejecting SatOpLog: {}", message)
-                return [] if self.closed else self._fail(frames.INVALID_REQUEST, message)
-        return None
-
-    # server → client
-
-    def _visible(self, tx: Transaction, empty: bool) -> tuple[list[Change], tuple]:
-        """What this client's filter lets through of ``tx`` (rows crossing its scope are
-        rewritten as inserts/deletes), and the outcome per change, which alone determines
-        it (the encoding's cache key). ``empty``: the client holds no row yet."""
-        assert self.filter is not None
-        return sync_rules.apply_traced(self.filter, tx.changes, self._key_columns, empty)
-
-    def _visible_lazily(self, tx: Transaction, empty: bool) -> Iterator[Change]:
-        assert self.filter is not None
-        flt, keys = self.filter, self._key_columns
-        for change in tx.changes:
-            sent = sync_rules.apply(flt, change, keys, empty)
-            if sent is not None:
-                yield sent
-
-    def _key_columns(self, relation: Any) -> list[str]:
-        table = self._lookup_table(relation)
-        return list(table.primary_keys) if table is not None else []
-
-    def _outgoing_table(self, relation: Any) -> Any:
-        """The table of an outgoing change, or ``None`` when the registry does not know it.
-        Unreachable from the server, which holds the stream until the registry knows every
-        table of the transaction (server._hold_for_tables); a caller that does not is told,
-        and the change is counted."""
-        table = self._lookup_table(relation)
-        if table is None:
-            metrics.skipped("satellite_unknown_table")
-            self.log.warning("skipping change to {}.{}: not in the schema registry", *relation)
-        return table
-
-    def _serialize_streamed(self, tx: Transaction, offset: Any,
-                            changes: Iterable[Change] | None = None) -> Iterator[Action]:
-        """A transaction too big to hold as one message: several SatOpLogs, Begin in the
-        first and Commit in the last (the client assembles a transaction across messages),
-        each built as the previous one is sent, so neither the transaction nor its encoding
-        is ever whole in memory. Relations go out before the first message using them."""
-        ts = datetime_to_ms(tx.commit_timestamp)
-        lsn = encode_offset(offset)
-        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
-        tables: dict[Any, Any] = {}
-        for change in tx.changes if changes is None else changes:
-            if isinstance(change, TruncatedRelation):
-                continue  # no representation in the protocol
-            relation = change.relation
-            if relation not in tables:
-                table = tables[relation] = self._outgoing_table(relation)
-                if table is not None and table.relation not in self.out.known_relations:
-                    self.out.known_relations.add(table.relation)
-                    yield Send(relation_message(table))
-            table = tables[relation]
-            if table is None:
-                continue
-            ops.append(_change_op(table, change))
-            if len(ops) >= STREAMED_PIECE:
-                yield Send(pb.SatOpLog(ops=ops))
-                ops = []
-        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
-        yield Send(pb.SatOpLog(ops=ops))
-
-    def _serialize_outgoing(self, tx: Transaction, offset: Any,
-                            empty: bool = False) -> list[Action]:
-        """``tx`` as this client receives it. A transaction its filter leaves empty still
-        goes out (Begin and Commit only) so that the client's lsn advances: its acks and
-        resume position never lag behind the log because of rows it does not see.
-        ``empty``: the client holds no row yet (its outcomes differ from its filter's usual
-        ones, so the per-filter entry is neither read nor written; the outcome-keyed one is
-        safe)."""
-        cache = self.oplog_cache
-        flt = self.filter
-        per_filter = cache is not None and not (empty and flt is not None)
-        if per_filter:
-            # Fast path for the shared tail: the very same Transaction object reaches every
-            # live socket; only the relation announcements differ per socket.
-            hit = cache.get_tx(tx, offset, flt)
-            if hit is not None and all(self._lookup_table(r) is t for r, t in hit.relations):
-                metrics.encoding_reused("satellite")
-                actions: list[Action] = []
-                for relation, table in hit.relations:
-                    if table is not None and relation not in self.out.known_relations:
-                        self.out.known_relations.add(relation)
-                        actions.append(Send(relation_message(table)))
-                actions.append(Send(hit.msg, raw=hit.raw))
-                return actions
-        actions = []
-        changes, outcomes = (tx.changes, None) if flt is None else self._visible(tx, empty)
-        ts = datetime_to_ms(tx.commit_timestamp)
-        tables: list[Any] = []
-        for change in changes:
-            table = None
-            if not isinstance(change, TruncatedRelation):  # no representation in 0.3.0
-                table = self._outgoing_table(change.relation)
-                if table is not None and table.relation not in self.out.known_relations:
-                    self.out.known_relations.add(table.relation)
-                    actions.append(Send(relation_message(table)))
-            tables.append(table)
-        # Every socket streaming the same Vaxine transaction sends the same SatOpLog bytes:
-        # build and encode it once (the offset identifies the transaction; the tables used
-        # are part of the key so a schema change is never served from a stale entry).
-        key = None
-        cache = self.oplog_cache
-        if cache is not None and isinstance(offset, int | tuple):
-            key = (offset, ts, len(tx.changes), tuple(map(id, tables)))
-            if outcomes is not None and changes:
-                # Filters giving this transaction the same outcomes send the same changes,
-                # so they share an encoding (an empty one is everybody's).
-                key += (outcomes,)
-            cached = cache.get(key)
-            if cached is not None:
-                if flt is not None and per_filter:  # this filter's next sockets' fast path
-                    relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
-                    cache.put_tx(tx, offset, tuple(relations.items()), cached[0], cached[1],
-                                 flt)
-                actions.append(Send(cached[0], raw=cached[1]))
-                return actions
-        lsn = encode_offset(offset)
-        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))]
-        for change, table in zip(changes, tables, strict=True):
-            if table is not None:
-                ops.append(_change_op(table, change))
-        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts, lsn=lsn)))
-        msg = pb.SatOpLog(ops=ops)
-        send = Send(msg, raw=frames.encode(msg))
-        metrics.transaction_encoded("satellite")
-        if key is not None and cache is not None:
-            cache.put(key, (msg, send.raw))
-            if per_filter:
-                relations = {c.relation: t for c, t in zip(changes, tables, strict=True)}
-                cache.put_tx(tx, offset, tuple(relations.items()), msg, send.raw, flt)
-        actions.append(send)
-        return actions
+        refusal = refused_as_stored(self.filter, changes, stored)
+        if refusal is None:
+            return None
+        message = self._refused(tx, *refusal)
+        self.log.warning("rejecting SatOpLog: {}", message)
+        return [] if self.closed else self._fail(frames.INVALID_REQUEST, message)
 
 
 _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
@@ -869,103 +613,3 @@ _HANDLERS: dict[str, Callable[[Session, Any], list[Action]]] = {
     pb.SatOpLog.DESCRIPTOR.full_name: Session._on_oplog,
     pb.SatErrorResp.DESCRIPTOR.full_name: Session._on_error,
 }
-
-
-# -- pure helpers ---------------------------------------------------------------------------
-
-
-def start_offset(msg: pb.SatInStartReplicationReq) -> StartOffset:
-    """Map a client's start request to a WAL stream start (docs/protocols.md §1.4)."""
-    options = set(msg.options)
-    if frames.OPT_FIRST_LSN in options:
-        return 0
-    if frames.OPT_LAST_LSN in options:
-        return "eof"
-    lsn = bytes(msg.lsn)
-    if lsn == b"eof":
-        return "eof"
-    if lsn == b"0":
-        return 0
-    if not lsn:
-        raise ProtocolViolation(frames.INVALID_REQUEST, "empty lsn without FIRST_LSN")
-    try:
-        return decode_offset(lsn)
-    except InvalidLsn as exc:
-        raise ProtocolViolation(
-            frames.INVALID_REQUEST, f"lsn {describe(lsn)} is not a valid offset: {exc}"
-        ) from None
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    try:
-        return _EPOCH + timedelta(milliseconds=ms)
-    except OverflowError:
-        raise ProtocolViolation(frames.INVALID_REQUEST, f"invalid commit_timestamp {ms}") from None
-
-
-def datetime_to_ms(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return max(0, (value - _EPOCH) // timedelta(milliseconds=1))
-
-
-def _zip(rel: ClientRelation, values: Any) -> Record:
-    """Column names ↔ values, truncated to the shorter list (as the reference does).
-
-    Values are stored as Postgres text, so they must be UTF-8."""
-    record: Record = {}
-    for name, value in zip(rel.columns, values, strict=False):
-        try:
-            record[name] = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolViolation(
-                frames.INVALID_REQUEST,
-                f"value of {rel.table}.{name} is not UTF-8 text (send the Postgres text form)",
-            ) from None
-    return record
-
-
-def _row(table: Any, record: Record | None) -> list[bytes]:
-    """Registry column order; NULL and absent columns both become empty bytes (no null
-    marker exists in this protocol version)."""
-    record = record or {}
-    out = []
-    for column in table.columns:
-        value = record.get(column.name)
-        if value is None:
-            out.append(b"")
-        elif isinstance(value, bytes):
-            out.append(value)
-        else:
-            out.append(str(value).encode("utf-8"))
-    return out
-
-
-def _change_op(table: Any, change: Any) -> pb.SatTransOp:
-    rel_id = table.oid
-    if isinstance(change, NewRecord):
-        return pb.SatTransOp(
-            insert=pb.SatOpInsert(relation_id=rel_id, row_data=_row(table, change.record))
-        )
-    if isinstance(change, UpdatedRecord):
-        old = _row(table, change.old_record) if change.old_record else []
-        return pb.SatTransOp(
-            update=pb.SatOpUpdate(
-                relation_id=rel_id, row_data=_row(table, change.record), old_row_data=old
-            )
-        )
-    if isinstance(change, DeletedRecord):
-        return pb.SatTransOp(
-            delete=pb.SatOpDelete(relation_id=rel_id, old_row_data=_row(table, change.old_record))
-        )
-    raise TypeError(f"unsupported change {type(change).__name__}")
-
-
-def relation_message(table: Any) -> pb.SatRelation:
-    return pb.SatRelation(
-        schema_name=table.schema,
-        table_type=pb.SatRelation.TABLE,
-        table_name=table.name,
-        relation_id=table.oid,
-        columns=[pb.SatRelationColumn(name=c.name, type=c.type_name) for c in table.columns],
-    )

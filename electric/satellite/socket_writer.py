@@ -1,15 +1,15 @@
 """Writing to one Satellite socket: the outgoing half of a connection (a mixin of
-``server._Connection``), kept apart because it is what decides who waits for whom.
+``connection.Connection``), kept apart because it is what decides who waits for whom.
 
 A frame is written straight to the socket (non-blocking) when nothing is queued before it:
 the common case, one syscall, no greenlet switch. Frames the shared tail hands over are
 written when the tail next waits, several transactions in one syscall per socket. What the
 kernel does not take is queued and written by a sender greenlet that exists only until the
 queue is empty; frames produced meanwhile join the queue and leave in one syscall. A
-producer that is this socket's own greenlet waits when more than MAX_OUT_BUFFER is queued
-(back-pressure); the shared tail never waits: past SLOW_CLIENT_BYTES the client is
+producer that is this socket's own greenlet waits when more than max_out_buffer (limits) is queued
+(back-pressure); the shared tail never waits: past slow_client_bytes (limits) the client is
 disconnected (CLOSE_TOO_SLOW) and resumes from its lsn when it reconnects. A peer that
-accepts no bytes for SEND_TIMEOUT is cut off.
+accepts no bytes for send_timeout (limits) is cut off.
 """
 
 from __future__ import annotations
@@ -20,38 +20,26 @@ from typing import Any
 import gevent
 import gevent.socket
 from gevent.event import Event
-from geventwebsocket.websocket import Header, WebSocket
 
 from electric import metrics
+from electric.satellite import websocket
 
-MAX_OUT_BUFFER = 1024 * 1024
-"""Bytes queued for one socket before its own stream greenlet (catch-up, big transactions)
-waits for the socket."""
-SLOW_CLIENT_BYTES = 4 * 1024 * 1024
-"""Bytes of live transactions queued for a socket that does not read them: past this the
-client is disconnected with CLOSE_TOO_SLOW (it reconnects and resumes from its lsn), so a
-stuck client never holds memory or anyone else up."""
-CLOSE_TOO_SLOW = 1013
-"""Close code for a client that fell too far behind (RFC 6455 "Try Again Later")."""
+# A client that fell too far behind is closed with "Try Again Later": it reconnects and
+# resumes from its lsn.
+CLOSE_TOO_SLOW = websocket.CLOSE_TRY_AGAIN_LATER
 
 
 class _SendTimeout(Exception):
     pass
 
 
-def binary_frame(payload: bytes) -> bytes:
-    """A whole unmasked binary websocket frame around ``payload``."""
-    return bytes(Header.encode_header(True, WebSocket.OPCODE_BINARY, b"", len(payload), 0)) \
-        + payload
-
-
 class SocketWriter:
-    """Needs from the connection: ``server`` (send_timeout, slow_client_bytes, close_grace,
-    slow_disconnects, _flush_later), ``ws``, ``log``, ``greenlets``, ``closing``, and the
-    attributes set in :meth:`_init_writer`."""
+    """Needs from the connection: ``server`` (limits, slow_disconnects, _flush_later),
+    ``frames``, ``log``, ``greenlets``, ``closing``, and the attributes set in
+    :meth:`_init_writer`."""
 
     server: Any
-    ws: Any
+    frames: Any  # the connection's websocket.FrameReader
     log: Any
     greenlets: list
     closing: bool
@@ -60,6 +48,7 @@ class SocketWriter:
     _flush_due = False
 
     def _init_writer(self, sock: Any) -> None:
+        self.sock = sock
         self.out: list[bytes] = []
         self.out_bytes = 0
         self._partial: bytes | None = None  # out[0] when it is the rest of a started frame
@@ -72,12 +61,12 @@ class SocketWriter:
     def _send(self, data: bytes) -> None:
         if self.closing:
             return
-        self._queue_frame(WebSocket.OPCODE_BINARY, data)
+        self._write_frame(websocket.binary_frame(data))
         if self._direct_depth:  # the shared tail: never waits
-            if self.out_bytes > self.server.slow_client_bytes:
+            if self.out_bytes > self.server.limits.slow_client_bytes:
                 self._too_slow()
             return
-        if self.out_bytes > MAX_OUT_BUFFER and gevent.getcurrent() is not self.sender:
+        if self.out_bytes > self.server.limits.max_out_buffer and gevent.getcurrent() is not self.sender:
             if self._drained is None:
                 self._drained = Event()
             self._drained.clear()
@@ -85,11 +74,7 @@ class SocketWriter:
 
     def queue_pong(self, payload: bytes) -> None:
         """Called by the websocket reader for a ping: the pong joins the ordered stream."""
-        self._queue_frame(WebSocket.OPCODE_PONG, payload)
-
-    def _queue_frame(self, opcode: int, payload: bytes) -> None:
-        header = bytes(Header.encode_header(True, opcode, b"", len(payload), 0))
-        self._write_frame(header + payload)
+        self._write_frame(websocket.frame(websocket.PONG, payload))
 
     def _write_frame(self, frame: bytes) -> None:
         if self.send_failed:
@@ -144,7 +129,7 @@ class SocketWriter:
         self.sender = gevent.spawn(self._sender_loop)
 
     def _too_slow(self) -> None:
-        """The client has SLOW_CLIENT_BYTES of live transactions it does not read: drop
+        """The client has slow_client_bytes (limits) of live transactions it does not read: drop
         them (it resumes from its lsn), keep a started frame whole, and close."""
         unsent = self.out_bytes
         keep = [self._partial] if self.out and self.out[0] is self._partial else []
@@ -163,12 +148,12 @@ class SocketWriter:
                 self._partial = None
                 if self._drained is not None:
                     self._drained.set()
-                with gevent.Timeout(self.server.send_timeout, _SendTimeout):
-                    self.ws.raw_write(b"".join(chunks))
+                with gevent.Timeout(self.server.limits.send_timeout, _SendTimeout):
+                    self.sock.sendall(b"".join(chunks))
         except gevent.GreenletExit:
             raise
         except _SendTimeout:
-            self.log.info("client stopped reading for {}s, disconnecting", self.server.send_timeout)
+            self.log.info("client stopped reading for {}s, disconnecting", self.server.limits.send_timeout)
             self._fail_sending()
         except Exception:
             self._fail_sending()
@@ -185,20 +170,18 @@ class SocketWriter:
             self._drained.set()
         self._cut()
 
-    def _close(self, code: int | None, reason: str) -> None:
+    def _close(self, code: int | None, reason: str, level: str = "INFO") -> None:
         if self.closing:
             return
-        self.log.info("closing connection: {}", reason or "done")
-        payload = b"" if code is None else code.to_bytes(2, "big") + reason.encode()[:120]
-        self._queue_frame(WebSocket.OPCODE_CLOSE, payload)
+        self.log.log(level, "closing connection: {}", reason or "done")
+        self._write_frame(websocket.close_frame(code, reason))
+        self.frames.sent_close()
         self.closing = True
         # Cut the socket if the peer never answers our close.
-        self.greenlets.append(gevent.spawn_later(self.server.close_grace, self._cut))
+        self.greenlets.append(gevent.spawn_later(self.server.limits.close_grace, self._cut))
 
     def _cut(self) -> None:
-        sock = getattr(self.ws.handler, "socket", None) if self.ws.handler else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

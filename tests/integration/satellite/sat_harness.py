@@ -94,6 +94,20 @@ class FakeWriter:
         self.written.append(tx)
 
 
+def server_options(kwargs: dict) -> dict:
+    """``SatelliteServer`` keyword arguments from a test's ``server_kwargs``: names of
+    :class:`~electric.limits.SatelliteLimits` fields go into its ``limits`` (with a short
+    ``table_wait``), the rest are passed as they are."""
+    from dataclasses import fields, replace
+
+    from electric.limits import DEFAULT
+
+    names = {f.name for f in fields(DEFAULT.satellite)}
+    limits = {"table_wait": 0.3, **{k: v for k, v in kwargs.items() if k in names}}
+    return {"limits": replace(DEFAULT.satellite, **limits),
+            **{k: v for k, v in kwargs.items() if k not in names}}
+
+
 @dataclass
 class ServerThread:
     """Runs SatelliteServer in a thread; ``stop()`` shuts it down."""
@@ -146,7 +160,7 @@ class ServerThread:
                 write_transaction=self.write_fn or self.writer,
                 open_stream=self.open_stream or self.stream.open,
                 offsets=self.offsets,
-                **{"table_wait": 0.3, **self.server_kwargs},
+                **server_options(self.server_kwargs),
             )
             self.server.start()
             self.port = self.server.port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import gevent
@@ -9,10 +10,16 @@ import pytest
 from gevent.event import Event
 
 from electric.changes import Transaction
+from electric.limits import DEFAULT, SatelliteLimits
 from electric.satellite.fanout import SharedTail
 from tests.support.waiting import wait_until
 
 TS = datetime(2022, 11, 23, tzinfo=UTC)
+
+
+def quick(**changes) -> SatelliteLimits:
+    """The default limits with a quick tail reopen (and whatever else a test sets)."""
+    return replace(DEFAULT.satellite, **{"tail_retry": 0.01, **changes})
 
 
 class FakeLog:
@@ -103,7 +110,7 @@ def log():
 
 
 def test_live_subscribers_share_one_stream(log):
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     outs = [[] for _ in range(3)]
     gs = [consume(tail.subscribe("eof"), out, 5) for out in outs]
     tail_open(log)
@@ -116,7 +123,7 @@ def test_live_subscribers_share_one_stream(log):
 
 def test_catch_up_from_zero_then_switch_without_gap_or_duplicate(log):
     log.push(10)
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     live: list = []
     g_live = consume(tail.subscribe("eof"), live, 20)
     tail_open(log)
@@ -137,7 +144,7 @@ def test_catch_up_from_zero_then_switch_without_gap_or_duplicate(log):
 
 def test_resume_from_offset(log):
     log.push(6)
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     out: list = []
     g = consume(tail.subscribe((3, 3)), out, 4)
     wait_until(lambda: out == [4, 5], timeout=2, what="the history after (3, 3)")
@@ -148,7 +155,7 @@ def test_resume_from_offset(log):
 
 
 def test_slow_subscriber_detached_then_resumes_privately(log):
-    tail = SharedTail(log.open, queue_limit=5, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick(queue_limit=5))
     fast: list = []
     slow: list = []
     held = Event()
@@ -168,7 +175,7 @@ def test_slow_subscriber_detached_then_resumes_privately(log):
 
 
 def test_tail_failure_subscribers_continue(log):
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     out: list = []
     g = consume(tail.subscribe("eof"), out, 10)
     tail_open(log)
@@ -186,7 +193,7 @@ def test_tail_failure_subscribers_continue(log):
 
 def test_tail_open_failure_retried(log):
     log.fail_opens = 1  # the tail's first connection attempt
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     out: list = []
     g = consume(tail.subscribe(0), out, 3)
     tail_open(log, times=2)  # refused once, then opened
@@ -197,7 +204,7 @@ def test_tail_open_failure_retried(log):
 
 
 def test_close_releases_everything(log):
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     sub = tail.subscribe("eof")
     out: list = []
     g = consume(sub, out, 100)
@@ -220,8 +227,8 @@ def test_random_mix_every_subscriber_sees_exact_sequence(log, seed):
 
     rnd = random.Random(seed)
     log.push(15)
-    tail = log.tail = SharedTail(log.open, queue_limit=rnd.choice([3, 8, 50]),
-                                 retry_seconds=0.005)
+    tail = log.tail = SharedTail(log.open, quick(queue_limit=rnd.choice([3, 8, 50]),
+                                                tail_retry=0.005))
     total = 80
     subs = []
     for _ in range(6):
@@ -277,7 +284,7 @@ def direct_subscriber(tail, start, out: list, refuse=lambda offset: False):
 
 def test_caught_up_subscribers_are_fed_by_the_tail_without_a_greenlet_of_their_own(log):
     log.push(3)
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     anchor: list = []
     g = consume(tail.subscribe("eof"), anchor, 7)  # keeps the tail running from eof
     gevent.sleep(0.01)
@@ -297,7 +304,7 @@ def test_caught_up_subscribers_are_fed_by_the_tail_without_a_greenlet_of_their_o
 
 
 def test_an_item_the_sink_refuses_is_queued_and_pumped_in_order(log):
-    tail = SharedTail(log.open, retry_seconds=0.01)
+    tail = SharedTail(log.open, quick())
     out: list = []
     sub, runs = direct_subscriber(tail, "eof", out, refuse=lambda offset: offset[1] == 2)
     gevent.sleep(0.01)

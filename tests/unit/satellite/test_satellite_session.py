@@ -5,7 +5,9 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loguru import logger
 
+from electric import metrics
 from electric.changes import (
     Column,
     DeletedRecord,
@@ -15,22 +17,23 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
+from electric.limits import DEFAULT
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from electric.satellite.auth import AuthError
-from electric.satellite.lsn import encode_offset
-from electric.satellite.session import (
-    AUTH_TIMEOUT,
+from electric.satellite.actions import (
+    AwaitTables,
     ClaimClient,
     Close,
-    InStatus,
-    OplogCache,
     Send,
-    Session,
     StartOutgoing,
     StopOutgoing,
     WriteTransaction,
 )
+from electric.satellite.auth import AuthError
+from electric.satellite.lsn import encode_offset
+from electric.satellite.oplog_cache import OplogCache
+from electric.satellite.outgoing import HeldTransaction
+from electric.satellite.session import InStatus, Session
 
 CLUSTER = "electric-development-cluster-0000"
 TABLE = Table(
@@ -60,8 +63,8 @@ def authenticate(token: str) -> str:
     return "user-" + token
 
 
-def new_session() -> Session:
-    return Session(authenticate, TABLES.get, CLUSTER, now=0.0, peer="127.0.0.1:1")
+def new_session(tables=None) -> Session:
+    return Session(authenticate, (tables or TABLES).get, CLUSTER, now=0.0, peer="127.0.0.1:1")
 
 
 def sent(actions):
@@ -83,8 +86,8 @@ def rx(session, msg, now=1.0):
     return session.receive(frames.encode(msg), now)
 
 
-def authed(stored_lsn=None, client_id="device-id-0000") -> Session:
-    s = new_session()
+def authed(stored_lsn=None, client_id="device-id-0000", tables=None) -> Session:
+    s = new_session(tables)
     actions = rx(s, pb.SatAuthReq(id=client_id, token="t"))
     assert actions == [ClaimClient(client_id, "user-t")]
     actions = s.client_claimed(stored_lsn)
@@ -288,13 +291,16 @@ def test_stop_then_restart_no_stray_error_and_relations_reannounced():
     assert [type(m).__name__ for m in sent(again)] == ["SatRelation", "SatOpLog"]
 
 
-def test_a_big_transaction_goes_out_as_several_oplogs_built_one_at_a_time():
-    from electric.satellite.session import STREAMED_PIECE, STREAMED_TRANSACTION
+def test_a_big_transaction_goes_out_as_several_oplogs_built_one_at_a_time(monkeypatch):
+    STREAMED_PIECE = DEFAULT.satellite.streamed_piece
+    STREAMED_TRANSACTION = DEFAULT.satellite.streamed_transaction
 
-    s = authed()
+    tables = dict(TABLES)
+    s = authed(tables=tables)
     sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
     n = STREAMED_TRANSACTION + 1
     produced = []
+    late = Table("nowhere", "unknown", 100003, (Column("id", "text"),), ("id",))
 
     class Changes:  # what a big logged transaction carries: read lazily, counted up front
         def __len__(self):
@@ -307,19 +313,27 @@ def test_a_big_transaction_goes_out_as_several_oplogs_built_one_at_a_time():
                 yield UpdatedRecord(table.relation, {"id": str(i), "content": "x"})
             yield UpdatedRecord(("nowhere", "unknown"), {"id": "z"})
 
-    actions = s.vaxine_transaction(sub, Transaction(Changes(), TS), (9, 9))
-    first = next(iter(actions))
+    actions = iter(s.vaxine_transaction(sub, Transaction(Changes(), TS), (9, 9)))
+    first = next(actions)
     assert isinstance(first, Send) and len(produced) <= 2  # nothing built ahead of sending
-    msgs = [first.msg] + sent(actions)
+    msgs = [first.msg]
+    for action in actions:  # up to the change to a table the registry does not know yet
+        if isinstance(action, AwaitTables):
+            break
+        msgs.append(action.msg)
+    assert action == AwaitTables(sub, ("nowhere.unknown",)) and len(produced) == n
+    assert next(actions) == AwaitTables(sub, ("nowhere.unknown",))  # still unknown: waits
+    tables[late.relation] = late
+    msgs += sent(actions)
     relations = [m for m in msgs if isinstance(m, pb.SatRelation)]
     oplogs = [m for m in msgs if isinstance(m, pb.SatOpLog)]
-    assert sorted(r.table_name for r in relations) == ["entries", "sqlite_server_test"]
+    assert sorted(r.table_name for r in relations) == ["entries", "sqlite_server_test", "unknown"]
     assert len(oplogs) > 1 and all(len(m.ops) <= STREAMED_PIECE + 1 for m in oplogs)
     ops = [op for m in oplogs for op in m.ops]
     assert ops[0].HasField("begin") and ops[-1].HasField("commit")
     assert not any(op.HasField("begin") or op.HasField("commit") for op in ops[1:-1])
     assert ops[0].begin.lsn == ops[-1].commit.lsn == encode_offset((9, 9))
-    assert len(ops) == n + 2  # the change to an unknown table is left out (logged)
+    assert len(ops) == n + 3  # every change, the one that waited for its table too
     # every relation is announced before the first message that uses it
     seen: set[int] = set()
     for m in msgs:
@@ -377,13 +391,12 @@ def test_o1_eleven_transactions_one_relation():
 
 def test_outgoing_vector_bytes():
     """A SatOpLog's bytes (docs/protocols.md §1.2), produced from a Transaction."""
-    s = authed()
-    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
     uuid = "911fee88-2a0f-4fff-9d71-0c3eb7c9a380"
     table = Table(
         "public", "entries", 100001, (Column("id", "uuid"), Column("content", "varchar")), ("id",)
     )
-    s._lookup_table = {table.relation: table}.get
+    s = authed(tables={table.relation: table})
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
     tx = Transaction([UpdatedRecord(table.relation, {"id": uuid, "content": "hello"})], TS)
     data = [a.data for a in s.vaxine_transaction(sub, tx, (5159, 9941)) if isinstance(a, Send)]
     assert data[0] == bytes.fromhex(
@@ -397,7 +410,7 @@ def test_outgoing_vector_bytes():
     )
 
 
-def test_outgoing_row_encoding_nulls_deletes_unknown_and_truncate():
+def test_outgoing_row_encoding_nulls_deletes_and_truncate():
     s = authed()
     sub = rx(s, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
     tx = Transaction(
@@ -408,7 +421,6 @@ def test_outgoing_row_encoding_nulls_deletes_unknown_and_truncate():
                 {"id": "1", "content": "old", "content_b": "b"},
             ),
             DeletedRecord(TABLE.relation, {"id": "2", "content": "z"}),
-            UpdatedRecord(("nope", "missing"), {"id": "3"}),
             TruncatedRelation(TABLE.relation),
         ],
         TS,
@@ -621,7 +633,7 @@ def test_any_message_counts_as_life():
 def test_unauthenticated_socket_times_out():
     s = new_session()
     assert s.tick(5.0) == []
-    assert s.tick(AUTH_TIMEOUT) == [Close(None, "authentication timeout")]
+    assert s.tick(DEFAULT.satellite.auth_timeout) == [Close(None, "authentication timeout")]
 
 
 def test_connection_lost_stops_stream():
@@ -661,9 +673,8 @@ def test_outgoing_oplog_shared_between_sessions_but_not_across_schema_changes():
         (*TABLE.columns, Column("extra", "text")),
         TABLE.primary_keys,
     )
-    c = authed(client_id="third")
+    c = authed(client_id="third", tables={wider.relation: wider})
     c.oplog_cache = cache
-    c._lookup_table = {wider.relation: wider}.get
     sub_c = rx(c, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
     (_, log) = sent(c.vaxine_transaction(sub_c, tx, (40, 41)))
     assert list(log.ops[1].update.row_data) == [b"1", b"x", b""]
@@ -724,3 +735,90 @@ def test_fuzz_op_sequences(ops):
         assert error_then_close(actions, frames.INVALID_REQUEST)
     for w in writes:
         assert w.transaction.lsn == b"1"
+
+
+# -- a table the schema registry does not know yet: the stream waits, nothing is skipped ------
+
+
+def error_lines():
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="ERROR")
+    return lines, sink
+
+
+def blocked_gauge() -> float:
+    return metrics.log_readers_blocked.labels("satellite")._value.get()
+
+
+def test_unknown_table_holds_the_stream_then_delivers_everything():
+    tables = dict(TABLES)
+    s = authed(tables=tables)
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
+    late = Table("public", "late", 100004, (Column("id", "text"),), ("id",))
+    tx = Transaction([NewRecord(TABLE.relation, {"id": "1", "content": "a"}),
+                      DeletedRecord(late.relation, {"id": "gone"})], TS)
+    lines, sink = error_lines()
+    gauge = blocked_gauge()
+    try:
+        actions = s.vaxine_transaction(sub, tx, (3, 4))
+        assert isinstance(actions, HeldTransaction)
+        it = iter(actions)
+        assert next(it) == AwaitTables(sub, ("public.late",))
+        s.tables_awaited(10.0)  # the wait starts
+        assert next(it) == AwaitTables(sub, ("public.late",))
+        s.tables_awaited(10.0 + DEFAULT.satellite.table_wait / 2)
+        assert lines == [] and s.held_at() is None  # connectors may still be describing it
+        assert next(it) == AwaitTables(sub, ("public.late",))
+        s.tables_awaited(10.0 + DEFAULT.satellite.table_wait)
+        s.tables_awaited(10.0 + DEFAULT.satellite.table_wait * 2)
+        assert len(lines) == 1  # one ERROR naming the table and the client
+        assert "public.late" in lines[0] and "device-id-0000" in lines[0]
+        assert "[3, 4]" in lines[0]
+        held = s.held_at()
+        assert (held.offset, held.tables) == ("[3, 4]", "public.late")
+        assert blocked_gauge() == gauge + 1
+        assert s.status()["sent_transactions"] == 0
+        tables[late.relation] = late  # the connector describes it
+        msgs = sent(it)
+        assert [type(m).__name__ for m in msgs] == ["SatRelation", "SatRelation", "SatOpLog"]
+        ops = msgs[-1].ops
+        assert [op.WhichOneof("op") for op in ops] == ["begin", "insert", "delete", "commit"]
+        assert list(ops[2].delete.old_row_data) == [b"gone"]
+        assert s.held_at() is None and blocked_gauge() == gauge
+        assert s.status()["sent_transactions"] == 1
+    finally:
+        logger.remove(sink)
+
+
+def test_a_stream_stopped_while_held_sends_nothing_and_is_released():
+    s = authed()
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"eof"))[0].subscription
+    tx = Transaction([NewRecord(("public", "never"), {"id": "1"})], TS)
+    gauge = blocked_gauge()
+    it = iter(s.vaxine_transaction(sub, tx, (5, 5)))
+    assert isinstance(next(it), AwaitTables)
+    s.tables_awaited(0.0)
+    s.tables_awaited(DEFAULT.satellite.table_wait)
+    assert s.held_at() is not None and blocked_gauge() == gauge + 1
+    rx(s, pb.SatInStopReplicationReq())
+    assert list(it) == []  # the old stream's actions end
+    assert s.held_at() is None and blocked_gauge() == gauge
+
+
+def test_held_actions_produce_nothing_until_taken():
+    """The shared tail's direct path drops a HeldTransaction and hands the transaction to
+    the socket's greenlet: asking must not change the session."""
+    s = authed()
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=b"0"))[0].subscription
+    tx = Transaction([NewRecord(("public", "never"), {"id": "1"})], TS)
+    assert isinstance(s.vaxine_transaction(sub, tx, (5, 5)), HeldTransaction)
+    assert s.out.held is None and s.out.empty_client and s.out.sent_transactions == 0
+
+
+def test_the_resume_position_itself_is_not_sent_again():
+    s = authed()
+    sub = rx(s, pb.SatInStartReplicationReq(lsn=encode_offset((3, 4))))[0].subscription
+    tx = Transaction([UpdatedRecord(TABLE.relation, {"id": "1", "content": "x"})], TS)
+    assert list(s.vaxine_transaction(sub, tx, (3, 4))) == []  # a stream starts with it
+    assert [type(m).__name__ for m in sent(s.vaxine_transaction(sub, tx, (5, 6)))] == \
+        ["SatRelation", "SatOpLog"]

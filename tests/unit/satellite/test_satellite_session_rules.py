@@ -4,20 +4,19 @@ from datetime import UTC, datetime
 
 from electric import metrics
 from electric.changes import Column, DeletedRecord, NewRecord, Table, Transaction, UpdatedRecord
+from electric.limits import DEFAULT
 from electric.pb import satellite_pb2 as pb
 from electric.satellite import frames
-from electric.satellite.auth import Identity
-from electric.satellite.lsn import encode_offset
-from electric.satellite.session import (
-    STREAMED_TRANSACTION,
+from electric.satellite.actions import (
     ClaimClient,
     Close,
-    FilterUnavailable,
-    OplogCache,
     Send,
-    Session,
     WriteTransaction,
 )
+from electric.satellite.auth import Identity
+from electric.satellite.lsn import encode_offset
+from electric.satellite.oplog_cache import OplogCache
+from electric.satellite.session import FilterUnavailable, Session
 from electric.sync_rules import effective_filter, parse
 
 ITEMS = Table(schema="public", name="items", oid=200001,
@@ -146,7 +145,7 @@ def test_without_rules_the_session_has_no_filter_and_sends_everything():
 
 def test_a_big_transaction_is_filtered_before_it_is_streamed():
     alice = session("alice")
-    changes = [NewRecord(ITEMS.relation, row(str(i), "bob")) for i in range(STREAMED_TRANSACTION)]
+    changes = [NewRecord(ITEMS.relation, row(str(i), "bob")) for i in range(DEFAULT.satellite.streamed_transaction)]
     changes.append(NewRecord(ITEMS.relation, row("mine", "alice")))
     relations, ops = received(alice, tx(*changes))
     assert relations == ["items"] and ops == [("insert", ["mine", "alice", "t"])]
