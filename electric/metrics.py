@@ -39,9 +39,6 @@ SKIP_REASONS = (
     # record lacks its key: the change stays in the log for everyone else; that subscriber
     # could not apply it.
     "table_not_at_subscriber",
-    # A log change sent to a Satellite client without its table (the server holds streams
-    # until the registry knows the table, so this stays 0).
-    "satellite_unknown_table",
 )
 for _reason in SKIP_REASONS:
     changes_skipped.labels(_reason)
