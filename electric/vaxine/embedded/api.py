@@ -4,7 +4,9 @@ Served: 119→124, 118→111, 116→126, 121→127, 120→111, 122→127, 123→
 request gets ``ApbErrorResp`` (errcode 0), as the real server does for 135. Types: RRMAP,
 LWWREG and FLAG_DW (nested in maps too); other CRDT types are refused with an error reply.
 
-Failures inside a transaction abort it (the client then sees the transaction as unknown).
+A refused update inside a transaction aborts it (the client then sees the transaction as
+aborted); a refused read (a type we do not serve, or a key read as the wrong type) only
+gets an error reply, and the transaction goes on: it has changed nothing.
 A descriptor that is not an Erlang term gets ``ApbErrorResp`` ("error: badarg", like the real
 server); a well-formed descriptor of a transaction that is not running gets the typed
 response with ``success = false, errorcode = 3`` (aborted). Transactions belong to the
