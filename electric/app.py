@@ -39,8 +39,6 @@ from electric.vaxine.pool import VaxinePool
 from electric.vaxine.stream import WalStream
 from electric.vaxine.stream import blocked_readers as wal_blocked_readers
 
-SYNC_RULES_WAIT = 30.0
-"""How long a Satellite client authenticating at start-up waits for the sync rules check."""
 STAGE_LISTENERS, STAGE_PRODUCERS, STAGE_VAXINE, STAGE_FILES = range(4)
 
 
@@ -202,9 +200,9 @@ class Application:
     def _rules_for_session(self) -> sync_rules.RuleSet:
         """The checked rules for a Satellite client authenticating: a client arriving before
         the connectors have described their tables waits for the check (up to
-        SYNC_RULES_WAIT seconds), then is refused and retries; it never gets an unfiltered
+        ``ServiceLimits.sync_rules_wait``), then is refused and retries; it never gets an unfiltered
         or unchecked view."""
-        if not self._sync_rules_checked.wait(SYNC_RULES_WAIT) or self.sync_rules is None:
+        if not self._sync_rules_checked.wait(self.limits.service.sync_rules_wait) or self.sync_rules is None:
             raise FilterUnavailable("sync rules are not checked yet (connectors starting)")
         return self.sync_rules
 

@@ -67,7 +67,8 @@ Position = int | bytes | tuple[int, int] | None
   reader; acknowledged to the slot once the transaction is durable;
 * ``bytes``: the lsn a Satellite client sent with it (opaque to Electric, echoed back in the
   acknowledgement);
-* ``tuple[int, int]``: a Vaxine offset (the log position it was read back at);
+* ``tuple[int, int]``: a Vaxine offset (the log position it was read back at), an
+  ``electric.vaxine.offset.VaxineOffset`` (a ``NamedTuple``, so a tuple here);
 * ``None``: not known (read back from the log without one, or built by Electric itself, e.g.
   an initial-sync copy).
 """

@@ -254,7 +254,7 @@ class StoreLimits:
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """Everything else: offsets file, HTTP, shutdown, TLS."""
+    """Everything else: offsets file, HTTP, shutdown, TLS, the sync rules check."""
 
     # One offset-file record is never anywhere near this; a larger length field read back
     # is corruption, and the cap keeps a garbage length from allocating gigabytes.
@@ -266,6 +266,9 @@ class ServiceLimits:
     # Seconds a TLS handshake may take, so a peer that connects and sends nothing does not
     # hold a connection slot.
     tls_handshake_timeout: float = 10.0
+    # Seconds a Satellite client authenticating at start-up waits for the sync rules to be
+    # checked against the connectors' tables before it is refused (it then retries).
+    sync_rules_wait: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -232,16 +232,6 @@ def test_delete_by_key_then_reinsert(pg, conn):
     assert rows(conn, "SELECT title FROM ups.items") == [("State2",)]
 
 
-def test_sql_quotes_identifiers():
-    assert upsert.quote_ident('a"b') == '"a""b"'
-    sql = upsert.trigger_sql(("my schema", 'T"x'))
-    assert 'ON "my schema"."T""x"' in sql
-    assert "ENABLE REPLICA TRIGGER" in sql
-    with pytest.raises(ValueError):
-        upsert.quote_ident("a\0b")
-
-
-
 # -- per-table static functions ---------------------------------------------------------
 
 
@@ -402,8 +392,3 @@ def test_non_superuser_falls_back_to_the_generic_function(pg, conn):
     finally:
         run(conn, "DROP TABLE ups.owned")
         run(conn, "DROP OWNED BY ups_owner; DROP ROLE ups_owner")
-
-
-def test_trigger_sql_with_a_static_function():
-    sql = upsert.trigger_sql(("s", "t"), function='"electric"."upsert_42"')
-    assert 'EXECUTE FUNCTION "electric"."upsert_42"();' in sql

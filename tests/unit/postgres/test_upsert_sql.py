@@ -47,6 +47,12 @@ def test_trigger_sql_quotes_both_parts_and_the_function_schema():
     assert 'EXECUTE FUNCTION "Fn Schema"."replication_upsert"();' in sql
 
 
+def test_trigger_sql_with_a_table_s_own_static_function():
+    sql = upsert.trigger_sql(("s", "t"), function='"electric"."upsert_42"')
+    assert 'EXECUTE FUNCTION "electric"."upsert_42"();' in sql
+    assert "replication_upsert" not in sql
+
+
 def test_trigger_sql_accepts_a_relation_given_as_a_list():
     assert upsert.trigger_sql(["s", "t"]) == upsert.trigger_sql(("s", "t"))
 
