@@ -101,9 +101,11 @@ def test_a_missing_table_is_named_and_nothing_is_installed(conn):
     assert ("ups", "items") not in upsert.installed_tables(conn)  # rolled back as a whole
 
 
-def test_a_subscription_set_up_is_held_at_a_missing_table_until_it_exists(conn):
+def test_a_subscription_set_up_is_held_at_a_missing_table_until_it_exists(pg, conn):
     """One ERROR naming the table, the state (status, metrics) says so while it lasts, the
-    set-up is retried and completes once the table is there."""
+    set-up is retried and completes once the table is there. The set-up has a connection of
+    its own, as in production: the test creates the table on ``conn`` while the set-up's
+    greenlet may be inside a query, and one psycopg2 connection cannot serve both."""
     from gevent.event import Event
     from loguru import logger
 
@@ -119,9 +121,11 @@ def test_a_subscription_set_up_is_held_at_a_missing_table_until_it_exists(conn):
     lines = []
     sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])),
                       level="INFO")
+    setup_conn = psycopg2.connect(pg.dsn())
+    setup_conn.autocommit = True
     try:
         setup = gevent.spawn(subscribe_when_ready, "pg_1", ready,
-                             lambda: upsert.install(conn, relations),
+                             lambda: upsert.install(setup_conn, relations),
                              Policy(0.01, 0.05), state)
         wait_until(lambda: state.failures >= 5, what="five attempts held at the table")
         assert state.blocked == "upsert trigger cannot be installed: table ups.later not found"
@@ -135,6 +139,7 @@ def test_a_subscription_set_up_is_held_at_a_missing_table_until_it_exists(conn):
         assert setup.successful()
     finally:
         logger.remove(sink)
+        setup_conn.close()
     assert state.blocked is None
     assert set(relations) <= upsert.installed_tables(conn)
     errors = [text for level, text in lines if level == "ERROR"]
