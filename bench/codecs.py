@@ -16,7 +16,7 @@ import timeit
 from datetime import UTC, datetime
 
 from electric.changes import Column, NewRecord, Table, Transaction
-from electric.postgres import pgoutput, pgtime, wire
+from electric.postgres import copyboth, pgoutput, pgtime
 from electric.postgres.lsn import Lsn
 from electric.postgres.slot import SlotEncoder
 
@@ -35,7 +35,7 @@ def encode_us_per_row(n_tx: int = 50, rows: int = 100) -> float:
         for k, tx in enumerate(txs):
             out = enc.encode(tx, b"offset-%d" % k)
             now = pgtime.pg_now_micros()
-            b"".join(wire.xlog_data(lsn, lsn, p, now) for lsn, p in out.messages)
+            b"".join(copyboth.xlog_data(lsn, lsn, p, now) for lsn, p in out.messages)
 
     return min(timeit.repeat(run, number=3, repeat=5)) / 3 / (n_tx * rows) * 1e6
 

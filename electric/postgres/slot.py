@@ -46,7 +46,7 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
-from electric.postgres import pgoutput, wire
+from electric.postgres import copyboth, pgoutput
 from electric.postgres.lsn import Lsn
 from electric.postgres.shared_encode import (
     ROW_HEAD,
@@ -198,7 +198,7 @@ class SlotEncoder:
         if self.shared is None or type(changes) is not list or not changes:
             out = self.encode(tx, offset)
             if out is not None:
-                out.frames = [wire.xlog_data(lsn, lsn, payload, send_time)
+                out.frames = [copyboth.xlog_data(lsn, lsn, payload, send_time)
                               for lsn, payload in out.messages]
             return out
         entry = self.shared.transaction((bytes(offset), len(changes), tx.commit_timestamp),
@@ -226,7 +226,7 @@ class SlotEncoder:
         final_lsn = Lsn(base + LSN_STEP * (n + 1))  # range-checked once
         end_lsn = final_lsn + LSN_STEP
         ts = tx.commit_timestamp
-        xlog = wire.xlog_data
+        xlog = copyboth.xlog_data
         frames = [xlog(base + LSN_STEP, base + LSN_STEP,
                        encode(pgoutput.Begin(final_lsn, ts, self._next_xid())), send_time)]
         for r, rel in enumerate(entry.relations):
