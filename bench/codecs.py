@@ -2,7 +2,7 @@
 
 * *encode*: ``SlotEncoder.encode`` of 100-row transactions plus the XLogData framing the
   publisher does for every message (what a subscriber catching up costs per row);
-* *decode*: ``pgoutput.decode`` of a 3-column Insert (every row Electric reads from a source
+* *decode*: ``pgoutput_decode.decode`` of a 3-column Insert (every row Electric reads from a source
   Postgres, including the echo of what it applied there).
 
 Best of 5, microseconds per row.
@@ -16,7 +16,7 @@ import timeit
 from datetime import UTC, datetime
 
 from electric.changes import Column, NewRecord, Table, Transaction
-from electric.postgres import copyboth, pgoutput, pgtime
+from electric.postgres import copyboth, pgoutput, pgoutput_decode, pgoutput_encode, pgtime
 from electric.postgres.lsn import Lsn
 from electric.postgres.slot import SlotEncoder
 
@@ -41,12 +41,12 @@ def encode_us_per_row(n_tx: int = 50, rows: int = 100) -> float:
 
 
 def decode_us_per_row(n: int = 2000) -> float:
-    msgs = [pgoutput.encode(pgoutput.Insert(16385, (str(i).encode(), b"row with some text",
+    msgs = [pgoutput_encode.encode(pgoutput.Insert(16385, (str(i).encode(), b"row with some text",
                                                     b"0"))) for i in range(n)]
 
     def run() -> None:
         for m in msgs:
-            pgoutput.decode(m)
+            pgoutput_decode.decode(m)
 
     return min(timeit.repeat(run, number=10, repeat=5)) / 10 / n * 1e6
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
-from electric.postgres import copyboth, pgoutput, replies
+from electric.postgres import copyboth, pgoutput, pgoutput_encode, replies
 from electric.postgres.commands import (
     DropReplicationSlot,
     EmptyQuery,
@@ -108,7 +108,7 @@ class FakePublisher:
             (end, pgoutput.Commit(final, end, ts)),
         ]
         self.end_lsn = int(end)
-        return b"".join(copyboth.xlog_data(lsn, lsn, pgoutput.encode(m)) for lsn, m in msgs)
+        return b"".join(copyboth.xlog_data(lsn, lsn, pgoutput_encode.encode(m)) for lsn, m in msgs)
 
     def _reply(self, conn: BackendConnection, ev: object) -> bytes:
         rfq = replies.ready_for_query()
