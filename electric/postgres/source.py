@@ -60,22 +60,19 @@ reader become durable in order, and after a failed one every later one fails too
 _YIELD_EVERY = 0.005
 
 
-
-_BURST = 256  # messages read per switch of psycopg2's wait callback
-
-
-def _read_burst(cur: Any) -> list[bytes]:
-    """The payloads of up to :data:`_BURST` messages that libpq already has (none: nothing
+def _read_burst(cur: Any, burst: int) -> list[bytes]:
+    """The payloads of up to ``burst`` messages that libpq already has (none: nothing
     to read now). Run without the wait callback (``green.without_callback``): one switch
     per burst instead of per message, which was a measurable share of the reader's CPU."""
     payloads = []
     read = cur.read_message
-    while len(payloads) < _BURST:
+    while len(payloads) < burst:
         msg = read()
         if msg is None:
             break
         payloads.append(msg.payload)
     return payloads
+
 
 class StreamLost(Exception):
     """The replication stream stopped answering (watchdog) — reconnect."""
@@ -140,6 +137,7 @@ class SourceReader:
         self.submit = submit
         # Submitted but not yet durable, at most; then the reader waits for the oldest.
         self.max_in_flight = limits.max_in_flight
+        self.read_burst = limits.source_read_burst  # messages per switch of the wait callback
         # ``begin_big()`` opens a store transaction written in pieces (``add``/``commit``/
         # ``abort``): a source transaction of more than ``spill_after`` changes goes there
         # while it is read instead of being held in memory.
@@ -422,8 +420,9 @@ class SourceReader:
         last_yield = time.monotonic()
         last_io = cur.io_timestamp
         last_activity = time.monotonic()
+        read_burst = self.read_burst
         while True:
-            burst = green.without_callback(_read_burst, cur)
+            burst = green.without_callback(_read_burst, cur, read_burst)
             self._last_read = time.monotonic()
             if cur.wal_end:
                 self._wal_end = cur.wal_end
