@@ -23,9 +23,7 @@ acknowledged without a second delivery, so a reconnect does not duplicate them.
 
 from __future__ import annotations
 
-import re
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +45,13 @@ from electric.postgres import green, provision
 from electric.postgres import pgoutput as po
 from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
 from electric.postgres.lsn import Lsn
+from electric.postgres.source_pipeline import (
+    InFlight,
+    durable_prefix,
+    idle_ack_position,
+    relations,
+    stream_options,
+)
 from electric.retry import Backoff, Policy
 
 Sink = Callable[[Transaction], None]
@@ -76,28 +81,6 @@ def _read_burst(cur: Any, burst: int) -> list[bytes]:
 
 class StreamLost(Exception):
     """The replication stream stopped answering (watchdog) — reconnect."""
-
-
-def _stream_options(publication: str, server_version: int, drop_all_origins: bool) -> dict:
-    """pgoutput options. From Postgres 16 on, ``origin 'none'`` makes the server leave out
-    what a subscription applied (Electric's own echo) before it is sent; the assembler's
-    Origin check still drops it on 15 (and stays as a guard on 16+)."""
-    options = {"proto_version": "1", "publication_names": _publication_option(publication)}
-    if drop_all_origins and server_version >= 160000:
-        options["origin"] = "none"
-    return options
-
-
-def _publication_option(names: str) -> str:
-    """pgoutput parses ``publication_names`` as an identifier list: quote when needed."""
-    parts = []
-    for name in names.split(","):
-        name = name.strip()
-        if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-            parts.append(name)
-        else:
-            parts.append('"' + name.replace('"', '""') + '"')
-    return ",".join(parts)
 
 
 class SourceReader:
@@ -135,8 +118,6 @@ class SourceReader:
         self.publication = publication
         self.sink = sink
         self.submit = submit
-        # Submitted but not yet durable, at most; then the reader waits for the oldest.
-        self.max_in_flight = limits.max_in_flight
         self.read_burst = limits.source_read_burst  # messages per switch of the wait callback
         # ``begin_big()`` opens a store transaction written in pieces (``add``/``commit``/
         # ``abort``): a source transaction of more than ``spill_after`` changes goes there
@@ -145,8 +126,8 @@ class SourceReader:
         self.spill_after = spill_after
         self._big: Any = None
         self._cur: Any = None
-        # (end_lsn, transaction or None for one with nothing to write, pending result)
-        self._in_flight: deque[tuple[Lsn, Transaction | None, Any]] = deque()
+        # Submitted to the store, not yet acknowledged (acknowledged in order once durable).
+        self._in_flight = InFlight(limits.max_in_flight)
         self.table_lookup = table_lookup
         self.refresh_table = refresh_table
         self.encoding = encoding
@@ -374,7 +355,7 @@ class SourceReader:
                 decode=False,
                 start_lsn=0,
                 status_interval=self.status_interval,
-                options=_stream_options(self.publication, conn.server_version,
+                options=stream_options(self.publication, conn.server_version,
                                         self.drop_origin is None),
             )
             green.wait_callback(conn)  # cooperative wait for CopyBoth
@@ -547,23 +528,23 @@ class SourceReader:
                                          and end <= self._delivered_lsn):
             if committed.skipped:
                 self.log.debug("dropping transaction {} ({})", end, committed.skipped)
-            self._in_flight.append((end, None, None))
+            self._in_flight.add(end)
         else:
             tx = committed.transaction
-            self._in_flight.append((end, tx, self.submit(tx)))
-        self._drain(cur, wait_all=len(self._in_flight) >= self.max_in_flight)
+            self._in_flight.add(end, tx, self.submit(tx))
+        self._drain(cur, wait_all=self._in_flight.full)
 
     def _drain(self, cur: Any, wait_all: bool) -> None:
         """Acknowledge the durable head of the pipeline (with ``wait_all``, wait for the
         whole pipeline). A failed write is written again synchronously (``_write``: retries,
         blocked reporting), then every later one that the failure kept out."""
         while self._in_flight:
-            end, tx, result = self._in_flight[0]
+            end, tx, result = self._in_flight.head()
             if result is not None and not result.ready():
                 if not wait_all:
                     return
                 result.wait()
-            self._in_flight.popleft()
+            self._in_flight.pop()
             if tx is None:
                 self._ack(cur, end, written=False)
             elif result.successful():
@@ -574,8 +555,7 @@ class SourceReader:
     def _recover(self, cur: Any, end: Lsn, tx: Transaction, result: Any) -> None:
         self.log.debug("pipelined write of {} failed ({}); writing it again",
                        end, result.exception)
-        rest = list(self._in_flight)
-        self._in_flight.clear()
+        rest = self._in_flight.take_all()
         for _end, _tx, later in rest:  # let everything submitted settle first
             if later is not None:
                 later.wait()
@@ -607,16 +587,13 @@ class SourceReader:
         """The stream is gone: wait for what was submitted and remember what became durable
         (in order, up to the first failure) so it is not written twice after reconnecting;
         the rest is read again from the slot."""
-        in_flight, self._in_flight = list(self._in_flight), deque()
+        in_flight = self._in_flight.take_all()
         for _end, _tx, result in in_flight:  # all settled before the chain is reset
             if result is not None:
                 result.wait()
-        for end, tx, result in in_flight:
-            if result is not None and not result.successful():
-                break  # from here on nothing was stored (the chain refused the rest)
-            if tx is not None:
-                self._delivered_lsn = end
-                self.transactions_written += 1
+        for end in durable_prefix(in_flight):  # the rest was refused: read again
+            self._delivered_lsn = end
+            self.transactions_written += 1
         reset = getattr(self.submit, "reset", None)
         if reset is not None:
             reset()
@@ -629,11 +606,11 @@ class SourceReader:
         reads 0 when nothing is pending. Every complete transaction was written before
         this point (``_finish`` returns only once the sink has it, and the pipeline of
         submitted writes has just been drained: with any still in flight, nothing here)."""
-        end = self.server_wal_end
-        if (end is None or assembler.in_transaction or self.sink_retrying or self._in_flight
-                or self._big is not None):
-            return
-        if self.last_acked_lsn is not None and end <= self.last_acked_lsn:
+        end = idle_ack_position(
+            self.server_wal_end, self.last_acked_lsn,
+            busy=bool(assembler.in_transaction or self.sink_retrying or self._in_flight
+                      or self._big is not None))
+        if end is None:
             return
         cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end)
         self.last_acked_lsn = end
@@ -669,7 +646,7 @@ class SourceReader:
                             "from this source is held at it (not acknowledged; retried, at "
                             "most every {:.0f}s) until the cause is fixed",
                             tx.lsn,
-                            _relations(tx),
+                            relations(tx),
                             describe(exc),
                             self.sink_blocked_retry,
                         )
@@ -719,10 +696,4 @@ class SourceReader:
     def _set_disconnected(self) -> None:
         self.connected = False
         self._connected_event.clear()
-
-
-def _relations(tx: Transaction, limit: int = 5) -> str:
-    names = sorted({f"{c.relation[0]}.{c.relation[1]}" for c in tx.changes})
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
