@@ -41,7 +41,7 @@ from electric.changes import Transaction
 from electric.errors import describe, is_permanent
 from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import errors as pg_errors
-from electric.postgres import green, provision
+from electric.postgres import green, source_repair
 from electric.postgres import pgoutput as po
 from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
 from electric.postgres.lsn import Lsn
@@ -237,7 +237,8 @@ class SourceReader:
                 elif isinstance(exc, psycopg2.errors.UndefinedObject):
                     # The slot or publication was dropped under us. Recreate it so
                     # replication goes on; what was written while it was missing is lost.
-                    repaired = self._recreate_missing()
+                    repaired = source_repair.recreate_missing(
+                        self.dsn, self.slot, self.publication, self.log)
                     self.log.error(
                         "{}; {}retrying in {:.1f}s",
                         self.last_error,
@@ -250,7 +251,8 @@ class SourceReader:
                 elif isinstance(exc, psycopg2.errors.ObjectInUse):
                     # Usually our own previous stream whose walsender has not noticed the
                     # loss yet (it would hold the slot up to wal_sender_timeout).
-                    taken = self._take_over_slot()
+                    taken = source_repair.take_over_slot(
+                        self.dsn, self.slot, self.application_name, self.heartbeat_interval)
                     self.log.info(
                         "slot {} still held by an old connection{}; retrying in {:.1f}s",
                         self.slot,
@@ -288,60 +290,6 @@ class SourceReader:
         return green.connect_async(
             self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **extra
         )
-
-    def _plain_connection(self) -> Any:
-        params = ext.parse_dsn(self.dsn)
-        params.pop("replication", None)
-        conn = green.connect(ext.make_dsn(**params))
-        conn.autocommit = True
-        return conn
-
-    def _recreate_missing(self) -> str:
-        """Recreate a dropped slot / publication; names what was recreated ("" if none)."""
-        try:
-            conn = self._plain_connection()
-        except psycopg2.Error:
-            return ""
-        try:
-            made = []
-            if provision.ensure_publication(conn, self.publication):
-                made.append(f"publication {self.publication}")
-            if provision.ensure_slot(conn, self.slot):
-                made.append(f"slot {self.slot}")
-            return " and ".join(made)
-        except (psycopg2.Error, provision.ProvisionError) as exc:
-            self.log.warning("could not recreate slot/publication: {}", describe(exc))
-            return ""
-        finally:
-            conn.close()
-
-    def _take_over_slot(self) -> bool:
-        """Terminate the walsender holding our slot if it is a stale stream of ours.
-
-        Only a backend with our own application_name that has not sent a status update for
-        three heartbeats is terminated: a live stream (e.g. a second Electric misconfigured
-        with the same connector) or another client is left alone.
-        """
-        try:
-            conn = self._plain_connection()
-        except psycopg2.Error:
-            return False
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT pg_catalog.pg_terminate_backend(s.active_pid) "
-                    "FROM pg_catalog.pg_replication_slots s "
-                    "JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid "
-                    "WHERE s.slot_name = %s AND r.application_name = %s "
-                    "AND COALESCE(r.reply_time, r.backend_start) "
-                    "    < pg_catalog.now() - pg_catalog.make_interval(secs => %s)",
-                    (self.slot, self.application_name, 3 * self.heartbeat_interval),
-                )
-                return any(row[0] for row in cur.fetchall())
-        except psycopg2.Error:
-            return False
-        finally:
-            conn.close()
 
     def _stream(self) -> None:
         conn = self._connect()
