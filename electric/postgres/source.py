@@ -47,6 +47,7 @@ from electric.postgres.assembler import Committed, TableLookup, TransactionAssem
 from electric.postgres.lsn import Lsn
 from electric.postgres.source_pipeline import (
     InFlight,
+    WriteRetry,
     durable_prefix,
     idle_ack_position,
     relations,
@@ -571,22 +572,18 @@ class SourceReader:
         would lose it), but it is reported once at error level, exposed as ``blocked_lsn``
         in the status, and retried with a back-off capped at ``sink_blocked_retry`` seconds.
         """
-        backoff = Backoff(Policy(self.sink_retry_min, self.sink_retry_max))
-        # Slower, but starting at about a second: a refusal that depends on state elsewhere
-        # (e.g. a table the schema registry does not know yet) may still clear quickly.
-        blocked_backoff = Backoff(Policy(min(1.0, self.sink_blocked_retry),
-                                         self.sink_blocked_retry))
-        attempts = 0
+        retry = WriteRetry(self.sink_retry_min, self.sink_retry_max, self.sink_blocked_retry)
         while True:
             try:
                 self.sink(tx)
             except GreenletExit:
                 raise
             except Exception as exc:  # the sink's failure modes are its own business
-                attempts += 1
+                permanent = is_permanent(exc)
+                delay = retry.failed(permanent)
                 self.sink_retrying = True
                 self.last_error = f"write failed: {describe(exc)}"
-                if is_permanent(exc):
+                if permanent:
                     if self.blocked_lsn != tx.lsn:
                         self.blocked_lsn = tx.lsn
                         self.log.error(
@@ -599,21 +596,21 @@ class SourceReader:
                             self.sink_blocked_retry,
                         )
                     self.last_error = f"transaction {tx.lsn} cannot be written: {describe(exc)}"
-                    gevent.sleep(blocked_backoff.next())
+                    gevent.sleep(delay)
                     continue
-                delay = backoff.next()
-                if attempts <= 3 or attempts % 10 == 0:  # an outage must not flood the log
+                if retry.worth_logging:
                     self.log.warning(
                         "could not write transaction {} ({}); attempt {}, retrying in {:.2f}s",
                         tx.lsn,
                         describe(exc),
-                        attempts,
+                        retry.attempts,
                         delay,
                     )
                 gevent.sleep(delay)
                 continue
-            if attempts:
-                self.log.info("transaction {} written after {} retries", tx.lsn, attempts)
+            if retry.attempts:
+                self.log.info("transaction {} written after {} retries", tx.lsn,
+                              retry.attempts)
                 self.last_error = None
             self.blocked_lsn = None
             self.sink_retrying = False

@@ -20,6 +20,7 @@ from typing import Any
 
 from electric.changes import Transaction
 from electric.postgres.lsn import Lsn
+from electric.retry import Backoff, Policy
 
 Entry = tuple[Lsn, Transaction | None, Any]
 """(end_lsn, the transaction or None for one with nothing to write, its pending result)."""
@@ -61,6 +62,33 @@ class InFlight:
         entries = list(self._entries)
         self._entries.clear()
         return entries
+
+
+class WriteRetry:
+    """One transaction handed to the sink until it is durable: the delay after each failed
+    attempt and whether that attempt is worth a log line. The transaction is never skipped
+    (acknowledging it would lose it): an outage is retried quickly, a permanent refusal (the
+    transaction is blocked) slowly, up to ``blocked_retry`` seconds apart."""
+
+    __slots__ = ("attempts", "_outage", "_blocked")
+
+    def __init__(self, retry_min: float, retry_max: float, blocked_retry: float) -> None:
+        self.attempts = 0
+        self._outage = Backoff(Policy(retry_min, retry_max))
+        # Slower, but starting at about a second: a refusal that depends on state elsewhere
+        # (e.g. a table the schema registry does not know yet) may still clear quickly.
+        self._blocked = Backoff(Policy(min(1.0, blocked_retry), blocked_retry))
+
+    def failed(self, permanent: bool) -> float:
+        """Count a failed attempt; the seconds to wait before the next one."""
+        self.attempts += 1
+        return self._blocked.next() if permanent else self._outage.next()
+
+    @property
+    def worth_logging(self) -> bool:
+        """An outage is logged for the first attempts and every tenth: it must not flood
+        the log (a blocked transaction is reported once, by the caller)."""
+        return self.attempts <= 3 or self.attempts % 10 == 0
 
 
 def durable_prefix(entries: list[Entry]) -> list[Lsn]:

@@ -10,6 +10,7 @@ from electric.changes import NewRecord, Transaction
 from electric.postgres.lsn import Lsn
 from electric.postgres.source_pipeline import (
     InFlight,
+    WriteRetry,
     durable_prefix,
     idle_ack_position,
     publication_option,
@@ -87,3 +88,23 @@ def test_relations_names_a_few_tables_then_counts():
     assert relations(tx(1, "b", "a", "b")) == "public.a, public.b"
     many = tx(1, *"abcdefg")
     assert relations(many) == "public.a, public.b, public.c, public.d, public.e and 2 more"
+
+
+def test_write_retry_outage_is_quick_and_logged_sparsely():
+    retry = WriteRetry(0.05, 0.2, 30.0)
+    delays = [retry.failed(permanent=False) for _ in range(4)]
+    assert delays == [0.05, 0.1, 0.2, 0.2] and retry.attempts == 4
+    logged = []
+    for _ in range(16):
+        retry.failed(permanent=False)
+        logged.append(retry.worth_logging)
+    # attempts 5..20: only the tenth and the twentieth are logged
+    assert [n for n, yes in zip(range(5, 21), logged, strict=True) if yes] == [10, 20]
+
+
+def test_write_retry_blocked_starts_near_a_second_and_is_capped():
+    retry = WriteRetry(0.05, 5.0, 30.0)
+    delays = [retry.failed(permanent=True) for _ in range(7)]
+    assert delays[0] == 1.0 and max(delays) == 30.0 and delays == sorted(delays)
+    short = WriteRetry(0.05, 5.0, 0.5)  # a cap below a second is the start too
+    assert short.failed(permanent=True) == 0.5
