@@ -22,6 +22,11 @@ from electric.changes import Transaction
 from electric.postgres.lsn import Lsn
 from electric.retry import Backoff, Policy
 
+
+class StreamLost(Exception):
+    """The replication stream stopped answering (watchdog) — reconnect."""
+
+
 Entry = tuple[Lsn, Transaction | None, Any]
 """(end_lsn, the transaction or None for one with nothing to write, its pending result)."""
 
