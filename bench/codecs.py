@@ -2,7 +2,7 @@
 
 * *encode*: ``SlotEncoder.encode`` of 100-row transactions plus the XLogData framing the
   publisher does for every message (what a subscriber catching up costs per row);
-* *decode*: ``pgoutput.decode`` of a 3-column Insert (every row Electric reads from a source
+* *decode*: ``pgoutput_decode.decode`` of a 3-column Insert (every row Electric reads from a source
   Postgres, including the echo of what it applied there).
 
 Best of 5, microseconds per row.
@@ -16,7 +16,7 @@ import timeit
 from datetime import UTC, datetime
 
 from electric.changes import Column, NewRecord, Table, Transaction
-from electric.postgres import pgoutput, pgtime, wire
+from electric.postgres import copyboth, pgoutput, pgoutput_decode, pgoutput_encode, pgtime
 from electric.postgres.lsn import Lsn
 from electric.postgres.slot import SlotEncoder
 
@@ -35,18 +35,18 @@ def encode_us_per_row(n_tx: int = 50, rows: int = 100) -> float:
         for k, tx in enumerate(txs):
             out = enc.encode(tx, b"offset-%d" % k)
             now = pgtime.pg_now_micros()
-            b"".join(wire.xlog_data(lsn, lsn, p, now) for lsn, p in out.messages)
+            b"".join(copyboth.xlog_data(lsn, lsn, p, now) for lsn, p in out.messages)
 
     return min(timeit.repeat(run, number=3, repeat=5)) / 3 / (n_tx * rows) * 1e6
 
 
 def decode_us_per_row(n: int = 2000) -> float:
-    msgs = [pgoutput.encode(pgoutput.Insert(16385, (str(i).encode(), b"row with some text",
+    msgs = [pgoutput_encode.encode(pgoutput.Insert(16385, (str(i).encode(), b"row with some text",
                                                     b"0"))) for i in range(n)]
 
     def run() -> None:
         for m in msgs:
-            pgoutput.decode(m)
+            pgoutput_decode.decode(m)
 
     return min(timeit.repeat(run, number=10, repeat=5)) / 10 / n * 1e6
 

@@ -93,7 +93,7 @@ def per_subscriber_encode_us(subscribers: int = 10, transactions: int = 200,
     frame the same transactions (encoded once, shared) — against every session encoding
     its own copy (the former design)."""
     from electric.changes import Column, NewRecord, Table, Transaction, utc_now
-    from electric.postgres import wire
+    from electric.postgres import copyboth
     from electric.postgres.lsn import Lsn
     from electric.postgres.shared_encode import SharedEncodings
     from electric.postgres.slot import SlotEncoder
@@ -120,7 +120,7 @@ def per_subscriber_encode_us(subscribers: int = 10, transactions: int = 200,
         for tx, offset in log:
             for s in sessions:
                 out = s.encode(tx, offset)
-                b"".join(wire.xlog_data(lsn, lsn, p, 0) for lsn, p in out.messages)
+                b"".join(copyboth.xlog_data(lsn, lsn, p, 0) for lsn, p in out.messages)
         return time.perf_counter() - t0
 
     n = transactions * rows * subscribers

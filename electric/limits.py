@@ -71,6 +71,9 @@ class PostgresLimits:
     # it waits for the oldest (acknowledgements follow durability, so this bounds the memory
     # held for unacknowledged transactions, not what is lost).
     max_in_flight: int = 64
+    # Replication messages a source reader takes from libpq per switch of psycopg2's wait
+    # callback: one switch per message was a measurable share of the reader's CPU.
+    source_read_burst: int = 256
     # Rows an initial copy writes per store transaction: big enough that the copy is not one
     # commit per row, small enough that one batch stays a short commit.
     initial_sync_batch_rows: int = 5000

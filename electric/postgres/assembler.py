@@ -51,6 +51,7 @@ from electric.changes import (
     UpdatedRecord,
 )
 from electric.postgres import pgoutput as po
+from electric.postgres import pgoutput_decode
 from electric.postgres.lsn import Lsn
 from electric.postgres.pgoutput import ProtocolError
 
@@ -78,7 +79,7 @@ class Committed:
 TableLookup = Callable[[RelationName], Table | None]
 _ROW_MESSAGES = (b"I", b"U", b"D")
 _U32_AT = struct.Struct(">I").unpack_from
-_text_record = po.text_record
+_text_record = pgoutput_decode.text_record
 
 
 class TransactionAssembler:
@@ -137,7 +138,7 @@ class TransactionAssembler:
                 return None  # an echo: its rows are not even decoded
             if self._fast_row(payload):
                 return None
-        return self.feed(po.decode(payload))
+        return self.feed(pgoutput_decode.decode(payload))
 
     def _fast_row(self, data: bytes) -> bool:
         """A row message decoded straight into its change (no message object, no TupleData;

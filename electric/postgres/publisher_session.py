@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from electric.changes import Table
 from electric.limits import DEFAULT, PostgresLimits
-from electric.postgres import commands, replies, wire
+from electric.postgres import commands, copyboth, replies, wire
 from electric.postgres.scram import AuthenticationFailed, ScramExchange, ScramVerifier
 
 __all__ = [
@@ -249,7 +249,7 @@ class PublisherSession:
         elif isinstance(event, wire.CopyDone):
             yield EndStreaming("it ended the stream")
             yield Send(
-                wire.copy_done()
+                copyboth.copy_done()
                 + replies.command_complete("COPY 0")
                 + replies.command_complete("START_REPLICATION")
                 + replies.ready_for_query("I")

@@ -30,7 +30,7 @@ from gevent.queue import Empty, Queue
 from loguru import logger
 
 from electric.changes import Transaction
-from electric.postgres import pgtime, wire
+from electric.postgres import copyboth, pgtime, wire
 from electric.postgres.lsn import Lsn
 from electric.postgres.publisher_progress import SlotState, StreamProgress
 from electric.postgres.slot import SlotEncoder, plan_resume
@@ -216,7 +216,7 @@ class StreamSession:
     def keepalive(self, reply: bool = False) -> None:
         if self.progress.want_reply(time.monotonic() - self.conn.last_recv):
             reply = True
-        self.conn.send(wire.primary_keepalive(self.encoder.current_lsn, reply_requested=reply))
+        self.conn.send(copyboth.primary_keepalive(self.encoder.current_lsn, reply_requested=reply))
 
     def _send_loop(self) -> None:
         try:
@@ -285,7 +285,7 @@ class StreamSession:
         self.log.info("Sending a transaction of {} changes to the subscriber", out.changes)
         for piece in pieces:
             send_time = pgtime.pg_now_micros()
-            self.conn.send(b"".join(wire.xlog_data(lsn, lsn, payload, send_time)
+            self.conn.send(b"".join(copyboth.xlog_data(lsn, lsn, payload, send_time)
                                     for lsn, payload in piece))
         self._sent([out])
 

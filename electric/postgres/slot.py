@@ -46,7 +46,7 @@ from electric.changes import (
     TruncatedRelation,
     UpdatedRecord,
 )
-from electric.postgres import pgoutput, wire
+from electric.postgres import copyboth, pgoutput, pgoutput_encode
 from electric.postgres.lsn import Lsn
 from electric.postgres.shared_encode import (
     ROW_HEAD,
@@ -174,16 +174,16 @@ class SlotEncoder:
         end_lsn = final_lsn + LSN_STEP
         ts = tx.commit_timestamp
         messages: list[tuple[Lsn, bytes]] = [
-            (base + LSN_STEP, pgoutput.encode(pgoutput.Begin(final_lsn, ts, self._next_xid())))
+            (base + LSN_STEP, pgoutput_encode.encode(pgoutput.Begin(final_lsn, ts, self._next_xid())))
         ]
-        messages.extend((Lsn(0), pgoutput.encode(r)) for r in relations)
+        messages.extend((Lsn(0), pgoutput_encode.encode(r)) for r in relations)
         # Per-change LSNs lie between base and final_lsn (already validated), so they skip
         # Lsn's range check: it was a tenth of the publisher's time on bulk transactions.
-        make, start, encode = int.__new__, int(base), pgoutput.encode
+        make, start, encode = int.__new__, int(base), pgoutput_encode.encode
         for i, message in enumerate(changes, start=1):
             messages.append((make(Lsn, start + LSN_STEP * i), encode(message)))
         messages.append(
-            (end_lsn, pgoutput.encode(pgoutput.Commit(final_lsn, end_lsn, ts, flags=0)))
+            (end_lsn, pgoutput_encode.encode(pgoutput.Commit(final_lsn, end_lsn, ts, flags=0)))
         )
         self.current_lsn = end_lsn
         return EncodedTransaction(messages, final_lsn, end_lsn, bytes(offset), n, skipped)
@@ -198,7 +198,7 @@ class SlotEncoder:
         if self.shared is None or type(changes) is not list or not changes:
             out = self.encode(tx, offset)
             if out is not None:
-                out.frames = [wire.xlog_data(lsn, lsn, payload, send_time)
+                out.frames = [copyboth.xlog_data(lsn, lsn, payload, send_time)
                               for lsn, payload in out.messages]
             return out
         entry = self.shared.transaction((bytes(offset), len(changes), tx.commit_timestamp),
@@ -215,18 +215,18 @@ class SlotEncoder:
                 known = self._shapes[rel] = (table, table_shape(table))
             shapes.append(known[1])
         bodies = self.shared.bodies(entry, changes, tables, tuple(shapes),
-                                    self._change_message, pgoutput.encode)
+                                    self._change_message, pgoutput_encode.encode)
         self._report_skipped(bodies.skipped, bodies.skipped_tables)
         rows = bodies.rows
         if not rows:
             return None
-        encode = pgoutput.encode
+        encode = pgoutput_encode.encode
         base = int(self.current_lsn)
         n = len(rows)
         final_lsn = Lsn(base + LSN_STEP * (n + 1))  # range-checked once
         end_lsn = final_lsn + LSN_STEP
         ts = tx.commit_timestamp
-        xlog = wire.xlog_data
+        xlog = copyboth.xlog_data
         frames = [xlog(base + LSN_STEP, base + LSN_STEP,
                        encode(pgoutput.Begin(final_lsn, ts, self._next_xid())), send_time)]
         for r, rel in enumerate(entry.relations):
@@ -268,7 +268,7 @@ class SlotEncoder:
         header = EncodedTransaction([], final_lsn, end_lsn, bytes(offset), n)
 
         def pieces() -> Iterator[list[tuple[Lsn, bytes]]]:
-            encode = pgoutput.encode
+            encode = pgoutput_encode.encode
             out = [(base + LSN_STEP, encode(pgoutput.Begin(final_lsn, ts, self._next_xid())))]
             skipped = 0
             skipped_tables: set[str] = set()

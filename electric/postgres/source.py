@@ -19,13 +19,15 @@ loss noticed through ``tcp_user_timeout`` or a silent peer noticed by the watchd
 stream and reconnects with capped back-off; the server resumes from the slot's confirmed
 position (``start_lsn = 0``). Transactions already handed to the sink by this reader are
 acknowledged without a second delivery, so a reconnect does not duplicate them.
+
+This module is the reading shell. Writing and acknowledging transactions is
+``source_delivery.py`` (inherited), the decisions of both are in the sans-I/O
+``source_pipeline.py``, and the repairs of a refused stream in ``source_repair.py``.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,13 +42,20 @@ from gevent import Greenlet, GreenletExit
 from loguru import logger
 
 from electric.changes import Transaction
-from electric.errors import describe, is_permanent
+from electric.errors import describe
 from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import errors as pg_errors
-from electric.postgres import green, provision
+from electric.postgres import green, source_repair
 from electric.postgres import pgoutput as po
-from electric.postgres.assembler import Committed, TableLookup, TransactionAssembler
+from electric.postgres.assembler import TableLookup, TransactionAssembler
 from electric.postgres.lsn import Lsn
+from electric.postgres.source_delivery import Delivery
+from electric.postgres.source_pipeline import (
+    InFlight,
+    StreamLost,
+    idle_ack_position,
+    stream_options,
+)
 from electric.retry import Backoff, Policy
 
 Sink = Callable[[Transaction], None]
@@ -60,50 +69,21 @@ reader become durable in order, and after a failed one every later one fails too
 _YIELD_EVERY = 0.005
 
 
-
-_BURST = 256  # messages read per switch of psycopg2's wait callback
-
-
-def _read_burst(cur: Any) -> list[bytes]:
-    """The payloads of up to :data:`_BURST` messages that libpq already has (none: nothing
+def _read_burst(cur: Any, burst: int) -> list[bytes]:
+    """The payloads of up to ``burst`` messages that libpq already has (none: nothing
     to read now). Run without the wait callback (``green.without_callback``): one switch
     per burst instead of per message, which was a measurable share of the reader's CPU."""
     payloads = []
     read = cur.read_message
-    while len(payloads) < _BURST:
+    while len(payloads) < burst:
         msg = read()
         if msg is None:
             break
         payloads.append(msg.payload)
     return payloads
 
-class StreamLost(Exception):
-    """The replication stream stopped answering (watchdog) — reconnect."""
 
-
-def _stream_options(publication: str, server_version: int, drop_all_origins: bool) -> dict:
-    """pgoutput options. From Postgres 16 on, ``origin 'none'`` makes the server leave out
-    what a subscription applied (Electric's own echo) before it is sent; the assembler's
-    Origin check still drops it on 15 (and stays as a guard on 16+)."""
-    options = {"proto_version": "1", "publication_names": _publication_option(publication)}
-    if drop_all_origins and server_version >= 160000:
-        options["origin"] = "none"
-    return options
-
-
-def _publication_option(names: str) -> str:
-    """pgoutput parses ``publication_names`` as an identifier list: quote when needed."""
-    parts = []
-    for name in names.split(","):
-        name = name.strip()
-        if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-            parts.append(name)
-        else:
-            parts.append('"' + name.replace('"', '""') + '"')
-    return ",".join(parts)
-
-
-class SourceReader:
+class SourceReader(Delivery):
     """Streams a slot, hands durable-required transactions to ``sink``, acknowledges them."""
 
     def __init__(
@@ -138,8 +118,7 @@ class SourceReader:
         self.publication = publication
         self.sink = sink
         self.submit = submit
-        # Submitted but not yet durable, at most; then the reader waits for the oldest.
-        self.max_in_flight = limits.max_in_flight
+        self.read_burst = limits.source_read_burst  # messages per switch of the wait callback
         # ``begin_big()`` opens a store transaction written in pieces (``add``/``commit``/
         # ``abort``): a source transaction of more than ``spill_after`` changes goes there
         # while it is read instead of being held in memory.
@@ -147,8 +126,8 @@ class SourceReader:
         self.spill_after = spill_after
         self._big: Any = None
         self._cur: Any = None
-        # (end_lsn, transaction or None for one with nothing to write, pending result)
-        self._in_flight: deque[tuple[Lsn, Transaction | None, Any]] = deque()
+        # Submitted to the store, not yet acknowledged (acknowledged in order once durable).
+        self._in_flight = InFlight(limits.max_in_flight)
         self.table_lookup = table_lookup
         self.refresh_table = refresh_table
         self.encoding = encoding
@@ -258,7 +237,8 @@ class SourceReader:
                 elif isinstance(exc, psycopg2.errors.UndefinedObject):
                     # The slot or publication was dropped under us. Recreate it so
                     # replication goes on; what was written while it was missing is lost.
-                    repaired = self._recreate_missing()
+                    repaired = source_repair.recreate_missing(
+                        self.dsn, self.slot, self.publication, self.log)
                     self.log.error(
                         "{}; {}retrying in {:.1f}s",
                         self.last_error,
@@ -271,7 +251,8 @@ class SourceReader:
                 elif isinstance(exc, psycopg2.errors.ObjectInUse):
                     # Usually our own previous stream whose walsender has not noticed the
                     # loss yet (it would hold the slot up to wal_sender_timeout).
-                    taken = self._take_over_slot()
+                    taken = source_repair.take_over_slot(
+                        self.dsn, self.slot, self.application_name, self.heartbeat_interval)
                     self.log.info(
                         "slot {} still held by an old connection{}; retrying in {:.1f}s",
                         self.slot,
@@ -310,60 +291,6 @@ class SourceReader:
             self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection, **extra
         )
 
-    def _plain_connection(self) -> Any:
-        params = ext.parse_dsn(self.dsn)
-        params.pop("replication", None)
-        conn = green.connect(ext.make_dsn(**params))
-        conn.autocommit = True
-        return conn
-
-    def _recreate_missing(self) -> str:
-        """Recreate a dropped slot / publication; names what was recreated ("" if none)."""
-        try:
-            conn = self._plain_connection()
-        except psycopg2.Error:
-            return ""
-        try:
-            made = []
-            if provision.ensure_publication(conn, self.publication):
-                made.append(f"publication {self.publication}")
-            if provision.ensure_slot(conn, self.slot):
-                made.append(f"slot {self.slot}")
-            return " and ".join(made)
-        except (psycopg2.Error, provision.ProvisionError) as exc:
-            self.log.warning("could not recreate slot/publication: {}", describe(exc))
-            return ""
-        finally:
-            conn.close()
-
-    def _take_over_slot(self) -> bool:
-        """Terminate the walsender holding our slot if it is a stale stream of ours.
-
-        Only a backend with our own application_name that has not sent a status update for
-        three heartbeats is terminated: a live stream (e.g. a second Electric misconfigured
-        with the same connector) or another client is left alone.
-        """
-        try:
-            conn = self._plain_connection()
-        except psycopg2.Error:
-            return False
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT pg_catalog.pg_terminate_backend(s.active_pid) "
-                    "FROM pg_catalog.pg_replication_slots s "
-                    "JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid "
-                    "WHERE s.slot_name = %s AND r.application_name = %s "
-                    "AND COALESCE(r.reply_time, r.backend_start) "
-                    "    < pg_catalog.now() - pg_catalog.make_interval(secs => %s)",
-                    (self.slot, self.application_name, 3 * self.heartbeat_interval),
-                )
-                return any(row[0] for row in cur.fetchall())
-        except psycopg2.Error:
-            return False
-        finally:
-            conn.close()
-
     def _stream(self) -> None:
         conn = self._connect()
         cur = None
@@ -376,7 +303,7 @@ class SourceReader:
                 decode=False,
                 start_lsn=0,
                 status_interval=self.status_interval,
-                options=_stream_options(self.publication, conn.server_version,
+                options=stream_options(self.publication, conn.server_version,
                                         self.drop_origin is None),
             )
             green.wait_callback(conn)  # cooperative wait for CopyBoth
@@ -422,8 +349,9 @@ class SourceReader:
         last_yield = time.monotonic()
         last_io = cur.io_timestamp
         last_activity = time.monotonic()
+        read_burst = self.read_burst
         while True:
-            burst = green.without_callback(_read_burst, cur)
+            burst = green.without_callback(_read_burst, cur, read_burst)
             self._last_read = time.monotonic()
             if cur.wal_end:
                 self._wal_end = cur.wal_end
@@ -456,172 +384,6 @@ class SourceReader:
                 gevent.idle()  # NOT sleep(0): that starves timers and I/O (see the report)
                 last_yield = time.monotonic()
 
-    def _finish(self, cur: Any, committed: Committed) -> None:
-        end = committed.end_lsn
-        if committed.streamed:
-            self._finish_big(cur, committed)
-            return
-        pipelined = self.submit is not None and self.blocked_lsn is None
-        if self._in_flight or (pipelined and committed.needs_write):
-            self._pipeline(cur, committed)
-            return
-        written = False
-        if committed.needs_write:
-            if self._delivered_lsn is not None and end <= self._delivered_lsn:
-                self.log.debug("transaction {} already written; acknowledging again", end)
-            else:
-                self._write(committed.transaction)
-                self._delivered_lsn = end
-                self.transactions_written += 1
-                written = True
-        elif committed.skipped:
-            self.log.debug("dropping transaction {} ({})", end, committed.skipped)
-        # A written transaction is acknowledged at once so the slot moves promptly; others go
-        # out with psycopg2's next periodic status update (within status_interval).
-        cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end, force=written)
-        self.last_acked_lsn = end
-        self.transactions_acked += 1
-        if written:
-            self.reconnect.reset()
-
-    # -- big transactions: written into the store while they are read ------------------------
-
-    def _spill(self, changes: list) -> None:
-        if self._big is None:
-            if self._in_flight:  # everything before it must be durable first (order)
-                self._drain(self._cur, wait_all=True)
-            self._big = self.begin_big()
-            self.log.info("a large transaction is being written while it is read")
-        try:
-            self._big.add(changes)
-        except Exception as exc:
-            self._big_failed(exc)
-
-    def _finish_big(self, cur: Any, committed: Committed) -> None:
-        end = committed.end_lsn
-        big, self._big = self._big, None
-        if big is None:
-            raise StreamLost(f"transaction {end}: streamed changes missing")  # read it again
-        if self._delivered_lsn is not None and end <= self._delivered_lsn:
-            big.abort()  # read again after a reconnect, but already durable
-            self._ack(cur, end, written=False)
-            return
-        tx = committed.transaction
-        try:
-            if tx.changes:
-                big.add(tx.changes)
-            big.commit(tx.origin, tx.publication)
-        except Exception as exc:
-            self._big = big
-            self._big_failed(exc, end)
-        if self.blocked_lsn is not None:
-            self.blocked_lsn = None
-            self.last_error = None
-        self.log.info("large transaction {} written ({} changes)", end, big.changes)
-        self._delivered(cur, end)
-
-    def _big_failed(self, exc: Exception, end: Lsn | None = None) -> None:
-        """A big transaction could not be written: nothing of it is stored. Read it again
-        from the slot (reconnect with back-off), reporting a permanent refusal like a
-        blocked transaction."""
-        big, self._big = self._big, None
-        if big is not None:
-            try:
-                big.abort()
-            except Exception as abort_exc:  # the store is failing anyway: report, go on
-                self.log.warning("aborting the large transaction failed: {}", abort_exc)
-        what = f"large transaction {end}" if end is not None else "a large transaction"
-        self.last_error = f"{what} cannot be written: {describe(exc)}"
-        if is_permanent(exc):
-            self.blocked_lsn = end or self.blocked_lsn or self.last_acked_lsn
-            self.log.error("{}; ingestion from this source is held at it (not "
-                           "acknowledged; read again and retried)", self.last_error)
-        raise StreamLost(self.last_error) from exc
-
-    # -- pipelined writing: keep reading while earlier transactions commit ----------------
-
-    def _pipeline(self, cur: Any, committed: Committed) -> None:
-        """Submit ``committed`` behind the transactions in flight; acknowledgements follow
-        in commit order, each only once its transaction (and all before it) is durable."""
-        end = committed.end_lsn
-        if not committed.needs_write or (self._delivered_lsn is not None
-                                         and end <= self._delivered_lsn):
-            if committed.skipped:
-                self.log.debug("dropping transaction {} ({})", end, committed.skipped)
-            self._in_flight.append((end, None, None))
-        else:
-            tx = committed.transaction
-            self._in_flight.append((end, tx, self.submit(tx)))
-        self._drain(cur, wait_all=len(self._in_flight) >= self.max_in_flight)
-
-    def _drain(self, cur: Any, wait_all: bool) -> None:
-        """Acknowledge the durable head of the pipeline (with ``wait_all``, wait for the
-        whole pipeline). A failed write is written again synchronously (``_write``: retries,
-        blocked reporting), then every later one that the failure kept out."""
-        while self._in_flight:
-            end, tx, result = self._in_flight[0]
-            if result is not None and not result.ready():
-                if not wait_all:
-                    return
-                result.wait()
-            self._in_flight.popleft()
-            if tx is None:
-                self._ack(cur, end, written=False)
-            elif result.successful():
-                self._delivered(cur, end)
-            else:
-                self._recover(cur, end, tx, result)
-
-    def _recover(self, cur: Any, end: Lsn, tx: Transaction, result: Any) -> None:
-        self.log.debug("pipelined write of {} failed ({}); writing it again",
-                       end, result.exception)
-        rest = list(self._in_flight)
-        self._in_flight.clear()
-        for _end, _tx, later in rest:  # let everything submitted settle first
-            if later is not None:
-                later.wait()
-        self._write(tx)
-        self._delivered(cur, end)
-        for later_end, later_tx, later in rest:
-            if later_tx is None:
-                self._ack(cur, later_end, written=False)
-                continue
-            if not later.successful():
-                self._write(later_tx)
-            self._delivered(cur, later_end)
-        reset = getattr(self.submit, "reset", None)
-        if reset is not None:
-            reset()
-
-    def _delivered(self, cur: Any, end: Lsn) -> None:
-        self._delivered_lsn = end
-        self.transactions_written += 1
-        self._ack(cur, end, written=True)
-        self.reconnect.reset()
-
-    def _ack(self, cur: Any, end: Lsn, written: bool) -> None:
-        cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end, force=written)
-        self.last_acked_lsn = end
-        self.transactions_acked += 1
-
-    def _settle_in_flight(self) -> None:
-        """The stream is gone: wait for what was submitted and remember what became durable
-        (in order, up to the first failure) so it is not written twice after reconnecting;
-        the rest is read again from the slot."""
-        in_flight, self._in_flight = list(self._in_flight), deque()
-        for _end, _tx, result in in_flight:  # all settled before the chain is reset
-            if result is not None:
-                result.wait()
-        for end, tx, result in in_flight:
-            if result is not None and not result.successful():
-                break  # from here on nothing was stored (the chain refused the rest)
-            if tx is not None:
-                self._delivered_lsn = end
-                self.transactions_written += 1
-        reset = getattr(self.submit, "reset", None)
-        if reset is not None:
-            reset()
-
     def _ack_idle_position(self, cur: Any, assembler: TransactionAssembler) -> None:
         """Nothing to read and no transaction half-received: everything the server has
         decoded up to its last reported position is either written or of no interest to us
@@ -630,70 +392,14 @@ class SourceReader:
         reads 0 when nothing is pending. Every complete transaction was written before
         this point (``_finish`` returns only once the sink has it, and the pipeline of
         submitted writes has just been drained: with any still in flight, nothing here)."""
-        end = self.server_wal_end
-        if (end is None or assembler.in_transaction or self.sink_retrying or self._in_flight
-                or self._big is not None):
-            return
-        if self.last_acked_lsn is not None and end <= self.last_acked_lsn:
+        end = idle_ack_position(
+            self.server_wal_end, self.last_acked_lsn,
+            busy=bool(assembler.in_transaction or self.sink_retrying or self._in_flight
+                      or self._big is not None))
+        if end is None:
             return
         cur.send_feedback(write_lsn=end, flush_lsn=end, apply_lsn=end)
         self.last_acked_lsn = end
-
-    def _write(self, tx: Transaction) -> None:
-        """Hand ``tx`` to the sink until it succeeds (capped back-off, never gives up).
-
-        A permanent error (``errors.is_permanent``: e.g. the row mapping refusing a row) is not an outage and
-        will not heal by itself; the transaction is still never skipped (acknowledging it
-        would lose it), but it is reported once at error level, exposed as ``blocked_lsn``
-        in the status, and retried with a back-off capped at ``sink_blocked_retry`` seconds.
-        """
-        backoff = Backoff(Policy(self.sink_retry_min, self.sink_retry_max))
-        # Slower, but starting at about a second: a refusal that depends on state elsewhere
-        # (e.g. a table the schema registry does not know yet) may still clear quickly.
-        blocked_backoff = Backoff(Policy(min(1.0, self.sink_blocked_retry),
-                                         self.sink_blocked_retry))
-        attempts = 0
-        while True:
-            try:
-                self.sink(tx)
-            except GreenletExit:
-                raise
-            except Exception as exc:  # the sink's failure modes are its own business
-                attempts += 1
-                self.sink_retrying = True
-                self.last_error = f"write failed: {describe(exc)}"
-                if is_permanent(exc):
-                    if self.blocked_lsn != tx.lsn:
-                        self.blocked_lsn = tx.lsn
-                        self.log.error(
-                            "transaction {} (relations {}) cannot be written: {}; ingestion "
-                            "from this source is held at it (not acknowledged; retried, at "
-                            "most every {:.0f}s) until the cause is fixed",
-                            tx.lsn,
-                            _relations(tx),
-                            describe(exc),
-                            self.sink_blocked_retry,
-                        )
-                    self.last_error = f"transaction {tx.lsn} cannot be written: {describe(exc)}"
-                    gevent.sleep(blocked_backoff.next())
-                    continue
-                delay = backoff.next()
-                if attempts <= 3 or attempts % 10 == 0:  # an outage must not flood the log
-                    self.log.warning(
-                        "could not write transaction {} ({}); attempt {}, retrying in {:.2f}s",
-                        tx.lsn,
-                        describe(exc),
-                        attempts,
-                        delay,
-                    )
-                gevent.sleep(delay)
-                continue
-            if attempts:
-                self.log.info("transaction {} written after {} retries", tx.lsn, attempts)
-                self.last_error = None
-            self.blocked_lsn = None
-            self.sink_retrying = False
-            return
 
     def _heartbeat(self, cur: Any) -> None:
         """Keep the walsender satisfied while the loop is busy (e.g. a sink retrying), and
@@ -720,10 +426,4 @@ class SourceReader:
     def _set_disconnected(self) -> None:
         self.connected = False
         self._connected_event.clear()
-
-
-def _relations(tx: Transaction, limit: int = 5) -> str:
-    names = sorted({f"{c.relation[0]}.{c.relation[1]}" for c in tx.changes})
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 

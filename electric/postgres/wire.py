@@ -9,8 +9,8 @@ socket is touched here:
   :class:`CopyDone`, :class:`Terminate`, …). Anything malformed raises :class:`ProtocolError`
   and nothing else; length fields are checked against a cap *before* any body is buffered, so
   a hostile length cannot make us allocate.
-* the framing of messages and of the CopyBoth replication stream (``xlog_data``,
-  ``primary_keepalive``, ``copy_done``, …), which the streaming code writes per transaction.
+* the framing of messages (``frame``, ``cstring``) and the CopyBothResponse that switches a
+  connection to streaming; the frames sent inside that stream are in ``copyboth.py``.
 
 The replies to queries are built in ``replies.py``; the text of a Query is classified by
 ``commands.py``; what to answer is decided by ``publisher_session.py``. Only the
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 from electric.limits import DEFAULT, PostgresLimits
-from electric.postgres.pgtime import pg_now_micros
 
 __all__ = [
     "ProtocolError",
@@ -50,10 +49,6 @@ __all__ = [
     "frame",
     "cstring",
     "copy_both_response",
-    "copy_data",
-    "copy_done",
-    "xlog_data",
-    "primary_keepalive",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -587,38 +582,3 @@ def cstring(text: str | bytes, encoding: str = "utf-8") -> bytes:
 def copy_both_response() -> bytes:
     """``W``: text format, zero columns (what a walsender sends for START_REPLICATION)."""
     return frame(b"W", struct.pack(">bh", 0, 0))
-
-
-def copy_data(payload: bytes) -> bytes:
-    return frame(b"d", payload)
-
-
-def copy_done() -> bytes:
-    return frame(b"c")
-
-
-_XLOG_HEAD = struct.Struct(">cIcQQq")  # 'd', len, 'w', dataStart, walEnd, sendTime
-_KEEPALIVE = struct.Struct(">cIcQqB")  # 'd', len, 'k', walEnd, sendTime, replyRequested
-
-
-def xlog_data(start_lsn: int, end_lsn: int, message: bytes, send_time: int | None = None) -> bytes:
-    """CopyData(XLogData ``w``) wrapping one pgoutput ``message``.
-
-    ``send_time`` is Postgres-epoch microseconds (default: now).
-    """
-    if send_time is None:
-        send_time = pg_now_micros()
-    return _XLOG_HEAD.pack(
-        b"d", 4 + 25 + len(message), b"w", int(start_lsn), int(end_lsn), send_time
-    ) + bytes(message)
-
-
-def primary_keepalive(
-    wal_end: int, send_time: int | None = None, reply_requested: bool = False
-) -> bytes:
-    """CopyData(primary keepalive ``k``)."""
-    if send_time is None:
-        send_time = pg_now_micros()
-    return _KEEPALIVE.pack(b"d", 4 + 18, b"k", int(wal_end), send_time, 1 if reply_requested else 0)
-
-

@@ -1,4 +1,5 @@
-"""A stock Postgres subscriber against a minimal publisher built only from ``electric.postgres.wire``.
+"""A stock Postgres subscriber against a minimal publisher built only from the codecs of
+``electric.postgres`` (``wire``, ``copyboth``, ``replies``).
 
 Checks the wire layer against the real thing (docs/protocols.md §2.2): every query the
 subscriber sends while creating, running, disabling and dropping a subscription is parsed
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
-from electric.postgres import pgoutput, replies, wire
+from electric.postgres import copyboth, pgoutput, pgoutput_encode, replies
 from electric.postgres.commands import (
     DropReplicationSlot,
     EmptyQuery,
@@ -107,7 +108,7 @@ class FakePublisher:
             (end, pgoutput.Commit(final, end, ts)),
         ]
         self.end_lsn = int(end)
-        return b"".join(wire.xlog_data(lsn, lsn, pgoutput.encode(m)) for lsn, m in msgs)
+        return b"".join(copyboth.xlog_data(lsn, lsn, pgoutput_encode.encode(m)) for lsn, m in msgs)
 
     def _reply(self, conn: BackendConnection, ev: object) -> bytes:
         rfq = replies.ready_for_query()
@@ -117,13 +118,13 @@ class FakePublisher:
             return replies.startup_response(replies.server_parameters(ev.parameters), pid=4242)
         if isinstance(ev, CopyDone):
             return (
-                wire.copy_done()
+                copyboth.copy_done()
                 + replies.command_complete("COPY 0")
                 + replies.command_complete("START_REPLICATION")
                 + rfq
             )
         if isinstance(ev, StandbyStatusUpdate) and ev.reply_requested:
-            return wire.primary_keepalive(self.end_lsn)
+            return copyboth.primary_keepalive(self.end_lsn)
         if not isinstance(ev, Query):
             return b""
         cmd = parse_command(ev.text)
@@ -146,7 +147,7 @@ class FakePublisher:
             row = ["7000000000000000001", 1, "0/1", conn.parameters.get("database")]
             return replies.text_result(cols, [row], tag="IDENTIFY_SYSTEM") + rfq
         if isinstance(cmd, StartReplication):
-            out = conn.start_copy_both() + wire.primary_keepalive(cmd.lsn)
+            out = conn.start_copy_both() + copyboth.primary_keepalive(cmd.lsn)
             with self.lock:
                 if not self.sent_tx:
                     self.sent_tx = True

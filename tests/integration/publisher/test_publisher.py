@@ -226,7 +226,7 @@ def test_numeric_server_version_shapes_work_too(setup):
 def test_applied_changes_carry_the_subscription_origin(setup):
     """Loop prevention: what the apply worker (and the upsert trigger) writes is marked with
     an Origin message in the subscriber's own pgoutput, which the ingest side drops."""
-    from electric.postgres import pgoutput
+    from electric.postgres import pgoutput, pgoutput_decode
 
     setup.sql("DROP PUBLICATION IF EXISTS peek_pub")
     setup.sql("CREATE PUBLICATION peek_pub FOR TABLE public.items")
@@ -247,7 +247,7 @@ def test_applied_changes_carry_the_subscription_origin(setup):
             )
             txs, current = [], []
             for (raw,) in data:
-                msg = pgoutput.decode(bytes(raw))
+                msg = pgoutput_decode.decode(bytes(raw))
                 current.append(type(msg).__name__)
                 if isinstance(msg, pgoutput.Commit):
                     txs.append(current)

@@ -18,6 +18,8 @@ from electric.postgres import pgoutput as po
 from electric.postgres.assembler import TransactionAssembler
 from electric.postgres.lsn import Lsn
 from electric.postgres.pgoutput import ProtocolError
+from electric.postgres.pgoutput_decode import decode
+from electric.postgres.pgoutput_encode import encode
 
 TS = datetime(2022, 6, 9, 9, 45, 11, tzinfo=UTC)
 ITEMS = po.Relation(
@@ -134,14 +136,14 @@ def test_row_messages_of_a_dropped_transaction_are_not_even_decoded():
     a = make()
     a.feed(po.Begin(FINAL, TS, 7))
     assert not a.dropping
-    a.feed_bytes(po.encode(po.Origin(Lsn(5), "pg_16400")))
+    a.feed_bytes(encode(po.Origin(Lsn(5), "pg_16400")))
     assert a.dropping
     # Not valid messages: they would raise if decoded. Other kinds still are decoded.
     for junk in (b"I\x00\x00", b"U\xff", b"D"):
         assert a.feed_bytes(junk) is None
     with pytest.raises(ProtocolError):
         a.feed_bytes(b"R\x00")
-    c = a.feed_bytes(po.encode(po.Commit(FINAL, END, TS)))
+    c = a.feed_bytes(encode(po.Commit(FINAL, END, TS)))
     assert c.skipped == "origin pg_16400" and not c.needs_write
     assert not a.dropping
     with pytest.raises(ProtocolError):  # outside a dropped transaction, rows are decoded
@@ -204,9 +206,9 @@ def test_relation_redefinition_is_used():
 
 def test_feed_bytes():
     a = make()
-    a.feed_bytes(po.encode(po.Begin(Lsn(1), TS, 1)))
-    a.feed_bytes(po.encode(po.Insert(100, (b"1", b"z"))))
-    c = a.feed_bytes(po.encode(po.Commit(Lsn(1), Lsn(2), TS)))
+    a.feed_bytes(encode(po.Begin(Lsn(1), TS, 1)))
+    a.feed_bytes(encode(po.Insert(100, (b"1", b"z"))))
+    c = a.feed_bytes(encode(po.Commit(Lsn(1), Lsn(2), TS)))
     assert c.transaction.changes[0].record == {"id": "1", "body": "z"}
 
 
@@ -334,13 +336,13 @@ def test_fast_row_path_equals_the_general_path(rows, echo):
     unusual row messages it must give exactly what decoding each message and ``feed`` give
     (the same changes, or the same error; an echo's rows are not decoded by either)."""
     messages = [po.Begin(FINAL, TS, 7)] + ([po.Origin(Lsn(5), "pg_x")] if echo else [])
-    payloads = [po.encode(m) for m in messages + rows + [po.Commit(FINAL, END, TS)]]
+    payloads = [encode(m) for m in messages + rows + [po.Commit(FINAL, END, TS)]]
     general = make()
 
     def decode_then_feed(payload: bytes):
         if general.dropping and payload[:1] in (b"I", b"U", b"D"):
             return None
-        return general.feed(po.decode(payload))
+        return general.feed(decode(payload))
 
     expected = _outcome(decode_then_feed, payloads)
     got = _outcome(make().feed_bytes, payloads)

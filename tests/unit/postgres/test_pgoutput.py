@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from electric.postgres import pgoutput as po
 from electric.postgres.lsn import Lsn
+from electric.postgres.pgoutput_decode import decode, text_record
+from electric.postgres.pgoutput_encode import encode
 
 
 def h(text: str) -> bytes:
@@ -136,20 +138,20 @@ VECTORS = [
 @pytest.mark.parametrize(("hexdata", "expected"), VECTORS, ids=[v[0][:20] for v in VECTORS])
 def test_vectors_round_trip(hexdata, expected):
     data = h(hexdata)
-    decoded = po.decode(data)
+    decoded = decode(data)
     assert decoded == expected
-    assert po.encode(decoded) == data
-    assert po.encode(expected) == data
+    assert encode(decoded) == data
+    assert encode(expected) == data
 
 
 def test_truncate_option_properties():
-    t = po.decode(h("54 00000001 03 00006000"))
+    t = decode(h("54 00000001 03 00006000"))
     assert t.cascade and t.restart_identity
-    assert not po.decode(h("54 00000001 00 00006000")).cascade
+    assert not decode(h("54 00000001 00 00006000")).cascade
 
 
 def test_relation_helpers():
-    rel = po.decode(h(VECTORS[4][0]))
+    rel = decode(h(VECTORS[4][0]))
     assert rel.relation == ("public", "foo")
     assert [c.is_key for c in rel.columns] == [False, True]
 
@@ -157,16 +159,16 @@ def test_relation_helpers():
 def test_typmod_unsigned_minus_one_encodes_the_same():
     a = po.Relation(1, "s", "t", "d", (po.RelationColumn("c", 25, -1),))
     b = po.Relation(1, "s", "t", "d", (po.RelationColumn("c", 25, 0xFFFFFFFF),))
-    assert po.encode(a) == po.encode(b)
+    assert encode(a) == encode(b)
 
 
 def test_naive_timestamp_is_utc():
     naive = po.Begin(Lsn(1), TS.replace(tzinfo=None), 0)
-    assert po.encode(naive) == po.encode(po.Begin(Lsn(1), TS, 0))
+    assert encode(naive) == encode(po.Begin(Lsn(1), TS, 0))
 
 
 def test_encode_str_values():
-    assert po.encode(po.Insert(1, ("é",))) == po.encode(po.Insert(1, ("é".encode(),)))
+    assert encode(po.Insert(1, ("é",))) == encode(po.Insert(1, ("é".encode(),)))
 
 
 @pytest.mark.parametrize(
@@ -189,17 +191,17 @@ def test_encode_str_values():
 )
 def test_malformed_input(hexdata, fragment):
     with pytest.raises(po.ProtocolError, match=fragment):
-        po.decode(h(hexdata))
+        decode(h(hexdata))
 
 
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=64))
 def test_random_bytes_only_raise_protocol_error(data):
     try:
-        message = po.decode(data)
+        message = decode(data)
     except po.ProtocolError:
         return
-    assert po.encode(message) == data
+    assert encode(message) == data
 
 
 @settings(max_examples=500, deadline=None)
@@ -210,10 +212,10 @@ def test_random_bytes_only_raise_protocol_error(data):
 def test_random_bodies_after_known_tags(tag, body):
     data = bytes([tag]) + body
     try:
-        message = po.decode(data)
+        message = decode(data)
     except po.ProtocolError:
         return
-    assert po.encode(message) == data
+    assert encode(message) == data
 
 
 values = st.one_of(
@@ -230,7 +232,7 @@ tuples = st.lists(values, max_size=5).map(tuple)
 )
 def test_update_messages_round_trip(rel, new, old, key):
     msg = po.Update(rel, new, key=old) if key else po.Update(rel, new, old=old)
-    assert po.decode(po.encode(msg)) == msg
+    assert decode(encode(msg)) == msg
 
 
 # --- the row fast path: a tuple straight into a record ---------------------------------------
@@ -248,7 +250,7 @@ NAMES = ("id", "body", "big")
     ],
 )
 def test_text_record_vectors(hexdata, expected):
-    assert po.text_record(bytes.fromhex(hexdata.replace(" ", "")), 0, NAMES, "utf-8") == expected
+    assert text_record(bytes.fromhex(hexdata.replace(" ", "")), 0, NAMES, "utf-8") == expected
 
 
 @pytest.mark.parametrize(
@@ -267,4 +269,4 @@ def test_text_record_vectors(hexdata, expected):
 def test_text_record_declines_what_decode_must_judge(hexdata):
     """Anything unusual gives None: the assembler then decodes the whole message with
     ``decode``, which raises the precise error (or handles the case)."""
-    assert po.text_record(bytes.fromhex(hexdata.replace(" ", "")), 0, NAMES, "utf-8") is None
+    assert text_record(bytes.fromhex(hexdata.replace(" ", "")), 0, NAMES, "utf-8") is None

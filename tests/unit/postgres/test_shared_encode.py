@@ -6,7 +6,7 @@ import dataclasses
 
 from electric import limits, metrics
 from electric.changes import DeletedRecord, NewRecord, Transaction, TruncatedRelation
-from electric.postgres import wire
+from electric.postgres import copyboth
 from electric.postgres.lsn import Lsn
 from electric.postgres.shared_encode import SharedEncodings
 from electric.postgres.slot import SlotEncoder
@@ -37,7 +37,7 @@ def _framed(enc: SlotEncoder, tx: Transaction, offset: bytes) -> bytes | None:
     out = enc.encode(tx, offset)
     if out is None:
         return None
-    return b"".join(wire.xlog_data(lsn, lsn, p, SEND_TIME) for lsn, p in out.messages)
+    return b"".join(copyboth.xlog_data(lsn, lsn, p, SEND_TIME) for lsn, p in out.messages)
 
 
 def test_shared_frames_equal_the_per_session_encoding_byte_for_byte():

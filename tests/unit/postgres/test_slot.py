@@ -19,6 +19,7 @@ from electric.changes import (
 from electric.offsets.store import OffsetStore
 from electric.postgres import pgoutput
 from electric.postgres.lsn import Lsn
+from electric.postgres.pgoutput_decode import decode
 from electric.postgres.slot import SlotEncoder, plan_resume, relation_message
 
 TS = datetime(2022, 11, 23, 10, 0, 0, tzinfo=UTC)
@@ -89,7 +90,7 @@ def test_lsns_are_consistent_across_transactions():
     changes = [NewRecord(("public", "entries_default"), row(str(i))) for i in range(3)]
     first = enc.encode(Transaction(changes, TS), b"a")
     second = enc.encode(Transaction(changes[:1], TS), b"b")
-    msgs = [pgoutput.decode(p) for _, p in first.messages]
+    msgs = [decode(p) for _, p in first.messages]
     begin, commit = msgs[0], msgs[-1]
     assert begin.final_lsn == commit.lsn == first.final_lsn == 0x100 + 40
     assert commit.end_lsn == first.end_lsn == 0x100 + 50
@@ -101,10 +102,10 @@ def test_lsns_are_consistent_across_transactions():
     assert change_lsns == [0x10A, 0x114, 0x11E]
     assert first.messages[-1][0] == commit.end_lsn
     # the next transaction continues from the previous end_lsn; the relation is not resent
-    kinds = [type(pgoutput.decode(p)).__name__ for _, p in second.messages]
+    kinds = [type(decode(p)).__name__ for _, p in second.messages]
     assert kinds == ["Begin", "Insert", "Commit"]
     assert second.messages[0][0] == first.end_lsn + 10
-    assert pgoutput.decode(second.messages[0][1]).xid != begin.xid
+    assert decode(second.messages[0][1]).xid != begin.xid
 
 
 def test_relation_sent_once_per_session_in_order_of_first_use():
@@ -117,12 +118,12 @@ def test_relation_sent_once_per_session_in_order_of_first_use():
         ],
         TS,
     )
-    msgs = [pgoutput.decode(p) for _, p in enc.encode(tx, b"1").messages]
+    msgs = [decode(p) for _, p in enc.encode(tx, b"1").messages]
     rels = [m.name for m in msgs if isinstance(m, pgoutput.Relation)]
     assert rels == ["entries_default", "entries"]
     assert [type(m).__name__ for m in msgs][:3] == ["Begin", "Relation", "Relation"]
     # a fresh encoder (new session) describes them again
-    msgs = [pgoutput.decode(p) for _, p in encoder().encode(tx, b"1").messages]
+    msgs = [decode(p) for _, p in encoder().encode(tx, b"1").messages]
     assert sum(isinstance(m, pgoutput.Relation) for m in msgs) == 2
 
 
@@ -139,7 +140,7 @@ def test_upserts_are_inserts_with_every_column():
     tx = Transaction(
         [UpdatedRecord(("public", "entries_default"), {"id": UUID, "content": "c"})], TS
     )
-    msgs = [pgoutput.decode(p) for _, p in enc.encode(tx, b"1").messages]
+    msgs = [decode(p) for _, p in enc.encode(tx, b"1").messages]
     ins = [m for m in msgs if isinstance(m, pgoutput.Insert)]
     assert ins == [pgoutput.Insert(20001, (UUID.encode(), b"c", None))]
     assert not any(isinstance(m, pgoutput.Update) for m in msgs)
@@ -157,7 +158,7 @@ def test_deletes_full_row_or_key():
     )
     out = enc.encode(tx, b"1")
     dels = [
-        m for m in (pgoutput.decode(p) for _, p in out.messages) if isinstance(m, pgoutput.Delete)
+        m for m in (decode(p) for _, p in out.messages) if isinstance(m, pgoutput.Delete)
     ]
     assert dels == [
         pgoutput.Delete(20000, old=(UUID.encode(), b"Hello from a", None)),
@@ -181,7 +182,7 @@ def test_unknown_tables_and_tables_without_pk_are_skipped():
 
 def test_truncate():
     out = encoder().encode(Transaction([TruncatedRelation(("public", "entries"))], TS), b"1")
-    msgs = [pgoutput.decode(p) for _, p in out.messages]
+    msgs = [decode(p) for _, p in out.messages]
     assert pgoutput.Truncate((20000,), 0) in msgs
 
 
@@ -263,13 +264,13 @@ def test_description_is_fixed_for_the_session():
     tables[DEFAULT.relation] = wider
     rec = {**row(), "extra": "new column"}
     out = enc.encode(Transaction([NewRecord(DEFAULT.relation, rec)], TS), b"2")
-    msgs = [pgoutput.decode(p) for _, p in out.messages]
+    msgs = [decode(p) for _, p in out.messages]
     assert [len(m.new) for m in msgs if isinstance(m, pgoutput.Insert)] == [3]
     assert not any(isinstance(m, pgoutput.Relation) for m in msgs)
     fresh = SlotEncoder(tables.get, Lsn(0)).encode(
         Transaction([NewRecord(DEFAULT.relation, rec)], TS), b"2"
     )
-    msgs = [pgoutput.decode(p) for _, p in fresh.messages]
+    msgs = [decode(p) for _, p in fresh.messages]
     assert [len(m.columns) for m in msgs if isinstance(m, pgoutput.Relation)] == [4]
     assert [m.new[-1] for m in msgs if isinstance(m, pgoutput.Insert)] == [b"new column"]
 

@@ -5,15 +5,9 @@ import psycopg2.extensions as ext
 from electric.limits import DEFAULT
 from electric.postgres import green
 from electric.postgres.connector import Connector, plain_dsn
-from electric.postgres.source import SourceReader, _publication_option
+from electric.postgres.source import SourceReader
 from electric.retry import Backoff, Policy
 from electric.schema import SchemaRegistry
-
-
-def test_publication_option_quotes_only_when_needed():
-    assert _publication_option("all_tables") == "all_tables"
-    assert _publication_option("a, b") == "a,b"
-    assert _publication_option('My"Pub') == '"My""Pub"'
 
 
 def test_backoff_is_capped_and_resets():
@@ -63,13 +57,3 @@ def test_connector_status_before_start():
     assert status["reader_connected"] is False and status["last_acked_lsn"] is None
     assert status["tables_without_pk"] == [] and status["publication"] == "all_tables"
     assert not c.is_ready() and not c.ready.is_set()
-
-
-def test_origin_none_asked_from_postgres_16_on():
-    from electric.postgres.source import _stream_options
-
-    assert "origin" not in _stream_options("all_tables", 150004, True)
-    assert _stream_options("all_tables", 160002, True)["origin"] == "none"
-    assert _stream_options("all_tables", 180006, True)["origin"] == "none"
-    # a narrower drop_origin predicate needs every origin's changes to reach it
-    assert "origin" not in _stream_options("all_tables", 180006, False)

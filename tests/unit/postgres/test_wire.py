@@ -9,14 +9,13 @@ import struct
 import subprocess
 import threading
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from electric.limits import DEFAULT
-from electric.postgres import pgtime, replies, wire
+from electric.postgres import copyboth, pgtime, replies, wire
 from electric.postgres.commands import (
     EmptyQuery,
     IdentifySystem,
@@ -325,46 +324,11 @@ def test_eof_mid_message():
     assert ready_conn().receive_eof() is False
 
 
-# ------------------------------------------------------------------ stream framing
+# ------------------------------------------------------------------ CopyBothResponse
 
 
-def test_copy_frames():
+def test_copy_both_response():
     assert wire.copy_both_response() == h("57 00000007 00 0000")
-    assert wire.copy_done() == h("63 00000004")
-    assert wire.copy_data(b"xy") == h("64 00000006 7879")
-
-
-SEND_TIME = pgtime.to_pg_micros(datetime(2022, 11, 23, 10, 0, 1, tzinfo=UTC))
-
-
-def test_xlog_data_begin_vector():
-    begin = h("42 0000000000000014 0002911f1eca2800 00000000")
-    assert wire.xlog_data(0xA, 0xA, begin, SEND_TIME) == h(
-        "64 00000032 77 000000000000000a 000000000000000a 0002911f1ed96a40"
-        "42 0000000000000014 0002911f1eca2800 00000000"
-    )
-
-
-def test_xlog_data_commit_vector():
-    commit = h("43 00 0000000000000014 000000000000001e 0002911f1eca2800")
-    assert wire.xlog_data(0x1E, 0x1E, commit, SEND_TIME) == h(
-        "64 00000037 77 000000000000001e 000000000000001e 0002911f1ed96a40"
-        "43 00 0000000000000014 000000000000001e 0002911f1eca2800"
-    )
-
-
-def test_keepalive_vector():
-    assert wire.primary_keepalive(0, SEND_TIME) == h(
-        "64 00000016 6b 0000000000000000 0002911f1ed96a40 00"
-    )
-    assert wire.primary_keepalive(0x1E, SEND_TIME, reply_requested=True)[-1:] == b"\x01"
-    assert wire.primary_keepalive((1 << 64) - 1, 0)[6:14] == b"\xff" * 8
-
-
-def test_builders_default_send_time_is_now():
-    out = wire.primary_keepalive(5)
-    (t,) = struct.unpack(">q", out[14:22])
-    assert abs(t - pgtime.pg_now_micros()) < 5_000_000
 
 
 # ------------------------------------------------------------------ robustness (hypothesis)
@@ -483,7 +447,7 @@ class _FakePublisher:
             return replies.startup_response(params, pid=4242)
         if isinstance(ev, CopyDone):
             return (
-                wire.copy_done()
+                copyboth.copy_done()
                 + replies.command_complete("COPY 0")
                 + replies.command_complete("START_REPLICATION")
                 + replies.ready_for_query()
@@ -510,10 +474,10 @@ class _FakePublisher:
             t = pgtime.pg_now_micros()
             return (
                 conn.start_copy_both()
-                + wire.primary_keepalive(cmd.lsn, t)
-                + wire.xlog_data(0x0A, 0x0A, b"hello", t)
-                + wire.xlog_data(0x14, 0x14, b"world", t)
-                + wire.primary_keepalive(0x14, t, reply_requested=True)
+                + copyboth.primary_keepalive(cmd.lsn, t)
+                + copyboth.xlog_data(0x0A, 0x0A, b"hello", t)
+                + copyboth.xlog_data(0x14, 0x14, b"world", t)
+                + copyboth.primary_keepalive(0x14, t, reply_requested=True)
             )
         if isinstance(cmd, Show):
             value = {"wal_level": "logical", "data_directory_mode": "0700"}.get(cmd.name, "")
