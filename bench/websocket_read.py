@@ -25,7 +25,10 @@ from electric.satellite import frames
 SERVER = """
 import os, tempfile
 import gevent
-from electric.offsets import OffsetStore
+try:
+    from electric.offsets.store import OffsetStore  # trees since the offsets split
+except ImportError:
+    from electric.offsets import OffsetStore
 from electric.satellite.auth import InsecureAuth
 from electric.satellite.server import SatelliteServer
 tmp = tempfile.mkdtemp()
