@@ -6,8 +6,9 @@
   complete ``503`` JSON answer (over TLS when the listener has TLS, so the client can read
   it) and is closed, before any request or websocket upgrade is looked at; connections
   already open carry on unaffected;
-* TLS handshakes bounded by :data:`electric.tls.HANDSHAKE_TIMEOUT`, so a peer that connects
-  and never speaks cannot hold a slot (gevent's own wrapper waits forever).
+* TLS handshakes bounded by ``ServiceLimits.tls_handshake_timeout`` (``electric/limits.py``),
+  so a peer that connects and never speaks cannot hold a slot (gevent's own wrapper waits
+  forever).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import gevent
 from gevent.pywsgi import WSGIServer
 from loguru import logger
 
-from electric.tls import HANDSHAKE_TIMEOUT
+from electric.limits import DEFAULT
 
 REFUSAL_LINGER = 2.0
 
@@ -98,7 +99,7 @@ class GuardedWSGIServer(WSGIServer):
         close_after_reply(sock, reply)
 
     def _handshake(self, client_socket: Any, address: Any) -> Any:
-        client_socket.settimeout(HANDSHAKE_TIMEOUT)
+        client_socket.settimeout(DEFAULT.service.tls_handshake_timeout)
         try:
             sock = self.wrap_socket(client_socket, **self.ssl_args)
         except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors

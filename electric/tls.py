@@ -16,13 +16,7 @@ import ssl as stdlib_ssl
 
 from gevent import ssl
 
-from electric.limits import DEFAULT
-
-# The value lives in the table of limits (ServiceLimits.tls_handshake_timeout); this name
-# stays for the listeners and the publisher, which read it here.
-HANDSHAKE_TIMEOUT = DEFAULT.service.tls_handshake_timeout
-
-__all__ = ["HANDSHAKE_TIMEOUT", "TlsConfigError", "server_context", "is_loopback"]
+__all__ = ["TlsConfigError", "server_context", "is_loopback"]
 
 
 class TlsConfigError(Exception):

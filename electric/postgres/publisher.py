@@ -40,7 +40,6 @@ from gevent.event import Event
 from gevent.server import StreamServer
 from loguru import logger
 
-from electric import tls as tls_settings
 from electric.changes import RelationName, Table, Transaction
 from electric.limits import DEFAULT, PostgresLimits
 from electric.postgres import publisher_session as ps
@@ -270,7 +269,7 @@ class Publisher:
     def _start_tls(self, conn: Connection, proto: PublisherSession) -> None:
         """Run the TLS handshake the session asked for (``S`` is sent), bounded in time."""
         try:
-            with gevent.Timeout(tls_settings.HANDSHAKE_TIMEOUT, Closed):
+            with gevent.Timeout(DEFAULT.service.tls_handshake_timeout, Closed):
                 conn.sock = self.tls.wrap_socket(conn.sock, server_side=True)
         except OSError as exc:  # ssl.SSLError included: a failed handshake ends the connection
             _log.info("TLS handshake with {} failed: {}", conn.peer, exc)
